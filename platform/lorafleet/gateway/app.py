@@ -1,0 +1,71 @@
+"""The gateway's app factory: resources in the lifespan, routes, errors, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from lorafleet.core.settings import Settings, get_settings
+from lorafleet.db import create_pool
+from lorafleet.db.migrate import migrate
+from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.errors import EXCEPTION_HANDLERS
+from lorafleet.gateway.keys import KeysController
+from lorafleet.gateway.ledger import LedgerWriter
+from lorafleet.gateway.metrics import GatewayMetrics
+from lorafleet.gateway.openai.controller import OpenAIController
+from lorafleet.gateway.openai.relay import Relay
+from lorafleet.gateway.request_context import request_context_middleware
+from lorafleet.gateway.routing import WorkerRegistry
+from lorafleet.gateway.services import ModelCatalog, Services
+from lorafleet.gateway.system import SystemController
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await migrate(settings.database_url)  # advisory-locked: safe with several gateways starting
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False,
+        )
+        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds)
+        ledger = LedgerWriter(pool)
+        services = Services(
+            settings=settings, pool=pool, http=http, metrics=metrics,
+            auth=KeyAuthenticator(pool, settings.key_cache_seconds),
+            catalog=ModelCatalog(pool), registry=registry, ledger=ledger,
+            relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
+        )
+        ledger.start()
+        await registry.start()
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await registry.close()
+            await ledger.close()  # every recorded row reaches the database before we exit
+            await http.close()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[OpenAIController, KeysController, SystemController],
+        lifespan=[lifespan],
+        middleware=[request_context_middleware(metrics)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_request_bytes,
+        openapi_config=OpenAPIConfig(
+            title="LoraFleet", version="0.1.0", path="/openapi", render_plugins=[SwaggerRenderPlugin()],
+            description="OpenAI-compatible multi-LoRA inference with per-token billing.",
+        ),
+        logging_config=None,
+        debug=False,
+    )

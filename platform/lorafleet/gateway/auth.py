@@ -1,0 +1,75 @@
+"""Bearer API key → principal, with a short per-process cache.
+
+Keys are looked up by the sha256 of the secret. A cached answer (positive or negative) is trusted
+for ``key_cache_seconds`` (≤ 1 s), which bounds how late a revocation made through any gateway
+replica takes effect everywhere, at one indexed lookup per key per interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from lorafleet.core.errors import AuthenticationFailed, PermissionDenied
+from lorafleet.db import queries
+from lorafleet.tenancy.keys import hash_secret, parse_secret
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    scopes: frozenset[str]
+    mode: str
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise PermissionDenied(f"this API key lacks the {scope!r} scope")
+
+
+_BEARER = "bearer "
+
+
+def bearer_secret(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk_live_…'.", code="missing_api_key"
+        )
+    if authorization[: len(_BEARER)].lower() != _BEARER:
+        raise AuthenticationFailed("The Authorization header must be 'Bearer <API key>'.", code="invalid_authorization_header")
+    return authorization[len(_BEARER):].strip()
+
+
+class KeyAuthenticator:
+    def __init__(self, pool: asyncpg.Pool, cache_seconds: float, max_entries: int = 100_000) -> None:
+        self._pool = pool
+        self._ttl = cache_seconds
+        self._max_entries = max_entries
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        secret = bearer_secret(authorization)
+        if parse_secret(secret) is None:
+            # Never echo the secret: it may be a real key pasted into the wrong place.
+            raise AuthenticationFailed("Malformed API key. Keys look like 'sk_live_' followed by 43 letters and digits.")
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            principal = cached[1]
+        else:
+            principal = await self._lookup(digest)
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl, principal)
+        if principal is None:
+            raise AuthenticationFailed("Incorrect API key provided, or the key was revoked or has expired.")
+        return principal
+
+    async def _lookup(self, digest: bytes) -> Principal | None:
+        row = await self._pool.fetchrow(queries.authenticate_key, digest)
+        if row is None or not row["active"]:
+            return None
+        return Principal(tenant_id=row["tenant_id"], key_id=row["key_id"], scopes=frozenset(row["scopes"]), mode=row["mode"])

@@ -1,0 +1,105 @@
+"""Which worker serves a request.
+
+Workers announce themselves in the ``workers`` table (URL, base model, heartbeat). Every
+``worker_refresh_seconds`` the gateway re-reads that table and polls each worker's ``/v1/models``
+with the internal token; a worker is ready when it answers and lists its base model. Among the
+ready workers of a base model, the one with the fewest requests in flight from this gateway wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+import asyncpg
+import structlog
+
+from lorafleet.core.errors import ServiceUnavailable
+from lorafleet.db import queries
+
+log = structlog.get_logger("lorafleet.routing")
+
+HEARTBEAT_GRACE_SECONDS = 15.0
+
+
+@dataclass(slots=True)
+class WorkerState:
+    url: str
+    base_model_id: str
+    base_model_name: str
+    ready: bool = False
+    in_flight: int = 0
+    served_models: frozenset[str] = field(default_factory=frozenset)
+
+
+class WorkerRegistry:
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float) -> None:
+        self._pool = pool
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {internal_token}"}
+        self._refresh_seconds = refresh_seconds
+        self._workers: dict[str, WorkerState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.refreshed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="worker-registry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def workers(self) -> list[WorkerState]:
+        return list(self._workers.values())
+
+    def any_ready(self) -> bool:
+        return any(worker.ready for worker in self._workers.values())
+
+    def pick(self, base_model_id: str) -> WorkerState:
+        candidates = [w for w in self._workers.values() if w.ready and w.base_model_id == base_model_id]
+        if not candidates:
+            raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.", code="no_worker_ready")
+        return min(candidates, key=lambda worker: worker.in_flight)
+
+    def mark_unready(self, worker: WorkerState) -> None:
+        worker.ready = False
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep routing on the last known state; the next tick retries
+                log.warning("worker_refresh_failed", error=repr(exc))
+
+    async def refresh(self) -> None:
+        rows = await self._pool.fetch(queries.list_live_workers, HEARTBEAT_GRACE_SECONDS)
+        seen: dict[str, WorkerState] = {}
+        for row in rows:
+            state = self._workers.get(row["url"]) or WorkerState(row["url"], row["base_model_id"], row["base_model_name"])
+            state.base_model_id, state.base_model_name = row["base_model_id"], row["base_model_name"]
+            seen[row["url"]] = state
+        await asyncio.gather(*(self._poll(state) for state in seen.values()))
+        self._workers = seen
+        self.refreshed.set()
+
+    async def _poll(self, worker: WorkerState) -> None:
+        try:
+            async with self._http.get(
+                f"{worker.url}/v1/models", headers=self._headers, timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"status {response.status}")
+                body = await response.json()
+            worker.served_models = frozenset(model["id"] for model in body.get("data", []))
+            worker.ready = worker.base_model_name in worker.served_models
+        except Exception as exc:
+            if worker.ready:
+                log.warning("worker_unready", worker=worker.url, error=repr(exc))
+            worker.ready = False

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.di import Provide
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lorafleet.core.errors import ServiceUnavailable
+from lorafleet.gateway.dependencies import provide_services
+from lorafleet.gateway.services import Services
+
+
+class SystemController(Controller):
+    tags = ["System"]
+    include_in_schema = True
+    dependencies = {"services": Provide(provide_services)}
+
+    @get("/healthz", operation_id="health", summary="The process is alive.")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", operation_id="ready", summary="The database answers and at least one worker is ready.")
+    async def readyz(self, services: Services) -> dict[str, Any]:
+        try:
+            await services.pool.fetchval("SELECT 1")
+        except Exception:
+            raise ServiceUnavailable("The database is unreachable.", code="database_unavailable") from None
+        if not services.registry.any_ready():
+            raise ServiceUnavailable("No worker is ready.", code="no_worker_ready")
+        workers = [w.url for w in services.registry.workers() if w.ready]
+        return {"status": "ready", "workers_ready": len(workers)}
+
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics.", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, services: Services) -> Response[bytes]:
+        metrics = services.metrics
+        workers = services.registry.workers()
+        metrics.workers_known.set(len(workers))
+        metrics.workers_ready.set(sum(w.ready for w in workers))
+        metrics.ledger_queue.set(services.ledger.queued)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
