@@ -12,6 +12,7 @@ from lorafleet.core.errors import InvalidRequest
 T = TypeVar("T")
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -41,6 +42,9 @@ def validate(value: Any, struct: type[T]) -> T:
             # "Object missing required field `role` - at `$.messages[0]`" → param messages[0].role
             path = f"{path}.{missing.group(1)}" if path else missing.group(1)
             message = f"Missing required parameter: '{path}'."
+        elif unknown := _UNKNOWN.match(message):
+            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+            message = f"Unrecognized request argument supplied: '{path}'."
         elif path:
             message = f"Invalid value for '{path}': {message}"
         raise InvalidRequest(message, param=path or None) from None

@@ -1,0 +1,28 @@
+"""The namespace-package layout of DESIGN.md, and that it does not shadow the standard library."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_stdlib_platform_still_works_from_the_repository_root():
+    result = subprocess.run(
+        [sys.executable, "-c", "import platform; print(platform.system())"], cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_one_namespace_package_across_the_source_roots():
+    code = "import lorafleet.gateway, lorafleet.worker, lorafleet.billing, platform; print(platform.system())"
+    for cwd in (ROOT, ROOT / "tests", Path("/")):
+        result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_no_init_files_at_the_namespace_levels():
+    for root in ("platform", "workers", "billing"):
+        assert not (ROOT / root / "__init__.py").exists()
+        assert not (ROOT / root / "lorafleet" / "__init__.py").exists()
