@@ -2,77 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 import openai
 import pytest
 
 from lorafleet.core.ids import random_token
+from lorafleet.devtools.services import Service, platform_env, start_gateway, start_worker
 from lorafleet.tenancy import TenancyService
-
-ENGINE_START_TIMEOUT = 420
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-    url: str
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        return self.process.returncode
-
-
-def start_service(name: str, env: dict[str, str], log_dir: Path, url: str) -> Service:
-    log_path = log_dir / f"{name}-{random_token(6)}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lorafleet.cli.main", name.split("-")[0]],
-        env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return Service(name, process, log_path, url)
-
-
-def wait_for(service: Service, path: str, timeout: float, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log_text()[-4000:]}")
-        try:
-            if httpx.get(service.url + path, headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{service.name} not ready at {path} after {timeout} s:\n{service.log_text()[-4000:]}")
-
 
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -81,28 +23,13 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_env(database_url: str, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
-    env.update(
-        LORAFLEET_DATABASE_URL=database_url,
-        LORAFLEET_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-        LORAFLEET_INTERNAL_TOKEN=random_token(32),
-        LORAFLEET_ADMIN_TOKEN=random_token(32),
-        LORAFLEET_MODEL_PATH=str(model_path),
-        LORAFLEET_KV_CACHE_GIB="1",
-        LORAFLEET_MAX_MODEL_LEN="2048",
-        LORAFLEET_LOG_FORMAT="json",
-        LORAFLEET_WORKER_REFRESH_SECONDS="0.5",
-    )
-    return env
+    return platform_env(database_url, model_path, tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")
 def worker(base_env: dict[str, str], log_dir: Path) -> Iterator[Service]:
-    port = free_port()
-    env = dict(base_env, LORAFLEET_WORKER_PORT=str(port))
-    service = start_service("worker", env, log_dir, f"http://127.0.0.1:{port}")
+    service = start_worker(base_env, log_dir)
     try:
-        wait_for(service, "/health", ENGINE_START_TIMEOUT)
         yield service
     finally:
         service.stop()
@@ -115,11 +42,8 @@ class GatewayFactory:
         self.started: list[Service] = []
 
     def start(self, ready_path: str = "/readyz", **overrides: str) -> Service:
-        port = free_port()
-        env = dict(self.base_env, LORAFLEET_GATEWAY_PORT=str(port), **overrides)
-        service = start_service("gateway", env, self.log_dir, f"http://127.0.0.1:{port}")
+        service = start_gateway(dict(self.base_env, **overrides), self.log_dir, ready_path)
         self.started.append(service)
-        wait_for(service, ready_path, 120)
         return service
 
     def stop_all(self) -> None:
@@ -182,10 +106,4 @@ async def ledger_row(db: asyncpg.Pool, request_id: str, timeout: float = 5.0) ->
         if row is not None or time.monotonic() > deadline:
             assert row is not None, f"no ledger row for {request_id}"
             return row
-        await _sleep(0.05)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+        await asyncio.sleep(0.05)

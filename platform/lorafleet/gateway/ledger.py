@@ -95,6 +95,17 @@ class LedgerWriter:
 
     async def _flush_once(self) -> None:
         batch = self._queue[: self._batch_size]
-        columns = [[getattr(row, name) for row in batch] for name in _COLUMNS]
-        await self._pool.execute(queries.insert_usage_rows, *columns)
+        try:
+            await self._insert(batch)
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
+            # One bad row must not hold the others hostage: write them one by one, log the culprit.
+            for row in batch:
+                try:
+                    await self._insert([row])
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                    log.error("ledger_row_rejected", request_id=row.request_id, error=str(exc))
         del self._queue[: len(batch)]
+
+    async def _insert(self, rows: list[UsageRow]) -> None:
+        columns = [[getattr(row, name) for row in rows] for name in _COLUMNS]
+        await self._pool.execute(queries.insert_usage_rows, *columns)

@@ -264,7 +264,12 @@ class SseRelay:
         if data == b"[DONE]":
             self._done = True
             return b"data: [DONE]\n\n"
-        chunk = _json_decode(data)
+        try:
+            chunk = _json_decode(data)
+        except msgspec.DecodeError:
+            log.warning("upstream_bad_chunk", request_id=self._call.request_id)
+            self._failed = True
+            return None
         if "error" in chunk:
             self._failed = self._error_forwarded = True
             return b"data: " + data + b"\n\n"

