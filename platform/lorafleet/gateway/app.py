@@ -22,7 +22,8 @@ from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.relay import Relay
 from lorafleet.gateway.request_context import request_context_middleware
 from lorafleet.gateway.routing import WorkerRegistry
-from lorafleet.gateway.services import ModelCatalog, Services
+from lorafleet.gateway.catalog import ModelCatalog
+from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 
 
@@ -37,12 +38,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False,
         )
-        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds)
+        catalog = ModelCatalog(pool)
+        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds, catalog)
         ledger = LedgerWriter(pool)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds),
-            catalog=ModelCatalog(pool), registry=registry, ledger=ledger,
+            catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
         )
         ledger.start()

@@ -7,6 +7,7 @@ replica takes effect everywhere, at one indexed lookup per key per interval.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -48,6 +49,9 @@ class KeyAuthenticator:
         self._ttl = cache_seconds
         self._max_entries = max_entries
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        # Single flight: a burst of requests with the same key after its entry expired makes
+        # one query, not one per request.
+        self._pending: dict[bytes, asyncio.Task[Principal | None]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         secret = bearer_secret(authorization)
@@ -60,12 +64,26 @@ class KeyAuthenticator:
         if cached is not None and cached[0] > now:
             principal = cached[1]
         else:
-            principal = await self._lookup(digest)
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, principal)
+            principal = await self._lookup_once(digest)
         if principal is None:
             raise AuthenticationFailed("Incorrect API key provided, or the key was revoked or has expired.")
+        return principal
+
+    async def _lookup_once(self, digest: bytes) -> Principal | None:
+        task = self._pending.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._lookup_and_cache(digest))
+            self._pending[digest] = task
+            task.add_done_callback(lambda _: self._pending.pop(digest, None))
+        # Shielded: one caller going away must not cancel the lookup the others wait on.
+        return await asyncio.shield(task)
+
+    async def _lookup_and_cache(self, digest: bytes) -> Principal | None:
+        started = time.monotonic()  # staleness counts from before the read
+        principal = await self._lookup(digest)
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+        self._cache[digest] = (started + self._ttl, principal)
         return principal
 
     async def _lookup(self, digest: bytes) -> Principal | None:

@@ -1,4 +1,4 @@
-"""Which worker serves a request.
+"""Which worker serves a request (and the base models they serve).
 
 Workers announce themselves in the ``workers`` table (URL, base model, heartbeat). Every
 ``worker_refresh_seconds`` the gateway re-reads that table and polls each worker's ``/v1/models``
@@ -17,6 +17,7 @@ import structlog
 
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.db import queries
+from lorafleet.gateway.catalog import ModelCatalog
 
 log = structlog.get_logger("lorafleet.routing")
 
@@ -34,8 +35,10 @@ class WorkerState:
 
 
 class WorkerRegistry:
-    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float,
+                 catalog: ModelCatalog) -> None:
         self._pool = pool
+        self._catalog = catalog
         self._http = http
         self._headers = {"Authorization": f"Bearer {internal_token}"}
         self._refresh_seconds = refresh_seconds
@@ -79,6 +82,7 @@ class WorkerRegistry:
                 log.warning("worker_refresh_failed", error=repr(exc))
 
     async def refresh(self) -> None:
+        await self._catalog.refresh()
         rows = await self._pool.fetch(queries.list_live_workers, HEARTBEAT_GRACE_SECONDS)
         seen: dict[str, WorkerState] = {}
         for row in rows:

@@ -43,7 +43,7 @@ class OpenAIController(Controller):
     @get("/models", operation_id="listModels", summary="Models this key can call.")
     async def list_models(self, principal: Principal, services: Services) -> dict[str, Any]:
         principal.require("inference")
-        models = await services.catalog.all()
+        models = services.catalog.all()
         return {
             "object": "list",
             "data": [
@@ -64,7 +64,7 @@ async def _complete(request: Request, principal: Principal, services: Services, 
     unknown = sorted(set(raw) - _KNOWN[path])
     if unknown:
         entry["unknown_fields"] = unknown  # names only: values may hold prompt text
-    base = await services.catalog.resolve(parsed.model)
+    base = services.catalog.resolve(parsed.model)
     options = parsed.stream_options
     call = CompletionCall(
         request_id=entry["request_id"],
