@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
@@ -38,6 +39,8 @@ class Sample:
     ttfts: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    requests: int = 0
+    gateway_cpu_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -67,11 +70,21 @@ async def one_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str],
     return ttft or 0.0, completion
 
 
-async def run_round(url: str, headers: dict[str, str], concurrency: int, tokens: int, sample: Sample) -> None:
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def run_round(url: str, headers: dict[str, str], concurrency: int, tokens: int, sample: Sample,
+                    gateway_process: psutil.Process | None = None) -> None:
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as http:
+        cpu_before = _cpu_seconds(gateway_process) if gateway_process else 0.0
         started = time.perf_counter()
         results = await asyncio.gather(*(one_stream(http, url, headers, tokens) for _ in range(concurrency)))
         sample.seconds += time.perf_counter() - started
+        if gateway_process:
+            sample.gateway_cpu_seconds += _cpu_seconds(gateway_process) - cpu_before
+    sample.requests += concurrency
     for ttft, completion in results:
         sample.ttfts.append(ttft)
         sample.tokens += completion
@@ -105,6 +118,7 @@ async def main() -> None:
             "direct": (worker.url, {"Authorization": f"Bearer {env['LORAFLEET_INTERNAL_TOKEN']}"}),
             "gateway": (gateway.url, {"Authorization": f"Bearer {key.secret}"}),
         }
+        gateway_process = psutil.Process(gateway.process.pid)
         # Warm up both paths (engine compile caches, connection pools).
         for url, headers in targets.values():
             await run_round(url, headers, 4, 8, Sample())
@@ -114,7 +128,8 @@ async def main() -> None:
             for round_index in range(args.rounds):
                 order = list(targets) if round_index % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    await run_round(*targets[name], concurrency, args.tokens, samples[name])
+                    await run_round(*targets[name], concurrency, args.tokens, samples[name],
+                                    gateway_process if name == "gateway" else None)
                 print(f"  concurrency {concurrency}: round {round_index + 1}/{args.rounds} done", flush=True)
             direct, through = samples["direct"], samples["gateway"]
             rows.append((concurrency, direct, through))
@@ -136,15 +151,15 @@ def render(rows: list[tuple[int, Sample, Sample]], args: argparse.Namespace) -> 
         f"{args.rounds} alternating rounds per cell, {args.tokens} output tokens per request, ignore_eos.",
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
         "",
-        "| streams | direct tok/s | gateway tok/s | ratio | direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | TTFT p50 added ms |",
-        "|---|---|---|---|---|---|---|",
+        "| streams | direct tok/s | gateway tok/s | ratio | direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | TTFT p50 added ms | gateway CPU ms/request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for concurrency, direct, through in rows:
         lines.append(
             f"| {concurrency} | {direct.tokens_per_second:.0f} | {through.tokens_per_second:.0f} | "
             f"{through.tokens_per_second / direct.tokens_per_second:.3f} | "
             f"{direct.ttft(0.5):.1f} / {direct.ttft(0.95):.1f} | {through.ttft(0.5):.1f} / {through.ttft(0.95):.1f} | "
-            f"{through.ttft(0.5) - direct.ttft(0.5):+.1f} |"
+            f"{through.ttft(0.5) - direct.ttft(0.5):+.1f} | {through.gateway_cpu_seconds * 1000 / through.requests:.2f} |"
         )
     lines.append("")
     return "\n".join(lines)

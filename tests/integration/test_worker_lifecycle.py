@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -11,6 +12,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.integration.conftest import ledger_row
+
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
 
 
@@ -18,9 +21,27 @@ def _engine_processes(worker) -> list[psutil.Process]:
     return psutil.Process(worker.process.pid).children(recursive=True)
 
 
-async def test_engine_death_is_restarted_then_sigterm_stops_cleanly(worker, gateway, client, db, model_name):
+async def test_engine_death_is_restarted_then_sigterm_stops_cleanly(worker, gateway, client, tenant_key, db, model_name):
     engine = _engine_processes(worker)[0]
-    os.killpg(engine.pid, signal.SIGKILL)  # the engine and its engine-core processes die at once
+    body = {"model": model_name, "prompt": "Once", "max_tokens": 1500, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    received, events, killed = 0, [], False
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http, http.stream(
+        "POST", "/v1/completions", json=body, headers={"Authorization": f"Bearer {tenant_key.secret}"}
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if "usage" in events[-1]:
+                    received = events[-1]["usage"]["completion_tokens"]
+                if received >= 10 and not killed:
+                    os.killpg(engine.pid, signal.SIGKILL)  # engine and engine-core processes die mid-stream
+                    killed = True
+    # The stream ends with an error event, and the ledger keeps what was generated before the crash.
+    assert events[-1]["error"]["code"] == "upstream_error"
+    row = await ledger_row(db, request_id)
+    assert row["outcome"] == "upstream_error" and received <= row["completion_tokens"] < 1500
 
     async with httpx.AsyncClient(base_url=gateway.url) as http:
         deadline = time.monotonic() + 30

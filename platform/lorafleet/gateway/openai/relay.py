@@ -239,11 +239,11 @@ class SseRelay:
             try:
                 async for data in self._upstream.content.iter_any():
                     buffer += data
-                    while b"\n\n" in buffer:
-                        event, buffer = buffer.split(b"\n\n", 1)
-                        out = self._reshape(event)
-                        if out is not None:
-                            yield out
+                    *events, buffer = buffer.split(b"\n\n")
+                    # Events that arrived together leave together: one ASGI send, not one each.
+                    out = b"".join(filter(None, map(self._reshape, events)))
+                    if out:
+                        yield out
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("upstream_stream_failed", error=repr(exc), request_id=self._call.request_id)
                 self._failed = True
