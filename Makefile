@@ -28,7 +28,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/gateway_vs_direct.py
+	$(BIN)/python benchmarks/gateway_vs_direct.py --rounds 5
 
 clean: down
 	rm -rf $(VENV) .lorafleet

@@ -76,14 +76,15 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 
 async def run_round(url: str, headers: dict[str, str], concurrency: int, tokens: int, sample: Sample,
-                    gateway_process: psutil.Process | None = None) -> None:
+                    gateway_process: psutil.Process | None = None, idle_rate: float = 0.0) -> None:
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as http:
         cpu_before = _cpu_seconds(gateway_process) if gateway_process else 0.0
         started = time.perf_counter()
         results = await asyncio.gather(*(one_stream(http, url, headers, tokens) for _ in range(concurrency)))
         sample.seconds += time.perf_counter() - started
         if gateway_process:
-            sample.gateway_cpu_seconds += _cpu_seconds(gateway_process) - cpu_before
+            elapsed = time.perf_counter() - started
+            sample.gateway_cpu_seconds += _cpu_seconds(gateway_process) - cpu_before - idle_rate * elapsed
     sample.requests += concurrency
     for ttft, completion in results:
         sample.ttfts.append(ttft)
@@ -119,6 +120,10 @@ async def main() -> None:
             "gateway": (gateway.url, {"Authorization": f"Bearer {key.secret}"}),
         }
         gateway_process = psutil.Process(gateway.process.pid)
+        # The gateway's idle CPU (worker polling, catalog refresh) is subtracted from its per-request cost.
+        idle_before = _cpu_seconds(gateway_process)
+        await asyncio.sleep(3.0)
+        idle_rate = (_cpu_seconds(gateway_process) - idle_before) / 3.0
         # Warm up both paths (engine compile caches, connection pools).
         for url, headers in targets.values():
             await run_round(url, headers, 4, 8, Sample())
@@ -129,7 +134,7 @@ async def main() -> None:
                 order = list(targets) if round_index % 2 == 0 else list(reversed(targets))
                 for name in order:
                     await run_round(*targets[name], concurrency, args.tokens, samples[name],
-                                    gateway_process if name == "gateway" else None)
+                                    gateway_process if name == "gateway" else None, idle_rate)
                 print(f"  concurrency {concurrency}: round {round_index + 1}/{args.rounds} done", flush=True)
             direct, through = samples["direct"], samples["gateway"]
             rows.append((concurrency, direct, through))
@@ -151,7 +156,7 @@ def render(rows: list[tuple[int, Sample, Sample]], args: argparse.Namespace) -> 
         f"{args.rounds} alternating rounds per cell, {args.tokens} output tokens per request, ignore_eos.",
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
         "",
-        "| streams | direct tok/s | gateway tok/s | ratio | direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | TTFT p50 added ms | gateway CPU ms/request |",
+        "| streams | direct tok/s | gateway tok/s | ratio | direct TTFT p50 / p95 ms | gateway TTFT p50 / p95 ms | TTFT p50 added ms | gateway CPU ms/request (idle subtracted) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for concurrency, direct, through in rows:

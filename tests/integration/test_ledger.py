@@ -11,7 +11,7 @@ from lorafleet.gateway.ledger import LedgerWriter, UsageRow
 
 async def _row(db, make_key, **overrides) -> UsageRow:
     key = await make_key()
-    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), "ledger-test-model", 2048)
+    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), "ledger-test-model", 2048, {}, 16)
     now = dt.datetime.now(dt.UTC)
     fields = dict(
         request_id=ids.request_id(), tenant_id=key.tenant_id, api_key_id=key.key_id, base_model_id=base["id"],

@@ -80,6 +80,7 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
     """The demo tenant's key: the one in demo.env while it still works, else a new one."""
     import asyncpg
 
+    from lorafleet.db import queries
     from lorafleet.tenancy import TenancyService, hash_secret
 
     connection = await asyncpg.connect(settings.database_url)
@@ -88,11 +89,7 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
         tenant = await service.find_tenant_by_name(DEMO_TENANT) or await service.create_tenant(DEMO_TENANT)
         previous = _read_env(files.demo_env).get("LORAFLEET_API_KEY", "")
         if previous:
-            row = await connection.fetchrow(
-                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND tenant_id = $2 AND revoked_at IS NULL",
-                hash_secret(previous), tenant.id,
-            )
-            if row is not None:
+            if await connection.fetchval(queries.key_is_active_for_tenant, hash_secret(previous), tenant.id):
                 return tenant.id, previous
         created = await service.create_key(tenant.id, name="demo")
         return tenant.id, created.secret

@@ -29,6 +29,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     key_cache_seconds: Annotated[float, Meta(ge=0, le=1, description="How long a gateway trusts a cached key lookup; bounds how late a revocation takes effect.")] = 0.5
     worker_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads the worker registry and polls each worker.")] = 1.0
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
+    max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
+    max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
+    blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
     log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
 
@@ -44,6 +47,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_lora_rank: Annotated[int, Meta(ge=1, description="Largest adapter rank the workers accept (vLLM --max-lora-rank).")] = 16
     kv_cache_gib: Annotated[int, Meta(ge=1, description="KV cache size on the CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE).")] = 2
     engine_start_timeout_seconds: Annotated[float, Meta(gt=0, description="How long the worker waits for vLLM to become healthy before restarting it.")] = 300.0
+    adapter_cache_dir: Annotated[str, Meta(description="Worker's local disk cache of adapter files. Empty: DATA_DIR/adapter-cache.")] = ""
+    adapter_cache_bytes: Annotated[int, Meta(ge=1, description="Worker's adapter disk cache bound, in bytes; least recently used adapters are unloaded and deleted beyond it.")] = 2 * 1024 * 1024 * 1024
     engine_extra_args: Annotated[str, Meta(description="Extra command-line arguments passed to vLLM's server verbatim (space separated).")] = ""
 
     @property
@@ -53,6 +58,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def resolved_model_path(self) -> Path:
         return Path(self.model_path).resolve() if self.model_path else self.data_path / "models" / self.model_name
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return Path(self.blob_dir).resolve() if self.blob_dir else self.data_path / "blobs"
+
+    @property
+    def resolved_adapter_cache_dir(self) -> Path:
+        return Path(self.adapter_cache_dir).resolve() if self.adapter_cache_dir else self.data_path / "adapter-cache"
 
     @property
     def resolved_worker_url(self) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import asyncpg
 
+from lorafleet.db.queries import queries
+
 # Arbitrary but fixed: the lock id every LoraFleet process agrees on for schema changes.
 MIGRATION_LOCK_ID = 7_363_020_241
 
@@ -56,14 +58,10 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     pending = discover(directory)
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        await connection.execute(queries.lock_migrations, MIGRATION_LOCK_ID)
         try:
-            await connection.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            applied = {row["version"]: row for row in await connection.fetch("SELECT version, name, checksum FROM schema_migrations")}
+            await connection.execute(queries.create_migrations_table)
+            applied = {row["version"]: row for row in await connection.fetch(queries.applied_migrations)}
             done: list[str] = []
             for migration in pending:
                 if migration.version in applied:
@@ -73,12 +71,11 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                 async with connection.transaction():
                     await connection.execute(migration.sql)
                     await connection.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version, migration.path.name, migration.checksum,
+                        queries.record_migration, migration.version, migration.path.name, migration.checksum,
                     )
                 done.append(migration.version)
             return done
         finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+            await connection.execute(queries.unlock_migrations, MIGRATION_LOCK_ID)
     finally:
         await connection.close()

@@ -6,11 +6,16 @@ import asyncpg
 import msgspec
 
 
-async def _init_connection(connection: asyncpg.Connection) -> None:
+def _encode_json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """jsonb in and out as Python values (text format: the binary one needs a version byte)."""
     await connection.set_type_codec(
-        "jsonb", encoder=msgspec.json.encode, decoder=msgspec.json.decode, schema="pg_catalog", format="binary",
+        "jsonb", encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog", format="text",
     )
 
 
 async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=init_connection)

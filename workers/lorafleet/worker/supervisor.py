@@ -16,11 +16,13 @@ import time
 
 import aiohttp
 import asyncpg
+import msgspec
 import structlog
 
 from lorafleet.core import ids
 from lorafleet.core.settings import Settings
-from lorafleet.db import queries
+from lorafleet.adapters.architecture import model_architecture
+from lorafleet.db import create_pool, queries
 from lorafleet.worker.engine import engine_command, engine_environment
 
 log = structlog.get_logger("lorafleet.worker")
@@ -45,10 +47,11 @@ class WorkerSupervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        pool = await asyncpg.create_pool(self.settings.database_url, min_size=1, max_size=2)
+        pool = await create_pool(self.settings.database_url, max_size=2)
         try:
             row = await pool.fetchrow(
                 queries.upsert_base_model, ids.base_model_id(), self.settings.model_name, self.settings.max_model_len,
+                msgspec.to_builtins(model_architecture(self.settings.resolved_model_path)), self.settings.max_lora_rank,
             )
             base_model_id = row["id"]
             async with aiohttp.ClientSession() as http:

@@ -1,6 +1,7 @@
 -- name: upsert_base_model
-INSERT INTO base_models (id, name, max_model_len) VALUES ($1, $2, $3)
-ON CONFLICT (name) DO UPDATE SET max_model_len = excluded.max_model_len
+INSERT INTO base_models (id, name, max_model_len, architecture, max_lora_rank) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE SET max_model_len = excluded.max_model_len, architecture = excluded.architecture,
+                                 max_lora_rank = excluded.max_lora_rank
 RETURNING id, name, max_model_len;
 
 -- name: list_base_models

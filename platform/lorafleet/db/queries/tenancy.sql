@@ -27,3 +27,7 @@ RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires
 SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode,
        (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active
 FROM api_keys k WHERE k.key_hash = $1;
+
+-- name: key_is_active_for_tenant
+SELECT 1 FROM api_keys WHERE key_hash = $1 AND tenant_id = $2 AND revoked_at IS NULL
+AND (expires_at IS NULL OR expires_at > now());

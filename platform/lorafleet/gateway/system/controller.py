@@ -7,6 +7,7 @@ from litestar.di import Provide
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lorafleet.core.errors import ServiceUnavailable
+from lorafleet.db import queries
 from lorafleet.gateway.dependencies import provide_services
 from lorafleet.gateway.services import Services
 
@@ -23,7 +24,7 @@ class SystemController(Controller):
     @get("/readyz", operation_id="ready", summary="The database answers and at least one worker is ready.")
     async def readyz(self, services: Services) -> dict[str, Any]:
         try:
-            await services.pool.fetchval("SELECT 1")
+            await services.pool.fetchval(queries.ping)
         except Exception:
             raise ServiceUnavailable("The database is unreachable.", code="database_unavailable") from None
         if not services.registry.any_ready():

@@ -1,0 +1,1 @@
+"""LoRA adapters: validation, archives, content-addressed blobs, and their records."""

@@ -1,0 +1,113 @@
+"""Adapter records: create from validated files, list, get, delete — always within one tenant.
+
+Another tenant's adapter is answered exactly like a missing one. Validation runs before anything
+is stored; a record that cannot be written leaves no blob behind unless another adapter uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from lorafleet.adapters.architecture import Architecture
+from lorafleet.adapters.blobstore import BlobStore
+from lorafleet.adapters.validation import BaseModelSpec, validate_files
+from lorafleet.core import ids
+from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
+from lorafleet.db import queries
+
+# Letters, digits, '.', '_', '-'; starts with a letter or digit; no ':' (it separates base:adapter).
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    size_bytes: int
+    sha256: str
+    status: str
+    created_at: dt.datetime
+    object: str = "adapter"
+
+
+class AdapterService:
+    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore) -> None:
+        self._pool = pool
+        self._blobs = blobs
+
+    async def _base_spec(self, base_model: str | None) -> tuple[str, BaseModelSpec]:
+        if base_model:
+            row = await self._pool.fetchrow(queries.get_base_model_spec, base_model)
+            if row is None:
+                raise InvalidRequest(f"no base model named {base_model!r}", param="base_model")
+        else:
+            rows = await self._pool.fetch(queries.only_base_model)
+            if len(rows) != 1:
+                raise InvalidRequest("several base models are served; name one in base_model", param="base_model")
+            row = rows[0]
+        if not row["architecture"]:
+            raise InvalidRequest(f"base model {row['name']!r} has no worker yet to describe it", param="base_model")
+        return row["id"], BaseModelSpec(row["name"], msgspec.convert(row["architecture"], Architecture), row["max_lora_rank"])
+
+    async def create(self, tenant_id: str, name: str, base_model: str | None, files: dict[str, Path]) -> AdapterView:
+        if not ADAPTER_NAME.match(name):
+            raise InvalidRequest(f"invalid adapter name {name!r}: {NAME_RULE}", param="name")
+        base_id, spec = await self._base_spec(base_model)
+        if name == spec.name:
+            raise InvalidRequest("an adapter cannot take its base model's name", param="name")
+        if await self._pool.fetchval(queries.resolve_adapter_by_name, tenant_id, name) is not None:
+            raise Conflict(f"an adapter named {name!r} already exists; delete it first or pick another name", param="name")
+        valid = validate_files(files, spec)
+        self._blobs.put(valid.sha256, valid.weights_path)
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(queries.insert_blob, valid.sha256, valid.size_bytes)
+                await connection.fetchrow(
+                    queries.insert_adapter, ids.new_id("adp"), tenant_id, name, base_id, valid.rank, valid.lora_alpha,
+                    valid.target_modules, valid.config, valid.sha256, valid.size_bytes,
+                )
+        except asyncpg.UniqueViolationError:
+            await self._release_blob(valid.sha256)
+            raise Conflict(f"an adapter named {name!r} already exists", param="name") from None
+        except BaseException:
+            await self._release_blob(valid.sha256)
+            raise
+        return await self.get(tenant_id, await self._id_by_name(tenant_id, name))
+
+    async def _id_by_name(self, tenant_id: str, name: str) -> str:
+        return (await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name))["id"]
+
+    async def list(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> tuple[list[AdapterView], bool]:
+        rows = await self._pool.fetch(queries.list_adapters, tenant_id, after, limit + 1)
+        return [AdapterView(**dict(row)) for row in rows[:limit]], len(rows) > limit
+
+    async def get(self, tenant_id: str, adapter_id: str) -> AdapterView:
+        row = await self._pool.fetchrow(queries.get_adapter, adapter_id, tenant_id)
+        if row is None:
+            raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
+        return AdapterView(**dict(row))
+
+    async def delete(self, tenant_id: str, adapter_id: str) -> AdapterView:
+        view = await self.get(tenant_id, adapter_id)
+        row = await self._pool.fetchrow(queries.delete_adapter, adapter_id, tenant_id)
+        if row is None:
+            raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
+        await self._release_blob(row["sha256"])
+        return msgspec.structs.replace(view, status="deleted")
+
+    async def _release_blob(self, sha256: str) -> None:
+        """Delete the bytes once no adapter that still exists references them."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            if await connection.fetchval(queries.unreferenced_blob, sha256) is not None:
+                self._blobs.delete(sha256)
+                return
+        if not await self._pool.fetchval(queries.blob_exists, sha256):
+            self._blobs.delete(sha256)  # a failed first upload: the row never existed

@@ -1,0 +1,215 @@
+"""Every validation rule, each with a crafted bad adapter; and the archive rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lorafleet.adapters.archive import extract
+from lorafleet.adapters.validation import AdapterInvalid, BaseModelSpec, validate_files
+from tests.adapter_factory import TINY, lora_config, lora_tensors, tensor_name, write_adapter
+
+BASE = BaseModelSpec(name="SmolLM2-135M-Instruct", architecture=TINY, max_lora_rank=16)
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in folder.iterdir()}
+
+
+def _invalid(folder: Path) -> AdapterInvalid:
+    with pytest.raises(AdapterInvalid) as caught:
+        validate_files(_files(folder), BASE)
+    return caught.value
+
+
+def test_a_good_adapter_passes(tmp_path):
+    valid = validate_files(_files(write_adapter(tmp_path / "a", modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                          "gate_proj", "up_proj", "down_proj"])), BASE)
+    assert valid.rank == 8 and valid.target_modules == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert len(valid.sha256) == 64 and valid.size_bytes > 0
+
+
+def test_bf16_and_fp16_pass(tmp_path):
+    tensors = lora_tensors(TINY, 8, ["q_proj"], dtype=np.float16)
+    validate_files(_files(write_adapter(tmp_path / "f16", modules=["q_proj"], tensors=tensors)), BASE)
+
+
+def test_pickle_weights_are_refused(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    error = _invalid(folder)
+    assert error.param == "adapter_model.bin" and "pickle" in error.message
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"peft_type": "PREFIX_TUNING"}, "peft_type"),
+        ({"r": 32}, "r"),
+        ({"r": 0}, "r"),
+        ({"r": "8"}, "r"),
+        ({"target_modules": ["q_proj", "embed_tokens"]}, "target_modules"),
+        ({"target_modules": ".*proj"}, "target_modules"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"base_model_name_or_path": "meta-llama/Llama-3-8B"}, "base_model_name_or_path"),
+        ({"use_dora": True}, "use_dora"),
+        ({"bias": "all"}, "bias"),
+        ({"lora_alpha": -1}, "lora_alpha"),
+    ],
+)
+def test_config_rules(tmp_path, config, field):
+    base_config = lora_config(8, ["q_proj", "v_proj"])
+    base_config.update(config)
+    error = _invalid(write_adapter(tmp_path / "a", config=base_config))
+    assert error.param == f"adapter_config.json:{field}", error.message
+    assert error.status_code == 400
+
+
+def test_missing_or_broken_config(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_config.json").unlink()
+    assert _invalid(folder).param == "adapter_config.json"
+    (folder / "adapter_config.json").write_text("{not json")
+    assert "not valid JSON" in _invalid(folder).message
+
+
+def _weights_error(tmp_path: Path, tensors: dict, modules=("q_proj", "v_proj"), rank=8) -> AdapterInvalid:
+    return _invalid(write_adapter(tmp_path / "w", config=lora_config(rank, list(modules)), tensors=tensors))
+
+
+def test_weight_rules(tmp_path):
+    good = lora_tensors(TINY, 8, ["q_proj", "v_proj"])
+    name_a = tensor_name(0, "q_proj", "A")
+
+    embedding = dict(good, **{"base_model.model.model.embed_tokens.lora_embedding_A": np.zeros((8, 10), np.float32)})
+    assert "embedding" in _weights_error(tmp_path / "1", embedding).message
+
+    wrong_target = dict(good, **{tensor_name(0, "k_proj", "A"): np.zeros((8, 64), np.float32)})
+    assert "not in target_modules" in _weights_error(tmp_path / "2", wrong_target).message
+
+    bad_shape = dict(good, **{name_a: np.zeros((8, 65), np.float32)})
+    error = _weights_error(tmp_path / "3", bad_shape)
+    assert error.param == f"adapter_model.safetensors:{name_a}" and "[8, 64]" in error.message
+
+    rank_mismatch = lora_tensors(TINY, 4, ["q_proj", "v_proj"])
+    assert "shape" in _weights_error(tmp_path / "4", rank_mismatch).message
+
+    bad_dtype = dict(good, **{name_a: np.zeros((8, 64), np.int32)})
+    assert "dtype" in _weights_error(tmp_path / "5", bad_dtype).message
+
+    nan = dict(good)
+    nan[name_a] = good[name_a].copy()
+    nan[name_a][0, 0] = np.nan
+    assert "NaN" in _weights_error(tmp_path / "6", nan).message
+
+    inf = dict(good)
+    inf[name_a] = good[name_a].astype(np.float16)
+    inf[name_a][1, 1] = np.inf
+    assert "NaN or Inf" in _weights_error(tmp_path / "7", inf).message
+
+    too_deep = dict(good, **{tensor_name(5, "q_proj", "A"): np.zeros((8, 64), np.float32),
+                             tensor_name(5, "q_proj", "B"): np.zeros((64, 8), np.float32)})
+    assert "layer 5 does not exist" in _weights_error(tmp_path / "8", too_deep).message
+
+    half = {k: v for k, v in good.items() if k != tensor_name(1, "v_proj", "B")}
+    assert "no lora_B" in _weights_error(tmp_path / "9", half).message
+
+    odd_name = dict(good, **{"model.layers.0.q_proj.weight": np.zeros((64, 64), np.float32)})
+    assert "unexpected tensor name" in _weights_error(tmp_path / "10", odd_name).message
+
+
+def test_not_a_safetensors_file(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 4)
+    assert "not a safetensors file" in _invalid(folder).message
+    (folder / "adapter_model.safetensors").write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    assert "bad header length" in _invalid(folder).message
+
+
+# ---- archives -------------------------------------------------------------------------------
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as bundle:
+        for info, data in members:
+            bundle.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _info(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def _extract(tmp_path: Path, archive: Path, name: str = "a.tar.gz", **limits) -> dict[str, Path]:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return extract(archive, name, out, max_files=limits.get("max_files", 8), max_bytes=limits.get("max_bytes", 10_000))
+
+
+def test_a_good_archive_in_one_folder_extracts(tmp_path):
+    archive = _tar(tmp_path / "a.tar.gz", [_info("my-adapter/", kind=tarfile.DIRTYPE),
+                                           _info("my-adapter/adapter_config.json", b"{}"),
+                                           _info("my-adapter/adapter_model.safetensors", b"xx")])
+    assert sorted(_extract(tmp_path, archive)) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_info("/etc/passwd", b"x"), "absolute path"),
+        (_info("../../evil", b"x"), "climbs out"),
+        (_info("a/../../evil", b"x"), "climbs out"),
+        (_info("link", kind=tarfile.SYMTYPE, link="/etc/passwd"), "link or special"),
+        (_info("hard", kind=tarfile.LNKTYPE, link="adapter_config.json"), "link or special"),
+        (_info("dev", kind=tarfile.CHRTYPE), "link or special"),
+        (_info("a/b/c/deep.json", b"x"), "nested too deep"),
+    ],
+)
+def test_hostile_tar_members(tmp_path, member, message):
+    archive = _tar(tmp_path / "a.tar.gz", [member])
+    with pytest.raises(AdapterInvalid, match=message):
+        _extract(tmp_path, archive)
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_file_count_and_decompressed_size_caps(tmp_path):
+    many = _tar(tmp_path / "many.tar.gz", [_info(f"f{i}", b"x") for i in range(9)])
+    with pytest.raises(AdapterInvalid, match="more than 8 files"):
+        _extract(tmp_path, many)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("adapter_model.safetensors", b"\0" * 1_000_000)  # ~1 KB compressed
+    assert bomb.stat().st_size < 5_000
+    with pytest.raises(AdapterInvalid, match="more than 10000 bytes"):
+        _extract(tmp_path, bomb, "bomb.zip")
+
+
+def test_zip_symlink_and_traversal(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (0o120777 << 16)
+        bundle.writestr(link, "/etc/passwd")
+    with pytest.raises(AdapterInvalid, match="link or special"):
+        _extract(tmp_path, archive, "a.zip")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("../evil", "x")
+    with pytest.raises(AdapterInvalid, match="climbs out"):
+        _extract(tmp_path, archive, "a.zip")
+
+
+def test_not_an_archive(tmp_path):
+    junk = tmp_path / "a.tar.gz"
+    junk.write_bytes(b"definitely not gzip")
+    with pytest.raises(AdapterInvalid, match="not a readable archive"):
+        _extract(tmp_path, junk)
