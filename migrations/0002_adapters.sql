@@ -23,7 +23,7 @@ CREATE TABLE adapters (
     lora_alpha      double precision NOT NULL,
     target_modules  text[] NOT NULL,
     config          jsonb NOT NULL,
-    sha256          text NOT NULL REFERENCES blobs (sha256),
+    sha256          text NOT NULL,  -- the blob; deleted adapters keep it as history, so no FK
     size_bytes      bigint NOT NULL,
     status          text NOT NULL CHECK (status IN ('ready', 'deleted')),
     created_at      timestamptz NOT NULL DEFAULT now(),

@@ -13,12 +13,13 @@ pytestmark = pytest.mark.engine
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-async def test_models_list(client, db, model_name):
-    models = await client.models.list()
-    listed = [m.id for m in models.data]
-    assert model_name in listed
-    assert sorted(listed) == sorted(r["name"] for r in await db.fetch("SELECT name FROM base_models"))
-    assert all(m.owned_by == "lorafleet" for m in models.data)
+async def test_models_list(client, db, model_name, tenant_key):
+    models = (await client.models.list()).data
+    bases = [m.id for m in models if m.owned_by == "lorafleet"]
+    assert model_name in bases
+    assert sorted(bases) == sorted(r["name"] for r in await db.fetch("SELECT name FROM base_models"))
+    own_adapters = await db.fetch("SELECT name FROM adapters WHERE tenant_id = $1 AND status = 'ready'", tenant_key.tenant_id)
+    assert sorted(m.id for m in models if m.owned_by != "lorafleet") == sorted(r["name"] for r in own_adapters)
 
 
 async def test_smollm2_gives_a_coherent_answer(client, model_name):

@@ -6,13 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from lorafleet.adapters.blobstore import LocalBlobStore
+from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings, get_settings
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
+from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.keys import KeysController
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth=KeyAuthenticator(pool, settings.key_cache_seconds),
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
+            adapters=AdapterService(pool, LocalBlobStore(settings.resolved_blob_dir)),
         )
         ledger.start()
         await registry.start()
@@ -59,7 +63,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[OpenAIController, KeysController, SystemController],
+        route_handlers=[
+            OpenAIController, KeysController, SystemController,
+            # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
+            Router("/", route_handlers=[AdaptersController], request_max_body_size=settings.max_upload_bytes),
+        ],
         lifespan=[lifespan],
         middleware=[request_context_middleware(metrics)],
         exception_handlers=EXCEPTION_HANDLERS,

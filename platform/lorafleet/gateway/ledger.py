@@ -37,6 +37,7 @@ class UsageRow(msgspec.Struct, kw_only=True):
     finished_at: dt.datetime
     ttft_ms: int | None
     duration_ms: int
+    adapter_id: str | None = None
 
 
 _COLUMNS = [field for field in UsageRow.__struct_fields__]

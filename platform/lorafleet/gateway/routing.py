@@ -70,6 +70,21 @@ class WorkerRegistry:
             raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.", code="no_worker_ready")
         return min(candidates, key=lambda worker: worker.in_flight)
 
+    async def unload_adapter(self, adapter_id: str) -> None:
+        """Ask every worker to drop an adapter now; its resolver refuses it from here on anyway."""
+        async def unload(worker: WorkerState) -> None:
+            try:
+                async with self._http.post(
+                    f"{worker.url}/v1/unload_lora_adapter", json={"lora_name": adapter_id}, headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    if response.status not in (200, 400, 404):  # 400/404: it was not loaded there
+                        log.warning("adapter_unload_failed", worker=worker.url, status=response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("adapter_unload_failed", worker=worker.url, error=repr(exc))
+
+        await asyncio.gather(*(unload(worker) for worker in self._workers.values()))
+
     def mark_unready(self, worker: WorkerState) -> None:
         worker.ready = False
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 
+from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.catalog import ModelCatalog
@@ -27,3 +28,4 @@ class Services:
     registry: WorkerRegistry
     ledger: LedgerWriter
     relay: Relay
+    adapters: AdapterService

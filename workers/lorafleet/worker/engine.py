@@ -33,6 +33,13 @@ def engine_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # lets the resolver plugin load adapters on demand
+    env["VLLM_PLUGINS"] = "lorafleet"  # our plugin only, even if others are installed
+    env["LORAFLEET_WORKER"] = "1"  # turns the resolver on inside vLLM's processes
+    # The resolver reads these through the same settings as the worker.
+    env["LORAFLEET_DATABASE_URL"] = settings.database_url
+    env["LORAFLEET_INTERNAL_TOKEN"] = settings.internal_token
+    env["LORAFLEET_WORKER_PORT"] = str(settings.worker_port)
+    env["LORAFLEET_MODEL_NAME"] = settings.model_name
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")  # no model hub is reachable; never try

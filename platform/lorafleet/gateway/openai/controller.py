@@ -43,15 +43,17 @@ class OpenAIController(Controller):
     @get("/models", operation_id="listModels", summary="Models this key can call.")
     async def list_models(self, principal: Principal, services: Services) -> dict[str, Any]:
         principal.require("inference")
-        models = services.catalog.all()
-        return {
-            "object": "list",
-            "data": [
-                {"id": m.name, "object": "model", "created": m.created, "owned_by": "lorafleet",
-                 "max_model_len": m.max_model_len}
-                for m in sorted(models, key=lambda m: m.name)
-            ],
-        }
+        models: list[dict[str, Any]] = [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": "lorafleet", "max_model_len": m.max_model_len}
+            for m in sorted(services.catalog.all(), key=lambda m: m.name)
+        ]
+        adapters, _ = await services.adapters.list(principal.tenant_id, limit=1000)
+        models += [
+            {"id": a.name, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": principal.tenant_id,
+             "parent": a.base_model}
+            for a in sorted(adapters, key=lambda a: a.name)
+        ]
+        return {"object": "list", "data": models}
 
 
 async def _complete(request: Request, principal: Principal, services: Services, path: str) -> Response[Any]:
@@ -64,13 +66,14 @@ async def _complete(request: Request, principal: Principal, services: Services, 
     unknown = sorted(set(raw) - _KNOWN[path])
     if unknown:
         entry["unknown_fields"] = unknown  # names only: values may hold prompt text
-    base = services.catalog.resolve(parsed.model)
+    resolved = await services.catalog.resolve(principal.tenant_id, parsed.model)
     options = parsed.stream_options
     call = CompletionCall(
         request_id=entry["request_id"],
         principal=principal,
-        base_model_id=base.id,
-        served_model=base.name,
+        base_model_id=resolved.base.id,
+        served_model=resolved.served_name,
+        adapter_id=resolved.adapter_id,
         public_model=parsed.model,
         endpoint=endpoint,
         upstream_path=path,

@@ -59,6 +59,7 @@ class CompletionCall:
     client_usage: bool
     client_continuous_usage: bool
     log_entry: RequestLog
+    adapter_id: str | None = None
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     started: float = field(default_factory=time.perf_counter)
 
@@ -212,6 +213,7 @@ class Meter:
             completion_tokens=self.completion_tokens, worker_url=self.worker.url if self.worker else None,
             started_at=call.started_at, finished_at=call.started_at + dt.timedelta(seconds=duration),
             ttft_ms=None if self.ttft is None else round(self.ttft * 1000), duration_ms=round(duration * 1000),
+            adapter_id=call.adapter_id,
         ))
         self._metrics.completions.labels(outcome).inc()
         self._metrics.tokens.labels("prompt").inc(self.prompt_tokens)

@@ -1,0 +1,125 @@
+"""Stream a multipart upload to temporary files: never the whole upload in memory.
+
+python-multipart parses the body chunk by chunk as it arrives; each file part is written to a
+temporary folder; the byte cap is enforced by the route's ``request_max_body_size`` on the bytes
+actually received (413 past it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from litestar import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from lorafleet.core.errors import InvalidRequest, UnsupportedMediaType
+
+MAX_FIELD_BYTES = 4096
+MAX_PARTS = 64
+
+
+@dataclass
+class UploadedForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[tuple[str, Path]] = field(default_factory=list)  # (client file name, local path)
+
+
+class _Part:
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.header_field = b""
+        self.header_value = b""
+        self.name = ""
+        self.filename: str | None = None
+        self.buffer = bytearray()
+        self.sink: BinaryIO | None = None
+        self.path: Path | None = None
+
+
+class _FormReader:
+    """python-multipart callbacks that write file parts to ``into`` and keep short fields."""
+
+    def __init__(self, into: Path) -> None:
+        self.into = into
+        self.form = UploadedForm()
+        self.part = _Part()
+        self.parts = 0
+        self.error: InvalidRequest | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in (
+            "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+            "on_part_data", "on_part_end")}
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            self.error = self.error or InvalidRequest(f"more than {MAX_PARTS} form parts")
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        part = self.part
+        part.headers[part.header_field.lower()] = part.header_value
+        part.header_field, part.header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        part = self.part
+        _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        raw_filename = disposition.get(b"filename")
+        if raw_filename is not None:
+            # Only the base name counts: a client's path never reaches our file system.
+            part.filename = Path(raw_filename.decode("utf-8", "replace").replace("\\", "/")).name or "upload"
+            part.path = self.into / f"{len(self.form.files)}-{part.filename}"
+            part.sink = open(part.path, "wb")  # noqa: SIM115 - closed in on_part_end / close()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        if part.sink is not None:
+            part.sink.write(data[start:end])
+            return
+        part.buffer += data[start:end]
+        if len(part.buffer) > MAX_FIELD_BYTES:
+            self.error = self.error or InvalidRequest(f"form field {part.name!r} is too long", param=part.name or None)
+            part.buffer.clear()
+
+    def on_part_end(self) -> None:
+        part = self.part
+        if part.sink is not None:
+            part.sink.close()
+            self.form.files.append((part.filename or "upload", part.path))  # type: ignore[arg-type]
+        elif part.name:
+            self.form.fields[part.name] = part.buffer.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.part.sink is not None and not self.part.sink.closed:
+            self.part.sink.close()
+
+
+async def receive_multipart(request: Request, into: Path) -> UploadedForm:
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise UnsupportedMediaType("send the adapter as multipart/form-data", param="content-type")
+    reader = _FormReader(into)
+    parser = MultipartParser(options[b"boundary"], callbacks=reader.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if reader.error:
+                raise reader.error
+        parser.finalize()
+    except ValueError as exc:  # python-multipart's parse errors
+        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    finally:
+        reader.close()
+    if reader.error:
+        raise reader.error
+    return reader.form

@@ -1,0 +1,155 @@
+"""Adapters end to end: upload, validation, isolation, serving by name, delete; correct base tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from lorafleet.adapters.architecture import model_architecture
+from tests.adapter_factory import lora_config, lora_tensors, write_adapter
+from tests.integration.conftest import ledger_row
+
+pytestmark = pytest.mark.engine
+
+PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+def _files(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
+    return [("file", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+
+
+async def upload(gateway, secret: str, name: str, folder: Path, **fields: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        return await http.post("/v1/adapters", data={"name": name, **fields}, files=_files(folder),
+                               headers={"Authorization": f"Bearer {secret}"})
+
+
+@pytest.fixture(scope="module")
+def arch(model_path):
+    return model_architecture(model_path)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory, arch) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [write_adapter(root / f"a{i}", arch=arch, rank=8, modules=["q_proj", "v_proj", "down_proj"], seed=i)
+            for i in range(6)]
+
+
+async def _greedy(client, model: str, max_tokens: int = 12) -> str:
+    reply = await client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=max_tokens)
+    return reply.choices[0].message.content
+
+
+async def test_upload_list_get_and_call_by_name(gateway, client, tenant_key, adapter_dirs, db, model_name):
+    response = await upload(gateway, tenant_key.secret, "support-bot", adapter_dirs[0])
+    assert response.status_code == 201, response.text
+    adapter = response.json()
+    assert adapter["id"].startswith("adp_") and adapter["name"] == "support-bot"
+    assert (adapter["base_model"], adapter["rank"], adapter["status"]) == (model_name, 8, "ready")
+    assert adapter["target_modules"] == ["down_proj", "q_proj", "v_proj"] and len(adapter["sha256"]) == 64
+
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
+        listing = (await http.get("/v1/adapters")).json()
+        assert listing["object"] == "list" and adapter["id"] in [a["id"] for a in listing["data"]]
+        assert (await http.get(f"/v1/adapters/{adapter['id']}")).json()["name"] == "support-bot"
+
+    models = {m.id: m for m in (await client.models.list()).data}
+    assert models["support-bot"].parent == model_name
+
+    base_text = await _greedy(client, model_name)
+    raw = await client.chat.completions.with_raw_response.create(model="support-bot", messages=PROMPT, temperature=0,
+                                                                 max_tokens=12)
+    reply = raw.parse()
+    assert reply.model == "support-bot"
+    assert reply.choices[0].message.content != base_text, "the adapter changes the output"
+    row = await ledger_row(db, raw.headers["x-request-id"])
+    assert row["adapter_id"] == adapter["id"] and row["completion_tokens"] == reply.usage.completion_tokens
+    assert await _greedy(client, f"{model_name}:support-bot") == reply.choices[0].message.content
+
+
+async def test_other_tenants_cannot_see_use_or_delete_it(gateway, make_key, tenant_key, adapter_dirs):
+    response = await upload(gateway, tenant_key.secret, "private-one", adapter_dirs[1])
+    adapter = response.json()
+    stranger = await make_key()
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {stranger.secret}"}) as http:
+        assert adapter["id"] not in json.dumps((await http.get("/v1/adapters")).json())
+        assert "private-one" not in json.dumps((await http.get("/v1/models")).json())
+        foreign_get = await http.get(f"/v1/adapters/{adapter['id']}")
+        missing_get = await http.get("/v1/adapters/adp_doesnotexist0000000")
+        assert foreign_get.status_code == missing_get.status_code == 404
+        assert (await http.delete(f"/v1/adapters/{adapter['id']}")).status_code == 404
+        for model in ("private-one", adapter["id"]):
+            chat = await http.post("/v1/chat/completions", json={"model": model, "messages": PROMPT})
+            assert chat.status_code == 404 and chat.json()["error"]["code"] == "model_not_found"
+
+
+async def test_bad_uploads_store_nothing(gateway, tenant_key, db, tmp_path, arch):
+    blobs_before = await db.fetchval("SELECT count(*) FROM blobs")
+    adapters_before = await db.fetchval("SELECT count(*) FROM adapters")
+    pickled = write_adapter(tmp_path / "pickled", arch=arch)
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    too_big_rank = write_adapter(tmp_path / "rank", arch=arch, rank=64)
+    cases = [
+        (pickled, "adapter_model.bin"),
+        (too_big_rank, "adapter_config.json:r"),
+    ]
+    for folder, param in cases:
+        response = await upload(gateway, tenant_key.secret, "bad", folder)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    response = await upload(gateway, tenant_key.secret, "bad name!", write_adapter(tmp_path / "ok", arch=arch))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "name"
+    assert await db.fetchval("SELECT count(*) FROM blobs") == blobs_before
+    assert await db.fetchval("SELECT count(*) FROM adapters") == adapters_before
+
+
+async def test_same_bytes_are_stored_once_and_names_are_unique(gateway, tenant_key, adapter_dirs, db):
+    first = (await upload(gateway, tenant_key.secret, "twin-a", adapter_dirs[2])).json()
+    second = (await upload(gateway, tenant_key.secret, "twin-b", adapter_dirs[2])).json()
+    assert first["sha256"] == second["sha256"]
+    assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", first["sha256"]) == 1
+    clash = await upload(gateway, tenant_key.secret, "twin-a", adapter_dirs[3])
+    assert clash.status_code == 409 and clash.json()["error"]["param"] == "name"
+
+
+async def test_delete_stops_serving_and_frees_the_blob(gateway, client, tenant_key, adapter_dirs, db, base_env):
+    adapter = (await upload(gateway, tenant_key.secret, "short-lived", adapter_dirs[4])).json()
+    await _greedy(client, "short-lived", 4)  # loaded on the worker
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
+        deleted = await http.delete(f"/v1/adapters/{adapter['id']}")
+        assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+        assert (await http.get(f"/v1/adapters/{adapter['id']}")).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        await _greedy(client, "short-lived", 4)
+    assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", adapter["sha256"]) == 0
+    blob = Path(base_env["LORAFLEET_DATA_DIR"]) / "blobs" / adapter["sha256"][:2] / adapter["sha256"]
+    assert not blob.exists()
+    # The name is free again.
+    again = await upload(gateway, tenant_key.secret, "short-lived", adapter_dirs[4])
+    assert again.status_code == 201
+
+
+async def test_base_requests_batched_with_cycling_adapters_stay_correct(gateway, client, tenant_key, adapter_dirs, model_name):
+    names = []
+    for i, folder in enumerate(adapter_dirs):
+        name = f"cycle-{i}"
+        response = await upload(gateway, tenant_key.secret, name, folder)
+        assert response.status_code == 201, response.text
+        names.append(name)
+    # References, each request alone.
+    base_alone = await _greedy(client, model_name, 16)
+    adapter_alone = {name: await _greedy(client, name, 16) for name in names}
+    assert len(set(adapter_alone.values()) | {base_alone}) > 2, "adapters really change outputs"
+    # Now everything at once, twice: 6 adapters > max_loras=4, so slots are reused between rounds,
+    # and base requests share batches with adapter requests.
+    for _ in range(2):
+        models = [model_name] * 4 + names
+        outputs = await asyncio.gather(*(_greedy(client, model, 16) for model in models))
+        for model, text in zip(models, outputs):
+            expected = base_alone if model == model_name else adapter_alone[model]
+            assert text == expected, f"{model} produced different tokens when batched"

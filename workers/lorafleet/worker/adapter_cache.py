@@ -1,0 +1,89 @@
+"""The worker's local disk cache of adapters, bounded in bytes, least recently used out first.
+
+Each adapter lives in ``<root>/<adp_id>/`` as the two files vLLM loads. A fetch writes into a
+temporary folder, checks the weights' sha256, then renames: a half-fetched adapter is never
+visible. Before an adapter's files are deleted, the ``unload`` callback removes it from vLLM, so
+the engine never holds a name whose files are gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lorafleet.adapters.blobstore import BlobStore
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterIntegrityError(RuntimeError):
+    pass
+
+
+class AdapterDiskCache:
+    def __init__(self, root: Path, max_bytes: int, blobs: BlobStore) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.blobs = blobs
+        root.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def folder(self, adapter_id: str) -> Path:
+        return self.root / adapter_id
+
+    def ensure(self, adapter_id: str, sha256: str, config: dict[str, Any]) -> tuple[Path, bool]:
+        """The adapter's folder, fetched if absent; (folder, was_cached)."""
+        folder = self.folder(adapter_id)
+        if (folder / WEIGHTS_FILE).exists():
+            os.utime(folder)  # recency for LRU
+            self.hits += 1
+            return folder, True
+        self.misses += 1
+        staging = self.root / f".{adapter_id}.{os.getpid()}.{time.monotonic_ns()}"
+        staging.mkdir()
+        try:
+            self.blobs.fetch(sha256, staging / WEIGHTS_FILE)
+            if _sha256(staging / WEIGHTS_FILE) != sha256:
+                raise AdapterIntegrityError(f"{adapter_id}: weights do not match sha256 {sha256}")
+            (staging / CONFIG_FILE).write_text(json.dumps(config))
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder, False
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self.root.glob("adp_*/*") if f.is_file())
+
+    def over_budget(self, keep: set[str]) -> list[str]:
+        """Least recently used adapters (never those in ``keep``) whose removal brings the cache within budget."""
+        folders = sorted((f for f in self.root.glob("adp_*") if f.is_dir() and f.name not in keep),
+                         key=lambda f: f.stat().st_mtime)
+        total = self.size()
+        victims = []
+        for folder in folders:
+            if total <= self.max_bytes:
+                break
+            total -= sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            victims.append(folder.name)
+        return victims
+
+    def remove(self, adapter_id: str) -> None:
+        """Delete an adapter's files; the caller has unloaded it from vLLM first."""
+        shutil.rmtree(self.folder(adapter_id), ignore_errors=True)
+        self.evictions += 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
