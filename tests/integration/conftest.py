@@ -35,6 +35,30 @@ def worker(base_env: dict[str, str], log_dir: Path) -> Iterator[Service]:
         service.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_llama import TINY_NAME, build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / TINY_NAME, model_path)
+
+
+TINY_ADAPTER_CACHE_BYTES = 1_000_000  # ~15 tiny adapters: the 200-adapter test must evict
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(base_env: dict[str, str], log_dir: Path, tiny_model_path: Path, worker: Service) -> Iterator[Service]:
+    """A second worker serving a tiny random Llama in float32, for reference-equality tests."""
+    from tests.tiny_llama import TINY_NAME
+
+    env = dict(base_env, LORAFLEET_MODEL_NAME=TINY_NAME, LORAFLEET_MODEL_PATH=str(tiny_model_path),
+               LORAFLEET_ENGINE_EXTRA_ARGS="--dtype float32", LORAFLEET_ADAPTER_CACHE_BYTES=str(TINY_ADAPTER_CACHE_BYTES))
+    service = start_worker(env, log_dir)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 class GatewayFactory:
     def __init__(self, base_env: dict[str, str], log_dir: Path) -> None:
         self.base_env = base_env

@@ -23,10 +23,12 @@ def _files(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
     return [("file", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
 
 
-async def upload(gateway, secret: str, name: str, folder: Path, **fields: str) -> httpx.Response:
+async def upload(gateway, secret: str, name: str, folder: Path, base_model: str = "SmolLM2-135M-Instruct",
+                 **fields: str) -> httpx.Response:
+    # base_model is named: with the tiny reference worker up there are two base models.
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
-        return await http.post("/v1/adapters", data={"name": name, **fields}, files=_files(folder),
-                               headers={"Authorization": f"Bearer {secret}"})
+        return await http.post("/v1/adapters", data={"name": name, "base_model": base_model, **fields},
+                               files=_files(folder), headers={"Authorization": f"Bearer {secret}"})
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_lora_rank: Annotated[int, Meta(ge=1, description="Largest adapter rank the workers accept (vLLM --max-lora-rank).")] = 16
     kv_cache_gib: Annotated[int, Meta(ge=1, description="KV cache size on the CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE).")] = 2
     engine_start_timeout_seconds: Annotated[float, Meta(gt=0, description="How long the worker waits for vLLM to become healthy before restarting it.")] = 300.0
-    adapter_cache_dir: Annotated[str, Meta(description="Worker's local disk cache of adapter files. Empty: DATA_DIR/adapter-cache.")] = ""
+    adapter_cache_dir: Annotated[str, Meta(description="Worker's local disk cache of adapter files, one per worker. Empty: DATA_DIR/adapter-cache/WORKER_PORT.")] = ""
     adapter_cache_bytes: Annotated[int, Meta(ge=1, description="Worker's adapter disk cache bound, in bytes; least recently used adapters are unloaded and deleted beyond it.")] = 2 * 1024 * 1024 * 1024
     engine_extra_args: Annotated[str, Meta(description="Extra command-line arguments passed to vLLM's server verbatim (space separated).")] = ""
 
@@ -65,7 +65,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     @property
     def resolved_adapter_cache_dir(self) -> Path:
-        return Path(self.adapter_cache_dir).resolve() if self.adapter_cache_dir else self.data_path / "adapter-cache"
+        if self.adapter_cache_dir:
+            return Path(self.adapter_cache_dir).resolve()
+        return self.data_path / "adapter-cache" / str(self.worker_port)
 
     @property
     def resolved_worker_url(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from lorafleet.adapters.blobstore import BlobStore
 
+EVICTION_GRACE_SECONDS = 2.0
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
@@ -60,18 +61,32 @@ class AdapterDiskCache:
         return folder, False
 
     def size(self) -> int:
-        return sum(f.stat().st_size for f in self.root.glob("adp_*/*") if f.is_file())
+        return sum(_bytes(folder) for folder in self.root.glob("adp_*"))
 
-    def over_budget(self, keep: set[str]) -> list[str]:
-        """Least recently used adapters (never those in ``keep``) whose removal brings the cache within budget."""
-        folders = sorted((f for f in self.root.glob("adp_*") if f.is_dir() and f.name not in keep),
-                         key=lambda f: f.stat().st_mtime)
+    def over_budget(self, keep: set[str], grace_seconds: float = EVICTION_GRACE_SECONDS) -> list[str]:
+        """Least recently used adapters whose removal brings the cache within budget.
+
+        Never those in ``keep`` (being resolved) nor any used in the last ``grace_seconds``: vLLM
+        looks a resolved adapter up again by name while it prepares the request, and an unload in
+        between would turn that request into a 404. So the cache may sit above its bound by the
+        adapters used within the grace period. The caller serialises eviction; a folder vanishing
+        meanwhile is simply skipped.
+        """
+        folders = []
+        recent = time.time() - grace_seconds
+        for folder in self.root.glob("adp_*"):
+            try:
+                mtime = folder.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if folder.name not in keep and mtime < recent:
+                folders.append((mtime, folder))
         total = self.size()
         victims = []
-        for folder in folders:
+        for _, folder in sorted(folders):
             if total <= self.max_bytes:
                 break
-            total -= sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            total -= _bytes(folder)
             victims.append(folder.name)
         return victims
 
@@ -87,3 +102,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _bytes(folder: Path) -> int:
+    total = 0
+    try:
+        for file in folder.iterdir():
+            total += file.stat().st_size
+    except FileNotFoundError:
+        pass
+    return total

@@ -54,6 +54,7 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
         # Names being resolved right now hold vLLM's per-name lock; evicting one of them would
         # wait on that lock while it may wait on ours: never pick them as victims.
         self._resolving: set[str] = set()
+        self._evicting = asyncio.Lock()  # one eviction pass at a time
 
     async def _db(self):
         async with self._pool_lock:
@@ -83,9 +84,10 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
             if row is None or row["base_model"] != self.settings.model_name:
                 return None  # deleted, unknown, or for another base model: vLLM answers 404
             folder, cached = await asyncio.to_thread(self.cache.ensure, row["id"], row["sha256"], row["config"])
-            for victim in await asyncio.to_thread(self.cache.over_budget, self._resolving | {lora_name}):
-                await self._unload(victim)
-                await asyncio.to_thread(self.cache.remove, victim)
+            async with self._evicting:
+                for victim in await asyncio.to_thread(self.cache.over_budget, self._resolving | {lora_name}):
+                    await self._unload(victim)
+                    await asyncio.to_thread(self.cache.remove, victim)
             log.info("adapter_resolved", adapter=lora_name, from_disk_cache=cached,
                      ms=round((time.perf_counter() - started) * 1000, 1))
             # vLLM replaces lora_int_id with its own counter when it loads a resolved adapter; ours is
