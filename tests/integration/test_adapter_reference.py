@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -94,3 +95,9 @@ async def test_two_hundred_adapters_round_robin_through_a_small_disk_cache(gatew
     adapter_bytes = max(sum(f.stat().st_size for f in folder.iterdir()) for folder in cache.glob("adp_*"))
     on_disk = sum(f.stat().st_size for f in cache.glob("adp_*/*"))
     assert on_disk <= TINY_ADAPTER_CACHE_BYTES + adapter_bytes
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{tiny_worker.url}/metrics")).text
+    cold = re.search(r'^lorafleet_adapter_resolutions_total\{source="blob_store"\} ([0-9.]+)$', metrics, re.MULTILINE)
+    evicted = re.search(r"^lorafleet_adapter_disk_cache_evictions_total ([0-9.]+)$", metrics, re.MULTILINE)
+    assert cold and float(cold.group(1)) >= 200 + 20, "every first use and every use after eviction is a cold load"
+    assert evicted and float(evicted.group(1)) >= 150

@@ -155,3 +155,41 @@ async def test_base_requests_batched_with_cycling_adapters_stay_correct(gateway,
         for model, text in zip(models, outputs):
             expected = base_alone if model == model_name else adapter_alone[model]
             assert text == expected, f"{model} produced different tokens when batched"
+
+
+async def test_delete_while_requests_are_in_flight(gateway, client, tenant_key, adapter_dirs, db):
+    adapter = (await upload(gateway, tenant_key.secret, "in-flight", adapter_dirs[5])).json()
+    body = {"model": "in-flight", "prompt": "Once upon a time", "max_tokens": 120, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    started = asyncio.Event()
+    streams_started = 0
+
+    async def stream(http: httpx.AsyncClient) -> tuple[str, dict]:
+        nonlocal streams_started
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            last, counted = None, False
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    last = json.loads(line[6:])
+                    if not counted:
+                        counted = True
+                        streams_started += 1
+                        if streams_started == 3:
+                            started.set()
+            return request_id, last
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=120,
+                                 headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
+        tasks = [asyncio.create_task(stream(http)) for _ in range(3)]
+        await asyncio.wait_for(started.wait(), 60)
+        deleted = await http.delete(f"/v1/adapters/{adapter['id']}")
+        assert deleted.status_code == 200
+        later = await http.post("/v1/completions", json={"model": "in-flight", "prompt": "x", "max_tokens": 2})
+        assert later.status_code == 404
+        results = await asyncio.gather(*tasks)
+    for request_id, last in results:
+        assert last["usage"]["completion_tokens"] == 120, "in-flight requests run to the end"
+        row = await ledger_row(db, request_id)
+        assert row["outcome"] == "success" and row["adapter_id"] == adapter["id"]

@@ -33,9 +33,6 @@ class AdapterDiskCache:
         self.max_bytes = max_bytes
         self.blobs = blobs
         root.mkdir(parents=True, exist_ok=True)
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
 
     def folder(self, adapter_id: str) -> Path:
         return self.root / adapter_id
@@ -45,9 +42,7 @@ class AdapterDiskCache:
         folder = self.folder(adapter_id)
         if (folder / WEIGHTS_FILE).exists():
             os.utime(folder)  # recency for LRU
-            self.hits += 1
             return folder, True
-        self.misses += 1
         staging = self.root / f".{adapter_id}.{os.getpid()}.{time.monotonic_ns()}"
         staging.mkdir()
         try:
@@ -61,7 +56,12 @@ class AdapterDiskCache:
         return folder, False
 
     def size(self) -> int:
-        return sum(_bytes(folder) for folder in self.root.glob("adp_*"))
+        return self.usage()[1]
+
+    def usage(self) -> tuple[int, int]:
+        """(adapters, bytes) on disk."""
+        folders = list(self.root.glob("adp_*"))
+        return len(folders), sum(_bytes(folder) for folder in folders)
 
     def over_budget(self, keep: set[str], grace_seconds: float = EVICTION_GRACE_SECONDS) -> list[str]:
         """Least recently used adapters whose removal brings the cache within budget.
@@ -93,7 +93,6 @@ class AdapterDiskCache:
     def remove(self, adapter_id: str) -> None:
         """Delete an adapter's files; the caller has unloaded it from vLLM first."""
         shutil.rmtree(self.folder(adapter_id), ignore_errors=True)
-        self.evictions += 1
 
 
 def _sha256(path: Path) -> str:

@@ -55,6 +55,9 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
         # wait on that lock while it may wait on ours: never pick them as victims.
         self._resolving: set[str] = set()
         self._evicting = asyncio.Lock()  # one eviction pass at a time
+        from lorafleet.worker.metrics import AdapterMetrics
+
+        self.metrics = AdapterMetrics()
 
     async def _db(self):
         async with self._pool_lock:
@@ -88,8 +91,15 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
                 for victim in await asyncio.to_thread(self.cache.over_budget, self._resolving | {lora_name}):
                     await self._unload(victim)
                     await asyncio.to_thread(self.cache.remove, victim)
-            log.info("adapter_resolved", adapter=lora_name, from_disk_cache=cached,
-                     ms=round((time.perf_counter() - started) * 1000, 1))
+                    self.metrics.evictions.inc()
+                on_disk = await asyncio.to_thread(self.cache.usage)
+            source = "disk_cache" if cached else "blob_store"
+            elapsed = time.perf_counter() - started
+            self.metrics.resolutions.labels(source).inc()
+            self.metrics.resolve_seconds.labels(source).observe(elapsed)
+            self.metrics.disk_adapters.set(on_disk[0])
+            self.metrics.disk_bytes.set(on_disk[1])
+            log.info("adapter_resolved", adapter=lora_name, source=source, ms=round(elapsed * 1000, 1))
             # vLLM replaces lora_int_id with its own counter when it loads a resolved adapter; ours is
             # the database's stable id, which is what any other loading path sees.
             return LoRARequest(lora_name=lora_name, lora_int_id=int(row["lora_int_id"]), lora_path=str(folder))
