@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -193,3 +198,28 @@ async def test_delete_while_requests_are_in_flight(gateway, client, tenant_key, 
         assert last["usage"]["completion_tokens"] == 120, "in-flight requests run to the end"
         row = await ledger_row(db, request_id)
         assert row["outcome"] == "success" and row["adapter_id"] == adapter["id"]
+
+
+def _cli(gateway, secret: str, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
+    env.update(LORAFLEET_BASE_URL=gateway.url, LORAFLEET_API_KEY=secret, LORAFLEET_DATA_DIR=tempfile.mkdtemp())
+    result = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "adapters", *args, "--json"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_cli_uploads_a_folder_and_an_archive(gateway, tenant_key, adapter_dirs, tmp_path, model_name):
+    folder = adapter_dirs[3]
+    from_folder = await asyncio.to_thread(_cli, gateway, tenant_key.secret, "upload", str(folder), "--name", "cli-folder",
+                                          "--base-model", model_name)
+    archive = tmp_path / "cli.tar.gz"
+    with tarfile.open(archive, "w:gz") as bundle:
+        bundle.add(folder, arcname="my-adapter")
+    from_archive = await asyncio.to_thread(_cli, gateway, tenant_key.secret, "upload", str(archive), "--name", "cli-archive",
+                                           "--base-model", model_name)
+    assert from_folder["sha256"] == from_archive["sha256"]
+    listed = await asyncio.to_thread(_cli, gateway, tenant_key.secret, "list")
+    assert {"cli-folder", "cli-archive"} <= {a["name"] for a in listed["data"]}
+    deleted = await asyncio.to_thread(_cli, gateway, tenant_key.secret, "delete", from_archive["id"])
+    assert deleted["status"] == "deleted"

@@ -218,6 +218,11 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
+from lorafleet.cli.adapters import adapters  # noqa: E402 - a group of its own module
+
+cli.add_command(adapters)
+
+
 @cli.command("settings")
 def show_settings() -> None:
     """Every LORAFLEET_* setting with its default and meaning."""
