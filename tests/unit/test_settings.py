@@ -22,7 +22,7 @@ def test_bad_value_names_the_variable():
 
 def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    documented = set(re.findall(r"`(LORAFLEET_[A-Z_]+)`", readme))
+    documented = set(re.findall(r"`(LORAFLEET_[A-Z0-9_]+)`", readme))
     for name, _default, description in documented_settings():
         assert description, f"{name} has no description"
         assert name in documented, f"{name} is missing from the README's settings table"

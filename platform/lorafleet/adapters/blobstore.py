@@ -1,8 +1,8 @@
 """Content-addressed storage of adapter weights: one object per sha256.
 
-``LocalBlobStore`` keeps them in a folder (the default, and what one machine needs). Production
-fleets put an S3-compatible bucket behind the same three methods; that implementation is not
-written yet (no S3-compatible server installs from this machine's package registries to test it).
+``LocalBlobStore`` keeps them in a folder (the default, and what one machine needs);
+``S3BlobStore`` in an S3-compatible bucket (the `s3` extra, boto3), for fleets whose gateways and
+workers do not share a disk. Both are content-addressed: putting the same bytes twice stores once.
 """
 
 from __future__ import annotations
@@ -40,3 +40,44 @@ class LocalBlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+
+class S3BlobStore:
+    """Blobs as ``<prefix><sha256>`` objects; credentials come from boto3's usual sources."""
+
+    def __init__(self, bucket: str, *, prefix: str = "blobs/", endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        import boto3  # optional dependency: the `s3` extra
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self._s3 = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None)
+
+    def _key(self, sha256: str) -> str:
+        return f"{self.prefix}{sha256}"
+
+    def put(self, sha256: str, source: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
+            return  # same bytes, already stored
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        # upload_file switches to multipart for large files; the object appears only when complete.
+        self._s3.upload_file(str(source), self.bucket, self._key(sha256))
+
+    def fetch(self, sha256: str, target: Path) -> None:
+        self._s3.download_file(self.bucket, self._key(sha256), str(target))
+
+    def delete(self, sha256: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+
+
+def make_blob_store(settings) -> BlobStore:
+    """The blob store the settings name (``LORAFLEET_BLOB_STORE``)."""
+    if settings.blob_store == "s3":
+        return S3BlobStore(settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
+                           region=settings.s3_region)
+    return LocalBlobStore(settings.resolved_blob_dir)

@@ -31,6 +31,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
     max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
     max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
+    blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"
+    s3_bucket: Annotated[str, Meta(description="Bucket of the S3 blob store.")] = ""
+    s3_prefix: Annotated[str, Meta(description="Key prefix of blobs in the bucket.")] = "blobs/"
+    s3_endpoint_url: Annotated[str, Meta(description="S3-compatible endpoint (MinIO, Ceph, R2 …). Empty: AWS.")] = ""
+    s3_region: Annotated[str, Meta(description="Region of the bucket. Empty: boto3's default.")] = ""
     blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
     log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"

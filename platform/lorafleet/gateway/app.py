@@ -10,7 +10,7 @@ from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from lorafleet.adapters.blobstore import LocalBlobStore
+from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings, get_settings
 from lorafleet.db import create_pool
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth=KeyAuthenticator(pool, settings.key_cache_seconds),
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
-            adapters=AdapterService(pool, LocalBlobStore(settings.resolved_blob_dir)),
+            adapters=AdapterService(pool, make_blob_store(settings)),
         )
         ledger.start()
         await registry.start()

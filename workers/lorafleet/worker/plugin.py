@@ -42,12 +42,12 @@ def _resolver_base():
 
 class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
     def __init__(self, settings) -> None:
-        from lorafleet.adapters.blobstore import LocalBlobStore
+        from lorafleet.adapters.blobstore import make_blob_store
         from lorafleet.worker.adapter_cache import AdapterDiskCache
 
         self.settings = settings
         self.cache = AdapterDiskCache(settings.resolved_adapter_cache_dir, settings.adapter_cache_bytes,
-                                      LocalBlobStore(settings.resolved_blob_dir))
+                                      make_blob_store(settings))
         self._pool = None
         self._pool_lock = asyncio.Lock()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
