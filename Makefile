@@ -29,6 +29,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/gateway_vs_direct.py --rounds 5
+	$(BIN)/python benchmarks/adapters.py
 
 clean: down
 	rm -rf $(VENV) .lorafleet

@@ -9,25 +9,15 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from lorafleet.adapters.architecture import SUPPORTED_MODULES, Architecture
+from lorafleet.adapters.architecture import Architecture
+from lorafleet.adapters.demo import random_lora_tensors, tensor_name  # noqa: F401 - tests import tensor_name here
 
 TINY = Architecture(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=16, num_hidden_layers=2)
 
 
-def tensor_name(layer: int, module: str, kind: str) -> str:
-    return f"base_model.model.model.layers.{layer}.{SUPPORTED_MODULES[module]}.{module}.lora_{kind}.weight"
-
-
 def lora_tensors(arch: Architecture, rank: int, modules: list[str], dtype=np.float32, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for layer in range(arch.num_hidden_layers):
-        for module in modules:
-            in_features, out_features = arch.in_out(module)
-            tensors[tensor_name(layer, module, "A")] = (rng.standard_normal((rank, in_features)) * 0.05).astype(dtype)
-            tensors[tensor_name(layer, module, "B")] = (rng.standard_normal((out_features, rank)) * 0.05).astype(dtype)
-    return tensors
+    return random_lora_tensors(arch, rank, modules, dtype=dtype, seed=seed)
 
 
 def lora_config(rank: int, modules: list[str], base: str = "SmolLM2-135M-Instruct", **overrides: Any) -> dict[str, Any]:

@@ -76,6 +76,28 @@ def _wait_ready(url: str, files: RuntimeFiles) -> None:
     click.echo(f"    ready after {time.monotonic() - started:.0f} s", err=True)
 
 
+DEMO_ADAPTER = "demo-adapter"
+
+
+def _demo_adapter(url: str, secret: str, settings: Settings, files: RuntimeFiles) -> None:
+    """Register a random rank-8 adapter for the demo tenant, once, through the public API."""
+    import httpx
+
+    from lorafleet.adapters.architecture import model_architecture
+    from lorafleet.adapters.demo import write_random_adapter
+
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
+        if DEMO_ADAPTER in {a["name"] for a in http.get("/v1/adapters").json().get("data", [])}:
+            return
+        folder = write_random_adapter(files.root / "demo-adapter", model_architecture(settings.resolved_model_path),
+                                      settings.model_name)
+        parts = [("file", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+        response = http.post("/v1/adapters", data={"name": DEMO_ADAPTER, "base_model": settings.model_name}, files=parts)
+        if response.status_code != 201:
+            raise click.ClickException(f"demo adapter upload failed: {response.text}")
+
+
 async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
     """The demo tenant's key: the one in demo.env while it still works, else a new one."""
     import asyncpg
@@ -137,11 +159,12 @@ def run_up() -> None:
             _step(f"the {name} is already running (pid {pid})")
     _wait_ready(url, files)
 
-    _step("demo tenant and key")
+    _step("demo tenant, key and adapter")
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
+    _demo_adapter(url, secret, settings, files)
     files.demo_env.write_text(
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
-        f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\n"
+        f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\nLORAFLEET_DEMO_ADAPTER={DEMO_ADAPTER}\n"
     )
     files.demo_env.chmod(0o600)
     click.echo(f"""
@@ -161,6 +184,10 @@ reply = client.chat.completions.create(model=os.environ["LORAFLEET_MODEL"],
                                        messages=[{{"role": "user", "content": "Hi"}}])
 print(reply.choices[0].message.content)
 PY
+
+  # the demo tenant's LoRA adapter, by name:
+  curl {url}/v1/completions -H "Authorization: Bearer $LORAFLEET_API_KEY" -H "Content-Type: application/json" \\
+    -d '{{"model": "{DEMO_ADAPTER}", "prompt": "Once upon a time", "max_tokens": 16}}'
 
 API docs: {url}/openapi   metrics: {url}/metrics   stop: make down
 """)

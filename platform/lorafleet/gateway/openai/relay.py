@@ -38,7 +38,7 @@ _json_encode = msgspec.json.Encoder().encode
 # vLLM-only response fields, dropped when empty so responses look like OpenAI's.
 _ENGINE_ONLY_FIELDS = ("prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params",
                        "ec_transfer_params", "metrics")
-_ENGINE_ONLY_CHOICE_FIELDS = ("token_ids", "routed_experts", "prompt_token_ids")
+_ENGINE_ONLY_CHOICE_FIELDS = ("token_ids", "routed_experts", "prompt_token_ids", "prompt_logprobs")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
