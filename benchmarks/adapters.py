@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,14 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.adapter_fa
 import numpy as np  # noqa: E402
 
 from lorafleet.adapters.architecture import model_architecture  # noqa: E402
-from lorafleet.db.migrate import migrate  # noqa: E402
-from lorafleet.devtools.database import DatabaseFactory, server_dsn  # noqa: E402
-from lorafleet.devtools.services import platform_env, start_gateway, start_worker  # noqa: E402
-from lorafleet.models.prepare import prepare_smollm2  # noqa: E402
-from lorafleet.tenancy import TenancyService  # noqa: E402
+from lorafleet.devtools.bench import MODEL, running_platform  # noqa: E402
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
-MODEL = "SmolLM2-135M-Instruct"
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,27 +64,13 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="output tokens per stream in the throughput runs")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-bench-adapters-"))
-    databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
-    dsn = await databases.create("lorafleet_bench")
-    await migrate(dsn)
-    model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
-    env = platform_env(dsn, model_path, workdir)
-    print("starting worker and gateway …", flush=True)
-    worker = await asyncio.to_thread(start_worker, env, workdir)
-    gateway = await asyncio.to_thread(start_gateway, env, workdir)
-    try:
-        import asyncpg
-
-        connection = await asyncpg.connect(dsn)
-        tenant = await TenancyService(connection).create_tenant("bench")
-        key = await TenancyService(connection).create_key(tenant.id)
-        await connection.close()
+    async with running_platform("lorafleet-bench-adapters-") as bench:
+        gateway, workdir, model_path = bench.gateway, bench.workdir, bench.model_path
         arch = model_architecture(model_path)
         count = 64 + args.cold
         print(f"uploading {count} rank-8 adapters …", flush=True)
         async with httpx.AsyncClient(base_url=gateway.url, timeout=600,
-                                     headers={"Authorization": f"Bearer {key.secret}"}) as http:
+                                     headers={"Authorization": f"Bearer {bench.secret}"}) as http:
             for i in range(count):
                 folder = write_adapter(workdir / "adapters" / f"a{i}", arch=arch, rank=8, modules=MODULES,
                                        tensors=lora_tensors(arch, 8, MODULES, dtype=np.float16, seed=i))
@@ -147,10 +126,6 @@ async def main() -> None:
         print(report)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "adapters.md").write_text(report)
-    finally:
-        gateway.stop()
-        worker.stop()
-        await databases.drop_all()
 
 
 if __name__ == "__main__":

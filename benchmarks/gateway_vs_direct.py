@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +22,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from lorafleet.db.migrate import migrate
-from lorafleet.devtools.database import DatabaseFactory, server_dsn
-from lorafleet.devtools.services import platform_env, start_gateway, start_worker
-from lorafleet.models.prepare import prepare_smollm2
-from lorafleet.tenancy import TenancyService
+from lorafleet.devtools.bench import MODEL, running_platform
 
-MODEL = "SmolLM2-135M-Instruct"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -98,26 +91,11 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-bench-"))
-    databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
-    dsn = await databases.create("lorafleet_bench")
-    await migrate(dsn)
-    model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
-    env = platform_env(dsn, model_path, workdir)
-    print("starting worker and gateway …", flush=True)
-    worker = await asyncio.to_thread(start_worker, env, workdir)
-    gateway = await asyncio.to_thread(start_gateway, env, workdir)
-    try:
-        import asyncpg
-
-        connection = await asyncpg.connect(dsn)
-        service = TenancyService(connection)
-        tenant = await service.create_tenant("bench")
-        key = await service.create_key(tenant.id)
-        await connection.close()
+    async with running_platform("lorafleet-bench-") as bench:
+        worker, gateway, env = bench.worker, bench.gateway, bench.env
         targets = {
             "direct": (worker.url, {"Authorization": f"Bearer {env['LORAFLEET_INTERNAL_TOKEN']}"}),
-            "gateway": (gateway.url, {"Authorization": f"Bearer {key.secret}"}),
+            "gateway": (gateway.url, {"Authorization": f"Bearer {bench.secret}"}),
         }
         gateway_process = psutil.Process(gateway.process.pid)
         # The gateway's idle CPU (worker polling, catalog refresh) is subtracted from its per-request cost.
@@ -142,10 +120,6 @@ async def main() -> None:
         print(report)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "gateway_vs_direct.md").write_text(report)
-    finally:
-        gateway.stop()
-        worker.stop()
-        await databases.drop_all()
 
 
 def render(rows: list[tuple[int, Sample, Sample]], args: argparse.Namespace) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from lorafleet.adapters.architecture import model_architecture
-from tests.adapter_factory import lora_config, lora_tensors, write_adapter
+from tests.adapter_factory import write_adapter
 from tests.integration.conftest import ledger_row
 
 pytestmark = pytest.mark.engine
@@ -63,7 +64,19 @@ async def test_upload_list_get_and_call_by_name(gateway, client, tenant_key, ada
 
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
         listing = (await http.get("/v1/adapters")).json()
-        assert listing["object"] == "list" and adapter["id"] in [a["id"] for a in listing["data"]]
+        assert listing["object"] == "list"
+        ids, after = [a["id"] for a in listing["data"]], None
+        while True:  # the tenant may hold hundreds of adapters by now: follow the cursor
+            params = {"limit": 7, **({"starting_after": after} if after else {})}
+            page = (await http.get("/v1/adapters", params=params)).json()
+            assert len(page["data"]) <= 7
+            ids_page = [a["id"] for a in page["data"]]
+            assert ids_page == sorted(ids_page) and (after is None or not ids_page or ids_page[0] > after)
+            if not page["has_more"]:
+                break
+            after = ids_page[-1]
+            ids += ids_page
+        assert adapter["id"] in ids + ids_page
         assert (await http.get(f"/v1/adapters/{adapter['id']}")).json()["name"] == "support-bot"
 
     models = {m.id: m for m in (await client.models.list()).data}
@@ -223,3 +236,40 @@ async def test_cli_uploads_a_folder_and_an_archive(gateway, tenant_key, adapter_
     assert {"cli-folder", "cli-archive"} <= {a["name"] for a in listed["data"]}
     deleted = await asyncio.to_thread(_cli, gateway, tenant_key.secret, "delete", from_archive["id"])
     assert deleted["status"] == "deleted"
+
+
+async def _resolutions(worker) -> dict[str, float]:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{worker.url}/metrics")).text
+    found = re.findall(r'^lorafleet_adapter_resolutions_total\{source="(\w+)"\} ([0-9.]+)$', text, re.MULTILINE)
+    return {source: float(value) for source, value in found}
+
+
+async def test_concurrent_first_requests_fetch_a_cold_adapter_once(gateway, client, worker, tenant_key, tmp_path, model_path):
+    folder = write_adapter(tmp_path / "cold", arch=model_architecture(model_path), rank=8, seed=77)
+    assert (await upload(gateway, tenant_key.secret, "cold-burst", folder)).status_code == 201
+    before = await _resolutions(worker)
+    texts = await asyncio.gather(*(_greedy(client, "cold-burst", 4) for _ in range(8)))
+    assert len(set(texts)) == 1
+    after = await _resolutions(worker)
+    assert after.get("blob_store", 0) - before.get("blob_store", 0) == 1, "one fetch from the blob store"
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        for _ in range(20):  # the gateway polls workers twice a second
+            metrics = (await http.get("/metrics")).text
+            registered = re.search(rf'^lorafleet_worker_adapters_registered\{{worker="{re.escape(worker.url)}"\}} ([0-9.]+)$',
+                                   metrics, re.MULTILINE)
+            if registered and float(registered.group(1)) >= 1:
+                break
+            await asyncio.sleep(0.25)
+    assert registered and float(registered.group(1)) >= 1
+
+
+async def test_an_upload_over_the_cap_is_413_and_stores_nothing(gateways, tenant_key, db, tmp_path, model_path):
+    small = await asyncio.to_thread(gateways.start, "/readyz", LORAFLEET_MAX_UPLOAD_BYTES="200000")
+    folder = write_adapter(tmp_path / "big", arch=model_architecture(model_path), rank=16,
+                           modules=["q_proj", "v_proj", "down_proj"])
+    assert sum(p.stat().st_size for p in folder.iterdir()) > 200_000
+    blobs_before = await db.fetchval("SELECT count(*) FROM blobs")
+    response = await upload(small, tenant_key.secret, "too-big", folder)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert await db.fetchval("SELECT count(*) FROM blobs") == blobs_before

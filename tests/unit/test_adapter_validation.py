@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from lorafleet.adapters.archive import extract
 from lorafleet.adapters.validation import AdapterInvalid, BaseModelSpec, validate_files

@@ -89,6 +89,14 @@ class AdapterService:
         rows = await self._pool.fetch(queries.list_adapters, tenant_id, after, limit + 1)
         return [AdapterView(**dict(row)) for row in rows[:limit]], len(rows) > limit
 
+    async def list_all(self, tenant_id: str) -> list[AdapterView]:
+        adapters, after, has_more = [], None, True
+        while has_more:
+            page, has_more = await self.list(tenant_id, after=after, limit=1000)
+            adapters += page
+            after = page[-1].id if page else None
+        return adapters
+
     async def get(self, tenant_id: str, adapter_id: str) -> AdapterView:
         row = await self._pool.fetchrow(queries.get_adapter, adapter_id, tenant_id)
         if row is None:

@@ -78,7 +78,7 @@ def validate_files(files: dict[str, Path], base: BaseModelSpec) -> ValidAdapter:
     _validate_weights(weights, base.architecture, rank, set(target_modules))
     return ValidAdapter(
         config=config, rank=rank, lora_alpha=float(config["lora_alpha"]), target_modules=target_modules,
-        weights_path=weights, sha256=_sha256(weights), size_bytes=weights.stat().st_size,
+        weights_path=weights, sha256=sha256_file(weights), size_bytes=weights.stat().st_size,
     )
 
 
@@ -231,7 +231,7 @@ def _check_finite(path: Path, data_start: int, header: dict[str, Any]) -> None:
         del mapped
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

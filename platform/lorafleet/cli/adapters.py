@@ -106,7 +106,12 @@ def upload(path: Path, name: str, base_model: str | None, as_json: bool, base_ur
 def list_adapters(as_json: bool, base_url: str | None, api_key: str | None) -> None:
     """List the tenant's adapters."""
     with _client(base_url, api_key) as http:
-        listing = _check(http.get("/v1/adapters"))
+        listing = {"object": "list", "data": [], "has_more": False}
+        page = {"has_more": True, "data": []}
+        while page["has_more"]:  # follow the cursor through every page
+            params = {"limit": 100, **({"starting_after": page["data"][-1]["id"]} if page["data"] else {})}
+            page = _check(http.get("/v1/adapters", params=params))
+            listing["data"] += page["data"]
     if as_json:
         click.echo(msgspec.json.encode(listing).decode())
         return

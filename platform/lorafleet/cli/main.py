@@ -6,7 +6,6 @@ Commands that create or list take ``--json`` and then print exactly one JSON doc
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 

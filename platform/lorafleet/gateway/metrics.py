@@ -29,4 +29,9 @@ class GatewayMetrics:
         )
         self.workers_ready = Gauge("lorafleet_workers_ready", "Workers answering and serving their base model.", registry=self.registry)
         self.workers_known = Gauge("lorafleet_workers_known", "Workers in the registry with a recent heartbeat.", registry=self.registry)
+        self.worker_adapters = Gauge(
+            "lorafleet_worker_adapters_registered", "Adapters each worker's engine has resolved and not unloaded "
+            "(the engine tier; the worker's own /metrics has the disk tier, vLLM's lora_requests_info the running one).",
+            ["worker"], registry=self.registry,
+        )
         self.ledger_queue = Gauge("lorafleet_ledger_queue_rows", "Usage rows waiting to be written.", registry=self.registry)

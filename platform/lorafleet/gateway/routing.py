@@ -32,6 +32,7 @@ class WorkerState:
     ready: bool = False
     in_flight: int = 0
     served_models: frozenset[str] = field(default_factory=frozenset)
+    registered_adapters: int = 0  # adapters the engine knows by name (resolved, not yet unloaded)
 
 
 class WorkerRegistry:
@@ -117,6 +118,7 @@ class WorkerRegistry:
                     raise RuntimeError(f"status {response.status}")
                 body = await response.json()
             worker.served_models = frozenset(model["id"] for model in body.get("data", []))
+            worker.registered_adapters = sum(1 for model in body.get("data", []) if model.get("parent"))
             worker.ready = worker.base_model_name in worker.served_models
         except Exception as exc:
             if worker.ready:

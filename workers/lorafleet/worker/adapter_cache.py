@@ -8,7 +8,6 @@ the engine never holds a name whose files are gone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.adapters.blobstore import BlobStore
+from lorafleet.adapters.validation import sha256_file
 
 EVICTION_GRACE_SECONDS = 2.0
 CONFIG_FILE = "adapter_config.json"
@@ -47,7 +47,7 @@ class AdapterDiskCache:
         staging.mkdir()
         try:
             self.blobs.fetch(sha256, staging / WEIGHTS_FILE)
-            if _sha256(staging / WEIGHTS_FILE) != sha256:
+            if sha256_file(staging / WEIGHTS_FILE) != sha256:
                 raise AdapterIntegrityError(f"{adapter_id}: weights do not match sha256 {sha256}")
             (staging / CONFIG_FILE).write_text(json.dumps(config))
             os.replace(staging, folder)
@@ -93,14 +93,6 @@ class AdapterDiskCache:
     def remove(self, adapter_id: str) -> None:
         """Delete an adapter's files; the caller has unloaded it from vLLM first."""
         shutil.rmtree(self.folder(adapter_id), ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bytes(folder: Path) -> int:

@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from lorafleet.adapters.archive import extract, is_archive
-from lorafleet.adapters.service import AdapterService, AdapterView
+from lorafleet.adapters.service import AdapterView
 from lorafleet.adapters.validation import AdapterInvalid
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.adapters.upload import receive_multipart

@@ -47,7 +47,7 @@ class OpenAIController(Controller):
             {"id": m.name, "object": "model", "created": m.created, "owned_by": "lorafleet", "max_model_len": m.max_model_len}
             for m in sorted(services.catalog.all(), key=lambda m: m.name)
         ]
-        adapters, _ = await services.adapters.list(principal.tenant_id, limit=1000)
+        adapters = await services.adapters.list_all(principal.tenant_id)
         models += [
             {"id": a.name, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": principal.tenant_id,
              "parent": a.base_model}

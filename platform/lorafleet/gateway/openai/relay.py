@@ -9,7 +9,6 @@ the request, so no tokens are generated for nobody.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator

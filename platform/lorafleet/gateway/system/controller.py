@@ -38,5 +38,8 @@ class SystemController(Controller):
         workers = services.registry.workers()
         metrics.workers_known.set(len(workers))
         metrics.workers_ready.set(sum(w.ready for w in workers))
+        metrics.worker_adapters.clear()
+        for worker in workers:
+            metrics.worker_adapters.labels(worker.url).set(worker.registered_adapters)
         metrics.ledger_queue.set(services.ledger.queued)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

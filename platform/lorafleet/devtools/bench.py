@@ -1,0 +1,55 @@
+"""A whole platform for a benchmark run: its own database, one SmolLM2 worker, one gateway, a key."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from lorafleet.db.migrate import migrate
+from lorafleet.devtools.database import DatabaseFactory, server_dsn
+from lorafleet.devtools.services import Service, platform_env, start_gateway, start_worker
+from lorafleet.models.prepare import prepare_smollm2
+from lorafleet.tenancy import TenancyService
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class BenchPlatform:
+    worker: Service
+    gateway: Service
+    env: dict[str, str]
+    secret: str          # a tenant API key
+    model_path: Path
+    workdir: Path
+
+
+@asynccontextmanager
+async def running_platform(prefix: str = "lorafleet-bench-") -> AsyncIterator[BenchPlatform]:
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
+    dsn = await databases.create("lorafleet_bench")
+    await migrate(dsn)
+    model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
+    env = platform_env(dsn, model_path, workdir)
+    print("starting worker and gateway …", flush=True)
+    worker = await asyncio.to_thread(start_worker, env, workdir)
+    gateway = await asyncio.to_thread(start_gateway, env, workdir)
+    try:
+        connection = await asyncpg.connect(dsn)
+        try:
+            service = TenancyService(connection)
+            key = await service.create_key((await service.create_tenant("bench")).id)
+        finally:
+            await connection.close()
+        yield BenchPlatform(worker, gateway, env, key.secret, model_path, workdir)
+    finally:
+        gateway.stop()
+        worker.stop()
+        await databases.drop_all()
