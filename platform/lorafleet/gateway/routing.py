@@ -3,7 +3,7 @@
 Workers announce themselves in the ``workers`` table (URL, base model, heartbeat). Every
 ``worker_refresh_seconds`` the gateway re-reads that table and polls each worker's ``/v1/models``
 with the internal token; a worker is ready when it answers and lists its base model. Among the
-ready workers of a base model, the one with the fewest requests in flight from this gateway wins.
+ready workers of a base model, placement.choose decides (least busy; adapters by rendezvous hash).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import structlog
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.db import queries
 from lorafleet.gateway.catalog import ModelCatalog
+from lorafleet.gateway.placement import choose
 
 log = structlog.get_logger("lorafleet.routing")
 
@@ -65,11 +66,11 @@ class WorkerRegistry:
     def any_ready(self) -> bool:
         return any(worker.ready for worker in self._workers.values())
 
-    def pick(self, base_model_id: str) -> WorkerState:
+    def pick(self, base_model_id: str, adapter_id: str | None = None) -> WorkerState:
         candidates = [w for w in self._workers.values() if w.ready and w.base_model_id == base_model_id]
         if not candidates:
             raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.", code="no_worker_ready")
-        return min(candidates, key=lambda worker: worker.in_flight)
+        return choose(candidates, adapter_id)
 
     async def unload_adapter(self, adapter_id: str) -> None:
         """Ask every worker to drop an adapter now; its resolver refuses it from here on anyway."""

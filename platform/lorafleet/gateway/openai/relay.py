@@ -102,7 +102,7 @@ class Relay:
     async def complete(self, call: CompletionCall) -> Response[Any]:
         meter = Meter(call, self._ledger, self._metrics)
         try:
-            worker = self._registry.pick(call.base_model_id)
+            worker = self._registry.pick(call.base_model_id, call.adapter_id)
         except ServiceUnavailable:
             meter.finish("unavailable", 503)
             raise
