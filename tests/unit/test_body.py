@@ -55,3 +55,4 @@ def test_unknown_field_in_strict_struct_is_named():
         decode(b'{"nme": "typo"}', KeyCreate)
     assert caught.value.param == "nme"
     assert _error(b'{"model": "m", "messages": [{"role": "user"}], "stream_options": {"x": 1}}').param == "stream_options.x"
+

@@ -7,7 +7,8 @@ removed (slots are not zeroed), and the wrong tokens then live on in the prefix 
 kernels skip -1 (upstream PRs #48421, #49656 are open).
 
 The fix zeroes the shrink output (x·A) of tokens whose index is negative: every LoRA delta is
-expand(shrink(x)), so those tokens get exactly no delta. It wraps the one function both the
+expand(shrink(x)), so those tokens get exactly no delta; a batch with no adapter token skips the
+per-token weight gather entirely. It wraps the one function both the
 decode (bgmv) and prefill (sgmv) paths go through, in the module and where punica_cpu imported it.
 """
 
@@ -31,10 +32,15 @@ def install() -> bool:
 
     @functools.wraps(original)
     def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
-        original(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
         no_adapter = lora_indices_tensor < 0
+        rows = no_adapter.shape[0]
+        if bool(no_adapter.all()):
+            # A batch without adapter tokens: skip gathering a weight slice per token altogether.
+            output_tensor[:rows] = 0
+            return
+        original(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling)
         if bool(no_adapter.any()):
-            output_tensor[: no_adapter.shape[0]][no_adapter] = 0
+            output_tensor[:rows][no_adapter] = 0
 
     setattr(bgmv_shrink, _PATCHED, True)
     lora_ops.bgmv_shrink = bgmv_shrink  # sgmv_shrink looks this name up at call time

@@ -22,7 +22,7 @@ from litestar import Response
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
-from lorafleet.core.errors import LoraFleetError, ServiceUnavailable
+from lorafleet.core.errors import LoraFleetError, ModelNotFound, ServiceUnavailable
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.ledger import LedgerWriter, UsageRow
 from lorafleet.gateway.metrics import GatewayMetrics
@@ -75,8 +75,13 @@ def _tidy(chunk: dict[str, Any], public_model: str) -> dict[str, Any]:
     return chunk
 
 
-def _upstream_error_envelope(status: int, payload: bytes) -> tuple[int, dict[str, Any]]:
+def _upstream_error_envelope(status: int, payload: bytes, public_model: str) -> tuple[int, dict[str, Any]]:
     """A worker's error, passed on for client errors; hidden behind a 502 for its own failures."""
+    if status == 404:
+        # The worker no longer knows the model (an adapter deleted a moment ago): answer in the
+        # client's terms, never with the internal adp_ id.
+        return 404, ModelNotFound(f"The model `{public_model}` does not exist or you do not have access to it.",
+                                  param="model").envelope()
     if 400 <= status < 500 and status not in (401, 403):
         try:
             error = _json_decode(payload).get("error") or {}
@@ -147,7 +152,7 @@ class Relay:
             raise
         upstream.release()
         if upstream.status != 200:
-            status, envelope = _upstream_error_envelope(upstream.status, payload)
+            status, envelope = _upstream_error_envelope(upstream.status, payload, call.public_model)
             meter.finish("upstream_error", status)
             return Response(envelope, status_code=status)
         try:
