@@ -6,6 +6,7 @@ is stored; a record that cannot be written leaves no blob behind unless another 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from pathlib import Path
@@ -65,8 +66,9 @@ class AdapterService:
             raise InvalidRequest("an adapter cannot take its base model's name", param="name")
         if await self._pool.fetchval(queries.resolve_adapter_by_name, tenant_id, name) is not None:
             raise Conflict(f"an adapter named {name!r} already exists; delete it first or pick another name", param="name")
-        valid = validate_files(files, spec)
-        self._blobs.put(valid.sha256, valid.weights_path)
+        # Hashing and the NaN scan read every byte: off the event loop, so streams keep flowing.
+        valid = await asyncio.to_thread(validate_files, files, spec)
+        await asyncio.to_thread(self._blobs.put, valid.sha256, valid.weights_path)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 await connection.execute(queries.insert_blob, valid.sha256, valid.size_bytes)
@@ -115,7 +117,7 @@ class AdapterService:
         """Delete the bytes once no adapter that still exists references them."""
         async with self._pool.acquire() as connection, connection.transaction():
             if await connection.fetchval(queries.unreferenced_blob, sha256) is not None:
-                self._blobs.delete(sha256)
+                await asyncio.to_thread(self._blobs.delete, sha256)
                 return
         if not await self._pool.fetchval(queries.blob_exists, sha256):
-            self._blobs.delete(sha256)  # a failed first upload: the row never existed
+            await asyncio.to_thread(self._blobs.delete, sha256)  # a failed first upload: the row never existed
