@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.adapter_fa
 import numpy as np  # noqa: E402
 
 from lorafleet.adapters.architecture import model_architecture  # noqa: E402
-from lorafleet.devtools.bench import MODEL, running_platform  # noqa: E402
+from lorafleet.devtools.bench import MODEL, running_platform, timed_completion_stream  # noqa: E402
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -38,19 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 async def ttft(http: httpx.AsyncClient, model: str, tokens: int = 1) -> tuple[float, int]:
     body = {"model": model, "prompt": "The lighthouse keeper", "max_tokens": tokens, "ignore_eos": True,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    started = time.perf_counter()
-    first = None
-    completion = 0
-    async with http.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                chunk = json.loads(line[6:])
-                if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
-                    first = time.perf_counter() - started
-                if chunk.get("usage"):
-                    completion = chunk["usage"]["completion_tokens"]
-    return first or 0.0, completion
+    return await timed_completion_stream(http, "", body)
 
 
 def pct(values: list[float], q: float) -> float:

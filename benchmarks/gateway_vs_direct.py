@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from lorafleet.devtools.bench import MODEL, running_platform
+from lorafleet.devtools.bench import MODEL, running_platform, timed_completion_stream
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,20 +46,7 @@ class Sample:
 async def one_stream(http: httpx.AsyncClient, url: str, headers: dict[str, str], tokens: int) -> tuple[float, int]:
     body = {"model": MODEL, "prompt": "The history of the printing press", "max_tokens": tokens,
             "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    started = time.perf_counter()
-    ttft = None
-    completion = 0
-    async with http.stream("POST", url + "/v1/completions", json=body, headers=headers) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0].get("text"):
-                ttft = time.perf_counter() - started
-            if chunk.get("usage"):
-                completion = chunk["usage"]["completion_tokens"]
-    return ttft or 0.0, completion
+    return await timed_completion_stream(http, url, body, headers)
 
 
 def _cpu_seconds(process: psutil.Process) -> float:

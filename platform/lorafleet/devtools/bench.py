@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
@@ -53,3 +56,22 @@ async def running_platform(prefix: str = "lorafleet-bench-") -> AsyncIterator[Be
         gateway.stop()
         worker.stop()
         await databases.drop_all()
+
+
+async def timed_completion_stream(http: httpx.AsyncClient, url: str, body: dict, headers: dict[str, str] | None = None,
+                                  ) -> tuple[float, int]:
+    """Stream ``/v1/completions``; (seconds to the first generated text, completion tokens from usage)."""
+    started = time.perf_counter()
+    first = None
+    completion = 0
+    async with http.stream("POST", url + "/v1/completions", json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk.get("choices") and chunk["choices"][0].get("text"):
+                first = time.perf_counter() - started
+            if chunk.get("usage"):
+                completion = chunk["usage"]["completion_tokens"]
+    return first or 0.0, completion
