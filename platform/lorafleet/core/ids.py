@@ -32,3 +32,19 @@ def request_id() -> str:
 
 def base_model_id() -> str:
     return new_id("bm")
+
+
+def gateway_id() -> str:
+    return new_id("gw")
+
+
+def credit_grant_id() -> str:
+    return new_id("cg")
+
+
+def invoice_id() -> str:
+    return new_id("in")
+
+
+def invoice_line_id() -> str:
+    return new_id("il")

@@ -37,6 +37,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     s3_endpoint_url: Annotated[str, Meta(description="S3-compatible endpoint (MinIO, Ceph, R2 …). Empty: AWS.")] = ""
     s3_region: Annotated[str, Meta(description="Region of the bucket. Empty: boto3's default.")] = ""
     blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
+    spool_dir: Annotated[str, Meta(description="Folder where a gateway keeps ledger rows while the database is unreachable, replayed when it returns. Empty: DATA_DIR/spool.")] = ""
+    gateway_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a gateway proves it is alive (its budget reservations stay held).")] = 2.0
+    gateway_dead_after_seconds: Annotated[float, Meta(gt=0, description="A gateway silent this long is dead: any gateway's sweeper releases its reservations.")] = 15.0
+    reservation_max_seconds: Annotated[float, Meta(gt=0, description="A reservation older than this is released whoever holds it (longer than any request may run).")] = 6 * 3600.0
+    auth_stale_seconds: Annotated[float, Meta(ge=0, description="While the database is unreachable, a key seen this recently keeps its last known answer.")] = 600.0
+    stripe_api_key: Annotated[str, Meta(description="Stripe secret key. Empty: closed invoices are not exported to Stripe.")] = ""
+    stripe_api_base: Annotated[str, Meta(description="Stripe API base URL (tests point it at localstripe). Empty: Stripe's own.")] = ""
+    currency: Annotated[Literal["usd"], Meta(description="Currency of prices, invoices and Stripe items.")] = "usd"
     log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
 
@@ -67,6 +75,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def resolved_blob_dir(self) -> Path:
         return Path(self.blob_dir).resolve() if self.blob_dir else self.data_path / "blobs"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return Path(self.spool_dir).resolve() if self.spool_dir else self.data_path / "spool"
 
     @property
     def resolved_adapter_cache_dir(self) -> Path:

@@ -1,6 +1,7 @@
 """PostgreSQL access: pool, named SQL queries, migrations, embedded server."""
 
-from lorafleet.db.pool import create_pool
+from lorafleet.db.pool import DATABASE_UNAVAILABLE, create_pool
 from lorafleet.db.queries import queries
 
-__all__ = ["create_pool", "queries"]
+__all__ = ["DATABASE_UNAVAILABLE", "create_pool", "queries"]
+

@@ -5,6 +5,13 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
+# The database is away (stopped, restarting, unreachable), as opposed to refusing a statement.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
 
 def _encode_json(value: object) -> str:
     return msgspec.json.encode(value).decode()

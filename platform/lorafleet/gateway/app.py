@@ -16,11 +16,17 @@ from lorafleet.core.settings import Settings, get_settings
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
 from lorafleet.gateway.adapters import AdaptersController
+from lorafleet.gateway.admin import AdminController
+from lorafleet.gateway.billing import BillingController
+from lorafleet.core import ids
+from lorafleet.gateway.admission import Admission
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.ledger import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
+from lorafleet.gateway.presence import GatewayPresence
+from lorafleet.gateway.spool import LedgerSpool
 from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.relay import Relay
 from lorafleet.gateway.request_context import request_context_middleware
@@ -43,28 +49,35 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         catalog = ModelCatalog(pool)
         registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds, catalog)
-        ledger = LedgerWriter(pool)
+        gateway_id = ids.gateway_id()
+        ledger = LedgerWriter(pool, spool=LedgerSpool(settings.resolved_spool_dir, gateway_id))
+        presence = GatewayPresence(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
+                                   dead_after_seconds=settings.gateway_dead_after_seconds,
+                                   reservation_max_seconds=settings.reservation_max_seconds)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
-            auth=KeyAuthenticator(pool, settings.key_cache_seconds),
+            auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds),
+            admission=Admission(pool, gateway_id), presence=presence,
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
             adapters=AdapterService(pool, make_blob_store(settings)),
         )
         ledger.start()
+        await presence.start()
         await registry.start()
         app.state.services = services
         try:
             yield
         finally:
             await registry.close()
-            await ledger.close()  # every recorded row reaches the database before we exit
+            await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
+            await presence.close()
             await http.close()
             await pool.close()
 
     return Litestar(
         route_handlers=[
-            OpenAIController, KeysController, SystemController,
+            OpenAIController, KeysController, BillingController, AdminController, SystemController,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController], request_max_body_size=settings.max_upload_bytes),
         ],

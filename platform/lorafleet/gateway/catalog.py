@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from lorafleet.adapters.service import ADAPTER_NAME
+from lorafleet.billing.pricing import PriceBook, price_from_row
 from lorafleet.core.errors import ModelNotFound
 from lorafleet.db import queries
 
@@ -20,11 +21,12 @@ class BaseModel:
 
 
 class ModelCatalog:
-    """Base models by public name, re-read by the worker registry's refresh loop (off the request path)."""
+    """Base models by public name and their prices, re-read by the worker registry's refresh loop (off the request path)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._by_name: dict[str, BaseModel] = {}
+        self.prices = PriceBook()
 
     async def refresh(self) -> None:
         rows = await self._pool.fetch(queries.list_base_models)
@@ -32,6 +34,7 @@ class ModelCatalog:
             row["name"]: BaseModel(row["id"], row["name"], row["max_model_len"], int(row["created_at"].timestamp()))
             for row in rows
         }
+        self.prices = PriceBook([price_from_row(row) for row in await self._pool.fetch(queries.list_prices)])
 
     def all(self) -> list[BaseModel]:
         return list(self._by_name.values())

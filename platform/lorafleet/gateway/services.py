@@ -9,11 +9,13 @@ import asyncpg
 
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings
+from lorafleet.gateway.admission import Admission
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.catalog import ModelCatalog
 from lorafleet.gateway.ledger import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.relay import Relay
+from lorafleet.gateway.presence import GatewayPresence
 from lorafleet.gateway.routing import WorkerRegistry
 
 
@@ -24,6 +26,8 @@ class Services:
     http: aiohttp.ClientSession
     metrics: GatewayMetrics
     auth: KeyAuthenticator
+    admission: Admission
+    presence: GatewayPresence
     catalog: ModelCatalog
     registry: WorkerRegistry
     ledger: LedgerWriter

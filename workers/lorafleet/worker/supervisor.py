@@ -22,7 +22,7 @@ import structlog
 from lorafleet.core import ids
 from lorafleet.core.settings import Settings
 from lorafleet.adapters.architecture import model_architecture
-from lorafleet.db import create_pool, queries
+from lorafleet.db import DATABASE_UNAVAILABLE, create_pool, queries
 from lorafleet.worker.engine import engine_command, engine_environment
 
 log = structlog.get_logger("lorafleet.worker")
@@ -66,7 +66,7 @@ class WorkerSupervisor:
                     log.warning("engine_restarting", in_seconds=backoff, restarts=self.restarts)
                     await self._sleep_unless_stopping(backoff)
         finally:
-            await pool.execute(queries.delete_worker, self.url)
+            await self._withdraw(pool)
             await pool.close()
             log.info("worker_stopped", url=self.url)
 
@@ -90,7 +90,7 @@ class WorkerSupervisor:
                     break
                 if await self._healthy(http):
                     failures = 0
-                    await pool.execute(queries.upsert_worker, self.url, base_model_id)
+                    await self._announce(pool, base_model_id)
                 else:
                     failures += 1
                     log.warning("engine_unhealthy", failures=failures)
@@ -99,8 +99,21 @@ class WorkerSupervisor:
             if engine.returncode is not None:
                 log.error("engine_exited", returncode=engine.returncode)
         finally:
-            await pool.execute(queries.delete_worker, self.url)
+            await self._withdraw(pool)
             await self._stop_engine(engine)
+
+    async def _announce(self, pool: asyncpg.Pool, base_model_id: str) -> None:
+        """Heartbeat; a database outage must not take the engine down (requests keep flowing)."""
+        try:
+            await pool.execute(queries.upsert_worker, self.url, base_model_id, timeout=5)
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("worker_heartbeat_failed", error=repr(exc))
+
+    async def _withdraw(self, pool: asyncpg.Pool) -> None:
+        try:
+            await pool.execute(queries.delete_worker, self.url, timeout=5)
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("worker_deregister_failed", error=repr(exc))
 
     async def _wait_healthy(self, http: aiohttp.ClientSession, engine: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + self.settings.engine_start_timeout_seconds

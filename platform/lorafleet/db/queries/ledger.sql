@@ -1,15 +1,71 @@
 -- name: insert_usage_rows
--- Idempotent batch insert: a request id already recorded is skipped, never counted twice.
-INSERT INTO usage_ledger (
-    request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
-    streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms, adapter_id)
-SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
-    $9::bool[], $10::bigint[], $11::bigint[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-    $15::int[], $16::int[], $17::text[])
-ON CONFLICT (request_id) DO NOTHING;
+-- One statement per batch, so a batch is all or nothing: insert the rows (a request id already
+-- recorded is skipped, never counted twice), release their reservations, add them to the hourly
+-- and daily rollups and settle the tenants' accounts. Only rows actually inserted count, so a
+-- replayed batch changes nothing.
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+        $9::bool[], $10::bigint[], $11::bigint[], $12::text[], $13::timestamptz[], $14::timestamptz[],
+        $15::int[], $16::int[], $17::text[], $18::bigint[], $19::bigint[])
+    AS t(request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
+         streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
+         adapter_id, cost_micro_usd, price_id)
+), inserted AS (
+    INSERT INTO usage_ledger (
+        request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
+        streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
+        adapter_id, cost_micro_usd, price_id)
+    SELECT * FROM input
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING tenant_id, api_key_id, base_model_id, coalesce(adapter_id, '') AS adapter_id, started_at, outcome,
+              prompt_tokens, completion_tokens, cost_micro_usd
+), released AS (
+    DELETE FROM reservations r USING input i WHERE r.request_id = i.request_id
+    RETURNING r.tenant_id, r.amount_micro_usd
+), hourly AS (
+    INSERT INTO usage_hourly AS u
+    SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
+           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+    FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
+    SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
+        prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = u.completion_tokens + excluded.completion_tokens,
+        cost_micro_usd = u.cost_micro_usd + excluded.cost_micro_usd
+), daily AS (
+    INSERT INTO usage_daily AS u
+    SELECT tenant_id, date_trunc('day', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
+           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+    FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
+    SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
+        prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = u.completion_tokens + excluded.completion_tokens,
+        cost_micro_usd = u.cost_micro_usd + excluded.cost_micro_usd
+), spend AS (
+    SELECT tenant_id, sum(cost_micro_usd) AS total,
+           coalesce(sum(cost_micro_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')), 0) AS this_month
+    FROM inserted GROUP BY tenant_id
+), freed AS (
+    SELECT tenant_id, sum(amount_micro_usd) AS amount, count(*) AS requests FROM released GROUP BY tenant_id
+), changes AS (
+    SELECT coalesce(s.tenant_id, f.tenant_id) AS tenant_id, coalesce(s.total, 0) AS total,
+           coalesce(s.this_month, 0) AS this_month, coalesce(f.amount, 0) AS freed, coalesce(f.requests, 0) AS requests
+    FROM spend s FULL JOIN freed f ON f.tenant_id = s.tenant_id
+)
+UPDATE tenant_accounts a
+SET spent_total_micro_usd = a.spent_total_micro_usd + c.total,
+    period_spent_micro_usd = CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date
+                                  THEN a.period_spent_micro_usd ELSE 0 END + c.this_month,
+    period_start = date_trunc('month', now(), 'UTC')::date,
+    reserved_micro_usd = a.reserved_micro_usd - c.freed,
+    in_flight = a.in_flight - c.requests,
+    updated_at = now()
+FROM changes c WHERE a.tenant_id = c.tenant_id;
 
 -- name: get_usage_row
 SELECT request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status, streamed,
-       prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms, adapter_id
+       prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms, adapter_id,
+       cost_micro_usd, price_id
 FROM usage_ledger WHERE request_id = $1;

@@ -1,6 +1,11 @@
 -- name: insert_tenant
-INSERT INTO tenants (id, name) VALUES ($1, $2)
-RETURNING id, name, created_at;
+-- The tenant and its account (postpaid, no limits) in one statement.
+WITH tenant AS (
+    INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name, created_at
+), account AS (
+    INSERT INTO tenant_accounts (tenant_id) SELECT id FROM tenant
+)
+SELECT id, name, created_at FROM tenant;
 
 -- name: get_tenant
 SELECT id, name, created_at FROM tenants WHERE id = $1;
@@ -24,9 +29,14 @@ WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
 RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at;
 
 -- name: authenticate_key
+-- Also whether admission must consult the database: any rate limit, concurrency cap, spend
+-- limit or prepaid credit check. Keys without any skip that round trip.
 SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode,
-       (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active
-FROM api_keys k WHERE k.key_hash = $1;
+       (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active,
+       (k.requests_per_minute IS NOT NULL OR k.tokens_per_minute IS NOT NULL
+        OR a.max_concurrent_requests IS NOT NULL OR a.monthly_spend_limit_micro_usd IS NOT NULL
+        OR a.billing_mode = 'prepaid') AS metered
+FROM api_keys k LEFT JOIN tenant_accounts a ON a.tenant_id = k.tenant_id WHERE k.key_hash = $1;
 
 -- name: key_is_active_for_tenant
 SELECT 1 FROM api_keys WHERE key_hash = $1 AND tenant_id = $2 AND revoked_at IS NULL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import structlog
@@ -11,6 +12,8 @@ from litestar.di import Provide
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.body import decode_object, validate
 from lorafleet.gateway.dependencies import provide_principal, provide_services
+from lorafleet.billing.pricing import worst_case_cost
+from lorafleet.gateway.openai.bounds import token_bounds
 from lorafleet.gateway.openai.relay import CompletionCall
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, known_fields
 from lorafleet.gateway.request_context import request_log
@@ -67,9 +70,18 @@ async def _complete(request: Request, principal: Principal, services: Services, 
     if unknown:
         entry["unknown_fields"] = unknown  # names only: values may hold prompt text
     resolved = await services.catalog.resolve(principal.tenant_id, parsed.model)
+    started_at = dt.datetime.now(dt.UTC)
+    price = services.catalog.prices.at(resolved.base.id, started_at)
+    context = resolved.base.max_model_len
+    bounds = token_bounds(raw, parsed, context)
+    worst = worst_case_cost(price, bounds.prompt, bounds.completion, context if bounds.single_sequence else None,
+                            adapter=resolved.adapter_id is not None)
+    admitted = await services.admission.admit(principal, entry["request_id"], worst, bounds.total)
     options = parsed.stream_options
     call = CompletionCall(
         request_id=entry["request_id"],
+        price=price,
+        started_at=started_at,
         principal=principal,
         base_model_id=resolved.base.id,
         served_model=resolved.served_name,
@@ -83,4 +95,6 @@ async def _complete(request: Request, principal: Principal, services: Services, 
         client_continuous_usage=bool(options and options.include_usage and options.continuous_usage_stats),
         log_entry=entry,
     )
-    return await services.relay.complete(call)
+    response = await services.relay.complete(call)
+    response.headers.update(admitted.headers)
+    return response

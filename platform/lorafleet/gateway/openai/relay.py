@@ -22,6 +22,7 @@ from litestar import Response
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
+from lorafleet.billing.pricing import Price, cost_micro_usd
 from lorafleet.core.errors import LoraFleetError, ModelNotFound, ServiceUnavailable
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.ledger import LedgerWriter, UsageRow
@@ -40,6 +41,7 @@ _ENGINE_ONLY_FIELDS = ("prompt_logprobs", "prompt_token_ids", "prompt_text", "kv
 _ENGINE_ONLY_CHOICE_FIELDS = ("token_ids", "routed_experts", "prompt_token_ids", "prompt_logprobs")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+COST_HEADER = "x-lorafleet-cost-micro-usd"  # what this response costs the tenant, integer micro-USD
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class CompletionCall:
     client_continuous_usage: bool
     log_entry: RequestLog
     adapter_id: str | None = None
+    price: Price | None = None  # the version in effect when the request started
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     started: float = field(default_factory=time.perf_counter)
 
@@ -163,7 +166,8 @@ class Relay:
         meter.observe_usage(document.get("usage"))
         meter.first_token()
         meter.finish("success", 200)
-        return Response(_json_encode(_tidy(document, call.public_model)), media_type="application/json")
+        return Response(_json_encode(_tidy(document, call.public_model)), media_type="application/json",
+                        headers={COST_HEADER: str(meter.cost)})
 
 
 class UpstreamFailed(LoraFleetError):
@@ -196,6 +200,11 @@ class Meter:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
+    @property
+    def cost(self) -> int:
+        call = self.call
+        return cost_micro_usd(call.price, self.prompt_tokens, self.completion_tokens, adapter=call.adapter_id is not None)
+
     def first_token(self) -> None:
         if self.ttft is None:
             self.ttft = time.perf_counter() - self.call.started
@@ -217,7 +226,7 @@ class Meter:
             completion_tokens=self.completion_tokens, worker_url=self.worker.url if self.worker else None,
             started_at=call.started_at, finished_at=call.started_at + dt.timedelta(seconds=duration),
             ttft_ms=None if self.ttft is None else round(self.ttft * 1000), duration_ms=round(duration * 1000),
-            adapter_id=call.adapter_id,
+            adapter_id=call.adapter_id, cost_micro_usd=self.cost, price_id=call.price.id if call.price else None,
         ))
         self._metrics.completions.labels(outcome).inc()
         self._metrics.tokens.labels("prompt").inc(self.prompt_tokens)
@@ -283,8 +292,11 @@ class SseRelay:
         self._meter.observe_usage(usage)
         call = self._call
         if not chunk.get("choices"):
-            # the trailing usage-only chunk
-            return b"data: " + _json_encode(_tidy(chunk, call.public_model)) + b"\n\n" if call.client_usage and usage else None
+            # the trailing usage-only chunk, with the cost (headers left before it was known)
+            if not (call.client_usage and usage):
+                return None
+            usage["cost_micro_usd"] = self._meter.cost
+            return b"data: " + _json_encode(_tidy(chunk, call.public_model)) + b"\n\n"
         if self._meter.completion_tokens > 0 or any(_has_output(c) for c in chunk["choices"]):
             self._meter.first_token()
         if not call.client_usage:

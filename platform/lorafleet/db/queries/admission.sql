@@ -1,0 +1,39 @@
+-- name: admit_request
+SELECT verdict, retry_after_ms, requests_limit, requests_remaining, requests_reset_ms,
+       tokens_limit, tokens_remaining, tokens_reset_ms
+FROM lorafleet_admit($1, $2, $3, $4, $5, $6);
+
+-- name: register_gateway
+INSERT INTO gateways (id) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: heartbeat_gateway
+INSERT INTO gateways (id) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: deregister_gateway
+DELETE FROM gateways WHERE id = $1;
+
+-- name: sweep_reservations
+-- Release what gateways that stopped heartbeating for $1 seconds still hold, and anything
+-- older than $2 seconds whoever holds it (a request never lasts that long).
+WITH swept AS (
+    DELETE FROM reservations r
+    WHERE (r.created_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM gateways g
+                           WHERE g.id = r.gateway_id AND g.heartbeat_at > now() - make_interval(secs => $1)))
+       OR r.created_at < now() - make_interval(secs => $2)
+    RETURNING r.tenant_id, r.amount_micro_usd
+), freed AS (
+    SELECT tenant_id, sum(amount_micro_usd) AS amount, count(*) AS requests FROM swept GROUP BY tenant_id
+), released AS (
+    UPDATE tenant_accounts a
+    SET reserved_micro_usd = a.reserved_micro_usd - f.amount, in_flight = a.in_flight - f.requests, updated_at = now()
+    FROM freed f WHERE a.tenant_id = f.tenant_id
+    RETURNING f.requests
+)
+SELECT coalesce(sum(requests), 0)::bigint FROM released;
+
+-- name: forget_dead_gateways
+DELETE FROM gateways g WHERE g.heartbeat_at < now() - make_interval(secs => $1)
+AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.gateway_id = g.id);

@@ -1,0 +1,68 @@
+-- name: insert_price
+INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
+                    adapter_surcharge_micro_usd_per_mtok, effective_at)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
+          adapter_surcharge_micro_usd_per_mtok, effective_at, created_at;
+
+-- name: list_prices
+SELECT p.id, p.base_model_id, m.name AS base_model, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
+       p.adapter_surcharge_micro_usd_per_mtok, p.effective_at, p.created_at
+FROM prices p JOIN base_models m ON m.id = p.base_model_id
+ORDER BY m.name, p.effective_at;
+
+-- name: get_base_model_by_name
+SELECT id, name, max_model_len FROM base_models WHERE name = $1;
+
+-- name: get_account
+SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
+       a.credit_granted_micro_usd, a.spent_total_micro_usd,
+       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
+           AS period_spent_micro_usd,
+       date_trunc('month', now(), 'UTC')::date AS period_start,
+       a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
+FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = $1;
+
+-- name: list_accounts
+SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
+       a.credit_granted_micro_usd, a.spent_total_micro_usd,
+       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
+           AS period_spent_micro_usd,
+       date_trunc('month', now(), 'UTC')::date AS period_start,
+       a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
+FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id ORDER BY t.created_at, t.id;
+
+-- name: update_account_limits
+-- $2..$4 apply only where the matching $5..$7 flag says the caller set them (NULL clears a limit).
+UPDATE tenant_accounts SET
+    billing_mode = CASE WHEN $5 THEN $2 ELSE billing_mode END,
+    monthly_spend_limit_micro_usd = CASE WHEN $6 THEN $3 ELSE monthly_spend_limit_micro_usd END,
+    max_concurrent_requests = CASE WHEN $7 THEN $4 ELSE max_concurrent_requests END,
+    updated_at = now()
+WHERE tenant_id = $1
+RETURNING tenant_id;
+
+-- name: grant_credit
+WITH grant_row AS (
+    INSERT INTO credit_grants (id, tenant_id, amount_micro_usd, reason) VALUES ($1, $2, $3, $4)
+    RETURNING id, tenant_id, amount_micro_usd, reason, created_at
+), account AS (
+    UPDATE tenant_accounts a SET credit_granted_micro_usd = a.credit_granted_micro_usd + g.amount_micro_usd,
+                                 updated_at = now()
+    FROM grant_row g WHERE a.tenant_id = g.tenant_id
+)
+SELECT id, tenant_id, amount_micro_usd, reason, created_at FROM grant_row;
+
+-- name: credit_applied_total
+SELECT coalesce(sum(credit_applied_micro_usd), 0)::bigint FROM invoices WHERE tenant_id = $1;
+
+-- name: update_key_limits
+UPDATE api_keys SET
+    requests_per_minute = CASE WHEN $4 THEN $2 ELSE requests_per_minute END,
+    tokens_per_minute = CASE WHEN $5 THEN $3 ELSE tokens_per_minute END
+WHERE id = $1
+RETURNING id, tenant_id, requests_per_minute, tokens_per_minute;
+
+-- name: count_reservations
+SELECT count(*) AS reservations, coalesce(sum(amount_micro_usd), 0)::bigint AS amount
+FROM reservations WHERE tenant_id = $1;

@@ -1,0 +1,77 @@
+-- name: usage_by_day
+-- $4..$6: group by key / base model / adapter; $7..$9: filters (NULL: all).
+WITH grouped AS (
+    SELECT u.bucket,
+           CASE WHEN $4 THEN u.api_key_id END AS api_key_id,
+           CASE WHEN $5 THEN u.base_model_id END AS base_model_id,
+           CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
+           sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
+           sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
+           sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+    FROM usage_daily u
+    WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.bucket < $3
+      AND ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
+      AND ($9::text IS NULL OR u.adapter_id = $9)
+    GROUP BY 1, 2, 3, 4
+)
+SELECT g.*, m.name AS model, a.name AS adapter
+FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = nullif(g.adapter_id, '')
+ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id;
+
+-- name: usage_by_hour
+WITH grouped AS (
+    SELECT u.bucket,
+           CASE WHEN $4 THEN u.api_key_id END AS api_key_id,
+           CASE WHEN $5 THEN u.base_model_id END AS base_model_id,
+           CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
+           sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
+           sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
+           sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+    FROM usage_hourly u
+    WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.bucket < $3
+      AND ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
+      AND ($9::text IS NULL OR u.adapter_id = $9)
+    GROUP BY 1, 2, 3, 4
+)
+SELECT g.*, m.name AS model, a.name AS adapter
+FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = nullif(g.adapter_id, '')
+ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id;
+
+-- name: find_tenant_adapter
+-- An adapter of the tenant by id or by name (the live one, else the most recent deleted one).
+SELECT id FROM adapters WHERE tenant_id = $1 AND (id = $2 OR name = $2)
+ORDER BY (status = 'ready') DESC, created_at DESC LIMIT 1;
+
+-- name: rebuild_rollups_lock
+LOCK TABLE usage_hourly, usage_daily, tenant_accounts IN EXCLUSIVE MODE;
+
+-- name: clear_rollups_hourly
+DELETE FROM usage_hourly;
+
+-- name: clear_rollups_daily
+DELETE FROM usage_daily;
+
+-- name: rebuild_rollups_hourly
+INSERT INTO usage_hourly
+SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, coalesce(adapter_id, ''), count(*),
+       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+FROM usage_ledger GROUP BY 1, 2, 3, 4, 5;
+
+-- name: rebuild_rollups_daily
+INSERT INTO usage_daily
+SELECT tenant_id, date_trunc('day', bucket, 'UTC'), api_key_id, base_model_id, adapter_id, sum(requests),
+       sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5;
+
+-- name: rebuild_account_spend
+-- Settled spend is derived from the ledger too; reservations and limits are left alone.
+UPDATE tenant_accounts a SET
+    spent_total_micro_usd = coalesce(s.total, 0),
+    period_spent_micro_usd = coalesce(s.this_month, 0),
+    period_start = date_trunc('month', now(), 'UTC')::date
+FROM tenants t LEFT JOIN (
+    SELECT tenant_id, sum(cost_micro_usd) AS total,
+           sum(cost_micro_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')) AS this_month
+    FROM usage_ledger GROUP BY tenant_id
+) s ON s.tenant_id = t.id
+WHERE a.tenant_id = t.id;

@@ -1,0 +1,3 @@
+from lorafleet.gateway.admin.controller import AdminController
+
+__all__ = ["AdminController"]

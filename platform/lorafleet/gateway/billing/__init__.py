@@ -1,0 +1,3 @@
+from lorafleet.gateway.billing.controller import BillingController
+
+__all__ = ["BillingController"]
