@@ -10,9 +10,9 @@ Amounts: Stripe bills whole cents, we bill micro-USD. The invoice's amount in ce
 rounded half up; lines get whole cents that add up to exactly that (largest remainder), and each
 item's metadata keeps its exact micro-USD amount.
 
-Invoice creation includes the customer's pending items (pinned API version 2020-08-27, where that
-is the default and what localstripe implements). Finalising is left to Stripe's dashboard or
-auto-advance: localstripe cannot finalise invoices, so that step is not exercised here.
+The invoice is created after its items, with ``pending_invoice_items_behavior=include`` so it
+gathers them. Finalising is left to Stripe (dashboard or automatic collection): localstripe
+cannot finalise invoices, so that step is not exercised here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from lorafleet.db import queries
 log = structlog.get_logger("lorafleet.stripe")
 
 MICRO_PER_CENT = 10_000
-INVOICE_API_VERSION = "2020-08-27"
 
 
 def cents_half_up(micro_usd: int) -> int:
@@ -43,6 +42,16 @@ def allocate_cents(amounts_micro_usd: list[int]) -> list[int]:
     for index in order[:extra]:
         floors[index] += 1
     return floors
+
+
+def _metadata(stripe_object: stripe.StripeObject) -> dict[str, str]:
+    return stripe_object.to_dict().get("metadata") or {}
+
+
+def _line_item_id(line: stripe.StripeObject) -> str | None:
+    """The invoice item behind an invoice line (older API versions name it directly, newer under parent)."""
+    data = line.to_dict()
+    return data.get("invoice_item") or ((data.get("parent") or {}).get("invoice_item_details") or {}).get("invoice_item")
 
 
 def make_client(api_key: str, api_base: str = "") -> stripe.StripeClient:
@@ -81,14 +90,19 @@ class StripeExporter:
         invoice_id = job["invoice_id"]
         customer = job["stripe_customer_id"] or await self._customer(connection, job["tenant_id"], job["tenant_name"])
         lines = await connection.fetch(queries.get_invoice_lines, invoice_id)
-        cents = allocate_cents([line["amount_micro_usd"] for line in lines])
-        pending = None
-        for line, amount in zip(lines, cents):
-            if line["stripe_invoice_item_id"]:
-                continue
-            if pending is None:
-                pending = {item.metadata.get("lorafleet_line_id"): item.id for item in self._items_of(customer)}
-            item_id = pending.get(line["id"])
+        stripe_invoice = job["stripe_invoice_id"] or self._find_invoice(customer, invoice_id)
+        if stripe_invoice is not None:
+            # The invoice exists, so its items are on it (no longer pending): relink, create nothing.
+            on_invoice = {_metadata(line).get("lorafleet_line_id"): _line_item_id(line)
+                          for line in self._client.v1.invoices.line_items.list(stripe_invoice).auto_paging_iter()}
+            for line in lines:
+                if not line["stripe_invoice_item_id"] and on_invoice.get(line["id"]):
+                    await connection.execute(queries.set_stripe_invoice_item, line["id"], on_invoice[line["id"]])
+            await connection.execute(queries.set_stripe_invoice, invoice_id, stripe_invoice)
+            return
+        pending = {_metadata(item).get("lorafleet_line_id"): item.id for item in self._items_of(customer)}
+        for line, amount in zip(lines, allocate_cents([line["amount_micro_usd"] for line in lines])):
+            item_id = line["stripe_invoice_item_id"] or pending.get(line["id"])
             if item_id is None:
                 item_id = self._client.v1.invoice_items.create(params={
                     "customer": customer, "amount": amount, "currency": self._currency,
@@ -97,24 +111,27 @@ class StripeExporter:
                                  "amount_micro_usd": str(line["amount_micro_usd"])},
                 }, options={"idempotency_key": f"lorafleet-line-{line['id']}"}).id
             await connection.execute(queries.set_stripe_invoice_item, line["id"], item_id)
-        if job["stripe_invoice_id"] is None:
-            existing = [inv.id for inv in self._client.v1.invoices.list(params={"customer": customer}).auto_paging_iter()
-                        if (inv.metadata or {}).get("lorafleet_invoice_id") == invoice_id]
-            stripe_invoice = existing[0] if existing else self._client.v1.invoices.create(params={
-                "customer": customer,
-                "description": f"LoraFleet usage {job['period_start']:%Y-%m}",
-                "metadata": {"lorafleet_invoice_id": invoice_id, "total_micro_usd": str(job["total_micro_usd"])},
-            }, options={"idempotency_key": f"lorafleet-invoice-{invoice_id}", "stripe_version": INVOICE_API_VERSION}).id
-            await connection.execute(queries.set_stripe_invoice, invoice_id, stripe_invoice)
+        stripe_invoice = self._client.v1.invoices.create(params={
+            "customer": customer, "pending_invoice_items_behavior": "include",
+            "description": f"LoraFleet usage {job['period_start']:%Y-%m}",
+            "metadata": {"lorafleet_invoice_id": invoice_id, "total_micro_usd": str(job["total_micro_usd"])},
+        }, options={"idempotency_key": f"lorafleet-invoice-{invoice_id}"}).id
+        await connection.execute(queries.set_stripe_invoice, invoice_id, stripe_invoice)
+
+    def _find_invoice(self, customer: str, invoice_id: str) -> str | None:
+        for invoice in self._client.v1.invoices.list(params={"customer": customer}).auto_paging_iter():
+            if _metadata(invoice).get("lorafleet_invoice_id") == invoice_id:
+                return invoice.id
+        return None
 
     def _items_of(self, customer: str) -> list[stripe.InvoiceItem]:
         """The customer's items not yet on an invoice."""
         return [item for item in self._client.v1.invoice_items.list(params={"customer": customer}).auto_paging_iter()
-                if not item.get("invoice")]
+                if not item.to_dict().get("invoice")]
 
     async def _customer(self, connection: asyncpg.Connection, tenant_id: str, name: str) -> str:
         found = [c.id for c in self._client.v1.customers.list().auto_paging_iter()
-                 if (c.metadata or {}).get("lorafleet_tenant_id") == tenant_id]
+                 if _metadata(c).get("lorafleet_tenant_id") == tenant_id]
         customer = found[0] if found else self._client.v1.customers.create(
             params={"name": name, "metadata": {"lorafleet_tenant_id": tenant_id}},
             options={"idempotency_key": f"lorafleet-customer-{tenant_id}"}).id
