@@ -45,3 +45,58 @@ def test_cli_errors_are_clear(database_url):
     assert result.returncode != 0 and "unknown scope" in result.stderr
     result = _cli("", "keys", "list", "--tenant", tenant["id"])
     assert result.returncode != 0 and "LORAFLEET_DATABASE_URL" in result.stderr
+
+
+def test_money_commands(database_url):
+    from lorafleet.core import ids
+
+    tenant = _json(_cli(database_url, "tenants", "create", "Money Inc", "--json"))
+    key = _json(_cli(database_url, "keys", "create", "--tenant", tenant["id"], "--json"))
+    model = f"cli-model-{ids.random_token(6)}"
+    import asyncio
+
+    import asyncpg
+
+    from lorafleet.db import queries
+
+    async def add_model() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await connection.execute(queries.upsert_base_model, ids.base_model_id(), model, 2048, "{}", 16)  # raw connection: jsonb as text
+        finally:
+            await connection.close()
+
+    asyncio.run(add_model())
+    price = _json(_cli(database_url, "prices", "set", model, "--prompt", "150000", "--completion", "600000",
+                       "--adapter-surcharge", "10", "--effective-at", "2026-01-01", "--json"))
+    assert (price["prompt_micro_usd_per_mtok"], price["completion_micro_usd_per_mtok"]) == (150000, 600000)
+    assert price["effective_at"].startswith("2026-01-01T00:00:00")
+    listed = _json(_cli(database_url, "prices", "list", "--json"))
+    assert price["id"] in [p["id"] for p in listed["data"]]
+    duplicate = _cli(database_url, "prices", "set", model, "--prompt", "1", "--completion", "1", "--effective-at",
+                     "2026-01-01")
+    assert duplicate.returncode != 0 and "already takes effect" in duplicate.stderr
+
+    grant = _json(_cli(database_url, "credits", "grant", "--tenant", tenant["id"], "--amount", "2500000", "--json"))
+    assert grant["amount_micro_usd"] == 2500000
+    balance = _json(_cli(database_url, "tenants", "limits", "--tenant", tenant["id"], "--mode", "prepaid",
+                         "--monthly-spend-limit", "9000000", "--max-concurrent", "3", "--json"))
+    assert (balance["billing_mode"], balance["monthly_spend_limit_micro_usd"], balance["max_concurrent_requests"],
+            balance["credit_remaining_micro_usd"]) == ("prepaid", 9000000, 3, 2500000)
+    cleared = _json(_cli(database_url, "tenants", "limits", "--tenant", tenant["id"], "--monthly-spend-limit", "none",
+                         "--json"))
+    assert cleared["monthly_spend_limit_micro_usd"] is None and cleared["max_concurrent_requests"] == 3
+
+    limits = _json(_cli(database_url, "keys", "limits", key["id"], "--rpm", "60", "--tpm", "none", "--json"))
+    assert (limits["requests_per_minute"], limits["tokens_per_minute"]) == (60, None)
+
+    closed = _json(_cli(database_url, "billing", "close-period", "--month", "2020-01", "--json"))
+    assert closed == {"month": "2020-01", "invoices": []}
+    not_over = _cli(database_url, "billing", "close-period", "--month", "2999-01")
+    assert not_over.returncode != 0 and "has not ended" in not_over.stderr
+    bad_month = _cli(database_url, "billing", "close-period", "--month", "January")
+    assert bad_month.returncode != 0 and "2026-11" in bad_month.stderr and "Traceback" not in bad_month.stderr
+    rebuilt = _json(_cli(database_url, "billing", "rebuild-rollups", "--json"))
+    assert set(rebuilt) == {"hourly_rows", "daily_rows"}
+    stripe_off = _cli(database_url, "billing", "export-stripe")
+    assert stripe_off.returncode != 0 and "LORAFLEET_STRIPE_API_KEY" in stripe_off.stderr

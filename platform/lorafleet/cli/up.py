@@ -119,6 +119,23 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
         await connection.close()
 
 
+DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000}  # µUSD per million tokens
+
+
+async def _demo_price(settings: Settings) -> None:
+    """A price for the base model the first time, so responses show what they cost."""
+    from lorafleet.billing.accounts import AccountService
+    from lorafleet.db import create_pool
+
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        service = AccountService(pool)
+        if not any(p.base_model == settings.model_name for p in await service.list_prices()):
+            await service.set_price(settings.model_name, **DEMO_PRICE)
+    finally:
+        await pool.close()
+
+
 def _read_env(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
@@ -161,6 +178,7 @@ def run_up() -> None:
 
     _step("demo tenant, key and adapter")
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
+    asyncio.run(_demo_price(settings))
     _demo_adapter(url, secret, settings, files)
     files.demo_env.write_text(
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
@@ -188,6 +206,10 @@ PY
   # the demo tenant's LoRA adapter, by name:
   curl {url}/v1/completions -H "Authorization: Bearer $LORAFLEET_API_KEY" -H "Content-Type: application/json" \\
     -d '{{"model": "{DEMO_ADAPTER}", "prompt": "Once upon a time", "max_tokens": 16}}'
+
+  # what it cost: the x-lorafleet-cost-micro-usd header on each response; usage and balance:
+  curl "{url}/v1/usage?bucket=hour&group_by=model,adapter" -H "Authorization: Bearer $LORAFLEET_API_KEY"
+  curl {url}/v1/balance -H "Authorization: Bearer $LORAFLEET_API_KEY"
 
 API docs: {url}/openapi   metrics: {url}/metrics   stop: make down
 """)

@@ -114,8 +114,8 @@ class LedgerWriter:
                 await asyncio.sleep(_RETRY_SECONDS)
                 self._wakeup.set()  # try the spool again
                 continue
-            except (asyncpg.PostgresError, RuntimeError) as exc:  # a deadlock, a serialization failure …
-                log.warning("ledger_flush_retry", error=str(exc), queued=len(self._queue))
+            except Exception as exc:  # a deadlock, a client-state error …: the rows stay queued, retry
+                log.warning("ledger_flush_retry", error=repr(exc), queued=len(self._queue))
                 await asyncio.sleep(_RETRY_SECONDS / 10)
                 self._wakeup.set()
                 continue

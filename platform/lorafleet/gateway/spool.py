@@ -3,14 +3,16 @@
 Each batch is appended to this process's spool file as one JSON line and fsynced before the rows
 leave memory, so they survive the gateway dying during a database outage. Any gateway sharing
 the folder replays any spool file (its own or one a dead process left): it claims a file by
-renaming it, inserts its rows (idempotently: a row already in the database is skipped), then
-deletes it. A crash mid-replay leaves the claimed file, which the next replay picks up.
+renaming it to a new unique name, inserts its rows (idempotently: a row already in the database
+is skipped), then deletes it. A replay that stops half-way (the database went away again) leaves
+the claimed file, which the next replay finishes; new rows meanwhile go to a new spool file.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,20 +46,24 @@ class LedgerSpool:
                 return
 
     def pending(self) -> bool:
-        return any(self._directory.glob("ledger-*.jsonl*"))
+        return any(self._directory.glob("ledger-*.jsonl")) or any(self._directory.glob("claimed-*.jsonl"))
 
     async def replay(self, insert: Callable[[list[UsageRow]], Awaitable[int]]) -> int:
         from lorafleet.gateway.ledger import UsageRow
 
         decode = msgspec.json.Decoder(list[UsageRow]).decode
         replayed = 0
-        for path in sorted(self._directory.glob("ledger-*.jsonl*")):
-            claimed = path if path.name.endswith(f".replaying-{self._owner}") else path.with_name(
-                f"{path.name.split('.jsonl')[0]}.jsonl.replaying-{self._owner}")
-            try:
-                os.rename(path, claimed)
-            except FileNotFoundError:
-                continue  # another gateway claimed it first
+        mine = f"claimed-{self._owner}-"
+        for path in sorted([*self._directory.glob("claimed-*.jsonl"), *self._directory.glob("ledger-*.jsonl")]):
+            if path.name.startswith(mine):
+                claimed = path  # an earlier replay of ours stopped half-way: finish it
+            else:
+                # A fresh, unique name: a rename never lands on a file that still holds rows.
+                claimed = self._directory / f"{mine}{uuid.uuid4().hex}.jsonl"
+                try:
+                    os.rename(path, claimed)
+                except FileNotFoundError:
+                    continue  # another gateway claimed it first
             with open(claimed, "rb") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)  # waits for an append that opened it before the rename
                 content = handle.read()
