@@ -112,17 +112,19 @@ def parse_query(params: dict[str, str], now: dt.datetime) -> UsageQuery:
                       adapter=params.get("adapter") or None)
 
 
-async def usage_report(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, query: UsageQuery,
-                       currency: str = "usd") -> UsageReport:
+async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, currency: str = "usd") -> UsageReport:
     base_model_id = adapter_id = None
     if query.model is not None:
-        model = await db.fetchrow(queries.get_base_model_by_name, query.model)
+        model = await pool.fetchrow(queries.get_base_model_by_name, query.model)
         base_model_id = model["id"] if model else "-"  # unknown model: no rows, not an error
     if query.adapter is not None:
-        adapter_id = await db.fetchval(queries.find_tenant_adapter, tenant_id, query.adapter) or "-"
+        adapter_id = await pool.fetchval(queries.find_tenant_adapter, tenant_id, query.adapter) or "-"
     sql = queries.usage_by_hour if query.bucket == "hour" else queries.usage_by_day
-    rows = await db.fetch(sql, tenant_id, query.start, query.end, "key" in query.group_by, "model" in query.group_by,
-                          "adapter" in query.group_by, query.api_key_id, base_model_id, adapter_id)
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(queries.force_custom_plans)
+        rows = await connection.fetch(sql, tenant_id, query.start, query.end, "key" in query.group_by,
+                                      "model" in query.group_by, "adapter" in query.group_by, query.api_key_id,
+                                      base_model_id, adapter_id)
     data = [
         UsageRow(bucket_start=row["bucket"], api_key_id=row["api_key_id"], model=row["model"],
                  adapter=row["adapter"], adapter_id=row["adapter_id"] or None, requests=row["requests"],

@@ -53,7 +53,7 @@ _STATEMENT_TIMEOUT = 30.0
 
 
 class LedgerWriter:
-    def __init__(self, pool: asyncpg.Pool, *, spool: LedgerSpool | None = None, batch_size: int = 1000,
+    def __init__(self, pool: asyncpg.Pool, *, spool: LedgerSpool | None = None, batch_size: int = 5000,
                  flush_interval: float = 0.02) -> None:
         self._pool = pool
         self._spool = spool

