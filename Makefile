@@ -28,8 +28,12 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/python benchmarks/gateway_capacity.py
 	$(BIN)/python benchmarks/gateway_vs_direct.py --rounds 5
 	$(BIN)/python benchmarks/adapters.py
+	$(BIN)/python benchmarks/density.py
+	$(BIN)/python benchmarks/money.py
+	$(BIN)/python benchmarks/report.py
 
 clean: down
 	rm -rf $(VENV) .lorafleet

@@ -36,6 +36,12 @@ def handle_lorafleet_error(request: Request, exc: errors.LoraFleetError) -> Resp
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict]:
+    if exc.status_code == 500 and "disconnected" in (exc.detail or ""):
+        # The client left while its body was being read: nobody gets this answer; log it as such.
+        error = errors.InvalidRequest("The client disconnected before sending the whole request.",
+                                      code="client_disconnected")
+        error.status_code = 499
+        return _respond(request, error)
     cls = _BY_STATUS.get(exc.status_code)
     if cls is None:
         cls = errors.InvalidRequest if exc.status_code < 500 else errors.LoraFleetError

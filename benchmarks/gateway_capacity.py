@@ -1,0 +1,276 @@
+"""Gateway capacity against an instant upstream: LoraFleet vs LiteLLM's proxy vs direct.
+
+An OpenAI-compatible stub (``lorafleet.devtools.stub_worker``) answers instantly, so only what
+sits in front of it is measured. ``wrk`` (C, apt) drives each target with a fixed request at 1,
+32 and 256 connections, JSON and SSE, for ``--seconds`` each (after a one-second warm-up):
+
+- ``direct``: wrk → stub.
+- ``lorafleet``: wrk → gateway → stub, with everything on: key auth, admission (the key has a
+  rate limit and the tenant a spend limit, so every request runs the admission statement and
+  holds a reservation), routing, relay and metering (a priced ledger row per request).
+- ``lorafleet-unmetered``: the same gateway, a tenant without limits (admission skipped).
+- ``litellm``: wrk → LiteLLM proxy (``litellm[proxy]``, installed into ``.venv-litellm`` only
+  for this benchmark, master key, no database: its spend tracking needs Prisma engines
+  downloaded from the internet, which this machine cannot reach) → stub.
+
+The proxy under test (gateway, or LiteLLM with one worker) is pinned to CPU 0, wrk and the stub
+to CPU 1; PostgreSQL is not pinned. Requests/s of a proxy pinned to one core is its per-core
+capacity. Added latency = proxy p50/p99 − direct p50/p99 at the same concurrency.
+
+    .venv/bin/python benchmarks/gateway_capacity.py [--seconds 6] [--skip-litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from lorafleet.core import ids
+from lorafleet.db import create_pool, queries
+from lorafleet.db.migrate import migrate
+from lorafleet.devtools.database import DatabaseFactory, server_dsn
+from lorafleet.devtools.services import free_port, platform_env, start_gateway
+from lorafleet.tenancy import TenancyService
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+LITELLM_VENV = ROOT / ".venv-litellm"
+MODEL = "stub-model"
+CONCURRENCY = (1, 32, 256)
+PROXY_CPU, LOAD_CPU = 0, 1
+
+
+def pin(pid: int, cpu: int) -> None:
+    import psutil
+
+    process = psutil.Process(pid)
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            proc.cpu_affinity([cpu])
+        except psutil.Error:
+            pass
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk (apt) …", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=subprocess.DEVNULL)
+    return shutil.which("wrk") or "wrk"
+
+
+def ensure_litellm() -> Path:
+    python = LITELLM_VENV / "bin" / "python"
+    if not (LITELLM_VENV / "bin" / "litellm").exists():
+        print("installing litellm[proxy] into .venv-litellm (benchmark only) …", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
+    return LITELLM_VENV / "bin" / "litellm"
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(wrk: str, url: str, path: str, body: dict, secret: str, connections: int, seconds: int,
+            workdir: Path) -> dict:
+    script = workdir / "request.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {secret}"\n')
+    base = ["taskset", "-c", str(LOAD_CPU), wrk, "-t", "1", "-c", str(connections), "-s", str(script), url + path]
+    subprocess.run([*base[:6], "-d", "1s", *base[6:]], capture_output=True, text=True)  # warm-up
+    out = subprocess.run([*base[:6], "-d", f"{seconds}s", "--latency", "--timeout", "10s", *base[6:]],
+                         capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:  # show what went wrong, once
+        probe = httpx.post(url + path, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+        print(f"    non-2xx from {url}: e.g. {probe.status_code} {probe.text[:300]}", flush=True)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": latency.get("50"), "p99": latency.get("99"),
+            "non_2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--skip-litellm", action="store_true")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs two CPUs: one for the proxy, one for the load generator and the stub")
+    wrk = ensure_wrk()
+    litellm = None if args.skip_litellm else ensure_litellm()
+
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-bench-capacity-"))
+    databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
+    dsn = await databases.create("lorafleet_bench_capacity")
+    await migrate(dsn)
+    pool = await create_pool(dsn, max_size=2)
+    processes: list[subprocess.Popen] = []
+    gateway = None
+    heartbeat: asyncio.Task | None = None
+    results: dict[str, dict] = {}
+    try:
+        stub_port = free_port()
+        stub_url = f"http://127.0.0.1:{stub_port}"
+        stub = subprocess.Popen([sys.executable, "-m", "lorafleet.devtools.stub_worker", "--port", str(stub_port),
+                                 "--model", MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(stub)
+        wait_http(stub_url + "/health")
+        pin(stub.pid, LOAD_CPU)
+
+        base = await pool.fetchrow(queries.upsert_base_model, ids.base_model_id(), MODEL, 4096, {}, 16)
+        await pool.execute(queries.insert_price, base["id"], 150_000, 600_000, 0, dt.datetime.now(dt.UTC))
+        await pool.execute(queries.upsert_worker, stub_url, base["id"])
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(2)
+                await pool.execute(queries.heartbeat_worker, stub_url)
+
+        heartbeat = asyncio.create_task(beat())
+        tenancy = TenancyService(pool)
+        metered = await tenancy.create_key((await tenancy.create_tenant("metered")).id)
+        await pool.execute("UPDATE tenant_accounts SET monthly_spend_limit_micro_usd = 1000000000000000 "
+                           "WHERE tenant_id = $1", metered.tenant_id)
+        await pool.execute("UPDATE api_keys SET requests_per_minute = 10000000, tokens_per_minute = 2000000000 "
+                           "WHERE id = $1", metered.id)
+        unmetered = await tenancy.create_key((await tenancy.create_tenant("unmetered")).id)
+
+        env = platform_env(dsn, workdir, workdir)
+        gateway = await asyncio.to_thread(start_gateway, env, workdir)
+        pin(gateway.process.pid, PROXY_CPU)
+        targets = {"direct": (stub_url, "none"), "lorafleet": (gateway.url, metered.secret),
+                   "lorafleet-unmetered": (gateway.url, unmetered.secret)}
+
+        if litellm is not None:
+            litellm_port = free_port()
+            config = workdir / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: {stub_url}/v1\n"
+                "      api_key: stub\n"
+                "general_settings:\n"
+                "  master_key: sk-bench-master\n")
+            litellm_env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+            proxy = subprocess.Popen([str(litellm), "--config", str(config), "--port", str(litellm_port),
+                                      "--num_workers", "1"], env=litellm_env, stdout=open(workdir / "litellm.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+            processes.append(proxy)
+            wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=180)
+            pin(proxy.pid, PROXY_CPU)
+            targets["litellm"] = (f"http://127.0.0.1:{litellm_port}", "sk-bench-master")
+
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+        for name, (url, secret) in targets.items():  # every target must answer 200 before it is timed
+            deadline = time.monotonic() + 30
+            while True:
+                probe = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
+                                   headers={"Authorization": f"Bearer {secret}"})
+                if probe.status_code == 200:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} answered {probe.status_code}: {probe.text[:500]}")
+                await asyncio.sleep(0.5)
+        for mode, extra in (("json", {}), ("stream", {"stream": True})):
+            for connections in CONCURRENCY:
+                for name, (url, secret) in targets.items():
+                    # In a thread: the stub's heartbeat task must keep running while wrk does.
+                    result = await asyncio.to_thread(run_wrk, wrk, url, "/v1/chat/completions", {**body, **extra},
+                                                     secret, connections, args.seconds, workdir)
+                    results[f"{name}|{mode}|{connections}"] = result
+                    print(f"  {mode:<6} c={connections:<3} {name:<20} {result['rps']:>8,.0f} req/s  "
+                          f"p50 {result['p50']:.2f} ms  p99 {result['p99']:.2f} ms"
+                          + (f"  NON-2XX {result['non_2xx']}" if result["non_2xx"] else ""), flush=True)
+        ledger_rows = await pool.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", metered.tenant_id)
+        left = await pool.fetchrow("SELECT reserved_micro_usd, in_flight FROM tenant_accounts WHERE tenant_id = $1",
+                                   metered.tenant_id)
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+        if gateway is not None:
+            gateway.stop()
+        for process in processes:
+            process.terminate()
+            process.wait(20)
+        await pool.close()
+        await databases.drop_all()
+
+    litellm_version = ""
+    if litellm is not None:
+        litellm_version = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                                          "import importlib.metadata as m; print(m.version('litellm'))"],
+                                         capture_output=True, text=True).stdout.strip()
+    write_report(results, args, litellm_version, ledger_rows, left)
+
+
+def write_report(results: dict, args: argparse.Namespace, litellm_version: str, ledger_rows: int, left) -> None:
+    names = sorted({key.split("|")[0] for key in results}, key=["direct", "lorafleet", "lorafleet-unmetered", "litellm"].index)
+    lines = ["# Gateway capacity (instant upstream)", "",
+             f"`.venv/bin/python benchmarks/gateway_capacity.py --seconds {args.seconds}"
+             f"{' --skip-litellm' if args.skip_litellm else ''}` — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+             f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}"
+             + (f", LiteLLM {litellm_version}" if litellm_version else "") + ".", "",
+             "Proxy pinned to CPU 0 (so its requests/s is per core); wrk and the stub on CPU 1; PostgreSQL unpinned. "
+             "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage.", ""]
+    for mode in ("json", "stream"):
+        lines += [f"## {mode}", "", "| connections | " + " | ".join(f"{n} req/s" for n in names)
+                  + " | lorafleet ÷ litellm | lorafleet added p50 / p99 (ms) |",
+                  "|---" * (len(names) + 3) + "|"]
+        for connections in CONCURRENCY:
+            row = [results[f"{n}|{mode}|{connections}"] for n in names]
+            ours = results[f"lorafleet|{mode}|{connections}"]
+            direct = results[f"direct|{mode}|{connections}"]
+            theirs = results.get(f"litellm|{mode}|{connections}")
+            ratio = f"{ours['rps'] / theirs['rps']:.1f}×" if theirs else "—"
+            lines.append(f"| {connections} | " + " | ".join(f"{r['rps']:,.0f}" for r in row)
+                         + f" | {ratio} | {ours['p50'] - direct['p50']:+.2f} / {ours['p99'] - direct['p99']:+.2f} |")
+        lines.append("")
+    errors = {k: (v["non_2xx"], v["socket_errors"]) for k, v in results.items() if v["non_2xx"] or v["socket_errors"]}
+    lines += [f"Metered requests recorded in the ledger: {ledger_rows:,}; reservations left after the run: "
+              f"{left['reserved_micro_usd']} µUSD, {left['in_flight']} in flight.",
+              f"Errors (non-2xx, socket): {errors or 'none'}.", ""]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gateway_capacity.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
