@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: install up down test bench clean
+.PHONY: install browser up down test bench clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ up: install
 down:
 	@test -x $(BIN)/lorafleet && $(BIN)/lorafleet down || echo "nothing to stop"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The dashboard tests drive Debian's chromium through Playwright.
+browser:
+	@command -v chromium >/dev/null || (echo "==> installing chromium (apt)" && \
+	  (apt-get install -y -q chromium || sudo apt-get install -y -q chromium) >/dev/null)
 
 bench: install
 	$(BIN)/python benchmarks/gateway_capacity.py

@@ -183,6 +183,30 @@ tenants.add_command(tenant_limits)
 keys.add_command(key_limits)
 
 
+@cli.group()
+def dashboard() -> None:
+    """The web dashboard (served by the gateway under /dashboard)."""
+
+
+@dashboard.command("link")
+@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@json_option
+def dashboard_link(tenant_id: str, as_json: bool) -> None:
+    """Print a one-time sign-in link for a tenant's dashboard (valid 15 minutes)."""
+    from lorafleet.dashboard.sessions import LINK_SECONDS, create_login_link
+    from lorafleet.tenancy import TenancyService
+
+    settings = load_cli_settings()
+
+    async def action(con: Any) -> str:
+        await TenancyService(con).get_tenant(tenant_id)
+        return await create_login_link(con, tenant_id)
+
+    token = run_async(with_connection(need_database(settings), action))
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/dashboard/login/{token}"
+    emit({"url": url, "expires_in_seconds": LINK_SECONDS}, as_json, lambda: click.echo(url))
+
+
 @cli.command("settings")
 def show_settings() -> None:
     """Every LORAFLEET_* setting with its default and meaning."""

@@ -34,13 +34,13 @@ class BenchPlatform:
 
 
 @asynccontextmanager
-async def running_platform(prefix: str = "lorafleet-bench-") -> AsyncIterator[BenchPlatform]:
+async def running_platform(prefix: str = "lorafleet-bench-", **env_overrides: str) -> AsyncIterator[BenchPlatform]:
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
     dsn = await databases.create("lorafleet_bench")
     await migrate(dsn)
     model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
-    env = platform_env(dsn, model_path, workdir)
+    env = dict(platform_env(dsn, model_path, workdir), **env_overrides)
     print("starting worker and gateway …", flush=True)
     worker = await asyncio.to_thread(start_worker, env, workdir)
     gateway = await asyncio.to_thread(start_gateway, env, workdir)

@@ -17,6 +17,7 @@ import asyncpg
 from lorafleet.core.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.auth import Principal
+from lorafleet.gateway.refusals import RefusalCounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +26,14 @@ class Admitted:
 
 
 NOT_METERED = Admitted({})
+_QUOTA_VERDICTS = frozenset({"spend_limit", "insufficient_credit", "no_account"})
 
 
 class Admission:
-    def __init__(self, pool: asyncpg.Pool, gateway_id: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, gateway_id: str, refusals: RefusalCounter | None = None) -> None:
         self._pool = pool
         self._gateway_id = gateway_id
+        self._refusals = refusals
 
     async def admit(self, principal: Principal, request_id: str, amount_micro_usd: int, tokens: int) -> Admitted:
         if not principal.metered:
@@ -46,6 +49,8 @@ class Admission:
         verdict = row["verdict"]
         if verdict == "admitted":
             return Admitted(headers)
+        if self._refusals is not None:
+            self._refusals.count(principal.tenant_id, 402 if verdict in _QUOTA_VERDICTS else 429)
         if verdict == "rate_limited":
             headers["Retry-After"] = str(max(1, math.ceil(row["retry_after_ms"] / 1000)))
             headers["retry-after-ms"] = str(row["retry_after_ms"])

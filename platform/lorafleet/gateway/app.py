@@ -15,6 +15,7 @@ from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings, get_settings
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
+from lorafleet.dashboard import DashboardController, DashboardUploadController, static_files
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.billing import BillingController
@@ -26,6 +27,7 @@ from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.ledger import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.presence import GatewayPresence
+from lorafleet.gateway.refusals import RefusalCounter
 from lorafleet.gateway.spool import LedgerSpool
 from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.relay import Relay
@@ -54,15 +56,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         presence = GatewayPresence(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
                                    dead_after_seconds=settings.gateway_dead_after_seconds,
                                    reservation_max_seconds=settings.reservation_max_seconds)
+        refusals = RefusalCounter(pool)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds),
-            admission=Admission(pool, gateway_id), presence=presence,
+            admission=Admission(pool, gateway_id, refusals), presence=presence,
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
             adapters=AdapterService(pool, make_blob_store(settings)),
         )
         ledger.start()
+        refusals.start()
         await presence.start()
         await registry.start()
         app.state.services = services
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await registry.close()
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
+            await refusals.close()
             await presence.close()
             await http.close()
             await pool.close()
@@ -78,8 +83,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             OpenAIController, KeysController, BillingController, AdminController, SystemController,
+            DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
-            Router("/", route_handlers=[AdaptersController], request_max_body_size=settings.max_upload_bytes),
+            Router("/", route_handlers=[AdaptersController, DashboardUploadController],
+                   request_max_body_size=settings.max_upload_bytes),
         ],
         lifespan=[lifespan],
         middleware=[request_context_middleware(metrics)],

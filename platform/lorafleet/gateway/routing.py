@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from lorafleet.core.errors import ServiceUnavailable
-from lorafleet.db import queries
+from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.catalog import ModelCatalog
 from lorafleet.gateway.placement import choose
 
@@ -47,6 +47,9 @@ class WorkerRegistry:
         self._workers: dict[str, WorkerState] = {}
         self._task: asyncio.Task[None] | None = None
         self.refreshed = asyncio.Event()
+
+    def workers(self) -> list[WorkerState]:
+        return sorted(self._workers.values(), key=lambda w: (w.base_model_name, w.url))
 
     async def start(self) -> None:
         await self.refresh()
@@ -99,13 +102,20 @@ class WorkerRegistry:
                 log.warning("worker_refresh_failed", error=repr(exc))
 
     async def refresh(self) -> None:
-        await self._catalog.refresh()
-        rows = await self._pool.fetch(queries.list_live_workers, HEARTBEAT_GRACE_SECONDS)
-        seen: dict[str, WorkerState] = {}
-        for row in rows:
-            state = self._workers.get(row["url"]) or WorkerState(row["url"], row["base_model_id"], row["base_model_name"])
-            state.base_model_id, state.base_model_name = row["base_model_id"], row["base_model_name"]
-            seen[row["url"]] = state
+        try:
+            await self._catalog.refresh()
+            rows = await self._pool.fetch(queries.list_live_workers, HEARTBEAT_GRACE_SECONDS)
+        except DATABASE_UNAVAILABLE as exc:
+            # Keep the workers we know and keep polling them: one failed request must not leave a
+            # worker unready for the whole outage.
+            log.warning("worker_refresh_failed", error=repr(exc))
+            seen = self._workers
+        else:
+            seen = {}
+            for row in rows:
+                state = self._workers.get(row["url"]) or WorkerState(row["url"], row["base_model_id"], row["base_model_name"])
+                state.base_model_id, state.base_model_name = row["base_model_id"], row["base_model_name"]
+                seen[row["url"]] = state
         await asyncio.gather(*(self._poll(state) for state in seen.values()))
         self._workers = seen
         self.refreshed.set()

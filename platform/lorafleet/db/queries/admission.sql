@@ -37,3 +37,9 @@ SELECT coalesce(sum(requests), 0)::bigint FROM released;
 -- name: forget_dead_gateways
 DELETE FROM gateways g WHERE g.heartbeat_at < now() - make_interval(secs => $1)
 AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.gateway_id = g.id);
+
+-- name: add_refusals
+INSERT INTO refusals_daily AS r (tenant_id, bucket, refused_402, refused_429)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[]) ORDER BY 1, 2
+ON CONFLICT (tenant_id, bucket) DO UPDATE
+SET refused_402 = r.refused_402 + excluded.refused_402, refused_429 = r.refused_429 + excluded.refused_429;

@@ -29,19 +29,7 @@ class AdaptersController(Controller):
           summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model, files or one archive).")
     async def create_adapter(self, request: Request, principal: Principal, services: Services) -> AdapterView:
         principal.require("adapters:write")
-        settings = services.settings
-        workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
-        try:
-            form = await receive_multipart(request, workdir)
-            files = await asyncio.to_thread(_adapter_files, form.files, workdir, settings.max_adapter_files,
-                                            settings.max_upload_bytes)
-            name = form.fields.get("name", "").strip()
-            if not name:
-                raise InvalidRequest("the adapter needs a name (form field 'name')", param="name")
-            adapter = await services.adapters.create(principal.tenant_id, name, form.fields.get("base_model") or None, files)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return adapter
+        return await create_from_upload(request, principal.tenant_id, services)
 
     @get("/", operation_id="listAdapters", summary="The caller's adapters, oldest id first.")
     async def list_adapters(
@@ -64,6 +52,22 @@ class AdaptersController(Controller):
         deleted = await services.adapters.delete(principal.tenant_id, adapter_id)
         await services.registry.unload_adapter(adapter_id)
         return deleted
+
+
+async def create_from_upload(request: Request, tenant_id: str, services: Services) -> AdapterView:
+    """Stream a multipart upload to disk, validate it and store the adapter (API and dashboard)."""
+    settings = services.settings
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
+    try:
+        form = await receive_multipart(request, workdir)
+        files = await asyncio.to_thread(_adapter_files, form.files, workdir, settings.max_adapter_files,
+                                        settings.max_upload_bytes)
+        name = form.fields.get("name", "").strip()
+        if not name:
+            raise InvalidRequest("the adapter needs a name (form field 'name')", param="name")
+        return await services.adapters.create(tenant_id, name, form.fields.get("base_model") or None, files)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _adapter_files(uploaded: list[tuple[str, Path]], workdir: Path, max_files: int, max_bytes: int) -> dict[str, Path]:

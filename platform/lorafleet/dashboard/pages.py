@@ -1,0 +1,317 @@
+"""The dashboard under ``/dashboard``: server-rendered pages over the same services as the API.
+
+Every number on a page comes from the functions the API uses (``usage_report``, balances,
+invoices), so the dashboard and ``/v1/usage`` can never disagree. Pages never show another
+tenant's data: every query takes the session's tenant id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.di import Provide
+from litestar.response import Redirect
+
+from lorafleet.billing.accounts import AccountService
+from lorafleet.billing.invoices import get_invoice, list_invoices
+from lorafleet.billing.usage import parse_query, usage_csv, usage_report
+from lorafleet.core.errors import LoraFleetError
+from lorafleet.dashboard.charts import stacked_bars, usd
+from lorafleet.dashboard.sessions import COOKIE, SESSION_SECONDS, DashboardSession, close_session, find_session, \
+    open_session, use_login_link
+from lorafleet.db import queries
+from lorafleet.gateway.adapters.controller import create_from_upload
+from lorafleet.gateway.dependencies import provide_services
+from lorafleet.gateway.services import Services
+from lorafleet.tenancy.keys import ALL_SCOPES
+from lorafleet.tenancy.service import TenancyService
+
+_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
+                         autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+_TEMPLATES.filters["usd"] = usd
+_TEMPLATES.filters["num"] = lambda n: f"{n:,}" if n is not None else "—"
+_TEMPLATES.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "never"
+LOGIN_CSRF_COOKIE = "lf_login_csrf"
+
+
+class NotSignedIn(Exception):
+    """No valid session: the page sends the browser to the sign-in form."""
+
+
+class CsrfRejected(Exception):
+    pass
+
+
+def render(template: str, status: int = 200, **context: Any) -> Response[str]:
+    html = _TEMPLATES.get_template(template).render(**context)
+    return Response(html, status_code=status, media_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'"})
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
+async def _session(request: Request, services: Services, *, operator: bool = False) -> DashboardSession:
+    session = await find_session(services.pool, request.cookies.get(COOKIE))
+    if session is None or session.operator != operator:
+        raise NotSignedIn()
+    return session
+
+
+async def _form(request: Request, session: DashboardSession) -> dict[str, Any]:
+    form = await request.form()
+    if not session.csrf_ok(form.get("csrf") or request.headers.get("x-csrf-token")):
+        raise CsrfRejected()
+    return dict(form)
+
+
+def _signed_in(request: Request, token: str, target: str) -> Response[Any]:
+    response = Redirect(target, status_code=303)
+    response.set_cookie(Cookie(key=COOKIE, value=token, path="/dashboard", httponly=True, samesite="lax",
+                               secure=_secure(request), max_age=SESSION_SECONDS))
+    return response
+
+
+def _month_start(now: dt.datetime) -> dt.datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _page(session: DashboardSession, active: str, **context: Any) -> dict[str, Any]:
+    return {"session": session, "active": active, "csrf": session.csrf_token, **context}
+
+
+def _not_signed_in(request: Request, _: NotSignedIn) -> Response[Any]:
+    operator = request.url.path.startswith("/dashboard/admin")
+    return Redirect("/dashboard/admin/login" if operator else "/dashboard/login", status_code=303)
+
+
+def _csrf_rejected(_: Request, __: CsrfRejected) -> Response[str]:
+    return render("error.html", status=403, title="Form expired",
+                  message="This form's security token is missing or stale. Reload the page and try again.")
+
+
+def _lorafleet_error(_: Request, exc: LoraFleetError) -> Response[str]:
+    return render("error.html", status=exc.status_code, title="Something is not right", message=exc.message)
+
+
+class DashboardController(Controller):
+    path = "/dashboard"
+    include_in_schema = False
+    dependencies = {"services": Provide(provide_services)}
+    exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected, LoraFleetError: _lorafleet_error}
+
+    # ---- signing in and out ---------------------------------------------------------------
+
+    @get("/login")
+    async def login_form(self, request: Request) -> Response[str]:
+        return _login_page(request, None)
+
+    @post("/login")
+    async def login(self, request: Request, services: Services) -> Response[Any]:
+        form = await request.form()
+        if not _login_csrf_ok(request, form.get("csrf")):
+            return _login_page(request, "The sign-in form expired; please try again.", status=403)
+        try:
+            principal = await services.auth.authenticate(f"Bearer {(form.get('api_key') or '').strip()}")
+        except LoraFleetError:
+            return _login_page(request, "That API key is not valid, or it was revoked.", status=401)
+        if "dashboard" not in principal.scopes:
+            return _login_page(request, "That API key lacks the dashboard scope.", status=403)
+        token = await open_session(services.pool, principal.tenant_id, principal.key_id)
+        return _signed_in(request, token, "/dashboard")
+
+    @get("/login/{token:str}")
+    async def login_link(self, token: str, request: Request, services: Services) -> Response[Any]:
+        tenant_id = await use_login_link(services.pool, token)
+        if tenant_id is None:
+            return _login_page(request, "That sign-in link has expired or was already used.", status=401)
+        return _signed_in(request, await open_session(services.pool, tenant_id, None), "/dashboard")
+
+    @post("/logout")
+    async def logout(self, request: Request, services: Services) -> Response[Any]:
+        session = await find_session(services.pool, request.cookies.get(COOKIE))
+        if session is not None:
+            await _form(request, session)
+            await close_session(services.pool, session)
+        response = Redirect("/dashboard/admin/login" if session and session.operator else "/dashboard/login",
+                            status_code=303)
+        response.delete_cookie(COOKIE, path="/dashboard")
+        return response
+
+    # ---- tenant pages ---------------------------------------------------------------------
+
+    @get("/")
+    async def overview(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        tenant = session.tenant_id
+        now = dt.datetime.now(dt.UTC)
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = _month_start(now)
+        balance = await AccountService(services.pool, services.settings.currency).balance(tenant)
+        today_totals = await services.pool.fetchrow(queries.dashboard_totals, tenant, today)
+        month_totals = await services.pool.fetchrow(queries.dashboard_totals, tenant, month)
+        refusals = await services.pool.fetchrow(queries.dashboard_refusals, tenant, month)
+        start = today - dt.timedelta(days=29)
+        days = [(start + dt.timedelta(days=i)).date() for i in range(30)]
+        series: dict[str, dict[dt.date, int]] = {}
+        for row in await services.pool.fetch(queries.dashboard_daily_cost, tenant, start):
+            series.setdefault(row["series"], {})[row["bucket"].date()] = row["cost_micro_usd"]
+        top = await services.pool.fetch(queries.dashboard_top_adapters, tenant, month, 5)
+        return render("overview.html", **_page(
+            session, "overview", balance=balance, today=today_totals, month=month_totals, refusals=refusals,
+            chart=stacked_bars(days, series, "Daily cost, last 30 days, by model and adapter"), top=top))
+
+    @get("/usage")
+    async def usage(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        params = {k: v for k, v in request.query_params.items() if v and k != "format"}
+        params.setdefault("bucket", "day")
+        try:
+            query = parse_query(params, dt.datetime.now(dt.UTC))
+        except LoraFleetError as exc:
+            return render("usage.html", status=400, **_page(session, "usage", error=exc.message, report=None,
+                                                            params=params, chart="", csv_link=""))
+        report = await usage_report(services.pool, session.tenant_id, query, services.settings.currency)
+        if request.query_params.get("format") == "csv":
+            return Response(usage_csv(report), media_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
+        buckets = sorted({row.bucket_start for row in report.data})
+        by: dict[str, dict[dt.date, int]] = {}
+        for row in report.data:
+            label = row.adapter or row.model or row.api_key_id or "all"
+            by.setdefault(label, {})
+            by[label][row.bucket_start] = by[label].get(row.bucket_start, 0) + row.cost_micro_usd
+        chart = stacked_bars(buckets, by, "Cost per bucket") if buckets else ""
+        return render("usage.html", **_page(session, "usage", error=None, report=report, params=params, chart=chart,
+                                             csv_link="/dashboard/usage?" + urlencode({**params, "format": "csv"})))
+
+    @get("/keys")
+    async def keys(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        return await _keys_page(session, services)
+
+    @post("/keys")
+    async def create_key(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        form = await _form(request, session)
+        scopes = [s for s in ALL_SCOPES if form.get(f"scope_{s}")] or None
+        try:
+            created = await TenancyService(services.pool).create_key(session.tenant_id, name=(form.get("name") or "")[:200],
+                                                                     scopes=scopes)
+        except LoraFleetError as exc:
+            return await _keys_page(session, services, error=exc.message, status=400)
+        return await _keys_page(session, services, created=created)
+
+    @post("/keys/{key_id:str}/revoke")
+    async def revoke_key(self, key_id: str, request: Request, services: Services) -> Response[Any]:
+        session = await _session(request, services)
+        await _form(request, session)
+        await TenancyService(services.pool).revoke_key(key_id, tenant_id=session.tenant_id)
+        return Redirect("/dashboard/keys", status_code=303)
+
+    @get("/adapters")
+    async def adapters(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        adapters = await services.adapters.list_all(session.tenant_id)
+        month = _month_start(dt.datetime.now(dt.UTC))
+        activity = {row["adapter_id"]: row for row in
+                    await services.pool.fetch(queries.dashboard_adapter_activity, session.tenant_id, month)}
+        return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
+                                                max_upload=services.settings.max_upload_bytes))
+
+    @post("/adapters/{adapter_id:str}/delete")
+    async def delete_adapter(self, adapter_id: str, request: Request, services: Services) -> Response[Any]:
+        session = await _session(request, services)
+        await _form(request, session)
+        await services.adapters.delete(session.tenant_id, adapter_id)
+        await services.registry.unload_adapter(adapter_id)
+        return Redirect("/dashboard/adapters", status_code=303)
+
+    @get("/invoices")
+    async def invoices(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        return render("invoices.html", **_page(session, "invoices",
+                                                invoices=await list_invoices(services.pool, session.tenant_id, limit=120)))
+
+    @get("/invoices/{invoice_id:str}")
+    async def invoice(self, invoice_id: str, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        found = await get_invoice(services.pool, invoice_id, session.tenant_id)
+        return render("invoice.html", **_page(session, "invoices", invoice=found))
+
+    # ---- operator view --------------------------------------------------------------------
+
+    @get("/admin/login")
+    async def admin_login_form(self, request: Request) -> Response[str]:
+        return _login_page(request, None, operator=True)
+
+    @post("/admin/login")
+    async def admin_login(self, request: Request, services: Services) -> Response[Any]:
+        form = await request.form()
+        if not _login_csrf_ok(request, form.get("csrf")):
+            return _login_page(request, "The sign-in form expired; please try again.", status=403, operator=True)
+        token = services.settings.admin_token
+        presented = (form.get("admin_token") or "").strip()
+        if not token or not hmac.compare_digest(presented.encode(), token.encode()):
+            return _login_page(request, "That admin token is not right.", status=401, operator=True)
+        return _signed_in(request, await open_session(services.pool, None, None), "/dashboard/admin")
+
+    @get("/admin")
+    async def operator(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services, operator=True)
+        accounts = AccountService(services.pool, services.settings.currency)
+        return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(),
+                                             workers=services.registry.workers(), prices=await accounts.list_prices()))
+
+
+class DashboardUploadController(Controller):
+    """The adapter upload from the dashboard: mounted where uploads get their larger body limit."""
+
+    path = "/dashboard/adapters/upload"
+    include_in_schema = False
+    dependencies = {"services": Provide(provide_services)}
+    exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
+
+    @post("/")
+    async def upload_adapter(self, request: Request, services: Services) -> Response[Any]:
+        session = await _session(request, services)
+        if not session.csrf_ok(request.headers.get("x-csrf-token")):
+            raise CsrfRejected()
+        try:
+            adapter = await create_from_upload(request, session.tenant_id, services)
+        except LoraFleetError as exc:
+            return Response(exc.envelope(), status_code=exc.status_code)
+        return Response({"id": adapter.id, "name": adapter.name}, status_code=201)
+
+
+async def _keys_page(session: DashboardSession, services: Services, *, created: Any = None, error: str | None = None,
+                     status: int = 200) -> Response[str]:
+    keys = await TenancyService(services.pool).list_keys(session.tenant_id)
+    last_used = {row["api_key_id"]: row["last_used"]
+                 for row in await services.pool.fetch(queries.dashboard_key_last_used, session.tenant_id)}
+    return render("keys.html", status=status, **_page(session, "keys", keys=keys, last_used=last_used, created=created,
+                                                      error=error, scopes=ALL_SCOPES))
+
+
+def _login_page(request: Request, error: str | None, status: int = 200, operator: bool = False) -> Response[str]:
+    """The sign-in form, with a double-submit token: the form's hidden field must match its cookie."""
+    token = secrets.token_urlsafe(24)
+    response = render("login.html", status=status, error=error, csrf=token, operator=operator)
+    response.set_cookie(Cookie(key=LOGIN_CSRF_COOKIE, value=token, path="/dashboard", httponly=True, samesite="strict",
+                               secure=_secure(request), max_age=3600))
+    return response
+
+
+def _login_csrf_ok(request: Request, presented: str | None) -> bool:
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    return bool(expected and presented) and hmac.compare_digest(expected.encode(), presented.encode())

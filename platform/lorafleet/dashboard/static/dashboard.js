@@ -1,0 +1,65 @@
+// Progressive enhancement only: every page reads and works without it, except drag-and-drop upload.
+"use strict";
+
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("[data-copy]");
+  if (!button) return;
+  const text = document.querySelector(button.dataset.copy).textContent.trim();
+  const status = button.parentElement.querySelector(".copied");
+  try {
+    await navigator.clipboard.writeText(text);
+    if (status) status.textContent = "Copied.";
+  } catch (error) {
+    if (status) status.textContent = "Copy failed: select the key and copy it by hand.";
+  }
+});
+
+const upload = document.getElementById("upload");
+if (upload) {
+  const drop = document.getElementById("drop");
+  const input = document.getElementById("adapter-files");
+  const chosen = document.getElementById("chosen");
+  const progress = document.getElementById("progress");
+  const result = document.getElementById("upload-result");
+  let files = [];
+  const show = () => { chosen.textContent = files.length ? files.map((f) => f.name).join(", ") : "none"; };
+  input.addEventListener("change", () => { files = Array.from(input.files); show(); });
+  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); } });
+  ["dragenter", "dragover"].forEach((name) => drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((name) => drop.addEventListener(name, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (event) => { event.preventDefault(); files = Array.from(event.dataTransfer.files); show(); });
+  upload.addEventListener("submit", (event) => {
+    event.preventDefault();
+    result.textContent = "";
+    result.className = "";
+    if (!files.length) { result.textContent = "Choose the adapter's files first."; result.className = "error"; return; }
+    const body = new FormData();
+    body.append("name", document.getElementById("adapter-name").value.trim());
+    files.forEach((file) => body.append("file", file, file.name));
+    const request = new XMLHttpRequest();
+    request.open("POST", "/dashboard/adapters/upload");
+    request.setRequestHeader("x-csrf-token", upload.dataset.csrf);
+    progress.hidden = false;
+    progress.value = 0;
+    request.upload.addEventListener("progress", (e) => { if (e.lengthComputable) progress.value = (100 * e.loaded) / e.total; });
+    request.addEventListener("load", () => {
+      let answer = {};
+      try { answer = JSON.parse(request.responseText); } catch (error) { /* not JSON */ }
+      if (request.status === 201) {
+        result.textContent = `Uploaded ${answer.name}.`;
+        window.location.reload();
+      } else {
+        const error = answer.error || {};
+        result.textContent = `Upload refused: ${error.message || request.statusText}` + (error.param ? ` (${error.param})` : "");
+        result.className = "error";
+      }
+    });
+    request.addEventListener("error", () => { result.textContent = "The upload failed: network error."; result.className = "error"; });
+    request.send(body);
+  });
+}

@@ -1,0 +1,62 @@
+-- name: insert_dashboard_session
+INSERT INTO dashboard_sessions (token_hash, tenant_id, key_id, csrf_token, expires_at)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5));
+
+-- name: get_dashboard_session
+-- A session is valid while it has not expired and, if a key signed it in, that key still works.
+SELECT s.tenant_id, s.key_id, s.csrf_token, t.name AS tenant_name
+FROM dashboard_sessions s
+LEFT JOIN tenants t ON t.id = s.tenant_id
+LEFT JOIN api_keys k ON k.id = s.key_id
+WHERE s.token_hash = $1 AND s.expires_at > now()
+  AND (s.key_id IS NULL OR (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())));
+
+-- name: delete_dashboard_session
+DELETE FROM dashboard_sessions WHERE token_hash = $1;
+
+-- name: delete_expired_dashboard_sessions
+DELETE FROM dashboard_sessions WHERE expires_at < now();
+
+-- name: insert_login_link
+INSERT INTO dashboard_login_links (token_hash, tenant_id, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3));
+
+-- name: use_login_link
+-- One use only: the first caller gets the tenant, every later one nothing.
+UPDATE dashboard_login_links SET used_at = now()
+WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+RETURNING tenant_id;
+
+-- name: dashboard_daily_cost
+-- Daily cost per base model / adapter over a range, for the overview chart.
+SELECT u.bucket, coalesce(a.name, m.name) AS series, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+FROM usage_daily u JOIN base_models m ON m.id = u.base_model_id LEFT JOIN adapters a ON a.id = nullif(u.adapter_id, '')
+WHERE u.tenant_id = $1 AND u.bucket >= $2
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: dashboard_totals
+-- Requests, tokens and cost since $2 (from the hourly rollup: exact to the hour boundary).
+SELECT coalesce(sum(requests), 0)::bigint AS requests, coalesce(sum(errors), 0)::bigint AS errors,
+       coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS tokens,
+       coalesce(sum(cost_micro_usd), 0)::bigint AS cost_micro_usd
+FROM usage_hourly WHERE tenant_id = $1 AND bucket >= $2;
+
+-- name: dashboard_top_adapters
+SELECT a.id, a.name, sum(u.requests)::bigint AS requests, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+FROM usage_daily u JOIN adapters a ON a.id = u.adapter_id
+WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.adapter_id <> ''
+GROUP BY a.id, a.name ORDER BY cost_micro_usd DESC, a.name LIMIT $3;
+
+-- name: dashboard_adapter_activity
+-- Requests this month and last use, per adapter of the tenant.
+SELECT adapter_id, sum(requests)::bigint AS requests, max(bucket) AS last_used
+FROM usage_hourly WHERE tenant_id = $1 AND adapter_id <> '' AND bucket >= $2
+GROUP BY adapter_id;
+
+-- name: dashboard_key_last_used
+SELECT api_key_id, max(bucket) AS last_used FROM usage_hourly WHERE tenant_id = $1 GROUP BY api_key_id;
+
+-- name: dashboard_refusals
+-- 402 and 429 answers this month (recorded by admission; they have no ledger row).
+SELECT coalesce(sum(refused_402), 0)::bigint AS quota, coalesce(sum(refused_429), 0)::bigint AS rate
+FROM refusals_daily WHERE tenant_id = $1 AND bucket >= $2;
