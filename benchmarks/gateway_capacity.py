@@ -252,16 +252,18 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
              "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage.", ""]
     for mode in ("json", "stream"):
         lines += [f"## {mode}", "", "| connections | " + " | ".join(f"{n} req/s" for n in names)
-                  + " | lorafleet ÷ litellm | lorafleet added p50 / p99 (ms) |",
-                  "|---" * (len(names) + 3) + "|"]
+                  + " | lorafleet ÷ litellm | added p50 / p99 ms, metered | added p50 / p99 ms, unmetered |",
+                  "|---" * (len(names) + 4) + "|"]
         for connections in CONCURRENCY:
             row = [results[f"{n}|{mode}|{connections}"] for n in names]
             ours = results[f"lorafleet|{mode}|{connections}"]
             direct = results[f"direct|{mode}|{connections}"]
             theirs = results.get(f"litellm|{mode}|{connections}")
             ratio = f"{ours['rps'] / theirs['rps']:.1f}×" if theirs else "—"
+            free = results[f"lorafleet-unmetered|{mode}|{connections}"]
             lines.append(f"| {connections} | " + " | ".join(f"{r['rps']:,.0f}" for r in row)
-                         + f" | {ratio} | {ours['p50'] - direct['p50']:+.2f} / {ours['p99'] - direct['p99']:+.2f} |")
+                         + f" | {ratio} | {ours['p50'] - direct['p50']:+.2f} / {ours['p99'] - direct['p99']:+.2f}"
+                         + f" | {free['p50'] - direct['p50']:+.2f} / {free['p99'] - direct['p99']:+.2f} |")
         lines.append("")
     errors = {k: (v["non_2xx"], v["socket_errors"]) for k, v in results.items() if v["non_2xx"] or v["socket_errors"]}
     lines += [f"Metered requests recorded in the ledger: {ledger_rows:,}; reservations left after the run: "

@@ -11,6 +11,7 @@ Its own database on the local PostgreSQL; no engine needed (a gateway only, read
    sees it (round trip included); then the ledger rows that settle those reservations.
 3. ``GET /v1/usage`` on a running gateway for a year of daily data (ungrouped, and grouped by
    key, model and adapter) and a month of hourly data: p50/p99 over sequential requests.
+4. Every dashboard page for the same tenant, signed in through the sign-in form.
 
     .venv/bin/python benchmarks/money.py [--rows 1000000] [--queries 200]
 """
@@ -173,6 +174,31 @@ async def usage_latency(url: str, secret: str, queries_per_case: int) -> dict:
     return results
 
 
+async def dashboard_latency(url: str, secret: str, requests_per_page: int) -> dict:
+    """Server time of each dashboard page for the tenant with the million rows (client-side, loopback)."""
+    import re
+
+    pages = ["/dashboard", "/dashboard/usage", "/dashboard/usage?bucket=hour&group_by=adapter", "/dashboard/keys",
+             "/dashboard/adapters", "/dashboard/invoices"]
+    results = {}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        form = await http.get("/dashboard/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        signed_in = await http.post("/dashboard/login", data={"csrf": token, "api_key": secret})
+        assert signed_in.status_code == 303, signed_in.text
+        for page in pages:
+            await http.get(page)
+            latencies = []
+            for _ in range(requests_per_page):
+                begin = time.perf_counter()
+                response = await http.get(page)
+                latencies.append(time.perf_counter() - begin)
+                assert response.status_code == 200, (page, response.status_code)
+            results[page] = {"p50_ms": pct(latencies, 0.5) * 1e3, "p99_ms": pct(latencies, 0.99) * 1e3}
+            print(f"  {page}: p50 {results[page]['p50_ms']:.1f} ms, p99 {results[page]['p99_ms']:.1f} ms", flush=True)
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -213,6 +239,8 @@ async def main() -> None:
         env = platform_env(dsn, workdir, workdir)
         gateway = await asyncio.to_thread(start_gateway, env, workdir, "/healthz")
         usage = await usage_latency(gateway.url, world["keys"][1].secret, args.queries)
+        print("4. dashboard pages", flush=True)
+        pages = await dashboard_latency(gateway.url, world["keys"][1].secret, max(20, args.queries // 4))
     finally:
         if gateway is not None:
             gateway.stop()
@@ -234,6 +262,8 @@ async def main() -> None:
     ]
     for name, result in usage.items():
         report.append(f"| `/v1/usage` {name}, {result['rows']} rows: p50 / p99 | {result['p50_ms']:.1f} ms / {result['p99_ms']:.1f} ms |")
+    for page, result in pages.items():
+        report.append(f"| dashboard `{page}`: p50 / p99 | {result['p50_ms']:.1f} ms / {result['p99_ms']:.1f} ms |")
     report += ["", "The tenant has 10 keys, 2 base models and 20 adapters, so a year of daily data is 80k rollup rows; "
                "the ledger then holds the live rows, the year and the admission rows. ", "Admission is measured from the gateway's side of the connection (round trip to PostgreSQL on "
                "loopback included); unmetered tenants (no limits of any kind) skip it. `/v1/usage` latency is "

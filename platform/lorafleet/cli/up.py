@@ -122,6 +122,17 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
 DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000}  # µUSD per million tokens
 
 
+async def _demo_login_link(settings: Settings, tenant_id: str) -> str:
+    from lorafleet.dashboard.sessions import create_login_link
+    from lorafleet.db import create_pool
+
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        return await create_login_link(pool, tenant_id)
+    finally:
+        await pool.close()
+
+
 async def _demo_price(settings: Settings) -> None:
     """A price for the base model the first time, so responses show what they cost."""
     from lorafleet.billing.accounts import AccountService
@@ -179,6 +190,7 @@ def run_up() -> None:
     _step("demo tenant, key and adapter")
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
     asyncio.run(_demo_price(settings))
+    login_token = asyncio.run(_demo_login_link(settings, tenant_id))
     _demo_adapter(url, secret, settings, files)
     files.demo_env.write_text(
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
@@ -210,6 +222,9 @@ PY
   # what it cost: the x-lorafleet-cost-micro-usd header on each response; usage and balance:
   curl "{url}/v1/usage?bucket=hour&group_by=model,adapter" -H "Authorization: Bearer $LORAFLEET_API_KEY"
   curl {url}/v1/balance -H "Authorization: Bearer $LORAFLEET_API_KEY"
+
+Dashboard: {url}/dashboard/login/{login_token}
+  (one-time link, 15 minutes; afterwards sign in with $LORAFLEET_API_KEY, or `lorafleet dashboard link --tenant {tenant_id}`)
 
 API docs: {url}/openapi   metrics: {url}/metrics   stop: make down
 """)

@@ -39,6 +39,7 @@ _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templ
 _TEMPLATES.filters["usd"] = usd
 _TEMPLATES.filters["num"] = lambda n: f"{n:,}" if n is not None else "—"
 _TEMPLATES.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "never"
+_TEMPLATES.filters["day"] = lambda t: t.strftime("%Y-%m-%d") if t else "never"
 LOGIN_CSRF_COOKIE = "lf_login_csrf"
 
 
@@ -270,8 +271,13 @@ class DashboardController(Controller):
     async def operator(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services, operator=True)
         accounts = AccountService(services.pool, services.settings.currency)
-        return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(),
-                                             workers=services.registry.workers(), prices=await accounts.list_prices()))
+        workers = services.registry.workers()
+        hot_ids = sorted({m for w in workers for m in w.served_models if m.startswith("adp_")})
+        names = {row["id"]: f"{row['name']} ({row['tenant_name']})"
+                 for row in await services.pool.fetch(queries.adapter_names, hot_ids)}
+        hot = {w.url: sorted(names.get(m, m) for m in w.served_models if m.startswith("adp_")) for w in workers}
+        return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(), workers=workers,
+                                             hot=hot, prices=await accounts.list_prices()))
 
 
 class DashboardUploadController(Controller):

@@ -35,11 +35,11 @@ WHERE u.tenant_id = $1 AND u.bucket >= $2
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: dashboard_totals
--- Requests, tokens and cost since $2 (from the hourly rollup: exact to the hour boundary).
+-- Requests, tokens and cost since $2, a day boundary (from the daily rollup: a month is ~30 rows per key and adapter).
 SELECT coalesce(sum(requests), 0)::bigint AS requests, coalesce(sum(errors), 0)::bigint AS errors,
        coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS tokens,
        coalesce(sum(cost_micro_usd), 0)::bigint AS cost_micro_usd
-FROM usage_hourly WHERE tenant_id = $1 AND bucket >= $2;
+FROM usage_daily WHERE tenant_id = $1 AND bucket >= $2;
 
 -- name: dashboard_top_adapters
 SELECT a.id, a.name, sum(u.requests)::bigint AS requests, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
@@ -48,15 +48,23 @@ WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.adapter_id <> ''
 GROUP BY a.id, a.name ORDER BY cost_micro_usd DESC, a.name LIMIT $3;
 
 -- name: dashboard_adapter_activity
--- Requests this month and last use, per adapter of the tenant.
+-- Requests this month and the last day used, per adapter of the tenant (daily rollup: small).
 SELECT adapter_id, sum(requests)::bigint AS requests, max(bucket) AS last_used
-FROM usage_hourly WHERE tenant_id = $1 AND adapter_id <> '' AND bucket >= $2
+FROM usage_daily WHERE tenant_id = $1 AND adapter_id <> '' AND bucket >= $2
 GROUP BY adapter_id;
 
 -- name: dashboard_key_last_used
-SELECT api_key_id, max(bucket) AS last_used FROM usage_hourly WHERE tenant_id = $1 GROUP BY api_key_id;
+-- The day each key was last used (one index probe per key).
+SELECT k.id AS api_key_id, u.bucket AS last_used
+FROM api_keys k
+CROSS JOIN LATERAL (SELECT bucket FROM usage_daily d WHERE d.tenant_id = $1 AND d.api_key_id = k.id
+                    ORDER BY bucket DESC LIMIT 1) u
+WHERE k.tenant_id = $1;
 
 -- name: dashboard_refusals
 -- 402 and 429 answers this month (recorded by admission; they have no ledger row).
 SELECT coalesce(sum(refused_402), 0)::bigint AS quota, coalesce(sum(refused_429), 0)::bigint AS rate
 FROM refusals_daily WHERE tenant_id = $1 AND bucket >= $2;
+
+-- name: adapter_names
+SELECT a.id, a.name, t.name AS tenant_name FROM adapters a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = ANY($1);
