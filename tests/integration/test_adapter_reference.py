@@ -84,17 +84,18 @@ async def test_two_hundred_adapters_round_robin_through_a_small_disk_cache(gatew
     first = await asyncio.gather(*(call(name) for name in names))
     assert all(len(tokens) == 4 for tokens in first)
     cache = Path(base_env["LORAFLEET_DATA_DIR"]) / "adapter-cache" / tiny_worker.url.rsplit(":", 1)[1]
-    assert len(list(cache.glob("adp_*"))) < 100, "most adapters were evicted"
-    # Evicted adapters come back: fetched again and equal to their first answers.
-    again = await asyncio.gather(*(call(name) for name in names[:20]))
-    assert again == first[:20]
     # Once nothing was used within the grace period, one more cold load brings the cache within
-    # its bound (plus the adapter just loaded).
+    # its bound (plus the adapter just loaded). (Counting during the run would measure how many
+    # adapters fit in the grace window, i.e. the machine's speed.)
     await asyncio.sleep(EVICTION_GRACE_SECONDS + 0.5)
     await call(names[100])
     adapter_bytes = max(sum(f.stat().st_size for f in folder.iterdir()) for folder in cache.glob("adp_*"))
     on_disk = sum(f.stat().st_size for f in cache.glob("adp_*/*"))
     assert on_disk <= TINY_ADAPTER_CACHE_BYTES + adapter_bytes
+    assert len(list(cache.glob("adp_*"))) < 40, "most adapters were evicted"
+    # Evicted adapters (the first twenty are long gone) come back: fetched again, same answers.
+    again = await asyncio.gather(*(call(name) for name in names[:20]))
+    assert again == first[:20]
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{tiny_worker.url}/metrics")).text
     cold = re.search(r'^lorafleet_adapter_resolutions_total\{source="blob_store"\} ([0-9.]+)$', metrics, re.MULTILINE)

@@ -143,6 +143,7 @@ async def test_upload_a_good_adapter_and_see_a_bad_one_refused(page, gateway, ma
     await page.get_by_role("link", name="Adapters").click()
     good = write_adapter(tmp_path / "good", arch=model_architecture(model_path), rank=8, seed=5)
     await page.get_by_label("Name").fill("browser-adapter")
+    await page.get_by_label("Base model").select_option("SmolLM2-135M-Instruct")
     await page.get_by_label("Adapter files").set_input_files([str(p) for p in sorted(good.iterdir())])
     async with page.expect_navigation():
         await page.get_by_role("button", name="Upload").click()
@@ -152,6 +153,7 @@ async def test_upload_a_good_adapter_and_see_a_bad_one_refused(page, gateway, ma
 
     bad = write_adapter(tmp_path / "bad", arch=model_architecture(model_path), rank=64, seed=6)  # over the max rank
     await page.get_by_label("Name").fill("too-big")
+    await page.get_by_label("Base model").select_option("SmolLM2-135M-Instruct")
     await page.get_by_label("Adapter files").set_input_files([str(p) for p in sorted(bad.iterdir())])
     await page.get_by_role("button", name="Upload").click()
     status = page.locator("#upload-result")
@@ -196,7 +198,9 @@ async def test_another_tenants_data_never_appears(page, gateway, base_env, db, m
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {theirs.secret}"},
                                  timeout=60) as http:
         files = [("file", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
-        assert (await http.post("/v1/adapters", data={"name": "their-secret-adapter"}, files=files)).status_code == 201
+        uploaded = await http.post("/v1/adapters", files=files,
+                                   data={"name": "their-secret-adapter", "base_model": "SmolLM2-135M-Instruct"})
+        assert uploaded.status_code == 201, uploaded.text
         await http.post("/v1/completions", json={"model": model_name, "prompt": "x", "max_tokens": 1})
     await settled(db, theirs.tenant_id)
     await _rows(db, theirs.tenant_id, 1)

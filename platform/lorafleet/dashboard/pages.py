@@ -227,8 +227,9 @@ class DashboardController(Controller):
         month = _month_start(dt.datetime.now(dt.UTC))
         activity = {row["adapter_id"]: row for row in
                     await services.pool.fetch(queries.dashboard_adapter_activity, session.tenant_id, month)}
+        served = sorted({w.base_model_name for w in services.registry.workers()})  # what a worker can serve
         return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
-                                                max_upload=services.settings.max_upload_bytes))
+                                                base_models=served, max_upload=services.settings.max_upload_bytes))
 
     @post("/adapters/{adapter_id:str}/delete")
     async def delete_adapter(self, adapter_id: str, request: Request, services: Services) -> Response[Any]:

@@ -40,6 +40,8 @@ if (upload) {
     if (!files.length) { result.textContent = "Choose the adapter's files first."; result.className = "error"; return; }
     const body = new FormData();
     body.append("name", document.getElementById("adapter-name").value.trim());
+    const base = document.getElementById("base-model");
+    if (base && base.value) body.append("base_model", base.value);
     files.forEach((file) => body.append("file", file, file.name));
     const request = new XMLHttpRequest();
     request.open("POST", "/dashboard/adapters/upload");
