@@ -48,7 +48,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     parts = [
         "# Benchmarks", "",
-        f"Written by `make bench` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC at commit `{commit or 'unknown'}`.", "",
+        f"Gathered by `benchmarks/report.py` (the last step of `make bench`) on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+        f"at commit `{commit or 'unknown'}` from `benchmarks/results/`; each section names the command and time of its run.", "",
         "## Machine", "",
         f"- CPU: {_cpu_model()}, {len(os.sched_getaffinity(0))} cores available; RAM {memory_gib:.0f} GiB; no GPU",
         f"- OS: {platform.platform()}; Python {platform.python_version()}",
