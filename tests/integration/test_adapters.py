@@ -273,3 +273,23 @@ async def test_an_upload_over_the_cap_is_413_and_stores_nothing(gateways, tenant
     response = await upload(small, tenant_key.secret, "too-big", folder)
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     assert await db.fetchval("SELECT count(*) FROM blobs") == blobs_before
+
+
+async def test_an_upload_without_base_model_uses_the_one_its_config_names(gateway, tenant_key, model_path,
+                                                                         tiny_model_path, tiny_worker, tmp_path):
+    from tests.adapter_factory import lora_config
+    from tests.tiny_llama import TINY_NAME
+
+    smol = write_adapter(tmp_path / "smol", arch=model_architecture(model_path), rank=8, seed=31)
+    tiny = write_adapter(tmp_path / "tiny", arch=model_architecture(tiny_model_path), rank=8, seed=32,
+                         modules=["q_proj", "v_proj"], config=lora_config(8, ["q_proj", "v_proj"], base=TINY_NAME))
+    nameless = write_adapter(tmp_path / "nameless", arch=model_architecture(model_path), rank=8, seed=33,
+                             config=lora_config(8, ["q_proj", "v_proj"], base_model_name_or_path=None))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
+        for folder, name, expected in ((smol, "inferred-smol", "SmolLM2-135M-Instruct"), (tiny, "inferred-tiny", TINY_NAME)):
+            response = await http.post("/v1/adapters", data={"name": name}, files=_files(folder))
+            assert response.status_code == 201, response.text
+            assert response.json()["base_model"] == expected
+        ambiguous = await http.post("/v1/adapters", data={"name": "no-base"}, files=_files(nameless))
+        assert ambiguous.status_code == 400 and ambiguous.json()["error"]["param"] == "base_model"

@@ -16,7 +16,7 @@ import msgspec
 
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.blobstore import BlobStore
-from lorafleet.adapters.validation import BaseModelSpec, validate_files
+from lorafleet.adapters.validation import BaseModelSpec, declared_base_model, validate_files
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
 from lorafleet.db import queries
@@ -52,7 +52,8 @@ class AdapterService:
         else:
             rows = await self._pool.fetch(queries.only_base_model)
             if len(rows) != 1:
-                raise InvalidRequest("several base models are served; name one in base_model", param="base_model")
+                raise InvalidRequest("several base models are served and the adapter's base_model_name_or_path names "
+                                     "none of them; name one in base_model", param="base_model")
             row = rows[0]
         if not row["architecture"]:
             raise InvalidRequest(f"base model {row['name']!r} has no worker yet to describe it", param="base_model")
@@ -61,6 +62,9 @@ class AdapterService:
     async def create(self, tenant_id: str, name: str, base_model: str | None, files: dict[str, Path]) -> AdapterView:
         if not ADAPTER_NAME.match(name):
             raise InvalidRequest(f"invalid adapter name {name!r}: {NAME_RULE}", param="name")
+        if not base_model:
+            known = [row["name"] for row in await self._pool.fetch(queries.list_base_models)]
+            base_model = await asyncio.to_thread(declared_base_model, files, known)
         base_id, spec = await self._base_spec(base_model)
         if name == spec.name:
             raise InvalidRequest("an adapter cannot take its base model's name", param="name")

@@ -138,6 +138,25 @@ def _validate_config(path: Path, base: BaseModelSpec) -> dict[str, Any]:
     return config
 
 
+def declared_base_model(files: dict[str, Path], known: list[str]) -> str | None:
+    """The served base model the adapter's config names in ``base_model_name_or_path``, if exactly one.
+
+    Lets an upload leave ``base_model`` out when several base models are served. Anything odd
+    (no config, unreadable, too large, no match) returns None; full validation comes later.
+    """
+    path = files.get(CONFIG_FILE)
+    try:
+        if path is None or path.stat().st_size > 1_000_000:
+            return None
+        declared = json.loads(path.read_bytes()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(declared, str) or not declared:
+        return None
+    matches = [name for name in known if _short_name(name) == _short_name(declared)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def _short_name(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].lower()
 
