@@ -17,6 +17,7 @@ import time
 import aiohttp
 import asyncpg
 import msgspec
+import psutil
 import structlog
 
 from lorafleet.core import ids
@@ -143,14 +144,29 @@ class WorkerSupervisor:
             log.warning("engine_kill")
             _signal_group(engine.pid, signal.SIGKILL)
             await engine.wait()
-        # Children that outlived the server (a crash leaves them) go with the group.
+        # Children that outlived the server (a crash leaves them) go with the group; wait until they are
+        # really gone, so "stopped" means no engine process is left (a SIGKILL lands asynchronously).
         _signal_group(engine.pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while _group_alive(engine.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left that is not a zombie."""
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return False
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
