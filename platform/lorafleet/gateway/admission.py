@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
+from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.auth import Principal
+from lorafleet.gateway.catalog import ResolvedModel
+from lorafleet.gateway.openai.bounds import token_bounds
+from lorafleet.gateway.openai.schemas import SamplingFields
 from lorafleet.gateway.refusals import RefusalCounter
 
 
@@ -35,9 +40,16 @@ class Admission:
         self._gateway_id = gateway_id
         self._refusals = refusals
 
-    async def admit(self, principal: Principal, request_id: str, amount_micro_usd: int, tokens: int) -> Admitted:
+    async def admit(self, principal: Principal, request_id: str, raw: dict[str, Any], parsed: SamplingFields,
+                    model: ResolvedModel, price: Price | None) -> Admitted:
         if not principal.metered:
-            return NOT_METERED
+            return NOT_METERED  # and no worst case to compute: it costs a JSON encode of the messages
+        context = model.base.max_model_len
+        bounds = token_bounds(raw, parsed, context)
+        tokens = bounds.total
+        amount_micro_usd = worst_case_cost(price, bounds.prompt, bounds.completion,
+                                           context if bounds.single_sequence else None,
+                                           adapter=model.adapter_id is not None)
         try:
             row = await self._pool.fetchrow(queries.admit_request, request_id, principal.tenant_id, principal.key_id,
                                             self._gateway_id, amount_micro_usd, tokens)

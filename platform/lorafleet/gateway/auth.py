@@ -38,7 +38,6 @@ class Principal:
 _BEARER = "bearer "
 
 
-
 def bearer_secret(authorization: str | None) -> str:
     if not authorization:
         raise AuthenticationFailed(

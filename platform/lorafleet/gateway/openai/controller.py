@@ -12,8 +12,6 @@ from litestar.di import Provide
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.body import decode_object, validate
 from lorafleet.gateway.dependencies import provide_principal, provide_services
-from lorafleet.billing.pricing import worst_case_cost
-from lorafleet.gateway.openai.bounds import token_bounds
 from lorafleet.gateway.openai.relay import CompletionCall
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, known_fields
 from lorafleet.gateway.request_context import request_log
@@ -72,11 +70,7 @@ async def _complete(request: Request, principal: Principal, services: Services, 
     resolved = await services.catalog.resolve(principal.tenant_id, parsed.model)
     started_at = dt.datetime.now(dt.UTC)
     price = services.catalog.prices.at(resolved.base.id, started_at)
-    context = resolved.base.max_model_len
-    bounds = token_bounds(raw, parsed, context)
-    worst = worst_case_cost(price, bounds.prompt, bounds.completion, context if bounds.single_sequence else None,
-                            adapter=resolved.adapter_id is not None)
-    admitted = await services.admission.admit(principal, entry["request_id"], worst, bounds.total)
+    admitted = await services.admission.admit(principal, entry["request_id"], raw, parsed, resolved, price)
     options = parsed.stream_options
     call = CompletionCall(
         request_id=entry["request_id"],
