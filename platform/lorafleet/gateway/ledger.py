@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.spool import LedgerSpool
 
@@ -86,12 +87,7 @@ class LedgerWriter:
         await self._idle.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         while self._queue:
             try:
                 await self._flush_once()

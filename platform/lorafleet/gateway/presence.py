@@ -12,6 +12,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 
 log = structlog.get_logger("lorafleet.presence")
@@ -32,12 +33,7 @@ class GatewayPresence:
         self._task = asyncio.create_task(self._run(), name="gateway-presence")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         try:
             await self._pool.execute(queries.deregister_gateway, self.gateway_id, timeout=5)
         except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:

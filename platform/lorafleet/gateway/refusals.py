@@ -14,6 +14,7 @@ from collections import Counter
 import asyncpg
 import structlog
 
+from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 
 log = structlog.get_logger("lorafleet.refusals")
@@ -50,12 +51,7 @@ class RefusalCounter:
             log.warning("refusal_flush_failed", error=repr(exc))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         await self.flush()
 
     async def _run(self) -> None:

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from lorafleet.core.errors import ServiceUnavailable
+from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.catalog import ModelCatalog
 from lorafleet.gateway.placement import choose
@@ -56,12 +57,7 @@ class WorkerRegistry:
         self._task = asyncio.create_task(self._loop(), name="worker-registry")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
 
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
