@@ -90,13 +90,13 @@ class AccountService:
     # ---- accounts -------------------------------------------------------------------------
 
     async def balance(self, tenant_id: str) -> Balance:
-        row = await self._db.fetchrow(queries.get_account, tenant_id)
+        row = await self._db.fetchrow(queries.get_accounts, tenant_id)
         if row is None:
             raise NotFound(f"no tenant {tenant_id!r}", param="tenant")
         return self._balance(row)
 
     async def balances(self) -> list[Balance]:
-        return [self._balance(row) for row in await self._db.fetch(queries.list_accounts)]
+        return [self._balance(row) for row in await self._db.fetch(queries.get_accounts, None)]
 
     def _balance(self, row: asyncpg.Record) -> Balance:
         return Balance(

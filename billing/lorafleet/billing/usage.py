@@ -119,12 +119,11 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
         base_model_id = model["id"] if model else "-"  # unknown model: no rows, not an error
     if query.adapter is not None:
         adapter_id = await pool.fetchval(queries.find_tenant_adapter, tenant_id, query.adapter) or "-"
-    sql = queries.usage_by_hour if query.bucket == "hour" else queries.usage_by_day
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute(queries.force_custom_plans)
-        rows = await connection.fetch(sql, tenant_id, query.start, query.end, "key" in query.group_by,
+        rows = await connection.fetch(queries.usage_report, tenant_id, query.start, query.end, "key" in query.group_by,
                                       "model" in query.group_by, "adapter" in query.group_by, query.api_key_id,
-                                      base_model_id, adapter_id)
+                                      base_model_id, adapter_id, query.bucket)
     data = [
         UsageRow(bucket_start=row["bucket"], api_key_id=row["api_key_id"], model=row["model"],
                  adapter=row["adapter"], adapter_id=row["adapter_id"] or None, requests=row["requests"],

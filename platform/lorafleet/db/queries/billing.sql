@@ -14,23 +14,17 @@ ORDER BY m.name, p.effective_at;
 -- name: get_base_model_by_name
 SELECT id, name, max_model_len FROM base_models WHERE name = $1;
 
--- name: get_account
+-- name: get_accounts
+-- One tenant's account ($1), or every tenant's ($1 NULL); spend this period is 0 once the month turned.
 SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
        a.credit_granted_micro_usd, a.spent_total_micro_usd,
        CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
            AS period_spent_micro_usd,
        date_trunc('month', now(), 'UTC')::date AS period_start,
        a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
-FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = $1;
-
--- name: list_accounts
-SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
-       a.credit_granted_micro_usd, a.spent_total_micro_usd,
-       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
-           AS period_spent_micro_usd,
-       date_trunc('month', now(), 'UTC')::date AS period_start,
-       a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
-FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id ORDER BY t.created_at, t.id;
+FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id
+WHERE $1::text IS NULL OR a.tenant_id = $1
+ORDER BY t.created_at, t.id;
 
 -- name: update_account_limits
 -- $2..$4 apply only where the matching $5..$7 flag says the caller set them (NULL clears a limit).

@@ -1,6 +1,11 @@
--- name: usage_by_day
--- $4..$6: group by key / base model / adapter; $7..$9: filters (NULL: all).
-WITH grouped AS (
+-- name: usage_report
+-- $4..$6: group by key / base model / adapter; $7..$9: filters (NULL: all); $10: 'hour' or 'day'.
+-- Run with custom plans (force_custom_plans): the rollup not asked for and the unused CASEs fold away.
+WITH rollup AS (
+    SELECT * FROM usage_hourly WHERE $10 = 'hour' AND tenant_id = $1 AND bucket >= $2 AND bucket < $3
+    UNION ALL
+    SELECT * FROM usage_daily WHERE $10 = 'day' AND tenant_id = $1 AND bucket >= $2 AND bucket < $3
+), grouped AS (
     SELECT u.bucket,
            CASE WHEN $4 THEN u.api_key_id END AS api_key_id,
            CASE WHEN $5 THEN u.base_model_id END AS base_model_id,
@@ -8,28 +13,8 @@ WITH grouped AS (
            sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
            sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
            sum(u.cost_micro_usd)::bigint AS cost_micro_usd
-    FROM usage_daily u
-    WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.bucket < $3
-      AND ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
-      AND ($9::text IS NULL OR u.adapter_id = $9)
-    GROUP BY 1, 2, 3, 4
-)
-SELECT g.*, m.name AS model, a.name AS adapter
-FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = nullif(g.adapter_id, '')
-ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id;
-
--- name: usage_by_hour
-WITH grouped AS (
-    SELECT u.bucket,
-           CASE WHEN $4 THEN u.api_key_id END AS api_key_id,
-           CASE WHEN $5 THEN u.base_model_id END AS base_model_id,
-           CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
-           sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
-           sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
-           sum(u.cost_micro_usd)::bigint AS cost_micro_usd
-    FROM usage_hourly u
-    WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.bucket < $3
-      AND ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
+    FROM rollup u
+    WHERE ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
       AND ($9::text IS NULL OR u.adapter_id = $9)
     GROUP BY 1, 2, 3, 4
 )
