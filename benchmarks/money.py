@@ -24,7 +24,6 @@ import datetime as dt
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -51,3 +51,11 @@ def expected_cost(prompt_tokens: int, completion_tokens: int, prompt_price: int,
     exact = prompt_tokens * prompt_price + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens)
     quotient, remainder = divmod(exact, 1_000_000)
     return quotient + (1 if remainder * 2 >= 1_000_000 else 0)
+
+
+async def wait_rows(db: asyncpg.Pool, tenant_id: str, count: int, timeout: float = 10.0) -> None:
+    """Until the tenant has ``count`` ledger rows (the gateway writes them in batches every few ms)."""
+    deadline = time.monotonic() + timeout
+    while await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant_id) < count:
+        assert time.monotonic() < deadline, "ledger rows did not arrive"
+        await asyncio.sleep(0.05)

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from lorafleet.adapters.architecture import model_architecture
 from lorafleet.dashboard.charts import usd
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
-from tests.integration.money_helpers import set_price, settled
+from tests.integration.money_helpers import set_price, settled, wait_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"
@@ -72,7 +71,7 @@ async def test_sign_in_and_the_overview_matches_the_ledger(page, gateway, base_e
         for prompt in ("One", "Two", "Three"):
             await sdk.completions.create(model=model_name, prompt=prompt, max_tokens=3)
     await settled(db, key.tenant_id)
-    await _rows(db, key.tenant_id, 3)
+    await wait_rows(db, key.tenant_id, 3)
 
     await page.goto(f"{gateway.url}/dashboard")
     assert page.url.endswith("/dashboard/login"), "signed out: the dashboard sends you to sign in"
@@ -174,7 +173,7 @@ async def test_usage_csv_matches_the_api(page, gateway, db, model_name, make_key
         for _ in range(2):
             await sdk.completions.create(model=model_name, prompt="Usage", max_tokens=2)
     await settled(db, key.tenant_id)
-    await _rows(db, key.tenant_id, 2)
+    await wait_rows(db, key.tenant_id, 2)
     await sign_in(page, gateway, key.secret)
     await page.goto(f"{gateway.url}/dashboard/usage?bucket=hour&group_by=key,model")
     await shot(page, "usage")
@@ -203,7 +202,7 @@ async def test_another_tenants_data_never_appears(page, gateway, base_env, db, m
         assert uploaded.status_code == 201, uploaded.text
         await http.post("/v1/completions", json={"model": model_name, "prompt": "x", "max_tokens": 1})
     await settled(db, theirs.tenant_id)
-    await _rows(db, theirs.tenant_id, 1)
+    await wait_rows(db, theirs.tenant_id, 1)
     from lorafleet.billing.invoices import close_period
     import datetime as dt
 
@@ -246,7 +245,7 @@ async def test_one_time_link_invoices_and_the_operator_view(page, gateway, base_
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
         await sdk.completions.create(model=model_name, prompt="Bill me", max_tokens=2)
     await settled(db, key.tenant_id)
-    await _rows(db, key.tenant_id, 1)
+    await wait_rows(db, key.tenant_id, 1)
     import datetime as dt
 
     from lorafleet.billing.invoices import close_period
@@ -301,10 +300,3 @@ async def test_keyboard_reaches_every_control_in_order(page, gateway, make_key):
     unlabeled = await page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).length""")
     assert unlabeled == 0
-
-
-async def _rows(db, tenant_id: str, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant_id) < count:
-        assert time.monotonic() < deadline, "ledger rows did not arrive"
-        await asyncio.sleep(0.05)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from lorafleet.core import ids
 from lorafleet.gateway.ledger import LedgerWriter, UsageRow
 from lorafleet.devtools.services import free_port
 from tests.conftest import REPO_ROOT
-from tests.integration.money_helpers import expected_cost, set_price, settled
+from tests.integration.money_helpers import expected_cost, set_price, settled, wait_rows
 
 FIRST_PRICE = (1_000_003, 2_000_001)
 SECOND_PRICE = (3_000_007, 5_000_011)
@@ -73,7 +72,7 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
         await sdk.completions.create(model=model_name, prompt=prompt, max_tokens=4)
     await sdk.close()
     await settled(db, key.tenant_id)
-    await _wait_rows(db, key.tenant_id, 5)
+    await wait_rows(db, key.tenant_id, 5)
 
     rows = await db.fetch("SELECT * FROM usage_ledger WHERE tenant_id = $1 ORDER BY started_at", key.tenant_id)
     assert [r["price_id"] for r in rows] == [first["id"]] * 3 + [second["id"]] * 2, "earlier rows keep their price"
@@ -185,7 +184,7 @@ async def test_credits_are_applied_on_the_invoice(gateway, base_env, db, model_n
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
         await sdk.completions.create(model=model_name, prompt="Credit me", max_tokens=4)
     await settled(db, key.tenant_id)
-    await _wait_rows(db, key.tenant_id, 1)
+    await wait_rows(db, key.tenant_id, 1)
     spent = await db.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
     credit = spent // 3
     await db.execute("UPDATE tenant_accounts SET credit_granted_micro_usd = $2 WHERE tenant_id = $1", key.tenant_id,
@@ -199,10 +198,3 @@ async def test_credits_are_applied_on_the_invoice(gateway, base_env, db, model_n
     assert invoice.total_micro_usd == spent - credit
     assert invoice.lines[-1].kind == "credit" and invoice.lines[-1].amount_micro_usd == -credit
     assert sum(line.amount_micro_usd for line in invoice.lines) == invoice.total_micro_usd
-
-
-async def _wait_rows(db, tenant_id: str, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant_id) < count:
-        assert time.monotonic() < deadline, "ledger rows did not arrive"
-        await asyncio.sleep(0.05)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from lorafleet.billing.pricing import worst_case_cost, Price
-from tests.integration.money_helpers import admin, expected_cost, ledger_cost, set_price, settled
+from tests.integration.money_helpers import admin, expected_cost, ledger_cost, set_price, settled, wait_rows
 
 PROMPT_PRICE, COMPLETION_PRICE = 1_000_003, 2_000_001  # odd on purpose: every request needs rounding
 
@@ -178,7 +178,7 @@ async def test_usage_api_matches_the_ledger_and_csv_matches_json(gateway, base_e
                 await sdk.completions.create(model=model_name, prompt="Hello", max_tokens=3)
     for tenant in (key.tenant_id, other.tenant_id):
         await settled(db, tenant)
-    await _wait_rows(db, key.tenant_id, 5)
+    await wait_rows(db, key.tenant_id, 5)
 
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30,
                                  headers={"Authorization": f"Bearer {key.secret}"}) as http:
@@ -254,10 +254,3 @@ async def test_money_endpoints_refuse_bad_input_and_other_tenants(gateway, base_
             assert response.json()["error"]["param"] == param, (path, response.text)
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": "Bearer wrong"}) as http:
         assert (await http.get("/admin/prices")).status_code == 401
-
-
-async def _wait_rows(db, tenant_id: str, count: int, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant_id) < count:
-        assert asyncio.get_running_loop().time() < deadline, "ledger rows did not arrive"
-        await asyncio.sleep(0.05)

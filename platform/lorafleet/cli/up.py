@@ -122,29 +122,22 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
 DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000}  # µUSD per million tokens
 
 
-async def _demo_login_link(settings: Settings, tenant_id: str) -> str:
-    from lorafleet.dashboard.sessions import create_login_link
-    from lorafleet.db import create_pool
+async def _demo_billing(settings: Settings, tenant_id: str) -> str:
+    """A price for the base model the first time (responses then show what they cost), and a
+    one-time dashboard link for the demo tenant; returns the link's token."""
+    import asyncpg
 
-    pool = await create_pool(settings.database_url, max_size=1)
-    try:
-        return await create_login_link(pool, tenant_id)
-    finally:
-        await pool.close()
-
-
-async def _demo_price(settings: Settings) -> None:
-    """A price for the base model the first time, so responses show what they cost."""
     from lorafleet.billing.accounts import AccountService
-    from lorafleet.db import create_pool
+    from lorafleet.dashboard.sessions import create_login_link
 
-    pool = await create_pool(settings.database_url, max_size=1)
+    connection = await asyncpg.connect(settings.database_url)
     try:
-        service = AccountService(pool)
-        if not any(p.base_model == settings.model_name for p in await service.list_prices()):
-            await service.set_price(settings.model_name, **DEMO_PRICE)
+        accounts = AccountService(connection)
+        if not any(p.base_model == settings.model_name for p in await accounts.list_prices()):
+            await accounts.set_price(settings.model_name, **DEMO_PRICE)
+        return await create_login_link(connection, tenant_id)
     finally:
-        await pool.close()
+        await connection.close()
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -189,8 +182,7 @@ def run_up() -> None:
 
     _step("demo tenant, key and adapter")
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
-    asyncio.run(_demo_price(settings))
-    login_token = asyncio.run(_demo_login_link(settings, tenant_id))
+    login_token = asyncio.run(_demo_billing(settings, tenant_id))
     _demo_adapter(url, secret, settings, files)
     files.demo_env.write_text(
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"

@@ -49,9 +49,6 @@ class WorkerRegistry:
         self._task: asyncio.Task[None] | None = None
         self.refreshed = asyncio.Event()
 
-    def workers(self) -> list[WorkerState]:
-        return sorted(self._workers.values(), key=lambda w: (w.base_model_name, w.url))
-
     async def start(self) -> None:
         await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="worker-registry")
