@@ -31,7 +31,11 @@ async def set_price(gateway: Service, env: dict[str, str], model: str, prompt: i
 
 
 async def settled(db: asyncpg.Pool, tenant_id: str, timeout: float = 20.0) -> asyncpg.Record:
-    """The tenant's account once no reservation is outstanding (every request has its ledger row)."""
+    """The tenant's account once no reservation is outstanding.
+
+    Only a metered tenant (one with a limit) reserves, so only for such a tenant does this mean every
+    request has its ledger row; for the others, use ``wait_rows``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         account = await db.fetchrow("SELECT * FROM tenant_accounts WHERE tenant_id = $1", tenant_id)

@@ -10,6 +10,12 @@ The fix zeroes the shrink output (x·A) of tokens whose index is negative: every
 expand(shrink(x)), so those tokens get exactly no delta; a batch with no adapter token skips the
 per-token weight gather entirely. It wraps the one function both the
 decode (bgmv) and prefill (sgmv) paths go through, in the module and where punica_cpu imported it.
+
+Prompt logprobs (``echo`` with ``logprobs``, ``prompt_logprobs``) crash the engine when the request
+shares a batch with others: the LoRA logits layer indexes a prompt's per-token hidden states with
+the per-request sampler indices (vllm#29955, #16668), and the engine dies for every tenant. Adapters
+with lm_head weights are refused at upload (adapters/validation.py), so every served adapter's
+logits delta is zero and skipping that layer where the shapes disagree is exact.
 """
 
 from __future__ import annotations
@@ -46,4 +52,17 @@ def install() -> bool:
     lora_ops.bgmv_shrink = bgmv_shrink  # sgmv_shrink looks this name up at call time
     if getattr(punica_cpu, "bgmv_shrink", None) is original:
         punica_cpu.bgmv_shrink = bgmv_shrink
+    _skip_logits_delta_for_prompt_rows(punica_cpu.PunicaWrapperCPU)
     return True
+
+
+def _skip_logits_delta_for_prompt_rows(wrapper: type) -> None:
+    original = wrapper.add_lora_logits
+
+    @functools.wraps(original)
+    def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs):
+        if x.view(-1, x.shape[-1]).shape[0] != self.sampler_indices.shape[0]:
+            return None  # a prompt's rows (prompt logprobs): no served adapter has an lm_head delta
+        return original(self, y, x, lora_a_stacked, lora_b_stacked, scale, *args, **kwargs)
+
+    wrapper.add_lora_logits = add_lora_logits
