@@ -108,27 +108,35 @@ async def admission(pool: asyncpg.Pool, world: dict, calls: int) -> dict:
                        world["tenant"])
     await pool.execute("UPDATE api_keys SET requests_per_minute = 10000000, tokens_per_minute = 2000000000 WHERE id = $1",
                        key.id)
-    results = {}
+    results: dict = {}
     admitted = []
-    for concurrency in (1, 32):
-        latencies: list[float] = []
+    # Both commit modes, alternating rounds (LORAFLEET_ADMISSION_SYNCHRONOUS_COMMIT; off is the default).
+    for commit_mode in ("off", "on", "off", "on"):
+        for concurrency in (1, 32):
+            latencies: list[float] = []
 
-        async def one() -> None:
-            request_id = ids.request_id()
-            begin = time.perf_counter()
-            row = await pool.fetchrow(queries.admit_request, request_id, world["tenant"], key.id, "gw_bench", 4_000, 600)
-            latencies.append(time.perf_counter() - begin)
-            assert row["verdict"] == "admitted", row["verdict"]
-            admitted.append(request_id)
+            async def one() -> None:
+                request_id = ids.request_id()
+                begin = time.perf_counter()
+                row = await pool.fetchrow(queries.admit_request, request_id, world["tenant"], key.id, "gw_bench",
+                                          4_000, 600, commit_mode)
+                latencies.append(time.perf_counter() - begin)
+                assert row["verdict"] == "admitted", row["verdict"]
+                admitted.append(request_id)
 
-        started = time.perf_counter()
-        for _ in range(calls // concurrency):
-            await asyncio.gather(*(one() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-        results[concurrency] = {"p50_us": pct(latencies, 0.5) * 1e6, "p99_us": pct(latencies, 0.99) * 1e6,
-                                "per_s": len(latencies) / wall}
-        print(f"  admission at {concurrency:>2}: p50 {results[concurrency]['p50_us']:.0f} µs, "
-              f"p99 {results[concurrency]['p99_us']:.0f} µs, {results[concurrency]['per_s']:,.0f}/s", flush=True)
+            started = time.perf_counter()
+            for _ in range(calls // concurrency // 2):
+                await asyncio.gather(*(one() for _ in range(concurrency)))
+            wall = time.perf_counter() - started
+            result = results.setdefault((commit_mode, concurrency), {"latencies": [], "wall": 0.0})
+            result["latencies"] += latencies
+            result["wall"] += wall
+    for (commit_mode, concurrency), result in results.items():
+        latencies = result.pop("latencies")
+        result.update(p50_us=pct(latencies, 0.5) * 1e6, p99_us=pct(latencies, 0.99) * 1e6,
+                      per_s=len(latencies) / result.pop("wall"))
+        print(f"  admission, synchronous_commit={commit_mode}, {concurrency:>2} at a time: p50 {result['p50_us']:.0f} µs, "
+              f"p99 {result['p99_us']:.0f} µs, {result['per_s']:,.0f}/s", flush=True)
     # Settle every reservation through the ledger, as the requests' rows would.
     now = dt.datetime.now(dt.UTC)
     writer = LedgerWriter(pool)
@@ -255,8 +263,10 @@ async def main() -> None:
         f"| same, a year of backfill ({args.rows:,} rows; nearly every row opens its own hourly rollup row) | {rate:,.0f} |",
         f"| rollup rows after {args.rows:,} ledger rows (hourly / daily) | {hourly:,} / {daily:,} |",
         f"| ledger total cost = rollup total cost | {total['cost'] == rollup_cost} ({total['cost']:,} µUSD) |",
-        f"| admission, 1 at a time: p50 / p99 | {admitted[1]['p50_us']:.0f} µs / {admitted[1]['p99_us']:.0f} µs |",
-        f"| admission, 32 at a time: p50 / p99 (throughput) | {admitted[32]['p50_us']:.0f} µs / {admitted[32]['p99_us']:.0f} µs ({admitted[32]['per_s']:,.0f}/s) |",
+        *(f"| admission (reservation + rate limits), synchronous_commit={mode}{' (default)' if mode == 'off' else ''}, "
+          f"{n} at a time: p50 / p99 (throughput) | {admitted[mode, n]['p50_us']:.0f} µs / "
+          f"{admitted[mode, n]['p99_us']:.0f} µs ({admitted[mode, n]['per_s']:,.0f}/s) |"
+          for mode in ("off", "on") for n in (1, 32)),
         f"| reservations all settled by their ledger rows | {admitted['settled_clean']} |",
     ]
     for name, result in usage.items():

@@ -12,6 +12,8 @@ import openai
 import pytest
 
 from lorafleet.billing.pricing import worst_case_cost, Price
+from lorafleet.core import ids
+from lorafleet.db import queries
 from tests.integration.money_helpers import admin, expected_cost, ledger_cost, set_price, settled, wait_rows
 
 PROMPT_PRICE, COMPLETION_PRICE = 1_000_003, 2_000_001  # odd on purpose: every request needs rounding
@@ -166,6 +168,36 @@ async def test_tokens_per_minute_and_concurrency_caps(gateway, base_env, db, mod
     assert any(r.json()["error"]["code"] == "concurrency_limit_exceeded" for r in capped)
     account = await settled(db, key.tenant_id)
     assert account["in_flight"] == 0
+
+
+async def test_admission_commits_without_waiting_for_the_flush_unless_configured(db, make_key):
+    """What LORAFLEET_ADMISSION_SYNCHRONOUS_COMMIT chooses: counted in WAL flushes (pg_stat_wal.wal_sync)."""
+    if await db.fetchval("SHOW fsync") != "on":
+        pytest.skip("this PostgreSQL never flushes WAL (fsync=off): the two modes cannot differ")
+    key = await make_key()
+    await db.execute("UPDATE tenant_accounts SET monthly_spend_limit_micro_usd = 10^12 WHERE tenant_id = $1",
+                     key.tenant_id)
+    await db.execute("UPDATE api_keys SET requests_per_minute = 100000 WHERE id = $1", key.key_id)
+    admissions = 50
+    syncs = {}
+    async with db.acquire() as connection:
+        async def flushed_syncs() -> int:
+            await connection.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, when idle
+            await asyncio.sleep(0.05)
+            return await connection.fetchval("SELECT wal_sync FROM pg_stat_wal")
+
+        for mode in ("on", "off"):
+            before = await flushed_syncs()
+            for _ in range(admissions):
+                row = await connection.fetchrow(queries.admit_request, ids.request_id(), key.tenant_id, key.key_id,
+                                                "gw_commit_test", 1_000, 10, mode)
+                assert row["verdict"] == "admitted"
+            syncs[mode] = await flushed_syncs() - before
+    # Each synchronous admission waits for its own flush; asynchronous ones leave it to the WAL writer.
+    assert syncs["on"] >= admissions, syncs
+    assert syncs["off"] <= admissions // 5, syncs
+    account = await db.fetchrow("SELECT in_flight FROM tenant_accounts WHERE tenant_id = $1", key.tenant_id)
+    assert account["in_flight"] == 2 * admissions, "both modes reserve alike"
 
 
 async def test_usage_api_matches_the_ledger_and_csv_matches_json(gateway, base_env, db, model_name, make_key):

@@ -5,6 +5,10 @@ else calls ``lorafleet_admit`` (migrations/0003_money.sql), which checks and rec
 transaction, so several gateway processes share exact limits. The reservation it makes is
 settled by the request's ledger row (same statement that inserts it) or, if this gateway dies,
 released by another gateway's sweeper.
+
+By default that transaction commits without waiting for its WAL flush: the flush was most of
+admission's time, and what a crash could lose is only reservations (README "Admission and
+durability"); ledger rows always wait for theirs.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ _QUOTA_VERDICTS = frozenset({"spend_limit", "insufficient_credit", "no_account"}
 
 
 class Admission:
-    def __init__(self, pool: asyncpg.Pool, gateway_id: str, refusals: RefusalCounter | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, gateway_id: str, refusals: RefusalCounter | None = None, *,
+                 synchronous_commit: bool = False) -> None:
         self._pool = pool
         self._gateway_id = gateway_id
         self._refusals = refusals
+        self._commit_mode = "on" if synchronous_commit else "off"
 
     async def admit(self, principal: Principal, request_id: str, raw: dict[str, Any], parsed: SamplingFields,
                     model: ResolvedModel, price: Price | None) -> Admitted:
@@ -52,7 +58,7 @@ class Admission:
                                            adapter=model.adapter_id is not None)
         try:
             row = await self._pool.fetchrow(queries.admit_request, request_id, principal.tenant_id, principal.key_id,
-                                            self._gateway_id, amount_micro_usd, tokens)
+                                            self._gateway_id, amount_micro_usd, tokens, self._commit_mode)
         except DATABASE_UNAVAILABLE:
             # Fail closed: without the database this gateway cannot know the budget's headroom.
             raise ServiceUnavailable("Billing is temporarily unavailable for this account; retry shortly.",

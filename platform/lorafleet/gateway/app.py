@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds),
-            admission=Admission(pool, gateway_id, refusals), presence=presence,
+            admission=Admission(pool, gateway_id, refusals,
+                                synchronous_commit=settings.admission_synchronous_commit),
+            presence=presence,
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
             adapters=AdapterService(pool, make_blob_store(settings)),

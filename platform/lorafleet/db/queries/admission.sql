@@ -1,7 +1,11 @@
 -- name: admit_request
-SELECT verdict, retry_after_ms, requests_limit, requests_remaining, requests_reset_ms,
-       tokens_limit, tokens_remaining, tokens_reset_ms
-FROM lorafleet_admit($1, $2, $3, $4, $5, $6);
+-- $7 is synchronous_commit ('on' or 'off') for this statement's own transaction: the value in force
+-- at commit decides whether the commit waits for its WAL flush, and set_config(..., true) lasts
+-- until then. Both FROM items are always evaluated (the function returns exactly one row).
+SELECT a.verdict, a.retry_after_ms, a.requests_limit, a.requests_remaining, a.requests_reset_ms,
+       a.tokens_limit, a.tokens_remaining, a.tokens_reset_ms
+FROM set_config('synchronous_commit', $7, true) AS commit_mode,
+     lorafleet_admit($1, $2, $3, $4, $5, $6) AS a;
 
 -- name: register_gateway
 INSERT INTO gateways (id) VALUES ($1)
