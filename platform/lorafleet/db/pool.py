@@ -25,5 +25,16 @@ async def init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is.
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release — a second round trip inside every ``pool.fetch*``, before the result reaches the
+    caller. Nothing here leaves session state behind: settings are ``SET LOCAL`` or
+    ``set_config(..., true)``, the migrator's advisory lock is on its own connection, nothing listens,
+    and cursors live in transactions. An open transaction is still rolled back by asyncpg itself.
+    """
+
+
 async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=init_connection)
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=init_connection, reset=keep_session)
