@@ -73,12 +73,17 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
+LITELLM_VERSION = "1.108.7"  # the version the committed results were measured with
+
+
 def ensure_litellm() -> Path:
     python = LITELLM_VENV / "bin" / "python"
     if not (LITELLM_VENV / "bin" / "litellm").exists():
-        print("installing litellm[proxy] into .venv-litellm (benchmark only) …", flush=True)
+        print(f"installing litellm[proxy]=={LITELLM_VERSION} into .venv-litellm (benchmark only) …", flush=True)
+        if LITELLM_VENV.is_symlink():
+            LITELLM_VENV.unlink()  # a link to a venv that is gone (venv cannot create over it)
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
     return LITELLM_VENV / "bin" / "litellm"
 
 
