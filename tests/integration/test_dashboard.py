@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import openai
 import pytest
 
 from lorafleet.adapters.architecture import model_architecture
+from lorafleet.billing.invoices import close_period
 from lorafleet.dashboard.charts import usd
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
@@ -185,6 +187,21 @@ async def test_usage_csv_matches_the_api(page, gateway, db, model_name, make_key
     assert from_browser == from_api
     assert sum(int(r["requests"]) for r in csv.DictReader(io.StringIO(from_browser))) == 2
 
+    # A range picked with the date-time pickers (UTC): the same rows as /v1/usage with that start.
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).replace(second=0, microsecond=0)
+    await page.get_by_label("From (UTC)").fill(start.strftime("%Y-%m-%dT%H:%M"))
+    await page.get_by_role("button", name="Show").click()
+    await page.wait_for_load_state()
+    assert await page.get_by_label("From (UTC)").input_value() == start.strftime("%Y-%m-%dT%H:%M")
+    assert await page.get_by_test_id("total-requests").inner_text() == "2"
+    async with page.expect_download() as download_info:
+        await page.get_by_test_id("csv").click()
+    picked = Path(await (await download_info.value).path()).read_text()
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {key.secret}"}) as http:
+        assert picked == (await http.get("/v1/usage", params={
+            "bucket": "hour", "group_by": "key,model", "format": "csv",
+            "start": start.strftime("%Y-%m-%dT%H:%M:00Z")})).text
+
     await page.goto(f"{gateway.url}/dashboard/usage?bucket=minute")
     assert "bucket must be" in await page.get_by_role("alert").inner_text()
 
@@ -200,8 +217,6 @@ async def test_another_tenants_data_never_appears(page, gateway, base_env, db, m
         assert uploaded.status_code == 201, uploaded.text
         await http.post("/v1/completions", json={"model": model_name, "prompt": "x", "max_tokens": 1})
     await wait_rows(db, theirs.tenant_id, 1)
-    from lorafleet.billing.invoices import close_period
-    import datetime as dt
 
     now = dt.datetime.now(dt.UTC)
     month = now.strftime("%Y-%m")
@@ -242,9 +257,7 @@ async def test_one_time_link_invoices_and_the_operator_view(page, gateway, base_
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
         await sdk.completions.create(model=model_name, prompt="Bill me", max_tokens=2)
     await wait_rows(db, key.tenant_id, 1)
-    import datetime as dt
 
-    from lorafleet.billing.invoices import close_period
 
     now = dt.datetime.now(dt.UTC)
     first_of_next = (now.replace(day=1) + dt.timedelta(days=32)).replace(day=1)

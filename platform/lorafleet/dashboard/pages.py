@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from litestar.response import Redirect
 
 from lorafleet.billing.accounts import AccountService
 from lorafleet.billing.invoices import get_invoice, list_invoices
-from lorafleet.billing.usage import parse_query, usage_csv, usage_report
+from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
 from lorafleet.core.errors import LoraFleetError
 from lorafleet.dashboard.charts import stacked_bars, usd
 from lorafleet.dashboard.sessions import COOKIE, SESSION_SECONDS, DashboardSession, close_session, find_session, \
@@ -40,6 +41,26 @@ _TEMPLATES.filters["usd"] = usd
 _TEMPLATES.filters["num"] = lambda n: f"{n:,}" if n is not None else "—"
 _TEMPLATES.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "never"
 _TEMPLATES.filters["day"] = lambda t: t.strftime("%Y-%m-%d") if t else "never"
+# A date-time picker's value has no offset; the usage form labels its fields UTC.
+_PICKER_VALUE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
+
+
+def _picker_to_rfc3339(value: str) -> str:
+    """What a datetime-local field sends, as the RFC 3339 time /v1/usage takes; anything else as it came."""
+    if not _PICKER_VALUE.fullmatch(value):
+        return value
+    return value + ("Z" if value.count(":") == 2 else ":00Z")
+
+
+def _rfc3339_to_picker(value: str | None) -> str:
+    """The other way, to show a chosen time in the picker (which wants YYYY-MM-DDTHH:MM)."""
+    try:
+        return parse_time(value, "time").strftime("%Y-%m-%dT%H:%M") if value else ""
+    except LoraFleetError:
+        return ""
+
+
+_TEMPLATES.filters["picker"] = _rfc3339_to_picker
 LOGIN_CSRF_COOKIE = "lf_login_csrf"
 
 
@@ -177,6 +198,9 @@ class DashboardController(Controller):
         session = await _session(request, services)
         params = {k: v for k, v in request.query_params.items() if v and k != "format"}
         params.setdefault("bucket", "day")
+        for field in ("start", "end"):
+            if field in params:
+                params[field] = _picker_to_rfc3339(params[field])
         try:
             query = parse_query(params, dt.datetime.now(dt.UTC))
         except LoraFleetError as exc:
