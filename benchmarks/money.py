@@ -206,6 +206,17 @@ async def dashboard_latency(url: str, secret: str, requests_per_page: int) -> di
     return results
 
 
+async def round_trip_us(pool: asyncpg.Pool, calls: int = 2000) -> float:
+    """p50 of a bare ``SELECT 1`` through the pool: how fast this machine's loopback and PostgreSQL are right now
+    (it varied 4× between sessions on the shared benchmark box), to read the other numbers against."""
+    latencies = []
+    for _ in range(calls):
+        begin = time.perf_counter()
+        await pool.fetchval("SELECT 1")
+        latencies.append(time.perf_counter() - begin)
+    return pct(latencies, 0.5) * 1e6
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -222,6 +233,8 @@ async def main() -> None:
     gateway = None
     try:
         world = await seed(pool)
+        calibration = await round_trip_us(pool)
+        print(f"calibration: SELECT 1 round trip p50 {calibration:.0f} µs", flush=True)
         print(f"generating {args.live_rows:,} rows of live traffic (the last 10 minutes) …", flush=True)
         rows = make_rows(world, args.live_rows, dt.datetime.now(dt.UTC), dt.timedelta(minutes=10))
         print("1a. ledger write path, live traffic", flush=True)
@@ -259,6 +272,7 @@ async def main() -> None:
         f"`.venv/bin/python benchmarks/money.py --rows {args.rows} --live-rows {args.live_rows} --queries {args.queries} --admissions {args.admissions}`"
         f" — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {_cores()} cores, Python {platform.python_version()}.",
         "", "| measure | value |", "|---|---|",
+        f"| calibration: a bare `SELECT 1` through the pool, p50 (machine speed at the time of this run) | {calibration:.0f} µs |",
         f"| ledger rows/s, one `LedgerWriter` (insert + settle + hourly/daily rollups + account, one statement per batch), live traffic ({args.live_rows:,} rows in the last 10 min) | {live_rate:,.0f} |",
         f"| same, a year of backfill ({args.rows:,} rows; nearly every row opens its own hourly rollup row) | {rate:,.0f} |",
         f"| rollup rows after {args.rows:,} ledger rows (hourly / daily) | {hourly:,} / {daily:,} |",
