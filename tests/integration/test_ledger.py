@@ -40,7 +40,7 @@ async def test_a_rejected_row_does_not_block_the_batch(db, make_key):
     writer = LedgerWriter(db)
     writer.start()
     good = [await _row(db, make_key) for _ in range(3)]
-    bad = await _row(db, make_key, tenant_id="ten_missing")  # violates the foreign key
+    bad = await _row(db, make_key, prompt_tokens=-1)  # violates a CHECK constraint
     for row in (good[0], bad, *good[1:]):
         writer.record(row)
     await writer.drain()
