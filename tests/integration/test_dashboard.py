@@ -113,6 +113,9 @@ async def test_create_and_revoke_a_key(page, gateway, make_key):
     secret = (await page.get_by_test_id("new-secret").inner_text()).strip()
     assert secret.startswith("sk_live_")
     await shot(page, "keys-created")
+    await page.reload()  # reloading the result creates nothing and does not show the secret again
+    assert secret not in await page.content()
+    assert await page.locator("tr", has_text="from-the-browser").count() == 1
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {secret}"}) as http:
         assert (await http.get("/v1/models")).status_code == 200
 

@@ -32,7 +32,7 @@ from lorafleet.db import queries
 from lorafleet.gateway.adapters.controller import create_from_upload
 from lorafleet.gateway.dependencies import provide_services
 from lorafleet.gateway.services import Services
-from lorafleet.tenancy.keys import ALL_SCOPES
+from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
 from lorafleet.tenancy.service import TenancyService
 
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -62,6 +62,7 @@ def _rfc3339_to_picker(value: str | None) -> str:
 
 _TEMPLATES.filters["picker"] = _rfc3339_to_picker
 LOGIN_CSRF_COOKIE = "lf_login_csrf"
+NEW_KEY_COOKIE = "lf_new_key"  # the just-created secret, for the one page that shows it
 
 
 class NotSignedIn(Exception):
@@ -235,7 +236,24 @@ class DashboardController(Controller):
                                                                      scopes=scopes)
         except LoraFleetError as exc:
             return await _keys_page(session, services, error=exc.message, status=400)
-        return await _keys_page(session, services, created=created)
+        # Post/redirect/get, so reloading the page cannot create a second key. The secret rides to the
+        # one page that shows it in a short-lived cookie only that page reads, and that page clears it.
+        response: Response[Any] = Redirect("/dashboard/keys/new", status_code=303)
+        response.set_cookie(Cookie(key=NEW_KEY_COOKIE, value=f"{created.id}:{created.secret}", path="/dashboard/keys/new",
+                                   httponly=True, samesite="strict", secure=_secure(request), max_age=300))
+        return response
+
+    @get("/keys/new")
+    async def new_key(self, request: Request, services: Services) -> Response[str]:
+        session = await _session(request, services)
+        key_id, _, secret = (request.cookies.get(NEW_KEY_COOKIE) or "").partition(":")
+        keys = await TenancyService(services.pool).list_keys(session.tenant_id)
+        created = next((k for k in keys if k.id == key_id and secret and display_prefix(secret) == k.display_prefix),
+                       None)
+        response = await _keys_page(session, services, keys=keys,
+                                    created={"id": created.id, "name": created.name, "secret": secret} if created else None)
+        response.delete_cookie(NEW_KEY_COOKIE, path="/dashboard/keys/new")
+        return response
 
     @post("/keys/{key_id:str}/revoke")
     async def revoke_key(self, key_id: str, request: Request, services: Services) -> Response[Any]:
@@ -326,8 +344,9 @@ class DashboardUploadController(Controller):
 
 
 async def _keys_page(session: DashboardSession, services: Services, *, created: Any = None, error: str | None = None,
-                     status: int = 200) -> Response[str]:
-    keys = await TenancyService(services.pool).list_keys(session.tenant_id)
+                     status: int = 200, keys: list[Any] | None = None) -> Response[str]:
+    if keys is None:
+        keys = await TenancyService(services.pool).list_keys(session.tenant_id)
     last_used = {row["api_key_id"]: row["last_used"]
                  for row in await services.pool.fetch(queries.dashboard_key_last_used, session.tenant_id)}
     return render("keys.html", status=status, **_page(session, "keys", keys=keys, last_used=last_used, created=created,
