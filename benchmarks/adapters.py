@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.adapter_fa
 import numpy as np  # noqa: E402
 
 from lorafleet.adapters.architecture import model_architecture  # noqa: E402
-from lorafleet.devtools.bench import MODEL, running_platform, timed_completion_stream  # noqa: E402
+from lorafleet.devtools.bench import MODEL, publish, running_platform, timed_completion_stream  # noqa: E402
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def ttft(http: httpx.AsyncClient, model: str, tokens: int = 1) -> tuple[float, int]:
@@ -130,9 +129,7 @@ async def main() -> None:
         f"{sweeps[s][1]:.0f} ({sweeps[s][1] / reference:.2f})" for s in slot_counts) + " |")
     lines.append("")
     report = "\n".join(lines)
-    print(report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "adapters.md").write_text(report)
+    publish("adapters", report)
 
 
 if __name__ == "__main__":

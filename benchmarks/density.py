@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.adapter_fa
 import numpy as np  # noqa: E402
 
 from lorafleet.adapters.architecture import model_architecture  # noqa: E402
-from lorafleet.devtools.bench import MODEL, running_platform  # noqa: E402
+from lorafleet.devtools.bench import MODEL, publish, running_platform  # noqa: E402
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
 MODULES = ["q_proj", "v_proj"]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def worker_memory(pid: int) -> tuple[float, float]:
@@ -118,9 +117,7 @@ async def main() -> None:
               "The engine keeps 16 adapters in CPU memory and 4 in its compute slots; the rest wait in the "
               "worker's bounded disk cache (LORAFLEET_ADAPTER_CACHE_BYTES) and the blob store.", ""]
     report = "\n".join(lines)
-    print(report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "density.md").write_text(report)
+    publish("density", report)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ import httpx
 from lorafleet.core import ids
 from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
+from lorafleet.devtools.bench import publish
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 from lorafleet.devtools.services import free_port, platform_env, start_gateway
 from lorafleet.tenancy import TenancyService
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 LITELLM_VENV = ROOT / ".venv-litellm"
 MODEL = "stub-model"
 CONCURRENCY = (1, 32, 256)
@@ -274,9 +274,7 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
     lines += [f"Metered requests recorded in the ledger: {ledger_rows:,}; reservations left after the run: "
               f"{left['reserved_micro_usd']} µUSD, {left['in_flight']} in flight.",
               f"Errors (non-2xx, socket): {errors or 'none'}.", ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gateway_capacity.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    publish("gateway_capacity", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from lorafleet.devtools.bench import MODEL, running_platform, timed_completion_stream
+from lorafleet.devtools.bench import MODEL, publish, running_platform, timed_completion_stream
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -103,9 +102,7 @@ async def main() -> None:
             direct, through = samples["direct"], samples["gateway"]
             rows.append((concurrency, direct, through))
         report = render(rows, args)
-        print(report)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "gateway_vs_direct.md").write_text(report)
+        publish("gateway_vs_direct", report)
 
 
 def render(rows: list[tuple[int, Sample, Sample]], args: argparse.Namespace) -> str:

@@ -35,12 +35,12 @@ from lorafleet.billing.pricing import Price, cost_micro_usd
 from lorafleet.core import ids
 from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
+from lorafleet.devtools.bench import publish
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 from lorafleet.devtools.services import platform_env, start_gateway
 from lorafleet.gateway.ledger import LedgerWriter, UsageRow
 from lorafleet.tenancy import TenancyService
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -291,9 +291,7 @@ async def main() -> None:
                "the ledger then holds the live rows, the year and the admission rows. ", "Admission is measured from the gateway's side of the connection (round trip to PostgreSQL on "
                "loopback included); unmetered tenants (no limits of any kind) skip it. `/v1/usage` latency is "
                "measured by an HTTP client on loopback, so it includes the gateway's auth and HTTP handling.", ""]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "money.md").write_text("\n".join(report))
-    print("\n".join(report))
+    publish("money", "\n".join(report))
 
 
 def _cores() -> int:

@@ -13,8 +13,9 @@ import platform
 import subprocess
 from pathlib import Path
 
+from lorafleet.devtools.bench import RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["gateway_capacity", "gateway_vs_direct", "adapters", "density", "money"]
 
 

@@ -21,6 +21,15 @@ from lorafleet.models.prepare import prepare_smollm2
 from lorafleet.tenancy import TenancyService
 
 MODEL = "SmolLM2-135M-Instruct"
+# Where every benchmark keeps its report; benchmarks/report.py gathers them into BENCHMARKS.md.
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+
+
+def publish(name: str, report: str) -> None:
+    """Print a benchmark's report and keep it as ``benchmarks/results/NAME.md``."""
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(report)
 
 
 @dataclass
