@@ -100,7 +100,7 @@ async def test_two_hundred_adapters_round_robin_through_a_small_disk_cache(gatew
     again = await asyncio.gather(*(call(name) for name in names[:20]))
     assert again == first[:20]
     async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{tiny_worker.url}/metrics")).text
+        metrics = (await http.get(f"{tiny_worker.url}/metrics", headers=tiny_worker.internal_headers)).text
     cold = re.search(r'^lorafleet_adapter_resolutions_total\{source="blob_store"\} ([0-9.]+)$', metrics, re.MULTILINE)
     evicted = re.search(r"^lorafleet_adapter_disk_cache_evictions_total ([0-9.]+)$", metrics, re.MULTILINE)
     assert cold and float(cold.group(1)) >= 200 + 20, "every first use and every use after eviction is a cold load"

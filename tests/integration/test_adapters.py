@@ -269,7 +269,7 @@ async def test_cli_uploads_a_folder_and_an_archive(gateway, tenant_key, adapter_
 
 async def _resolutions(worker) -> dict[str, float]:
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{worker.url}/metrics")).text
+        text = (await http.get(f"{worker.url}/metrics", headers=worker.internal_headers)).text
     found = re.findall(r'^lorafleet_adapter_resolutions_total\{source="(\w+)"\} ([0-9.]+)$', text, re.MULTILINE)
     return {source: float(value) for source, value in found}
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.engine
 
 async def _engine_metrics(worker) -> dict[str, float]:
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{worker.url}/metrics")).text
+        text = (await http.get(f"{worker.url}/metrics", headers=worker.internal_headers)).text
     wanted = {
         "running": r'^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$',
         "generated": r'^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$',

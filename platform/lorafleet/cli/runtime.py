@@ -43,10 +43,27 @@ class RuntimeFiles:
                 secrets[name] = random_token(40)
                 changed = True
         if changed:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.secrets.write_text("".join(f"{k}={v}\n" for k, v in sorted(secrets.items())))
-            self.secrets.chmod(0o600)
+            write_private(self.secrets, "".join(f"{k}={v}\n" for k, v in sorted(secrets.items())))
         return secrets
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from its first byte (never chmod-ed afterwards).
+
+    The data dir itself is made owner-only too. A file that exists with wider permissions is
+    replaced, not rewritten in place, so an old world-readable inode never receives the secret.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
 
 
 def effective_settings(settings: Settings | None = None) -> Settings:

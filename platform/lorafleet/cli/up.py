@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from lorafleet.cli.runtime import RuntimeFiles, effective_settings, pid_alive, stop_process
+from lorafleet.cli.runtime import RuntimeFiles, effective_settings, pid_alive, stop_process, write_private
 from lorafleet.core.settings import Settings, get_settings
 
 READY_TIMEOUT_SECONDS = 600
@@ -24,11 +24,27 @@ def _step(message: str) -> None:
     click.echo(click.style("==> ", fg="cyan") + message, err=True)
 
 
+# Each role gets its own secrets and no other: a worker never holds the admin token.
+ROLE_SECRETS = {"gateway": ("database_url", "internal_token", "admin_token"),
+                "worker": ("database_url", "internal_token")}
+ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_METRICS_TOKEN",
+               "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
+
+
+def role_environment(role: str, settings: Settings) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in ALL_SECRETS}
+    env.update({f"LORAFLEET_{field.upper()}": getattr(settings, field) for field in ROLE_SECRETS[role]})
+    if role == "gateway":
+        for name in ("LORAFLEET_METRICS_TOKEN", "LORAFLEET_STRIPE_API_KEY"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+    env["LORAFLEET_DATA_DIR"] = str(settings.data_path)
+    return env
+
+
 def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
     files.logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, LORAFLEET_DATABASE_URL=settings.database_url,
-               LORAFLEET_INTERNAL_TOKEN=settings.internal_token, LORAFLEET_ADMIN_TOKEN=settings.admin_token,
-               LORAFLEET_DATA_DIR=str(settings.data_path))
+    env = role_environment(name, settings)
     log_file = open(files.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [sys.executable, "-m", "lorafleet.cli.main", name], env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -160,7 +176,7 @@ def run_up() -> None:
     _step("database")
     if not base.database_url:
         dsn = start_embedded(files.pgdata)
-        files.database_url.write_text(dsn + "\n")
+        write_private(files.database_url, dsn + "\n")
         click.echo(f"    embedded PostgreSQL under {files.pgdata}", err=True)
     settings = effective_settings(base)
     applied = asyncio.run(migrate(settings.database_url))
@@ -184,11 +200,10 @@ def run_up() -> None:
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
     login_token = asyncio.run(_demo_billing(settings, tenant_id))
     _demo_adapter(url, secret, settings, files)
-    files.demo_env.write_text(
+    write_private(files.demo_env,
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
         f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\nLORAFLEET_DEMO_ADAPTER={DEMO_ADAPTER}\n"
     )
-    files.demo_env.chmod(0o600)
     click.echo(f"""
 LoraFleet is up at {url}  (settings and secrets: {files.demo_env})
 

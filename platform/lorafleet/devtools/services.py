@@ -30,6 +30,11 @@ class Service:
     process: subprocess.Popen
     log_path: Path
     url: str
+    internal_token: str = ""  # workers: what a gateway presents (their routes all need it)
+
+    @property
+    def internal_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.internal_token}"}
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -70,8 +75,14 @@ def wait_for(service: Service, path: str, timeout: float) -> None:
 
 
 def start_worker(env: dict[str, str], log_dir: Path) -> Service:
+    """A worker with only a worker's secrets, as production starts it (never the admin token)."""
+    from lorafleet.worker.engine import NOT_FOR_WORKERS
+
     port = free_port()
-    service = start_service("worker", dict(env, LORAFLEET_WORKER_PORT=str(port)), log_dir, f"http://127.0.0.1:{port}")
+    worker_env = {name: value for name, value in env.items() if name not in NOT_FOR_WORKERS}
+    service = start_service("worker", dict(worker_env, LORAFLEET_WORKER_PORT=str(port)), log_dir,
+                            f"http://127.0.0.1:{port}")
+    service.internal_token = env.get("LORAFLEET_INTERNAL_TOKEN", "")
     wait_for(service, "/health", ENGINE_START_TIMEOUT)
     return service
 

@@ -73,7 +73,7 @@ class WorkerRegistry:
         async def unload(worker: WorkerState) -> None:
             try:
                 async with self._http.post(
-                    f"{worker.url}/v1/unload_lora_adapter", json={"lora_name": adapter_id}, headers=self._headers,
+                    f"{worker.url}/lorafleet/adapters/{adapter_id}/unload", headers=self._headers,
                     timeout=aiohttp.ClientTimeout(total=10),
                 ) as response:
                     if response.status not in (200, 400, 404):  # 400/404: it was not loaded there

@@ -55,6 +55,10 @@ class AdapterDiskCache:
             shutil.rmtree(staging, ignore_errors=True)
         return folder, False
 
+    def adapter_ids(self) -> list[str]:
+        """Adapters whose files are on disk (fetched completely: staging folders are hidden)."""
+        return sorted(folder.name for folder in self.root.glob("adp_*"))
+
     def size(self) -> int:
         return self.usage()[1]
 

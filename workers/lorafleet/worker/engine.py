@@ -1,4 +1,10 @@
-"""The command line and environment of vLLM's OpenAI server for one base model."""
+"""The command line and environment of vLLM's OpenAI server for one base model.
+
+No secret goes on the command line (``ps`` shows it to every user of the machine): the internal
+token reaches the guard through the environment, which only the engine's own user can read. The
+engine's environment holds what the worker's role needs and nothing else: never the admin token,
+the metrics token or the Stripe key.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,13 @@ import shlex
 import sys
 
 from lorafleet.core.settings import Settings
+
+# Secrets of other roles: stripped even if the supervisor was started with them.
+NOT_FOR_WORKERS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_METRICS_TOKEN", "LORAFLEET_STRIPE_API_KEY")
+GUARD = "lorafleet.worker.guard.InternalGuard"
+# Longer than the gateway's pooled-connection idle time (gateway/fleet), so the worker never
+# closes a connection the gateway is about to reuse (uvicorn's own default is 5 s).
+KEEP_ALIVE_SECONDS = 75
 
 
 def engine_command(settings: Settings) -> list[str]:
@@ -18,7 +31,7 @@ def engine_command(settings: Settings) -> list[str]:
         "--served-model-name", settings.model_name,
         "--host", settings.worker_host,
         "--port", str(settings.worker_port),
-        "--api-key", settings.internal_token,
+        "--middleware", GUARD,  # authenticates every route; the only way in
         "--max-model-len", str(settings.max_model_len),
         "--enable-lora",
         "--max-loras", str(settings.max_loras),
@@ -30,12 +43,15 @@ def engine_command(settings: Settings) -> list[str]:
 
 
 def engine_environment(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_WORKERS}
+    env.pop("VLLM_API_KEY", None)  # the guard authenticates; vLLM's own check would only cover /v1
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
-    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"  # lets the resolver plugin load adapters on demand
-    env["VLLM_PLUGINS"] = "lorafleet"  # our plugin only, even if others are installed
+    # The resolver plugin needs vLLM's runtime LoRA loading; the guard keeps its HTTP routes closed.
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
+    env["VLLM_PLUGINS"] = "lorafleet"  # our plugins only (general + endpoint), even if others are installed
+    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(KEEP_ALIVE_SECONDS)
     env["LORAFLEET_WORKER"] = "1"  # turns the resolver on inside vLLM's processes
-    # The resolver reads these through the same settings as the worker.
+    # The resolver and the guard read these through the same settings as the worker.
     env["LORAFLEET_DATABASE_URL"] = settings.database_url
     env["LORAFLEET_INTERNAL_TOKEN"] = settings.internal_token
     env["LORAFLEET_WORKER_PORT"] = str(settings.worker_port)

@@ -1,11 +1,12 @@
-"""vLLM general plugin: LoraFleet's LoRA resolver and the CPU LoRA correctness fix.
+"""vLLM general plugin: LoraFleet's LoRA resolver, the engine-side residency RPCs, the CPU LoRA fix.
 
 Registered through the ``vllm.general_plugins`` entry point, so vLLM loads it in each of its
 processes. Inside a LoraFleet worker (``LORAFLEET_WORKER=1``) the API server process resolves
 ``adp_…`` names: the adapter's row from PostgreSQL (ready only, this base model only), its files
 through the local disk cache (fetched from the blob store, sha256 checked), and a LoRARequest with
 the database's stable integer id. One lock per adapter id: concurrent first requests for a cold
-adapter cause one fetch.
+adapter cause one fetch. In the engine's worker processes it installs the methods the worker's
+``/lorafleet/state`` route reads slots and the CPU LRU with (``collective_rpc``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict
+from typing import Any
 
 import structlog
 
@@ -24,6 +26,7 @@ def register() -> None:
     from lorafleet.worker import cpu_lora_fix
 
     cpu_lora_fix.install()
+    _install_residency_rpcs()
     if os.environ.get("LORAFLEET_WORKER") != "1":
         return
     from vllm.lora.resolver import LoRAResolverRegistry
@@ -32,6 +35,43 @@ def register() -> None:
 
     if "lorafleet" not in LoRAResolverRegistry.get_supported_resolvers():
         LoRAResolverRegistry.register_resolver("lorafleet", LoraFleetResolver(get_settings()))
+
+
+def _adapter_manager(worker: Any) -> Any | None:
+    manager = getattr(getattr(worker, "model_runner", None), "lora_manager", None)
+    return getattr(manager, "_adapter_manager", None)
+
+
+def lora_residency(worker: Any) -> dict[str, list[int]]:
+    """Engine-side: lora int ids in the compute slots, the CPU LRU, and pinned there."""
+    manager = _adapter_manager(worker)
+    if manager is None:
+        return {"slots": [], "cpu": [], "pinned": []}
+    return {"slots": list(manager._active_adapters.keys()),  # noqa: SLF001 - vLLM exposes no accessor (vllm#45325)
+            "cpu": list(manager._registered_adapters.keys()),  # noqa: SLF001
+            "pinned": sorted(manager._registered_adapters.pinned_items)}  # noqa: SLF001
+
+
+def pin_lora(worker: Any, lora_int_id: int, pinned: bool) -> bool:
+    """Engine-side: keep an adapter in the CPU LRU (or let it go again); never holds a compute slot."""
+    manager = _adapter_manager(worker)
+    if manager is None or lora_int_id not in manager._registered_adapters:  # noqa: SLF001
+        return False
+    cache = manager._registered_adapters  # noqa: SLF001
+    if pinned:
+        cache.pin(lora_int_id)
+    elif lora_int_id in cache.pinned_items:
+        cache._unpin(lora_int_id)  # noqa: SLF001
+    return True
+
+
+def _install_residency_rpcs() -> None:
+    try:
+        from vllm.v1.worker.worker_base import WorkerBase
+    except ImportError:
+        return
+    WorkerBase.lorafleet_lora_residency = lora_residency
+    WorkerBase.lorafleet_pin_lora = pin_lora
 
 
 def _resolver_base():
@@ -44,10 +84,14 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
     def __init__(self, settings) -> None:
         from lorafleet.adapters.blobstore import make_blob_store
         from lorafleet.worker.adapter_cache import AdapterDiskCache
+        from lorafleet.worker.metrics import AdapterMetrics
 
         self.settings = settings
         self.cache = AdapterDiskCache(settings.resolved_adapter_cache_dir, settings.adapter_cache_bytes,
                                       make_blob_store(settings))
+        self.metrics = AdapterMetrics()
+        self.pinned: set[str] = set()  # never evicted from the disk cache (operator pins)
+        self._state: Any = None        # vLLM's app state, once the API server has built it
         self._pool = None
         self._pool_lock = asyncio.Lock()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -55,9 +99,10 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
         # wait on that lock while it may wait on ours: never pick them as victims.
         self._resolving: set[str] = set()
         self._evicting = asyncio.Lock()  # one eviction pass at a time
-        from lorafleet.worker.metrics import AdapterMetrics
 
-        self.metrics = AdapterMetrics()
+    def attach(self, state: Any) -> None:
+        """The API server's state (engine client, served names): eviction unloads in-process."""
+        self._state = state
 
     async def _db(self):
         async with self._pool_lock:
@@ -76,9 +121,17 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
         finally:
             self._resolving.discard(lora_name)
 
-    async def _resolve(self, lora_name: str):
-        from vllm.lora.request import LoRARequest
+    async def prefetch(self, lora_name: str) -> str | None:
+        """Fetch an adapter into the disk cache without loading it; its folder, or None if unknown."""
+        self._resolving.add(lora_name)
+        try:
+            fetched = await self._fetch(lora_name)
+            return None if fetched is None else str(fetched[0])
+        finally:
+            self._resolving.discard(lora_name)
 
+    async def _fetch(self, lora_name: str) -> tuple[Any, int] | None:
+        """(folder, lora int id) with the files on local disk, or None if not servable here."""
         from lorafleet.db import queries
 
         async with self._locks[lora_name]:
@@ -88,7 +141,8 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
                 return None  # deleted, unknown, or for another base model: vLLM answers 404
             folder, cached = await asyncio.to_thread(self.cache.ensure, row["id"], row["sha256"], row["config"])
             async with self._evicting:
-                for victim in await asyncio.to_thread(self.cache.over_budget, self._resolving | {lora_name}):
+                for victim in await asyncio.to_thread(self.cache.over_budget,
+                                                      self._resolving | self.pinned | {lora_name}):
                     await self._unload(victim)
                     await asyncio.to_thread(self.cache.remove, victim)
                     self.metrics.evictions.inc()
@@ -100,20 +154,23 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
             self.metrics.disk_adapters.set(on_disk[0])
             self.metrics.disk_bytes.set(on_disk[1])
             log.info("adapter_resolved", adapter=lora_name, source=source, ms=round(elapsed * 1000, 1))
-            # vLLM replaces lora_int_id with its own counter when it loads a resolved adapter; ours is
-            # the database's stable id, which is what any other loading path sees.
-            return LoRARequest(lora_name=lora_name, lora_int_id=int(row["lora_int_id"]), lora_path=str(folder))
+            return folder, int(row["lora_int_id"])
+
+    async def _resolve(self, lora_name: str):
+        from vllm.lora.request import LoRARequest
+
+        fetched = await self._fetch(lora_name)
+        if fetched is None:
+            return None
+        folder, lora_int_id = fetched
+        # vLLM replaces lora_int_id with its own counter when it loads a resolved adapter; ours is
+        # the database's stable id, which is what any other loading path sees.
+        return LoRARequest(lora_name=lora_name, lora_int_id=lora_int_id, lora_path=str(folder))
 
     async def _unload(self, adapter_id: str) -> None:
-        """Drop an adapter from this engine through its own API, before its files go."""
-        import aiohttp
+        """Drop an adapter from this engine before its files go (in-process, no HTTP)."""
+        if self._state is None:
+            return
+        from lorafleet.worker.endpoints import forget_adapter
 
-        url = f"http://127.0.0.1:{self.settings.worker_port}/v1/unload_lora_adapter"
-        headers = {"Authorization": f"Bearer {self.settings.internal_token}"}
-        try:
-            async with aiohttp.ClientSession() as http, http.post(
-                url, json={"lora_name": adapter_id}, headers=headers, timeout=aiohttp.ClientTimeout(total=30),
-            ) as response:
-                await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("adapter_unload_failed", adapter=adapter_id, error=repr(exc))
+        await forget_adapter(self._state, adapter_id)

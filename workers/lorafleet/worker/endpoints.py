@@ -1,0 +1,163 @@
+"""The worker's own routes inside vLLM's API server (a ``vllm.endpoint_plugins`` entry point).
+
+All under ``/lorafleet/`` and behind the internal token (:mod:`lorafleet.worker.guard`):
+
+- ``GET /lorafleet/state``: what the engine holds and does — adapters in its LoRA slots, in its
+  CPU LRU, pinned, on the local disk cache; requests running and waiting; KV-cache use; requests
+  in flight at the front door and seconds idle. Gateways poll it about once a second to route on
+  residency; the supervisor polls it for the idle timer and the drain.
+- ``POST /lorafleet/adapters/{id}/prewarm`` (``{"load": bool}``): fetch into the disk cache, and
+  with ``load`` into the engine, so the first request is not a cold load.
+- ``POST /lorafleet/adapters/{id}/pin`` / ``unpin``: keep an adapter in the engine and on disk.
+- ``POST /lorafleet/adapters/{id}/unload``: forget an adapter now (deleted by its tenant).
+
+Slots and the CPU LRU live in the engine-core's worker processes; they are read with
+``collective_rpc`` of a method :mod:`lorafleet.worker.plugin` installs there.
+"""
+
+import asyncio
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request  # only ever imported inside vLLM's API server, which has FastAPI
+from fastapi.responses import JSONResponse
+
+from lorafleet.worker.activity import ACTIVITY
+
+log = structlog.get_logger("lorafleet.worker.endpoints")
+
+RESIDENCY_RPC = "lorafleet_lora_residency"
+PIN_RPC = "lorafleet_pin_lora"      # (lora_int_id, pinned: bool): the CPU LRU only, never a compute slot
+_RPC_TIMEOUT = 5.0
+_ENGINE_GAUGES = {"running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
+                  "kv_cache_usage": "vllm:kv_cache_usage_perc"}
+
+
+def _gauge(name: str) -> float:
+    """Sum of an in-process Prometheus gauge's samples (vLLM's stat logger keeps them current)."""
+    from prometheus_client import REGISTRY
+
+    collector = REGISTRY._names_to_collectors.get(name)  # noqa: SLF001 - one gauge, not the whole registry
+    if collector is None:
+        return 0.0
+    return sum(sample.value for metric in collector.collect() for sample in metric.samples
+               if sample.name == name)
+
+
+def _resolver():
+    from vllm.lora.resolver import LoRAResolverRegistry
+
+    try:
+        return LoRAResolverRegistry.get_resolver("lorafleet")
+    except KeyError:
+        return None
+
+
+async def engine_residency(state: Any) -> dict[str, list[str]]:
+    """Adapter ids (``adp_…``) in the engine's slots, CPU LRU and pinned set."""
+    names = {request.lora_int_id: name for name, request in state.openai_serving_models.lora_requests.items()}
+    try:
+        answers = await state.engine_client.collective_rpc(RESIDENCY_RPC, timeout=_RPC_TIMEOUT)
+    except Exception as exc:  # an engine busy restarting: report what the disk knows
+        log.warning("residency_rpc_failed", error=repr(exc)[:300])
+        answers = []
+    tiers: dict[str, set[str]] = {"slots": set(), "cpu": set(), "pinned": set()}
+    for answer in answers or ():
+        for tier, ids in (answer or {}).items():
+            tiers.setdefault(tier, set()).update(names[i] for i in ids if i in names)
+    return {tier: sorted(ids) for tier, ids in tiers.items()}
+
+
+class LoraFleetEndpoints:
+    """vLLM endpoint plugin: routes on the app, and the app state they read."""
+
+    name = "lorafleet"
+    required_tasks = None
+
+    def attach_router(self, app) -> None:
+        router = APIRouter(prefix="/lorafleet", include_in_schema=False)
+
+        @router.get("/state")
+        async def state(request: Request) -> JSONResponse:
+            app_state = request.app.state
+            resolver = _resolver()
+            residency = await engine_residency(app_state)
+            config = app_state.vllm_config.lora_config
+            return JSONResponse({
+                "in_flight": ACTIVITY.in_flight,
+                "served": ACTIVITY.served,
+                "idle_seconds": round(ACTIVITY.idle_seconds(), 3),
+                **{key: _gauge(name) for key, name in _ENGINE_GAUGES.items()},
+                "max_loras": config.max_loras if config else 0,
+                "max_cpu_loras": (config.max_cpu_loras or config.max_loras) if config else 0,
+                "adapters": {**residency, "disk": resolver.cache.adapter_ids() if resolver else [],
+                             "disk_pinned": sorted(resolver.pinned) if resolver else []},
+            })
+
+        @router.post("/adapters/{adapter_id}/unload")
+        async def unload(adapter_id: str, request: Request) -> JSONResponse:
+            resolver = _resolver()
+            removed = await forget_adapter(request.app.state, adapter_id)
+            if resolver is not None:
+                resolver.pinned.discard(adapter_id)
+                await asyncio.to_thread(resolver.cache.remove, adapter_id)
+            return JSONResponse({"adapter": adapter_id, "unloaded": removed})
+
+        @router.post("/adapters/{adapter_id}/prewarm")
+        async def prewarm(adapter_id: str, request: Request) -> JSONResponse:
+            load = bool(request.query_params.get("load") in ("1", "true"))
+            return await _prewarm(request.app.state, adapter_id, load=load, pin=False)
+
+        @router.post("/adapters/{adapter_id}/pin")
+        async def pin(adapter_id: str, request: Request) -> JSONResponse:
+            return await _prewarm(request.app.state, adapter_id, load=True, pin=True)
+
+        @router.post("/adapters/{adapter_id}/unpin")
+        async def unpin(adapter_id: str, request: Request) -> JSONResponse:
+            resolver = _resolver()
+            if resolver is not None:
+                resolver.pinned.discard(adapter_id)
+            loaded = request.app.state.openai_serving_models.lora_requests.get(adapter_id)
+            if loaded is not None:
+                await request.app.state.engine_client.collective_rpc(PIN_RPC, timeout=_RPC_TIMEOUT,
+                                                                     args=(loaded.lora_int_id, False))
+            return JSONResponse({"adapter": adapter_id, "pinned": False})
+
+        app.include_router(router)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        resolver = _resolver()
+        if resolver is not None:
+            resolver.attach(state)
+
+
+async def forget_adapter(state: Any, adapter_id: str) -> bool:
+    """Forget an adapter's name now: later requests re-resolve it (or get 404 once it is deleted).
+
+    Its weights are not removed from the engine: requests already running on it must finish, and
+    vLLM's own LRU drops the weights once nothing uses them.
+    """
+    models = state.openai_serving_models
+    async with models.lora_resolver_lock[adapter_id]:
+        return models.lora_requests.pop(adapter_id, None) is not None
+
+
+async def _prewarm(state: Any, adapter_id: str, *, load: bool, pin: bool) -> JSONResponse:
+    resolver = _resolver()
+    if resolver is None or not adapter_id.startswith("adp_"):
+        return JSONResponse({"error": {"message": "unknown adapter", "type": "invalid_request_error",
+                                       "param": "adapter_id", "code": "not_found"}}, status_code=404)
+    fetched = await resolver.prefetch(adapter_id)
+    if fetched is None:
+        return JSONResponse({"error": {"message": "unknown adapter", "type": "invalid_request_error",
+                                       "param": "adapter_id", "code": "not_found"}}, status_code=404)
+    loaded = False
+    if load:
+        result = await state.openai_serving_models.resolve_lora(adapter_id)
+        loaded = hasattr(result, "lora_int_id")
+        if pin and loaded:
+            # vLLM's own pin_lora would also hold one of the few compute slots forever; a pinned
+            # adapter only needs to stay in the CPU LRU (and on disk) to never be a cold load.
+            resolver.pinned.add(adapter_id)
+            await state.engine_client.collective_rpc(PIN_RPC, timeout=_RPC_TIMEOUT, args=(result.lora_int_id, True))
+    return JSONResponse({"adapter": adapter_id, "on_disk": True, "loaded": loaded, "pinned": pin and loaded})
