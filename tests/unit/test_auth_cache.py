@@ -10,8 +10,10 @@ from lorafleet.tenancy.keys import generate_secret
 
 
 class CountingPool:
-    def __init__(self) -> None:
+    def __init__(self, legacy_keys: bool = False) -> None:
         self.queries = 0
+        self.legacy_checks = 0
+        self.legacy_keys = legacy_keys
         self.active = True
         self.down = False
 
@@ -21,7 +23,18 @@ class CountingPool:
         if self.down:
             raise ConnectionRefusedError("database stopped")
         return {"key_id": "key_1", "tenant_id": "ten_1", "scopes": ["inference"], "mode": "live", "active": self.active,
-                "metered": False}
+                "metered": False, "expires_at": None}
+
+    async def fetchval(self, sql):
+        self.legacy_checks += 1
+        return self.legacy_keys
+
+
+def _random_well_formed(valid_checksum: bool) -> str:
+    secret = generate_secret()
+    if valid_checksum:
+        return secret
+    return secret[:-1] + ("A" if secret[-1] != "A" else "B")
 
 
 async def test_a_burst_makes_one_query_and_revocation_shows_after_the_ttl():
@@ -67,3 +80,60 @@ async def test_during_an_outage_a_recently_seen_key_keeps_its_answer_and_an_unkn
         await auth.authenticate(known)
     pool.down = False
     assert (await auth.authenticate(known)).tenant_id == "ten_1"
+
+
+async def test_a_key_with_a_wrong_checksum_costs_no_lookup_when_no_legacy_key_is_active():
+    pool = CountingPool(legacy_keys=False)
+    auth = KeyAuthenticator(pool, cache_seconds=1)
+    for _ in range(200):
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate(f"Bearer {_random_well_formed(valid_checksum=False)}")
+    assert pool.queries == 0, "made-up keys never reach the database"
+    assert pool.legacy_checks == 1, "whether legacy keys exist is asked once per interval, not per request"
+
+
+async def test_while_legacy_keys_exist_unchecksummed_secrets_are_still_looked_up():
+    pool = CountingPool(legacy_keys=True)
+    auth = KeyAuthenticator(pool, cache_seconds=1)
+    principal = await auth.authenticate(f"Bearer {_random_well_formed(valid_checksum=False)}")
+    assert principal.key_id == "key_1" and pool.queries == 1
+
+
+async def test_the_cache_evicts_least_recently_used_entries_instead_of_clearing():
+    pool = CountingPool()
+    auth = KeyAuthenticator(pool, cache_seconds=60, max_entries=10)
+    hot = f"Bearer {generate_secret()}"
+    await auth.authenticate(hot)
+    for _ in range(30):
+        await auth.authenticate(hot)  # stays the most recently used
+        await auth.authenticate(f"Bearer {generate_secret()}")
+    queries = pool.queries
+    await auth.authenticate(hot)
+    assert pool.queries == queries, "a hot key survives a flood of others"
+
+
+async def test_repeated_failures_from_one_address_are_refused_without_a_lookup():
+    from lorafleet.core.errors import RateLimited
+    from lorafleet.gateway.throttle import FailureThrottle
+
+    class Unknown(CountingPool):
+        async def fetchrow(self, sql, digest):
+            self.queries += 1
+            return None
+
+    pool = Unknown()
+    auth = KeyAuthenticator(pool, cache_seconds=1, throttle=FailureThrottle(per_minute=5))
+    outcomes = []
+    for _ in range(12):
+        try:
+            await auth.authenticate(f"Bearer {generate_secret()}", client="203.0.113.9")
+        except RateLimited as exc:
+            outcomes.append(("429", exc.headers["Retry-After"]))
+        except AuthenticationFailed:
+            outcomes.append(("401", None))
+    assert [o for o, _ in outcomes[:5]] == ["401"] * 5
+    assert outcomes[-1][0] == "429" and int(outcomes[-1][1]) >= 1
+    assert pool.queries < 12, "refused attempts made no lookup"
+    # Another address is not affected.
+    with pytest.raises(AuthenticationFailed):
+        await auth.authenticate(f"Bearer {generate_secret()}", client="198.51.100.7")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lorafleet.core.settings import SettingsError, documented_settings, load_settings
+from lorafleet.core.settings import SettingsError, documented_settings, load_settings, settings_markdown
 
 
 def test_defaults_and_env_override():
@@ -26,3 +26,8 @@ def test_every_setting_is_documented_in_the_readme():
     for name, _default, description in documented_settings():
         assert description, f"{name} has no description"
         assert name in documented, f"{name} is missing from the README's settings table"
+
+
+def test_the_readme_table_is_the_generated_one():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_markdown() in readme, "regenerate it: lorafleet settings --markdown"

@@ -103,6 +103,11 @@ class AdapterService:
             after = page[-1].id if page else None
         return adapters
 
+    async def labels(self, adapter_ids: list[str]) -> dict[str, str]:
+        """``name (tenant)`` for each id, for the operator's view of what workers hold."""
+        rows = await self._pool.fetch(queries.adapter_names, adapter_ids)
+        return {row["id"]: f"{row['name']} ({row['tenant_name']})" for row in rows}
+
     async def get(self, tenant_id: str, adapter_id: str) -> AdapterView:
         row = await self._pool.fetchrow(queries.get_adapter, adapter_id, tenant_id)
         if row is None:

@@ -51,6 +51,8 @@ def gateway() -> None:
     uvicorn.run(
         create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
         log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=30,
+        timeout_keep_alive=int(settings.gateway_keepalive_seconds),
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 
@@ -208,10 +210,14 @@ def dashboard_link(tenant_id: str, as_json: bool) -> None:
 
 
 @cli.command("settings")
-def show_settings() -> None:
+@click.option("--markdown", is_flag=True, help="Print the README's settings table.")
+def show_settings(markdown: bool) -> None:
     """Every LORAFLEET_* setting with its default and meaning."""
-    from lorafleet.core.settings import documented_settings
+    from lorafleet.core.settings import documented_settings, settings_markdown
 
+    if markdown:
+        click.echo(settings_markdown())
+        return
     for name, default, description in documented_settings():
         click.echo(f"{name}={default!s:<24} {description}")
 

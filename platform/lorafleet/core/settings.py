@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     reservation_max_seconds: Annotated[float, Meta(gt=0, description="A reservation older than this is released whoever holds it (longer than any request may run).")] = 6 * 3600.0
     admission_synchronous_commit: Annotated[bool, Meta(description="Admission waits for its reservation to reach disk before routing. Off (default): about 0.2–0.3 ms less per metered request; only a PostgreSQL crash (not a restart) can forget the last fraction of a second of reservations. README \"Admission and durability\".")] = False
     auth_stale_seconds: Annotated[float, Meta(ge=0, description="While the database is unreachable, a key seen this recently keeps its last known answer.")] = 600.0
+    auth_failures_per_minute: Annotated[int, Meta(ge=0, description="Failed sign-ins (API keys, dashboard, admin token) one client address may make per minute, after a burst of as many, before it gets 429 without a lookup; per gateway process. 0: no limit.")] = 60
+    forwarded_allow_ips: Annotated[str, Meta(description="Comma-separated addresses (or `*`) of proxies whose X-Forwarded-For/-Proto the gateway trusts for the client address (throttling, logs) and scheme.")] = "127.0.0.1"
+    gateway_keepalive_seconds: Annotated[float, Meta(gt=0, description="How long the gateway keeps an idle client connection open; longer than any load balancer's idle timeout in front of it (60 s is common), so the balancer closes first.")] = 75.0
+    metrics_token: Annotated[str, Meta(description="Bearer token required on /metrics and /autoscaling. Empty: they answer anyone who can reach the gateway (they carry no tenant data).")] = ""
     stripe_api_key: Annotated[str, Meta(description="Stripe secret key. Empty: closed invoices are not exported to Stripe.")] = ""
     stripe_api_base: Annotated[str, Meta(description="Stripe API base URL (tests point it at localstripe). Empty: Stripe's own.")] = ""
     currency: Annotated[Literal["usd"], Meta(description="Currency of prices, invoices and Stripe items.")] = "usd"
@@ -123,3 +127,12 @@ def documented_settings() -> list[tuple[str, object, str]]:
         schema = getattr(field.type, "extra_json_schema", None) or {}
         rows.append((PREFIX + field.name.upper(), field.default, schema.get("description", "")))
     return rows
+
+
+def settings_markdown() -> str:
+    """The README's settings table (``lorafleet settings --markdown``); a test keeps the two equal."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, default, description in documented_settings():
+        shown = "(empty)" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        lines.append(f"| `{name}` | {shown} | {description} |")
+    return "\n".join(lines)

@@ -23,14 +23,15 @@ from litestar.response import Redirect
 
 from lorafleet.billing.accounts import AccountService
 from lorafleet.billing.invoices import get_invoice, list_invoices
+from lorafleet.billing.overview import adapter_activity, key_last_used, month_start, tenant_overview
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
-from lorafleet.core.errors import LoraFleetError
+from lorafleet.core.errors import LoraFleetError, RateLimited
 from lorafleet.dashboard.charts import stacked_bars, usd
 from lorafleet.dashboard.sessions import COOKIE, SESSION_SECONDS, DashboardSession, close_session, find_session, \
     open_session, use_login_link
-from lorafleet.db import queries
 from lorafleet.gateway.adapters.controller import create_from_upload
-from lorafleet.gateway.dependencies import provide_services
+from lorafleet.gateway.auth import verify_admin_token
+from lorafleet.gateway.dependencies import client_address, provide_services
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
 from lorafleet.tenancy.service import TenancyService
@@ -105,10 +106,6 @@ def _signed_in(request: Request, token: str, target: str) -> Response[Any]:
     return response
 
 
-def _month_start(now: dt.datetime) -> dt.datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 def _page(session: DashboardSession, active: str, **context: Any) -> dict[str, Any]:
     return {"session": session, "active": active, "csrf": session.csrf_token, **context}
 
@@ -145,7 +142,10 @@ class DashboardController(Controller):
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403)
         try:
-            principal = await services.auth.authenticate(f"Bearer {(form.get('api_key') or '').strip()}")
+            principal = await services.auth.authenticate(f"Bearer {(form.get('api_key') or '').strip()}",
+                                                         client_address(request))
+        except RateLimited:
+            return _login_page(request, "Too many failed sign-ins from this address; wait a minute.", status=429)
         except LoraFleetError:
             return _login_page(request, "That API key is not valid, or it was revoked.", status=401)
         if "dashboard" not in principal.scopes:
@@ -176,27 +176,19 @@ class DashboardController(Controller):
     @get("/")
     async def overview(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
-        tenant = session.tenant_id
         now = dt.datetime.now(dt.UTC)
-        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        month = _month_start(now)
-        balance = await AccountService(services.pool, services.settings.currency).balance(tenant)
-        today_totals = await services.pool.fetchrow(queries.dashboard_totals, tenant, today)
-        month_totals = await services.pool.fetchrow(queries.dashboard_totals, tenant, month)
-        refusals = await services.pool.fetchrow(queries.dashboard_refusals, tenant, month)
-        start = today - dt.timedelta(days=29)
-        days = [(start + dt.timedelta(days=i)).date() for i in range(30)]
-        series: dict[str, dict[dt.date, int]] = {}
-        for row in await services.pool.fetch(queries.dashboard_daily_cost, tenant, start):
-            series.setdefault(row["series"], {})[row["bucket"].date()] = row["cost_micro_usd"]
-        top = await services.pool.fetch(queries.dashboard_top_adapters, tenant, month, 5)
-        return render("overview.html", **_page(
-            session, "overview", balance=balance, today=today_totals, month=month_totals, refusals=refusals,
-            chart=stacked_bars(days, series, "Daily cost, last 30 days, by model and adapter"), top=top))
+        # Each part shows only what the signed-in key may read.
+        balance = (await AccountService(services.pool, services.settings.currency).balance(session.tenant_id)
+                   if session.can("billing:read") else None)
+        overview = await tenant_overview(services.pool, session.tenant_id, now) if session.can("usage:read") else None
+        chart = (stacked_bars(overview.days, overview.daily_cost, "Daily cost, last 30 days, by model and adapter")
+                 if overview else "")
+        return render("overview.html", **_page(session, "overview", balance=balance, overview=overview, chart=chart))
 
     @get("/usage")
     async def usage(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("usage:read")
         params = {k: v for k, v in request.query_params.items() if v and k != "format"}
         params.setdefault("bucket", "day")
         for field in ("start", "end"):
@@ -224,16 +216,19 @@ class DashboardController(Controller):
     @get("/keys")
     async def keys(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("keys:read")
         return await _keys_page(session, services)
 
     @post("/keys")
     async def create_key(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
         form = await _form(request, session)
+        session.require("keys:write")
+        # No box ticked: the signed-in key's own scopes, never more (the same rule as POST /v1/keys).
         scopes = [s for s in ALL_SCOPES if form.get(f"scope_{s}")] or None
         try:
             created = await TenancyService(services.pool).create_key(session.tenant_id, name=(form.get("name") or "")[:200],
-                                                                     scopes=scopes)
+                                                                     scopes=scopes, authority=session.authority)
         except LoraFleetError as exc:
             return await _keys_page(session, services, error=exc.message, status=400)
         # Post/redirect/get, so reloading the page cannot create a second key. The secret rides to the
@@ -246,6 +241,7 @@ class DashboardController(Controller):
     @get("/keys/new")
     async def new_key(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("keys:read")
         key_id, _, secret = (request.cookies.get(NEW_KEY_COOKIE) or "").partition(":")
         keys = await TenancyService(services.pool).list_keys(session.tenant_id)
         created = next((k for k in keys if k.id == key_id and secret and display_prefix(secret) == k.display_prefix),
@@ -259,16 +255,16 @@ class DashboardController(Controller):
     async def revoke_key(self, key_id: str, request: Request, services: Services) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
-        await TenancyService(services.pool).revoke_key(key_id, tenant_id=session.tenant_id)
+        session.require("keys:write")
+        await TenancyService(services.pool).revoke_key(key_id, tenant_id=session.tenant_id, authority=session.authority)
         return Redirect("/dashboard/keys", status_code=303)
 
     @get("/adapters")
     async def adapters(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("adapters:read")
         adapters = await services.adapters.list_all(session.tenant_id)
-        month = _month_start(dt.datetime.now(dt.UTC))
-        activity = {row["adapter_id"]: row for row in
-                    await services.pool.fetch(queries.dashboard_adapter_activity, session.tenant_id, month)}
+        activity = await adapter_activity(services.pool, session.tenant_id, month_start(dt.datetime.now(dt.UTC)))
         served = sorted({w.base_model_name for w in services.registry.workers()})  # what a worker can serve
         return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
                                                 base_models=served, max_upload=services.settings.max_upload_bytes))
@@ -277,6 +273,7 @@ class DashboardController(Controller):
     async def delete_adapter(self, adapter_id: str, request: Request, services: Services) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
+        session.require("adapters:write")
         await services.adapters.delete(session.tenant_id, adapter_id)
         await services.registry.unload_adapter(adapter_id)
         return Redirect("/dashboard/adapters", status_code=303)
@@ -284,12 +281,14 @@ class DashboardController(Controller):
     @get("/invoices")
     async def invoices(self, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("billing:read")
         return render("invoices.html", **_page(session, "invoices",
                                                 invoices=await list_invoices(services.pool, session.tenant_id, limit=120)))
 
     @get("/invoices/{invoice_id:str}")
     async def invoice(self, invoice_id: str, request: Request, services: Services) -> Response[str]:
         session = await _session(request, services)
+        session.require("billing:read")
         found = await get_invoice(services.pool, invoice_id, session.tenant_id)
         return render("invoice.html", **_page(session, "invoices", invoice=found))
 
@@ -304,9 +303,13 @@ class DashboardController(Controller):
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403, operator=True)
-        token = services.settings.admin_token
-        presented = (form.get("admin_token") or "").strip()
-        if not token or not hmac.compare_digest(presented.encode(), token.encode()):
+        try:
+            verify_admin_token(services.settings.admin_token, services.auth.throttle,
+                               f"Bearer {(form.get('admin_token') or '').strip()}", client_address(request))
+        except RateLimited:
+            return _login_page(request, "Too many failed sign-ins from this address; wait a minute.", status=429,
+                               operator=True)
+        except LoraFleetError:
             return _login_page(request, "That admin token is not right.", status=401, operator=True)
         return _signed_in(request, await open_session(services.pool, None, None), "/dashboard/admin")
 
@@ -316,8 +319,7 @@ class DashboardController(Controller):
         accounts = AccountService(services.pool, services.settings.currency)
         workers = services.registry.workers()
         hot_ids = sorted({m for w in workers for m in w.served_models if m.startswith("adp_")})
-        names = {row["id"]: f"{row['name']} ({row['tenant_name']})"
-                 for row in await services.pool.fetch(queries.adapter_names, hot_ids)}
+        names = await services.adapters.labels(hot_ids)
         hot = {w.url: sorted(names.get(m, m) for m in w.served_models if m.startswith("adp_")) for w in workers}
         return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(), workers=workers,
                                              hot=hot, prices=await accounts.list_prices()))
@@ -337,6 +339,7 @@ class DashboardUploadController(Controller):
         if not session.csrf_ok(request.headers.get("x-csrf-token")):
             raise CsrfRejected()
         try:
+            session.require("adapters:write")
             adapter = await create_from_upload(request, session.tenant_id, services)
         except LoraFleetError as exc:
             return Response(exc.envelope(), status_code=exc.status_code)
@@ -347,10 +350,10 @@ async def _keys_page(session: DashboardSession, services: Services, *, created: 
                      status: int = 200, keys: list[Any] | None = None) -> Response[str]:
     if keys is None:
         keys = await TenancyService(services.pool).list_keys(session.tenant_id)
-    last_used = {row["api_key_id"]: row["last_used"]
-                 for row in await services.pool.fetch(queries.dashboard_key_last_used, session.tenant_id)}
+    last_used = await key_last_used(services.pool, session.tenant_id)
+    grantable = [scope for scope in ALL_SCOPES if session.can(scope)]
     return render("keys.html", status=status, **_page(session, "keys", keys=keys, last_used=last_used, created=created,
-                                                      error=error, scopes=ALL_SCOPES))
+                                                      error=error, scopes=grantable))
 
 
 def _login_page(request: Request, error: str | None, status: int = 200, operator: bool = False) -> Response[str]:

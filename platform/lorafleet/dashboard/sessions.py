@@ -2,8 +2,9 @@
 
 Signing in takes an API key with the ``dashboard`` scope, a one-time login link (``lorafleet
 dashboard link``), or, for the operator view, the admin token. Each session has its own CSRF
-token, required on every form and upload. A session signed in with a key ends when that key is
-revoked or expires.
+token, required on every form and upload. A session signed in with a key can do exactly what that
+key can (its scopes), creates keys only within the key's scopes and expiry, and ends when the key
+is revoked or expires. A sign-in link is the operator's grant of the whole tenant: all scopes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from lorafleet.core.errors import PermissionDenied
 from lorafleet.db import queries
+from lorafleet.tenancy.keys import ALL_SCOPES
+from lorafleet.tenancy.service import KeyAuthority
 
 COOKIE = "lf_session"
 SESSION_SECONDS = 12 * 3600
@@ -33,10 +37,22 @@ class DashboardSession:
     tenant_name: str | None
     key_id: str | None
     csrf_token: str
+    authority: KeyAuthority    # scopes and expiry of the key that signed in (a link: all scopes, no expiry)
 
     @property
     def operator(self) -> bool:
         return self.tenant_id is None
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return self.authority.scopes
+
+    def can(self, scope: str) -> bool:
+        return scope in self.authority.scopes
+
+    def require(self, scope: str) -> None:
+        if scope not in self.authority.scopes:
+            raise PermissionDenied(f"The key you signed in with lacks the {scope!r} scope.")
 
     def csrf_ok(self, presented: str | None) -> bool:
         return bool(presented) and hmac.compare_digest(presented.encode(), self.csrf_token.encode())
@@ -58,7 +74,11 @@ async def find_session(pool: asyncpg.Pool, token: str | None) -> DashboardSessio
     row = await pool.fetchrow(queries.get_dashboard_session, digest)
     if row is None:
         return None
-    return DashboardSession(digest, row["tenant_id"], row["tenant_name"], row["key_id"], row["csrf_token"])
+    if row["key_id"] is not None:
+        authority = KeyAuthority(row["key_id"], frozenset(row["key_scopes"]), row["key_expires_at"])
+    else:
+        authority = KeyAuthority(None, frozenset(ALL_SCOPES), None)
+    return DashboardSession(digest, row["tenant_id"], row["tenant_name"], row["key_id"], row["csrf_token"], authority)
 
 
 async def close_session(pool: asyncpg.Pool, session: DashboardSession) -> None:

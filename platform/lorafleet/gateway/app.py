@@ -22,6 +22,7 @@ from lorafleet.gateway.billing import BillingController
 from lorafleet.core import ids
 from lorafleet.gateway.admission import Admission
 from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.throttle import FailureThrottle
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.ledger import LedgerWriter
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         refusals = RefusalCounter(pool)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
-            auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds),
+            auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
+                                  throttle=FailureThrottle(settings.auth_failures_per_minute)),
             admission=Admission(pool, gateway_id, refusals,
                                 synchronous_commit=settings.admission_synchronous_commit),
             presence=presence,

@@ -2,7 +2,11 @@
 
 Keys are looked up by the sha256 of the secret. A cached answer (positive or negative) is trusted
 for ``key_cache_seconds`` (≤ 1 s), which bounds how late a revocation made through any gateway
-replica takes effect everywhere, at one indexed lookup per key per interval.
+replica takes effect everywhere, at one indexed lookup per key per interval. The cache is an LRU
+of bounded size: a flood of distinct keys pushes out the oldest entries, never the whole cache.
+
+A secret whose checksum (tenancy/keys.py) does not match costs no query at all — unless a legacy
+key (minted before checksums) is still active anywhere, which one query every few seconds tells.
 
 While the database cannot be reached, a key this process saw within ``stale_seconds`` keeps its
 last known answer (so unmetered traffic flows through an outage and its usage is spooled); an
@@ -12,14 +16,21 @@ unknown key gets 503.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hmac
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import asyncpg
 
 from lorafleet.core.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
-from lorafleet.tenancy.keys import hash_secret, parse_secret
+from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.tenancy.keys import has_valid_checksum, hash_secret, parse_secret
+from lorafleet.tenancy.service import KeyAuthority
+
+LEGACY_CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +40,20 @@ class Principal:
     scopes: frozenset[str]
     mode: str
     metered: bool = False  # a rate limit, concurrency cap, spend limit or prepaid credit applies
+    expires_at: dt.datetime | None = None
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
             raise PermissionDenied(f"this API key lacks the {scope!r} scope")
 
+    @property
+    def authority(self) -> KeyAuthority:
+        """What this key may hand out to the keys it creates."""
+        return KeyAuthority(self.key_id, self.scopes, self.expires_at)
+
 
 _BEARER = "bearer "
+_UNKNOWN_KEY = "Incorrect API key provided, or the key was revoked or has expired."
 
 
 def bearer_secret(authorization: str | None) -> str:
@@ -50,37 +68,72 @@ def bearer_secret(authorization: str | None) -> str:
 
 class KeyAuthenticator:
     def __init__(self, pool: asyncpg.Pool, cache_seconds: float, max_entries: int = 100_000,
-                 stale_seconds: float = 600.0) -> None:
+                 stale_seconds: float = 600.0, throttle: FailureThrottle | None = None) -> None:
         self._pool = pool
         self._ttl = cache_seconds
         self._stale = stale_seconds
         self._max_entries = max_entries
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}  # digest → (looked up at, answer)
+        self.throttle = throttle
+        # digest → (looked up at, answer); least recently used first.
+        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         # Single flight: a burst of requests with the same key after its entry expired makes
         # one query, not one per request.
         self._pending: dict[bytes, asyncio.Task[Principal | None]] = {}
+        self._legacy_active = True   # until the first check says otherwise
+        self._legacy_checked = -LEGACY_CHECK_SECONDS
+        self._legacy_task: asyncio.Task[bool] | None = None
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        secret = bearer_secret(authorization)
-        if parse_secret(secret) is None:
-            # Never echo the secret: it may be a real key pasted into the wrong place.
-            raise AuthenticationFailed("Malformed API key. Keys look like 'sk_live_' followed by 43 letters and digits.")
-        digest = hash_secret(secret)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] + self._ttl > now:
-            principal = cached[1]
-        else:
-            try:
-                principal = await self._lookup_once(digest)
-            except DATABASE_UNAVAILABLE:
-                if cached is None or cached[0] + self._stale <= now:
-                    raise ServiceUnavailable("The key database is unavailable; retry shortly.",
-                                             code="database_unavailable") from None
+    async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
+        """The key's principal; ``client`` (the caller's address) is throttled after repeated failures."""
+        try:
+            secret = bearer_secret(authorization)
+            if parse_secret(secret) is None:
+                # Never echo the secret: it may be a real key pasted into the wrong place.
+                raise AuthenticationFailed("Malformed API key. Keys look like 'sk_live_' followed by 43 letters and digits.")
+            digest = hash_secret(secret)
+            now = time.monotonic()
+            cached = self._cache.get(digest)
+            if cached is not None and cached[0] + self._ttl > now:
+                self._cache.move_to_end(digest)
                 principal = cached[1]
-        if principal is None:
-            raise AuthenticationFailed("Incorrect API key provided, or the key was revoked or has expired.")
-        return principal
+            else:
+                if self.throttle is not None and client is not None and (cached is None or cached[1] is None):
+                    # 429 without a lookup while this address keeps failing; a key this gateway saw
+                    # valid before is still looked up (a NAT shared with an attacker stays usable).
+                    self.throttle.check(client)
+                if not has_valid_checksum(secret) and not await self._legacy_keys_active():
+                    raise AuthenticationFailed(_UNKNOWN_KEY)
+                try:
+                    principal = await self._lookup_once(digest)
+                except DATABASE_UNAVAILABLE:
+                    if cached is None or cached[0] + self._stale <= now:
+                        raise ServiceUnavailable("The key database is unavailable; retry shortly.",
+                                                 code="database_unavailable") from None
+                    principal = cached[1]
+            if principal is None:
+                raise AuthenticationFailed(_UNKNOWN_KEY)
+            return principal
+        except AuthenticationFailed:
+            if self.throttle is not None and client is not None:
+                self.throttle.failed(client)
+            raise
+
+    async def _legacy_keys_active(self) -> bool:
+        """Whether any pre-checksum key is still active (re-checked at most every few seconds)."""
+        if time.monotonic() - self._legacy_checked < LEGACY_CHECK_SECONDS:
+            return self._legacy_active
+        if self._legacy_task is None:
+            self._legacy_task = asyncio.create_task(self._check_legacy())
+            self._legacy_task.add_done_callback(lambda _: setattr(self, "_legacy_task", None))
+        try:
+            return await asyncio.shield(self._legacy_task)
+        except DATABASE_UNAVAILABLE:
+            return self._legacy_active
+
+    async def _check_legacy(self) -> bool:
+        self._legacy_active = bool(await self._pool.fetchval(queries.legacy_keys_active))
+        self._legacy_checked = time.monotonic()
+        return self._legacy_active
 
     async def _lookup_once(self, digest: bytes) -> Principal | None:
         task = self._pending.get(digest)
@@ -94,9 +147,10 @@ class KeyAuthenticator:
     async def _lookup_and_cache(self, digest: bytes) -> Principal | None:
         started = time.monotonic()  # staleness counts from before the read
         principal = await self._lookup(digest)
-        if len(self._cache) >= self._max_entries:
-            self._cache.clear()
         self._cache[digest] = (started, principal)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
         return principal
 
     async def _lookup(self, digest: bytes) -> Principal | None:
@@ -104,4 +158,18 @@ class KeyAuthenticator:
         if row is None or not row["active"]:
             return None
         return Principal(tenant_id=row["tenant_id"], key_id=row["key_id"], scopes=frozenset(row["scopes"]),
-                         mode=row["mode"], metered=bool(row["metered"]))
+                         mode=row["mode"], metered=bool(row["metered"]), expires_at=row["expires_at"])
+
+
+def verify_admin_token(expected: str, throttle: FailureThrottle | None, authorization: str | None, client: str) -> None:
+    """The operator's token, compared in constant time; repeated failures from one address are throttled."""
+    if throttle is not None:
+        throttle.check(client)
+    try:
+        secret = bearer_secret(authorization)
+        if not expected or not hmac.compare_digest(secret.encode(), expected.encode()):
+            raise AuthenticationFailed("Incorrect admin token.", code="invalid_admin_token")
+    except AuthenticationFailed:
+        if throttle is not None:
+            throttle.failed(client)
+        raise

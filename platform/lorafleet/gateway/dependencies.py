@@ -10,12 +10,17 @@ from lorafleet.gateway.request_context import request_log
 from lorafleet.gateway.services import Services
 
 
+def client_address(request: Request) -> str:
+    """The caller's address (uvicorn resolves X-Forwarded-For from trusted proxies only)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def provide_services(state: State) -> Services:
     return state.services
 
 
 async def provide_principal(request: Request, state: State) -> Principal:
     services: Services = state.services
-    principal = await services.auth.authenticate(request.headers.get("authorization"))
+    principal = await services.auth.authenticate(request.headers.get("authorization"), client_address(request))
     request_log(request.scope).update(tenant_id=principal.tenant_id, key_id=principal.key_id)
     return principal

@@ -1,6 +1,7 @@
 """Tenants and their API keys."""
 
-from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret, hash_secret, parse_secret
-from lorafleet.tenancy.service import TenancyService
+from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret, has_valid_checksum, hash_secret, parse_secret
+from lorafleet.tenancy.service import KeyAuthority, TenancyService
 
-__all__ = ["ALL_SCOPES", "TenancyService", "generate_secret", "hash_secret", "parse_secret"]
+__all__ = ["ALL_SCOPES", "KeyAuthority", "TenancyService", "generate_secret", "has_valid_checksum", "hash_secret",
+           "parse_secret"]

@@ -3,8 +3,9 @@ INSERT INTO dashboard_sessions (token_hash, tenant_id, key_id, csrf_token, expir
 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5));
 
 -- name: get_dashboard_session
--- A session is valid while it has not expired and, if a key signed it in, that key still works.
-SELECT s.tenant_id, s.key_id, s.csrf_token, t.name AS tenant_name
+-- A session is valid while it has not expired and, if a key signed it in, that key still works;
+-- it can do what that key can, read live (a key's scopes never change, but it may be revoked).
+SELECT s.tenant_id, s.key_id, s.csrf_token, t.name AS tenant_name, k.scopes AS key_scopes, k.expires_at AS key_expires_at
 FROM dashboard_sessions s
 LEFT JOIN tenants t ON t.id = s.tenant_id
 LEFT JOIN api_keys k ON k.id = s.key_id

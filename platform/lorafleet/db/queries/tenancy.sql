@@ -14,24 +14,34 @@ SELECT id, name, created_at FROM tenants WHERE id = $1;
 SELECT id, name, created_at FROM tenants WHERE name = $1 ORDER BY created_at LIMIT 1;
 
 -- name: insert_api_key
-INSERT INTO api_keys (id, tenant_id, name, key_hash, display_prefix, mode, scopes, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at;
+INSERT INTO api_keys (id, tenant_id, name, key_hash, display_prefix, mode, scopes, expires_at, parent_key_id, checksummed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)
+RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id;
 
 -- name: list_api_keys
-SELECT id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at
+SELECT id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id
 FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id;
+
+-- name: get_api_key
+-- $2 NULL: any tenant (operator CLI); otherwise only the caller's own key.
+SELECT id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id
+FROM api_keys WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 
 -- name: revoke_api_key
 -- $2 NULL: any tenant (operator CLI); otherwise only the caller's own key.
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
 WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)
-RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at;
+RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id;
+
+-- name: legacy_keys_active
+-- Whether any key minted before secrets carried a checksum can still authenticate.
+SELECT EXISTS (SELECT 1 FROM api_keys WHERE NOT checksummed AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > now()));
 
 -- name: authenticate_key
 -- Also whether admission must consult the database: any rate limit, concurrency cap, spend
 -- limit or prepaid credit check. Keys without any skip that round trip.
-SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode,
+SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode, k.expires_at,
        (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active,
        (k.requests_per_minute IS NOT NULL OR k.tokens_per_minute IS NOT NULL
         OR a.max_concurrent_requests IS NOT NULL OR a.monthly_spend_limit_micro_usd IS NOT NULL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from litestar import Controller, Request, get, patch, post
@@ -11,19 +10,19 @@ from litestar.di import Provide
 
 from lorafleet.billing.accounts import AccountService, Balance, CreditGrant, KeyLimits, PriceView
 from lorafleet.billing.invoices import Invoice, get_invoice
-from lorafleet.core.errors import AuthenticationFailed
 from lorafleet.gateway.admin.schemas import AccountUpdate, CreditCreate, KeyLimitsUpdate, PriceCreate
-from lorafleet.gateway.auth import bearer_secret
+from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.body import decode
-from lorafleet.gateway.dependencies import provide_services
+from lorafleet.gateway.dependencies import client_address, provide_services
 from lorafleet.gateway.services import Services
 
 
 async def require_admin(request: Request, state: State) -> None:
-    token = state.services.settings.admin_token
-    secret = bearer_secret(request.headers.get("authorization"))
-    if not token or not hmac.compare_digest(secret.encode(), token.encode()):
-        raise AuthenticationFailed("Incorrect admin token.", code="invalid_admin_token")
+    services: Services = state.services
+    verify_admin_token(services.settings.admin_token, services.auth.throttle, request.headers.get("authorization"),
+                       client_address(request))
+
+
 
 
 class AdminController(Controller):
