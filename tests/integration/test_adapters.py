@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from lorafleet.adapters.architecture import model_architecture
+from lorafleet.gateway.routing import worker_label
 from tests.adapter_factory import write_adapter
 from tests.integration.conftest import ledger_row
 
@@ -285,7 +286,7 @@ async def test_concurrent_first_requests_fetch_a_cold_adapter_once(gateway, clie
     async with httpx.AsyncClient(base_url=gateway.url) as http:
         for _ in range(20):  # the gateway polls workers twice a second
             metrics = (await http.get("/metrics")).text
-            registered = re.search(rf'^lorafleet_worker_adapters_registered\{{worker="{re.escape(worker.url)}"\}} ([0-9.]+)$',
+            registered = re.search(rf'^lorafleet_worker_adapters_registered\{{worker_id="{worker_label(worker.url)}"\}} ([0-9.]+)$',
                                    metrics, re.MULTILINE)
             if registered and float(registered.group(1)) >= 1:
                 break

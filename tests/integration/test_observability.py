@@ -47,3 +47,21 @@ async def test_metrics_health_and_openapi(gateway, client, model_name, db):
         schema = (await http.get("/openapi/openapi.json")).json()
     operations = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
     assert {"createChatCompletion", "createCompletion", "listModels", "createKey", "listKeys", "revokeKey"} <= operations
+
+
+async def test_metrics_name_no_adapter_or_worker_address_and_can_require_a_token(gateways, client, tenant_key, worker,
+                                                                               model_name, db):
+    adapters = await db.fetch("SELECT name FROM adapters WHERE status = 'ready'")
+    protected = await asyncio.to_thread(gateways.start, "/healthz", LORAFLEET_METRICS_TOKEN="scrape-me-0123456789")
+    async with httpx.AsyncClient(base_url=protected.url) as http:
+        await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {tenant_key.secret}"},
+                        json={"model": model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        scraped = await http.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
+    assert scraped.status_code == 200
+    text = scraped.text
+    assert f'lorafleet_time_to_first_token_seconds_count{{base_model="{model_name}",kind="base"}}' in text
+    assert worker.url not in text and "127.0.0.1" not in text
+    assert "adp_" not in text
+    assert not [row["name"] for row in adapters if f'"{row["name"]}"' in text], "an adapter's name in a label"

@@ -17,9 +17,12 @@ class GatewayMetrics:
             "lorafleet_http_request_duration_seconds", "Time from request to the last byte of the response.",
             ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        # Labels never name a tenant's adapter or a worker's address: /metrics may be scraped by
+        # whoever operates the monitoring, not only by the platform's operator.
         self.ttft_seconds = Histogram(
-            "lorafleet_time_to_first_token_seconds", "Time from request to the first generated token sent.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "lorafleet_time_to_first_token_seconds", "Time from request to the first generated token sent, by base "
+            "model and whether an adapter served it.",
+            ["base_model", "kind"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
         self.tokens = Counter(
             "lorafleet_tokens", "Tokens metered into the ledger.", ["kind"], registry=self.registry
@@ -32,6 +35,6 @@ class GatewayMetrics:
         self.worker_adapters = Gauge(
             "lorafleet_worker_adapters_registered", "Adapters each worker's engine has resolved and not unloaded "
             "(the engine tier; the worker's own /metrics has the disk tier, vLLM's lora_requests_info the running one).",
-            ["worker"], registry=self.registry,
+            ["worker_id"], registry=self.registry,
         )
         self.ledger_queue = Gauge("lorafleet_ledger_queue_rows", "Usage rows waiting to be written.", registry=self.registry)

@@ -9,6 +9,7 @@ ready workers of a base model, placement.choose decides (least busy; adapters by
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -24,6 +25,11 @@ from lorafleet.gateway.placement import choose
 log = structlog.get_logger("lorafleet.routing")
 
 HEARTBEAT_GRACE_SECONDS = 15.0
+
+
+def worker_label(url: str) -> str:
+    """An opaque, stable name for a worker in metrics and logs visible beyond the operator."""
+    return "w_" + hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ class CompletionCall:
     request_id: str
     principal: Principal
     base_model_id: str
+    base_model_name: str
     served_model: str      # what the worker calls it
     public_model: str      # what the client asked for, echoed back in responses
     endpoint: str          # "chat.completions" | "completions"
@@ -208,7 +209,8 @@ class Meter:
     def first_token(self) -> None:
         if self.ttft is None:
             self.ttft = time.perf_counter() - self.call.started
-            self._metrics.ttft_seconds.labels(self.call.public_model).observe(self.ttft)
+            kind = "base" if self.call.adapter_id is None else "adapter"
+            self._metrics.ttft_seconds.labels(self.call.base_model_name, kind).observe(self.ttft)
 
     def finish(self, outcome: str, http_status: int) -> None:
         """Record the ledger row; synchronous so it runs even under cancellation, and only once."""
