@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
 import tarfile
 import zipfile
 from pathlib import Path
@@ -131,6 +133,110 @@ def test_not_a_safetensors_file(tmp_path):
     assert "bad header length" in _invalid(folder).message
 
 
+
+# ---- bounded config and header ----------------------------------------------------------------
+
+def _config_error(tmp_path: Path, raw: str | bytes) -> AdapterInvalid:
+    folder = write_adapter(tmp_path / "c")
+    (folder / "adapter_config.json").write_bytes(raw.encode() if isinstance(raw, str) else raw)
+    return _invalid(folder)
+
+
+def test_a_20_mb_config_is_refused(tmp_path):
+    config = lora_config(8, ["q_proj", "v_proj"], notes="x" * 20_000_000)
+    error = _config_error(tmp_path, json.dumps(config))
+    assert error.param == "adapter_config.json" and "at most 65536 bytes" in error.message
+    assert len(error.message) < 200
+
+
+@pytest.mark.parametrize("alpha", ["Infinity", "-Infinity", "NaN", "1e309"])
+def test_non_finite_lora_alpha_is_refused(tmp_path, alpha):
+    raw = json.dumps(lora_config(8, ["q_proj", "v_proj"], lora_alpha=0))
+    raw = raw.replace('"lora_alpha": 0', f'"lora_alpha": {alpha}')
+    error = _config_error(tmp_path, raw)
+    assert error.param == "adapter_config.json:lora_alpha" and "not a finite number" in error.message
+
+
+def test_non_finite_numbers_are_refused_anywhere(tmp_path):
+    raw = json.dumps(lora_config(8, ["q_proj", "v_proj"], lora_dropout=0))
+    raw = raw.replace('"lora_dropout": 0', '"lora_dropout": NaN')
+    error = _config_error(tmp_path, raw)
+    assert error.param == "adapter_config.json:lora_dropout", error.message
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ('{"r": ' + "9" * 5000 + "}", "not valid JSON"),  # CPython's int parser refuses 4300+ digits: was a 500
+    ("[" * 30_000 + "]" * 30_000, "not valid JSON"),  # deep nesting: was a RecursionError
+    ('{"r": 1.' + "5" * 100 + "}", "not valid JSON"),
+])
+def test_hostile_json_is_a_clean_refusal(tmp_path, raw, message):
+    error = _config_error(tmp_path, raw)
+    assert error.param == "adapter_config.json" and message in error.message and len(error.message) < 200
+
+
+def test_only_the_keys_vllm_reads_are_kept(tmp_path):
+    config = lora_config(8, ["v_proj", "q_proj", "q_proj"], lora_alpha=12.5, use_rslora=True, lora_dropout=0.05,
+                         revision="x" * 1000, auto_mapping={"a": [1, 2, 3]}, init_lora_weights="gaussian")
+    valid = validate_files(_files(write_adapter(tmp_path / "a", config=config)), BASE)
+    assert valid.config == {"r": 8, "lora_alpha": 12.5, "target_modules": ["q_proj", "v_proj"], "bias": "none",
+                            "use_rslora": True}
+    assert valid.lora_alpha == 12.5
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"use_rslora": "false"}, "use_rslora"),  # a string is truthy: vLLM would scale by alpha/sqrt(r)
+    ({"init_lora_weights": "pissa"}, "init_lora_weights"),  # PiSSA changes the base weights
+    ({"lora_bias": True}, "lora_bias"),
+    ({"layer_replication": [[0, 1]]}, "layer_replication"),
+    ({"base_model_name_or_path": ["SmolLM2-135M-Instruct"]}, "base_model_name_or_path"),  # was a 500
+    ({"lora_alpha": 1_000_000}, "lora_alpha"),
+])
+def test_config_values_vllm_would_misread_are_refused(tmp_path, config, field):
+    base_config = lora_config(8, ["q_proj", "v_proj"])
+    base_config.update(config)
+    error = _invalid(write_adapter(tmp_path / "a", config=base_config))
+    assert error.param == f"adapter_config.json:{field}", error.message
+
+
+def test_uploader_values_are_clipped_in_messages(tmp_path):
+    config = lora_config(8, ["q_proj", "v_proj"], peft_type="P" * 10_000)
+    error = _invalid(write_adapter(tmp_path / "a", config=config))
+    assert error.param == "adapter_config.json:peft_type" and "P" * 101 not in error.message
+    modules = [f"m{i}_" + "z" * 50 for i in range(200)]
+    error = _invalid(write_adapter(tmp_path / "b", config=lora_config(8, modules)))
+    assert error.param == "adapter_config.json:target_modules" and len(error.message) < 300
+
+
+def _raw_weights(folder: Path, header: bytes, data: bytes = b"") -> None:
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+def test_a_safetensors_header_over_1_mib_is_refused(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    raw = weights.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    padded = raw[8:8 + length] + b" " * (2 * 1024 * 1024)  # valid JSON: trailing spaces
+    _raw_weights(folder, padded, raw[8 + length:])
+    error = _invalid(folder)
+    assert error.param == "adapter_model.safetensors" and "at most 1048576 bytes" in error.message
+
+
+def test_more_tensors_than_the_base_model_has_are_refused(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    header = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]} for i in range(15_000)}
+    _raw_weights(folder, json.dumps(header, separators=(",", ":")).encode(), b"\0" * 4)
+    error = _invalid(folder)
+    assert "15000 tensors" in error.message and "at most 28" in error.message
+
+
+def test_a_long_tensor_name_is_clipped(tmp_path):
+    good = lora_tensors(TINY, 8, ["q_proj", "v_proj"])
+    odd = dict(good, **{"w" * 10_000: np.zeros((2, 2), np.float32)})
+    error = _weights_error(tmp_path, odd)
+    assert "unexpected tensor name" in error.message
+    assert len(error.param) <= len("adapter_model.safetensors:") + 100 and "w" * 101 not in error.message
+
 # ---- archives -------------------------------------------------------------------------------
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -211,3 +317,35 @@ def test_not_an_archive(tmp_path):
     junk.write_bytes(b"definitely not gzip")
     with pytest.raises(AdapterInvalid, match="not a readable archive"):
         _extract(tmp_path, junk)
+
+
+def _header_of(folder: Path) -> tuple[dict, bytes]:
+    raw = (folder / "adapter_model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length]), raw[8 + length:]
+
+
+def _with_entry(header: dict, name: str, **changes) -> dict:
+    first = next(iter(header))
+    entry = dict(header[first], **changes)
+    return {**{k: v for k, v in header.items() if k != first}, name: entry}
+
+
+def test_header_values_that_crashed_validation_or_the_loader_are_refused(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    header, data = _header_of(folder)
+    first = next(iter(header))
+    cases = [
+        # a 5000-digit layer number: int() refused it with a ValueError (a 500)
+        (_with_entry(header, first.replace("layers.0.", "layers." + "1" * 5000 + ".")), "unexpected tensor name"),
+        (_with_entry(header, first, dtype=["F32"]), "dtype"),  # unhashable: was a TypeError (a 500)
+        (_with_entry(header, first, shape=[8.0, 64.0]), "shape"),  # 8.0 == 8, but safetensors wants integers
+    ]
+    for bad, message in cases:
+        _raw_weights(folder, json.dumps(bad).encode(), data)
+        assert message in _invalid(folder).message
+    _raw_weights(folder, json.dumps(header).encode(), data + b"\0" * 4096)  # bytes after the last tensor
+    assert "does not fill the file" in _invalid(folder).message
+    duplicated = json.dumps(header)[:-1] + ", " + json.dumps({first: header[first]})[1:]
+    _raw_weights(folder, duplicated.encode(), data)
+    assert "not a safetensors file" in _invalid(folder).message

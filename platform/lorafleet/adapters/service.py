@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import msgspec
 
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.blobstore import BlobStore
-from lorafleet.adapters.validation import BaseModelSpec, declared_base_model, validate_files
+from lorafleet.adapters.sandbox import SandboxLimits, inspect_upload
+from lorafleet.adapters.validation import BaseModelSpec, shown
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
 from lorafleet.db import queries
@@ -40,38 +42,41 @@ class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AdapterService:
-    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore) -> None:
+    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore, limits: SandboxLimits | None = None,
+                 concurrent_inspections: int = max(1, os.cpu_count() or 1)) -> None:
         self._pool = pool
         self._blobs = blobs
+        self._limits = limits or SandboxLimits(max_files=16, max_bytes=256 * 1024 * 1024)
+        # Each inspection child may use up to limits.memory_bytes: only a few at once.
+        self._inspections = asyncio.Semaphore(concurrent_inspections)
 
-    async def _base_spec(self, base_model: str | None) -> tuple[str, BaseModelSpec]:
-        if base_model:
-            row = await self._pool.fetchrow(queries.get_base_model_spec, base_model)
-            if row is None:
-                raise InvalidRequest(f"no base model named {base_model!r}", param="base_model")
-        else:
-            rows = await self._pool.fetch(queries.only_base_model)
-            if len(rows) != 1:
-                raise InvalidRequest("several base models are served and the adapter's base_model_name_or_path names "
-                                     "none of them; name one in base_model", param="base_model")
-            row = rows[0]
-        if not row["architecture"]:
-            raise InvalidRequest(f"base model {row['name']!r} has no worker yet to describe it", param="base_model")
-        return row["id"], BaseModelSpec(row["name"], msgspec.convert(row["architecture"], Architecture), row["max_lora_rank"])
+    async def _base_specs(self) -> dict[str, tuple[str, BaseModelSpec]]:
+        """Every base model by name: (id, what an adapter is validated against)."""
+        specs = {}
+        for row in await self._pool.fetch(queries.list_base_model_specs):
+            architecture = msgspec.convert(row["architecture"], Architecture) if row["architecture"] else None
+            specs[row["name"]] = (row["id"], BaseModelSpec(row["name"], architecture, row["max_lora_rank"]))
+        return specs
 
-    async def create(self, tenant_id: str, name: str, base_model: str | None, files: dict[str, Path]) -> AdapterView:
+    async def create(self, tenant_id: str, name: str, base_model: str | None, parts: list[tuple[str, Path]],
+                     workdir: Path) -> AdapterView:
+        """Validate uploaded files (or one archive) in the sandbox and store the adapter.
+
+        Cheap checks first (the name), then unpacking and validation in a resource-limited child
+        process (adapters/sandbox.py), a few at a time, then the blob and the row.
+        """
         if not ADAPTER_NAME.match(name):
-            raise InvalidRequest(f"invalid adapter name {name!r}: {NAME_RULE}", param="name")
-        if not base_model:
-            known = [row["name"] for row in await self._pool.fetch(queries.list_base_models)]
-            base_model = await asyncio.to_thread(declared_base_model, files, known)
-        base_id, spec = await self._base_spec(base_model)
-        if name == spec.name:
-            raise InvalidRequest("an adapter cannot take its base model's name", param="name")
+            raise InvalidRequest(f"invalid adapter name {shown(name)}: {NAME_RULE}", param="name")
+        specs = await self._base_specs()
+        if name in specs:
+            raise InvalidRequest("an adapter cannot take a base model's name", param="name")
         if await self._pool.fetchval(queries.resolve_adapter_by_name, tenant_id, name) is not None:
             raise Conflict(f"an adapter named {name!r} already exists; delete it first or pick another name", param="name")
-        # Hashing and the NaN scan read every byte: off the event loop, so streams keep flowing.
-        valid = await asyncio.to_thread(validate_files, files, spec)
+        async with self._inspections:
+            inspection = await inspect_upload(parts, workdir, [spec for _, spec in specs.values()], base_model,
+                                              self._limits)
+        base_id = specs[inspection.base_model][0]
+        valid = inspection.adapter
         await asyncio.to_thread(self._blobs.put, valid.sha256, valid.weights_path)
         try:
             async with self._pool.acquire() as connection, connection.transaction():

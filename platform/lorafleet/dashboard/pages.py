@@ -29,7 +29,7 @@ from lorafleet.core.errors import LoraFleetError, RateLimited
 from lorafleet.dashboard.charts import stacked_bars, usd
 from lorafleet.dashboard.sessions import COOKIE, SESSION_SECONDS, DashboardSession, close_session, find_session, \
     open_session, use_login_link
-from lorafleet.gateway.adapters.controller import create_from_upload
+from lorafleet.gateway.adapters.upload import upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.dependencies import client_address, provide_services
 from lorafleet.gateway.services import Services
@@ -340,7 +340,7 @@ class DashboardUploadController(Controller):
             raise CsrfRejected()
         try:
             session.require("adapters:write")
-            adapter = await create_from_upload(request, session.tenant_id, services)
+            adapter = await upload_adapter(request, session.tenant_id, services.adapters)
         except LoraFleetError as exc:
             return Response(exc.envelope(), status_code=exc.status_code)
         return Response({"id": adapter.id, "name": adapter.name}, status_code=201)

@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from lorafleet.adapters.blobstore import make_blob_store
+from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings, get_settings
 from lorafleet.db import create_pool
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             presence=presence,
             catalog=catalog, registry=registry, ledger=ledger,
             relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
-            adapters=AdapterService(pool, make_blob_store(settings)),
+            adapters=AdapterService(pool, make_blob_store(settings), SandboxLimits(
+                max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes)),
         )
         ledger.start()
         refusals.start()

@@ -40,11 +40,9 @@ SELECT a.id, a.lora_int_id, a.config, a.sha256, m.name AS base_model
 FROM adapters a JOIN base_models m ON m.id = a.base_model_id
 WHERE a.id = $1 AND a.status = 'ready';
 
--- name: get_base_model_spec
-SELECT id, name, architecture, max_lora_rank FROM base_models WHERE name = $1;
-
--- name: only_base_model
-SELECT id, name, architecture, max_lora_rank FROM base_models ORDER BY name LIMIT 2;
+-- name: list_base_model_specs
+-- Everything an upload is checked against: each served base model's shape and largest rank.
+SELECT id, name, architecture, max_lora_rank FROM base_models ORDER BY name;
 
 -- name: blob_exists
 SELECT 1 FROM blobs WHERE sha256 = $1;

@@ -7,6 +7,8 @@ actually received (413 past it).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +16,7 @@ from typing import BinaryIO
 from litestar import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from lorafleet.adapters.service import AdapterService, AdapterView
 from lorafleet.core.errors import InvalidRequest, UnsupportedMediaType
 
 MAX_FIELD_BYTES = 4096
@@ -123,3 +126,17 @@ async def receive_multipart(request: Request, into: Path) -> UploadedForm:
     if reader.error:
         raise reader.error
     return reader.form
+
+
+async def upload_adapter(request: Request, tenant_id: str, adapters: AdapterService) -> AdapterView:
+    """Stream a multipart adapter upload to a temporary folder and hand it to the adapter service
+    (the API's POST /v1/adapters and the dashboard's upload both come through here)."""
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
+    try:
+        form = await receive_multipart(request, workdir)
+        name = form.fields.get("name", "").strip()
+        if not name:
+            raise InvalidRequest("the adapter needs a name (form field 'name')", param="name")
+        return await adapters.create(tenant_id, name, form.fields.get("base_model") or None, form.files, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
