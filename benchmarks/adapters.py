@@ -26,9 +26,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.adapter_factory builds the adapters
 
 import numpy as np  # noqa: E402
-
 from lorafleet.adapters.architecture import model_architecture  # noqa: E402
-from lorafleet.devtools.bench import MODEL, publish, running_platform, timed_completion_stream  # noqa: E402
+from lorafleet.devtools.bench import (  # noqa: E402
+    MODEL,
+    publish,
+    running_platform,
+    timed_completion_stream,
+)
+
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

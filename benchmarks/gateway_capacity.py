@@ -12,12 +12,15 @@ sits in front of it is measured. ``wrk`` (C, apt) drives each target with a fixe
 - ``litellm``: wrk → LiteLLM proxy (``litellm[proxy]``, installed into ``.venv-litellm`` only
   for this benchmark, master key, no database: its spend tracking needs Prisma engines
   downloaded from the internet, which this machine cannot reach) → stub.
+- ``baseline`` / ``baseline-unmetered`` (with ``--baseline REF``): the gateway of an older commit,
+  checked out into a temporary folder and run from it with the same virtualenv and its own
+  database, measured in the same run so the ratio is not spoiled by the machine's mood.
 
 The proxy under test (gateway, or LiteLLM with one worker) is pinned to CPU 0, wrk and the stub
 to CPU 1; PostgreSQL is not pinned. Requests/s of a proxy pinned to one core is its per-core
 capacity. Added latency = proxy p50/p99 − direct p50/p99 at the same concurrency.
 
-    .venv/bin/python benchmarks/gateway_capacity.py [--seconds 6] [--skip-litellm]
+    .venv/bin/python benchmarks/gateway_capacity.py [--seconds 6] [--skip-litellm] [--baseline 93e1d6e]
 """
 
 from __future__ import annotations
@@ -36,15 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
-
 from lorafleet.core import ids
-from lorafleet.db import create_pool, queries
-from lorafleet.db.migrate import migrate
+from lorafleet.db import create_pool
 from lorafleet.devtools.bench import publish
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 from lorafleet.devtools.services import free_port, platform_env, start_gateway
-from lorafleet.tenancy import TenancyService
 
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / ".venv-litellm"
@@ -119,7 +120,8 @@ def run_wrk(wrk: str, url: str, path: str, body: dict, secret: str, connections:
     subprocess.run([*base[:6], "-d", "1s", *base[6:]], capture_output=True, text=True)  # warm-up
     out = subprocess.run([*base[:6], "-d", f"{seconds}s", "--latency", "--timeout", "10s", *base[6:]],
                          capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rps = float(found.group(1)) if found else 0.0  # a peer that collapsed is a result to print
     latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:  # show what went wrong, once
@@ -130,10 +132,61 @@ def run_wrk(wrk: str, url: str, path: str, body: dict, secret: str, connections:
             "non_2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
+def checkout(ref: str, into: Path) -> Path:
+    """The tree of an older commit, unpacked (not a worktree: nothing is registered in .git)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def tree_env(env: dict[str, str], tree: Path | None) -> dict[str, str]:
+    """Run a process on ``tree``'s code (the same virtualenv): its source roots first on the path."""
+    if tree is None:
+        return env
+    roots = ":".join(str(tree / root) for root in ("platform", "workers", "billing"))
+    return dict(env, PYTHONPATH=roots)
+
+
+def cli_json(env: dict[str, str], *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", *args, "--json"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+async def prepare_gateway(databases: DatabaseFactory, label: str, stub_url: str, workdir: Path,
+                          tree: Path | None) -> tuple[object, str, str, str, asyncpg.Pool]:
+    """A database with the stub registered as a worker, a priced base model, a metered and an unmetered
+    key (made with that tree's own CLI), and that tree's gateway: (gateway, metered, unmetered, tenant, pool)."""
+    dsn = await databases.create(f"lorafleet_bench_{label}")
+    env = tree_env(platform_env(dsn, workdir, workdir / label), tree)
+    subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "migrate"], env=env, check=True, capture_output=True)
+    pool = await create_pool(dsn, max_size=2)
+    base = await pool.fetchrow("INSERT INTO base_models (id, name, max_model_len, architecture, max_lora_rank) "
+                               "VALUES ($1, $2, 4096, '{}', 16) RETURNING id", ids.base_model_id(), MODEL)
+    await pool.execute("INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, "
+                       "adapter_surcharge_micro_usd_per_mtok, effective_at) VALUES ($1, 150000, 600000, 0, now())",
+                       base["id"])
+    await pool.execute("INSERT INTO workers (url, base_model_id) VALUES ($1, $2)", stub_url, base["id"])
+    keys = []
+    for name in ("metered", "unmetered"):
+        tenant = cli_json(env, "tenants", "create", f"{label}-{name}")
+        keys.append((tenant["id"], cli_json(env, "keys", "create", "--tenant", tenant["id"])["secret"]))
+    (metered_tenant, metered), (_, unmetered) = keys
+    await pool.execute("UPDATE tenant_accounts SET monthly_spend_limit_micro_usd = 1000000000000000 "
+                       "WHERE tenant_id = $1", metered_tenant)
+    await pool.execute("UPDATE api_keys SET requests_per_minute = 10000000, tokens_per_minute = 2000000000 "
+                       "WHERE tenant_id = $1", metered_tenant)
+    gateway = await asyncio.to_thread(start_gateway, env, workdir, "/healthz")
+    pin(gateway.process.pid, PROXY_CPU)
+    return gateway, metered, unmetered, metered_tenant, pool
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--baseline", metavar="REF", help="also measure the gateway of this older commit")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs two CPUs: one for the proxy, one for the load generator and the stub")
@@ -142,11 +195,9 @@ async def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-bench-capacity-"))
     databases = DatabaseFactory(await server_dsn(workdir / "pgdata"))
-    dsn = await databases.create("lorafleet_bench_capacity")
-    await migrate(dsn)
-    pool = await create_pool(dsn, max_size=2)
     processes: list[subprocess.Popen] = []
-    gateway = None
+    gateways: list = []
+    pools: list[asyncpg.Pool] = []
     heartbeat: asyncio.Task | None = None
     results: dict[str, dict] = {}
     try:
@@ -158,29 +209,26 @@ async def main() -> None:
         wait_http(stub_url + "/health")
         pin(stub.pid, LOAD_CPU)
 
-        base = await pool.fetchrow(queries.upsert_base_model, ids.base_model_id(), MODEL, 4096, {}, 16)
-        await pool.execute(queries.insert_price, base["id"], 150_000, 600_000, 0, dt.datetime.now(dt.UTC))
-        await pool.execute(queries.upsert_worker, stub_url, base["id"])
+        targets = {"direct": (stub_url, "none")}
+        metered_tenants = {}
+        trees = {"lorafleet": None}
+        if args.baseline:
+            trees["baseline"] = checkout(args.baseline, workdir / "baseline-tree")
+        for label, tree in trees.items():
+            gateway, metered, unmetered, tenant, pool = await prepare_gateway(databases, label, stub_url, workdir, tree)
+            gateways.append(gateway)
+            pools.append(pool)
+            targets[label] = (gateway.url, metered)
+            targets[f"{label}-unmetered"] = (gateway.url, unmetered)
+            metered_tenants[label] = (tenant, pool)
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(2)
-                await pool.execute(queries.heartbeat_worker, stub_url)
+                for pool in pools:
+                    await pool.execute("UPDATE workers SET heartbeat_at = now() WHERE url = $1", stub_url)
 
         heartbeat = asyncio.create_task(beat())
-        tenancy = TenancyService(pool)
-        metered = await tenancy.create_key((await tenancy.create_tenant("metered")).id)
-        await pool.execute("UPDATE tenant_accounts SET monthly_spend_limit_micro_usd = 1000000000000000 "
-                           "WHERE tenant_id = $1", metered.tenant_id)
-        await pool.execute("UPDATE api_keys SET requests_per_minute = 10000000, tokens_per_minute = 2000000000 "
-                           "WHERE id = $1", metered.id)
-        unmetered = await tenancy.create_key((await tenancy.create_tenant("unmetered")).id)
-
-        env = platform_env(dsn, workdir, workdir)
-        gateway = await asyncio.to_thread(start_gateway, env, workdir)
-        pin(gateway.process.pid, PROXY_CPU)
-        targets = {"direct": (stub_url, "none"), "lorafleet": (gateway.url, metered.secret),
-                   "lorafleet-unmetered": (gateway.url, unmetered.secret)}
 
         if litellm is not None:
             litellm_port = free_port()
@@ -222,20 +270,22 @@ async def main() -> None:
                                                      secret, connections, args.seconds, workdir)
                     results[f"{name}|{mode}|{connections}"] = result
                     print(f"  {mode:<6} c={connections:<3} {name:<20} {result['rps']:>8,.0f} req/s  "
-                          f"p50 {result['p50']:.2f} ms  p99 {result['p99']:.2f} ms"
+                          f"p50 {fmt_ms(result['p50'])}  p99 {fmt_ms(result['p99'])}"
                           + (f"  NON-2XX {result['non_2xx']}" if result["non_2xx"] else ""), flush=True)
-        ledger_rows = await pool.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", metered.tenant_id)
+        tenant, pool = metered_tenants["lorafleet"]
+        ledger_rows = await pool.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant)
         left = await pool.fetchrow("SELECT reserved_micro_usd, in_flight FROM tenant_accounts WHERE tenant_id = $1",
-                                   metered.tenant_id)
+                                   tenant)
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
-        if gateway is not None:
+        for gateway in gateways:
             gateway.stop()
         for process in processes:
             process.terminate()
             process.wait(20)
-        await pool.close()
+        for pool in pools:
+            await pool.close()
         await databases.drop_all()
 
     litellm_version = ""
@@ -246,29 +296,53 @@ async def main() -> None:
     write_report(results, args, litellm_version, ledger_rows, left)
 
 
+def fmt_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+def ratio(ours: dict | None, theirs: dict | None) -> str:
+    """ours ÷ theirs, or what stands in for it when a peer served nothing (that is a result, not a crash)."""
+    if not ours or not theirs:
+        return "—"
+    if theirs["rps"] <= 0:
+        return "∞ (peer served 0 req/s)"
+    return f"{ours['rps'] / theirs['rps']:.1f}×"
+
+
+def added(ours: dict, direct: dict) -> str:
+    if ours["p50"] is None or ours["p99"] is None or direct["p50"] is None or direct["p99"] is None:
+        return "—"
+    return f"{ours['p50'] - direct['p50']:+.2f} / {ours['p99'] - direct['p99']:+.2f}"
+
+
 def write_report(results: dict, args: argparse.Namespace, litellm_version: str, ledger_rows: int, left) -> None:
-    names = sorted({key.split("|")[0] for key in results}, key=["direct", "lorafleet", "lorafleet-unmetered", "litellm"].index)
+    order = ["direct", "lorafleet", "lorafleet-unmetered", "baseline", "baseline-unmetered", "litellm"]
+    names = sorted({key.split("|")[0] for key in results}, key=order.index)
+    baseline = "baseline" in names
+    command = (f"`.venv/bin/python benchmarks/gateway_capacity.py --seconds {args.seconds}"
+               f"{' --skip-litellm' if args.skip_litellm else ''}{f' --baseline {args.baseline}' if baseline else ''}`")
     lines = ["# Gateway capacity (instant upstream)", "",
-             f"`.venv/bin/python benchmarks/gateway_capacity.py --seconds {args.seconds}"
-             f"{' --skip-litellm' if args.skip_litellm else ''}` — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+             f"{command} — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
              f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}"
              + (f", LiteLLM {litellm_version}" if litellm_version else "") + ".", "",
              "Proxy pinned to CPU 0 (so its requests/s is per core); wrk and the stub on CPU 1; PostgreSQL unpinned. "
-             "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage.", ""]
+             "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage. "
+             "Metered: the key has a rate limit and the tenant a spend limit (admission runs for every request)"
+             + (f"; baseline = the gateway of commit `{args.baseline}`, measured in this run." if baseline else "."), ""]
     for mode in ("json", "stream"):
+        extra = " | ÷ baseline, metered | ÷ baseline, unmetered" if baseline else ""
         lines += [f"## {mode}", "", "| connections | " + " | ".join(f"{n} req/s" for n in names)
-                  + " | lorafleet ÷ litellm | added p50 / p99 ms, metered | added p50 / p99 ms, unmetered |",
-                  "|---" * (len(names) + 4) + "|"]
+                  + " | lorafleet ÷ litellm" + extra + " | added p50 / p99 ms, metered | added p50 / p99 ms, unmetered |",
+                  "|---" * (len(names) + 4 + (2 if baseline else 0)) + "|"]
         for connections in CONCURRENCY:
             row = [results[f"{n}|{mode}|{connections}"] for n in names]
-            ours = results[f"lorafleet|{mode}|{connections}"]
-            direct = results[f"direct|{mode}|{connections}"]
-            theirs = results.get(f"litellm|{mode}|{connections}")
-            ratio = f"{ours['rps'] / theirs['rps']:.1f}×" if theirs else "—"
-            free = results[f"lorafleet-unmetered|{mode}|{connections}"]
-            lines.append(f"| {connections} | " + " | ".join(f"{r['rps']:,.0f}" for r in row)
-                         + f" | {ratio} | {ours['p50'] - direct['p50']:+.2f} / {ours['p99'] - direct['p99']:+.2f}"
-                         + f" | {free['p50'] - direct['p50']:+.2f} / {free['p99'] - direct['p99']:+.2f} |")
+            get = lambda name: results.get(f"{name}|{mode}|{connections}")  # noqa: E731
+            ours, direct, free = get("lorafleet"), get("direct"), get("lorafleet-unmetered")
+            cells = [f"{r['rps']:,.0f}" for r in row] + [ratio(ours, get("litellm"))]
+            if baseline:
+                cells += [ratio(ours, get("baseline")), ratio(free, get("baseline-unmetered"))]
+            cells += [added(ours, direct), added(free, direct)]
+            lines.append(f"| {connections} | " + " | ".join(cells) + " |")
         lines.append("")
     errors = {k: (v["non_2xx"], v["socket_errors"]) for k, v in results.items() if v["non_2xx"] or v["socket_errors"]}
     lines += [f"Metered requests recorded in the ledger: {ledger_rows:,}; reservations left after the run: "

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import httpx
 import psutil
-
-from lorafleet.devtools.bench import MODEL, publish, running_platform, timed_completion_stream
-
+from lorafleet.devtools.bench import (
+    MODEL,
+    publish,
+    running_platform,
+    timed_completion_stream,
+)
 
 
 @dataclass

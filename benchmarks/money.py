@@ -30,7 +30,6 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-
 from lorafleet.billing.pricing import Price, cost_micro_usd
 from lorafleet.core import ids
 from lorafleet.db import create_pool, queries
@@ -38,9 +37,9 @@ from lorafleet.db.migrate import migrate
 from lorafleet.devtools.bench import publish
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 from lorafleet.devtools.services import platform_env, start_gateway
-from lorafleet.gateway.ledger import LedgerWriter, UsageRow
+from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.tenancy import TenancyService
-
 
 
 def pct(values: list[float], q: float) -> float:
@@ -69,7 +68,7 @@ async def seed(pool: asyncpg.Pool) -> dict:
     return {"tenant": tenant.id, "keys": keys, "models": models, "prices": prices, "adapters": adapters}
 
 
-def make_rows(world: dict, count: int, now: dt.datetime, spread: dt.timedelta) -> list[UsageRow]:
+def make_rows(world: dict, count: int, now: dt.datetime, spread: dt.timedelta) -> list[LedgerRow]:
     rng = random.Random(7)
     rows = []
     for _ in range(count):
@@ -77,7 +76,7 @@ def make_rows(world: dict, count: int, now: dt.datetime, spread: dt.timedelta) -
         adapter_id, model = rng.choice(world["adapters"]) if rng.random() < 0.7 else (None, rng.choice(world["models"]))
         prompt, completion = rng.randrange(10, 2000), rng.randrange(1, 500)
         price = world["prices"][model]
-        rows.append(UsageRow(
+        rows.append(LedgerRow(
             request_id=ids.request_id(), tenant_id=world["tenant"], api_key_id=rng.choice(world["keys"]).id,
             base_model_id=model, model="bench", endpoint="chat.completions", outcome="success", http_status=200,
             streamed=True, prompt_tokens=prompt, completion_tokens=completion, worker_url=None, started_at=started,
@@ -86,7 +85,7 @@ def make_rows(world: dict, count: int, now: dt.datetime, spread: dt.timedelta) -
     return rows
 
 
-async def ledger_rate(pool: asyncpg.Pool, rows: list[UsageRow]) -> float:
+async def ledger_rate(pool: asyncpg.Pool, rows: list[LedgerRow]) -> float:
     writer = LedgerWriter(pool)
     writer.start()
     started = time.perf_counter()
@@ -142,7 +141,7 @@ async def admission(pool: asyncpg.Pool, world: dict, calls: int) -> dict:
     writer = LedgerWriter(pool)
     writer.start()
     for request_id in admitted:
-        writer.record(UsageRow(request_id=request_id, tenant_id=world["tenant"], api_key_id=key.id,
+        writer.record(LedgerRow(request_id=request_id, tenant_id=world["tenant"], api_key_id=key.id,
                                base_model_id=world["models"][0], model="bench", endpoint="completions",
                                outcome="success", http_status=200, streamed=False, prompt_tokens=10,
                                completion_tokens=10, worker_url=None, started_at=now, finished_at=now, ttft_ms=1,

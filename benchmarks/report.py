@@ -10,13 +10,16 @@ import datetime as dt
 import importlib.metadata as metadata
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
 from lorafleet.devtools.bench import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["gateway_capacity", "gateway_vs_direct", "adapters", "density", "money"]
+ORDER = ["gateway_capacity", "gateway_vs_direct", "adapters", "density", "fleet_simulation", "money"]
+# A result file links its images relative to benchmarks/results/; BENCHMARKS.md sits at the root.
+RELATIVE_IMAGE = re.compile(r"(!\[[^\]]*\]\()(?![a-z]+:|/)")
 
 
 def _version(name: str) -> str:
@@ -63,7 +66,7 @@ def main() -> None:
     found = {path.stem: path for path in RESULTS.glob("*.md")}
     for name in [*ORDER, *sorted(set(found) - set(ORDER))]:
         if name in found:
-            text = found[name].read_text().strip()
+            text = RELATIVE_IMAGE.sub(rf"\g<1>{RESULTS.relative_to(ROOT).as_posix()}/", found[name].read_text().strip())
             parts += [text.replace("\n# ", "\n### ").replace("\n## ", "\n### ").replace("# ", "## ", 1), ""]
         else:
             parts += [f"## {name}", "", "_not run_", ""]

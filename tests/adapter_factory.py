@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
-
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.demo import random_lora_tensors, tensor_name  # noqa: F401 - tests import tensor_name here
+from safetensors.numpy import save_file
 
 TINY = Architecture(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=16, num_hidden_layers=2)

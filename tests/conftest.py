@@ -14,7 +14,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 

@@ -11,10 +11,15 @@ from pathlib import Path
 import asyncpg
 import openai
 import pytest
-
 from lorafleet.core.ids import random_token
-from lorafleet.devtools.services import Service, platform_env, start_gateway, start_worker
+from lorafleet.devtools.services import (
+    Service,
+    platform_env,
+    start_gateway,
+    start_worker,
+)
 from lorafleet.tenancy import TenancyService
+
 
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,7 +70,7 @@ class GatewayFactory:
         self.log_dir = log_dir
         self.started: list[Service] = []
 
-    def start(self, ready_path: str = "/readyz", **overrides: str) -> Service:
+    def start(self, ready_path: str = "/readyz?workers=1", **overrides: str) -> Service:
         service = start_gateway(dict(self.base_env, **overrides), self.log_dir, ready_path)
         self.started.append(service)
         return service

@@ -7,7 +7,6 @@ import time
 
 import asyncpg
 import httpx
-
 from lorafleet.devtools.services import Service
 
 # The gateways re-read prices every LORAFLEET_WORKER_REFRESH_SECONDS (0.5 s in tests).

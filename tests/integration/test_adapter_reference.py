@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.worker.adapter_cache import EVICTION_GRACE_SECONDS
+
 from tests.adapter_factory import lora_config, write_adapter
 from tests.integration.conftest import TINY_ADAPTER_CACHE_BYTES
 from tests.integration.test_adapters import upload

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from lorafleet.adapters.architecture import model_architecture
-from lorafleet.gateway.routing import worker_label
+from lorafleet.gateway.fleet.registry import worker_label
+
 from tests.adapter_factory import write_adapter
 from tests.integration.conftest import ledger_row
 
@@ -295,7 +295,7 @@ async def test_concurrent_first_requests_fetch_a_cold_adapter_once(gateway, clie
 
 
 async def test_an_upload_over_the_cap_is_413_and_stores_nothing(gateways, tenant_key, db, tmp_path, model_path):
-    small = await asyncio.to_thread(gateways.start, "/readyz", LORAFLEET_MAX_UPLOAD_BYTES="200000")
+    small = await asyncio.to_thread(gateways.start, "/readyz?workers=1", LORAFLEET_MAX_UPLOAD_BYTES="200000")
     folder = write_adapter(tmp_path / "big", arch=model_architecture(model_path), rank=16,
                            modules=["q_proj", "v_proj", "down_proj"])
     assert sum(p.stat().st_size for p in folder.iterdir()) > 200_000

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from lorafleet.tenancy import TenancyService
 
 pytestmark = pytest.mark.engine
@@ -91,10 +90,10 @@ async def test_keys_api_lists_creates_and_hides_other_tenants(gateway, db, make_
         assert foreign.status_code == missing.status_code == 404
         assert _envelope(foreign)["message"].replace(stranger.key_id, "X") == _envelope(missing)["message"].replace("key_doesnotexist", "X")
         bad = await http.post("/v1/keys", json={"scopes": ["root"]})
-        assert bad.status_code == 400 and _envelope(bad)["param"] == "scopes"
+        assert bad.status_code == 400 and _envelope(bad)["param"] == "scopes[0]"
         unknown_field = await http.post("/v1/keys", json={"nme": "typo"})
         assert unknown_field.status_code == 400 and _envelope(unknown_field)["param"] == "nme"
     # The secret itself is stored nowhere.
     stored = await db.fetchrow("SELECT * FROM api_keys WHERE id = $1", body["id"])
     assert body["secret"] not in repr(dict(stored))
-    assert (await TenancyService(db).list_keys(stranger.tenant_id))[0].revoked_at is None
+    assert (await TenancyService(db).list_keys(stranger.tenant_id)).data[0].revoked_at is None

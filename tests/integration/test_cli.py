@@ -56,7 +56,6 @@ def test_money_commands(database_url):
     import asyncio
 
     import asyncpg
-
     from lorafleet.db import queries
 
     async def add_model() -> None:

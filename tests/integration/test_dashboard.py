@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.billing.invoices import close_period
 from lorafleet.dashboard.charts import usd
+
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
 from tests.integration.money_helpers import set_price, wait_rows
@@ -293,7 +293,7 @@ async def test_one_time_link_invoices_and_the_operator_view(page, gateway, base_
     await page.get_by_role("button", name="Sign in").click()
     await page.wait_for_url(f"{gateway.url}/dashboard/admin")
     assert key.tenant_id in await page.get_by_test_id("tenants-table").inner_text()
-    assert "yes" in await page.get_by_test_id("workers-table").inner_text()
+    assert "ready" in await page.get_by_test_id("workers-table").inner_text()
     await shot(page, "operator")
 
 

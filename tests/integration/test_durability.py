@@ -9,12 +9,12 @@ import time
 
 import asyncpg
 import httpx
-
 from lorafleet.db import create_pool
 from lorafleet.db.embedded import start_embedded, stop_embedded
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.services import platform_env, start_gateway, start_worker
 from lorafleet.tenancy import TenancyService
+
 from tests.integration.money_helpers import admin, set_price
 
 # Every gateway in these tests heartbeats well inside the others' dead-after window.

@@ -2,7 +2,6 @@
 
 import asyncpg
 import psutil
-
 from lorafleet.db.embedded import start_embedded, stop_embedded
 
 

@@ -8,9 +8,9 @@ import asyncpg
 import httpx
 import openai
 import pytest
-
 from lorafleet.db.migrate import migrate
 from lorafleet.tenancy import TenancyService
+
 from tests.integration.conftest import ledger_row
 
 pytestmark = pytest.mark.engine
@@ -78,7 +78,8 @@ async def test_no_ready_worker_is_503(gateways, databases, tenant_key, model_nam
         await connection.close()
     lonely = await asyncio.to_thread(gateways.start, "/healthz", LORAFLEET_DATABASE_URL=dsn)
     async with httpx.AsyncClient(base_url=lonely.url) as http:
-        ready = await http.get("/readyz")
+        assert (await http.get("/readyz")).json()["workers_ready"] == 0, "ready to serve: its database answers"
+        ready = await http.get("/readyz?workers=1")
         assert ready.status_code == 503 and _error(ready)["code"] == "no_worker_ready"
     async with openai.AsyncOpenAI(base_url=lonely.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
         with pytest.raises(openai.InternalServerError) as caught:

@@ -13,13 +13,14 @@ import httpx
 import openai
 import pytest
 import stripe
-
 from lorafleet.billing.invoices import close_period, get_invoice
 from lorafleet.billing.rollups import rebuild_rollups
 from lorafleet.billing.stripe_export import StripeExporter, cents_half_up, make_client
 from lorafleet.core import ids
-from lorafleet.gateway.ledger import LedgerWriter, UsageRow
 from lorafleet.devtools.services import free_port
+from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.writer import LedgerWriter
+
 from tests.conftest import REPO_ROOT
 from tests.integration.money_helpers import expected_cost, set_price, wait_rows
 
@@ -135,7 +136,7 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     writer = LedgerWriter(db)
     writer.start()
     late_started = rows[0]["started_at"]
-    late = UsageRow(
+    late = LedgerRow(
         request_id=ids.request_id(), tenant_id=key.tenant_id, api_key_id=key.key_id,
         base_model_id=rows[0]["base_model_id"], model=model_name, endpoint="completions", outcome="success",
         http_status=200, streamed=False, prompt_tokens=7, completion_tokens=11, worker_url=None,

@@ -6,10 +6,11 @@ import datetime as dt
 
 from lorafleet.core import ids
 from lorafleet.db import queries
-from lorafleet.gateway.ledger import LedgerWriter, UsageRow
+from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.writer import LedgerWriter
 
 
-async def _row(db, make_key, **overrides) -> UsageRow:
+async def _row(db, make_key, **overrides) -> LedgerRow:
     key = await make_key()
     base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), "ledger-test-model", 2048, {}, 16)
     now = dt.datetime.now(dt.UTC)
@@ -20,7 +21,7 @@ async def _row(db, make_key, **overrides) -> UsageRow:
         duration_ms=2,
     )
     fields.update(overrides)
-    return UsageRow(**fields)
+    return LedgerRow(**fields)
 
 
 async def test_rows_are_written_once_even_when_recorded_twice(db, make_key):
@@ -30,7 +31,7 @@ async def test_rows_are_written_once_even_when_recorded_twice(db, make_key):
     writer.record(row)
     writer.record(row)
     await writer.drain()
-    writer.record(UsageRow(**{**{f: getattr(row, f) for f in row.__struct_fields__}, "completion_tokens": 999}))
+    writer.record(LedgerRow(**{**{f: getattr(row, f) for f in row.__struct_fields__}, "completion_tokens": 999}))
     await writer.close()
     stored = await db.fetch("SELECT completion_tokens FROM usage_ledger WHERE request_id = $1", row.request_id)
     assert [r["completion_tokens"] for r in stored] == [5], "the first write wins; retries never double-count"

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from lorafleet.db import queries
 from lorafleet.db.migrate import MigrationError, discover, migrate
 

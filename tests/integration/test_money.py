@@ -10,11 +10,18 @@ import io
 import httpx
 import openai
 import pytest
-
-from lorafleet.billing.pricing import worst_case_cost, Price
+from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core import ids
 from lorafleet.db import queries
-from tests.integration.money_helpers import admin, expected_cost, ledger_cost, set_price, settled, wait_rows
+
+from tests.integration.money_helpers import (
+    admin,
+    expected_cost,
+    ledger_cost,
+    set_price,
+    settled,
+    wait_rows,
+)
 
 PROMPT_PRICE, COMPLETION_PRICE = 1_000_003, 2_000_001  # odd on purpose: every request needs rounding
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from lorafleet.adapters.blobstore import S3BlobStore
 from lorafleet.devtools.services import free_port
 

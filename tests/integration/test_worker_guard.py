@@ -13,7 +13,6 @@ import re
 import httpx
 import psutil
 import pytest
-
 from lorafleet.worker.guard import ALLOWED, OPEN, OWN_ROUTES
 
 

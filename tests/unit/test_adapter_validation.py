@@ -11,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lorafleet.adapters.archive import extract
 from lorafleet.adapters.validation import AdapterInvalid, BaseModelSpec, validate_files
-from tests.adapter_factory import TINY, lora_config, lora_tensors, tensor_name, write_adapter
+
+from tests.adapter_factory import (
+    TINY,
+    lora_config,
+    lora_tensors,
+    tensor_name,
+    write_adapter,
+)
 
 BASE = BaseModelSpec(name="SmolLM2-135M-Instruct", architecture=TINY, max_lora_rank=16)
 

@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from lorafleet.adapters.archive import extract
 from lorafleet.adapters.validation import AdapterInvalid
+
 from tests.adapter_factory import MiB, header_bomb, lazy_gzip, pax_record, tar_block
 
 BUDGET = 256 * MiB  # the gateway's default: the bombs below fit in it on paper

@@ -3,7 +3,6 @@
 import asyncio
 
 import pytest
-
 from lorafleet.core.errors import AuthenticationFailed, ServiceUnavailable
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.tenancy.keys import generate_secret

@@ -1,5 +1,4 @@
 import pytest
-
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import decode
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
@@ -54,5 +53,5 @@ def test_unknown_field_in_strict_struct_is_named():
     with pytest.raises(InvalidRequest) as caught:
         decode(b'{"nme": "typo"}', KeyCreate)
     assert caught.value.param == "nme"
-    assert _error(b'{"model": "m", "messages": [{"role": "user"}], "stream_options": {"x": 1}}').param == "stream_options.x"
+    assert _error(b'{"model": "m", "messages": [{"role": "user", "content": "a"}], "stream_options": {"x": 1}}').param == "stream_options.x"
 

@@ -2,10 +2,16 @@ import datetime as dt
 import zlib
 
 import pytest
-
 from lorafleet.core.errors import InvalidRequest, PermissionDenied
-from lorafleet.tenancy.keys import ALL_SCOPES, checksum, display_prefix, generate_secret, has_valid_checksum, hash_secret, \
-    parse_secret
+from lorafleet.tenancy.keys import (
+    ALL_SCOPES,
+    checksum,
+    display_prefix,
+    generate_secret,
+    has_valid_checksum,
+    hash_secret,
+    parse_secret,
+)
 from lorafleet.tenancy.service import ApiKeyView, KeyAuthority
 
 

@@ -3,14 +3,23 @@
 import datetime as dt
 
 import pytest
-
 from lorafleet.billing.pricing import Price, PriceBook, cost_micro_usd, worst_case_cost
 from lorafleet.billing.stripe_export import allocate_cents, cents_half_up
 from lorafleet.billing.usage import parse_query
 from lorafleet.core.errors import InvalidRequest
-from lorafleet.gateway.admission import duration_text
-from lorafleet.gateway.openai.bounds import TEMPLATE_ALLOWANCE, token_bounds
-from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
+from lorafleet.gateway.metering.admission import duration_text
+from lorafleet.gateway.openai.bounds import (
+    TEMPLATE_ALLOWANCE,
+    chat_demand,
+    completion_demand,
+)
+from lorafleet.gateway.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FunctionDefinition,
+    Tool,
+    UserMessage,
+)
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
@@ -53,18 +62,46 @@ def test_price_book_picks_the_version_in_effect():
     assert book.at("other", T0) is None
 
 
-def test_token_bounds_cover_prompt_bytes_template_and_choices():
-    raw = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "max_tokens": 10, "n": 3}
-    bounds = token_bounds(raw, ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "héllo"}],
-                                                     max_tokens=10, n=3), 2048)
-    assert bounds.prompt >= len("héllo".encode()) + TEMPLATE_ALLOWANCE
-    assert bounds.completion == 30 and not bounds.single_sequence
-    unlimited = token_bounds({"prompt": "x" * 5000}, CompletionRequest(model="m", prompt="x" * 5000), 2048)
-    assert (unlimited.prompt, unlimited.completion) == (2048, 2048)  # each side capped by the context
-    ids = token_bounds({"prompt": [1, 2, 3]}, CompletionRequest(model="m", prompt=[1, 2, 3], max_tokens=4), 2048)
-    assert (ids.prompt, ids.completion, ids.single_sequence) == (3, 4, True)
-    batch = token_bounds({"prompt": ["a", "b"]}, CompletionRequest(model="m", prompt=["a", "b"], max_tokens=4), 2048)
-    assert batch.completion == 8 and not batch.single_sequence
+def test_demand_covers_the_whole_body_template_and_choices():
+    import msgspec
+
+    request = ChatCompletionRequest(model="m", messages=[UserMessage(content="héllo")], max_tokens=10, n=3)
+    body = msgspec.json.encode(request)
+    demand = chat_demand(request, len(body), 2048, max_sequences=128)
+    assert demand.prompt_tokens >= len("héllo".encode()) + TEMPLATE_ALLOWANCE
+    assert (demand.completion_tokens, demand.sequences) == (30, 3)
+    unlimited = completion_demand(CompletionRequest(model="m", prompt="x" * 5000), 2048, max_prompts=128,
+                                  max_sequences=128)
+    assert (unlimited.prompt_tokens, unlimited.completion_tokens) == (2048, 2048)  # each side capped by the context
+    ids = completion_demand(CompletionRequest(model="m", prompt=[1, 2, 3], max_tokens=4), 2048, max_prompts=128,
+                            max_sequences=128)
+    assert (ids.prompt_tokens, ids.completion_tokens, ids.sequences) == (3, 4, 1)
+    batch = completion_demand(CompletionRequest(model="m", prompt=["a", "b"], max_tokens=4), 2048, max_prompts=128,
+                              max_sequences=128)
+    assert (batch.completion_tokens, batch.sequences) == (8, 2)
+
+
+def test_everything_the_template_renders_counts_in_the_worst_case():
+    import msgspec
+
+    plain = ChatCompletionRequest(model="m", messages=[UserMessage(content="hi")], max_tokens=1)
+    with_documents = msgspec.structs.replace(plain, documents=[{"title": "t", "text": "x" * 3000}])
+    with_tools = msgspec.structs.replace(plain, tools=[Tool(function=FunctionDefinition(
+        name="f", parameters={"type": "object", "description": "y" * 3000}))])
+    small = chat_demand(plain, len(msgspec.json.encode(plain)), 100_000, max_sequences=128).prompt_tokens
+    for bigger in (with_documents, with_tools):
+        assert chat_demand(bigger, len(msgspec.json.encode(bigger)), 100_000, max_sequences=128).prompt_tokens > small + 3000
+
+
+def test_fan_out_is_bounded():
+    with pytest.raises(InvalidRequest) as too_many:
+        completion_demand(CompletionRequest(model="m", prompt=["a"] * 200, max_tokens=1), 2048, max_prompts=128,
+                          max_sequences=10_000)
+    assert too_many.value.code == "too_many_prompts"
+    with pytest.raises(InvalidRequest) as fan_out:
+        completion_demand(CompletionRequest(model="m", prompt=["a"] * 100, n=16, max_tokens=1), 2048,
+                          max_prompts=128, max_sequences=128)
+    assert fan_out.value.code == "too_many_sequences" and fan_out.value.param == "n"
 
 
 def test_cents_add_up_to_the_rounded_total():

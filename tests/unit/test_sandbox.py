@@ -10,14 +10,26 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from lorafleet.adapters import sandbox
 from lorafleet.adapters.architecture import SUPPORTED_MODULES, Architecture
-from lorafleet.adapters.sandbox import TOO_COMPLEX, SandboxError, SandboxLimits, inspect_upload
+from lorafleet.adapters.sandbox import (
+    TOO_COMPLEX,
+    SandboxError,
+    SandboxLimits,
+    inspect_upload,
+)
 from lorafleet.adapters.selection import select_base_model
 from lorafleet.adapters.validation import AdapterInvalid, BaseModelSpec, validate_files
 from lorafleet.core.errors import InvalidRequest
-from tests.adapter_factory import TINY, MiB, header_bomb, lora_config, write_adapter, write_sparse_adapter
+
+from tests.adapter_factory import (
+    TINY,
+    MiB,
+    header_bomb,
+    lora_config,
+    write_adapter,
+    write_sparse_adapter,
+)
 
 BASE = BaseModelSpec(name="SmolLM2-135M-Instruct", architecture=TINY, max_lora_rank=16)
 OTHER = BaseModelSpec(name="Llama-3.2-1B-Instruct", architecture=TINY, max_lora_rank=64)

@@ -2,8 +2,12 @@ import re
 from pathlib import Path
 
 import pytest
-
-from lorafleet.core.settings import SettingsError, documented_settings, load_settings, settings_markdown
+from lorafleet.core.settings import (
+    SettingsError,
+    documented_settings,
+    load_settings,
+    settings_markdown,
+)
 
 
 def test_defaults_and_env_override():

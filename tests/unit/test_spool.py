@@ -2,13 +2,13 @@
 
 import datetime as dt
 
-from lorafleet.gateway.ledger import UsageRow
-from lorafleet.gateway.spool import LedgerSpool
+from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.spool import LedgerSpool
 
 
-def _rows(prefix: str, count: int) -> list[UsageRow]:
+def _rows(prefix: str, count: int) -> list[LedgerRow]:
     now = dt.datetime.now(dt.UTC)
-    return [UsageRow(request_id=f"{prefix}{i}", tenant_id="t", api_key_id="k", base_model_id="b", model="m",
+    return [LedgerRow(request_id=f"{prefix}{i}", tenant_id="t", api_key_id="k", base_model_id="b", model="m",
                      endpoint="completions", outcome="success", http_status=200, streamed=False, prompt_tokens=1,
                      completion_tokens=2, worker_url=None, started_at=now, finished_at=now, ttft_ms=1, duration_ms=1,
                      cost_micro_usd=3, price_id=None) for i in range(count)]
@@ -17,9 +17,9 @@ def _rows(prefix: str, count: int) -> list[UsageRow]:
 class FlakyDatabase:
     def __init__(self) -> None:
         self.up = False
-        self.stored: dict[str, UsageRow] = {}
+        self.stored: dict[str, LedgerRow] = {}
 
-    async def insert(self, rows: list[UsageRow]) -> int:
+    async def insert(self, rows: list[LedgerRow]) -> int:
         if not self.up:
             raise ConnectionRefusedError("database stopped")
         self.stored.update((row.request_id, row) for row in rows)  # idempotent, like ON CONFLICT DO NOTHING

@@ -6,9 +6,9 @@ import datetime as dt
 
 import asyncpg
 import msgspec
-
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest, NotFound
+from lorafleet.core.types import Page, page_of
 from lorafleet.db import queries
 
 _UNSET = msgspec.UNSET
@@ -87,6 +87,10 @@ class AccountService:
     async def list_prices(self) -> list[PriceView]:
         return [PriceView(**dict(row)) for row in await self._db.fetch(queries.list_prices)]
 
+    async def page_prices(self, *, after: int | None = None, limit: int = 100) -> Page[PriceView]:
+        rows = await self._db.fetch(queries.page_prices, after, limit + 1)
+        return page_of([PriceView(**dict(row)) for row in rows], limit)
+
     # ---- accounts -------------------------------------------------------------------------
 
     async def balance(self, tenant_id: str) -> Balance:
@@ -97,6 +101,10 @@ class AccountService:
 
     async def balances(self) -> list[Balance]:
         return [self._balance(row) for row in await self._db.fetch(queries.get_accounts, None)]
+
+    async def page_balances(self, *, after: str | None = None, limit: int = 100) -> Page[Balance]:
+        rows = await self._db.fetch(queries.page_accounts, after, limit + 1)
+        return page_of([self._balance(row) for row in rows], limit)
 
     def _balance(self, row: asyncpg.Record) -> Balance:
         return Balance(

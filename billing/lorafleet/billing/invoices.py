@@ -17,9 +17,9 @@ import datetime as dt
 
 import asyncpg
 import msgspec
-
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest, NotFound
+from lorafleet.core.types import Page, page_of
 from lorafleet.db import queries
 
 
@@ -144,9 +144,11 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
     return invoice_id
 
 
-async def list_invoices(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, *, before: dt.date | None = None,
-                        limit: int = 24) -> list[Invoice]:
-    return [Invoice(**dict(row)) for row in await db.fetch(queries.list_invoices, tenant_id, before, limit)]
+async def list_invoices(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, *, after: str | None = None,
+                        limit: int = 24) -> Page[Invoice]:
+    """One page of the tenant's invoices, newest first (``after``: the last id of the previous page)."""
+    rows = await db.fetch(queries.list_invoices, tenant_id, after, limit + 1)
+    return page_of([Invoice(**dict(row)) for row in rows], limit)
 
 
 async def get_invoice(db: asyncpg.Pool | asyncpg.Connection, invoice_id: str, tenant_id: str | None) -> Invoice:

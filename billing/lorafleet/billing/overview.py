@@ -10,7 +10,6 @@ import datetime as dt
 
 import asyncpg
 import msgspec
-
 from lorafleet.db import queries
 
 

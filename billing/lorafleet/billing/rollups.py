@@ -7,7 +7,6 @@ to the rebuilt numbers: none is counted twice or lost.
 from __future__ import annotations
 
 import asyncpg
-
 from lorafleet.db import queries
 
 

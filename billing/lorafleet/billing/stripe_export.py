@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncpg
 import stripe
 import structlog
-
 from lorafleet.db import queries
 
 log = structlog.get_logger("lorafleet.stripe")

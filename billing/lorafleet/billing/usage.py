@@ -14,7 +14,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.db import queries
 
@@ -116,9 +115,13 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
     base_model_id = adapter_id = None
     if query.model is not None:
         model = await pool.fetchrow(queries.get_base_model_by_name, query.model)
-        base_model_id = model["id"] if model else "-"  # unknown model: no rows, not an error
+        if model is None:
+            return _report(query, [], currency)  # an unknown model has no usage: not an error
+        base_model_id = model["id"]
     if query.adapter is not None:
-        adapter_id = await pool.fetchval(queries.find_tenant_adapter, tenant_id, query.adapter) or "-"
+        adapter_id = await pool.fetchval(queries.find_tenant_adapter, tenant_id, query.adapter)
+        if adapter_id is None:
+            return _report(query, [], currency)
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute(queries.force_custom_plans)
         rows = await connection.fetch(queries.usage_report, tenant_id, query.start, query.end, "key" in query.group_by,
@@ -126,11 +129,15 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
                                       base_model_id, adapter_id, query.bucket)
     data = [
         UsageRow(bucket_start=row["bucket"], api_key_id=row["api_key_id"], model=row["model"],
-                 adapter=row["adapter"], adapter_id=row["adapter_id"] or None, requests=row["requests"],
+                 adapter=row["adapter"], adapter_id=row["adapter_id"], requests=row["requests"],
                  errors=row["errors"], prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                  total_tokens=row["prompt_tokens"] + row["completion_tokens"], cost_micro_usd=row["cost_micro_usd"])
         for row in rows
     ]
+    return _report(query, data, currency)
+
+
+def _report(query: UsageQuery, data: list[UsageRow], currency: str) -> UsageReport:
     totals = UsageTotals()
     for row in data:
         for name in UsageTotals.__struct_fields__:

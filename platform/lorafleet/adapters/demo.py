@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
-
 from lorafleet.adapters.architecture import SUPPORTED_MODULES, Architecture
+from safetensors.numpy import save_file
 
 
 def tensor_name(layer: int, module: str, kind: str) -> str:

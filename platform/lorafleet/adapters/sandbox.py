@@ -34,11 +34,15 @@ from typing import Any
 
 import msgspec
 import structlog
-
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.archive import adapter_files
 from lorafleet.adapters.selection import select_base_model
-from lorafleet.adapters.validation import AdapterInvalid, BaseModelSpec, ValidAdapter, validate_files
+from lorafleet.adapters.validation import (
+    AdapterInvalid,
+    BaseModelSpec,
+    ValidAdapter,
+    validate_files,
+)
 from lorafleet.core import errors
 
 log = structlog.get_logger("lorafleet.sandbox")

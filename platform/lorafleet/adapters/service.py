@@ -10,22 +10,23 @@ import asyncio
 import datetime as dt
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import msgspec
-
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.blobstore import BlobStore
 from lorafleet.adapters.sandbox import SandboxLimits, inspect_upload
 from lorafleet.adapters.validation import BaseModelSpec, shown
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
+from lorafleet.core.types import ADAPTER_NAME_PATTERN, ADAPTER_NAME_RULE, Page, page_of
 from lorafleet.db import queries
 
 # Letters, digits, '.', '_', '-'; starts with a letter or digit; no ':' (it separates base:adapter).
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
+NAME_RULE = ADAPTER_NAME_RULE
 
 
 class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,11 +42,28 @@ class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
     object: str = "adapter"
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterQuota:
+    """What one tenant may keep: adapters and bytes of weights (checked in the insert's transaction)."""
+
+    max_adapters: int
+    max_bytes: int
+
+    def check(self, adapters: int, stored_bytes: int, new_bytes: int) -> None:
+        if adapters + 1 > self.max_adapters:
+            raise Conflict(f"this account already has {adapters} adapters, its limit; delete one first",
+                           param="name", code="adapter_quota_exceeded")
+        if stored_bytes + new_bytes > self.max_bytes:
+            raise Conflict(f"this adapter's {new_bytes} bytes would take the account past its {self.max_bytes} bytes "
+                           "of adapters; delete one first", param="file", code="adapter_quota_exceeded")
+
+
 class AdapterService:
-    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore, limits: SandboxLimits | None = None,
-                 concurrent_inspections: int = max(1, os.cpu_count() or 1)) -> None:
+    def __init__(self, pool: asyncpg.Pool, blobs: BlobStore, limits: SandboxLimits | None = None, *,
+                 quota: AdapterQuota | None = None, concurrent_inspections: int = max(1, os.cpu_count() or 1)) -> None:
         self._pool = pool
         self._blobs = blobs
+        self._quota = quota or AdapterQuota(max_adapters=1000, max_bytes=10 * 1024**3)
         self._limits = limits or SandboxLimits(max_files=16, max_bytes=256 * 1024 * 1024)
         # Each inspection child may use up to limits.memory_bytes: only a few at once.
         self._inspections = asyncio.Semaphore(concurrent_inspections)
@@ -80,6 +98,9 @@ class AdapterService:
         await asyncio.to_thread(self._blobs.put, valid.sha256, valid.weights_path)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(queries.lock_tenant_adapters, tenant_id)
+                usage = await connection.fetchrow(queries.tenant_adapter_usage, tenant_id)
+                self._quota.check(usage["adapters"], usage["bytes"], valid.size_bytes)
                 await connection.execute(queries.insert_blob, valid.sha256, valid.size_bytes)
                 await connection.fetchrow(
                     queries.insert_adapter, ids.new_id("adp"), tenant_id, name, base_id, valid.rank, valid.lora_alpha,
@@ -96,22 +117,28 @@ class AdapterService:
     async def _id_by_name(self, tenant_id: str, name: str) -> str:
         return (await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name))["id"]
 
-    async def list(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> tuple[list[AdapterView], bool]:
+    async def list(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> Page[AdapterView]:
         rows = await self._pool.fetch(queries.list_adapters, tenant_id, after, limit + 1)
-        return [AdapterView(**dict(row)) for row in rows[:limit]], len(rows) > limit
+        return page_of([AdapterView(**dict(row)) for row in rows], limit)
 
     async def list_all(self, tenant_id: str) -> list[AdapterView]:
-        adapters, after, has_more = [], None, True
-        while has_more:
-            page, has_more = await self.list(tenant_id, after=after, limit=1000)
-            adapters += page
-            after = page[-1].id if page else None
-        return adapters
+        adapters: list[AdapterView] = []
+        after: str | None = None
+        while True:
+            page = await self.list(tenant_id, after=after, limit=1000)
+            adapters += page.data
+            if not page.has_more:
+                return adapters
+            after = page.data[-1].id
 
     async def labels(self, adapter_ids: list[str]) -> dict[str, str]:
         """``name (tenant)`` for each id, for the operator's view of what workers hold."""
         rows = await self._pool.fetch(queries.adapter_names, adapter_ids)
         return {row["id"]: f"{row['name']} ({row['tenant_name']})" for row in rows}
+
+    async def find(self, tenant_id: str, adapter_id: str) -> AdapterView | None:
+        row = await self._pool.fetchrow(queries.get_adapter, adapter_id, tenant_id)
+        return AdapterView(**dict(row)) if row else None
 
     async def get(self, tenant_id: str, adapter_id: str) -> AdapterView:
         row = await self._pool.fetchrow(queries.get_adapter, adapter_id, tenant_id)

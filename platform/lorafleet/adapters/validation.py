@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from lorafleet.adapters.architecture import SUPPORTED_MODULES, Architecture
 from lorafleet.core.errors import InvalidRequest
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import httpx
 import msgspec
-
 from lorafleet.cli.runtime import RuntimeFiles
 from lorafleet.core.settings import get_settings
 

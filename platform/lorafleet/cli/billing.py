@@ -8,8 +8,13 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-
-from lorafleet.cli.common import emit, json_option, load_cli_settings, need_database, run_async
+from lorafleet.cli.common import (
+    emit,
+    json_option,
+    load_cli_settings,
+    need_database,
+    run_async,
+)
 
 T = TypeVar("T")
 _UNSET = msgspec.UNSET

@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-
 from lorafleet.cli.runtime import effective_settings
 from lorafleet.core.errors import LoraFleetError
 from lorafleet.core.settings import Settings, SettingsError

@@ -9,10 +9,15 @@ import asyncio
 from typing import Any
 
 import click
-
-from lorafleet.cli.common import emit, json_option, load_cli_settings, need_database, run_async, with_connection
+from lorafleet.cli.common import (
+    emit,
+    json_option,
+    load_cli_settings,
+    need_database,
+    run_async,
+    with_connection,
+)
 from lorafleet.core.logging import configure_logging
-
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +47,6 @@ def down() -> None:
 def gateway() -> None:
     """Run the gateway in the foreground (HTTP on LORAFLEET_GATEWAY_HOST:PORT)."""
     import uvicorn
-
     from lorafleet.gateway.app import create_app
 
     settings = load_cli_settings()
@@ -151,7 +155,7 @@ def keys_list(tenant_id: str, as_json: bool) -> None:
     async def action(con: Any) -> list[Any]:
         service = TenancyService(con)
         await service.get_tenant(tenant_id)
-        return await service.list_keys(tenant_id)
+        return await service.all_keys(tenant_id)
 
     found = run_async(with_connection(need_database(load_cli_settings()), action))
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import msgspec
-
 from lorafleet.core.ids import random_token
 from lorafleet.core.settings import Settings, get_settings
 

@@ -12,8 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import click
-
-from lorafleet.cli.runtime import RuntimeFiles, effective_settings, pid_alive, stop_process, write_private
+from lorafleet.cli.runtime import (
+    RuntimeFiles,
+    effective_settings,
+    pid_alive,
+    stop_process,
+    write_private,
+)
 from lorafleet.core.settings import Settings, get_settings
 
 READY_TIMEOUT_SECONDS = 600
@@ -61,7 +66,7 @@ def _gateway_url(settings: Settings) -> str:
 
 def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}/readyz?workers=1", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -98,7 +103,6 @@ DEMO_ADAPTER = "demo-adapter"
 def _demo_adapter(url: str, secret: str, settings: Settings, files: RuntimeFiles) -> None:
     """Register a random rank-8 adapter for the demo tenant, once, through the public API."""
     import httpx
-
     from lorafleet.adapters.architecture import model_architecture
     from lorafleet.adapters.demo import write_random_adapter
 
@@ -117,7 +121,6 @@ def _demo_adapter(url: str, secret: str, settings: Settings, files: RuntimeFiles
 async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
     """The demo tenant's key: the one in demo.env while it still works, else a new one."""
     import asyncpg
-
     from lorafleet.db import queries
     from lorafleet.tenancy import TenancyService, hash_secret
 
@@ -142,7 +145,6 @@ async def _demo_billing(settings: Settings, tenant_id: str) -> str:
     """A price for the base model the first time (responses then show what they cost), and a
     one-time dashboard link for the demo tenant; returns the link's token."""
     import asyncpg
-
     from lorafleet.billing.accounts import AccountService
     from lorafleet.dashboard.sessions import create_login_link
 

@@ -88,6 +88,23 @@ class InsufficientQuota(ClientError):
     default_code = "insufficient_quota"
 
 
+class ClientDisconnected(ClientError):
+    """The client went away before the request was read or answered: nobody receives this (logged as 499)."""
+
+    status_code = 499
+    default_code = "client_disconnected"
+
+
+class IdempotencyConflict(Conflict):
+    default_code = "idempotency_key_reused"
+
+
+class EngineRejected(InvalidRequest):
+    """The inference engine refused the request on its merits (its message is passed on)."""
+
+    default_code = None
+
+
 class ServiceUnavailable(LoraFleetError):
     status_code = 503
     error_type = "server_error"
@@ -95,6 +112,8 @@ class ServiceUnavailable(LoraFleetError):
 
 
 class UpstreamError(LoraFleetError):
+    """A worker failed to answer (connection, 5xx, malformed answer) and no other could take it."""
+
     status_code = 502
     error_type = "server_error"
     default_code = "upstream_error"

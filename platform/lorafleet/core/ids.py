@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 
 _ALPHABET = string.ascii_letters + string.digits
+_ID_LENGTH = 20
+_ID_BYTES = 16  # 128 random bits for 20 base62 digits (119 bits): every digit is uniform to within 2^-9
 
 
 def random_token(length: int) -> str:
-    """``length`` base62 characters from the OS CSPRNG (5.95 bits each)."""
+    """``length`` base62 characters from the OS CSPRNG (5.95 bits each), exactly uniform (secrets)."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
 def new_id(prefix: str) -> str:
-    # 20 base62 characters ≈ 119 bits: collisions are not a concern and ids cannot be guessed.
-    return f"{prefix}_{random_token(20)}"
+    """A typed id: 20 base62 characters ≈ 119 bits, so ids cannot be guessed or collide.
+
+    One ``os.urandom`` call and a base conversion: a request id is minted on every request, and
+    twenty ``secrets.choice`` calls cost more than the rest of the id's work together.
+    """
+    value = int.from_bytes(os.urandom(_ID_BYTES))
+    digits = []
+    for _ in range(_ID_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(_ALPHABET[digit])
+    return f"{prefix}_{''.join(digits)}"
 
 
 def tenant_id() -> str:

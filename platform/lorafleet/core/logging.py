@@ -1,28 +1,67 @@
-"""structlog to stdout: JSON lines in production, pretty on a terminal; context via contextvars."""
+"""structlog to stdout: JSON lines in production, pretty on a terminal; context via contextvars.
+
+Every line is bounded: any string field longer than :data:`MAX_FIELD_CHARS` (a traceback:
+:data:`MAX_TRACEBACK_CHARS`) is clipped, and stdlib log records (uvicorn, asyncpg …) are clipped the
+same way. A 1 MB upload whose archive declares a 512 MiB file name must not write a 512 MB log line.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import msgspec
 import structlog
+
+MAX_FIELD_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 16_000
+# Anything msgspec cannot encode natively (an exception, a Path …) is logged as its str().
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+
+
+def clip(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… [{len(text) - limit} more characters]"
+
+
+def bound_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no field may carry more than a bounded number of characters."""
+    for name, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            event[name] = clip(value, MAX_TRACEBACK_CHARS if name == "exception" else MAX_FIELD_CHARS)
+    return event
+
+
+def _render_json(event: dict[str, Any], **_: Any) -> bytes:
+    return _encode(event)
+
+
+class BoundedFormatter(logging.Formatter):
+    """The stdlib's formatter, whose output (message and traceback) is clipped like structlog's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return clip(super().format(record), MAX_TRACEBACK_CHARS)
 
 
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
     numeric_level = getattr(logging, level.upper(), logging.INFO)
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer()
-    )
+    json_lines = log_format == "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        bound_fields,
+        # msgspec renders a line several times faster than json.dumps; bytes go straight to stdout.
+        structlog.processors.JSONRenderer(serializer=_render_json) if json_lines else structlog.dev.ConsoleRenderer(),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer) if json_lines
+        else structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=numeric_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(BoundedFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=numeric_level, handlers=[handler], force=True)

@@ -28,7 +28,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_request_bytes: Annotated[int, Meta(ge=1024, description="Largest accepted JSON request body, in bytes (413 above).")] = 4 * 1024 * 1024
     key_cache_seconds: Annotated[float, Meta(ge=0, le=1, description="How long a gateway trusts a cached key lookup; bounds how late a revocation takes effect.")] = 0.5
     worker_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads the worker registry and polls each worker.")] = 1.0
+    catalog_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads base models and prices (a new price applies within this).")] = 1.0
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
+    upstream_attempts: Annotated[int, Meta(ge=1, le=10, description="Tries of a request before its first byte: a worker that cannot be reached or fails with a 5xx is replaced by the next in placement order (never billed twice).")] = 3
+    max_prompts_per_request: Annotated[int, Meta(ge=1, description="Most prompts one /v1/completions request may batch.")] = 128
+    max_sequences_per_request: Annotated[int, Meta(ge=1, description="Most sequences (prompts × n) one request may ask for.")] = 128
+    tenant_max_concurrent_sequences: Annotated[int, Meta(ge=0, description="Sequences one tenant may have in flight through one gateway, even without billing limits (429 beyond). 0: no cap.")] = 256
+    tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
+    tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
     max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
     max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
     blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from litestar.static_files import create_static_files_router
-
 from lorafleet.dashboard.pages import DashboardController, DashboardUploadController
 
 static_files = create_static_files_router(path="/dashboard/static", directories=[Path(__file__).with_name("static")],

@@ -19,19 +19,33 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.di import Provide
+from litestar.params import FromPath
 from litestar.response import Redirect
-
 from lorafleet.billing.accounts import AccountService
 from lorafleet.billing.invoices import get_invoice, list_invoices
-from lorafleet.billing.overview import adapter_activity, key_last_used, month_start, tenant_overview
+from lorafleet.billing.overview import (
+    adapter_activity,
+    key_last_used,
+    month_start,
+    tenant_overview,
+)
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
 from lorafleet.core.errors import LoraFleetError, RateLimited
 from lorafleet.dashboard.charts import stacked_bars, usd
-from lorafleet.dashboard.sessions import COOKIE, SESSION_SECONDS, DashboardSession, close_session, find_session, \
-    open_session, use_login_link
-from lorafleet.gateway.adapters.upload import upload_adapter
+from lorafleet.dashboard.sessions import (
+    COOKIE,
+    SESSION_SECONDS,
+    DashboardSession,
+    close_session,
+    find_session,
+    open_session,
+    use_login_link,
+)
+from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
-from lorafleet.gateway.dependencies import client_address, provide_services
+from lorafleet.gateway.context import provide_context
+from lorafleet.gateway.dependencies import Context, client_address
+from lorafleet.gateway.fleet.views import worker_views
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
 from lorafleet.tenancy.service import TenancyService
@@ -99,7 +113,7 @@ async def _form(request: Request, session: DashboardSession) -> dict[str, Any]:
     return dict(form)
 
 
-def _signed_in(request: Request, token: str, target: str) -> Response[Any]:
+def _signed_in(request: Request, token: FromPath[str], target: str) -> Response[Any]:
     response = Redirect(target, status_code=303)
     response.set_cookie(Cookie(key=COOKIE, value=token, path="/dashboard", httponly=True, samesite="lax",
                                secure=_secure(request), max_age=SESSION_SECONDS))
@@ -127,7 +141,7 @@ def _lorafleet_error(_: Request, exc: LoraFleetError) -> Response[str]:
 class DashboardController(Controller):
     path = "/dashboard"
     include_in_schema = False
-    dependencies = {"services": Provide(provide_services)}
+    dependencies = {"context": Provide(provide_context)}
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected, LoraFleetError: _lorafleet_error}
 
     # ---- signing in and out ---------------------------------------------------------------
@@ -137,7 +151,8 @@ class DashboardController(Controller):
         return _login_page(request, None)
 
     @post("/login")
-    async def login(self, request: Request, services: Services) -> Response[Any]:
+    async def login(self, request: Request, context: Context) -> Response[Any]:
+        services = context.services
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403)
@@ -154,14 +169,16 @@ class DashboardController(Controller):
         return _signed_in(request, token, "/dashboard")
 
     @get("/login/{token:str}")
-    async def login_link(self, token: str, request: Request, services: Services) -> Response[Any]:
+    async def login_link(self, token: FromPath[str], request: Request, context: Context) -> Response[Any]:
+        services = context.services
         tenant_id = await use_login_link(services.pool, token)
         if tenant_id is None:
             return _login_page(request, "That sign-in link has expired or was already used.", status=401)
         return _signed_in(request, await open_session(services.pool, tenant_id, None), "/dashboard")
 
     @post("/logout")
-    async def logout(self, request: Request, services: Services) -> Response[Any]:
+    async def logout(self, request: Request, context: Context) -> Response[Any]:
+        services = context.services
         session = await find_session(services.pool, request.cookies.get(COOKIE))
         if session is not None:
             await _form(request, session)
@@ -174,7 +191,8 @@ class DashboardController(Controller):
     # ---- tenant pages ---------------------------------------------------------------------
 
     @get("/")
-    async def overview(self, request: Request, services: Services) -> Response[str]:
+    async def overview(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         now = dt.datetime.now(dt.UTC)
         # Each part shows only what the signed-in key may read.
@@ -186,7 +204,8 @@ class DashboardController(Controller):
         return render("overview.html", **_page(session, "overview", balance=balance, overview=overview, chart=chart))
 
     @get("/usage")
-    async def usage(self, request: Request, services: Services) -> Response[str]:
+    async def usage(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("usage:read")
         params = {k: v for k, v in request.query_params.items() if v and k != "format"}
@@ -214,13 +233,15 @@ class DashboardController(Controller):
                                              csv_link="/dashboard/usage?" + urlencode({**params, "format": "csv"})))
 
     @get("/keys")
-    async def keys(self, request: Request, services: Services) -> Response[str]:
+    async def keys(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("keys:read")
         return await _keys_page(session, services)
 
     @post("/keys")
-    async def create_key(self, request: Request, services: Services) -> Response[str]:
+    async def create_key(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         form = await _form(request, session)
         session.require("keys:write")
@@ -239,11 +260,12 @@ class DashboardController(Controller):
         return response
 
     @get("/keys/new")
-    async def new_key(self, request: Request, services: Services) -> Response[str]:
+    async def new_key(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("keys:read")
         key_id, _, secret = (request.cookies.get(NEW_KEY_COOKIE) or "").partition(":")
-        keys = await TenancyService(services.pool).list_keys(session.tenant_id)
+        keys = await TenancyService(services.pool).all_keys(session.tenant_id)
         created = next((k for k in keys if k.id == key_id and secret and display_prefix(secret) == k.display_prefix),
                        None)
         response = await _keys_page(session, services, keys=keys,
@@ -252,7 +274,8 @@ class DashboardController(Controller):
         return response
 
     @post("/keys/{key_id:str}/revoke")
-    async def revoke_key(self, key_id: str, request: Request, services: Services) -> Response[Any]:
+    async def revoke_key(self, key_id: FromPath[str], request: Request, context: Context) -> Response[Any]:
+        services = context.services
         session = await _session(request, services)
         await _form(request, session)
         session.require("keys:write")
@@ -260,7 +283,8 @@ class DashboardController(Controller):
         return Redirect("/dashboard/keys", status_code=303)
 
     @get("/adapters")
-    async def adapters(self, request: Request, services: Services) -> Response[str]:
+    async def adapters(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("adapters:read")
         adapters = await services.adapters.list_all(session.tenant_id)
@@ -270,23 +294,25 @@ class DashboardController(Controller):
                                                 base_models=served, max_upload=services.settings.max_upload_bytes))
 
     @post("/adapters/{adapter_id:str}/delete")
-    async def delete_adapter(self, adapter_id: str, request: Request, services: Services) -> Response[Any]:
+    async def delete_adapter(self, adapter_id: FromPath[str], request: Request, context: Context) -> Response[Any]:
+        services = context.services
         session = await _session(request, services)
         await _form(request, session)
         session.require("adapters:write")
-        await services.adapters.delete(session.tenant_id, adapter_id)
-        await services.registry.unload_adapter(adapter_id)
+        await delete_adapter(context, session.tenant_id, adapter_id)
         return Redirect("/dashboard/adapters", status_code=303)
 
     @get("/invoices")
-    async def invoices(self, request: Request, services: Services) -> Response[str]:
+    async def invoices(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("billing:read")
         return render("invoices.html", **_page(session, "invoices",
-                                                invoices=await list_invoices(services.pool, session.tenant_id, limit=120)))
+                                                invoices=(await list_invoices(services.pool, session.tenant_id, limit=100)).data))
 
     @get("/invoices/{invoice_id:str}")
-    async def invoice(self, invoice_id: str, request: Request, services: Services) -> Response[str]:
+    async def invoice(self, invoice_id: FromPath[str], request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services)
         session.require("billing:read")
         found = await get_invoice(services.pool, invoice_id, session.tenant_id)
@@ -299,7 +325,8 @@ class DashboardController(Controller):
         return _login_page(request, None, operator=True)
 
     @post("/admin/login")
-    async def admin_login(self, request: Request, services: Services) -> Response[Any]:
+    async def admin_login(self, request: Request, context: Context) -> Response[Any]:
+        services = context.services
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403, operator=True)
@@ -314,15 +341,13 @@ class DashboardController(Controller):
         return _signed_in(request, await open_session(services.pool, None, None), "/dashboard/admin")
 
     @get("/admin")
-    async def operator(self, request: Request, services: Services) -> Response[str]:
+    async def operator(self, request: Request, context: Context) -> Response[str]:
+        services = context.services
         session = await _session(request, services, operator=True)
         accounts = AccountService(services.pool, services.settings.currency)
-        workers = services.registry.workers()
-        hot_ids = sorted({m for w in workers for m in w.served_models if m.startswith("adp_")})
-        names = await services.adapters.labels(hot_ids)
-        hot = {w.url: sorted(names.get(m, m) for m in w.served_models if m.startswith("adp_")) for w in workers}
-        return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(), workers=workers,
-                                             hot=hot, prices=await accounts.list_prices()))
+        workers = await worker_views(services.registry.workers(), services.adapters)
+        return render("admin.html", **_page(session, "admin", tenants=await accounts.balances(), workers=workers.data,
+                                             prices=await accounts.list_prices()))
 
 
 class DashboardUploadController(Controller):
@@ -330,17 +355,18 @@ class DashboardUploadController(Controller):
 
     path = "/dashboard/adapters/upload"
     include_in_schema = False
-    dependencies = {"services": Provide(provide_services)}
+    dependencies = {"context": Provide(provide_context)}
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
 
     @post("/")
-    async def upload_adapter(self, request: Request, services: Services) -> Response[Any]:
+    async def upload_adapter(self, request: Request, context: Context) -> Response[Any]:
+        services = context.services
         session = await _session(request, services)
         if not session.csrf_ok(request.headers.get("x-csrf-token")):
             raise CsrfRejected()
         try:
             session.require("adapters:write")
-            adapter = await upload_adapter(request, session.tenant_id, services.adapters)
+            adapter = await upload_adapter(request, context, session.tenant_id)
         except LoraFleetError as exc:
             return Response(exc.envelope(), status_code=exc.status_code)
         return Response({"id": adapter.id, "name": adapter.name}, status_code=201)
@@ -349,7 +375,7 @@ class DashboardUploadController(Controller):
 async def _keys_page(session: DashboardSession, services: Services, *, created: Any = None, error: str | None = None,
                      status: int = 200, keys: list[Any] | None = None) -> Response[str]:
     if keys is None:
-        keys = await TenancyService(services.pool).list_keys(session.tenant_id)
+        keys = await TenancyService(services.pool).all_keys(session.tenant_id)
     last_used = await key_last_used(services.pool, session.tenant_id)
     grantable = [scope for scope in ALL_SCOPES if session.can(scope)]
     return render("keys.html", status=status, **_page(session, "keys", keys=keys, last_used=last_used, created=created,

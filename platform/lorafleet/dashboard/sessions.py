@@ -15,7 +15,6 @@ import secrets
 from dataclasses import dataclass
 
 import asyncpg
-
 from lorafleet.core.errors import PermissionDenied
 from lorafleet.db import queries
 from lorafleet.tenancy.keys import ALL_SCOPES

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-
 from lorafleet.db.queries import queries
 
 # Arbitrary but fixed: the lock id every LoraFleet process agrees on for schema changes.

@@ -14,6 +14,12 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """The one database-error classifier of background loops: is the database away (retry later, spool),
+    rather than refusing this statement (the statement or its data is at fault)?"""
+    return isinstance(exc, DATABASE_UNAVAILABLE)
+
+
 def _encode_json(value: object) -> str:
     return msgspec.json.encode(value).decode()
 

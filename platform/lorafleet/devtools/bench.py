@@ -13,10 +13,14 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
-from lorafleet.devtools.services import Service, platform_env, start_gateway, start_worker
+from lorafleet.devtools.services import (
+    Service,
+    platform_env,
+    start_gateway,
+    start_worker,
+)
 from lorafleet.models.prepare import prepare_smollm2
 from lorafleet.tenancy import TenancyService
 

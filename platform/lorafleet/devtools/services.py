@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 from lorafleet.core.ids import random_token
 
 ENGINE_START_TIMEOUT = 420
@@ -87,7 +86,7 @@ def start_worker(env: dict[str, str], log_dir: Path) -> Service:
     return service
 
 
-def start_gateway(env: dict[str, str], log_dir: Path, ready_path: str = "/readyz") -> Service:
+def start_gateway(env: dict[str, str], log_dir: Path, ready_path: str = "/readyz?workers=1") -> Service:
     port = free_port()
     service = start_service("gateway", dict(env, LORAFLEET_GATEWAY_PORT=str(port)), log_dir, f"http://127.0.0.1:{port}")
     wait_for(service, ready_path, 120)

@@ -1,9 +1,15 @@
-"""An OpenAI-compatible upstream that answers instantly, for measuring what sits in front of it.
+"""An OpenAI-compatible upstream that answers instantly, for measuring and testing what sits in front of it.
 
-Serves ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions`` (JSON or SSE with
-``--chunks`` content chunks, usage on every chunk when asked, then a usage chunk and
-``[DONE]``), so the gateway's whole path — auth, admission, routing, relay, metering — runs as it
-would against vLLM, with the engine's cost taken out.
+Serves what a LoraFleet worker serves to a gateway — ``/v1/models``, ``/v1/completions``,
+``/v1/chat/completions`` (JSON or SSE with ``chunks`` content chunks, usage on every chunk when
+asked, then a usage chunk and ``[DONE]``), ``/lorafleet/state`` and ``/health`` — so the
+gateway's whole path (auth, admission, routing, relay, metering) runs as it would against vLLM,
+with the engine's cost taken out. With a token, every route but ``/health`` requires it, like the
+real worker's guard.
+
+In tests, :class:`StubBehaviour` makes it fail on purpose (5xx before the first byte, a dropped
+connection, a stream cut after some chunks, a slow answer) and :attr:`StubBehaviour.received`
+keeps the bodies it was sent.
 
     python -m lorafleet.devtools.stub_worker --port 8500 --model stub-model
 """
@@ -11,37 +17,83 @@ would against vLLM, with the engine's cost taken out.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+PROMPT_TOKENS = 12
 
-def build_app(model: str, chunks: int) -> web.Application:
-    prompt_tokens = 12
+
+@dataclass
+class StubBehaviour:
+    chunks: int = 8
+    token: str = ""                       # the internal token it requires (empty: none)
+    fail_next: int = 0                    # answer this many generation requests with a 500
+    drop_next: int = 0                    # close this many connections without answering
+    cut_after_chunks: int | None = None   # end streams (without [DONE]) after this many chunks
+    delay_seconds: float = 0.0            # before answering (or between chunks when streaming)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    adapters_on_disk: list[str] = field(default_factory=list)
+
+
+def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = None) -> web.Application:
+    behaviour = behaviour or StubBehaviour(chunks=chunks)
 
     def usage(completion: int) -> dict:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+        return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
+                "total_tokens": PROMPT_TOKENS + completion}
+
+    @web.middleware
+    async def guard(request: web.Request, handler):
+        if behaviour.token and request.path != "/health":
+            if request.headers.get("Authorization") != f"Bearer {behaviour.token}":
+                return web.json_response({"error": {"message": "unauthorized"}}, status=401)
+        return await handler(request)
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "stub"}]})
 
+    async def state(_: web.Request) -> web.Response:
+        return web.json_response({"in_flight": 0, "idle_seconds": 0.0, "running": 0, "waiting": 0,
+                                  "kv_cache_usage": 0.0, "max_loras": 4, "max_cpu_loras": 16,
+                                  "adapters": {"slots": [], "cpu": [], "pinned": [],
+                                               "disk": behaviour.adapters_on_disk, "disk_pinned": [], "running": []}})
+
     async def complete(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        behaviour.received.append(body)
+        if behaviour.drop_next > 0:
+            behaviour.drop_next -= 1
+            request.transport.close()  # nothing answered: the gateway sees a dropped connection
+            raise web.HTTPInternalServerError()
+        if behaviour.fail_next > 0:
+            behaviour.fail_next -= 1
+            return web.Response(status=500, text="Internal Server Error")
+        if behaviour.delay_seconds:
+            await asyncio.sleep(behaviour.delay_seconds)
         chat = request.path.endswith("/chat/completions")
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
+        count = behaviour.chunks
         if not body.get("stream"):
-            choice = ({"index": 0, "message": {"role": "assistant", "content": "ok " * chunks}, "finish_reason": "length"}
-                      if chat else {"index": 0, "text": "ok " * chunks, "finish_reason": "length"})
+            choice = ({"index": 0, "message": {"role": "assistant", "content": "ok " * count}, "finish_reason": "length"}
+                      if chat else {"index": 0, "text": "ok " * count, "finish_reason": "length"})
             return web.json_response({"id": "cmpl-stub", "object": kind, "created": created, "model": body["model"],
-                                      "choices": [choice], "usage": usage(chunks)})
+                                      "choices": [choice], "usage": usage(count)})
         options = body.get("stream_options") or {}
         continuous = bool(options.get("continuous_usage_stats"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         events = []
-        for index in range(chunks):
+        for index in range(count):
+            if behaviour.cut_after_chunks is not None and index >= behaviour.cut_after_chunks:
+                await response.write(b"".join(events))
+                request.transport.close()
+                return response
             choice = ({"index": 0, "delta": {"content": "ok "}, "finish_reason": None} if chat
                       else {"index": 0, "text": "ok ", "finish_reason": None})
             chunk = {"id": "cmpl-stub", "object": f"{kind}.chunk", "created": created, "model": body["model"],
@@ -49,10 +101,14 @@ def build_app(model: str, chunks: int) -> web.Application:
             if continuous:
                 chunk["usage"] = usage(index + 1)
             events.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if behaviour.delay_seconds:
+                await response.write(b"".join(events))
+                events.clear()
+                await asyncio.sleep(behaviour.delay_seconds)
         if options.get("include_usage"):
             events.append(b"data: " + json.dumps({"id": "cmpl-stub", "object": f"{kind}.chunk", "created": created,
                                                   "model": body["model"], "choices": [],
-                                                  "usage": usage(chunks)}).encode() + b"\n\n")
+                                                  "usage": usage(count)}).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         await response.write(b"".join(events))
         await response.write_eof()
@@ -61,8 +117,9 @@ def build_app(model: str, chunks: int) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/lorafleet/state", state)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/completions", complete)
     app.router.add_post("/v1/chat/completions", complete)

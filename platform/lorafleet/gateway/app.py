@@ -9,35 +9,39 @@ import aiohttp
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-
 from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
-from lorafleet.adapters.service import AdapterService
+from lorafleet.adapters.service import AdapterQuota, AdapterService
+from lorafleet.core import ids
 from lorafleet.core.settings import Settings, get_settings
+from lorafleet.dashboard import (
+    DashboardController,
+    DashboardUploadController,
+    static_files,
+)
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
-from lorafleet.dashboard import DashboardController, DashboardUploadController, static_files
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
-from lorafleet.gateway.billing import BillingController
-from lorafleet.core import ids
-from lorafleet.gateway.admission import Admission
 from lorafleet.gateway.auth import KeyAuthenticator
-from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.gateway.billing import BillingController
+from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
+from lorafleet.gateway.fleet.catalog import ModelCatalog
+from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.keys import KeysController
-from lorafleet.gateway.ledger import LedgerWriter
+from lorafleet.gateway.metering.admission import Admission
+from lorafleet.gateway.metering.refusals import RefusalCounter
+from lorafleet.gateway.metering.spool import LedgerSpool
+from lorafleet.gateway.metering.sweeper import ReservationSweeper
+from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
-from lorafleet.gateway.presence import GatewayPresence
-from lorafleet.gateway.refusals import RefusalCounter
-from lorafleet.gateway.spool import LedgerSpool
 from lorafleet.gateway.openai.controller import OpenAIController
-from lorafleet.gateway.openai.relay import Relay
-from lorafleet.gateway.request_context import request_context_middleware
-from lorafleet.gateway.routing import WorkerRegistry
-from lorafleet.gateway.catalog import ModelCatalog
+from lorafleet.gateway.openai.forwarding import CacheSalts
+from lorafleet.gateway.openai.relay import Relay, upstream_connector
 from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
+from lorafleet.gateway.throttle import FailureThrottle
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -48,45 +52,49 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await migrate(settings.database_url)  # advisory-locked: safe with several gateways starting
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
-        http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False,
-        )
-        catalog = ModelCatalog(pool)
-        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds, catalog)
+        http = aiohttp.ClientSession(connector=upstream_connector(), auto_decompress=False)
         gateway_id = ids.gateway_id()
+        catalog = ModelCatalog(pool, settings.catalog_refresh_seconds)
+        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds)
         ledger = LedgerWriter(pool, spool=LedgerSpool(settings.resolved_spool_dir, gateway_id))
-        presence = GatewayPresence(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
-                                   dead_after_seconds=settings.gateway_dead_after_seconds,
-                                   reservation_max_seconds=settings.reservation_max_seconds)
+        sweeper = ReservationSweeper(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
+                                     dead_after_seconds=settings.gateway_dead_after_seconds,
+                                     reservation_max_seconds=settings.reservation_max_seconds)
         refusals = RefusalCounter(pool)
+        relay = Relay(http, registry, metrics, settings.internal_token, settings.upstream_timeout_seconds,
+                      attempts=settings.upstream_attempts)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
                                   throttle=FailureThrottle(settings.auth_failures_per_minute)),
-            admission=Admission(pool, gateway_id, refusals,
-                                synchronous_commit=settings.admission_synchronous_commit),
-            presence=presence,
-            catalog=catalog, registry=registry, ledger=ledger,
-            relay=Relay(http, registry, ledger, metrics, settings.internal_token, settings.upstream_timeout_seconds),
-            adapters=AdapterService(pool, make_blob_store(settings), SandboxLimits(
-                max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes)),
+            admission=Admission(pool, gateway_id, refusals, synchronous_commit=settings.admission_synchronous_commit,
+                                tenant_max_sequences=settings.tenant_max_concurrent_sequences),
+            sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
+            adapters=AdapterService(
+                pool, make_blob_store(settings),
+                SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
+                quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
+            cache_salts=CacheSalts(settings.internal_token),
         )
         ledger.start()
         refusals.start()
-        await presence.start()
+        await sweeper.start()
+        await catalog.start()
         await registry.start()
         app.state.services = services
         try:
             yield
         finally:
             await registry.close()
+            await catalog.close()
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
             await refusals.close()
-            await presence.close()
+            await sweeper.close()
+            await relay.close()
             await http.close()
             await pool.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             OpenAIController, KeysController, BillingController, AdminController, SystemController,
             DashboardController, static_files,
@@ -95,7 +103,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                    request_max_body_size=settings.max_upload_bytes),
         ],
         lifespan=[lifespan],
-        middleware=[request_context_middleware(metrics)],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(
@@ -105,3 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    # Outside Litestar's router and its exception handling, so every request has its context, its
+    # x-request-id and its log line — those no route matches (404, 405) or whose body is too large (413) too.
+    app.asgi_handler = context_middleware(metrics)(app.asgi_handler)
+    return app

@@ -23,8 +23,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import asyncpg
-
-from lorafleet.core.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from lorafleet.core.errors import (
+    AuthenticationFailed,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.throttle import FailureThrottle
 from lorafleet.tenancy.keys import has_valid_checksum, hash_secret, parse_secret
@@ -117,6 +120,12 @@ class KeyAuthenticator:
             if self.throttle is not None and client is not None:
                 self.throttle.failed(client)
             raise
+
+    def forget_key(self, key_id: str) -> None:
+        """A key revoked through this gateway is refused here at once (others within key_cache_seconds)."""
+        for digest, (_, principal) in list(self._cache.items()):
+            if principal is not None and principal.key_id == key_id:
+                del self._cache[digest]
 
     async def _legacy_keys_active(self) -> bool:
         """Whether any pre-checksum key is still active (re-checked at most every few seconds)."""

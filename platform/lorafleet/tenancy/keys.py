@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from typing import Literal
 
 from lorafleet.core.ids import random_token
 
@@ -37,6 +38,7 @@ ALL_SCOPES: tuple[str, ...] = (
     "billing:read",
     "dashboard",
 )
+Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]
 
 
 def checksum(body: str) -> str:

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 
 import asyncpg
 import msgspec
-
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest, NotFound, PermissionDenied
+from lorafleet.core.types import Page, page_of
 from lorafleet.db import queries
-from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix, generate_secret, hash_secret
+from lorafleet.tenancy.keys import (
+    ALL_SCOPES,
+    display_prefix,
+    generate_secret,
+    hash_secret,
+)
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,8 +139,20 @@ class TenancyService:
         )
         return CreatedApiKey(**dict(row), secret=secret)
 
-    async def list_keys(self, tenant_id: str) -> list[ApiKeyView]:
-        return [_key_view(row) for row in await self._db.fetch(queries.list_api_keys, tenant_id)]
+    async def list_keys(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> Page[ApiKeyView]:
+        """One page of the tenant's keys, oldest first (``after``: the last id of the previous page)."""
+        rows = await self._db.fetch(queries.list_api_keys, tenant_id, after, limit + 1)
+        return page_of([_key_view(row) for row in rows], limit)
+
+    async def all_keys(self, tenant_id: str) -> list[ApiKeyView]:
+        keys: list[ApiKeyView] = []
+        after: str | None = None
+        while True:
+            page = await self.list_keys(tenant_id, after=after, limit=1000)
+            keys += page.data
+            if not page.has_more:
+                return keys
+            after = page.data[-1].id
 
     async def revoke_key(self, key_id: str, *, tenant_id: str | None = None,
                          authority: KeyAuthority | None = None) -> ApiKeyView:

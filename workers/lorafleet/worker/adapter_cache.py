@@ -55,6 +55,14 @@ class AdapterDiskCache:
             shutil.rmtree(staging, ignore_errors=True)
         return folder, False
 
+    def touch(self, adapter_ids: list[str]) -> None:
+        """Mark adapters as just used (their requests are running), so eviction picks colder ones."""
+        for adapter_id in adapter_ids:
+            try:
+                os.utime(self.folder(adapter_id))
+            except FileNotFoundError:
+                continue
+
     def adapter_ids(self) -> list[str]:
         """Adapters whose files are on disk (fetched completely: staging folders are hidden)."""
         return sorted(folder.name for folder in self.root.glob("adp_*"))

@@ -19,9 +19,11 @@ import asyncio
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request  # only ever imported inside vLLM's API server, which has FastAPI
+from fastapi import (  # only ever imported inside vLLM's API server, which has FastAPI
+    APIRouter,
+    Request,
+)
 from fastapi.responses import JSONResponse
-
 from lorafleet.worker.activity import ACTIVITY
 
 log = structlog.get_logger("lorafleet.worker.endpoints")
@@ -44,6 +46,22 @@ def _gauge(name: str) -> float:
                if sample.name == name)
 
 
+def _running_adapters() -> list[str]:
+    """Adapters of the requests the engine runs now, from vLLM's ``lora_requests_info`` gauge (its
+    latest sample: the gauge's value is the time it was set)."""
+    from prometheus_client import REGISTRY
+
+    collector = REGISTRY._names_to_collectors.get("vllm:lora_requests_info")  # noqa: SLF001
+    if collector is None:
+        return []
+    latest = max((sample for metric in collector.collect() for sample in metric.samples), key=lambda s: s.value,
+                 default=None)
+    if latest is None:
+        return []
+    names = latest.labels.get("running_lora_adapters", "") + "," + latest.labels.get("waiting_lora_adapters", "")
+    return sorted({name for name in names.split(",") if name.startswith("adp_")})
+
+
 def _resolver():
     from vllm.lora.resolver import LoRAResolverRegistry
 
@@ -53,14 +71,36 @@ def _resolver():
         return None
 
 
+class _ResidencyCache:
+    """The engine's last residency answer, and what the engine had done when it was taken.
+
+    An RPC wakes the engine's worker process, which then spins for a second (vLLM's message queue
+    busy-waits after every read): polled once a second it would never sleep, and on a CPU worker it
+    spins on the very core that runs inference. Slots and the CPU LRU only change when requests
+    run or adapters come and go, so an idle engine is not asked again.
+    """
+
+    def __init__(self) -> None:
+        self.stamp: tuple[int, int, frozenset[str]] | None = None
+        self.answers: list[Any] = []
+
+
+_CACHE = _ResidencyCache()
+
+
 async def engine_residency(state: Any) -> dict[str, list[str]]:
     """Adapter ids (``adp_…``) in the engine's slots, CPU LRU and pinned set."""
-    names = {request.lora_int_id: name for name, request in state.openai_serving_models.lora_requests.items()}
-    try:
-        answers = await state.engine_client.collective_rpc(RESIDENCY_RPC, timeout=_RPC_TIMEOUT)
-    except Exception as exc:  # an engine busy restarting: report what the disk knows
-        log.warning("residency_rpc_failed", error=repr(exc)[:300])
-        answers = []
+    lora_requests = state.openai_serving_models.lora_requests
+    names = {request.lora_int_id: name for name, request in lora_requests.items()}
+    stamp = (ACTIVITY.served, ACTIVITY.in_flight, frozenset(lora_requests))
+    if stamp != _CACHE.stamp or ACTIVITY.in_flight:
+        try:
+            _CACHE.answers = await state.engine_client.collective_rpc(RESIDENCY_RPC, timeout=_RPC_TIMEOUT)
+            _CACHE.stamp = stamp
+        except Exception as exc:  # an engine busy restarting: report what the disk knows
+            log.warning("residency_rpc_failed", error=repr(exc)[:300])
+            _CACHE.answers, _CACHE.stamp = [], None
+    answers = _CACHE.answers
     tiers: dict[str, set[str]] = {"slots": set(), "cpu": set(), "pinned": set()}
     for answer in answers or ():
         for tier, ids in (answer or {}).items():
@@ -82,6 +122,10 @@ class LoraFleetEndpoints:
             app_state = request.app.state
             resolver = _resolver()
             residency = await engine_residency(app_state)
+            running = _running_adapters()
+            if resolver is not None and running:
+                # The disk cache's recency follows use, not only resolution (vLLM resolves a name once).
+                await asyncio.to_thread(resolver.cache.touch, running)
             config = app_state.vllm_config.lora_config
             return JSONResponse({
                 "in_flight": ACTIVITY.in_flight,
@@ -91,7 +135,8 @@ class LoraFleetEndpoints:
                 "max_loras": config.max_loras if config else 0,
                 "max_cpu_loras": (config.max_cpu_loras or config.max_loras) if config else 0,
                 "adapters": {**residency, "disk": resolver.cache.adapter_ids() if resolver else [],
-                             "disk_pinned": sorted(resolver.pinned) if resolver else []},
+                             "disk_pinned": sorted(resolver.pinned) if resolver else [],
+                             "running": running},
             })
 
         @router.post("/adapters/{adapter_id}/unload")
@@ -121,6 +166,7 @@ class LoraFleetEndpoints:
             if loaded is not None:
                 await request.app.state.engine_client.collective_rpc(PIN_RPC, timeout=_RPC_TIMEOUT,
                                                                      args=(loaded.lora_int_id, False))
+                _CACHE.stamp = None
             return JSONResponse({"adapter": adapter_id, "pinned": False})
 
         app.include_router(router)
@@ -160,4 +206,5 @@ async def _prewarm(state: Any, adapter_id: str, *, load: bool, pin: bool) -> JSO
             # adapter only needs to stay in the CPU LRU (and on disk) to never be a cold load.
             resolver.pinned.add(adapter_id)
             await state.engine_client.collective_rpc(PIN_RPC, timeout=_RPC_TIMEOUT, args=(result.lora_int_id, True))
+            _CACHE.stamp = None  # the engine's pinned set changed
     return JSONResponse({"adapter": adapter_id, "on_disk": True, "loaded": loaded, "pinned": pin and loaded})

@@ -29,9 +29,8 @@ def register() -> None:
     _install_residency_rpcs()
     if os.environ.get("LORAFLEET_WORKER") != "1":
         return
-    from vllm.lora.resolver import LoRAResolverRegistry
-
     from lorafleet.core.settings import get_settings
+    from vllm.lora.resolver import LoRAResolverRegistry
 
     if "lorafleet" not in LoRAResolverRegistry.get_supported_resolvers():
         LoRAResolverRegistry.register_resolver("lorafleet", LoraFleetResolver(get_settings()))

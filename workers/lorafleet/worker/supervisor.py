@@ -19,10 +19,9 @@ import asyncpg
 import msgspec
 import psutil
 import structlog
-
+from lorafleet.adapters.architecture import model_architecture
 from lorafleet.core import ids
 from lorafleet.core.settings import Settings
-from lorafleet.adapters.architecture import model_architecture
 from lorafleet.db import DATABASE_UNAVAILABLE, create_pool, queries
 from lorafleet.worker.engine import engine_command, engine_environment
 

@@ -46,3 +46,11 @@ SELECT id, name, architecture, max_lora_rank FROM base_models ORDER BY name;
 
 -- name: blob_exists
 SELECT 1 FROM blobs WHERE sha256 = $1;
+
+-- name: lock_tenant_adapters
+-- Serialises one tenant's uploads for the quota check (transaction-scoped).
+SELECT pg_advisory_xact_lock(hashtextextended('lorafleet.adapters|' || $1, 0));
+
+-- name: tenant_adapter_usage
+SELECT count(*)::bigint AS adapters, coalesce(sum(size_bytes), 0)::bigint AS bytes
+FROM adapters WHERE tenant_id = $1 AND status <> 'deleted';

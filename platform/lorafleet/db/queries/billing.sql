@@ -11,6 +11,14 @@ SELECT p.id, p.base_model_id, m.name AS base_model, p.prompt_micro_usd_per_mtok,
 FROM prices p JOIN base_models m ON m.id = p.base_model_id
 ORDER BY m.name, p.effective_at;
 
+-- name: page_prices
+-- Every price version in the order they were set; $1: the last id of the previous page, $2 rows.
+SELECT p.id, p.base_model_id, m.name AS base_model, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
+       p.adapter_surcharge_micro_usd_per_mtok, p.effective_at, p.created_at
+FROM prices p JOIN base_models m ON m.id = p.base_model_id
+WHERE $1::bigint IS NULL OR p.id > $1
+ORDER BY p.id LIMIT $2;
+
 -- name: get_base_model_by_name
 SELECT id, name, max_model_len FROM base_models WHERE name = $1;
 
@@ -25,6 +33,18 @@ SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit
 FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id
 WHERE $1::text IS NULL OR a.tenant_id = $1
 ORDER BY t.created_at, t.id;
+
+-- name: page_accounts
+-- Every tenant's account, oldest tenant first; $1: the last tenant id of the previous page, $2 rows.
+SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
+       a.credit_granted_micro_usd, a.spent_total_micro_usd,
+       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
+           AS period_spent_micro_usd,
+       date_trunc('month', now(), 'UTC')::date AS period_start,
+       a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
+FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id
+WHERE $1::text IS NULL OR (t.created_at, t.id) > (SELECT c.created_at, c.id FROM tenants c WHERE c.id = $1)
+ORDER BY t.created_at, t.id LIMIT $2;
 
 -- name: update_account_limits
 -- $2..$4 apply only where the matching $5..$7 flag says the caller set them (NULL clears a limit).

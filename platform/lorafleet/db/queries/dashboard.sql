@@ -31,7 +31,7 @@ RETURNING tenant_id;
 -- name: dashboard_daily_cost
 -- Daily cost per base model / adapter over a range, for the overview chart.
 SELECT u.bucket, coalesce(a.name, m.name) AS series, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
-FROM usage_daily u JOIN base_models m ON m.id = u.base_model_id LEFT JOIN adapters a ON a.id = nullif(u.adapter_id, '')
+FROM usage_daily u JOIN base_models m ON m.id = u.base_model_id LEFT JOIN adapters a ON a.id = u.adapter_id
 WHERE u.tenant_id = $1 AND u.bucket >= $2
 GROUP BY 1, 2 ORDER BY 1, 2;
 
@@ -45,13 +45,13 @@ FROM usage_daily WHERE tenant_id = $1 AND bucket >= $2;
 -- name: dashboard_top_adapters
 SELECT a.id, a.name, sum(u.requests)::bigint AS requests, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
 FROM usage_daily u JOIN adapters a ON a.id = u.adapter_id
-WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.adapter_id <> ''
+WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.adapter_id IS NOT NULL
 GROUP BY a.id, a.name ORDER BY cost_micro_usd DESC, a.name LIMIT $3;
 
 -- name: dashboard_adapter_activity
 -- Requests this month and the last day used, per adapter of the tenant (daily rollup: small).
 SELECT adapter_id, sum(requests)::bigint AS requests, max(bucket) AS last_used
-FROM usage_daily WHERE tenant_id = $1 AND adapter_id <> '' AND bucket >= $2
+FROM usage_daily WHERE tenant_id = $1 AND adapter_id IS NOT NULL AND bucket >= $2
 GROUP BY adapter_id;
 
 -- name: dashboard_key_last_used

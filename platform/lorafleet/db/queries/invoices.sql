@@ -54,8 +54,9 @@ INSERT INTO stripe_outbox (invoice_id) VALUES ($1) ON CONFLICT DO NOTHING;
 SELECT i.id, i.tenant_id, i.period_start, i.period_end, i.subtotal_micro_usd, i.credit_applied_micro_usd,
        i.total_micro_usd, i.created_at, i.stripe_invoice_id, i.stripe_exported_at, o.status AS stripe_status
 FROM invoices i LEFT JOIN stripe_outbox o ON o.invoice_id = i.id
-WHERE i.tenant_id = $1 AND ($2::date IS NULL OR i.period_start < $2)
-ORDER BY i.period_start DESC LIMIT $3;
+WHERE i.tenant_id = $1
+  AND ($2::text IS NULL OR (i.period_start, i.id) < (SELECT c.period_start, c.id FROM invoices c WHERE c.id = $2 AND c.tenant_id = $1))
+ORDER BY i.period_start DESC, i.id DESC LIMIT $3;
 
 -- name: get_invoice
 SELECT i.id, i.tenant_id, i.period_start, i.period_end, i.subtotal_micro_usd, i.credit_applied_micro_usd,

@@ -18,7 +18,7 @@ WITH input AS (
         adapter_id, cost_micro_usd, price_id)
     SELECT * FROM input
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING tenant_id, api_key_id, base_model_id, coalesce(adapter_id, '') AS adapter_id, started_at, outcome,
+    RETURNING tenant_id, api_key_id, base_model_id, adapter_id, started_at, outcome,
               prompt_tokens, completion_tokens, cost_micro_usd
 ), released AS (
     DELETE FROM reservations r USING input i WHERE r.request_id = i.request_id

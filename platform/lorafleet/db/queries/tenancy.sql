@@ -19,8 +19,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)
 RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id;
 
 -- name: list_api_keys
+-- Oldest first; $2: the id of the last key of the previous page (keyset pagination), $3 rows.
 SELECT id, tenant_id, name, display_prefix, mode, scopes, created_at, expires_at, revoked_at, parent_key_id
-FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id;
+FROM api_keys k
+WHERE k.tenant_id = $1
+  AND ($2::text IS NULL OR (k.created_at, k.id) > (SELECT c.created_at, c.id FROM api_keys c WHERE c.id = $2 AND c.tenant_id = $1))
+ORDER BY k.created_at, k.id LIMIT $3;
 
 -- name: get_api_key
 -- $2 NULL: any tenant (operator CLI); otherwise only the caller's own key.

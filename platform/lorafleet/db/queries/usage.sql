@@ -19,8 +19,8 @@ WITH rollup AS (
     GROUP BY 1, 2, 3, 4
 )
 SELECT g.*, m.name AS model, a.name AS adapter
-FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = nullif(g.adapter_id, '')
-ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id;
+FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = g.adapter_id
+ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id NULLS FIRST;
 
 -- name: find_tenant_adapter
 -- An adapter of the tenant by id or by name (the live one, else the most recent deleted one).
@@ -38,7 +38,7 @@ DELETE FROM usage_daily;
 
 -- name: rebuild_rollups_hourly
 INSERT INTO usage_hourly
-SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, coalesce(adapter_id, ''), count(*),
+SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
        count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
 FROM usage_ledger GROUP BY 1, 2, 3, 4, 5;
 

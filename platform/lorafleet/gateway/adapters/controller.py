@@ -1,47 +1,74 @@
+"""Tenant self-service adapters: ``/v1/adapters``."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
 
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
-
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.params import FromPath
 from lorafleet.adapters.service import AdapterView
-from lorafleet.gateway.adapters.upload import upload_adapter
-from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.dependencies import provide_principal, provide_services
-from lorafleet.gateway.services import Services
+from lorafleet.core.types import ADAPTER_NAME_PATTERN, Page
+from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, Caller, Context
+from lorafleet.gateway.idempotency import IdempotencyKey
+from lorafleet.gateway.params import Limit, StartingAfter
+
+_UPLOAD_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT, required=["name", "file"],
+    properties={
+        "name": Schema(type=OpenAPIType.STRING, pattern=ADAPTER_NAME_PATTERN, description="The adapter's name."),
+        "base_model": Schema(type=OpenAPIType.STRING, description="Default: the served base model the config's "
+                                                                  "base_model_name_or_path names, else the only one."),
+        "prewarm": Schema(type=OpenAPIType.STRING, enum=["none", "disk", "load"],
+                          description="Fetch it onto a worker's disk (disk) or into its engine (load) at once."),
+        "file": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, format="binary"),
+                       description="adapter_config.json and adapter_model.safetensors, or one .tar.gz/.tgz/.tar/.zip"),
+    })
+
+
+@dataclass
+class MultipartUploadOperation(Operation):
+    """The upload streams to disk as it arrives, so Litestar does not parse it: its schema is declared here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=_UPLOAD_SCHEMA)})
 
 
 class AdaptersController(Controller):
     path = "/v1/adapters"
     tags = ["Adapters"]
-    dependencies = {"principal": Provide(provide_principal), "services": Provide(provide_services)}
+    dependencies = TENANT_DEPENDENCIES
 
-    @post("/", operation_id="createAdapter", status_code=201,
-          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model, files or one archive).")
-    async def create_adapter(self, request: Request, principal: Principal, services: Services) -> AdapterView:
+    @post("/", operation_id="createAdapter", status_code=201, operation_class=MultipartUploadOperation,
+          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).")
+    async def create_adapter(self, request: Request, context: Context, principal: Caller,
+                             idempotency_key: IdempotencyKey = None) -> AdapterView:
         principal.require("adapters:write")
-        return await upload_adapter(request, principal.tenant_id, services.adapters)
+        return await upload_adapter(request, context, principal.tenant_id, owner=principal.key_id,
+                                    idempotency_key=idempotency_key)
 
     @get("/", operation_id="listAdapters", summary="The caller's adapters, oldest id first.")
-    async def list_adapters(
-        self, principal: Principal, services: Services,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 100, starting_after: str | None = None,
-    ) -> dict[str, Any]:
+    async def list_adapters(self, context: Context, principal: Caller, limit: Limit = 100,
+                            starting_after: StartingAfter = None) -> Page[AdapterView]:
         principal.require("adapters:read")
-        adapters, has_more = await services.adapters.list(principal.tenant_id, after=starting_after, limit=limit)
-        return {"object": "list", "data": adapters, "has_more": has_more}
+        return await context.services.adapters.list(principal.tenant_id, after=starting_after, limit=limit)
 
     @get("/{adapter_id:str}", operation_id="getAdapter", summary="One of the caller's adapters.")
-    async def get_adapter(self, adapter_id: str, principal: Principal, services: Services) -> AdapterView:
+    async def get_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
         principal.require("adapters:read")
-        return await services.adapters.get(principal.tenant_id, adapter_id)
+        return await context.services.adapters.get(principal.tenant_id, adapter_id)
 
     @delete("/{adapter_id:str}", operation_id="deleteAdapter", status_code=200,
             summary="Delete an adapter: unloaded from every worker, never served again.")
-    async def delete_adapter(self, adapter_id: str, principal: Principal, services: Services) -> AdapterView:
+    async def delete_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
         principal.require("adapters:write")
-        deleted = await services.adapters.delete(principal.tenant_id, adapter_id)
-        await services.registry.unload_adapter(adapter_id)
-        return deleted
+        return await delete_adapter(context, principal.tenant_id, adapter_id)
+

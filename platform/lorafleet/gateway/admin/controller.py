@@ -1,80 +1,135 @@
-"""The operator's admin API (``Authorization: Bearer <LORAFLEET_ADMIN_TOKEN>``): prices, credits, limits."""
+"""The operator's admin API (``Authorization: Bearer <LORAFLEET_ADMIN_TOKEN>``): tenants, keys, prices, credits, limits.
+
+Every POST honours ``Idempotency-Key`` (the operator's own keyspace): a retried credit grant
+grants once.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 from litestar import Controller, Request, get, patch, post
-from litestar.datastructures import State
 from litestar.di import Provide
-
-from lorafleet.billing.accounts import AccountService, Balance, CreditGrant, KeyLimits, PriceView
+from litestar.params import FromPath, JSONBody, Parameter
+from lorafleet.billing.accounts import (
+    AccountService,
+    Balance,
+    CreditGrant,
+    KeyLimits,
+    PriceView,
+)
 from lorafleet.billing.invoices import Invoice, get_invoice
-from lorafleet.gateway.admin.schemas import AccountUpdate, CreditCreate, KeyLimitsUpdate, PriceCreate
+from lorafleet.core.types import Page
+from lorafleet.gateway.admin.schemas import (
+    AccountUpdate,
+    CreditCreate,
+    KeyLimitsUpdate,
+    PriceCreate,
+    TenantCreate,
+    TenantKeyCreate,
+)
 from lorafleet.gateway.auth import verify_admin_token
-from lorafleet.gateway.body import decode
-from lorafleet.gateway.dependencies import client_address, provide_services
-from lorafleet.gateway.services import Services
+from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.context import RequestContext, provide_context
+from lorafleet.gateway.dependencies import Context, Operator
+from lorafleet.gateway.idempotency import IdempotencyKey, once
+from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
+
+OPERATOR = "operator"  # the owner of the operator's idempotency keys
 
 
-async def require_admin(request: Request, state: State) -> None:
-    services: Services = state.services
+async def require_admin(request: Request, context: Context) -> None:
+    services = context.services
     verify_admin_token(services.settings.admin_token, services.auth.throttle, request.headers.get("authorization"),
-                       client_address(request))
-
-
+                       context.client)
 
 
 class AdminController(Controller):
     path = "/admin"
     tags = ["Admin"]
-    dependencies = {"admin": Provide(require_admin), "services": Provide(provide_services)}
+    dependencies = {"context": Provide(provide_context), "admin": Provide(require_admin)}
 
-    @get("/prices", operation_id="adminListPrices", summary="Every price version.")
-    async def list_prices(self, admin: None, services: Services) -> dict[str, Any]:
-        return {"object": "list", "data": await _accounts(services).list_prices(), "has_more": False}
+    # ---- tenants and keys ----------------------------------------------------------------------
 
-    @post("/prices", operation_id="adminSetPrice", status_code=201,
-          summary="Add a price version for a base model (effective now, or at effective_at).")
-    async def set_price(self, request: Request, admin: None, services: Services) -> PriceView:
-        body = decode(await request.body(), PriceCreate)
-        return await _accounts(services).set_price(
-            body.base_model, prompt=body.prompt_micro_usd_per_mtok, completion=body.completion_micro_usd_per_mtok,
-            adapter_surcharge=body.adapter_surcharge_micro_usd_per_mtok, effective_at=body.effective_at)
+    @post("/tenants", operation_id="adminCreateTenant", status_code=201, dto=StrictBody[TenantCreate], return_dto=None,
+          summary="Create a tenant (postpaid, no limits until set).")
+    async def create_tenant(self, request: Request, data: JSONBody[TenantCreate], context: Context, admin: Operator,
+                            idempotency_key: IdempotencyKey = None) -> Tenant:
+        return await once(context, request.headers.get("authorization"), owner=OPERATOR, key=idempotency_key,
+                          body=data, action=lambda: TenancyService(context.services.pool).create_tenant(data.name),
+                          result_type=Tenant)
 
-    @get("/tenants", operation_id="adminListTenants", summary="Every tenant's spend, credits and limits.")
-    async def list_tenants(self, admin: None, services: Services) -> dict[str, Any]:
-        return {"object": "list", "data": await _accounts(services).balances(), "has_more": False}
+    @post("/tenants/{tenant_id:str}/keys", operation_id="adminCreateKey", status_code=201,
+          dto=StrictBody[TenantKeyCreate], return_dto=None,
+          summary="Create an API key for a tenant; the secret is in this response only.")
+    async def create_key(self, tenant_id: FromPath[str], request: Request, data: JSONBody[TenantKeyCreate], context: Context,
+                         admin: Operator, idempotency_key: IdempotencyKey = None) -> CreatedApiKey:
+        async def create() -> CreatedApiKey:
+            return await TenancyService(context.services.pool).create_key(
+                tenant_id, name=data.name, scopes=data.scopes, mode=data.mode, expires_at=data.expires_at)
+
+        return await once(context, request.headers.get("authorization"), owner=OPERATOR, key=idempotency_key,
+                          body=[tenant_id, data], action=create, result_type=CreatedApiKey)
+
+    @get("/tenants", operation_id="adminListTenants", summary="Every tenant's spend, credits and limits, oldest first.")
+    async def list_tenants(self, context: Context, admin: Operator, limit: Limit = 100,
+                           starting_after: StartingAfter = None) -> Page[Balance]:
+        return await _accounts(context).page_balances(after=starting_after, limit=limit)
 
     @get("/tenants/{tenant_id:str}", operation_id="adminGetTenant", summary="One tenant's balance and limits.")
-    async def get_tenant(self, tenant_id: str, admin: None, services: Services) -> Balance:
-        return await _accounts(services).balance(tenant_id)
+    async def get_tenant(self, tenant_id: FromPath[str], context: Context, admin: Operator) -> Balance:
+        return await _accounts(context).balance(tenant_id)
 
-    @patch("/tenants/{tenant_id:str}", operation_id="adminUpdateTenant",
+    @patch("/tenants/{tenant_id:str}", operation_id="adminUpdateTenant", dto=StrictBody[AccountUpdate], return_dto=None,
            summary="Billing mode, monthly spend limit, concurrency cap (null clears a limit).")
-    async def update_tenant(self, tenant_id: str, request: Request, admin: None, services: Services) -> Balance:
-        body = decode(await request.body(), AccountUpdate)
-        return await _accounts(services).set_limits(
-            tenant_id, billing_mode=body.billing_mode, monthly_spend_limit_micro_usd=body.monthly_spend_limit_micro_usd,
-            max_concurrent_requests=body.max_concurrent_requests)
+    async def update_tenant(self, tenant_id: FromPath[str], data: JSONBody[AccountUpdate], context: Context, admin: Operator) -> Balance:
+        return await _accounts(context).set_limits(
+            tenant_id, billing_mode=data.billing_mode, monthly_spend_limit_micro_usd=data.monthly_spend_limit_micro_usd,
+            max_concurrent_requests=data.max_concurrent_requests)
+
+    @patch("/keys/{key_id:str}", operation_id="adminUpdateKeyLimits", dto=StrictBody[KeyLimitsUpdate], return_dto=None,
+           summary="A key's requests/min and tokens/min limits (null: unlimited).")
+    async def update_key(self, key_id: FromPath[str], data: JSONBody[KeyLimitsUpdate], context: Context, admin: Operator) -> KeyLimits:
+        return await _accounts(context).set_key_limits(
+            key_id, requests_per_minute=data.requests_per_minute, tokens_per_minute=data.tokens_per_minute)
+
+    # ---- money ---------------------------------------------------------------------------------
+
+    @get("/prices", operation_id="adminListPrices", summary="Every price version, in the order they were set.")
+    async def list_prices(self, context: Context, admin: Operator, limit: Limit = 100,
+                          starting_after: Annotated[int | None, Parameter(ge=1, description="The last id of the "
+                                                                                           "previous page.")] = None,
+                          ) -> Page[PriceView]:
+        return await _accounts(context).page_prices(after=starting_after, limit=limit)
+
+    @post("/prices", operation_id="adminSetPrice", status_code=201, dto=StrictBody[PriceCreate], return_dto=None,
+          summary="Add a price version for a base model (effective now, or at effective_at).")
+    async def set_price(self, request: Request, data: JSONBody[PriceCreate], context: Context, admin: Operator,
+                        idempotency_key: IdempotencyKey = None) -> PriceView:
+        async def set_price() -> PriceView:
+            price = await _accounts(context).set_price(
+                data.base_model, prompt=data.prompt_micro_usd_per_mtok, completion=data.completion_micro_usd_per_mtok,
+                adapter_surcharge=data.adapter_surcharge_micro_usd_per_mtok, effective_at=data.effective_at)
+            await context.services.catalog.refresh()  # this gateway applies it at once; others within a refresh
+            return price
+
+        return await once(context, request.headers.get("authorization"), owner=OPERATOR, key=idempotency_key,
+                          body=data, action=set_price, result_type=PriceView)
 
     @post("/tenants/{tenant_id:str}/credits", operation_id="adminGrantCredit", status_code=201,
-          summary="Grant credits (a negative amount takes them back).")
-    async def grant_credit(self, tenant_id: str, request: Request, admin: None, services: Services) -> CreditGrant:
-        body = decode(await request.body(), CreditCreate)
-        return await _accounts(services).grant_credit(tenant_id, body.amount_micro_usd, body.reason)
-
-    @patch("/keys/{key_id:str}", operation_id="adminUpdateKeyLimits",
-           summary="A key's requests/min and tokens/min limits (null: unlimited).")
-    async def update_key(self, key_id: str, request: Request, admin: None, services: Services) -> KeyLimits:
-        body = decode(await request.body(), KeyLimitsUpdate)
-        return await _accounts(services).set_key_limits(
-            key_id, requests_per_minute=body.requests_per_minute, tokens_per_minute=body.tokens_per_minute)
+          dto=StrictBody[CreditCreate], return_dto=None, summary="Grant credits (a negative amount takes them back).")
+    async def grant_credit(self, tenant_id: FromPath[str], request: Request, data: JSONBody[CreditCreate], context: Context,
+                           admin: Operator, idempotency_key: IdempotencyKey = None) -> CreditGrant:
+        return await once(context, request.headers.get("authorization"), owner=OPERATOR, key=idempotency_key,
+                          body=[tenant_id, data],
+                          action=lambda: _accounts(context).grant_credit(tenant_id, data.amount_micro_usd, data.reason),
+                          result_type=CreditGrant)
 
     @get("/invoices/{invoice_id:str}", operation_id="adminGetInvoice", summary="Any tenant's invoice.")
-    async def invoice(self, invoice_id: str, admin: None, services: Services) -> Invoice:
-        return await get_invoice(services.pool, invoice_id, None)
+    async def invoice(self, invoice_id: FromPath[str], context: Context, admin: Operator) -> Invoice:
+        return await get_invoice(context.services.pool, invoice_id, None)
 
 
-def _accounts(services: Services) -> AccountService:
-    return AccountService(services.pool, services.settings.currency)
+def _accounts(context: RequestContext) -> AccountService:
+    return AccountService(context.services.pool, context.services.settings.currency)

@@ -1,41 +1,49 @@
+"""Tenant self-service API keys: ``/v1/keys``."""
+
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, Request, delete, get, post
-from litestar.di import Provide
-
-from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.body import decode
-from lorafleet.gateway.dependencies import provide_principal, provide_services
+from litestar.params import FromPath, JSONBody
+from lorafleet.core.types import Page
+from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, Caller, Context
+from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.keys.schemas import KeyCreate
-from lorafleet.gateway.services import Services
+from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
 
 
 class KeysController(Controller):
     path = "/v1/keys"
     tags = ["Keys"]
-    dependencies = {"principal": Provide(provide_principal), "services": Provide(provide_services)}
+    dependencies = TENANT_DEPENDENCIES
 
-    @get("/", operation_id="listKeys", summary="The caller's tenant's API keys (secrets are never shown again).")
-    async def list_keys(self, principal: Principal, services: Services) -> dict[str, Any]:
+    @get("/", operation_id="listKeys", summary="The caller's tenant's API keys, oldest first (secrets are never shown again).")
+    async def list_keys(self, context: Context, principal: Caller, limit: Limit = 100,
+                        starting_after: StartingAfter = None) -> Page[ApiKeyView]:
         principal.require("keys:read")
-        keys = await TenancyService(services.pool).list_keys(principal.tenant_id)
-        return {"object": "list", "data": keys, "has_more": False}
+        return await TenancyService(context.services.pool).list_keys(principal.tenant_id, after=starting_after,
+                                                                     limit=limit)
 
-    @post("/", operation_id="createKey", status_code=201, summary="Create an API key; the secret is in this response only.")
-    async def create_key(self, request: Request, principal: Principal, services: Services) -> CreatedApiKey:
+    @post("/", operation_id="createKey", status_code=201, dto=StrictBody[KeyCreate], return_dto=None,
+          summary="Create an API key within this key's scopes and expiry; the secret is in this response only.")
+    async def create_key(self, request: Request, data: JSONBody[KeyCreate], context: Context, principal: Caller,
+                         idempotency_key: IdempotencyKey = None) -> CreatedApiKey:
         principal.require("keys:write")
-        body = decode(await request.body(), KeyCreate)
-        # A key never mints a key more powerful or longer-lived than itself.
-        return await TenancyService(services.pool).create_key(
-            principal.tenant_id, name=body.name, scopes=body.scopes, mode=body.mode, expires_at=body.expires_at,
-            authority=principal.authority,
-        )
 
-    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, summary="Revoke a key, effective within a second everywhere.")
-    async def revoke_key(self, key_id: str, principal: Principal, services: Services) -> ApiKeyView:
+        async def create() -> CreatedApiKey:
+            return await TenancyService(context.services.pool).create_key(
+                principal.tenant_id, name=data.name, scopes=data.scopes, mode=data.mode, expires_at=data.expires_at,
+                authority=principal.authority)
+
+        return await once(context, request.headers.get("authorization"), owner=principal.key_id, key=idempotency_key,
+                          body=data, action=create, result_type=CreatedApiKey)
+
+    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200,
+            summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.")
+    async def revoke_key(self, key_id: FromPath[str], context: Context, principal: Caller) -> ApiKeyView:
         principal.require("keys:write")
-        return await TenancyService(services.pool).revoke_key(key_id, tenant_id=principal.tenant_id,
-                                                              authority=principal.authority)
+        revoked = await TenancyService(context.services.pool).revoke_key(key_id, tenant_id=principal.tenant_id,
+                                                                         authority=principal.authority)
+        context.services.auth.forget_key(key_id)
+        return revoked

@@ -1,58 +1,61 @@
-"""Upper bounds on a request's tokens before it runs, for reservations and tokens/min limits.
+"""The most a request can use, before it runs: for budget reservations, tokens/min limits and fan-out caps.
 
 The gateway does not tokenize. Every token of a byte-level BPE (or SentencePiece with byte
 fallback) vocabulary covers at least one byte of text, so a prompt has at most as many tokens as
-its UTF-8 bytes; the JSON encoding of the messages is longer still and also pays for the chat
-template's per-message tokens. ``TEMPLATE_ALLOWANCE`` covers what a template adds on its own (a
-default system prompt, the generation prompt).
+its UTF-8 bytes. For chat, the bound is the whole request body's size: everything the chat
+template renders — messages, tools, documents, response format, template arguments — is in the
+body, JSON-escaped (so never shorter than rendered), and the template's own per-message tokens
+are outnumbered by the JSON around each message. ``TEMPLATE_ALLOWANCE`` covers what a template adds
+on its own (a default system prompt, the generation prompt, tool-use instructions).
+
+Fan-out is bounded too: at most ``max_prompts`` prompts per request and ``max_sequences``
+sequences (prompts × ``n``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import msgspec
-
-from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from lorafleet.core.errors import InvalidRequest
+from lorafleet.gateway.metering.admission import Demand
+from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
 
 TEMPLATE_ALLOWANCE = 64
-_encode = msgspec.json.Encoder().encode
+TOOLS_ALLOWANCE = 1024  # tool-use instructions some templates add when tools are present
 
 
-@dataclass(frozen=True, slots=True)
-class TokenBounds:
-    prompt: int        # all prompts together
-    completion: int    # all choices together
-    single_sequence: bool  # one prompt, one choice: prompt + completion ≤ context applies
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-def token_bounds(raw: dict[str, Any], parsed: SamplingFields, context_length: int) -> TokenBounds:
-    if isinstance(parsed, ChatCompletionRequest):
-        prompt = len(_encode(raw.get("messages"))) + TEMPLATE_ALLOWANCE
-        for extra in ("tools", "functions", "response_format", "chat_template_kwargs"):
-            if extra in raw:
-                prompt += len(_encode(raw[extra]))
-        prompt = min(prompt, context_length)  # a longer prompt is refused by the engine, unbilled
-        prompts = 1
-        requested = parsed.max_completion_tokens or parsed.max_tokens
-    else:
-        assert isinstance(parsed, CompletionRequest)
-        prompt, prompts = _completion_prompt_bound(parsed.prompt, context_length)
-        requested = parsed.max_tokens
+def chat_demand(request: ChatCompletionRequest, body_bytes: int, context_length: int, *, max_sequences: int) -> Demand:
+    prompt = body_bytes + TEMPLATE_ALLOWANCE + (TOOLS_ALLOWANCE if request.tools else 0)
+    prompt = min(prompt, context_length)  # a longer prompt is refused by the engine, unbilled
+    requested = request.max_completion_tokens or request.max_tokens
+    _check_fan_out(1, request.n, max_prompts=1, max_sequences=max_sequences)
     per_choice = min(requested or context_length, context_length)
-    sequences = prompts * parsed.n
-    return TokenBounds(prompt=prompt, completion=per_choice * sequences, single_sequence=sequences == 1)
+    return Demand(prompt_tokens=prompt, completion_tokens=per_choice * request.n, sequences=request.n,
+                  context_length=context_length)
 
 
-def _completion_prompt_bound(prompt: Any, context_length: int) -> tuple[int, int]:
+def completion_demand(request: CompletionRequest, context_length: int, *, max_prompts: int,
+                      max_sequences: int) -> Demand:
+    prompt, prompts = _completion_prompt_bound(request.prompt, context_length)
+    _check_fan_out(prompts, request.n, max_prompts=max_prompts, max_sequences=max_sequences)
+    per_choice = min(request.max_tokens or context_length, context_length)
+    sequences = prompts * request.n
+    return Demand(prompt_tokens=prompt, completion_tokens=per_choice * sequences, sequences=sequences,
+                  context_length=context_length)
+
+
+def _check_fan_out(prompts: int, n: int, *, max_prompts: int, max_sequences: int) -> None:
+    if prompts > max_prompts:
+        raise InvalidRequest(f"at most {max_prompts} prompts per request (got {prompts}); split the batch",
+                             param="prompt", code="too_many_prompts")
+    if prompts * n > max_sequences:
+        raise InvalidRequest(f"this request asks for {prompts * n} sequences ({prompts} prompts × n={n}); at most "
+                             f"{max_sequences} per request", param="n", code="too_many_sequences")
+
+
+def _completion_prompt_bound(prompt: object, context_length: int) -> tuple[int, int]:
     """(token bound over all prompts, number of prompts); each prompt is also capped by the context."""
     if isinstance(prompt, str):
         return min(len(prompt.encode()) + TEMPLATE_ALLOWANCE, context_length), 1
+    assert isinstance(prompt, list)
     if prompt and all(isinstance(item, int) for item in prompt):
         return min(len(prompt), context_length), 1  # one prompt as token ids: exact
     total = 0

@@ -1,95 +1,106 @@
-"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``."""
+"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: the request path, in order.
+
+A completion goes: typed body (StrictBody) → principal (dependencies.py) → model resolved
+(fleet/catalog.py) → worst case and fan-out (bounds.py) → admission (metering/admission.py) →
+meter → worker chosen and called, with failover (relay.py) → ledger row (metering/meter.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-import structlog
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
-
+from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.body import decode_object, validate
-from lorafleet.gateway.dependencies import provide_principal, provide_services
-from lorafleet.gateway.openai.relay import CompletionCall
-from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, known_fields
-from lorafleet.gateway.request_context import request_log
-from lorafleet.gateway.services import Services
-
-log = structlog.get_logger("lorafleet.openai")
-
-_ENDPOINTS: dict[str, tuple[str, type[SamplingFields]]] = {
-    "/v1/chat/completions": ("chat.completions", ChatCompletionRequest),
-    "/v1/completions": ("completions", CompletionRequest),
-}
-_KNOWN = {path: known_fields(struct) for path, (_, struct) in _ENDPOINTS.items()}
+from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, Caller, Context
+from lorafleet.gateway.fleet.catalog import ResolvedModel
+from lorafleet.gateway.metering.admission import Demand
+from lorafleet.gateway.metering.meter import Billable, Meter
+from lorafleet.gateway.openai.bounds import chat_demand, completion_demand
+from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
+from lorafleet.gateway.openai.models import (
+    Model,
+    ModelList,
+    list_models,
+    retrieve_model,
+)
+from lorafleet.gateway.openai.relay import UpstreamCall
+from lorafleet.gateway.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+)
 
 
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["OpenAI"]
-    dependencies = {"principal": Provide(provide_principal), "services": Provide(provide_services)}
+    dependencies = TENANT_DEPENDENCIES
 
     @post("/chat/completions", operation_id="createChatCompletion", status_code=200,
+          dto=StrictBody[ChatCompletionRequest], return_dto=None,
           summary="Create a chat completion (OpenAI-compatible; streams with stream=true).")
-    async def chat_completions(self, request: Request, principal: Principal, services: Services) -> Response[Any]:
-        return await _complete(request, principal, services, "/v1/chat/completions")
+    async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context,
+                               principal: Caller) -> Response[Any]:
+        principal.require("inference")
+        settings = context.services.settings
+        resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        demand = chat_demand(data, len(await request.body()), resolved.base.max_model_len,
+                             max_sequences=settings.max_sequences_per_request)
+        return await _complete(data, demand, "chat.completions", "/v1/chat/completions", resolved, context, principal)
 
     @post("/completions", operation_id="createCompletion", status_code=200,
+          dto=StrictBody[CompletionRequest], return_dto=None,
           summary="Create a text completion (OpenAI-compatible; streams with stream=true).")
-    async def completions(self, request: Request, principal: Principal, services: Services) -> Response[Any]:
-        return await _complete(request, principal, services, "/v1/completions")
-
-    @get("/models", operation_id="listModels", summary="Models this key can call.")
-    async def list_models(self, principal: Principal, services: Services) -> dict[str, Any]:
+    async def completions(self, data: JSONBody[CompletionRequest], context: Context, principal: Caller) -> Response[Any]:
         principal.require("inference")
-        models: list[dict[str, Any]] = [
-            {"id": m.name, "object": "model", "created": m.created, "owned_by": "lorafleet", "max_model_len": m.max_model_len}
-            for m in sorted(services.catalog.all(), key=lambda m: m.name)
-        ]
-        adapters = await services.adapters.list_all(principal.tenant_id)
-        models += [
-            {"id": a.name, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": principal.tenant_id,
-             "parent": a.base_model}
-            for a in sorted(adapters, key=lambda a: a.name)
-        ]
-        return {"object": "list", "data": models}
+        settings = context.services.settings
+        resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        demand = completion_demand(data, resolved.base.max_model_len, max_prompts=settings.max_prompts_per_request,
+                                   max_sequences=settings.max_sequences_per_request)
+        return await _complete(data, demand, "completions", "/v1/completions", resolved, context, principal)
+
+    @get("/models", operation_id="listModels", summary="Models this key can call: base models and its adapters.")
+    async def list_models(self, context: Context, principal: Caller) -> ModelList:
+        principal.require("inference")
+        return await list_models(context.services, principal.tenant_id)
+
+    @get("/models/{model_id:path}", operation_id="retrieveModel",
+         summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).")
+    async def retrieve_model(self, model_id: FromPath[str], context: Context, principal: Caller) -> Model:
+        principal.require("inference")
+        return await retrieve_model(context.services, principal.tenant_id, model_id.lstrip("/"))
 
 
-async def _complete(request: Request, principal: Principal, services: Services, path: str) -> Response[Any]:
-    principal.require("inference")
-    endpoint, struct = _ENDPOINTS[path]
-    raw = decode_object(await request.body())
-    parsed = validate(raw, struct)
-    entry = request_log(request.scope)
-    entry["model"] = parsed.model
-    unknown = sorted(set(raw) - _KNOWN[path])
-    if unknown:
-        entry["unknown_fields"] = unknown  # names only: values may hold prompt text
-    resolved = await services.catalog.resolve(principal.tenant_id, parsed.model)
+async def _complete(data: _Sampling, demand: Demand, endpoint: str, path: str, resolved: ResolvedModel,
+                    context: RequestContext, principal: Principal) -> Response[Any]:
+    services = context.services
+    context.model = data.model
     started_at = dt.datetime.now(dt.UTC)
     price = services.catalog.prices.at(resolved.base.id, started_at)
-    admitted = await services.admission.admit(principal, entry["request_id"], raw, parsed, resolved, price)
-    options = parsed.stream_options
-    call = CompletionCall(
-        request_id=entry["request_id"],
-        price=price,
-        started_at=started_at,
-        principal=principal,
-        base_model_id=resolved.base.id,
-        base_model_name=resolved.base.name,
-        served_model=resolved.served_name,
-        adapter_id=resolved.adapter_id,
-        public_model=parsed.model,
-        endpoint=endpoint,
-        upstream_path=path,
-        body=raw,
-        stream=parsed.stream,
-        client_usage=bool(options and options.include_usage),
-        client_continuous_usage=bool(options and options.include_usage and options.continuous_usage_stats),
-        log_entry=entry,
+    billable = Billable(started_at=started_at, request_id=context.request_id, tenant_id=principal.tenant_id, api_key_id=principal.key_id,
+                        base_model_id=resolved.base.id, base_model_name=resolved.base.name, model=data.model,
+                        adapter_id=resolved.adapter_id, endpoint=endpoint, streamed=data.stream, price=price)
+    admitted = await services.admission.admit(principal, context.request_id, demand, price,
+                                              adapter=resolved.adapter_id is not None)
+    meter = Meter(billable, services.ledger, services.metrics, context)
+    meter.on_finish(admitted.release)
+    dropped = dropped_fields(data)
+    context.dropped_fields = dropped
+    call = UpstreamCall(
+        context=context, meter=meter, path=path,
+        body=upstream_body(data, resolved.served_name, services.cache_salts.salt(principal.tenant_id), dropped),
+        stream=data.stream, public_model=data.model, client_usage=data.client_usage,
+        client_continuous_usage=data.client_continuous_usage,
     )
-    response = await services.relay.complete(call)
+    try:
+        response = await services.relay.complete(call)
+    except BaseException:
+        # The relay settles every path it knows; this keeps a bug from holding a reservation.
+        meter.finish("upstream_error", 500)
+        raise
     response.headers.update(admitted.headers)
     return response

@@ -1,4 +1,4 @@
-"""This gateway's heartbeat, and the sweeper that frees what dead gateways reserved.
+"""The reservation sweeper: this gateway's heartbeat, and the sweep that frees what dead gateways reserved.
 
 Every gateway runs both: the heartbeat proves its reservations are still backed by a live
 process; the sweeper (idempotent, so every replica may run it) deletes reservations of gateways
@@ -11,14 +11,13 @@ import asyncio
 
 import asyncpg
 import structlog
-
 from lorafleet.core.tasks import stop_task
-from lorafleet.db import DATABASE_UNAVAILABLE, queries
+from lorafleet.db import DATABASE_UNAVAILABLE, is_unavailable, queries
 
-log = structlog.get_logger("lorafleet.presence")
+log = structlog.get_logger("lorafleet.sweeper")
 
 
-class GatewayPresence:
+class ReservationSweeper:
     def __init__(self, pool: asyncpg.Pool, gateway_id: str, *, heartbeat_seconds: float, dead_after_seconds: float,
                  reservation_max_seconds: float) -> None:
         self._pool = pool
@@ -30,7 +29,7 @@ class GatewayPresence:
 
     async def start(self) -> None:
         await self._pool.execute(queries.register_gateway, self.gateway_id)
-        self._task = asyncio.create_task(self._run(), name="gateway-presence")
+        self._task = asyncio.create_task(self._run(), name="reservation-sweeper")
 
     async def close(self) -> None:
         await stop_task(self._task)
@@ -52,5 +51,5 @@ class GatewayPresence:
             try:
                 await self._pool.execute(queries.heartbeat_gateway, self.gateway_id)
                 await self.sweep()
-            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
-                log.warning("gateway_heartbeat_failed", error=repr(exc))
+            except Exception as exc:  # noqa: BLE001 - the loop outlives any failure; the next beat retries
+                log.warning("gateway_heartbeat_failed", error=repr(exc)[:300], database_away=is_unavailable(exc))

@@ -13,9 +13,8 @@ from collections import Counter
 
 import asyncpg
 import structlog
-
 from lorafleet.core.tasks import stop_task
-from lorafleet.db import DATABASE_UNAVAILABLE, queries
+from lorafleet.db import is_unavailable, queries
 
 log = structlog.get_logger("lorafleet.refusals")
 
@@ -45,10 +44,10 @@ class RefusalCounter:
         try:
             await self._pool.execute(queries.add_refusals, [k[0] for k in keys], [k[1] for k in keys],
                                      [merged[k][0] for k in keys], [merged[k][1] for k in keys], timeout=10)
-        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            counts.update(self._counts)  # keep them for the next try
+        except Exception as exc:  # noqa: BLE001 - counts are kept for the next try, whatever failed
+            counts.update(self._counts)
             self._counts = counts
-            log.warning("refusal_flush_failed", error=repr(exc))
+            log.warning("refusal_flush_failed", error=repr(exc)[:300], database_away=is_unavailable(exc))
 
     async def close(self) -> None:
         await stop_task(self._task)

@@ -15,12 +15,11 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
+from lorafleet.gateway.metering.ledger_row import LedgerRow
 
-if TYPE_CHECKING:
-    from lorafleet.gateway.ledger import UsageRow
+_decode_batch = msgspec.json.Decoder(list[LedgerRow]).decode
 
 
 class LedgerSpool:
@@ -30,13 +29,20 @@ class LedgerSpool:
         self._path = directory / f"ledger-{owner}.jsonl"
         directory.mkdir(parents=True, exist_ok=True)
 
-    def append(self, rows: Sequence[UsageRow]) -> None:
+    def append(self, rows: Sequence[LedgerRow]) -> None:
+        self._append(self._path, rows)
+
+    def reject(self, rows: Sequence[LedgerRow]) -> None:
+        """Rows the database refused on their own merits: kept (never replayed) for an operator."""
+        self._append(self._directory / f"rejected-{self._owner}.jsonl", rows)
+
+    def _append(self, path: Path, rows: Sequence[LedgerRow]) -> None:
         line = msgspec.json.encode(list(rows)) + b"\n"
         while True:
-            with open(self._path, "ab") as handle:
+            with open(path, "ab") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
-                    if os.fstat(handle.fileno()).st_ino != os.stat(self._path).st_ino:
+                    if os.fstat(handle.fileno()).st_ino != os.stat(path).st_ino:
                         continue  # a replay claimed the file between open and lock: start a new one
                 except FileNotFoundError:
                     continue
@@ -48,10 +54,7 @@ class LedgerSpool:
     def pending(self) -> bool:
         return any(self._directory.glob("ledger-*.jsonl")) or any(self._directory.glob("claimed-*.jsonl"))
 
-    async def replay(self, insert: Callable[[list[UsageRow]], Awaitable[int]]) -> int:
-        from lorafleet.gateway.ledger import UsageRow
-
-        decode = msgspec.json.Decoder(list[UsageRow]).decode
+    async def replay(self, insert: Callable[[list[LedgerRow]], Awaitable[int]]) -> int:
         replayed = 0
         mine = f"claimed-{self._owner}-"
         for path in sorted([*self._directory.glob("claimed-*.jsonl"), *self._directory.glob("ledger-*.jsonl")]):
@@ -69,6 +72,6 @@ class LedgerSpool:
                 content = handle.read()
             for line in content.splitlines():
                 if line.strip():
-                    replayed += await insert(decode(line))  # raises while the database is away: file stays
+                    replayed += await insert(_decode_batch(line))  # raises while the database is away: file stays
             claimed.unlink()
         return replayed

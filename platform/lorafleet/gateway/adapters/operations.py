@@ -1,4 +1,7 @@
-"""Stream a multipart upload to temporary files: never the whole upload in memory.
+"""What the API and the dashboard do to adapters beyond the adapter service: uploads that stream to
+disk, and deletes that reach the catalog and every worker.
+
+Stream a multipart upload to temporary files: never the whole upload in memory.
 
 python-multipart parses the body chunk by chunk as it arrives; each file part is written to a
 temporary folder; the byte cap is enforced by the route's ``request_max_body_size`` on the bytes
@@ -7,6 +10,7 @@ actually received (413 past it).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -14,10 +18,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from litestar import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
-
-from lorafleet.adapters.service import AdapterService, AdapterView
+from lorafleet.adapters.service import AdapterView
 from lorafleet.core.errors import InvalidRequest, UnsupportedMediaType
+from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.idempotency import once
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 64
@@ -27,6 +32,7 @@ MAX_PARTS = 64
 class UploadedForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: list[tuple[str, Path]] = field(default_factory=list)  # (client file name, local path)
+    digest: str = ""  # sha256 of the whole body as received: what an idempotent retry must repeat
 
 
 class _Part:
@@ -113,8 +119,10 @@ async def receive_multipart(request: Request, into: Path) -> UploadedForm:
         raise UnsupportedMediaType("send the adapter as multipart/form-data", param="content-type")
     reader = _FormReader(into)
     parser = MultipartParser(options[b"boundary"], callbacks=reader.callbacks())
+    digest = hashlib.sha256()
     try:
         async for chunk in request.stream():
+            digest.update(chunk)
             parser.write(chunk)
             if reader.error:
                 raise reader.error
@@ -125,18 +133,51 @@ async def receive_multipart(request: Request, into: Path) -> UploadedForm:
         reader.close()
     if reader.error:
         raise reader.error
+    reader.form.digest = digest.hexdigest()
     return reader.form
 
 
-async def upload_adapter(request: Request, tenant_id: str, adapters: AdapterService) -> AdapterView:
+PREWARM_CHOICES = ("none", "disk", "load")
+
+
+async def upload_adapter(request: Request, context: RequestContext, tenant_id: str, *, owner: str | None = None,
+                         idempotency_key: str | None = None) -> AdapterView:
     """Stream a multipart adapter upload to a temporary folder and hand it to the adapter service
-    (the API's POST /v1/adapters and the dashboard's upload both come through here)."""
+    (the API's POST /v1/adapters and the dashboard's upload both come through here).
+
+    With an idempotency key, a retry of the same bytes gets the first upload's adapter back.
+    """
+    services = context.services
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
     try:
         form = await receive_multipart(request, workdir)
         name = form.fields.get("name", "").strip()
         if not name:
             raise InvalidRequest("the adapter needs a name (form field 'name')", param="name")
-        return await adapters.create(tenant_id, name, form.fields.get("base_model") or None, form.files, workdir)
+        prewarm = form.fields.get("prewarm", "none") or "none"
+        if prewarm not in PREWARM_CHOICES:
+            raise InvalidRequest(f"prewarm must be one of {', '.join(PREWARM_CHOICES)}", param="prewarm")
+
+        async def create() -> AdapterView:
+            adapter = await services.adapters.create(tenant_id, name, form.fields.get("base_model") or None, form.files,
+                                                     workdir)
+            services.catalog.forget_adapter(tenant_id, name)  # a "not found" cached a moment ago no longer holds
+            if prewarm != "none":
+                await services.registry.prewarm(adapter.id, adapter.base_model, load=prewarm == "load")
+            return adapter
+
+        if owner is None or idempotency_key is None:
+            return await create()
+        return await once(context, request.headers.get("authorization"), owner=owner, key=idempotency_key,
+                          body=form.digest, action=create, result_type=AdapterView)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def delete_adapter(context: RequestContext, tenant_id: str, adapter_id: str) -> AdapterView:
+    """Delete, forget here at once, and unload from every worker (the API and the dashboard)."""
+    services = context.services
+    deleted = await services.adapters.delete(tenant_id, adapter_id)
+    services.catalog.forget_adapter(tenant_id, deleted.name)
+    await services.registry.unload_adapter(adapter_id)
+    return deleted

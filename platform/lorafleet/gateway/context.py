@@ -1,0 +1,128 @@
+"""One typed context per request: its id, who called, what happened — and its one log line.
+
+A raw ASGI middleware creates the :class:`RequestContext` before Litestar routes the request (so
+404s, 405s and 413s have one too), puts the request id on the response (``x-request-id``) and in
+structlog's contextvars (every line logged while serving it carries the id), and writes the
+request's one log line after the response's last byte. Handlers receive the same object through
+dependency injection (``context: RequestContext``) and fill in typed fields; nothing is read back
+by string key. The context also carries the app's :class:`~lorafleet.gateway.services.Services`,
+so a handler needs one dependency for both (Litestar resolves two independent dependencies in a
+task group of their own: a measurable cost on every request).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from litestar import Request
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from lorafleet.core.ids import request_id as new_request_id
+from lorafleet.gateway.metrics import GatewayMetrics
+
+if TYPE_CHECKING:
+    from lorafleet.gateway.services import Services
+
+log = structlog.get_logger("lorafleet.access")
+
+_SCOPE_KEY = "lorafleet.context"
+_QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
+
+
+class RequestContext:
+    """What one request is and what became of it; never API keys, prompts or completions.
+
+    A plain slotted class, not a dataclass: Litestar validates dependency values against their
+    annotations, and a plain class costs it one isinstance check.
+    """
+
+    __slots__ = ("request_id", "method", "path", "client", "services", "started", "status", "client_gone",
+                 "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
+                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers")
+
+    def __init__(self, request_id: str, method: str, path: str, client: str, services: Services) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.client = client
+        self.services = services                  # the app's long-lived resources, for this request's handlers
+        self.started = time.perf_counter()
+        self.status = 500
+        self.client_gone = False                  # the client disconnected before we answered
+        self.tenant_id: str | None = None
+        self.key_id: str | None = None
+        self.model: str | None = None             # as the client named it
+        self.outcome: str | None = None           # for completions: success, upstream_error, client_disconnect, …
+        self.error_code: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.ttft_ms: float | None = None
+        self.worker: str | None = None            # the opaque label of the worker that served it
+        self.attempts = 0                         # workers tried (failover)
+        self.dropped_fields: tuple[str, ...] = ()  # OpenAI fields the engine does not serve: not forwarded
+        self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
+
+    def log_fields(self, elapsed: float) -> dict[str, Any]:
+        fields = {"request_id": self.request_id, "method": self.method, "path": self.path, "status": self.status,
+                  "latency_ms": round(elapsed * 1000, 2)}
+        for name in ("tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
+                     "ttft_ms", "worker"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.attempts > 1:
+            fields["attempts"] = self.attempts
+        if self.dropped_fields:
+            fields["dropped_fields"] = list(self.dropped_fields)  # names only: values may hold prompt text
+        return fields
+
+
+def context_of(scope: Scope) -> RequestContext:
+    return scope[_SCOPE_KEY]  # type: ignore[literal-required]
+
+
+async def provide_context(request: Request) -> RequestContext:
+    """Dependency: this request's context, created by :func:`context_middleware`."""
+    return request.scope[_SCOPE_KEY]  # type: ignore[literal-required]
+
+
+def context_middleware(metrics: GatewayMetrics):
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            client = scope.get("client")
+            services = getattr(scope["app"].state, "services", None)  # set once the lifespan has run
+            context = RequestContext(new_request_id(), scope["method"], scope["path"], client[0] if client else "unknown",
+                                     services)
+            scope[_SCOPE_KEY] = context  # type: ignore[literal-required]
+            request_id_header = (b"x-request-id", context.request_id.encode())
+            structlog.contextvars.bind_contextvars(request_id=context.request_id)
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    context.status = message["status"]
+                    message["headers"] = [*message.get("headers", ()), request_id_header, *context.response_headers]
+                await send(message)
+
+            async def receive_watching() -> Message:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    context.client_gone = True
+                return message
+
+            try:
+                await app(scope, receive_watching, send_with_id)
+            finally:
+                elapsed = time.perf_counter() - context.started
+                route = scope.get("path_template") or "unmatched"
+                metrics.observe_request(route, context.status, elapsed)
+                if route not in _QUIET_ROUTES:
+                    log.info("request", **context.log_fields(elapsed))
+                structlog.contextvars.unbind_contextvars("request_id")
+
+        return middleware
+
+    return factory

@@ -1,0 +1,1 @@
+"""The fleet: which workers exist, what each holds, where a request goes."""

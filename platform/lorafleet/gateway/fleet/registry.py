@@ -1,0 +1,280 @@
+"""Which workers exist, what each holds and does, and which of them takes a request.
+
+Workers announce themselves in the ``workers`` table (URL, base model, state, heartbeat). Every
+``worker_refresh_seconds`` the registry re-reads that table and polls each worker's
+``GET /lorafleet/state`` with the internal token: adapters in its LoRA slots, CPU LRU and disk
+cache, requests running and waiting, KV-cache use. Between polls the registry counts what this
+gateway sends each worker (requests and adapters in flight), so placement sees its own decisions
+at once. :func:`~lorafleet.gateway.fleet.placement.rank` orders a base model's ready workers for
+a request; the relay tries them in that order.
+
+A worker is taken out of routing when its poll fails (until a poll succeeds), or after
+:data:`FAILURES_BEFORE_UNREADY` consecutive request failures (for :data:`QUARANTINE_SECONDS`, then
+one request probes it) — never on one error: a stale pooled connection is not a dead worker. A
+failure also triggers an immediate re-poll, so a worker that restarted is back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import asyncpg
+import msgspec
+import structlog
+from lorafleet.core.errors import ServiceUnavailable
+from lorafleet.core.tasks import stop_task
+from lorafleet.db import is_unavailable, queries
+from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank
+
+log = structlog.get_logger("lorafleet.fleet")
+
+HEARTBEAT_GRACE_SECONDS = 15.0
+FAILURES_BEFORE_UNREADY = 3
+QUARANTINE_SECONDS = 5.0     # a worker that kept failing gets no requests for this long, then one to probe it
+POLL_TIMEOUT_SECONDS = 2.0
+
+
+def worker_label(url: str) -> str:
+    """An opaque, stable name for a worker in metrics and logs visible beyond the operator."""
+    return "w_" + hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
+
+
+class _Adapters(msgspec.Struct):
+    slots: list[str] = []
+    cpu: list[str] = []
+    pinned: list[str] = []
+    disk: list[str] = []
+    disk_pinned: list[str] = []
+    running: list[str] = []
+
+
+class WorkerReport(msgspec.Struct):
+    """A worker's ``GET /lorafleet/state`` (workers/lorafleet/worker/endpoints.py)."""
+
+    in_flight: int = 0
+    idle_seconds: float = 0.0
+    running: float = 0
+    waiting: float = 0
+    kv_cache_usage: float = 0.0
+    max_loras: int = 1
+    max_cpu_loras: int = 1
+    adapters: _Adapters = msgspec.field(default_factory=_Adapters)
+
+
+_decode_report = msgspec.json.Decoder(WorkerReport).decode
+
+
+@dataclass(slots=True, eq=False)
+class WorkerState:
+    """One worker as this gateway sees it; satisfies placement's ``WorkerLoad``."""
+
+    url: str
+    base_model_id: str
+    base_model_name: str
+    id: str = ""
+    state: str = "ready"               # the worker's own: ready | draining | asleep | waking
+    ready: bool = False                # answering its polls and routable
+    max_loras: int = 1
+    in_flight: int = 0                 # this gateway's requests on it
+    waiting: int = 0
+    running: int = 0
+    kv_cache_usage: float = 0.0
+    slots: frozenset[str] = frozenset()
+    cpu: frozenset[str] = frozenset()
+    disk: frozenset[str] = frozenset()
+    pinned: frozenset[str] = frozenset()
+    active: dict[str, int] = field(default_factory=dict)   # adapter → requests in flight (ours, plus theirs as 1)
+    failures: int = 0                  # consecutive failed requests; a successful one resets it
+    quarantined_until: float = 0.0
+    polled_at: float = 0.0
+    _ours: Counter[str] = field(default_factory=Counter)
+    _theirs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.id = self.id or worker_label(self.url)
+
+    @property
+    def routable(self) -> bool:
+        return self.ready and time.monotonic() >= self.quarantined_until
+
+    @property
+    def resident_adapters(self) -> int:
+        return len(self.slots | self.cpu)
+
+    def take(self, adapter_id: str | None) -> Callable[[], None]:
+        """Count a request routed here until the returned callable releases it (once)."""
+        self.in_flight += 1
+        if adapter_id is not None:
+            self._ours[adapter_id] += 1
+            self._merge()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.in_flight -= 1
+            if adapter_id is not None:
+                self._ours[adapter_id] -= 1
+                if self._ours[adapter_id] <= 0:
+                    del self._ours[adapter_id]
+                self._merge()
+
+        return release
+
+    def apply(self, report: WorkerReport) -> None:
+        adapters = report.adapters
+        self.max_loras = max(1, report.max_loras)
+        self.waiting = int(report.waiting)
+        self.running = int(report.running)
+        self.kv_cache_usage = report.kv_cache_usage
+        self.slots = frozenset(adapters.slots)
+        self.cpu = frozenset(adapters.cpu)
+        # Pinned on disk only (not yet loaded) ranks as disk residency; pinned in the engine as pinned.
+        self.disk = frozenset(adapters.disk) | frozenset(adapters.disk_pinned)
+        self.pinned = frozenset(adapters.pinned)
+        self._theirs = frozenset(adapters.running)
+        self._merge()
+
+    def _merge(self) -> None:
+        active = dict(self._ours)
+        for adapter in self._theirs:
+            active.setdefault(adapter, 1)
+        self.active = active
+
+
+class WorkerRegistry:
+    def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float,
+                 policy: PlacementPolicy = DEFAULT_POLICY) -> None:
+        self._pool = pool
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {internal_token}"}
+        self._refresh_seconds = refresh_seconds
+        self._policy = policy
+        self._workers: dict[str, WorkerState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._repoll = asyncio.Event()
+        self.refreshed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="worker-registry")
+
+    async def close(self) -> None:
+        await stop_task(self._task)
+
+    def workers(self) -> list[WorkerState]:
+        return list(self._workers.values())
+
+    def any_ready(self) -> bool:
+        return any(worker.ready for worker in self._workers.values())
+
+    def ranked(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
+        """The base model's routable workers, best first for this request; 503 when there are none."""
+        ready = [w for w in self._workers.values() if w.ready and w.base_model_id == base_model_id]
+        # Quarantined workers only when nothing else is left: trying beats refusing.
+        candidates = [w for w in ready if w.routable] or ready
+        if not candidates:
+            raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.",
+                                     code="no_worker_ready")
+        return rank(candidates, adapter_id, self._policy)
+
+    def report_success(self, worker: WorkerState) -> None:
+        worker.failures = 0
+
+    def report_failure(self, worker: WorkerState) -> None:
+        """Passive health: a worker leaves routing for a while after several consecutive failures."""
+        worker.failures += 1
+        if worker.failures >= FAILURES_BEFORE_UNREADY:
+            worker.quarantined_until = time.monotonic() + QUARANTINE_SECONDS
+            log.warning("worker_quarantined", worker=worker.id, failures=worker.failures, seconds=QUARANTINE_SECONDS)
+        self._repoll.set()
+
+    async def prewarm(self, adapter_id: str, base_model_name: str, *, load: bool) -> bool:
+        """Fetch an adapter onto the worker placement would send it to (and load it there with ``load``),
+        so its first request is not a cold load. False when no worker of its base model is ready."""
+        candidates = [w for w in self._workers.values() if w.ready and w.base_model_name == base_model_name]
+        if not candidates:
+            return False
+        worker = rank(candidates, adapter_id, self._policy)[0]
+        try:
+            async with self._http.post(
+                f"{worker.url}/lorafleet/adapters/{adapter_id}/prewarm", params={"load": "1" if load else "0"},
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=60),
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("adapter_prewarm_failed", worker=worker.id, error=repr(exc)[:300])
+            return False
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        """Ask every worker to drop an adapter now; its resolver refuses it from here on anyway."""
+        async def unload(worker: WorkerState) -> None:
+            try:
+                async with self._http.post(
+                    f"{worker.url}/lorafleet/adapters/{adapter_id}/unload", headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    if response.status != 200:
+                        log.warning("adapter_unload_failed", worker=worker.id, status=response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("adapter_unload_failed", worker=worker.id, error=repr(exc)[:300])
+
+        await asyncio.gather(*(unload(worker) for worker in self._workers.values()))
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._repoll.wait(), self._refresh_seconds)
+            except TimeoutError:
+                pass
+            self._repoll.clear()
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep routing on the last known state; the next tick retries
+                log.warning("worker_refresh_failed", error=repr(exc)[:300])
+
+    async def refresh(self) -> None:
+        try:
+            rows = await self._pool.fetch(queries.list_live_workers, HEARTBEAT_GRACE_SECONDS)
+        except Exception as exc:  # noqa: BLE001
+            if not is_unavailable(exc):
+                raise
+            # Keep the workers we know and keep polling them: requests keep flowing through an outage.
+            log.warning("worker_refresh_failed", error=repr(exc)[:300], database_away=True)
+            seen = self._workers
+        else:
+            seen = {}
+            for row in rows:
+                state = self._workers.get(row["url"]) or WorkerState(row["url"], row["base_model_id"],
+                                                                     row["base_model_name"])
+                state.base_model_id, state.base_model_name = row["base_model_id"], row["base_model_name"]
+                seen[row["url"]] = state
+        await asyncio.gather(*(self._poll(state) for state in seen.values()))
+        self._workers = seen
+        self.refreshed.set()
+
+    async def _poll(self, worker: WorkerState) -> None:
+        try:
+            async with self._http.get(f"{worker.url}/lorafleet/state", headers=self._headers,
+                                      timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_SECONDS)) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"status {response.status}")
+                report = _decode_report(await response.read())
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready"
+            if worker.ready:
+                log.warning("worker_unready", worker=worker.id, error=repr(exc)[:300])
+            worker.ready = False
+            return
+        worker.apply(report)
+        worker.polled_at = time.monotonic()
+        if not worker.ready:
+            log.info("worker_ready", worker=worker.id)
+        worker.ready = True

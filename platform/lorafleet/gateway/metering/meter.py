@@ -1,0 +1,102 @@
+"""What one admitted request costs: its token counts as they arrive, and its one ledger row.
+
+The relay feeds the meter the usage the engine reports (on every chunk of a stream, so a cut
+stream is still exact) and calls :meth:`Meter.finish` exactly once, whatever happens — success,
+engine refusal, worker failure, client gone. ``finish`` is synchronous so it also runs in cleanup
+code under cancellation; it records the ledger row, the request's log fields and metrics, and
+releases what admission and routing held for the request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorafleet.billing.pricing import Price, cost_micro_usd
+from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.writer import LedgerWriter
+from lorafleet.gateway.metrics import GatewayMetrics
+
+
+@dataclass(slots=True, frozen=True)
+class Billable:
+    """Who pays for a request and at what price; fixed before it is routed."""
+
+    request_id: str
+    tenant_id: str
+    api_key_id: str
+    base_model_id: str
+    base_model_name: str
+    model: str                  # as the client named it
+    adapter_id: str | None
+    endpoint: str               # chat.completions | completions
+    streamed: bool
+    price: Price | None         # the version in effect when the request started
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Meter:
+    def __init__(self, billable: Billable, ledger: LedgerWriter, metrics: GatewayMetrics,
+                 context: RequestContext) -> None:
+        self.billable = billable
+        self._ledger = ledger
+        self._metrics = metrics
+        self._context = context
+        self._releases: list[Callable[[], None]] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft: float | None = None
+        self.worker_url: str | None = None
+        self.finished = False
+
+    def on_finish(self, release: Callable[[], None]) -> None:
+        """Run ``release`` when the request is over (a concurrency slot, a worker's in-flight count)."""
+        self._releases.append(release)
+
+    def observe_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    @property
+    def cost(self) -> int:
+        billable = self.billable
+        return cost_micro_usd(billable.price, self.prompt_tokens, self.completion_tokens,
+                              adapter=billable.adapter_id is not None)
+
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.billable.started
+            self._metrics.observe_ttft(self.billable.base_model_name, self.billable.adapter_id is not None, self.ttft)
+
+    def finish(self, outcome: str, http_status: int) -> None:
+        """Record the ledger row — once, whatever calls it first."""
+        if self.finished:
+            return
+        self.finished = True
+        billable = self.billable
+        duration = time.perf_counter() - billable.started
+        ttft_ms = None if self.ttft is None else round(self.ttft * 1000)
+        self._ledger.record(LedgerRow(
+            request_id=billable.request_id, tenant_id=billable.tenant_id, api_key_id=billable.api_key_id,
+            base_model_id=billable.base_model_id, model=billable.model, endpoint=billable.endpoint, outcome=outcome,
+            http_status=http_status, streamed=billable.streamed, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, worker_url=self.worker_url, started_at=billable.started_at,
+            finished_at=billable.started_at + dt.timedelta(seconds=duration), ttft_ms=ttft_ms,
+            duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_micro_usd=self.cost,
+            price_id=billable.price.id if billable.price else None,
+        ))
+        self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens)
+        context = self._context
+        context.outcome = outcome
+        context.prompt_tokens = self.prompt_tokens
+        context.completion_tokens = self.completion_tokens
+        context.ttft_ms = None if self.ttft is None else round(self.ttft * 1000, 2)
+        for release in self._releases:
+            release()
+        self._releases.clear()

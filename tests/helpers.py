@@ -1,0 +1,91 @@
+"""What tests share besides fixtures: waiting for the ledger, the admin API, the money rule written out.
+
+Tests import this module, never a conftest or another test. Nothing here sleeps a fixed time to
+wait out a cache: every wait polls for the state it needs, with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+import httpx
+
+T = TypeVar("T")
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    key_id: str
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout: float = 10.0,
+                     interval: float = 0.05, what: str = "the expected state") -> T:
+    """Poll ``probe`` until ``done`` holds for its result; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s (last: {value!r})"
+        await asyncio.sleep(interval)
+
+
+async def ledger_row(db: asyncpg.Pool, request_id: str, timeout: float = 5.0) -> asyncpg.Record:
+    """The ledger row of a request; the gateway writes rows in batches every few ms."""
+    return await eventually(lambda: db.fetchrow("SELECT * FROM usage_ledger WHERE request_id = $1", request_id),
+                            lambda row: row is not None, timeout=timeout, what=f"a ledger row for {request_id}")
+
+
+async def wait_rows(db: asyncpg.Pool, tenant_id: str, count: int, timeout: float = 10.0) -> None:
+    """Until the tenant has ``count`` ledger rows."""
+    await eventually(lambda: db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant_id),
+                     lambda found: found >= count, timeout=timeout, what=f"{count} ledger rows")
+
+
+async def settled(db: asyncpg.Pool, tenant_id: str, timeout: float = 20.0) -> asyncpg.Record:
+    """The tenant's account once no reservation is outstanding.
+
+    Only a metered tenant (one with a limit) reserves, so only for such a tenant does this mean every
+    request has its ledger row; for the others, use ``wait_rows``.
+    """
+    return await eventually(lambda: db.fetchrow("SELECT * FROM tenant_accounts WHERE tenant_id = $1", tenant_id),
+                            lambda account: account["reserved_micro_usd"] == 0 and account["in_flight"] == 0,
+                            timeout=timeout, what="a settled account")
+
+
+async def ledger_cost(db: asyncpg.Pool, tenant_id: str) -> int:
+    return await db.fetchval("SELECT coalesce(sum(cost_micro_usd), 0)::bigint FROM usage_ledger WHERE tenant_id = $1",
+                             tenant_id)
+
+
+def expected_cost(prompt_tokens: int, completion_tokens: int, prompt_price: int, completion_price: int,
+                  surcharge: int = 0) -> int:
+    """The documented rule, written out independently of the code under test: round half up."""
+    exact = prompt_tokens * prompt_price + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens)
+    quotient, remainder = divmod(exact, 1_000_000)
+    return quotient + (1 if remainder * 2 >= 1_000_000 else 0)
+
+
+def admin(url: str, admin_token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {admin_token}"})
+
+
+async def set_price(url: str, admin_token: str, model: str, prompt: int, completion: int, surcharge: int = 0) -> dict:
+    """A new price version through the admin API; the gateway that takes it applies it at once."""
+    async with admin(url, admin_token) as api:
+        response = await api.post("/admin/prices", json={
+            "base_model": model, "prompt_micro_usd_per_mtok": prompt, "completion_micro_usd_per_mtok": completion,
+            "adapter_surcharge_micro_usd_per_mtok": surcharge})
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -1,0 +1,152 @@
+"""The in-process tier: the real gateway app in this test process, in front of stub workers, on a real PostgreSQL.
+
+No engine and no subprocess: the app runs under uvicorn on a loopback port in the test's own event
+loop (so real HTTP clients, the openai SDK included, talk to it over a socket), and the workers
+are :mod:`lorafleet.devtools.stub_worker` apps whose behaviour a test can change (fail, drop,
+cut a stream) and whose received bodies it can read. The whole tier runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+import uvicorn
+from aiohttp import web
+from lorafleet.core import ids
+from lorafleet.core.ids import random_token
+from lorafleet.core.settings import load_settings
+from lorafleet.db import create_pool, queries
+from lorafleet.db.migrate import migrate
+from lorafleet.devtools.database import DatabaseFactory
+from lorafleet.devtools.stub_worker import StubBehaviour, build_app
+from lorafleet.gateway.app import create_app
+from lorafleet.tenancy import TenancyService
+
+from tests.helpers import TenantKey
+
+STUB_MODEL = "stub-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class StubWorker:
+    url: str
+    behaviour: StubBehaviour
+    runner: web.AppRunner
+
+
+@dataclass
+class InProcessPlatform:
+    url: str
+    internal_token: str
+    admin_token: str
+    base_model_id: str
+    workers: list[StubWorker] = field(default_factory=list)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def reset(self) -> None:
+        for worker in self.workers:
+            worker.behaviour.fail_next = worker.behaviour.drop_next = 0
+            worker.behaviour.cut_after_chunks = None
+            worker.behaviour.delay_seconds = 0.0
+            worker.behaviour.received.clear()
+
+
+async def _start_stub(token: str) -> StubWorker:
+    behaviour = StubBehaviour(token=token)
+    runner = web.AppRunner(build_app(STUB_MODEL, behaviour=behaviour), access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return StubWorker(f"http://127.0.0.1:{port}", behaviour, runner)
+
+
+@pytest.fixture(scope="session")
+async def inprocess_database_url(databases: DatabaseFactory) -> str:
+    """A database of the tier's own: its stub workers never show up in the engine tier's registry."""
+    dsn = await databases.create("lorafleet_inprocess")
+    await migrate(dsn)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+async def db(inprocess_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """This tier's database (overrides the session's ``db`` for the tests in this folder)."""
+    pool = await create_pool(inprocess_database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+                    ) -> AsyncIterator[InProcessPlatform]:
+    """Two stub workers for one base model and the gateway app in front of them."""
+    database_url = inprocess_database_url
+    internal_token, admin_token = random_token(32), random_token(32)
+    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), STUB_MODEL, 4096, {}, 16)
+    workers = [await _start_stub(internal_token), await _start_stub(internal_token)]
+    for worker in workers:
+        await db.execute(queries.upsert_worker, worker.url, base["id"])
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(2)
+            for worker in workers:
+                await db.execute(queries.heartbeat_worker, worker.url)
+
+    beating = asyncio.create_task(heartbeat())
+    data_dir: Path = tmp_path_factory.mktemp("inprocess")
+    settings = load_settings({
+        "LORAFLEET_DATABASE_URL": database_url, "LORAFLEET_INTERNAL_TOKEN": internal_token,
+        "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
+        "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
+        "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+    })
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.02)
+    platform = InProcessPlatform(f"http://127.0.0.1:{port}", internal_token, admin_token, base["id"], workers)
+    try:
+        yield platform
+    finally:
+        server.should_exit = True
+        await serving
+        beating.cancel()
+        for worker in workers:
+            await worker.runner.cleanup()
+            await db.execute(queries.delete_worker, worker.url)
+
+
+@pytest.fixture
+async def platform(inprocess: InProcessPlatform) -> InProcessPlatform:
+    """The in-process platform with its stub workers behaving normally again."""
+    inprocess.reset()
+    return inprocess
+
+
+@pytest.fixture
+async def tenant(db: asyncpg.Pool) -> TenantKey:
+    """A fresh tenant with one all-scope key, for this test alone."""
+    service = TenancyService(db)
+    created = await service.create_tenant(f"tenant-{random_token(6)}")
+    key = await service.create_key(created.id)
+    return TenantKey(created.id, key.id, key.secret)

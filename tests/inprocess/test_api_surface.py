@@ -1,0 +1,86 @@
+"""The API as a generated client sees it: every request body documented, lists paginated, errors in one envelope."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.helpers import admin
+
+
+async def _schema(platform) -> dict:
+    async with httpx.AsyncClient(base_url=platform.url) as http:
+        return (await http.get("/openapi/openapi.json")).json()
+
+
+async def test_every_request_body_is_in_the_openapi_schema(platform):
+    schema = await _schema(platform)
+    missing = []
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method in ("post", "patch", "put") and not operation.get("requestBody"):
+                missing.append(f"{method.upper()} {path}")
+    # Only routes that take no body at all may lack one.
+    assert missing == [], missing
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["$ref"].endswith("ChatCompletionRequest")
+    upload = schema["paths"]["/v1/adapters"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload
+
+
+async def test_post_routes_that_create_document_idempotency_keys(platform):
+    schema = await _schema(platform)
+    for path, method in (("/v1/keys", "post"), ("/v1/adapters", "post"), ("/admin/prices", "post"),
+                         ("/admin/tenants/{tenant_id}/credits", "post"), ("/admin/tenants", "post")):
+        names = {p["name"] for p in schema["paths"][path][method].get("parameters", [])}
+        assert "Idempotency-Key" in names, (method, path)
+
+
+async def test_lists_page_with_a_cursor(platform, tenant, db):
+    from lorafleet.tenancy import TenancyService
+
+    service = TenancyService(db)
+    for _ in range(4):
+        await service.create_key(tenant.tenant_id)
+    seen: list[str] = []
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        cursor = None
+        while True:
+            params = {"limit": 2, **({"starting_after": cursor} if cursor else {})}
+            page = (await http.get("/v1/keys", params=params)).json()
+            assert page["object"] == "list" and len(page["data"]) <= 2
+            seen += [key["id"] for key in page["data"]]
+            if not page["has_more"]:
+                break
+            cursor = page["data"][-1]["id"]
+        bad = await http.get("/v1/keys", params={"limit": 0})
+    assert len(seen) == len(set(seen)) == 5
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+
+
+async def test_every_kind_of_bad_request_gets_the_openai_envelope(platform, tenant):
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        cases = [
+            (await http.get("/v1/no-such-route"), 404),
+            (await http.put("/v1/chat/completions", json={}), 405),
+            (await http.post("/v1/chat/completions", content=b"{not json"), 400),
+            (await http.post("/v1/chat/completions", content=b"[1, 2]"), 400),
+            (await http.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": 5}]}), 400),
+            (await http.post("/v1/chat/completions", content=b"x" * (5 * 1024 * 1024)), 413),
+            (await http.get("/v1/adapters/adp_doesnotexist"), 404),
+            (await http.get("/v1/models/no-such-model"), 404),
+            (await http.get("/v1/usage", params={"bucket": "minute"}), 400),
+        ]
+    for response, status in cases:
+        assert response.status_code == status, (response.request.url, response.status_code, response.text[:200])
+        body = response.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+        assert "Traceback" not in response.text
+
+
+async def test_the_admin_api_refuses_tenant_keys_and_wrong_tokens(platform, tenant):
+    async with httpx.AsyncClient(base_url=platform.url) as http:
+        for headers in ({}, tenant.headers, {"Authorization": "Bearer not-the-admin-token"}):
+            response = await http.get("/admin/tenants", headers=headers)
+            assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+    async with admin(platform.url, platform.admin_token) as api:
+        assert (await api.get("/admin/tenants", params={"limit": 1})).status_code == 200

@@ -1,0 +1,34 @@
+"""The metering package's contracts with its SQL: named ledger columns, and every admission verdict."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lorafleet.db import queries
+from lorafleet.gateway.metering.admission import Verdict
+from lorafleet.gateway.metering.ledger_row import COLUMNS, LedgerRow
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def test_the_ledger_insert_binds_exactly_the_named_columns_in_order():
+    sql = queries.insert_usage_rows
+    unnest = re.search(r"unnest\((.*?)\)\s*AS t\((.*?)\)", sql, re.S)
+    assert unnest, "insert_usage_rows unnests one array per column"
+    parameters = re.findall(r"\$(\d+)::(\w+)\[\]", unnest.group(1))
+    assert [int(number) for number, _ in parameters] == list(range(1, len(COLUMNS) + 1))
+    assert [sql_type for _, sql_type in parameters] == [sql_type for _, sql_type in COLUMNS]
+    names = [name.strip() for name in unnest.group(2).split(",")]
+    assert names == [name for name, _ in COLUMNS], "the unnest aliases are the columns, in COLUMNS order"
+    inserted = re.search(r"INSERT INTO usage_ledger \((.*?)\)", sql, re.S).group(1)
+    assert [name.strip() for name in inserted.split(",")] == names
+    assert sorted(names) == sorted(LedgerRow.__struct_fields__), "every LedgerRow field is bound, and only those"
+
+
+def test_every_verdict_the_admission_function_returns_is_an_enum_member():
+    function = "\n".join(path.read_text() for path in sorted(MIGRATIONS.glob("*.sql")))
+    body = function[function.index("CREATE FUNCTION lorafleet_admit"):]
+    body = body[: body.index("$$;", body.index("$$") + 2)]
+    returned = set(re.findall(r"verdict := '(\w+)'", body))
+    assert returned == {verdict.value for verdict in Verdict}
