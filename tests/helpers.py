@@ -7,13 +7,18 @@ wait out a cache: every wait polls for the state it needs, with a deadline.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
 import httpx
+from lorafleet.billing.invoices import close_period
+from lorafleet.core import ids
 
 T = TypeVar("T")
 
@@ -77,15 +82,52 @@ def expected_cost(prompt_tokens: int, completion_tokens: int, prompt_price: int,
     return quotient + (1 if remainder * 2 >= 1_000_000 else 0)
 
 
-def admin(url: str, admin_token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {admin_token}"})
+def admin(gateway, env: dict[str, str]) -> httpx.AsyncClient:
+    """The admin API of ``gateway`` (anything with a ``url``), with the operator's token from ``env``."""
+    return httpx.AsyncClient(base_url=gateway.url, timeout=30,
+                             headers={"Authorization": f"Bearer {env['LORAFLEET_ADMIN_TOKEN']}"})
 
 
-async def set_price(url: str, admin_token: str, model: str, prompt: int, completion: int, surcharge: int = 0) -> dict:
+async def set_price(gateway, env: dict[str, str], model: str, prompt: int, completion: int, surcharge: int = 0) -> dict:
     """A new price version through the admin API; the gateway that takes it applies it at once."""
-    async with admin(url, admin_token) as api:
+    async with admin(gateway, env) as api:
         response = await api.post("/admin/prices", json={
             "base_model": model, "prompt_micro_usd_per_mtok": prompt, "completion_micro_usd_per_mtok": completion,
             "adapter_surcharge_micro_usd_per_mtok": surcharge})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+async def insert_adapter(db: asyncpg.Pool, tenant_id: str, base_model_id: str, name: str) -> str:
+    """A ready adapter row (no weights: for tests about who may see or touch it); its id."""
+
+    adapter_id = ids.new_id("adp")
+    sha256 = "0" * 64
+    await db.execute("INSERT INTO blobs (sha256, size_bytes) VALUES ($1, 1) ON CONFLICT DO NOTHING", sha256)
+    await db.execute(
+        "INSERT INTO adapters (id, tenant_id, name, base_model_id, rank, lora_alpha, target_modules, config, sha256, "
+        "size_bytes, status) VALUES ($1, $2, $3, $4, 8, 16, $5, $6, $7, 1, 'ready')",
+        adapter_id, tenant_id, name, base_model_id, ["q_proj"], {"r": 8}, sha256)
+    return adapter_id
+
+
+async def close_this_month(db: asyncpg.Pool, tenant_id: str) -> str:
+    """The tenant's invoice for the current month, closed now; its id."""
+
+
+    now = dt.datetime.now(dt.UTC)
+    await close_period(db, f"{now:%Y-%m}", now=now + dt.timedelta(days=40), tenant_id=tenant_id)
+    return await db.fetchval("SELECT id FROM invoices WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1", tenant_id)
+
+
+@asynccontextmanager
+async def dashboard(url: str, secret: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """A dashboard session signed in with ``secret``: (client, the session's CSRF token)."""
+
+    async with httpx.AsyncClient(base_url=url, follow_redirects=False, timeout=30) as http:
+        form = await http.get("/dashboard/login")
+        login_csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        signed = await http.post("/dashboard/login", data={"api_key": secret, "csrf": login_csrf})
+        assert signed.status_code == 303, signed.text[:300]
+        page = await http.get("/dashboard")
+        yield http, re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)

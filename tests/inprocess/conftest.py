@@ -13,6 +13,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -53,17 +54,26 @@ class InProcessPlatform:
     admin_token: str
     base_model_id: str
     workers: list[StubWorker] = field(default_factory=list)
+    app: Any = None
 
     @property
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
+    @property
+    def env(self) -> dict[str, str]:
+        return {"LORAFLEET_ADMIN_TOKEN": self.admin_token}
+
     def reset(self) -> None:
         for worker in self.workers:
             worker.behaviour.fail_next = worker.behaviour.drop_next = 0
+            worker.behaviour.fail_status = 500
             worker.behaviour.cut_after_chunks = None
             worker.behaviour.delay_seconds = 0.0
             worker.behaviour.received.clear()
+        if self.app is not None:  # what one test's failures taught the gateway is not the next test's
+            for state in self.app.state.services.registry.workers():
+                state.failures, state.quarantined_until = 0, 0.0
 
 
 async def _start_stub(token: str) -> StubWorker:
@@ -97,10 +107,10 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
     """Two stub workers for one base model and the gateway app in front of them."""
     database_url = inprocess_database_url
     internal_token, admin_token = random_token(32), random_token(32)
-    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), STUB_MODEL, 4096, {}, 16)
+    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), STUB_MODEL, 4096, {}, 16, "generate")
     workers = [await _start_stub(internal_token), await _start_stub(internal_token)]
     for worker in workers:
-        await db.execute(queries.upsert_worker, worker.url, base["id"])
+        await db.execute(queries.upsert_worker, worker.url, base["id"], "ready")
 
     async def heartbeat() -> None:
         while True:
@@ -117,14 +127,15 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
     })
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None,
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
             serving.result()
         await asyncio.sleep(0.02)
-    platform = InProcessPlatform(f"http://127.0.0.1:{port}", internal_token, admin_token, base["id"], workers)
+    platform = InProcessPlatform(f"http://127.0.0.1:{port}", internal_token, admin_token, base["id"], workers, app)
     try:
         yield platform
     finally:
@@ -148,5 +159,14 @@ async def tenant(db: asyncpg.Pool) -> TenantKey:
     """A fresh tenant with one all-scope key, for this test alone."""
     service = TenancyService(db)
     created = await service.create_tenant(f"tenant-{random_token(6)}")
+    key = await service.create_key(created.id)
+    return TenantKey(created.id, key.id, key.secret)
+
+
+@pytest.fixture
+async def other_tenant(db: asyncpg.Pool) -> TenantKey:
+    """A second fresh tenant, for tests of what one tenant must never see of another's."""
+    service = TenancyService(db)
+    created = await service.create_tenant(f"other-{random_token(6)}")
     key = await service.create_key(created.id)
     return TenantKey(created.id, key.id, key.secret)

@@ -47,7 +47,7 @@ async def test_a_failed_request_gives_its_key_back(platform, tenant):
 
 async def test_a_retried_credit_grant_grants_once(platform, tenant, db):
     idem = {"Idempotency-Key": str(uuid.uuid4())}
-    async with admin(platform.url, platform.admin_token) as api:
+    async with admin(platform, platform.env) as api:
         responses = [await api.post(f"/admin/tenants/{tenant.tenant_id}/credits", json={"amount_micro_usd": 5_000_000},
                                     headers=idem) for _ in range(3)]
         other = await api.post(f"/admin/tenants/{tenant.tenant_id}/credits", json={"amount_micro_usd": 6_000_000},
@@ -63,7 +63,7 @@ async def test_a_retried_credit_grant_grants_once(platform, tenant, db):
 async def test_a_retried_tenant_creation_creates_one_tenant(platform, db):
     idem = {"Idempotency-Key": str(uuid.uuid4())}
     name = f"acme-{uuid.uuid4().hex[:8]}"
-    async with admin(platform.url, platform.admin_token) as api:
+    async with admin(platform, platform.env) as api:
         first = await api.post("/admin/tenants", json={"name": name}, headers=idem)
         again = await api.post("/admin/tenants", json={"name": name}, headers=idem)
         key = await api.post(f"/admin/tenants/{first.json()['id']}/keys", json={"scopes": ["inference"]})

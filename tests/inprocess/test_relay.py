@@ -80,6 +80,37 @@ async def test_a_worker_that_keeps_failing_leaves_routing_and_nobody_notices(pla
     assert len(broken.behaviour.received) <= FAILURES_BEFORE_UNREADY, "taken out of routing after a few failures"
 
 
+async def test_an_adapter_one_worker_cannot_fetch_goes_to_another_and_costs_that_worker_nothing(platform, tenant, db):
+    from lorafleet.core.errors import ADAPTER_UNAVAILABLE_STATUS
+    from lorafleet.gateway.fleet.registry import FAILURES_BEFORE_UNREADY
+
+    cannot, can = platform.workers
+    cannot.behaviour.fail_next, cannot.behaviour.fail_status = 1000, ADAPTER_UNAVAILABLE_STATUS
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        for _ in range(FAILURES_BEFORE_UNREADY + 3):
+            response = await http.post("/v1/completions", json={"model": STUB_MODEL, "prompt": "hi", "max_tokens": 4})
+            assert response.status_code == 200, response.text
+        workers = (await http.get("/admin/workers", headers=platform.admin_headers)).json()["data"]
+    assert not any(worker["quarantined"] for worker in workers), "a worker is not failing when one adapter is"
+    assert len(can.behaviour.received) == FAILURES_BEFORE_UNREADY + 3
+    assert len(cannot.behaviour.received) > FAILURES_BEFORE_UNREADY, "it was tried (and answered 424) every time"
+
+
+async def test_an_adapter_no_worker_can_fetch_is_a_503_that_costs_nothing(platform, tenant, db):
+    from lorafleet.core.errors import ADAPTER_UNAVAILABLE_STATUS
+
+    for worker in platform.workers:
+        worker.behaviour.fail_next, worker.behaviour.fail_status = 1000, ADAPTER_UNAVAILABLE_STATUS
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        response = await http.post("/v1/completions", json={"model": STUB_MODEL, "prompt": "hi", "max_tokens": 4})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "adapter_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    assert [len(worker.behaviour.received) for worker in platform.workers] == [1, 1], "each worker tried once"
+    row = await ledger_row(db, response.headers["x-request-id"])
+    assert (row["outcome"], row["http_status"], row["cost_micro_usd"]) == ("unavailable", 503, 0)
+
+
 async def test_a_dropped_connection_is_retried_on_a_fresh_one(platform, tenant, db):
     for worker in platform.workers:
         worker.behaviour.drop_next = 1

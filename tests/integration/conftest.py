@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +16,8 @@ from lorafleet.devtools.services import (
     start_worker,
 )
 from lorafleet.tenancy import TenancyService
+
+from tests.helpers import TenantKey
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +91,6 @@ def gateway(worker: Service, gateways: GatewayFactory) -> Service:
     return gateways.start()
 
 
-@dataclass
-class TenantKey:
-    tenant_id: str
-    key_id: str
-    secret: str
-
-
 @pytest.fixture(scope="session")
 async def make_key(db: asyncpg.Pool):
     async def factory(scopes: list[str] | None = None, tenant_id: str | None = None) -> TenantKey:
@@ -125,14 +117,3 @@ def model_name() -> str:
 async def client(gateway: Service, tenant_key: TenantKey) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=tenant_key.secret, max_retries=0) as sdk:
         yield sdk
-
-
-async def ledger_row(db: asyncpg.Pool, request_id: str, timeout: float = 5.0) -> asyncpg.Record:
-    """The ledger row of a request; the gateway writes rows in batches every few ms."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = await db.fetchrow("SELECT * FROM usage_ledger WHERE request_id = $1", request_id)
-        if row is not None or time.monotonic() > deadline:
-            assert row is not None, f"no ledger row for {request_id}"
-            return row
-        await asyncio.sleep(0.05)

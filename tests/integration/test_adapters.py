@@ -19,7 +19,7 @@ from lorafleet.adapters.architecture import model_architecture
 from lorafleet.gateway.fleet.registry import worker_label
 
 from tests.adapter_factory import write_adapter
-from tests.integration.conftest import ledger_row
+from tests.helpers import ledger_row
 
 pytestmark = pytest.mark.engine
 

@@ -61,7 +61,7 @@ def test_money_commands(database_url):
     async def add_model() -> None:
         connection = await asyncpg.connect(database_url)
         try:
-            await connection.execute(queries.upsert_base_model, ids.base_model_id(), model, 2048, "{}", 16)  # raw connection: jsonb as text
+            await connection.execute(queries.upsert_base_model, ids.base_model_id(), model, 2048, "{}", 16, "generate")  # raw connection: jsonb as text
         finally:
             await connection.close()
 

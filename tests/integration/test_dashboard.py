@@ -26,7 +26,7 @@ from lorafleet.dashboard.charts import usd
 
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
-from tests.integration.money_helpers import set_price, wait_rows
+from tests.helpers import set_price, wait_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"

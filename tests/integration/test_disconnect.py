@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import ledger_row
+from tests.helpers import ledger_row
 
 pytestmark = pytest.mark.engine
 

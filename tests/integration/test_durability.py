@@ -15,7 +15,7 @@ from lorafleet.db.migrate import migrate
 from lorafleet.devtools.services import platform_env, start_gateway, start_worker
 from lorafleet.tenancy import TenancyService
 
-from tests.integration.money_helpers import admin, set_price
+from tests.helpers import admin, set_price
 
 # Every gateway in these tests heartbeats well inside the others' dead-after window.
 FAST_PRESENCE = {"LORAFLEET_GATEWAY_HEARTBEAT_SECONDS": "0.5", "LORAFLEET_GATEWAY_DEAD_AFTER_SECONDS": "4"}

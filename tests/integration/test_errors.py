@@ -11,7 +11,7 @@ import pytest
 from lorafleet.db.migrate import migrate
 from lorafleet.tenancy import TenancyService
 
-from tests.integration.conftest import ledger_row
+from tests.helpers import ledger_row
 
 pytestmark = pytest.mark.engine
 

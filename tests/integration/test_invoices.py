@@ -22,7 +22,7 @@ from lorafleet.gateway.metering.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 from tests.conftest import REPO_ROOT
-from tests.integration.money_helpers import expected_cost, set_price, wait_rows
+from tests.helpers import expected_cost, set_price, wait_rows
 
 FIRST_PRICE = (1_000_003, 2_000_001)
 SECOND_PRICE = (3_000_007, 5_000_011)

@@ -12,7 +12,7 @@ from lorafleet.gateway.metering.writer import LedgerWriter
 
 async def _row(db, make_key, **overrides) -> LedgerRow:
     key = await make_key()
-    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), "ledger-test-model", 2048, {}, 16)
+    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), "ledger-test-model", 2048, {}, 16, "generate")
     now = dt.datetime.now(dt.UTC)
     fields = dict(
         request_id=ids.request_id(), tenant_id=key.tenant_id, api_key_id=key.key_id, base_model_id=base["id"],

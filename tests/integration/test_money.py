@@ -14,7 +14,7 @@ from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core import ids
 from lorafleet.db import queries
 
-from tests.integration.money_helpers import (
+from tests.helpers import (
     admin,
     expected_cost,
     ledger_cost,
@@ -41,7 +41,7 @@ async def test_cost_is_on_every_response_and_in_the_ledger(gateway, base_env, db
     cost = int(raw.headers["x-lorafleet-cost-micro-usd"])
     assert cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                  PROMPT_PRICE, COMPLETION_PRICE)
-    from tests.integration.conftest import ledger_row
+    from tests.helpers import ledger_row
 
     row = await ledger_row(db, raw.headers["x-request-id"])
     assert (row["cost_micro_usd"], row["price_id"]) == (cost, price["id"])

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import ledger_row
+from tests.helpers import ledger_row
 
 pytestmark = pytest.mark.engine
 

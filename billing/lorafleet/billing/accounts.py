@@ -12,6 +12,7 @@ from lorafleet.core.types import Page, page_of
 from lorafleet.db import queries
 
 _UNSET = msgspec.UNSET
+MAX_KEY_LIMIT = 2**31 - 1  # a key's requests/min and tokens/min are PostgreSQL integers
 
 
 class PriceView(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,8 +151,8 @@ class AccountService:
     async def set_key_limits(self, key_id: str, *, requests_per_minute: int | None | msgspec.UnsetType = _UNSET,
                              tokens_per_minute: int | None | msgspec.UnsetType = _UNSET) -> KeyLimits:
         for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
-            if isinstance(value, int) and value < 1:
-                raise InvalidRequest(f"{name} must be ≥ 1 (or null for no limit)", param=name)
+            if isinstance(value, int) and not 1 <= value <= MAX_KEY_LIMIT:
+                raise InvalidRequest(f"{name} must be 1 to {MAX_KEY_LIMIT} (or null for no limit)", param=name)
         row = await self._db.fetchrow(
             queries.update_key_limits, key_id,
             None if requests_per_minute is _UNSET else requests_per_minute,

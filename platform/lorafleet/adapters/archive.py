@@ -59,27 +59,31 @@ def is_archive(filename: str) -> bool:
     return filename.lower().endswith(ARCHIVE_SUFFIXES + REFUSED_SUFFIXES)
 
 
-def adapter_files(parts: list[tuple[str, Path]], workdir: Path, *, max_files: int, max_bytes: int) -> dict[str, Path]:
-    """The adapter's files by name: the uploaded parts themselves, or the contents of one archive part.
-
-    ``parts`` are (client file name, local path); an archive is unpacked into a new folder in
-    ``workdir``. At most ``max_bytes`` uploaded, and as many once decompressed.
-    """
+def check_parts(parts: list[tuple[str, Path]], *, max_files: int, max_bytes: int) -> None:
+    """What can be refused without opening a file: nothing sent, too many bytes, an archive among files."""
     if not parts:
         raise AdapterInvalid("no files: send adapter_config.json and adapter_model.safetensors, or one archive",
                              param="file")
     uploaded = sum(path.stat().st_size for _, path in parts)
     if uploaded > max_bytes:
         raise AdapterInvalid(f"the upload is {uploaded} bytes, more than the {max_bytes} accepted", param="file")
-    archives = [(name, path) for name, path in parts if is_archive(name)]
-    if archives:
-        if len(parts) != 1:
-            raise AdapterInvalid("send one archive, or the files themselves, not both", param="file")
-        name, path = archives[0]
-        target = Path(tempfile.mkdtemp(prefix="extracted-", dir=workdir))
-        return extract(path, name, target, max_files=max_files, max_bytes=max_bytes)
+    if len(parts) > 1 and any(is_archive(name) for name, _ in parts):
+        raise AdapterInvalid("send one archive, or the files themselves, not both", param="file")
     if len(parts) > max_files:
         raise AdapterInvalid(f"more than {max_files} files", param="file")
+
+
+def adapter_files(parts: list[tuple[str, Path]], workdir: Path, *, max_files: int, max_bytes: int) -> dict[str, Path]:
+    """The adapter's files by name: the uploaded parts themselves, or the contents of one archive part.
+
+    ``parts`` are (client file name, local path); an archive is unpacked into a new folder in
+    ``workdir``. At most ``max_bytes`` uploaded, and as many once decompressed.
+    """
+    check_parts(parts, max_files=max_files, max_bytes=max_bytes)
+    if is_archive(parts[0][0]):
+        name, path = parts[0]
+        target = Path(tempfile.mkdtemp(prefix="extracted-", dir=workdir))
+        return extract(path, name, target, max_files=max_files, max_bytes=max_bytes)
     files: dict[str, Path] = {}
     for name, path in parts:
         if name in files:

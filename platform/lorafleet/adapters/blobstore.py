@@ -9,8 +9,26 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+
+import structlog
+from lorafleet.core.errors import BlobStoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+@contextmanager
+def _store_errors(operation: str, sha256: str, *transient: type[BaseException]) -> Iterator[None]:
+    """Any failure of the store itself (a disk, permissions, the network) as BlobStoreUnavailable:
+    callers answer a clear 503 and store nothing; the cause goes to the log, never to a client."""
+    try:
+        yield
+    except (OSError, *transient) as exc:
+        log.error("blob_store_failed", operation=operation, sha256=sha256, error=repr(exc)[:300])
+        raise BlobStoreUnavailable from exc
 
 
 class BlobStore(Protocol):
@@ -28,18 +46,24 @@ class LocalBlobStore:
 
     def put(self, sha256: str, source: Path) -> None:
         final = self.path(sha256)
-        if final.exists():
-            return  # same bytes, already stored
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{sha256}.{os.getpid()}.partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, final)  # atomic: readers never see half a file
+        with _store_errors("put", sha256):
+            if final.exists():
+                return  # same bytes, already stored
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(f".{sha256}.{os.getpid()}.partial")
+            try:
+                shutil.copyfile(source, partial)
+                os.replace(partial, final)  # atomic: readers never see half a file
+            finally:
+                partial.unlink(missing_ok=True)
 
     def fetch(self, sha256: str, target: Path) -> None:
-        shutil.copyfile(self.path(sha256), target)
+        with _store_errors("fetch", sha256):
+            shutil.copyfile(self.path(sha256), target)
 
     def delete(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+        with _store_errors("delete", sha256):
+            self.path(sha256).unlink(missing_ok=True)
 
 
 class S3BlobStore:
@@ -56,23 +80,32 @@ class S3BlobStore:
     def _key(self, sha256: str) -> str:
         return f"{self.prefix}{sha256}"
 
+    def _errors(self, operation: str, sha256: str):
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return _store_errors(operation, sha256, BotoCoreError, ClientError, Boto3Error)
+
     def put(self, sha256: str, source: Path) -> None:
         from botocore.exceptions import ClientError
 
-        try:
-            self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
-            return  # same bytes, already stored
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                raise
-        # upload_file switches to multipart for large files; the object appears only when complete.
-        self._s3.upload_file(str(source), self.bucket, self._key(sha256))
+        with self._errors("put", sha256):
+            try:
+                self._s3.head_object(Bucket=self.bucket, Key=self._key(sha256))
+                return  # same bytes, already stored
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+            # upload_file switches to multipart for large files; the object appears only when complete.
+            self._s3.upload_file(str(source), self.bucket, self._key(sha256))
 
     def fetch(self, sha256: str, target: Path) -> None:
-        self._s3.download_file(self.bucket, self._key(sha256), str(target))
+        with self._errors("fetch", sha256):
+            self._s3.download_file(self.bucket, self._key(sha256), str(target))
 
     def delete(self, sha256: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+        with self._errors("delete", sha256):
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
 
 def make_blob_store(settings) -> BlobStore:

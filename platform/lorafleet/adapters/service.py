@@ -16,11 +16,12 @@ from pathlib import Path
 import asyncpg
 import msgspec
 from lorafleet.adapters.architecture import Architecture
+from lorafleet.adapters.archive import check_parts
 from lorafleet.adapters.blobstore import BlobStore
 from lorafleet.adapters.sandbox import SandboxLimits, inspect_upload
 from lorafleet.adapters.validation import BaseModelSpec, shown
 from lorafleet.core import ids
-from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
+from lorafleet.core.errors import BlobStoreUnavailable, Conflict, InvalidRequest, NotFound
 from lorafleet.core.types import ADAPTER_NAME_PATTERN, ADAPTER_NAME_RULE, Page, page_of
 from lorafleet.db import queries
 
@@ -40,6 +41,14 @@ class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     created_at: dt.datetime
     object: str = "adapter"
+
+
+class AdapterPin(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    base_model: str
+    pinned: bool
+    object: str = "adapter_pin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,7 @@ class AdapterService:
         """
         if not ADAPTER_NAME.match(name):
             raise InvalidRequest(f"invalid adapter name {shown(name)}: {NAME_RULE}", param="name")
+        check_parts(parts, max_files=self._limits.max_files, max_bytes=self._limits.max_bytes)  # before a sandbox starts
         specs = await self._base_specs()
         if name in specs:
             raise InvalidRequest("an adapter cannot take a base model's name", param="name")
@@ -131,6 +141,13 @@ class AdapterService:
                 return adapters
             after = page.data[-1].id
 
+    async def set_pinned(self, adapter_id: str, pinned: bool) -> AdapterPin:
+        """Operator only (any tenant's adapter): keep it resident on every worker of its base model."""
+        row = await self._pool.fetchrow(queries.set_adapter_pinned, adapter_id, pinned)
+        if row is None:
+            raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
+        return AdapterPin(**dict(row))
+
     async def labels(self, adapter_ids: list[str]) -> dict[str, str]:
         """``name (tenant)`` for each id, for the operator's view of what workers hold."""
         rows = await self._pool.fetch(queries.adapter_names, adapter_ids)
@@ -155,10 +172,17 @@ class AdapterService:
         return msgspec.structs.replace(view, status="deleted")
 
     async def _release_blob(self, sha256: str) -> None:
-        """Delete the bytes once no adapter that still exists references them."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            if await connection.fetchval(queries.unreferenced_blob, sha256) is not None:
-                await asyncio.to_thread(self._blobs.delete, sha256)
-                return
-        if not await self._pool.fetchval(queries.blob_exists, sha256):
-            await asyncio.to_thread(self._blobs.delete, sha256)  # a failed first upload: the row never existed
+        """Delete the bytes once no adapter that still exists references them.
+
+        A store that fails to delete leaves the bytes behind (logged by the store): the adapter's
+        deletion, already committed, stands, and the bytes are unreachable without a record.
+        """
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                if await connection.fetchval(queries.unreferenced_blob, sha256) is not None:
+                    await asyncio.to_thread(self._blobs.delete, sha256)
+                    return
+            if not await self._pool.fetchval(queries.blob_exists, sha256):
+                await asyncio.to_thread(self._blobs.delete, sha256)  # a failed first upload: the row never existed
+        except BlobStoreUnavailable:
+            return

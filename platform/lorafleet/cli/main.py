@@ -190,6 +190,34 @@ keys.add_command(key_limits)
 
 
 @cli.group()
+def workers() -> None:
+    """The fleet's workers."""
+
+
+@workers.command("list")
+@json_option
+def workers_list(as_json: bool) -> None:
+    """Each worker with its state, load and resident adapters (slots / CPU / disk), polled now."""
+    from lorafleet.gateway.fleet.views import list_workers
+
+    settings = need_database(load_cli_settings())
+    found = run_async(list_workers(settings))
+
+    def human() -> None:
+        if not found.data:
+            click.echo("no workers")
+        for w in found.data:
+            click.echo(f"{w.id}  {w.base_model:<24} {w.state if w.ready else 'unreachable':<11} running {w.running:<3} "
+                       f"waiting {w.waiting:<3} kv {w.kv_cache_usage:.0%}  slots {len(w.adapters.slots)}/{w.max_loras} "
+                       f"cpu {len(w.adapters.cpu)} disk {len(w.adapters.disk)}  {w.url}")
+            for tier in ("slots", "cpu", "pinned"):
+                if getattr(w.adapters, tier):
+                    click.echo(f"    {tier}: {', '.join(getattr(w.adapters, tier))}")
+
+    emit(found, as_json, human)
+
+
+@cli.group()
 def dashboard() -> None:
     """The web dashboard (served by the gateway under /dashboard)."""
 

@@ -47,12 +47,24 @@ def role_environment(role: str, settings: Settings) -> dict[str, str]:
     return env
 
 
+def process_names(settings: Settings) -> list[str]:
+    """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), then the gateway."""
+    return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway"]
+
+
 def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
     files.logs.mkdir(parents=True, exist_ok=True)
-    env = role_environment(name, settings)
+    role = "gateway" if name == "gateway" else "worker"
+    env = role_environment(role, settings)
+    if role == "worker":
+        index = 1 if name == "worker" else int(name.rsplit("-", 1)[1])
+        env["LORAFLEET_WORKER_PORT"] = str(settings.worker_port + index - 1)  # its own port and adapter cache
+        if settings.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # vLLM's CPU backend binds each engine to the same core by default: spread them over the cores.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str((index - 1) % (os.cpu_count() or 1))
     log_file = open(files.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        [sys.executable, "-m", "lorafleet.cli.main", name], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "lorafleet.cli.main", role], env=env, stdout=log_file, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
     files.pid_file(name).write_text(str(process.pid))
@@ -64,9 +76,9 @@ def _gateway_url(settings: Settings) -> str:
     return f"http://{host}:{settings.gateway_port}"
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, workers: int = 1) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz?workers=1", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}/readyz?workers={workers}", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -79,13 +91,13 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-def _wait_ready(url: str, files: RuntimeFiles) -> None:
+def _wait_ready(url: str, files: RuntimeFiles, names: list[str]) -> None:
     started = time.monotonic()
     with click.progressbar(length=READY_TIMEOUT_SECONDS, label="    waiting for the engine", file=sys.stderr,
                            show_eta=False, show_percent=False) as bar:
         last = 0
-        while not _ready(url):
-            for name in ("worker", "gateway"):
+        while not _ready(url, len(names) - 1):
+            for name in names:
                 if pid_alive(files.pid_file(name)) is None:
                     raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.logs / f'{name}.log')}")
             elapsed = int(time.monotonic() - started)
@@ -189,14 +201,14 @@ def run_up() -> None:
         prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo("    " + line, err=True))
 
     url = _gateway_url(settings)
-    for name in ("worker", "gateway"):
+    for name in process_names(settings):
         pid = pid_alive(files.pid_file(name))
         if pid is None:
             _step(f"starting the {name} (log: {files.logs / (name + '.log')})")
             _spawn(name, files, settings)
         else:
             _step(f"the {name} is already running (pid {pid})")
-    _wait_ready(url, files)
+    _wait_ready(url, files, process_names(settings))
 
     _step("demo tenant, key and adapter")
     tenant_id, secret = asyncio.run(_demo_key(settings, files))
@@ -244,7 +256,8 @@ def run_down() -> None:
 
     settings = get_settings()
     files = RuntimeFiles(settings.data_path)
-    for name in ("gateway", "worker"):
+    workers = sorted(path.stem for path in files.root.glob("worker*.pid"))
+    for name in ("gateway", *workers):
         if stop_process(files.pid_file(name)):
             _step(f"stopped the {name}")
     if not settings.database_url and stop_embedded(files.pgdata):

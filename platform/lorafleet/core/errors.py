@@ -111,6 +111,31 @@ class ServiceUnavailable(LoraFleetError):
     default_code = "service_unavailable"
 
 
+class BlobStoreUnavailable(ServiceUnavailable):
+    """The adapter store could not be read or written (disk, permissions, S3): nothing was stored."""
+
+    default_code = "blob_store_unavailable"
+
+    def __init__(self, message: str = "The adapter store is unavailable; retry later.") -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+# What a worker answers for an adapter whose weights it cannot fetch (424 Failed Dependency; vLLM
+# never sends it): the gateway tries another worker and does not count it against this one.
+ADAPTER_UNAVAILABLE_STATUS = 424
+
+
+class AdapterUnavailable(ServiceUnavailable):
+    """No worker could bring the adapter's weights to its engine (blob store unreadable, cache disk
+    full); the worker itself is healthy and serves everything else."""
+
+    default_code = "adapter_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The adapter's weights could not be loaded right now; retry later.",
+                         headers={"Retry-After": "5"})
+
+
 class UpstreamError(LoraFleetError):
     """A worker failed to answer (connection, 5xx, malformed answer) and no other could take it."""
 

@@ -32,6 +32,15 @@ def bound_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _traceback_formatter():
+    """Tracebacks without local variables: those would include request headers, i.e. API keys."""
+    try:
+        import rich  # noqa: F401  (optional: structlog's pretty tracebacks use it when present)
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
 def _render_json(event: dict[str, Any], **_: Any) -> bytes:
     return _encode(event)
 
@@ -53,7 +62,8 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         structlog.processors.format_exc_info,
         bound_fields,
         # msgspec renders a line several times faster than json.dumps; bytes go straight to stdout.
-        structlog.processors.JSONRenderer(serializer=_render_json) if json_lines else structlog.dev.ConsoleRenderer(),
+        structlog.processors.JSONRenderer(serializer=_render_json) if json_lines else structlog.dev.ConsoleRenderer(
+            exception_formatter=_traceback_formatter()),
     ]
     structlog.configure(
         processors=processors,

@@ -30,10 +30,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     worker_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads the worker registry and polls each worker.")] = 1.0
     catalog_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads base models and prices (a new price applies within this).")] = 1.0
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
+    wake_timeout_seconds: Annotated[float, Meta(ge=0, description="How long the gateway holds a request for a base model with no ready worker (asleep, waking, starting, or scaled to zero) before answering 503 with Retry-After; the wait is not billed. 0: answer 503 at once.")] = 120.0
+    autoscale_target_concurrency: Annotated[int, Meta(ge=1, description="Requests (running + waiting + held) one worker should carry; /autoscaling's desired replicas = ceil(demand / this).")] = 32
+    autoscale_idle_seconds: Annotated[float, Meta(ge=0, description="A base model with no demand for this long has 0 desired replicas on /autoscaling (scale to zero).")] = 300.0
     upstream_attempts: Annotated[int, Meta(ge=1, le=10, description="Tries of a request before its first byte: a worker that cannot be reached or fails with a 5xx is replaced by the next in placement order (never billed twice).")] = 3
     max_prompts_per_request: Annotated[int, Meta(ge=1, description="Most prompts one /v1/completions request may batch.")] = 128
     max_sequences_per_request: Annotated[int, Meta(ge=1, description="Most sequences (prompts × n) one request may ask for.")] = 128
     tenant_max_concurrent_sequences: Annotated[int, Meta(ge=0, description="Sequences one tenant may have in flight through one gateway, even without billing limits (429 beyond). 0: no cap.")] = 256
+    responses_retention_days: Annotated[int, Meta(ge=1, le=3650, description="How long a stored /v1/responses answer (store: true) can be read back and chained from; deleted after.")] = 30
     tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
     tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
     max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
@@ -75,6 +79,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     adapter_cache_dir: Annotated[str, Meta(description="Worker's local disk cache of adapter files, one per worker. Empty: DATA_DIR/adapter-cache/WORKER_PORT.")] = ""
     adapter_cache_bytes: Annotated[int, Meta(ge=1, description="Worker's adapter disk cache bound, in bytes; least recently used adapters are unloaded and deleted beyond it.")] = 2 * 1024 * 1024 * 1024
     engine_extra_args: Annotated[str, Meta(description="Extra command-line arguments passed to vLLM's server verbatim (space separated).")] = ""
+    worker_task: Annotated[Literal["generate", "embed"], Meta(description="What the worker's base model serves: `generate` (chat, completions, responses; LoRA adapters) or `embed` (/v1/embeddings, vLLM's pooling runner, no adapters). An embedding deployment needs its own MODEL_NAME.")] = "generate"
+    tool_call_parser: Annotated[str, Meta(max_length=64, description="vLLM tool-call parser for the base model's call syntax (--tool-call-parser; see README › Tool calling). Empty: `tool_choice: auto` is refused; `required` and a named function still work.")] = "hermes"
+    tool_strict_level: Annotated[Literal["auto", "function", "parameter"], Meta(description="How far vLLM constrains tool calls (--tool-strict-level). parameter: arguments always match the tool's JSON schema, as if every tool were `strict: true` (small models need it); auto: only tools marked strict.")] = "parameter"
+    chat_template: Annotated[str, Meta(description="Chat template file for the base model. Empty: the model's own, or the bundled ChatML template with a tools section when the model's own is ChatML without one (SmolLM2).")] = ""
+    worker_idle_seconds: Annotated[float, Meta(ge=0, description="A worker with no request for this long releases its engine and reports itself asleep; the next request wakes it. 0: never sleeps (on Kubernetes, scaling to zero is the autoscaler's job).")] = 0.0
+    worker_sleep_mode: Annotated[Literal["stop", "vllm"], Meta(description="How a worker sleeps: `stop` ends the engine process (any machine; waking is an engine start), `vllm` uses vLLM's sleep mode (GPU: frees weights and KV cache, wakes in about a second; needs --enable-sleep-mode in LORAFLEET_ENGINE_EXTRA_ARGS).")] = "stop"
+    worker_drain_seconds: Annotated[float, Meta(ge=0, description="On SIGTERM a worker leaves routing at once and lets requests in flight finish for up to this long before it stops.")] = 30.0
+    workers: Annotated[int, Meta(ge=1, le=16, description="Workers `lorafleet up` runs on this machine (ports WORKER_PORT, WORKER_PORT+1, …).")] = 1
 
     @property
     def data_path(self) -> Path:

@@ -43,3 +43,16 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
 def page_of(rows: list[T], limit: int) -> Page[T]:
     """A page from ``limit + 1`` fetched rows: the extra row only says that there are more."""
     return Page(data=rows[:limit], has_more=len(rows) > limit)
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(msgspec.Struct, kw_only=True):
+    """The body of every error answer: OpenAI's envelope (core/errors.py renders it)."""
+
+    error: ErrorDetail

@@ -90,7 +90,8 @@ class CsrfRejected(Exception):
 
 def render(template: str, status: int = 200, **context: Any) -> Response[str]:
     html = _TEMPLATES.get_template(template).render(**context)
-    return Response(html, status_code=status, media_type="text/html; charset=utf-8",
+    # Litestar appends "; charset=utf-8" to text/* types itself (given here too, it was sent twice).
+    return Response(html, status_code=status, media_type="text/html",
                     headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                              "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'"})
 
@@ -220,7 +221,7 @@ class DashboardController(Controller):
                                                             params=params, chart="", csv_link=""))
         report = await usage_report(services.pool, session.tenant_id, query, services.settings.currency)
         if request.query_params.get("format") == "csv":
-            return Response(usage_csv(report), media_type="text/csv; charset=utf-8",
+            return Response(usage_csv(report), media_type="text/csv",
                             headers={"Content-Disposition": 'attachment; filename="usage.csv"'})
         buckets = sorted({row.bucket_start for row in report.data})
         by: dict[str, dict[dt.date, int]] = {}

@@ -32,7 +32,8 @@ PROMPT_TOKENS = 12
 class StubBehaviour:
     chunks: int = 8
     token: str = ""                       # the internal token it requires (empty: none)
-    fail_next: int = 0                    # answer this many generation requests with a 500
+    fail_next: int = 0                    # answer this many generation requests with fail_status
+    fail_status: int = 500                # 424: "this adapter's weights cannot be fetched here"
     drop_next: int = 0                    # close this many connections without answering
     cut_after_chunks: int | None = None   # end streams (without [DONE]) after this many chunks
     delay_seconds: float = 0.0            # before answering (or between chunks when streaming)
@@ -72,13 +73,17 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
             raise web.HTTPInternalServerError()
         if behaviour.fail_next > 0:
             behaviour.fail_next -= 1
-            return web.Response(status=500, text="Internal Server Error")
+            return web.json_response({"error": {"message": "failed", "type": "stub", "code": behaviour.fail_status}},
+                                     status=behaviour.fail_status)
         if behaviour.delay_seconds:
             await asyncio.sleep(behaviour.delay_seconds)
         chat = request.path.endswith("/chat/completions")
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
         count = behaviour.chunks
+        tool = _forced_tool(body) if chat else None
+        if tool is not None:
+            return await _tool_call(request, body, tool, created, usage(TOOL_CALL_TOKENS))
         if not body.get("stream"):
             choice = ({"index": 0, "message": {"role": "assistant", "content": "ok " * count}, "finish_reason": "length"}
                       if chat else {"index": 0, "text": "ok " * count, "finish_reason": "length"})
@@ -94,8 +99,9 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
                 await response.write(b"".join(events))
                 request.transport.close()
                 return response
-            choice = ({"index": 0, "delta": {"content": "ok "}, "finish_reason": None} if chat
-                      else {"index": 0, "text": "ok ", "finish_reason": None})
+            finish = "length" if index == count - 1 else None  # as the whole answer: cut at max_tokens
+            choice = ({"index": 0, "delta": {"content": "ok "}, "finish_reason": finish} if chat
+                      else {"index": 0, "text": "ok ", "finish_reason": finish})
             chunk = {"id": "cmpl-stub", "object": f"{kind}.chunk", "created": created, "model": body["model"],
                      "choices": [choice]}
             if continuous:
@@ -124,6 +130,43 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
     app.router.add_post("/v1/completions", complete)
     app.router.add_post("/v1/chat/completions", complete)
     return app
+
+
+TOOL_CALL_TOKENS = 5
+TOOL_ARGUMENTS = ('{"stub": ', 'true}')  # streamed in two pieces
+
+
+def _forced_tool(body: dict[str, Any]) -> str | None:
+    """The tool a request forces (``required`` or a named function): the stub calls it, like a model would."""
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    if isinstance(choice, dict):
+        return choice["function"]["name"]
+    return tools[0]["function"]["name"]
+
+
+async def _tool_call(request: web.Request, body: dict[str, Any], name: str, created: int,
+                     usage: dict[str, Any]) -> web.StreamResponse:
+    head = {"id": "chatcmpl-stub", "created": created, "model": body["model"]}
+    if not body.get("stream"):
+        call = {"id": "call_stub", "type": "function", "function": {"name": name, "arguments": "".join(TOOL_ARGUMENTS)}}
+        return web.json_response({**head, "object": "chat.completion", "usage": usage, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+             "finish_reason": "tool_calls"}]})
+    deltas = [{"index": 0, "id": "call_stub", "type": "function", "function": {"name": name, "arguments": ""}}]
+    deltas += [{"index": 0, "function": {"arguments": piece}} for piece in TOOL_ARGUMENTS]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for index, delta in enumerate(deltas):
+        last = index == len(deltas) - 1
+        chunk = {**head, "object": "chat.completion.chunk", "usage": usage, "choices": [
+            {"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": "tool_calls" if last else None}]}
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def main() -> None:

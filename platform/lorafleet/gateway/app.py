@@ -24,21 +24,26 @@ from lorafleet.db.migrate import migrate
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.billing import BillingController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.registry import WorkerRegistry
+from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.metering.admission import Admission
 from lorafleet.gateway.metering.refusals import RefusalCounter
 from lorafleet.gateway.metering.spool import LedgerSpool
+from lorafleet.gateway.janitor import RetentionJanitor
 from lorafleet.gateway.metering.sweeper import ReservationSweeper
 from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay, upstream_connector
+from lorafleet.gateway.responses_api.controller import ResponsesController
+from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
@@ -55,14 +60,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         http = aiohttp.ClientSession(connector=upstream_connector(), auto_decompress=False)
         gateway_id = ids.gateway_id()
         catalog = ModelCatalog(pool, settings.catalog_refresh_seconds)
-        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds)
+        registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds,
+                                  database_url=settings.database_url, gateway_id=gateway_id)
         ledger = LedgerWriter(pool, spool=LedgerSpool(settings.resolved_spool_dir, gateway_id))
         sweeper = ReservationSweeper(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
                                      dead_after_seconds=settings.gateway_dead_after_seconds,
                                      reservation_max_seconds=settings.reservation_max_seconds)
         refusals = RefusalCounter(pool)
+        janitor = RetentionJanitor(pool)
         relay = Relay(http, registry, metrics, settings.internal_token, settings.upstream_timeout_seconds,
-                      attempts=settings.upstream_attempts)
+                      attempts=settings.upstream_attempts, hold_seconds=settings.wake_timeout_seconds)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
@@ -75,9 +82,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
             cache_salts=CacheSalts(settings.internal_token),
+            responses=ResponseStore(pool, settings.responses_retention_days),
         )
         ledger.start()
         refusals.start()
+        janitor.start()
         await sweeper.start()
         await catalog.start()
         await registry.start()
@@ -89,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await catalog.close()
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
             await refusals.close()
+            await janitor.close()
             await sweeper.close()
             await relay.close()
             await http.close()
@@ -96,13 +106,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            OpenAIController, KeysController, BillingController, AdminController, SystemController,
+            OpenAIController, ResponsesController, EmbeddingsController, KeysController, BillingController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
                    request_max_body_size=settings.max_upload_bytes),
         ],
         lifespan=[lifespan],
+        plugins=[StrictStructSchema()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
         openapi_config=OpenAPIConfig(

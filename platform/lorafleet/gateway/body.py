@@ -16,6 +16,7 @@ from collections.abc import Generator
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.dto import AbstractDTO, DTOConfig, DTOFieldDefinition
 from litestar.typing import FieldDefinition
 from lorafleet.core.errors import InvalidRequest
@@ -23,7 +24,7 @@ from lorafleet.core.errors import InvalidRequest
 T = TypeVar("T")
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
-_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`")
 _MAX_MESSAGE = 300
 
 
@@ -100,3 +101,16 @@ class StrictBody(AbstractDTO[T]):
 
     def decode_builtins(self, value: dict[str, Any]) -> T:
         return validate(value, self.model_type)
+
+
+class StrictStructSchema(StructSchemaPlugin):
+    """OpenAPI for msgspec Structs that says what decoding does: a Struct that forbids unknown
+    fields is ``additionalProperties: false`` (Litestar's own plugin leaves it open), so generated
+    clients and fuzzers know an extra field is a 400."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Any:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if getattr(field_definition.type_, "__struct_config__", None) and \
+                field_definition.type_.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema

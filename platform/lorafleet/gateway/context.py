@@ -22,6 +22,7 @@ from lorafleet.core.ids import request_id as new_request_id
 from lorafleet.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
+    from lorafleet.gateway.auth import Principal
     from lorafleet.gateway.services import Services
 
 log = structlog.get_logger("lorafleet.access")
@@ -38,7 +39,7 @@ class RequestContext:
     """
 
     __slots__ = ("request_id", "method", "path", "client", "services", "started", "status", "client_gone",
-                 "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
+                 "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                  "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers")
 
     def __init__(self, request_id: str, method: str, path: str, client: str, services: Services) -> None:
@@ -50,6 +51,7 @@ class RequestContext:
         self.started = time.perf_counter()
         self.status = 500
         self.client_gone = False                  # the client disconnected before we answered
+        self.principal: Principal | None = None   # the API key's, once the tenant routes' guard has run
         self.tenant_id: str | None = None
         self.key_id: str | None = None
         self.model: str | None = None             # as the client named it

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import Dependency, Provide
 from litestar.params import SkipValidationMarker
 from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.context import RequestContext, provide_context
+from lorafleet.gateway.context import RequestContext, context_of, provide_context
 from lorafleet.gateway.services import Services
 
 # Handler parameters: injected by name, and not re-validated (they are ours; Litestar would otherwise
@@ -24,17 +26,25 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def provide_principal(request: Request, context: Context) -> Principal:
-    """The API key's principal (401 otherwise); its tenant and key go into the request's context."""
-    principal = await context.services.auth.authenticate(request.headers.get("authorization"), context.client)
+async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of every tenant route: the API key's principal (401 otherwise) into the request's context.
+    A guard, so an unauthenticated caller gets 401 before any of its body is read or decoded."""
+    context = context_of(connection.scope)
+    principal = await context.services.auth.authenticate(connection.headers.get("authorization"), context.client)
+    context.principal = principal
     context.tenant_id = principal.tenant_id
     context.key_id = principal.key_id
-    return principal
+
+
+async def provide_principal(context: Context) -> Principal:
+    """The principal :func:`require_api_key` authenticated."""
+    return context.principal  # type: ignore[return-value]
 
 
 async def provide_services(state: State) -> Services:
     return state.services
 
 
-# What a tenant-API controller declares: one chain (context → principal), never a task group.
+# What a tenant-API controller declares: the guard, then one chain (context → principal), never a task group.
+TENANT_GUARDS = [require_api_key]
 TENANT_DEPENDENCIES = {"context": Provide(provide_context), "principal": Provide(provide_principal)}

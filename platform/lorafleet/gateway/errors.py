@@ -7,6 +7,7 @@ into the hierarchy's classes, by status — never by matching their text.
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -62,6 +63,11 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
     return _respond(request, error)
 
 
+def handle_unstorable_text(request: Request, _: asyncpg.CharacterNotInRepertoireError) -> Response[dict]:
+    """PostgreSQL text cannot hold NUL (U+0000): a path, query or body value carrying one is the request's fault."""
+    return _respond(request, errors.InvalidRequest("Text in this request may not contain NUL (\\u0000) characters."))
+
+
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict]:
     if context_of(request.scope).client_gone:
         return _respond(request, errors.ClientDisconnected("The client disconnected before the request was answered."))
@@ -72,5 +78,6 @@ def handle_unexpected(request: Request, exc: Exception) -> Response[dict]:
 EXCEPTION_HANDLERS = {
     errors.LoraFleetError: handle_lorafleet_error,
     HTTPException: handle_http_exception,
+    asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     Exception: handle_unexpected,
 }

@@ -14,7 +14,6 @@ ever holds ciphertext only the caller could unlock.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -26,7 +25,6 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from litestar.params import HeaderParameter
 from lorafleet.core.errors import IdempotencyConflict
-from lorafleet.core.tasks import stop_task
 from lorafleet.db import queries
 from lorafleet.gateway.auth import bearer_secret
 from lorafleet.gateway.context import RequestContext
@@ -94,26 +92,3 @@ async def once(context: RequestContext, authorization: str | None, *, owner: str
     return await run_once(context.services.pool, owner=owner, secret=bearer_secret(authorization), key=key,
                           request_fingerprint=fingerprint(f"{context.method} {context.path}", body), action=action,
                           result_type=result_type, on_replay=lambda: context.response_headers.append(REPLAY_HEADER))
-
-
-class IdempotencyJanitor:
-    """Deletes kept results past their retention, every few minutes (any gateway may; it is idempotent)."""
-
-    def __init__(self, pool: asyncpg.Pool, interval_seconds: float = 600.0) -> None:
-        self._pool = pool
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="idempotency-janitor")
-
-    async def close(self) -> None:
-        await stop_task(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._pool.execute(queries.forget_idempotency_keys, RETENTION_HOURS)
-            except Exception:  # noqa: BLE001,S112 - the next round retries; rows only wait longer
-                continue

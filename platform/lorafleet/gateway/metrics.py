@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorafleet.gateway.fleet.autoscaling import TokenRate
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+RESIDENCY_LABELS = ("slot", "cpu", "disk", "cold")  # placement's IN_SLOT, IN_CPU, ON_DISK, COLD
+MODEL_GAUGES = {
+    "desired_replicas": "Workers the base model should have (GET /autoscaling's formula).",
+    "requests_waiting": "Requests the base model's engines hold in their waiting queues.",
+    "requests_running": "Requests the base model's engines are running.",
+    "requests_held": "Requests gateways hold for a worker of the base model (asleep, waking or absent).",
+    "kv_cache_usage": "Mean KV-cache use over the base model's ready workers (0..1).",
+    "adapters_resident": "Adapters in the base model's engines (slots and CPU LRU).",
+    "tokens_per_second": "Output tokens per second this gateway metered for the base model (last minute).",
+}
 
 
 class GatewayMetrics:
@@ -29,6 +40,16 @@ class GatewayMetrics:
             "model and whether an adapter served it.",
             ["base_model", "kind"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.adapter_ttft_seconds = Histogram(
+            "lorafleet_adapter_ttft_seconds", "Time to first token of adapter requests, by where the adapter was on "
+            "the worker that served it: slot, cpu, disk or cold (fetched from the blob store).",
+            ["base_model", "residency"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.cold_start_seconds = Histogram(
+            "lorafleet_cold_start_seconds", "Time to first token of requests that waited for a worker to wake "
+            "(asleep, or scaled to zero → first token).", ["base_model"], buckets=_LATENCY_BUCKETS + (300, 600),
+            registry=self.registry,
+        )
         self.tokens = Counter("lorafleet_tokens", "Tokens metered into the ledger.", ["kind"], registry=self.registry)
         self.completions = Counter(
             "lorafleet_completions", "Admitted completion requests by outcome.", ["outcome"], registry=self.registry
@@ -43,6 +64,12 @@ class GatewayMetrics:
             ["worker_id"], registry=self.registry,
         )
         self.ledger_queue = Gauge("lorafleet_ledger_queue_rows", "Usage rows waiting to be written.", registry=self.registry)
+        # Per base model, for autoscalers (the same numbers as GET /autoscaling; README "Autoscaling").
+        self.model = {name: Gauge(f"lorafleet_model_{name}", help_text, ["base_model"], registry=self.registry)
+                      for name, help_text in MODEL_GAUGES.items()}
+        self.model_workers = Gauge("lorafleet_model_workers", "Workers of a base model by state.",
+                                   ["base_model", "state"], registry=self.registry)
+        self.token_rate = TokenRate()
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -56,10 +83,17 @@ class GatewayMetrics:
         self._child(self.requests, route, str(status)).inc()
         self._child(self.request_seconds, route).observe(seconds)
 
-    def observe_ttft(self, base_model: str, adapter: bool, seconds: float) -> None:
+    def observe_ttft(self, base_model: str, adapter: bool, seconds: float, *, residency: int | None = None,
+                     held: bool = False) -> None:
         self._child(self.ttft_seconds, base_model, "adapter" if adapter else "base").observe(seconds)
+        if residency is not None:
+            self._child(self.adapter_ttft_seconds, base_model, RESIDENCY_LABELS[residency]).observe(seconds)
+        if held:
+            self._child(self.cold_start_seconds, base_model).observe(seconds)
 
-    def observe_completion(self, outcome: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def observe_completion(self, outcome: str, prompt_tokens: int, completion_tokens: int,
+                           base_model_id: str = "") -> None:
+        self.token_rate.record(base_model_id, completion_tokens)
         self._child(self.completions, outcome).inc()
         self._child(self.tokens, "prompt").inc(prompt_tokens)
         self._child(self.tokens, "completion").inc(completion_tokens)

@@ -17,6 +17,7 @@ from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay
+from lorafleet.gateway.responses_api.store import ResponseStore
 
 
 @dataclass
@@ -34,3 +35,4 @@ class Services:
     relay: Relay
     adapters: AdapterService
     cache_salts: CacheSalts
+    responses: ResponseStore

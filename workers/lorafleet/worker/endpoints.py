@@ -10,6 +10,7 @@ All under ``/lorafleet/`` and behind the internal token (:mod:`lorafleet.worker.
   with ``load`` into the engine, so the first request is not a cold load.
 - ``POST /lorafleet/adapters/{id}/pin`` / ``unpin``: keep an adapter in the engine and on disk.
 - ``POST /lorafleet/adapters/{id}/unload``: forget an adapter now (deleted by its tenant).
+- ``POST /lorafleet/sleep`` / ``wake``: vLLM's sleep mode, for the supervisor's idle timer on GPUs.
 
 Slots and the CPU LRU live in the engine-core's worker processes; they are read with
 ``collective_rpc`` of a method :mod:`lorafleet.worker.plugin` installs there.
@@ -168,6 +169,17 @@ class LoraFleetEndpoints:
                                                                      args=(loaded.lora_int_id, False))
                 _CACHE.stamp = None
             return JSONResponse({"adapter": adapter_id, "pinned": False})
+
+        @router.post("/sleep")
+        async def sleep(request: Request) -> JSONResponse:
+            """vLLM's sleep mode, level 1: weights offloaded, KV cache freed (the supervisor's idle timer)."""
+            await request.app.state.engine_client.sleep(level=1)
+            return JSONResponse({"asleep": True})
+
+        @router.post("/wake")
+        async def wake(request: Request) -> JSONResponse:
+            await request.app.state.engine_client.wake_up()
+            return JSONResponse({"asleep": False})
 
         app.include_router(router)
 

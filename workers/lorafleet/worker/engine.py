@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from lorafleet.core.settings import Settings
+from lorafleet.worker.tools import tool_arguments
 
 # Secrets of other roles: stripped even if the supervisor was started with them.
 NOT_FOR_WORKERS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_METRICS_TOKEN", "LORAFLEET_STRIPE_API_KEY")
@@ -33,12 +34,22 @@ def engine_command(settings: Settings) -> list[str]:
         "--port", str(settings.worker_port),
         "--middleware", GUARD,  # authenticates every route; the only way in
         "--max-model-len", str(settings.max_model_len),
+        *_task_arguments(settings),
+        "--disable-uvicorn-access-log",
+        *shlex.split(settings.engine_extra_args),
+    ]
+
+
+def _task_arguments(settings: Settings) -> list[str]:
+    if settings.worker_task == "embed":
+        # Embedding workers serve the base model only: vLLM's pooling runner has no LoRA or tools.
+        return ["--runner", "pooling", "--convert", "embed"]
+    return [
         "--enable-lora",
         "--max-loras", str(settings.max_loras),
         "--max-cpu-loras", str(settings.max_cpu_loras),
         "--max-lora-rank", str(settings.max_lora_rank),
-        "--disable-uvicorn-access-log",
-        *shlex.split(settings.engine_extra_args),
+        *tool_arguments(settings),
     ]
 
 

@@ -17,6 +17,8 @@ class AdapterMetrics:
             "lorafleet_adapter_resolve_seconds", "Time to resolve an adapter (database + files).", ["source"],
             buckets=_BUCKETS,
         )
+        self.fetch_failures = Counter("lorafleet_adapter_fetch_failures",
+                                      "Adapters that could not be fetched to this worker (blob store or disk).")
         self.evictions = Counter("lorafleet_adapter_disk_cache_evictions", "Adapters unloaded and deleted from disk.")
         self.disk_bytes = Gauge("lorafleet_adapter_disk_cache_bytes", "Bytes of adapters on the local disk cache.")
         self.disk_adapters = Gauge("lorafleet_adapter_disk_cache_adapters", "Adapters on the local disk cache.")

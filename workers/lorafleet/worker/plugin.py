@@ -73,6 +73,19 @@ def _install_residency_rpcs() -> None:
     WorkerBase.lorafleet_pin_lora = pin_lora
 
 
+def adapter_unavailable(adapter_id: str) -> Exception:
+    """What a request for an adapter this worker cannot fetch gets: 424, which the gateway reads as
+    "try another worker, and do not count it against this one" (a 5xx would quarantine the worker
+    for everybody because one adapter's bytes are unreachable)."""
+    from http import HTTPStatus
+
+    from lorafleet.core.errors import ADAPTER_UNAVAILABLE_STATUS
+    from vllm.exceptions import GracefulHTTPError
+
+    return GracefulHTTPError(f"The weights of {adapter_id} could not be fetched to this worker.",
+                             HTTPStatus(ADAPTER_UNAVAILABLE_STATUS))
+
+
 def _resolver_base():
     from vllm.lora.resolver import LoRAResolver
 
@@ -131,14 +144,22 @@ class LoraFleetResolver(_resolver_base()):  # type: ignore[misc]
 
     async def _fetch(self, lora_name: str) -> tuple[Any, int] | None:
         """(folder, lora int id) with the files on local disk, or None if not servable here."""
+        from lorafleet.core.errors import BlobStoreUnavailable
         from lorafleet.db import queries
+        from lorafleet.worker.adapter_cache import AdapterIntegrityError
 
         async with self._locks[lora_name]:
             started = time.perf_counter()
             row = await (await self._db()).fetchrow(queries.adapter_for_worker, lora_name)
             if row is None or row["base_model"] != self.settings.model_name:
                 return None  # deleted, unknown, or for another base model: vLLM answers 404
-            folder, cached = await asyncio.to_thread(self.cache.ensure, row["id"], row["sha256"], row["config"])
+            try:
+                folder, cached = await asyncio.to_thread(self.cache.ensure, row["id"], row["sha256"], row["config"])
+            except (BlobStoreUnavailable, AdapterIntegrityError, OSError) as exc:
+                # This adapter cannot reach this engine now; the worker itself is fine (see adapter_unavailable).
+                log.error("adapter_fetch_failed", adapter=lora_name, error=repr(exc)[:300])
+                self.metrics.fetch_failures.inc()
+                raise adapter_unavailable(lora_name) from None
             async with self._evicting:
                 for victim in await asyncio.to_thread(self.cache.over_budget,
                                                       self._resolving | self.pinned | {lora_name}):

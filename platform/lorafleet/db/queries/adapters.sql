@@ -54,3 +54,13 @@ SELECT pg_advisory_xact_lock(hashtextextended('lorafleet.adapters|' || $1, 0));
 -- name: tenant_adapter_usage
 SELECT count(*)::bigint AS adapters, coalesce(sum(size_bytes), 0)::bigint AS bytes
 FROM adapters WHERE tenant_id = $1 AND status <> 'deleted';
+
+-- name: set_adapter_pinned
+UPDATE adapters a SET pinned = $2 FROM base_models m
+WHERE a.id = $1 AND a.status = 'ready' AND m.id = a.base_model_id
+RETURNING a.id, a.name, m.name AS base_model, a.pinned;
+
+-- name: pinned_adapters
+-- What a worker of this base model ($1, its name) keeps pinned.
+SELECT a.id FROM adapters a JOIN base_models m ON m.id = a.base_model_id
+WHERE m.name = $1 AND a.pinned AND a.status = 'ready' ORDER BY a.id;

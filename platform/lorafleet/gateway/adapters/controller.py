@@ -16,9 +16,10 @@ from litestar.params import FromPath
 from lorafleet.adapters.service import AdapterView
 from lorafleet.core.types import ADAPTER_NAME_PATTERN, Page
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, Caller, Context
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.gateway.responses import API_KEY, error_responses
 
 _UPLOAD_SCHEMA = Schema(
     type=OpenAPIType.OBJECT, required=["name", "file"],
@@ -28,7 +29,7 @@ _UPLOAD_SCHEMA = Schema(
                                                                   "base_model_name_or_path names, else the only one."),
         "prewarm": Schema(type=OpenAPIType.STRING, enum=["none", "disk", "load"],
                           description="Fetch it onto a worker's disk (disk) or into its engine (load) at once."),
-        "file": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, format="binary"),
+        "file": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, format="binary"), min_items=1,
                        description="adapter_config.json and adapter_model.safetensors, or one .tar.gz/.tgz/.tar/.zip"),
     })
 
@@ -45,9 +46,11 @@ class MultipartUploadOperation(Operation):
 class AdaptersController(Controller):
     path = "/v1/adapters"
     tags = ["Adapters"]
+    guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 
     @post("/", operation_id="createAdapter", status_code=201, operation_class=MultipartUploadOperation,
+          responses=error_responses(400, 409, 413, 415, *API_KEY),
           summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).")
     async def create_adapter(self, request: Request, context: Context, principal: Caller,
                              idempotency_key: IdempotencyKey = None) -> AdapterView:
@@ -55,18 +58,21 @@ class AdaptersController(Controller):
         return await upload_adapter(request, context, principal.tenant_id, owner=principal.key_id,
                                     idempotency_key=idempotency_key)
 
-    @get("/", operation_id="listAdapters", summary="The caller's adapters, oldest id first.")
+    @get("/", operation_id="listAdapters", responses=error_responses(400, *API_KEY),
+         summary="The caller's adapters, oldest id first.")
     async def list_adapters(self, context: Context, principal: Caller, limit: Limit = 100,
                             starting_after: StartingAfter = None) -> Page[AdapterView]:
         principal.require("adapters:read")
         return await context.services.adapters.list(principal.tenant_id, after=starting_after, limit=limit)
 
-    @get("/{adapter_id:str}", operation_id="getAdapter", summary="One of the caller's adapters.")
+    @get("/{adapter_id:str}", operation_id="getAdapter", responses=error_responses(400, 404, *API_KEY),
+         summary="One of the caller's adapters.")
     async def get_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
         principal.require("adapters:read")
         return await context.services.adapters.get(principal.tenant_id, adapter_id)
 
     @delete("/{adapter_id:str}", operation_id="deleteAdapter", status_code=200,
+            responses=error_responses(400, 404, *API_KEY),
             summary="Delete an adapter: unloaded from every worker, never served again.")
     async def delete_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
         principal.require("adapters:write")

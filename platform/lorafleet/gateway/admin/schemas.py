@@ -12,6 +12,7 @@ from lorafleet.core.types import (
     TenantName,
     Timestamp,
 )
+from lorafleet.billing.accounts import MAX_KEY_LIMIT
 from lorafleet.tenancy.keys import Scope
 from msgspec import UNSET, Meta, UnsetType
 
@@ -41,7 +42,7 @@ class CreditCreate(_Strict, kw_only=True):
 
 class KeyLimitsUpdate(_Strict, kw_only=True):
     requests_per_minute: Annotated[int, Meta(ge=1, le=10**7)] | None | UnsetType = UNSET
-    tokens_per_minute: Annotated[int, Meta(ge=1, le=10**10)] | None | UnsetType = UNSET
+    tokens_per_minute: Annotated[int, Meta(ge=1, le=MAX_KEY_LIMIT)] | None | UnsetType = UNSET
 
 
 class TenantCreate(_Strict, kw_only=True):

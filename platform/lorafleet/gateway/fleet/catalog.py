@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 from lorafleet.adapters.service import ADAPTER_NAME
 from lorafleet.billing.pricing import PriceBook, price_from_row
-from lorafleet.core.errors import ModelNotFound
+from lorafleet.core.errors import InvalidRequest, ModelNotFound
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import queries
 
@@ -35,6 +35,7 @@ class BaseModel:
     name: str
     max_model_len: int
     created: int
+    task: str = "generate"  # what its workers serve: "generate" (chat, completions, responses) or "embed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ class ModelCatalog:
     async def refresh(self) -> None:
         rows = await self._pool.fetch(queries.list_base_models)
         self._by_name = {
-            row["name"]: BaseModel(row["id"], row["name"], row["max_model_len"], int(row["created_at"].timestamp()))
+            row["name"]: BaseModel(row["id"], row["name"], row["max_model_len"], int(row["created_at"].timestamp()),
+                                   row["task"])
             for row in rows
         }
         self.prices = PriceBook([price_from_row(row) for row in await self._pool.fetch(queries.list_prices)])
@@ -127,3 +129,13 @@ class ModelCatalog:
 
 def not_found(name: str) -> ModelNotFound:
     return ModelNotFound(f"The model `{name[:300]}` does not exist or you do not have access to it.", param="model")
+
+
+_ROUTES_FOR_TASK = {"generate": "/v1/chat/completions, /v1/completions or /v1/responses", "embed": "/v1/embeddings"}
+
+
+def require_task(resolved: ResolvedModel, task: str, public_model: str) -> None:
+    """A 400 when the model is served for another kind of request (an embedding model asked to chat)."""
+    if resolved.base.task != task:
+        raise InvalidRequest(f"'{public_model[:256]}' is served for {_ROUTES_FOR_TASK[resolved.base.task]}, "
+                             "not this route", param="model", code="unsupported_model")

@@ -8,6 +8,13 @@ gateway sends each worker (requests and adapters in flight), so placement sees i
 at once. :func:`~lorafleet.gateway.fleet.placement.rank` orders a base model's ready workers for
 a request; the relay tries them in that order.
 
+Workers announce state changes with ``NOTIFY lorafleet_workers``: the registry listens and
+re-reads at once, so a draining or sleeping worker gets nothing new within milliseconds. A request
+for a base model with no routable worker is held (:meth:`WorkerRegistry.wait_for_workers`): the
+registry asks its sleeping workers to wake (``NOTIFY lorafleet_wake``), publishes what it holds for
+autoscalers, and lets the request through as soon as a worker is ready — or answers 503 with
+``Retry-After`` once ``wake_timeout_seconds`` have passed.
+
 A worker is taken out of routing when its poll fails (until a poll succeeds), or after
 :data:`FAILURES_BEFORE_UNREADY` consecutive request failures (for :data:`QUARANTINE_SECONDS`, then
 one request probes it) — never on one error: a stale pooled connection is not a dead worker. A
@@ -35,6 +42,9 @@ from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, r
 log = structlog.get_logger("lorafleet.fleet")
 
 HEARTBEAT_GRACE_SECONDS = 15.0
+WORKERS_CHANNEL = "lorafleet_workers"
+WAKE_REPEAT_SECONDS = 5.0    # a held request asks sleeping workers again this often (a NOTIFY may be missed)
+RETRY_AFTER_SECONDS = 5
 FAILURES_BEFORE_UNREADY = 3
 QUARANTINE_SECONDS = 5.0     # a worker that kept failing gets no requests for this long, then one to probe it
 POLL_TIMEOUT_SECONDS = 2.0
@@ -84,6 +94,7 @@ class WorkerState:
     in_flight: int = 0                 # this gateway's requests on it
     waiting: int = 0
     running: int = 0
+    idle_seconds: float = 0.0
     kv_cache_usage: float = 0.0
     slots: frozenset[str] = frozenset()
     cpu: frozenset[str] = frozenset()
@@ -100,8 +111,12 @@ class WorkerState:
         self.id = self.id or worker_label(self.url)
 
     @property
+    def quarantined(self) -> bool:
+        return time.monotonic() < self.quarantined_until
+
+    @property
     def routable(self) -> bool:
-        return self.ready and time.monotonic() >= self.quarantined_until
+        return self.ready and self.state == "ready" and not self.quarantined
 
     @property
     def resident_adapters(self) -> int:
@@ -134,6 +149,7 @@ class WorkerState:
         self.max_loras = max(1, report.max_loras)
         self.waiting = int(report.waiting)
         self.running = int(report.running)
+        self.idle_seconds = report.idle_seconds
         self.kv_cache_usage = report.kv_cache_usage
         self.slots = frozenset(adapters.slots)
         self.cpu = frozenset(adapters.cpu)
@@ -152,15 +168,20 @@ class WorkerState:
 
 class WorkerRegistry:
     def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float,
-                 policy: PlacementPolicy = DEFAULT_POLICY) -> None:
+                 policy: PlacementPolicy = DEFAULT_POLICY, *, database_url: str = "", gateway_id: str = "") -> None:
         self._pool = pool
         self._http = http
         self._headers = {"Authorization": f"Bearer {internal_token}"}
         self._refresh_seconds = refresh_seconds
         self._policy = policy
+        self._database_url = database_url
+        self._gateway_id = gateway_id
         self._workers: dict[str, WorkerState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
         self._repoll = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self.held: Counter[str] = Counter()   # base model id → requests this gateway holds for a worker
         self.refreshed = asyncio.Event()
 
     async def start(self) -> None:
@@ -169,12 +190,83 @@ class WorkerRegistry:
 
     async def close(self) -> None:
         await stop_task(self._task)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+
+    async def _listen(self) -> None:
+        """(Re)open the connection that hears workers change state; without it, the clock still re-reads."""
+        if not self._database_url or (self._listener is not None and not self._listener.is_closed()):
+            return
+        try:
+            self._listener = await asyncpg.connect(self._database_url, timeout=5)
+            await self._listener.add_listener(WORKERS_CHANNEL, lambda *_: self._repoll.set())
+        except Exception as exc:  # noqa: BLE001 - polling on the clock still works
+            self._listener = None
+            log.warning("worker_listener_failed", error=repr(exc)[:300])
 
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
 
     def any_ready(self) -> bool:
         return any(worker.ready for worker in self._workers.values())
+
+    def routable(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
+        """The base model's routable workers, best first for this request; empty when there are none."""
+        try:
+            return self.ranked(base_model_id, adapter_id)
+        except ServiceUnavailable:
+            return []
+
+    async def wait_for_workers(self, base_model_id: str, adapter_id: str | None, timeout: float) -> list[WorkerState]:
+        """Hold a request until a worker of its base model is routable: wake sleeping ones, tell autoscalers.
+
+        503 with ``Retry-After`` once ``timeout`` seconds have passed without one.
+        """
+        ranked = self.routable(base_model_id, adapter_id)
+        if ranked or timeout <= 0:
+            return ranked or self.ranked(base_model_id, adapter_id)
+        deadline = time.monotonic() + timeout
+        self.held[base_model_id] += 1
+        await self._publish_held()
+        try:
+            asked = 0.0
+            while True:
+                if time.monotonic() - asked > WAKE_REPEAT_SECONDS:
+                    asked = time.monotonic()
+                    await self._request_wake(base_model_id)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ServiceUnavailable(
+                        f"No worker became ready for this model within {timeout:.0f} s; retry shortly.",
+                        code="no_worker_ready", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+                async with self._changed:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), min(left, WAKE_REPEAT_SECONDS))
+                    except TimeoutError:
+                        pass
+                ranked = self.routable(base_model_id, adapter_id)
+                if ranked:
+                    return ranked
+        finally:
+            self.held[base_model_id] -= 1
+            if self.held[base_model_id] <= 0:
+                del self.held[base_model_id]
+            await self._publish_held()
+
+    async def _request_wake(self, base_model_id: str) -> None:
+        try:
+            await self._pool.execute(queries.request_wake, base_model_id, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the hold goes on; the next round asks again
+            log.warning("wake_request_failed", error=repr(exc)[:300])
+
+    async def _publish_held(self) -> None:
+        """What this gateway holds, where autoscalers (through any gateway's /autoscaling) can read it."""
+        if not self._gateway_id:
+            return
+        try:
+            await self._pool.execute(queries.set_gateway_held, self._gateway_id, dict(self.held), timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("held_publish_failed", error=repr(exc)[:300])
 
     def ranked(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
         """The base model's routable workers, best first for this request; 503 when there are none."""
@@ -214,6 +306,23 @@ class WorkerRegistry:
             log.warning("adapter_prewarm_failed", worker=worker.id, error=repr(exc)[:300])
             return False
 
+    async def pin_everywhere(self, adapter_id: str, base_model_name: str, pinned: bool) -> int:
+        """Pin (or unpin) an adapter on every ready worker of its base model now; workers also re-pin on
+        their own after a restart. The number of workers that confirmed."""
+        action = "pin" if pinned else "unpin"
+
+        async def one(worker: WorkerState) -> bool:
+            try:
+                async with self._http.post(f"{worker.url}/lorafleet/adapters/{adapter_id}/{action}",
+                                           headers=self._headers, timeout=aiohttp.ClientTimeout(total=60)) as response:
+                    return response.status == 200
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("adapter_pin_failed", worker=worker.id, error=repr(exc)[:300])
+                return False
+
+        workers = [w for w in self._workers.values() if w.ready and w.base_model_name == base_model_name]
+        return sum(await asyncio.gather(*(one(worker) for worker in workers)))
+
     async def unload_adapter(self, adapter_id: str) -> None:
         """Ask every worker to drop an adapter now; its resolver refuses it from here on anyway."""
         async def unload(worker: WorkerState) -> None:
@@ -231,6 +340,7 @@ class WorkerRegistry:
 
     async def _loop(self) -> None:
         while True:
+            await self._listen()
             try:
                 await asyncio.wait_for(self._repoll.wait(), self._refresh_seconds)
             except TimeoutError:
@@ -256,10 +366,17 @@ class WorkerRegistry:
                 state = self._workers.get(row["url"]) or WorkerState(row["url"], row["base_model_id"],
                                                                      row["base_model_name"])
                 state.base_model_id, state.base_model_name = row["base_model_id"], row["base_model_name"]
+                state.state = row["state"]
                 seen[row["url"]] = state
-        await asyncio.gather(*(self._poll(state) for state in seen.values()))
+        # An asleep worker has no engine to poll: it is known, not ready.
+        await asyncio.gather(*(self._poll(state) for state in seen.values() if state.state != "asleep"))
+        for state in seen.values():
+            if state.state == "asleep":
+                state.ready = False
         self._workers = seen
         self.refreshed.set()
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _poll(self, worker: WorkerState) -> None:
         try:

@@ -7,7 +7,6 @@ list``, built from a registry's last poll, with adapter ids named ``name (tenant
 from __future__ import annotations
 
 import msgspec
-
 from lorafleet.adapters.service import AdapterService
 from lorafleet.gateway.fleet.registry import WorkerState
 
@@ -25,6 +24,7 @@ class WorkerView(msgspec.Struct, kw_only=True):
     base_model: str
     state: str              # ready | draining | asleep | waking
     ready: bool             # answering its polls
+    quarantined: bool       # left out of routing for a few seconds after consecutive failed requests
     in_flight: int          # requests this gateway has on it
     running: int
     waiting: int
@@ -48,9 +48,27 @@ async def worker_views(workers: list[WorkerState], adapters: AdapterService) -> 
 
     return WorkerList(data=[
         WorkerView(id=w.id, url=w.url, base_model=w.base_model_name, state=w.state, ready=w.ready,
+                   quarantined=w.quarantined,
                    in_flight=w.in_flight, running=w.running, waiting=w.waiting, kv_cache_usage=w.kv_cache_usage,
                    max_loras=w.max_loras,
                    adapters=ResidentAdapters(slots=named(w.slots), cpu=named(w.cpu - w.slots), disk=named(w.disk),
                                              pinned=named(w.pinned)))
         for w in sorted(workers, key=lambda w: (w.base_model_name, w.url))
     ])
+
+
+async def list_workers(settings) -> WorkerList:
+    """Poll every registered worker once (the CLI's view): the same registry and views as a gateway."""
+    import aiohttp
+    from lorafleet.adapters.blobstore import make_blob_store
+    from lorafleet.db import create_pool
+    from lorafleet.gateway.fleet.registry import WorkerRegistry
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        async with aiohttp.ClientSession() as http:
+            registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds)
+            await registry.refresh()
+            return await worker_views(registry.workers(), AdapterService(pool, make_blob_store(settings)))
+    finally:
+        await pool.close()

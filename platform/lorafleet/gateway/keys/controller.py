@@ -6,19 +6,22 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, JSONBody
 from lorafleet.core.types import Page
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, Caller, Context
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.keys.schemas import KeyCreate
 from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.gateway.responses import API_KEY, error_responses
 from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
 
 
 class KeysController(Controller):
     path = "/v1/keys"
     tags = ["Keys"]
+    guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 
-    @get("/", operation_id="listKeys", summary="The caller's tenant's API keys, oldest first (secrets are never shown again).")
+    @get("/", operation_id="listKeys", responses=error_responses(400, *API_KEY),
+         summary="The caller's tenant's API keys, oldest first (secrets are never shown again).")
     async def list_keys(self, context: Context, principal: Caller, limit: Limit = 100,
                         starting_after: StartingAfter = None) -> Page[ApiKeyView]:
         principal.require("keys:read")
@@ -26,6 +29,7 @@ class KeysController(Controller):
                                                                      limit=limit)
 
     @post("/", operation_id="createKey", status_code=201, dto=StrictBody[KeyCreate], return_dto=None,
+          responses=error_responses(400, 409, 413, *API_KEY),
           summary="Create an API key within this key's scopes and expiry; the secret is in this response only.")
     async def create_key(self, request: Request, data: JSONBody[KeyCreate], context: Context, principal: Caller,
                          idempotency_key: IdempotencyKey = None) -> CreatedApiKey:
@@ -39,7 +43,7 @@ class KeysController(Controller):
         return await once(context, request.headers.get("authorization"), owner=principal.key_id, key=idempotency_key,
                           body=data, action=create, result_type=CreatedApiKey)
 
-    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200,
+    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, responses=error_responses(400, 404, *API_KEY),
             summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.")
     async def revoke_key(self, key_id: FromPath[str], context: Context, principal: Caller) -> ApiKeyView:
         principal.require("keys:write")

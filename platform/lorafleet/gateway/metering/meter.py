@@ -52,6 +52,8 @@ class Meter:
         self.completion_tokens = 0
         self.ttft: float | None = None
         self.worker_url: str | None = None
+        self.held = False                 # waited for a worker to wake (or to appear)
+        self.residency: int | None = None  # where the adapter was on the chosen worker (placement's tiers)
         self.finished = False
 
     def on_finish(self, release: Callable[[], None]) -> None:
@@ -71,8 +73,10 @@ class Meter:
 
     def first_token(self) -> None:
         if self.ttft is None:
-            self.ttft = time.perf_counter() - self.billable.started
-            self._metrics.observe_ttft(self.billable.base_model_name, self.billable.adapter_id is not None, self.ttft)
+            billable = self.billable
+            self.ttft = time.perf_counter() - billable.started
+            self._metrics.observe_ttft(billable.base_model_name, billable.adapter_id is not None, self.ttft,
+                                       residency=self.residency if billable.adapter_id else None, held=self.held)
 
     def finish(self, outcome: str, http_status: int) -> None:
         """Record the ledger row — once, whatever calls it first."""
@@ -91,7 +95,7 @@ class Meter:
             duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_micro_usd=self.cost,
             price_id=billable.price.id if billable.price else None,
         ))
-        self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens)
+        self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens, billable.base_model_id)
         context = self._context
         context.outcome = outcome
         context.prompt_tokens = self.prompt_tokens

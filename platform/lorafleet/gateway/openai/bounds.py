@@ -42,6 +42,15 @@ def completion_demand(request: CompletionRequest, context_length: int, *, max_pr
                   context_length=context_length)
 
 
+def embedding_demand(inputs: object, context_length: int, *, max_inputs: int) -> Demand:
+    """Inputs are bounded like prompts (each by its bytes, or exactly as token ids); nothing is generated."""
+    prompt, count = _completion_prompt_bound(inputs, context_length)
+    if count > max_inputs:
+        raise InvalidRequest(f"at most {max_inputs} inputs per request (got {count}); split the batch",
+                             param="input", code="too_many_inputs")
+    return Demand(prompt_tokens=prompt, completion_tokens=0, sequences=count, context_length=context_length)
+
+
 def _check_fan_out(prompts: int, n: int, *, max_prompts: int, max_sequences: int) -> None:
     if prompts > max_prompts:
         raise InvalidRequest(f"at most {max_prompts} prompts per request (got {prompts}); split the batch",

@@ -48,6 +48,9 @@ def upstream_body(request: _Sampling, served_model: str, cache_salt: bytes, drop
     changes["model"] = served_model
     if request.stream:
         changes["stream_options"] = _UPSTREAM_STREAM_OPTIONS
-    body = _encode(msgspec.structs.replace(request, **changes))
-    # The Struct always encodes as an object with at least "model": append the salt before its "}".
+    return salted(_encode(msgspec.structs.replace(request, **changes)), cache_salt)
+
+
+def salted(body: bytes, cache_salt: bytes) -> bytes:
+    """``body`` (a request Struct encoded as a JSON object with at least "model") with the tenant's salt."""
     return body[:-1] + b',"cache_salt":"' + cache_salt + b'"}'

@@ -14,8 +14,10 @@ connect) or 502 (it answered wrongly).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -24,6 +26,8 @@ from litestar import Response
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 from lorafleet.core.errors import (
+    ADAPTER_UNAVAILABLE_STATUS,
+    AdapterUnavailable,
     EngineRejected,
     LoraFleetError,
     PayloadTooLarge,
@@ -32,10 +36,11 @@ from lorafleet.core.errors import (
 )
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import not_found
-from lorafleet.gateway.fleet.registry import WorkerRegistry
+from lorafleet.gateway.fleet.placement import residency
+from lorafleet.gateway.fleet.registry import WorkerRegistry, WorkerState
 from lorafleet.gateway.metering.meter import Meter
 from lorafleet.gateway.metrics import GatewayMetrics
-from lorafleet.gateway.openai.sse import SseRelay, tidy
+from lorafleet.gateway.openai.sse import ChatChunks, ChunkShaper, SseRelay, tidy
 
 log = structlog.get_logger("lorafleet.relay")
 
@@ -46,6 +51,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 COST_HEADER = "x-lorafleet-cost-micro-usd"  # what this response costs the tenant, integer micro-USD
 # Shorter than the worker's keep-alive (worker/engine.py): the gateway closes idle connections first.
 UPSTREAM_KEEPALIVE_SECONDS = 30.0
+KEEPALIVE_SECONDS = 5.0  # an SSE comment this often while a held stream waits for a worker
 
 
 @dataclass(slots=True)
@@ -58,8 +64,32 @@ class UpstreamCall:
     body: bytes
     stream: bool
     public_model: str              # what the client named, echoed in responses
-    client_usage: bool
-    client_continuous_usage: bool
+    shaping: Shaping               # how the worker's answer reaches the client
+
+
+class Shaping(Protocol):
+    """The client's view of a worker's chat or completion answer: whole, or as a stream."""
+
+    def stream_shaper(self, meter: Meter) -> ChunkShaper: ...
+
+    async def whole(self, document: dict[str, Any], meter: Meter) -> Response[Any]: ...
+
+
+class ChatShaping:
+    """The worker's answer as it is (chat and completions), under the client's model name."""
+
+    def __init__(self, public_model: str, *, client_usage: bool, client_continuous_usage: bool) -> None:
+        self._public_model = public_model
+        self._client_usage = client_usage
+        self._client_continuous = client_continuous_usage
+
+    def stream_shaper(self, meter: Meter) -> ChunkShaper:
+        return ChatChunks(meter, self._public_model, client_usage=self._client_usage,
+                          client_continuous_usage=self._client_continuous)
+
+    async def whole(self, document: dict[str, Any], meter: Meter) -> Response[Any]:
+        return Response(_encode(tidy(document, self._public_model)), media_type="application/json",
+                        headers={COST_HEADER: str(meter.cost)})
 
 
 def upstream_connector() -> aiohttp.TCPConnector:
@@ -68,7 +98,7 @@ def upstream_connector() -> aiohttp.TCPConnector:
 
 class Relay:
     def __init__(self, http: aiohttp.ClientSession, registry: WorkerRegistry, metrics: GatewayMetrics,
-                 internal_token: str, first_byte_timeout: float, attempts: int = 3) -> None:
+                 internal_token: str, first_byte_timeout: float, attempts: int = 3, hold_seconds: float = 0.0) -> None:
         self._http = http
         # Retries never reuse a pooled connection: the one that just failed may have had company.
         self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False)
@@ -77,6 +107,7 @@ class Relay:
         self._auth_header = f"Bearer {internal_token}"
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=first_byte_timeout)
         self._attempts = attempts
+        self._hold_seconds = hold_seconds
 
     async def close(self) -> None:
         await self._fresh.close()
@@ -84,17 +115,77 @@ class Relay:
     async def complete(self, call: UpstreamCall) -> Response[Any]:
         meter = call.meter
         billable = meter.billable
+        ranked = self._registry.routable(billable.base_model_id, billable.adapter_id)
+        if not ranked and call.stream and self._hold_seconds > 0:
+            # Held while a worker wakes: the client's stream opens now and is kept alive meanwhile.
+            events = self._held_stream(call)
+            return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
+                          background=BackgroundTask(_closer(events, meter)))
+        if not ranked:
+            try:
+                ranked = await self._hold(call)
+            except BaseException as exc:
+                meter.finish("unavailable" if isinstance(exc, ServiceUnavailable) else "client_disconnect",
+                             503 if isinstance(exc, ServiceUnavailable) else 499)
+                raise
+        upstream = await self._connect(call, ranked)
+        if upstream.status != 200 or not call.stream:
+            return await self._whole(call, upstream)
+        relay = SseRelay(meter, upstream, call.shaping.stream_shaper(meter), request_id=billable.request_id)
+        events = relay.events()
+        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
+                      background=BackgroundTask(relay.closer(events)))
+
+    async def _hold(self, call: UpstreamCall) -> list[WorkerState]:
+        billable = call.meter.billable
+        call.meter.held = True
+        return await self._registry.wait_for_workers(billable.base_model_id, billable.adapter_id, self._hold_seconds)
+
+    async def _held_stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
+        """A stream whose worker is still waking: keep-alive comments until one is ready, then the relay."""
+        meter = call.meter
+        shaper = call.shaping.stream_shaper(meter)
+        waiting = asyncio.ensure_future(self._hold(call))
         try:
-            ranked = self._registry.ranked(billable.base_model_id, billable.adapter_id)
-        except ServiceUnavailable:
-            meter.finish("unavailable", 503)
-            raise
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=KEEPALIVE_SECONDS)
+                if done:
+                    break
+                yield b": waiting for a worker\n\n"
+            try:
+                ranked = waiting.result()
+            except ServiceUnavailable as exc:
+                meter.finish("unavailable", 503)
+                yield shaper.upstream_error(exc.envelope())
+                return
+            try:
+                upstream = await self._connect(call, ranked)
+            except LoraFleetError as exc:
+                yield shaper.upstream_error(exc.envelope())
+                return
+            if upstream.status != 200:
+                yield shaper.upstream_error((await self._refused(call, upstream)).envelope())
+                return
+            relay = SseRelay(meter, upstream, shaper, request_id=meter.billable.request_id)
+            async for chunk in relay.events():
+                yield chunk
+        finally:
+            waiting.cancel()
+
+    async def _connect(self, call: UpstreamCall, ranked: list[WorkerState]) -> aiohttp.ClientResponse:
+        """The first worker, in placement order, that answers with something other than a 5xx (meter settled
+        on failure)."""
+        meter = call.meter
+        billable = meter.billable
         headers = {"Authorization": self._auth_header, "Content-Type": "application/json",
                    "X-Request-Id": billable.request_id}
         failure: LoraFleetError = ServiceUnavailable("The inference worker could not be reached; retry the request.",
                                                      code="worker_unreachable")
+        candidates = list(ranked)
         for attempt in range(self._attempts):
-            worker = ranked[attempt % len(ranked)]
+            if not candidates:
+                break
+            worker = candidates[attempt % len(candidates)]
             call.context.attempts = attempt + 1
             if attempt:
                 self._metrics.upstream_retries.inc()
@@ -112,6 +203,15 @@ class Relay:
                 release()
                 meter.finish("client_disconnect", 499)
                 raise
+            if upstream.status == ADAPTER_UNAVAILABLE_STATUS:
+                # The worker is fine, this adapter's weights could not reach it: another worker may
+                # fetch them; this one is neither retried nor counted as failing.
+                upstream.close()
+                release()
+                candidates.remove(worker)
+                log.warning("adapter_unavailable_on_worker", worker=worker.id, attempt=attempt + 1)
+                failure = AdapterUnavailable()
+                continue
             if upstream.status >= 500:
                 upstream.close()  # a worker failing before the first byte: the next one may not
                 release()
@@ -122,16 +222,22 @@ class Relay:
             self._registry.report_success(worker)
             meter.on_finish(release)
             meter.worker_url = worker.url
+            meter.residency = residency(worker, billable.adapter_id)
             call.context.worker = worker.id
-            if upstream.status != 200 or not call.stream:
-                return await self._whole(call, upstream)
-            relay = SseRelay(meter, upstream, call.public_model, client_usage=call.client_usage,
-                             client_continuous_usage=call.client_continuous_usage, request_id=billable.request_id)
-            events = relay.events()
-            return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
-                          background=BackgroundTask(relay.closer(events)))
-        meter.finish("upstream_error", failure.status_code)
+            return upstream
+        meter.finish("unavailable" if isinstance(failure, AdapterUnavailable) else "upstream_error", failure.status_code)
         raise failure
+
+    async def _refused(self, call: UpstreamCall, upstream: aiohttp.ClientResponse) -> LoraFleetError:
+        """A worker's non-200 answer read, settled and turned into the hierarchy's error."""
+        try:
+            payload = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError):
+            payload = b""
+        upstream.release()
+        error = engine_error(upstream.status, payload, call.public_model)
+        call.meter.finish("upstream_error", error.status_code)
+        return error
 
     async def _whole(self, call: UpstreamCall, upstream: aiohttp.ClientResponse) -> Response[Any]:
         meter = call.meter
@@ -158,8 +264,7 @@ class Relay:
         meter.observe_usage(document.get("usage"))
         meter.first_token()
         meter.finish("success", 200)
-        return Response(_encode(tidy(document, call.public_model)), media_type="application/json",
-                        headers={COST_HEADER: str(meter.cost)})
+        return await call.shaping.whole(document, meter)
 
 
 def engine_error(status: int, payload: bytes, public_model: str) -> LoraFleetError:
@@ -179,3 +284,13 @@ def engine_error(status: int, payload: bytes, public_model: str) -> LoraFleetErr
         return EngineRejected(message, param=param)
     return UpstreamError("The inference worker failed to answer; retry the request.")
 
+
+def _closer(events: AsyncIterator[bytes], meter: Meter):
+    """After a held stream's response: close its generator, and settle the meter if nothing did."""
+    async def close() -> None:
+        try:
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            meter.finish("client_disconnect", 499)
+
+    return close

@@ -310,3 +310,42 @@ VLLM_EXTRAS = tuple(name for name in _Sampling.__struct_fields__ if name not in 
     "frequency_penalty", "stop", "seed", "user", "logit_bias"}) + (
     "echo", "add_generation_prompt", "continue_final_message", "documents", "chat_template_kwargs",
     "include_reasoning", "thinking_token_budget")
+
+
+# What a completion answers, for the OpenAPI document (the body itself is the engine's, relayed):
+# the fields every answer has; others (logprobs, usage details, vLLM's extras) may come too.
+
+class CompletionUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionChoice(msgspec.Struct, kw_only=True):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+class ChatCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+
+
+class TextCompletionChoice(msgspec.Struct, kw_only=True):
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+class TextCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextCompletionChoice]
+    usage: CompletionUsage

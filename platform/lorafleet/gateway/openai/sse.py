@@ -14,7 +14,7 @@ upstream error with the tokens delivered.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -48,14 +48,56 @@ def tidy(document: dict[str, Any], public_model: str) -> dict[str, Any]:
     return document
 
 
-class SseRelay:
-    def __init__(self, meter: Meter, upstream: aiohttp.ClientResponse, public_model: str, *, client_usage: bool,
-                 client_continuous_usage: bool, request_id: str) -> None:
+class ChunkShaper(Protocol):
+    """How a worker's chat chunks reach the client: as chat chunks (ChatChunks) or as another API's events."""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes | None: ...
+
+    def done(self) -> bytes | None: ...
+
+    def upstream_error(self, chunk: dict[str, Any]) -> bytes: ...
+
+    async def end(self, *, failed: bool, error_forwarded: bool) -> bytes | None: ...
+
+
+class ChatChunks:
+    """Chunks passed through as they came, usage reshaped to what the client asked for."""
+
+    def __init__(self, meter: Meter, public_model: str, *, client_usage: bool, client_continuous_usage: bool) -> None:
         self._meter = meter
-        self._upstream = upstream
         self._public_model = public_model
         self._client_usage = client_usage
         self._client_continuous = client_continuous_usage
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes | None:
+        usage = chunk.get("usage")
+        if not chunk.get("choices"):
+            # the trailing usage-only chunk, with the cost (headers left before it was known)
+            if not (self._client_usage and usage):
+                return None
+            usage["cost_micro_usd"] = self._meter.cost
+            return b"data: " + _encode(tidy(chunk, self._public_model)) + b"\n\n"
+        if not self._client_usage:
+            chunk.pop("usage", None)
+        elif not self._client_continuous:
+            chunk["usage"] = None
+        return b"data: " + _encode(tidy(chunk, self._public_model)) + b"\n\n"
+
+    def done(self) -> bytes | None:
+        return b"data: [DONE]\n\n"
+
+    def upstream_error(self, chunk: dict[str, Any]) -> bytes:
+        return b"data: " + _encode(chunk) + b"\n\n"
+
+    async def end(self, *, failed: bool, error_forwarded: bool) -> bytes | None:
+        return _MID_STREAM_ERROR if failed and not error_forwarded else None
+
+
+class SseRelay:
+    def __init__(self, meter: Meter, upstream: aiohttp.ClientResponse, shaper: ChunkShaper, *, request_id: str) -> None:
+        self._meter = meter
+        self._upstream = upstream
+        self._shaper = shaper
         self._request_id = request_id
         self._done = False
         self._failed = False
@@ -77,8 +119,9 @@ class SseRelay:
                 self._failed = True
             if not self._done:
                 self._failed = True  # the worker closed the stream without [DONE]
-            if self._failed and not self._error_forwarded:
-                yield _MID_STREAM_ERROR
+            last = await self._shaper.end(failed=self._failed, error_forwarded=self._error_forwarded)
+            if last:
+                yield last
         finally:
             # Also reached on cancellation (client gone): finish never awaits.
             self.finish()
@@ -89,7 +132,7 @@ class SseRelay:
             return None
         if data == b"[DONE]":
             self._done = True
-            return b"data: [DONE]\n\n"
+            return self._shaper.done()
         try:
             chunk = _decode(data)
         except msgspec.DecodeError:
@@ -98,23 +141,13 @@ class SseRelay:
             return None
         if "error" in chunk:
             self._failed = self._error_forwarded = True
-            return b"data: " + data + b"\n\n"
-        usage = chunk.get("usage")
+            return self._shaper.upstream_error(chunk)
         meter = self._meter
-        meter.observe_usage(usage)
-        if not chunk.get("choices"):
-            # the trailing usage-only chunk, with the cost (headers left before it was known)
-            if not (self._client_usage and usage):
-                return None
-            usage["cost_micro_usd"] = meter.cost
-            return b"data: " + _encode(tidy(chunk, self._public_model)) + b"\n\n"
-        if meter.completion_tokens > 0 or any(_has_output(c) for c in chunk["choices"]):
+        meter.observe_usage(chunk.get("usage"))
+        choices = chunk.get("choices")
+        if choices and (meter.completion_tokens > 0 or any(_has_output(c) for c in choices)):
             meter.first_token()
-        if not self._client_usage:
-            chunk.pop("usage", None)
-        elif not self._client_continuous:
-            chunk["usage"] = None
-        return b"data: " + _encode(tidy(chunk, self._public_model)) + b"\n\n"
+        return self._shaper.chunk(chunk)
 
     def finish(self) -> None:
         if self._meter.finished:

@@ -1,0 +1,28 @@
+-- name: insert_response
+INSERT INTO responses (id, tenant_id, api_key_id, previous_response_id, input, document, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7));
+
+-- name: get_response
+SELECT document FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
+
+-- name: get_response_input
+SELECT input FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
+
+-- name: delete_response
+DELETE FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now() RETURNING id;
+
+-- name: response_chain
+-- A conversation up to response $1, oldest turn first: each turn's input items, then its output.
+-- Only the tenant's own, unexpired turns; at most $3 of them (a chain is walked from its end).
+WITH RECURSIVE chain AS (
+    SELECT id, previous_response_id, input, document -> 'output' AS output, 1 AS depth
+    FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now()
+    UNION ALL
+    SELECT r.id, r.previous_response_id, r.input, r.document -> 'output', c.depth + 1
+    FROM responses r JOIN chain c ON r.id = c.previous_response_id
+    WHERE r.tenant_id = $2 AND r.expires_at > now() AND c.depth < $3
+)
+SELECT input, output FROM chain ORDER BY depth DESC;
+
+-- name: forget_expired_responses
+DELETE FROM responses WHERE expires_at <= now();

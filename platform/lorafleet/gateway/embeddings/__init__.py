@@ -1,0 +1,1 @@
+"""OpenAI's embeddings route (``/v1/embeddings``), served by workers running in pooling mode."""

@@ -1,0 +1,67 @@
+"""``/v1/embeddings``: the same request path as completions — admission, placement, failover, one ledger
+row (endpoint ``embeddings``, billed per input token at the embedding model's prompt price) — to a
+worker that runs its base model in pooling mode (``LORAFLEET_WORKER_TASK=embed``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, post
+from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
+from lorafleet.core.errors import InvalidRequest
+from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.embeddings.schemas import EmbeddingList, EmbeddingRequest
+from lorafleet.gateway.fleet.catalog import require_task
+from lorafleet.gateway.metering.meter import Meter
+from lorafleet.gateway.openai.bounds import embedding_demand
+from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_admitted
+from lorafleet.gateway.openai.forwarding import salted
+from lorafleet.gateway.openai.relay import COST_HEADER
+from lorafleet.gateway.openai.sse import tidy
+
+_encode = msgspec.json.Encoder().encode
+
+
+class EmbeddingShaping:
+    """An embeddings answer, under the client's model name; never streamed."""
+
+    def __init__(self, public_model: str) -> None:
+        self._public_model = public_model
+
+    def stream_shaper(self, meter: Meter):  # pragma: no cover - an embeddings request never streams
+        raise AssertionError("embeddings are not streamed")
+
+    async def whole(self, document: dict[str, Any], meter: Meter) -> Response[Any]:
+        document.pop("id", None)
+        document.pop("created", None)
+        return Response(_encode(tidy(document, self._public_model)), media_type="application/json",
+                        headers={COST_HEADER: str(meter.cost)})
+
+
+class EmbeddingsController(Controller):
+    path = "/v1/embeddings"
+    tags = ["OpenAI"]
+    guards = TENANT_GUARDS
+    dependencies = TENANT_DEPENDENCIES
+
+    @post("/", operation_id="createEmbedding", status_code=200, dto=StrictBody[EmbeddingRequest], return_dto=None,
+          responses={200: ResponseSpec(EmbeddingList, generate_examples=False, description="One embedding per input."),
+                     **COMPLETION_ERRORS},
+          summary="Create embeddings (OpenAI-compatible) with an embedding base model.")
+    async def create(self, data: JSONBody[EmbeddingRequest], context: Context, principal: Caller) -> Response[Any]:
+        principal.require("inference")
+        services = context.services
+        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+        require_task(resolved, "embed", data.model)
+        if resolved.adapter_id is not None:
+            raise InvalidRequest("adapters are not served for embeddings; name the embedding base model",
+                                 param="model", code="unsupported_model")
+        demand = embedding_demand(data.input, resolved.base.max_model_len,
+                                  max_inputs=services.settings.max_prompts_per_request)
+        body = salted(_encode(msgspec.structs.replace(data, model=resolved.served_name)),
+                      services.cache_salts.salt(principal.tenant_id))
+        return await run_admitted("embeddings", data.model, False, body, demand, resolved, context, principal,
+                                  EmbeddingShaping(data.model))

@@ -1,0 +1,67 @@
+"""One inference request, from a validated body to the answer: the path chat, completions, responses and
+embeddings share.
+
+Price → admission (budget, limits) → meter → upstream body (served name, cache salt) → relay
+(placement, failover, hold while a worker wakes) → the answer, shaped for the route → ledger row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from litestar import Response
+from lorafleet.gateway.auth import Principal
+from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.metering.admission import Demand
+from lorafleet.gateway.metering.meter import Billable, Meter
+from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
+from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
+from lorafleet.gateway.openai.schemas import _Sampling
+from lorafleet.gateway.responses import API_KEY, error_responses
+
+COMPLETION_ERRORS = error_responses(400, 402, 404, 413, 429, 502, 503, *API_KEY)
+WORKER_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
+                "responses": "/v1/chat/completions",  # served as chat (responses_api/bridge.py)
+                "embeddings": "/v1/embeddings"}
+
+
+async def run_completion(data: _Sampling, demand: Demand, endpoint: str, resolved: ResolvedModel,
+                         context: RequestContext, principal: Principal, *, shaping: Shaping | None = None) -> Response[Any]:
+    """A generation request (chat, completions, responses) on a generative model."""
+    require_task(resolved, "generate", data.model)
+    dropped = dropped_fields(data)
+    context.dropped_fields = dropped
+    body = upstream_body(data, resolved.served_name, context.services.cache_salts.salt(principal.tenant_id), dropped)
+    shaping = shaping or ChatShaping(data.model, client_usage=data.client_usage,
+                                     client_continuous_usage=data.client_continuous_usage)
+    return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, principal, shaping)
+
+
+async def run_admitted(endpoint: str, public_model: str, stream: bool, body: bytes, demand: Demand,
+                       resolved: ResolvedModel, context: RequestContext, principal: Principal,
+                       shaping: Shaping) -> Response[Any]:
+    """Admit the request, send ``body`` to a worker and meter it: exactly one ledger row, whatever happens."""
+    services = context.services
+    context.model = public_model
+    started_at = dt.datetime.now(dt.UTC)
+    price = services.catalog.prices.at(resolved.base.id, started_at)
+    billable = Billable(started_at=started_at, request_id=context.request_id, tenant_id=principal.tenant_id,
+                        api_key_id=principal.key_id, base_model_id=resolved.base.id, base_model_name=resolved.base.name,
+                        model=public_model, adapter_id=resolved.adapter_id, endpoint=endpoint, streamed=stream,
+                        price=price)
+    admitted = await services.admission.admit(principal, context.request_id, demand, price,
+                                              adapter=resolved.adapter_id is not None)
+    meter = Meter(billable, services.ledger, services.metrics, context)
+    meter.on_finish(admitted.release)
+    call = UpstreamCall(context=context, meter=meter, path=WORKER_PATHS[endpoint], body=body, stream=stream,
+                        public_model=public_model, shaping=shaping)
+    try:
+        response = await services.relay.complete(call)
+    except BaseException:
+        # The relay settles every path it knows; this keeps a bug from holding a reservation.
+        meter.finish("upstream_error", 500)
+        raise
+    response.headers.update(admitted.headers)
+    return response

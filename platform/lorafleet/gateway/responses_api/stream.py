@@ -1,0 +1,161 @@
+"""A chat stream, chunk by chunk, as the Responses API's typed events.
+
+``response.created`` and ``response.in_progress`` first; an assistant message's text as
+``response.output_item.added`` → ``response.content_part.added`` → ``response.output_text.delta``…
+→ ``.done`` events; each tool call as its own ``function_call`` item with
+``response.function_call_arguments.delta``/``.done``; then ``response.completed`` (or
+``response.incomplete`` when ``max_output_tokens`` cut it, ``response.failed`` when the worker
+failed mid-way) carrying the whole response with its usage. Every event has a ``sequence_number``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from lorafleet.core import ids
+from lorafleet.gateway.metering.meter import Meter
+from lorafleet.gateway.responses_api.bridge import ResponseBuilder, function_call_item, message_item
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Call:
+    __slots__ = ("item_id", "call_id", "name", "arguments", "output_index")
+
+    def __init__(self, output_index: int, call_id: str, name: str) -> None:
+        self.item_id = ids.new_id("fc")
+        self.call_id = call_id
+        self.name = name
+        self.arguments = ""
+        self.output_index = output_index
+
+
+class ResponseEvents:
+    """The stream shaper for ``/v1/responses`` (see openai/sse.py's ``ChunkShaper``)."""
+
+    def __init__(self, builder: ResponseBuilder, meter: Meter,
+                 on_complete: Callable[[dict[str, Any]], Awaitable[None]] | None) -> None:
+        self._builder = builder
+        self._meter = meter
+        self._on_complete = on_complete
+        self._sequence = 0
+        self._started = False
+        self._message_id: str | None = None
+        self._message_index = 0
+        self._text: list[str] = []
+        self._calls: dict[int, _Call] = {}
+        self._next_index = 0
+        self._finish_reason: str | None = None
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        fields["type"] = kind
+        fields["sequence_number"] = self._sequence
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
+
+    def _start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        snapshot = self._builder.document(status="in_progress", output=[], usage=None)
+        return self._event("response.created", response=snapshot) + self._event("response.in_progress", response=snapshot)
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes | None:
+        out = [self._start()]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out.append(self._text_delta(delta["content"]))
+            for call in delta.get("tool_calls") or ():
+                out.append(self._call_delta(call))
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+        joined = b"".join(out)
+        return joined or None
+
+    def _text_delta(self, text: str) -> bytes:
+        out = b""
+        if self._message_id is None:
+            self._message_id = ids.new_id("msg")
+            self._message_index = self._next_index
+            self._next_index += 1
+            out += self._event("response.output_item.added", output_index=self._message_index,
+                               item=message_item(self._message_id, "", "in_progress") | {"content": []})
+            out += self._event("response.content_part.added", item_id=self._message_id,
+                               output_index=self._message_index, content_index=0,
+                               part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+        self._text.append(text)
+        return out + self._event("response.output_text.delta", item_id=self._message_id,
+                                 output_index=self._message_index, content_index=0, delta=text, logprobs=[])
+
+    def _call_delta(self, delta: dict[str, Any]) -> bytes:
+        index = delta.get("index", 0)
+        function = delta.get("function") or {}
+        out = b""
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = _Call(self._next_index, delta.get("id") or ids.new_id("call"),
+                                             function.get("name") or "")
+            self._next_index += 1
+            out += self._event("response.output_item.added", output_index=call.output_index,
+                               item=function_call_item(call.item_id, call.call_id, call.name, "", "in_progress"))
+        elif function.get("name"):
+            call.name += function["name"]
+        piece = function.get("arguments") or ""
+        if piece:
+            call.arguments += piece
+            out += self._event("response.function_call_arguments.delta", item_id=call.item_id,
+                               output_index=call.output_index, delta=piece)
+        return out
+
+    def done(self) -> bytes | None:
+        return None  # the closing events need the final usage: end() sends them
+
+    def upstream_error(self, chunk: dict[str, Any]) -> bytes:
+        error = chunk.get("error") or {}
+        return self._start() + self._event("error", code=error.get("code"), message=str(error.get("message", "")),
+                                           param=error.get("param"))
+
+    async def end(self, *, failed: bool, error_forwarded: bool) -> bytes | None:
+        out = [self._start()]
+        status = "failed" if failed else ("incomplete" if self._finish_reason == "length" else "completed")
+        item_status = "incomplete" if failed or status == "incomplete" else "completed"
+        output: list[dict[str, Any]] = []
+        items: list[tuple[int, bytes]] = []
+        if self._message_id is not None:
+            text = "".join(self._text)
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            item = message_item(self._message_id, text, item_status)
+            output.append(item)
+            items.append((self._message_index,
+                          self._event("response.output_text.done", item_id=self._message_id,
+                                      output_index=self._message_index, content_index=0, text=text, logprobs=[])
+                          + self._event("response.content_part.done", item_id=self._message_id,
+                                        output_index=self._message_index, content_index=0, part=part)
+                          + self._event("response.output_item.done", output_index=self._message_index, item=item)))
+        for call in self._calls.values():
+            item = function_call_item(call.item_id, call.call_id, call.name, call.arguments, item_status)
+            output.append(item)
+            items.append((call.output_index,
+                          self._event("response.function_call_arguments.done", item_id=call.item_id,
+                                      output_index=call.output_index, arguments=call.arguments)
+                          + self._event("response.output_item.done", output_index=call.output_index, item=item)))
+        out += [events for _, events in sorted(items, key=lambda pair: pair[0])]
+        output.sort(key=lambda item: self._index_of(item))
+        meter = self._meter
+        usage = self._builder.usage(meter.prompt_tokens, meter.completion_tokens, 0, meter.cost)
+        error = {"code": "server_error", "message": "The inference worker failed mid-stream; the output is incomplete."} \
+            if failed else None
+        document = self._builder.document(status=status, output=output, usage=usage, error=error)
+        kind = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}[status]
+        out.append(self._event(kind, response=document))
+        if self._on_complete is not None and not failed:
+            await self._on_complete(document)
+        return b"".join(out)
+
+    def _index_of(self, item: dict[str, Any]) -> int:
+        if item["type"] == "message":
+            return self._message_index
+        return next(call.output_index for call in self._calls.values() if call.item_id == item["id"])

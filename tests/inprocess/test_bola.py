@@ -1,0 +1,476 @@
+"""Object-level authorization and the scope matrix, route by route, the dashboard included.
+
+``ROUTES`` classifies every route the app mounts: who may call it (an API key, the admin token, a
+dashboard session, the operator's session), the scope it needs, and every place where it names a
+tenant's object (a path id, a query filter, a model name in the body, a cursor, a cookie).
+``EXEMPT`` lists, with the reason, the routes that need no credentials. A route in neither fails
+test_every_route_is_classified, so a new route cannot skip the checks below:
+
+- BOLA: tenant B naming tenant A's real objects gets exactly what it gets for objects that never
+  existed — same status, same error code, same message with the id substituted — and A's objects
+  are untouched afterwards;
+- scopes: on each key and dashboard route, a key (or the session of a key) lacking the route's
+  scope gets 403 naming it — the key holding every other scope, and each single other scope —
+  while a key holding only that scope does not get 403;
+- the operator API: no key, a tenant's key, a wrong token → 401, whatever the body.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import pytest
+from lorafleet.core import ids
+from lorafleet.core.ids import random_token
+from lorafleet.core.settings import load_settings
+from lorafleet.gateway.app import create_app
+from lorafleet.tenancy import TenancyService
+from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
+
+from tests.helpers import TenantKey, close_this_month, dashboard, insert_adapter, wait_rows
+
+STUB_MODEL = "stub-model"  # the in-process tier's base model (conftest)
+NEW_KEY_COOKIE = "lf_new_key"  # the dashboard's just-created-key cookie (pages.py)
+END = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=2)
+START = END - dt.timedelta(days=2)
+USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
+               "cursor_key", "cursor_invoice", "idempotency_key", "response_id"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place where a route names a tenant's object: ``name`` in the request, holding a ``kind`` of object."""
+
+    name: str
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class Route:
+    guard: Literal["key", "admin", "session", "operator_session"]
+    scope: str | None = None            # the scope a key or session needs (None: signing in is enough)
+    slots: tuple[Slot, ...] = ()
+    # What to send besides the path (httpx keyword arguments), from the values of the request's
+    # names: its slots, "csrf" for dashboard forms, path parameters the route takes.
+    request: Callable[[dict[str, str]], dict[str, Any]] = lambda _: {}
+
+
+def _chat(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"model": v.get("model", STUB_MODEL), "messages": [{"role": "user", "content": "hi"}],
+                     "max_tokens": 2}}
+
+
+def _completion(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"model": v.get("model", STUB_MODEL), "prompt": "hi", "max_tokens": 2}}
+
+
+def _embedding(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"model": v.get("model", STUB_MODEL), "input": "hi"}}
+
+
+def _response(v: dict[str, str]) -> dict[str, Any]:
+    body = {"model": v.get("model", STUB_MODEL), "input": "hi", "max_output_tokens": 2}
+    if "previous_response_id" in v:
+        body["previous_response_id"] = v["previous_response_id"]
+    return {"json": body}
+
+
+def _usage(v: dict[str, str]) -> dict[str, Any]:
+    return {"params": {**USAGE_RANGE, "group_by": "key,model,adapter",
+                       **{name: v[name] for name in ("api_key_id", "adapter") if name in v}}}
+
+
+def _cursor(v: dict[str, str]) -> dict[str, Any]:
+    return {"params": {"starting_after": v["starting_after"]} if "starting_after" in v else {}}
+
+
+def _new_key(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"name": "matrix"}, "headers": {"Idempotency-Key": v["idempotency_key"]} if "idempotency_key" in v
+            else {}}
+
+
+def _upload(v: dict[str, str]) -> dict[str, Any]:
+    # No name: refused (400) before the upload is inspected in a child process, which costs ~0.5 s.
+    return {"files": [("file", ("adapter_config.json", b"{}"))]}
+
+
+def _form(v: dict[str, str]) -> dict[str, Any]:
+    return {"data": {"csrf": v["csrf"]}}
+
+
+def _dashboard_upload(v: dict[str, str]) -> dict[str, Any]:
+    return {**_upload(v), "headers": {"x-csrf-token": v["csrf"]}}
+
+
+def _just_created(v: dict[str, str]) -> dict[str, Any]:
+    # The one page that shows a new secret finds the key by the id in this cookie (and checks the
+    # secret's prefix against it: the BOLA test sends the other tenant's real secret).
+    return {"cookie": f"{v['created']}:{v.get('secret') or generate_secret()}"} if "created" in v else {}
+
+
+def _json(body: dict[str, Any]) -> Callable[[dict[str, str]], dict[str, Any]]:
+    return lambda _: {"json": body}
+
+
+ADAPTER_ID, ADAPTER_NAME, KEY_ID, INVOICE_ID = (Slot("adapter_id", "adapter_id"), Slot("model_id", "adapter_name"),
+                                                Slot("key_id", "key_id"), Slot("invoice_id", "invoice_id"))
+MODEL_SLOTS = (Slot("model", "adapter_name"), Slot("model", "qualified_model"))
+RESPONSE_ID = (Slot("response_id", "response_id"),)
+USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
+
+ROUTES: dict[str, Route] = {
+    # ---- the OpenAI API ---------------------------------------------------------------------
+    "POST /v1/chat/completions": Route("key", "inference", MODEL_SLOTS, _chat),
+    "POST /v1/completions": Route("key", "inference", MODEL_SLOTS, _completion),
+    "GET /v1/models": Route("key", "inference"),
+    "POST /v1/embeddings": Route("key", "inference", MODEL_SLOTS, _embedding),
+    "POST /v1/responses": Route("key", "inference", (*MODEL_SLOTS, Slot("previous_response_id", "response_id")),
+                                _response),
+    "GET /v1/responses/{response_id}": Route("key", "inference", RESPONSE_ID),
+    "GET /v1/responses/{response_id}/input_items": Route("key", "inference", RESPONSE_ID),
+    "DELETE /v1/responses/{response_id}": Route("key", "inference", RESPONSE_ID),
+    "GET /v1/models/{model_id}": Route("key", "inference", (ADAPTER_NAME, Slot("model_id", "qualified_model"))),
+    # ---- the tenant's own objects -----------------------------------------------------------
+    "GET /v1/keys": Route("key", "keys:read", (Slot("starting_after", "cursor_key"),), _cursor),
+    "POST /v1/keys": Route("key", "keys:write", (Slot("idempotency_key", "idempotency_key"),), _new_key),
+    "DELETE /v1/keys/{key_id}": Route("key", "keys:write", (KEY_ID,)),
+    "GET /v1/adapters": Route("key", "adapters:read", (Slot("starting_after", "cursor_adapter"),), _cursor),
+    "POST /v1/adapters": Route("key", "adapters:write", (), _upload),
+    "GET /v1/adapters/{adapter_id}": Route("key", "adapters:read", (ADAPTER_ID,)),
+    "DELETE /v1/adapters/{adapter_id}": Route("key", "adapters:write", (ADAPTER_ID,)),
+    "GET /v1/usage": Route("key", "usage:read", USAGE_SLOTS, _usage),
+    "GET /v1/balance": Route("key", "billing:read"),
+    "GET /v1/invoices": Route("key", "billing:read", (Slot("starting_after", "cursor_invoice"),), _cursor),
+    "GET /v1/invoices/{invoice_id}": Route("key", "billing:read", (INVOICE_ID,)),
+    # ---- the operator (any tenant's objects, by design) -------------------------------------
+    "GET /admin/tenants": Route("admin"),
+    "POST /admin/tenants": Route("admin", request=_json({"name": "matrix"})),
+    "GET /admin/tenants/{tenant_id}": Route("admin"),
+    "PATCH /admin/tenants/{tenant_id}": Route("admin", request=_json({})),
+    "POST /admin/tenants/{tenant_id}/keys": Route("admin", request=_json({"scopes": ["inference"]})),
+    "POST /admin/tenants/{tenant_id}/credits": Route("admin", request=_json({"amount_micro_usd": 1})),
+    "PATCH /admin/keys/{key_id}": Route("admin", request=_json({})),
+    "GET /admin/prices": Route("admin"),
+    "POST /admin/prices": Route("admin", request=_json({"base_model": "no-such-model", "prompt_micro_usd_per_mtok": 0,
+                                                        "completion_micro_usd_per_mtok": 0})),
+    "GET /admin/invoices/{invoice_id}": Route("admin"),
+    "GET /admin/workers": Route("admin"),
+    "POST /admin/adapters/{adapter_id}/pin": Route("admin"),
+    "DELETE /admin/adapters/{adapter_id}/pin": Route("admin"),
+    # ---- the dashboard (a session acts with exactly its key's scopes) -----------------------
+    "GET /dashboard": Route("session"),
+    "GET /dashboard/usage": Route("session", "usage:read", USAGE_SLOTS, _usage),
+    "GET /dashboard/keys": Route("session", "keys:read"),
+    "POST /dashboard/keys": Route("session", "keys:write", (), lambda v: {"data": {"csrf": v["csrf"], "name": "m"}}),
+    "GET /dashboard/keys/new": Route("session", "keys:read", (Slot("created", "key_id"),), _just_created),
+    "POST /dashboard/keys/{key_id}/revoke": Route("session", "keys:write", (KEY_ID,), _form),
+    "GET /dashboard/adapters": Route("session", "adapters:read"),
+    "POST /dashboard/adapters/upload": Route("session", "adapters:write", (), _dashboard_upload),
+    "POST /dashboard/adapters/{adapter_id}/delete": Route("session", "adapters:write", (ADAPTER_ID,), _form),
+    "GET /dashboard/invoices": Route("session", "billing:read"),
+    "GET /dashboard/invoices/{invoice_id}": Route("session", "billing:read", (INVOICE_ID,)),
+    "GET /dashboard/admin": Route("operator_session"),
+}
+
+# Routes that take no credentials, and why that is right.
+EXEMPT = {
+    # Probes: an orchestrator calls them without credentials; they carry no tenant data.
+    "GET /livez": "liveness probe", "GET /healthz": "liveness probe (older name)", "GET /readyz": "readiness probe",
+    # Fleet-wide numbers, no tenant's name or adapter: open, or behind LORAFLEET_METRICS_TOKEN when set
+    # (base models are shared by every tenant, so naming one is no object of anyone's).
+    "GET /metrics": "Prometheus metrics", "GET /autoscaling": "autoscaling signals",
+    "GET /autoscaling/{base_model}": "one base model's autoscaling signals",
+    # The API's description is public.
+    "GET /openapi": "OpenAPI", "GET /openapi/openapi.json": "OpenAPI", "GET /openapi/swagger": "OpenAPI",
+    "GET /openapi/{path}": "OpenAPI renderers", "GET /openapi/oauth2-redirect.html": "OpenAPI",
+    # The dashboard's stylesheet and script.
+    "GET /dashboard/static/{file_path}": "static files",
+    # Signing in and out: the key, the admin token or the link's token is the credential itself.
+    "GET /dashboard/login": "sign-in form", "POST /dashboard/login": "sign-in with an API key",
+    "GET /dashboard/login/{token}": "one-time sign-in link", "GET /dashboard/admin/login": "operator sign-in form",
+    "POST /dashboard/admin/login": "operator sign-in", "POST /dashboard/logout": "ends the cookie's own session",
+}
+
+
+def _app_routes() -> set[str]:
+    app = create_app(load_settings({"LORAFLEET_DATABASE_URL": "postgresql://unused/unused",
+                                    "LORAFLEET_ADMIN_TOKEN": "unused", "LORAFLEET_INTERNAL_TOKEN": "unused"}))
+    return {f"{method} {route.path_format}" for route in app.routes
+            for method in route.methods - {"OPTIONS", "HEAD"}}
+
+
+def test_every_route_is_classified():
+    mounted = _app_routes()
+    unclassified = sorted(mounted - ROUTES.keys() - EXEMPT.keys())
+    assert not unclassified, f"add these routes to ROUTES (or, with a reason, to EXEMPT): {unclassified}"
+    gone = sorted((ROUTES.keys() | EXEMPT.keys()) - mounted)
+    assert not gone, f"these classified routes no longer exist: {gone}"
+    assert not ROUTES.keys() & EXEMPT.keys()
+    for name, route in ROUTES.items():
+        assert route.scope is None or route.scope in ALL_SCOPES, name
+        assert route.guard in ("key", "session") or route.scope is None, name
+
+
+# ---- two tenants ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    """A tenant with an all-scope key and real objects of every kind a route can name."""
+
+    key: TenantKey
+    adapter_id: str
+    adapter_name: str
+    invoice_id: str
+    idempotency_key: str
+    response_id: str
+    keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
+
+    def value(self, kind: Kind) -> str:
+        return {"adapter_id": self.adapter_id, "adapter_name": self.adapter_name,
+                "qualified_model": f"{STUB_MODEL}:{self.adapter_name}", "key_id": self.key.key_id,
+                "invoice_id": self.invoice_id, "cursor_adapter": self.adapter_id, "cursor_key": self.key.key_id,
+                "cursor_invoice": self.invoice_id, "idempotency_key": self.idempotency_key,
+                "response_id": self.response_id}[kind]
+
+
+def _missing(kind: Kind, theirs: str) -> str:
+    """An object of this kind that never existed, spelled like ``theirs`` (same length, same place in
+    an ordering of ids: a cursor sorts right after theirs), so the answers can be compared verbatim."""
+    if kind.startswith("cursor_"):
+        return theirs + "0"
+    if kind in ("adapter_name", "qualified_model"):
+        return theirs[:-6] + random_token(6)
+    if kind == "idempotency_key":
+        return str(uuid.uuid4())
+    return ids.new_id(theirs.split("_", 1)[0])
+
+
+async def _tenant(platform, db, label: str) -> Tenant:
+    """A tenant with an adapter, usage through its key and the adapter, an invoice, a used idempotency key."""
+    service = TenancyService(db)
+    created = await service.create_tenant(f"{label}-{random_token(6)}")
+    key = await service.create_key(created.id, name=label)
+    owner = TenantKey(created.id, key.id, key.secret)
+    adapter_name = f"{label}-adapter-{random_token(6)}"
+    adapter_id = await insert_adapter(db, created.id, platform.base_model_id, adapter_name)
+    idempotency_key = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=platform.url, headers=owner.headers, timeout=30) as http:
+        for model in (STUB_MODEL, adapter_name):
+            answer = await http.post("/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 2})
+            assert answer.status_code == 200, answer.text
+        made = await http.post("/v1/keys", json={"name": "spare", "scopes": ["inference"]},
+                               headers={"Idempotency-Key": idempotency_key})
+        assert made.status_code == 201, made.text
+        stored = await http.post("/v1/responses", json={"model": adapter_name, "input": "x", "max_output_tokens": 2})
+        assert stored.status_code == 200, stored.text
+    await wait_rows(db, created.id, 3)
+    return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
+                  stored.json()["id"])
+
+
+async def _state(db, tenant: Tenant) -> tuple:
+    """What B must never change of A: its key's revocation, its adapter's status, its invoice, its responses."""
+    return (await db.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", tenant.key.key_id),
+            await db.fetchval("SELECT status FROM adapters WHERE id = $1", tenant.adapter_id),
+            await db.fetchval("SELECT total_micro_usd FROM invoices WHERE id = $1", tenant.invoice_id),
+            await db.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id = $1", tenant.key.tenant_id),
+            await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.key.tenant_id))
+
+
+def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+    method, template = name.split(" ", 1)
+    path_values = {key: value for key, value in values.items() if "{" + key + "}" in template}
+    return method, template.format(**path_values), route.request(values)
+
+
+async def _send(http: httpx.AsyncClient, name: str, route: Route, values: dict[str, str]) -> httpx.Response:
+    method, path, kwargs = _call(name, route, values)
+    cookie = kwargs.pop("cookie", None)
+    if cookie is not None:
+        http.cookies.set(NEW_KEY_COOKIE, cookie)
+    try:
+        return await http.request(method, path, **kwargs)
+    finally:
+        if cookie is not None:
+            http.cookies.delete(NEW_KEY_COOKIE)
+
+
+def _same_answer(name: str, slot: Slot, theirs: httpx.Response, missing: httpx.Response, their_value: str,
+                 missing_value: str) -> None:
+    where = f"{name} with another tenant's {slot.kind} in {slot.name}"
+    assert theirs.status_code == missing.status_code, (where, theirs.status_code, missing.status_code,
+                                                      theirs.text[:300])
+    assert theirs.headers.get("content-type") == missing.headers.get("content-type"), where
+    if slot.kind == "idempotency_key":
+        # A creation: the other tenant's key gets no replay of its result, just a new key of its own.
+        assert theirs.status_code == 201 and "idempotent-replayed" not in theirs.headers, where
+        return
+    expected = missing.text.replace(missing_value, their_value)
+    if theirs.headers.get("content-type", "").startswith("application/json"):
+        assert theirs.json() == json.loads(expected), where
+    else:
+        assert theirs.text == expected, where
+    if "{" + slot.name + "}" in name or slot.name == "model":
+        assert theirs.status_code == 404, (where, theirs.text[:300])
+
+
+async def test_another_tenants_objects_are_answered_like_missing_ones(platform, db):
+    theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
+    before = await _state(db, theirs)
+    checked = 0
+    async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
+            dashboard(platform.url, mine.key.secret) as (session, csrf):
+        for name, route in ROUTES.items():
+            if route.guard not in ("key", "session"):
+                continue
+            http = api if route.guard == "key" else session
+            for slot in route.slots:
+                their_value = theirs.value(slot.kind)
+                missing_value = _missing(slot.kind, their_value)
+                answers = [await _send(http, name, route,
+                                       {"csrf": csrf, "secret": theirs.key.secret, slot.name: value})
+                           for value in (their_value, missing_value)]
+                _same_answer(name, slot, *answers, their_value, missing_value)
+                checked += 1
+    assert checked == sum(len(route.slots) for route in ROUTES.values() if route.guard in ("key", "session"))
+    assert await _state(db, theirs) == before, "another tenant's key, adapter or invoice changed"
+
+
+# Reads that show none of the caller's ids either: the overview (totals and charts), a page that shows a
+# key only right after its creation, the base model, a response's input items (the caller's own text).
+SHOWS_NO_OBJECT = {"GET /dashboard", "GET /dashboard/keys/new", "GET /v1/models/{model_id}",
+                   "GET /v1/responses/{response_id}/input_items"}
+
+
+async def test_lists_never_show_another_tenants_objects(platform, db):
+    theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
+    secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
+                         theirs.invoice_id, theirs.response_id)
+    secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
+                       mine.response_id)
+    async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
+            dashboard(platform.url, mine.key.secret) as (session, csrf):
+        for name, route in ROUTES.items():
+            if route.guard not in ("key", "session") or not name.startswith("GET"):
+                continue
+            http = api if route.guard == "key" else session
+            values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
+                      "invoice_id": mine.invoice_id, "response_id": mine.response_id}
+            answer = await _send(http, name, route, values)
+            assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
+            assert not [s for s in secrets_of_theirs if s in answer.text], name
+            if name not in SHOWS_NO_OBJECT:  # so a page that shows nothing at all cannot pass for a safe one
+                assert [s for s in secrets_of_mine if s in answer.text], f"{name} shows none of the caller's objects"
+
+
+# ---- scopes -----------------------------------------------------------------------------------
+
+
+async def _keys_for_scopes(db, tenant_id: str, extra: tuple[str, ...] = ()) -> dict[str, tuple[TenantKey, set[str]]]:
+    """Per scope s: "only:s" holds s alone, "all-but:s" every other scope (and ``extra`` always)."""
+    service = TenancyService(db)
+    keys = {}
+    for scope in ALL_SCOPES:
+        if scope in extra:
+            continue
+        for label, scopes in ((f"only:{scope}", {scope, *extra}), (f"all-but:{scope}", set(ALL_SCOPES) - {scope})):
+            key = await service.create_key(tenant_id, name=label, scopes=sorted(scopes))
+            keys[label] = (TenantKey(tenant_id, key.id, key.secret), scopes)
+    return keys
+
+
+def _refused_for_scope(answer: httpx.Response, scope: str) -> bool:
+    if answer.status_code != 403:
+        return False
+    if answer.headers.get("content-type", "").startswith("application/json"):
+        error = answer.json()["error"]
+        return error["type"] == "permission_error" and scope in error["message"]
+    return f"lacks the &#39;{scope}&#39; scope" in answer.text  # the dashboard's page says which
+
+
+async def test_every_scope_on_every_api_route(platform, db):
+    owner = await _tenant(platform, db, "scopes")
+    keys = await _keys_for_scopes(db, owner.key.tenant_id)
+    # A key to revoke that even the key holding only keys:write may revoke (it holds no more).
+    target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
+    values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
+              "model_id": STUB_MODEL, "response_id": ids.new_id("resp")}
+    routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
+    for label, (key, scopes) in keys.items():
+        async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:
+            for name, route in routes.items():
+                answer = await _send(http, name, route, values)
+                if route.scope in scopes:
+                    assert answer.status_code != 403, (name, label, answer.text[:300])
+                else:
+                    assert _refused_for_scope(answer, route.scope), (name, label, answer.status_code,
+                                                                    answer.text[:300])
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as anonymous:
+        for name, route in routes.items():
+            answer = await _send(anonymous, name, route, values)
+            assert answer.status_code == 401 and answer.json()["error"]["type"] == "authentication_error", name
+
+
+async def test_every_scope_on_every_dashboard_page(platform, db):
+    owner = await _tenant(platform, db, "pages")
+    keys = await _keys_for_scopes(db, owner.key.tenant_id, extra=("dashboard",))
+    target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
+    pages = {name: route for name, route in ROUTES.items() if route.guard in ("session", "operator_session")}
+    for label, (key, scopes) in keys.items():
+        async with dashboard(platform.url, key.secret) as (http, csrf):
+            for name, route in pages.items():
+                values = {"csrf": csrf, "key_id": target.id, "adapter_id": ids.new_id("adp"),
+                          "invoice_id": owner.invoice_id}
+                answer = await _send(http, name, route, values)
+                if route.guard == "operator_session":
+                    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/admin/login", name
+                elif route.scope is None or route.scope in scopes:
+                    assert answer.status_code != 403, (name, label, answer.text[-500:])
+                    if answer.status_code == 200 and name.startswith("GET"):
+                        assert answer.headers["content-type"] == "text/html; charset=utf-8", name
+                else:
+                    assert _refused_for_scope(answer, route.scope), (name, label, answer.status_code,
+                                                                    answer.text[-500:])
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as anonymous:
+        for name, route in pages.items():
+            answer = await _send(anonymous, name, route, {"csrf": "x", "key_id": "key_x", "adapter_id": "adp_x",
+                                                          "invoice_id": "in_x"})
+            assert answer.status_code == 303 and answer.headers["location"].endswith("/login"), name
+
+
+# ---- the operator API ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["valid", "malformed"])
+async def test_the_operator_api_answers_only_the_admin_token(platform, db, body):
+    owner = await _tenant(platform, db, "operator")
+    values = {"tenant_id": owner.key.tenant_id, "key_id": owner.key.key_id, "invoice_id": owner.invoice_id,
+              "adapter_id": owner.adapter_id}
+    credentials = {"no key": {}, "a tenant's all-scope key": owner.key.headers,
+                   "a wrong token": {"Authorization": f"Bearer {random_token(32)}"},
+                   "the token's prefix": {"Authorization": f"Bearer {platform.admin_token[:-1]}"}}
+    for name, route in ROUTES.items():
+        if route.guard != "admin":
+            continue
+        method, path, kwargs = _call(name, route, values)
+        if body == "malformed" and "json" in kwargs:
+            kwargs = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+        async with httpx.AsyncClient(base_url=platform.url, timeout=30) as http:
+            for who, headers in credentials.items():
+                answer = await http.request(method, path, **{**kwargs, "headers": {**kwargs.get("headers", {}),
+                                                                                  **headers}})
+                assert answer.status_code == 401, (name, who, body, answer.status_code, answer.text[:300])
+                assert answer.json()["error"]["type"] == "authentication_error", (name, who)
+            admitted = await http.request(method, path, **{**kwargs, "headers": {**kwargs.get("headers", {}),
+                                                                                **platform.admin_headers}})
+            assert admitted.status_code != 401, (name, admitted.text[:300])
+            assert admitted.status_code < 500, (name, admitted.text[:300])

@@ -1,0 +1,48 @@
+"""The local blob store: content-addressed, atomic, and its failures one clear error (never a half file)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from lorafleet.adapters.blobstore import LocalBlobStore
+from lorafleet.core.errors import BlobStoreUnavailable
+
+
+def _source(tmp_path: Path, data: bytes = b"weights") -> tuple[str, Path]:
+    path = tmp_path / "source.bin"
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest(), path
+
+
+def test_put_fetch_delete_round_trip(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs")
+    sha, source = _source(tmp_path)
+    store.put(sha, source)
+    store.put(sha, source)  # same bytes: stored once, no error
+    store.fetch(sha, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == b"weights"
+    store.delete(sha)
+    store.delete(sha)
+    assert not store.path(sha).exists()
+
+
+def test_a_store_that_cannot_be_written_or_read_is_one_error_and_leaves_nothing(tmp_path):
+    blocked = tmp_path / "blobs"
+    blocked.write_text("a file where the store's folder should be")
+    store = LocalBlobStore(blocked)
+    sha, source = _source(tmp_path)
+    with pytest.raises(BlobStoreUnavailable) as raised:
+        store.put(sha, source)
+    assert raised.value.status_code == 503 and raised.value.code == "blob_store_unavailable"
+    assert str(blocked) not in raised.value.message  # no paths to a client
+    with pytest.raises(BlobStoreUnavailable):
+        store.fetch(sha, tmp_path / "copy.bin")
+
+
+def test_a_missing_blob_is_unavailable_not_a_crash(tmp_path):
+    store = LocalBlobStore(tmp_path / "blobs")
+    with pytest.raises(BlobStoreUnavailable):
+        store.fetch("0" * 64, tmp_path / "copy.bin")
+    assert not list((tmp_path / "blobs").glob("**/*.partial"))
