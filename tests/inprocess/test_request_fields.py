@@ -49,6 +49,22 @@ async def test_openai_fields_the_sdk_sends_are_accepted_and_those_the_engine_lac
     assert "temperature" not in sent, "a field the client did not send is not sent upstream either"
 
 
+async def test_tool_calls_in_the_history_reach_the_engine_as_sent(platform, tenant):
+    """A client replaying a tool call sends ``type: "function"``; vLLM requires it, so it is never dropped
+    as a default (tools and a named tool choice likewise)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "done"}]
+    response = await _post(platform, tenant, {**CHAT, "messages": history, "tools": [tool],
+                                              "tool_choice": {"type": "function", "function": {"name": "f"}}})
+    assert response.status_code == 200, response.text
+    sent = _last_received(platform)
+    assert sent["messages"][1]["tool_calls"] == history[1]["tool_calls"]
+    assert sent["tools"] == [tool] and sent["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+
+
 async def test_vllm_sampling_extras_on_the_allowlist_are_forwarded(platform, tenant):
     extras = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "min_tokens": 1, "ignore_eos": True,
               "stop_token_ids": [2], "structured_outputs": {"choice": ["a", "b"]}, "chat_template_kwargs": {"x": 1}}

@@ -84,7 +84,7 @@ class FunctionCall(_Strict, kw_only=True):
     arguments: str
 
 
-class ToolCall(_Strict, kw_only=True):
+class ToolCall(_Strict, kw_only=True, omit_defaults=False):  # vLLM requires "type"
     id: Annotated[str, Meta(max_length=256)]
     function: FunctionCall
     type: Literal["function"] = "function"
@@ -141,7 +141,7 @@ class FunctionDefinition(_Strict, kw_only=True):
     strict: bool | None = None
 
 
-class Tool(_Strict, kw_only=True):
+class Tool(_Strict, kw_only=True, omit_defaults=False):
     function: FunctionDefinition
     type: Literal["function"] = "function"
 
@@ -150,7 +150,7 @@ class NamedFunction(_Strict, kw_only=True):
     name: Name
 
 
-class NamedToolChoice(_Strict, kw_only=True):
+class NamedToolChoice(_Strict, kw_only=True, omit_defaults=False):
     function: NamedFunction
     type: Literal["function"] = "function"
 
