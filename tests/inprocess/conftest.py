@@ -154,19 +154,20 @@ async def platform(inprocess: InProcessPlatform) -> InProcessPlatform:
     return inprocess
 
 
+async def _fresh_tenant(db: asyncpg.Pool, prefix: str) -> TenantKey:
+    service = TenancyService(db)
+    created = await service.create_tenant(f"{prefix}-{random_token(6)}")
+    key = await service.create_key(created.id)
+    return TenantKey(created.id, key.id, key.secret)
+
+
 @pytest.fixture
 async def tenant(db: asyncpg.Pool) -> TenantKey:
     """A fresh tenant with one all-scope key, for this test alone."""
-    service = TenancyService(db)
-    created = await service.create_tenant(f"tenant-{random_token(6)}")
-    key = await service.create_key(created.id)
-    return TenantKey(created.id, key.id, key.secret)
+    return await _fresh_tenant(db, "tenant")
 
 
 @pytest.fixture
 async def other_tenant(db: asyncpg.Pool) -> TenantKey:
     """A second fresh tenant, for tests of what one tenant must never see of another's."""
-    service = TenancyService(db)
-    created = await service.create_tenant(f"other-{random_token(6)}")
-    key = await service.create_key(created.id)
-    return TenantKey(created.id, key.id, key.secret)
+    return await _fresh_tenant(db, "other")

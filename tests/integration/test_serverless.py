@@ -14,7 +14,7 @@ import psutil
 import pytest
 from lorafleet.devtools.services import Service, start_worker
 
-from tests.helpers import eventually, ledger_row
+from tests.helpers import eventually, ledger_row, wait_rows
 
 pytestmark = pytest.mark.engine
 
@@ -108,6 +108,7 @@ async def test_two_hundred_requests_arriving_while_asleep_all_succeed_after_one_
         statuses = await asyncio.gather(*(one(i) for i in range(200)))
     assert statuses.count(200) == 200, sorted(set(statuses))
     assert len(re.findall(r'"event":"worker_waking"', sleepy.log_text())) == wakes_before + 1, "one wake-up for all"
+    await wait_rows(db, key.tenant_id, 200)  # the writer inserts in batches: wait for the last one, then count
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", key.tenant_id) == 200
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from lorafleet.core.types import ModelName
-from lorafleet.gateway.openai.schemas import Name, Probability, Temperature, Tokens
+from lorafleet.gateway.openai.schemas import JsonObjectFormat, Name, Probability, Temperature, TextFormat, Tokens
 from msgspec import Meta
 
 MAX_INPUT_ITEMS = 10_000
@@ -40,14 +40,6 @@ class NamedFunctionChoice(_Strict, kw_only=True):
     name: Name
 
 
-class TextFormatPlain(_Strict, kw_only=True, tag_field="type", tag="text"):
-    pass
-
-
-class TextFormatJsonObject(_Strict, kw_only=True, tag_field="type", tag="json_object"):
-    pass
-
-
 class TextFormatJsonSchema(_Strict, kw_only=True, tag_field="type", tag="json_schema"):
     name: Name
     schema: dict[str, Any]
@@ -56,7 +48,7 @@ class TextFormatJsonSchema(_Strict, kw_only=True, tag_field="type", tag="json_sc
 
 
 class TextOptions(_Strict, kw_only=True):
-    format: TextFormatPlain | TextFormatJsonObject | TextFormatJsonSchema | None = None
+    format: TextFormat | JsonObjectFormat | TextFormatJsonSchema | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
