@@ -247,7 +247,9 @@ async def main() -> None:
                                       "--num_workers", "1"], env=litellm_env, stdout=open(workdir / "litellm.log", "wb"),
                                      stderr=subprocess.STDOUT)
             processes.append(proxy)
-            wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=180)
+            # In a thread, as every blocking call below: the stub's heartbeat task must keep running, or
+            # the gateways see their only worker go silent while LiteLLM starts and hold requests.
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{litellm_port}/health/liveliness", 180)
             pin(proxy.pid, PROXY_CPU)
             targets["litellm"] = (f"http://127.0.0.1:{litellm_port}", "sk-bench-master")
 
@@ -255,8 +257,8 @@ async def main() -> None:
         for name, (url, secret) in targets.items():  # every target must answer 200 before it is timed
             deadline = time.monotonic() + 30
             while True:
-                probe = httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
-                                   headers={"Authorization": f"Bearer {secret}"})
+                probe = await asyncio.to_thread(httpx.post, url + "/v1/chat/completions", json=body, timeout=30,
+                                                headers={"Authorization": f"Bearer {secret}"})
                 if probe.status_code == 200:
                     break
                 if time.monotonic() > deadline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,6 +51,15 @@ from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
 
 
+def quiet_garbage_collector() -> None:
+    """Move what startup allocated (modules, routes, schemas: ~10^5 objects) out of the collector's
+    reach and collect the young generation less often. Each full collection walked them all and cost
+    a measurable share of every request's CPU; requests allocate short-lived objects with few cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     metrics = GatewayMetrics()
@@ -91,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await catalog.start()
         await registry.start()
         app.state.services = services
+        quiet_garbage_collector()
         try:
             yield
         finally:
