@@ -50,6 +50,8 @@ bench: install-dev
 	$(BIN)/python benchmarks/gateway_vs_direct.py --rounds 5
 	$(BIN)/python benchmarks/adapters.py
 	$(BIN)/python benchmarks/density.py
+	$(BIN)/python benchmarks/fleet_real.py
+	$(BIN)/python benchmarks/fleet_simulation.py
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/report.py
 

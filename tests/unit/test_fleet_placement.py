@@ -9,6 +9,7 @@ from lorafleet.gateway.fleet.placement import (
     desired_replicas,
     has_room,
     rank,
+    rank_with,
     rendezvous_weigher,
 )
 
@@ -207,3 +208,14 @@ def test_policy_rejects_nonsense_tunables():
     with pytest.raises(ValueError):
         PlacementPolicy(home_workers=0)
     assert DEFAULT_POLICY == PlacementPolicy()
+
+
+def test_the_comparison_strategies_ignore_residency_and_load():
+    workers = fleet(3)
+    workers[2].slots = frozenset({"a"})
+    firsts = [rank_with("round_robin", workers, "a")[0].id for _ in range(6)]
+    assert sorted(firsts) == sorted([w.id for w in workers] * 2), "each worker first in turn"
+    homes = {rank_with("rendezvous", workers, "a")[0].id for _ in range(5)}
+    assert len(homes) == 1 and rank_with("rendezvous", workers, "a") == sorted(
+        workers, key=rendezvous_weigher("a"), reverse=True)
+    assert rank_with("residency", workers, "a")[0] is workers[2]

@@ -27,6 +27,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     admin_token: Annotated[str, Meta(description="Bearer token of the operator admin API. Empty: `lorafleet up` generates one into the data dir.")] = ""
     max_request_bytes: Annotated[int, Meta(ge=1024, description="Largest accepted JSON request body, in bytes (413 above).")] = 4 * 1024 * 1024
     key_cache_seconds: Annotated[float, Meta(ge=0, le=1, description="How long a gateway trusts a cached key lookup; bounds how late a revocation takes effect.")] = 0.5
+    placement_strategy: Annotated[Literal["residency", "round_robin", "rendezvous"], Meta(description="How the gateway picks a worker. residency: the placement policy (README › Fleet); round_robin and rendezvous exist for benchmarks/fleet_real.py to compare against.")] = "residency"
     worker_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads the worker registry and polls each worker.")] = 1.0
     catalog_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads base models and prices (a new price applies within this).")] = 1.0
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0

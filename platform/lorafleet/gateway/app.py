@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gateway_id = ids.gateway_id()
         catalog = ModelCatalog(pool, settings.catalog_refresh_seconds)
         registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds,
-                                  database_url=settings.database_url, gateway_id=gateway_id)
+                                  database_url=settings.database_url, gateway_id=gateway_id,
+                                  strategy=settings.placement_strategy)
         ledger = LedgerWriter(pool, spool=LedgerSpool(settings.resolved_spool_dir, gateway_id))
         sweeper = ReservationSweeper(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
                                      dead_after_seconds=settings.gateway_dead_after_seconds,

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -143,6 +144,23 @@ def choose(workers: Sequence[Worker], adapter_id: str | None, policy: PlacementP
         return min(replica_set, key=load)
     return min((worker for worker in workers if load(worker) <= ceiling),
                key=lambda worker: _fallback_preference(worker, adapter_id))
+
+
+# The strategies the fleet benchmark compares this policy with (LORAFLEET_PLACEMENT_STRATEGY); the
+# residency policy above is the only one to run a fleet with.
+STRATEGIES = ("residency", "round_robin", "rendezvous")
+_turns = itertools.count()
+
+
+def rank_with(strategy: str, workers: Sequence[Worker], adapter_id: str | None,
+              policy: PlacementPolicy = DEFAULT_POLICY) -> list[Worker]:
+    if strategy == "round_robin":
+        ordered = sorted(workers, key=lambda worker: worker.id)
+        turn = next(_turns) % len(ordered)
+        return ordered[turn:] + ordered[:turn]
+    if strategy == "rendezvous":
+        return sorted(workers, key=rendezvous_weigher(adapter_id or ""), reverse=True)
+    return rank(workers, adapter_id, policy)
 
 
 def rank(workers: Sequence[Worker], adapter_id: str | None, policy: PlacementPolicy = DEFAULT_POLICY) -> list[Worker]:

@@ -37,7 +37,7 @@ import structlog
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
-from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank
+from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank, rank_with
 
 log = structlog.get_logger("lorafleet.fleet")
 
@@ -168,12 +168,14 @@ class WorkerState:
 
 class WorkerRegistry:
     def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float,
-                 policy: PlacementPolicy = DEFAULT_POLICY, *, database_url: str = "", gateway_id: str = "") -> None:
+                 policy: PlacementPolicy = DEFAULT_POLICY, *, database_url: str = "", gateway_id: str = "",
+                 strategy: str = "residency") -> None:
         self._pool = pool
         self._http = http
         self._headers = {"Authorization": f"Bearer {internal_token}"}
         self._refresh_seconds = refresh_seconds
         self._policy = policy
+        self._strategy = strategy
         self._database_url = database_url
         self._gateway_id = gateway_id
         self._workers: dict[str, WorkerState] = {}
@@ -276,7 +278,7 @@ class WorkerRegistry:
         if not candidates:
             raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.",
                                      code="no_worker_ready")
-        return rank(candidates, adapter_id, self._policy)
+        return rank_with(self._strategy, candidates, adapter_id, self._policy)
 
     def report_success(self, worker: WorkerState) -> None:
         worker.failures = 0
