@@ -52,6 +52,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/density.py
 	$(BIN)/python benchmarks/fleet_real.py
 	$(BIN)/python benchmarks/fleet_simulation.py
+	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/report.py
 

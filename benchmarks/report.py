@@ -17,7 +17,7 @@ from pathlib import Path
 from lorafleet.devtools.bench import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["gateway_capacity", "gateway_vs_direct", "adapters", "density", "fleet_real", "fleet_simulation", "money"]
+ORDER = ["gateway_capacity", "gateway_vs_direct", "adapters", "density", "fleet_real", "fleet_simulation", "cold_start", "money"]
 # A result file links its images relative to benchmarks/results/; BENCHMARKS.md sits at the root.
 RELATIVE_IMAGE = re.compile(r"(!\[[^\]]*\]\()(?![a-z]+:|/)")
 
