@@ -110,3 +110,26 @@ async def test_embeddings_on_a_generation_model_name_the_right_route(platform, t
     assert answer.status_code == 400, answer.text
     assert (error["code"], error["param"]) == ("unsupported_model", "model") and "/v1/chat/completions" in error["message"]
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("path, head", [
+    ("/v1/chat/completions", b'"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+                             b'"function": {"name": "f", "parameters": {"p": '),
+    ("/v1/responses", b'"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"p": '),
+])
+async def test_a_body_nested_too_deeply_where_any_json_is_allowed_is_a_400(platform, tenant, path, head):
+    body = b'{"model": "' + STUB_MODEL.encode() + b'", ' + head + _deep(100_000) + b"}}]}"
+    async with httpx.AsyncClient(base_url=platform.url, headers={**tenant.headers, "content-type": "application/json"}) as http:
+        answer = await http.post(path, content=body)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]["message"], answer.text
+
+
+@pytest.mark.parametrize("path, field", [("/v1/completions", "prompt"), ("/v1/embeddings", "input")])
+async def test_negative_token_ids_are_refused_before_any_worker(platform, tenant, path, field):
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        answer = await http.post(path, json={"model": STUB_MODEL, field: [[1, -5]]})
+    assert answer.status_code == 400 and answer.json()["error"]["param"].startswith(field), answer.text

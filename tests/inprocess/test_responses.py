@@ -213,3 +213,47 @@ async def test_text_postgresql_cannot_hold_is_still_answered_and_stored(platform
         assert stored.instructions == "c\ufffdd"
         items = await sdk.responses.input_items.list(created.id)
         assert items.data[0].content[0].text == "a\ufffdb"
+
+
+async def test_a_chain_with_a_deleted_middle_turn_or_too_long_is_refused_not_silently_cut(platform, tenant,
+                                                                                          monkeypatch):
+    from lorafleet.gateway.responses_api import store
+
+    async with _sdk(platform, tenant) as sdk:
+        first = await sdk.responses.create(model=STUB_MODEL, input="one")
+        second = await sdk.responses.create(model=STUB_MODEL, input="two", previous_response_id=first.id)
+        third = await sdk.responses.create(model=STUB_MODEL, input="three", previous_response_id=second.id)
+        monkeypatch.setattr(store, "MAX_HISTORY_BYTES", 400)  # three short turns hold more than this
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await sdk.responses.create(model=STUB_MODEL, input="four", previous_response_id=third.id)
+        assert too_long.value.body["code"] == "conversation_too_long"
+        assert too_long.value.body["param"] == "previous_response_id"
+        monkeypatch.undo()
+        await sdk.responses.delete(second.id)
+        with pytest.raises(openai.NotFoundError) as gap:
+            await sdk.responses.create(model=STUB_MODEL, input="four", previous_response_id=third.id)
+        assert gap.value.body["param"] == "previous_response_id" and first.id not in gap.value.message
+        assert second.id in gap.value.message  # its own id, deleted by this tenant: nothing of anyone else's
+
+
+async def test_annotations_and_logprobs_sent_back_are_not_stored(platform, tenant):
+    padding = [{"type": "url_citation", "url": "https://example.com/" + "x" * 1000}] * 50
+    async with _sdk(platform, tenant) as sdk:
+        created = await sdk.responses.create(model=STUB_MODEL, input=[
+            {"role": "assistant", "content": [{"type": "output_text", "text": "earlier", "annotations": padding,
+                                               "logprobs": [{"token": "x", "logprob": -1.0}] * 100}]},
+            {"role": "user", "content": "next"}])
+        items = await sdk.responses.input_items.list(created.id, order="asc")
+    stored = items.data[0].content[0]
+    assert stored.text == "earlier" and stored.annotations == [] and not getattr(stored, "logprobs", None)
+
+
+async def test_a_deeply_nested_tool_schema_with_a_nul_is_still_answered_and_stored(platform, tenant):
+    schema: dict = {"type": "object", "description": "a\x00b"}
+    for _ in range(300):
+        schema = {"type": "object", "properties": {"x": schema}}
+    tool = {**WEATHER, "parameters": schema}
+    async with _sdk(platform, tenant) as sdk:
+        created = await sdk.responses.create(model=STUB_MODEL, input="hi", tools=[tool], tool_choice="none")
+        fetched = await sdk.responses.retrieve(created.id)
+    assert fetched.id == created.id and len(fetched.tools) == 1

@@ -98,6 +98,8 @@ class StrictBody(AbstractDTO[T]):
             return self._decoders[self.model_type].decode(value)
         except msgspec.MsgspecError as exc:
             raise invalid(exc) from None
+        except RecursionError:  # msgspec's decoder stops at the interpreter's recursion limit
+            raise InvalidRequest("the JSON body is nested too deeply") from None
 
     def decode_builtins(self, value: dict[str, Any]) -> T:
         return validate(value, self.model_type)

@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import structlog
 from lorafleet.core.tasks import stop_task
-from lorafleet.db import queries
+from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.idempotency import RETENTION_HOURS
 
 log = structlog.get_logger("lorafleet.janitor")
@@ -34,8 +34,8 @@ class RetentionJanitor:
         for name, query, args in self._sweeps:
             try:
                 await self._pool.execute(query, *args)
-            except (asyncpg.PostgresError, OSError) as exc:
-                # The next round retries; the rows only wait longer.
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                # The next round retries; the rows only wait longer (reads filter on expires_at meanwhile).
                 log.warning("retention_sweep_failed", table=name, error=type(exc).__name__)
 
     async def _run(self) -> None:

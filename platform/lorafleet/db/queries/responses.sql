@@ -13,16 +13,20 @@ DELETE FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now() RE
 
 -- name: response_chain
 -- A conversation up to response $1, oldest turn first: each turn's input items, then its output.
--- Only the tenant's own, unexpired turns; at most $3 of them (a chain is walked from its end).
+-- Only the tenant's own, unexpired turns; the walk from the end stops after $3 turns or once the
+-- turns read hold more than $4 bytes of JSON (so a long chain is refused, never loaded whole).
+-- The oldest row's previous_response_id is not NULL when the walk stopped early or a turn is gone.
 WITH RECURSIVE chain AS (
-    SELECT id, previous_response_id, input, document -> 'output' AS output, 1 AS depth
+    SELECT id, previous_response_id, input, document -> 'output' AS output, 1 AS depth,
+           octet_length(input::text) + octet_length((document -> 'output')::text) AS bytes
     FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now()
     UNION ALL
-    SELECT r.id, r.previous_response_id, r.input, r.document -> 'output', c.depth + 1
+    SELECT r.id, r.previous_response_id, r.input, r.document -> 'output', c.depth + 1,
+           c.bytes + octet_length(r.input::text) + octet_length((r.document -> 'output')::text)
     FROM responses r JOIN chain c ON r.id = c.previous_response_id
-    WHERE r.tenant_id = $2 AND r.expires_at > now() AND c.depth < $3
+    WHERE r.tenant_id = $2 AND r.expires_at > now() AND c.depth < $3 AND c.bytes <= $4
 )
-SELECT input, output FROM chain ORDER BY depth DESC;
+SELECT input, output, previous_response_id, depth, bytes FROM chain ORDER BY depth DESC;
 
 -- name: forget_expired_responses
 DELETE FROM responses WHERE expires_at <= now();

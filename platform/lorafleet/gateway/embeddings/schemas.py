@@ -6,10 +6,11 @@ from typing import Annotated, Literal
 
 import msgspec
 from lorafleet.core.types import ModelName
+from lorafleet.gateway.openai.schemas import TokenId
 from msgspec import Meta
 
 # As a completion's prompt: one text, texts, one prompt as token ids, or prompts as token ids.
-EmbeddingInput = Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1)]
+EmbeddingInput = Annotated[str, Meta(min_length=1)] | Annotated[list[str | TokenId | list[TokenId]], Meta(min_length=1)]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

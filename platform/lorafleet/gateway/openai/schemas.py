@@ -26,7 +26,8 @@ Penalty = Annotated[float, Meta(ge=-2, le=2)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 StopSequence = Annotated[str, Meta(max_length=1000)]
 Stop = StopSequence | Annotated[list[StopSequence], Meta(max_length=16)] | None
-TokenIds = Annotated[list[Annotated[int, Meta(ge=0)]], Meta(max_length=4096)]
+TokenId = Annotated[int, Meta(ge=0)]
+TokenIds = Annotated[list[TokenId], Meta(max_length=4096)]
 LogitBias = Annotated[dict[str, Annotated[float, Meta(ge=-100, le=100)]], Meta(max_length=1024)]
 Choices = Annotated[int, Meta(ge=1, le=128)]
 Name = Annotated[str, Meta(max_length=256)]
@@ -287,7 +288,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 
 # msgspec allows one array-like type per union, so a batch or token-id prompt is one list type;
 # the engine rejects mixed lists with its own 400.
-Prompt = Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1)]
+Prompt = Annotated[str, Meta(min_length=1)] | Annotated[list[str | TokenId | list[TokenId]], Meta(min_length=1)]
 
 
 class CompletionRequest(_Sampling, kw_only=True):

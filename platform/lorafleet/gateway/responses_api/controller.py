@@ -84,7 +84,7 @@ class ResponsesController(Controller):
                 return
             try:
                 await services.responses.save(tenant_id, key_id, input_items, document)
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever fails here, the client has its answer
                 # The answer is delivered (and billed); only reading it back or chaining from it fails.
                 log.error("response_not_stored", response_id=document["id"], error=type(exc).__name__)
 

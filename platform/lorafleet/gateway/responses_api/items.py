@@ -94,7 +94,7 @@ def _canonical(item: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(decoded.content, str):
             parts = [{"type": text_type, "text": decoded.content}]
         else:
-            parts = [msgspec.to_builtins(part) for part in decoded.content]
+            parts = [_part(part) for part in decoded.content]
         return _message(decoded.role, parts)
     if isinstance(decoded, FunctionCallItem):
         return {"type": "function_call", "id": ids.new_id("fc"), "call_id": decoded.call_id, "name": decoded.name,
@@ -102,6 +102,16 @@ def _canonical(item: dict[str, Any], where: str) -> dict[str, Any]:
     output = decoded.output if isinstance(decoded.output, str) else "".join(part.text for part in decoded.output)
     return {"type": "function_call_output", "id": ids.new_id("fco"), "call_id": decoded.call_id, "output": output,
             "status": "completed"}
+
+
+def _part(part: InputText | OutputText | Refusal) -> dict[str, Any]:
+    """A content part as stored and replayed: only what a chat template renders (annotations and
+    logprobs a client sends back are dropped, so they cannot pad a conversation's stored history)."""
+    if isinstance(part, Refusal):
+        return {"type": "refusal", "refusal": part.refusal}
+    if isinstance(part, OutputText):
+        return {"type": "output_text", "text": part.text, "annotations": []}
+    return {"type": "input_text", "text": part.text}
 
 
 def _message(role: str, parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,13 +6,19 @@ outputs) is the tenant's data: it is never logged.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
-from lorafleet.core.errors import NotFound
+import msgspec
+from lorafleet.core.errors import InvalidRequest, NotFound
 from lorafleet.db import queries
 
-MAX_TURNS = 1000  # the longest chain replayed; a longer conversation is refused by the context length anyway
+_encode = msgspec.json.Encoder().encode
+MAX_TURNS = 1000  # the longest chain replayed
+# The most stored JSON a chain may replay: far more text than any served context holds, so only a
+# conversation that could not run anyway is refused; bounds what one request makes the gateway load.
+MAX_HISTORY_BYTES = 8 * 1024 * 1024
 
 
 class ResponseStore:
@@ -43,10 +49,20 @@ class ResponseStore:
 
     async def history(self, tenant_id: str, previous_response_id: str) -> list[dict[str, Any]]:
         """The conversation up to that response: each turn's input items, then its output."""
-        rows = await self._pool.fetch(queries.response_chain, previous_response_id, tenant_id, MAX_TURNS)
+        rows = await self._pool.fetch(queries.response_chain, previous_response_id, tenant_id, MAX_TURNS,
+                                      MAX_HISTORY_BYTES)
         if not rows:
-            raise NotFound(f"Previous response with id '{previous_response_id}' not found.",
+            raise NotFound(f"Previous response with id '{previous_response_id[:80]}' not found.",
                            param="previous_response_id")
+        oldest = rows[0]
+        if oldest["bytes"] > MAX_HISTORY_BYTES or (oldest["depth"] >= MAX_TURNS and oldest["previous_response_id"]):
+            raise InvalidRequest(f"the conversation up to '{previous_response_id[:80]}' is longer than can be replayed "
+                                 f"({MAX_TURNS} turns or {MAX_HISTORY_BYTES // 2**20} MiB); start a new one",
+                                 param="previous_response_id", code="conversation_too_long")
+        if oldest["previous_response_id"] is not None:
+            # A turn in the middle was deleted or expired: replaying the rest would silently change the conversation.
+            raise NotFound(f"An earlier turn of this conversation ('{oldest['previous_response_id'][:80]}') was deleted "
+                           "or has expired.", param="previous_response_id")
         items: list[dict[str, Any]] = []
         for row in rows:
             items += row["input"]
@@ -54,16 +70,21 @@ class ResponseStore:
         return items
 
 
+# A JSON-escaped U+0000 ("\u0000" preceded by an even number of backslashes, i.e. not itself escaped).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def storable(value: Any) -> Any:
     """``value`` with every U+0000 as U+FFFD: PostgreSQL's jsonb cannot hold U+0000, and a response that
-    was answered must still be stored (the client sent or the model wrote that character)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    return value
+    was answered must still be stored (the client sent or the model wrote that character).
+
+    Done on the encoded JSON, not by walking the value: what msgspec decoded at any depth it encodes
+    again, where a recursive walk could run out of stack on a deeply nested tool schema.
+    """
+    encoded = _encode(value)
+    if b"\\u0000" not in encoded:
+        return value
+    return msgspec.json.decode(_ESCAPED_NUL.sub(rb"\1\\ufffd", encoded))
 
 
 def _missing(response_id: str) -> NotFound:
