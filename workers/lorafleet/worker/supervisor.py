@@ -77,7 +77,11 @@ class WorkerSupervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         # A worker may come up before any gateway has migrated a fresh database (migrations take a lock).
-        await migrate(self.settings.database_url)
+        # With the limited database role SECURITY.md recommends it cannot: the migration Job does.
+        try:
+            await migrate(self.settings.database_url)
+        except asyncpg.InsufficientPrivilegeError:
+            log.info("migrations_left_to_the_operator", reason="this role may not change the schema")
         pool = await create_pool(self.settings.database_url, max_size=2)
         listener: asyncpg.Connection | None = None
         try:
