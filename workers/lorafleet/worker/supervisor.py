@@ -37,6 +37,18 @@ from lorafleet.worker.engine import engine_command, engine_environment
 
 log = structlog.get_logger("lorafleet.worker")
 
+
+async def apply_migrations(database_url: str) -> bool:
+    """Apply pending migrations: a worker may come up before any gateway has migrated a fresh database
+    (migrations take a lock). With the limited role SECURITY.md recommends it may not, and the
+    migration Job or a gateway does; False then."""
+    try:
+        await migrate(database_url)
+    except asyncpg.InsufficientPrivilegeError:
+        log.info("migrations_left_to_the_operator", reason="this database role may not change the schema")
+        return False
+    return True
+
 HEARTBEAT_SECONDS = 3.0
 PIN_CHECK_SECONDS = 30.0  # how often the worker re-reads the operator's pins (gateways also push them at once)
 UNHEALTHY_LIMIT = 3
@@ -76,12 +88,7 @@ class WorkerSupervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        # A worker may come up before any gateway has migrated a fresh database (migrations take a lock).
-        # With the limited database role SECURITY.md recommends it cannot: the migration Job does.
-        try:
-            await migrate(self.settings.database_url)
-        except asyncpg.InsufficientPrivilegeError:
-            log.info("migrations_left_to_the_operator", reason="this role may not change the schema")
+        await apply_migrations(self.settings.database_url)
         pool = await create_pool(self.settings.database_url, max_size=2)
         listener: asyncpg.Connection | None = None
         try:
