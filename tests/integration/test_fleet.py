@@ -163,8 +163,6 @@ class _Named:
 async def test_an_engine_killed_under_traffic_fails_over_and_the_worker_rejoins(gateway, db, base_env, fleet,
                                                                                uploaded):
     key, _ = uploaded
-    victim = fleet[0]
-    engine = psutil.Process(victim.process.pid).children()[0]
     stream_body = {"model": FLEET_MODEL, "prompt": "Once", "max_tokens": 600, "ignore_eos": True, "stream": True,
                    "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
     async with httpx.AsyncClient(base_url=gateway.url, headers=key.headers, timeout=300) as http:
@@ -183,6 +181,11 @@ async def test_an_engine_killed_under_traffic_fails_over_and_the_worker_rejoins(
 
         in_flight = [asyncio.create_task(stream()) for _ in range(4)]
         await eventually(chunks, lambda n: n >= 20, timeout=120, what="streams under way")
+        # The victim is a worker running some of them (placement decides where they went: a worker still
+        # busy with an earlier test's adapters gets none of these base-model streams).
+        loads = [(await _worker_state(worker))["in_flight"] for worker in fleet]
+        victim = fleet[loads.index(max(loads))]
+        engine = psutil.Process(victim.process.pid).children()[0]
         os.killpg(engine.pid, signal.SIGKILL)
         after = [await _complete(http, FLEET_MODEL) for _ in range(6)]  # none had started: all must complete
         await asyncio.gather(*in_flight)

@@ -273,8 +273,9 @@ class WorkerRegistry:
     def ranked(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
         """The base model's routable workers, best first for this request; 503 when there are none."""
         ready = [w for w in self._workers.values() if w.ready and w.base_model_id == base_model_id]
-        # Quarantined workers only when nothing else is left: trying beats refusing.
-        candidates = [w for w in ready if w.routable] or ready
+        # Quarantined workers only when nothing else is left: trying beats refusing. Never a draining,
+        # sleeping or waking one: those requests are held for a worker that can take them.
+        candidates = [w for w in ready if w.routable] or [w for w in ready if w.state == "ready"]
         if not candidates:
             raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.",
                                      code="no_worker_ready")
