@@ -28,7 +28,16 @@ def test_the_ledger_insert_binds_exactly_the_named_columns_in_order():
 
 def test_every_verdict_the_admission_function_returns_is_an_enum_member():
     function = "\n".join(path.read_text() for path in sorted(MIGRATIONS.glob("*.sql")))
-    body = function[function.index("CREATE FUNCTION lorafleet_admit"):]
+    body = function[function.rindex("CREATE FUNCTION lorafleet_admit("):]  # its latest definition
     body = body[: body.index("$$;", body.index("$$") + 2)]
     returned = set(re.findall(r"verdict := '(\w+)'", body))
     assert returned == {verdict.value for verdict in Verdict}
+
+
+def test_a_lease_answers_only_with_the_admission_functions_verdicts():
+    """lorafleet_lease decides nothing itself: every verdict it returns is lorafleet_admit's."""
+    function = (MIGRATIONS / "0011_admission_leases.sql").read_text()
+    body = function[function.index("CREATE FUNCTION lorafleet_lease("):]
+    body = body[: body.index("$$;", body.index("$$") + 2)]
+    assert not re.findall(r"verdict := ", body)
+    assert body.count("FROM lorafleet_admit(") == 2

@@ -7,7 +7,7 @@ from lorafleet.billing.pricing import Price, PriceBook, cost_micro_usd, worst_ca
 from lorafleet.billing.stripe_export import allocate_cents, cents_half_up
 from lorafleet.billing.usage import parse_query
 from lorafleet.core.errors import InvalidRequest
-from lorafleet.gateway.metering.admission import duration_text
+from lorafleet.gateway.metering.ratelimit import duration_text
 from lorafleet.gateway.openai.bounds import (
     TEMPLATE_ALLOWANCE,
     chat_demand,

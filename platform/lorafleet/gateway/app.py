@@ -35,6 +35,7 @@ from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.metering.admission import Admission
+from lorafleet.gateway.metering.leases import LeaseBook
 from lorafleet.gateway.metering.refusals import RefusalCounter
 from lorafleet.gateway.metering.spool import LedgerSpool
 from lorafleet.gateway.janitor import RetentionJanitor
@@ -87,7 +88,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
                                   throttle=FailureThrottle(settings.auth_failures_per_minute)),
             admission=Admission(pool, gateway_id, refusals, synchronous_commit=settings.admission_synchronous_commit,
-                                tenant_max_sequences=settings.tenant_max_concurrent_sequences),
+                                tenant_max_sequences=settings.tenant_max_concurrent_sequences,
+                                leases=LeaseBook(ledger, max_units=settings.admission_lease_requests,
+                                                 seconds=settings.admission_lease_seconds)),
             sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
             adapters=AdapterService(
                 pool, make_blob_store(settings),
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await registry.close()
             await catalog.close()
+            services.admission.leases.close()  # their releases go out with the ledger's last rows
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
             await refusals.close()
             await janitor.close()

@@ -9,7 +9,9 @@ Two layers:
   PostgreSQL: ``lorafleet_admit`` (migrations/0003_money.sql) checks and records in one
   transaction, so several gateways share exact limits. The reservation it makes is settled by the
   request's ledger row (the same statement that inserts it) or, if this gateway dies, released by
-  another gateway's sweeper. Its verdicts are :class:`Verdict`, matched exhaustively.
+  another gateway's sweeper. Its verdicts are :class:`Verdict`, matched exhaustively. A key with
+  several requests in flight here is admitted from a lease instead (leases.py): one round trip
+  reserves a block of requests, the next ones that fit are admitted from memory.
 
 By default that transaction commits without waiting for its WAL flush: the flush was most of
 admission's time, and what a crash could lose is only reservations (README "Admission and
@@ -18,8 +20,10 @@ durability"); ledger rows always wait for theirs.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +34,9 @@ from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.auth import Principal
+from lorafleet.gateway.metering.leases import LEASE_SHARE, Lease, LeaseBook
+from lorafleet.gateway.metering.leases import lease_id as new_lease_id
+from lorafleet.gateway.metering.ratelimit import rate_limit_headers
 from lorafleet.gateway.metering.refusals import RefusalCounter
 
 
@@ -96,12 +103,14 @@ class TenantSequences:
 
 class Admission:
     def __init__(self, pool: asyncpg.Pool, gateway_id: str, refusals: RefusalCounter | None = None, *,
-                 synchronous_commit: bool = False, tenant_max_sequences: int = 0) -> None:
+                 synchronous_commit: bool = False, tenant_max_sequences: int = 0,
+                 leases: LeaseBook | None = None) -> None:
         self._pool = pool
         self._gateway_id = gateway_id
         self._refusals = refusals
         self._commit_mode = "on" if synchronous_commit else "off"
         self.sequences = TenantSequences(tenant_max_sequences)
+        self.leases = leases
 
     async def admit(self, principal: Principal, request_id: str, demand: Demand, price: Price | None,
                     *, adapter: bool) -> Admitted:
@@ -109,23 +118,73 @@ class Admission:
         if not principal.metered:
             return Admitted({}, release)  # no limits: no database round trip
         try:
-            headers = await self._admit_in_database(principal, request_id, demand, price, adapter=adapter)
+            amount = worst_case_cost(price, demand.prompt_tokens, demand.completion_tokens,
+                                     demand.context_length if demand.sequences == 1 else None, adapter=adapter)
+            if self.leases is None:
+                return Admitted(await self._admit_one(principal, request_id, demand, amount), release)
+            return await self._admit_leased(principal, request_id, demand, amount, release)
         except BaseException:
             release()
             raise
-        return Admitted(headers, release)
 
-    async def _admit_in_database(self, principal: Principal, request_id: str, demand: Demand, price: Price | None,
-                                 *, adapter: bool) -> dict[str, str]:
-        amount = worst_case_cost(price, demand.prompt_tokens, demand.completion_tokens,
-                                 demand.context_length if demand.sequences == 1 else None, adapter=adapter)
+    async def _admit_leased(self, principal: Principal, request_id: str, demand: Demand, amount: int,
+                            release: Callable[[], None]) -> Admitted:
+        """From the key's lease when the request fits in it; else a new lease, or one admission."""
+        leases = self.leases
+        key_id = principal.key_id
+        untrack = leases.track(key_id)
+        try:
+            lease = leases.take(key_id, amount, demand.tokens)
+            while lease is None and (opening := leases.opening(key_id)) is not None:
+                await asyncio.shield(opening)  # another request is opening one: it may have room for this one
+                lease = leases.take(key_id, amount, demand.tokens)
+            if lease is None:
+                units = leases.units_wanted(key_id)
+                if units:
+                    lease = await self._open_lease(principal, request_id, demand, amount, units)
+                else:
+                    lease = await self._admit_one(principal, request_id, demand, amount)
+        except BaseException:
+            untrack()
+            raise
+        if isinstance(lease, Lease):
+            return Admitted(lease.headers(), _both(release, untrack, lease.done))
+        return Admitted(lease, _both(release, untrack))  # admitted alone: its headers
+
+    async def _open_lease(self, principal: Principal, request_id: str, demand: Demand, amount: int,
+                          units: int) -> Lease | dict[str, str]:
+        """A new lease with this request as its first admission — or, when limits are too close for a
+        lease, this request admitted alone (its headers); a refusal raises as for one admission."""
+        leases = self.leases
+        key_id = principal.key_id
+        opening = leases.begin_opening(key_id)
+        try:
+            lease_id = new_lease_id()
+            try:
+                row = await self._pool.fetchrow(queries.lease_admission, lease_id, request_id, principal.tenant_id,
+                                                key_id, self._gateway_id, amount, demand.tokens, units, LEASE_SHARE,
+                                                self._commit_mode)
+            except DATABASE_UNAVAILABLE:
+                raise _billing_unavailable() from None
+            granted = row["units"]
+            if granted < 2:
+                return self._verdict(row, principal, demand)
+            lease = leases.open(key_id, lease_id, granted, amount * granted, demand.tokens * granted, row)
+            lease.take(amount, demand.tokens, time.monotonic())
+            return lease
+        finally:
+            leases.end_opening(key_id, opening)
+
+    async def _admit_one(self, principal: Principal, request_id: str, demand: Demand, amount: int) -> dict[str, str]:
         try:
             row = await self._pool.fetchrow(queries.admit_request, request_id, principal.tenant_id, principal.key_id,
                                             self._gateway_id, amount, demand.tokens, self._commit_mode)
         except DATABASE_UNAVAILABLE:
-            # Fail closed: without the database this gateway cannot know the budget's headroom.
-            raise ServiceUnavailable("Billing is temporarily unavailable for this account; retry shortly.",
-                                     code="billing_unavailable") from None
+            raise _billing_unavailable() from None
+        return self._verdict(row, principal, demand)
+
+    def _verdict(self, row: asyncpg.Record, principal: Principal, demand: Demand) -> dict[str, str]:
+        """The rate-limit headers of an admitted request, or the refusal raised."""
         headers = rate_limit_headers(row)
         verdict = Verdict(row["verdict"])
         if verdict is not Verdict.ADMITTED and self._refusals is not None:
@@ -160,24 +219,14 @@ class Admission:
                 assert_never(verdict)
 
 
-def rate_limit_headers(row: asyncpg.Record) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers OpenAI's clients read, for the limits this key has."""
-    headers: dict[str, str] = {}
-    for dimension in ("requests", "tokens"):
-        limit = row[f"{dimension}_limit"]
-        if limit is None or row[f"{dimension}_remaining"] is None:
-            continue
-        headers[f"x-ratelimit-limit-{dimension}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{dimension}"] = str(row[f"{dimension}_remaining"])
-        headers[f"x-ratelimit-reset-{dimension}"] = duration_text(row[f"{dimension}_reset_ms"])
-    return headers
+def _billing_unavailable() -> ServiceUnavailable:
+    # Fail closed: without the database this gateway cannot know the budget's headroom.
+    return ServiceUnavailable("Billing is temporarily unavailable for this account; retry shortly.",
+                              code="billing_unavailable")
 
 
-def duration_text(milliseconds: int) -> str:
-    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
-    milliseconds = max(0, int(milliseconds))
-    if milliseconds < 1000:
-        return f"{milliseconds}ms"
-    minutes, rest = divmod(milliseconds, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{minutes}m{seconds}" if minutes else seconds
+def _both(*releases: Callable[[], None]) -> Callable[[], None]:
+    def release() -> None:
+        for one in releases:
+            one()
+    return release

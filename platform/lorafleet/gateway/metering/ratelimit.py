@@ -1,0 +1,33 @@
+"""The ``x-ratelimit-*`` headers OpenAI's clients read, from the rate-limit state admission returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def rate_limit_headers(row: Mapping[str, Any], *, unused_requests: int = 0, unused_tokens: int = 0,
+                       elapsed_ms: float = 0.0) -> dict[str, str]:
+    """Headers for the limits this key has. ``unused_*``: requests and tokens an admission lease took
+    from the rate but has not used yet (still the key's: they go back when it is released), and
+    ``elapsed_ms`` since ``row`` was read — so a leased request sees what single admissions would show."""
+    headers: dict[str, str] = {}
+    for dimension, unused in (("requests", unused_requests), ("tokens", unused_tokens)):
+        limit = row[f"{dimension}_limit"]
+        if limit is None or row[f"{dimension}_remaining"] is None:
+            continue
+        headers[f"x-ratelimit-limit-{dimension}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{dimension}"] = str(min(limit, row[f"{dimension}_remaining"] + unused))
+        reset_ms = row[f"{dimension}_reset_ms"] - unused * 60_000 / limit - elapsed_ms
+        headers[f"x-ratelimit-reset-{dimension}"] = duration_text(reset_ms)
+    return headers
+
+
+def duration_text(milliseconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    milliseconds = max(0, int(milliseconds))
+    if milliseconds < 1000:
+        return f"{milliseconds}ms"
+    minutes, rest = divmod(milliseconds, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{minutes}m{seconds}" if minutes else seconds
