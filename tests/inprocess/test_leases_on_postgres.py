@@ -118,7 +118,7 @@ async def test_a_burst_of_one_keys_requests_is_leased_and_every_micro_dollar_add
 
         responses = await asyncio.gather(*(one(index) for index in range(60)))
     assert [r.status_code for r in responses] == [200] * 60
-    assert leases.granted > granted, "concurrent requests of one key were admitted from a lease"
+    assert 1 <= leases.granted - granted <= 4, "concurrent requests share a lease rather than each opening one"
     remaining = [int(r.headers["x-ratelimit-remaining-requests"]) for r in responses]
     assert all(100000 - 60 <= value < 100000 for value in remaining), remaining
 

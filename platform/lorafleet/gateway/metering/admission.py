@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.metering.leases import LEASE_SHARE, Lease, LeaseBook
+from lorafleet.gateway.metering.leases import LEASE_SHARE, LeaseBook
 from lorafleet.gateway.metering.leases import lease_id as new_lease_id
 from lorafleet.gateway.metering.ratelimit import rate_limit_headers
 from lorafleet.gateway.metering.refusals import RefusalCounter
@@ -129,51 +128,46 @@ class Admission:
 
     async def _admit_leased(self, principal: Principal, request_id: str, demand: Demand, amount: int,
                             release: Callable[[], None]) -> Admitted:
-        """From the key's lease when the request fits in it; else a new lease, or one admission."""
+        """From the key's lease when the request fits in it; else from a new lease, or admitted alone."""
         leases = self.leases
         key_id = principal.key_id
         untrack = leases.track(key_id)
         try:
-            lease = leases.take(key_id, amount, demand.tokens)
-            while lease is None and (opening := leases.opening(key_id)) is not None:
-                await asyncio.shield(opening)  # another request is opening one: it may have room for this one
-                lease = leases.take(key_id, amount, demand.tokens)
-            if lease is None:
-                units = leases.units_wanted(key_id)
-                if units:
-                    lease = await self._open_lease(principal, request_id, demand, amount, units)
-                else:
-                    lease = await self._admit_one(principal, request_id, demand, amount)
+            for _ in range(_LEASE_TRIES):
+                if (lease := leases.take(key_id, amount, demand.tokens)) is not None:
+                    return Admitted(lease.headers(), _both(release, untrack, lease.done))
+                if (opening := leases.opening(key_id)) is not None:
+                    # Another request is opening one, which may have room for this one too.
+                    await asyncio.wait([opening])
+                    continue
+                if not (units := leases.units_wanted(key_id)):
+                    break
+                opening = leases.start_opening(key_id, self._grant_lease(principal, request_id, demand, amount, units))
+                # Shielded: a client going away must not leave a granted lease unrecorded (and unreleased).
+                row = await asyncio.shield(opening)
+                if row is not None:  # limits too close for a lease: this request was admitted alone, or refused
+                    return Admitted(self._verdict(row, principal, demand), _both(release, untrack))
+            return Admitted(await self._admit_one(principal, request_id, demand, amount), _both(release, untrack))
         except BaseException:
             untrack()
             raise
-        if isinstance(lease, Lease):
-            return Admitted(lease.headers(), _both(release, untrack, lease.done))
-        return Admitted(lease, _both(release, untrack))  # admitted alone: its headers
 
-    async def _open_lease(self, principal: Principal, request_id: str, demand: Demand, amount: int,
-                          units: int) -> Lease | dict[str, str]:
-        """A new lease with this request as its first admission — or, when limits are too close for a
-        lease, this request admitted alone (its headers); a refusal raises as for one admission."""
-        leases = self.leases
-        key_id = principal.key_id
-        opening = leases.begin_opening(key_id)
+    async def _grant_lease(self, principal: Principal, request_id: str, demand: Demand, amount: int,
+                           units: int) -> asyncpg.Record | None:
+        """A lease of up to ``units`` requests like this one, put in the book (None); or, when limits are
+        too close for a lease, the database's answer for this request alone."""
+        lease_id = new_lease_id()
         try:
-            lease_id = new_lease_id()
-            try:
-                row = await self._pool.fetchrow(queries.lease_admission, lease_id, request_id, principal.tenant_id,
-                                                key_id, self._gateway_id, amount, demand.tokens, units, LEASE_SHARE,
-                                                self._commit_mode)
-            except DATABASE_UNAVAILABLE:
-                raise _billing_unavailable() from None
-            granted = row["units"]
-            if granted < 2:
-                return self._verdict(row, principal, demand)
-            lease = leases.open(key_id, lease_id, granted, amount * granted, demand.tokens * granted, row)
-            lease.take(amount, demand.tokens, time.monotonic())
-            return lease
-        finally:
-            leases.end_opening(key_id, opening)
+            row = await self._pool.fetchrow(queries.lease_admission, lease_id, request_id, principal.tenant_id,
+                                            principal.key_id, self._gateway_id, amount, demand.tokens, units,
+                                            LEASE_SHARE, self._commit_mode)
+        except DATABASE_UNAVAILABLE:
+            raise _billing_unavailable() from None
+        granted = row["units"]
+        if granted < 2:
+            return row
+        self.leases.open(principal.key_id, lease_id, granted, amount * granted, demand.tokens * granted, row)
+        return None
 
     async def _admit_one(self, principal: Principal, request_id: str, demand: Demand, amount: int) -> dict[str, str]:
         try:
@@ -217,6 +211,9 @@ class Admission:
                                         code="no_billing_account")
             case _:
                 assert_never(verdict)
+
+
+_LEASE_TRIES = 3  # then admitted alone: a key whose leases others keep using up still makes progress
 
 
 def _billing_unavailable() -> ServiceUnavailable:

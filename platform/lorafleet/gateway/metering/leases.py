@@ -29,13 +29,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 from lorafleet.core.ids import new_id
 from lorafleet.gateway.metering.ledger_row import LeaseRelease
 from lorafleet.gateway.metering.ratelimit import rate_limit_headers
 from lorafleet.gateway.metering.writer import LedgerWriter
+
+T = TypeVar("T")
 
 LEASE_SHARE = 64          # a lease takes at most 1/64 of any headroom
 UNITS_PER_CONCURRENT = 8  # a lease holds about this many requests per request in flight for the key
@@ -98,7 +101,7 @@ class LeaseBook:
         self.max_units = max_units
         self._seconds = seconds
         self._current: dict[str, Lease] = {}
-        self._opening: dict[str, asyncio.Future[None]] = {}
+        self._opening: dict[str, asyncio.Task[Any]] = {}
         self.in_flight: Counter[str] = Counter()
         self.granted = 0   # leases opened (for tests and metrics)
 
@@ -116,19 +119,15 @@ class LeaseBook:
             return 0
         return min(self.max_units, max(4, UNITS_PER_CONCURRENT * concurrent))
 
-    def opening(self, key_id: str) -> asyncio.Future[None] | None:
-        """A lease being opened for this key by another request (wait for it rather than open a second)."""
+    def opening(self, key_id: str) -> asyncio.Task[Any] | None:
+        """A lease being granted for this key (wait for it rather than ask for a second one)."""
         return self._opening.get(key_id)
 
-    def begin_opening(self, key_id: str) -> asyncio.Future[None]:
-        future = asyncio.get_running_loop().create_future()
-        self._opening[key_id] = future
-        return future
-
-    def end_opening(self, key_id: str, future: asyncio.Future[None]) -> None:
-        self._opening.pop(key_id, None)
-        if not future.done():
-            future.set_result(None)
+    def start_opening(self, key_id: str, granting: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.ensure_future(granting)
+        self._opening[key_id] = task
+        task.add_done_callback(lambda _: self._opening.pop(key_id, None))
+        return task
 
     def open(self, key_id: str, lease_id: str, units: int, amount: int, tokens: int, row: asyncpg.Record) -> Lease:
         lease = Lease(lease_id, key_id, units, amount, tokens, time.monotonic() + self._seconds, row, self._release)
