@@ -6,8 +6,9 @@ sits in front of it is measured. ``wrk`` (C, apt) drives each target with a fixe
 
 - ``direct``: wrk → stub.
 - ``lorafleet``: wrk → gateway → stub, with everything on: key auth, admission (the key has a
-  rate limit and the tenant a spend limit, so every request runs the admission statement and
-  holds a reservation), routing, relay and metering (a priced ledger row per request).
+  rate limit and the tenant a spend limit: a request at a time is admitted by its own statement
+  and reservation, concurrent ones from admission leases), routing, relay and metering (a priced
+  ledger row per request).
 - ``lorafleet-unmetered``: the same gateway, a tenant without limits (admission skipped).
 - ``litellm``: wrk → LiteLLM proxy (``litellm[proxy]``, installed into ``.venv-litellm`` only
   for this benchmark, master key, no database: its spend tracking needs Prisma engines
@@ -332,7 +333,7 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
              + (f", LiteLLM {litellm_version}" if litellm_version else "") + ".", "",
              "Proxy pinned to CPU 0 (so its requests/s is per core); wrk and the stub on CPU 1; PostgreSQL unpinned. "
              "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage. "
-             "Metered: the key has a rate limit and the tenant a spend limit (admission runs for every request)"
+             "Metered: the key has a rate limit and the tenant a spend limit, and every request is admitted against them (one by one at 1 connection, from admission leases with more)"
              + (f"; baseline = the gateway of commit `{args.baseline}`, measured in this run." if baseline else "."), ""]
     for mode in ("json", "stream"):
         extra = " | ÷ baseline, metered | ÷ baseline, unmetered" if baseline else ""
