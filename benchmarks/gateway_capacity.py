@@ -164,6 +164,8 @@ async def prepare_gateway(databases: DatabaseFactory, label: str, stub_url: str,
     key (made with that tree's own CLI), and that tree's gateway: (gateway, metered, unmetered, tenant, pool)."""
     dsn = await databases.create(f"lorafleet_bench_{label}")
     env = tree_env(platform_env(dsn, workdir, workdir / label), tree)
+    if tree is None:  # admission leases are experimental and off by default; measured on (older trees have none)
+        env["LORAFLEET_ADMISSION_LEASE_REQUESTS"] = "256"
     subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "migrate"], env=env, check=True, capture_output=True)
     pool = await create_pool(dsn, max_size=2)
     base = await pool.fetchrow("INSERT INTO base_models (id, name, max_model_len, architecture, max_lora_rank) "
@@ -333,7 +335,7 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
              + (f", LiteLLM {litellm_version}" if litellm_version else "") + ".", "",
              "Proxy pinned to CPU 0 (so its requests/s is per core); wrk and the stub on CPU 1; PostgreSQL unpinned. "
              "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage. "
-             "Metered: the key has a rate limit and the tenant a spend limit, and every request is admitted against them (one by one at 1 connection, from admission leases with more)"
+             "Metered: the key has a rate limit and the tenant a spend limit, and every request is admitted against them (one by one at 1 connection, from admission leases with more: `LORAFLEET_ADMISSION_LEASE_REQUESTS=256`, off by default)"
              + (f"; baseline = the gateway of commit `{args.baseline}`, measured in this run." if baseline else "."), ""]
     for mode in ("json", "stream"):
         extra = " | ÷ baseline, metered | ÷ baseline, unmetered" if baseline else ""

@@ -79,23 +79,25 @@ async def test_a_refused_request_is_refused_as_one_admission_would_be(db, tenant
 
 
 async def test_a_lease_takes_its_share_of_the_rate_and_gives_back_what_it_did_not_use(db, tenant):
-    # 6,400 requests/min: a lease may take 100 (1/64); 64,000 tokens/min at 100 a request: 10.
-    await db.execute("UPDATE api_keys SET requests_per_minute = 6400, tokens_per_minute = 64000 WHERE id = $1",
+    # 640 requests/min and 64,000 tokens/min at 100 a request: a lease may take 10 of each (1/64).
+    await db.execute("UPDATE api_keys SET requests_per_minute = 640, tokens_per_minute = 64000 WHERE id = $1",
                      tenant.key_id)
     row, lease_id, _ = await _lease(db, tenant, amount=0, tokens=100, max_units=256)
     assert (row["verdict"], row["units"]) == ("admitted", 10)
-    assert row["requests_remaining"] == 6400 - 10 and row["tokens_remaining"] == 64000 - 1000
+    assert row["requests_remaining"] == 640 - 10 and row["tokens_remaining"] == 64000 - 1000
     held = await _tat(db, tenant)
-    # GCRA: 10 requests are 10 × 60/6400 s of the key's rate, 1,000 tokens 1,000 × 60/64000 s.
-    assert held["requests"] == pytest.approx(10 * WIN / 6400, abs=0.05)
+    # GCRA: 10 requests are 10 × 60/640 s of the key's rate, 1,000 tokens 1,000 × 60/64000 s.
+    assert held["requests"] == pytest.approx(10 * WIN / 640, abs=0.05)
     assert held["tokens"] == pytest.approx(1000 * WIN / 64000, abs=0.05)
 
     await _release(db, lease_id, tenant.key_id, 7, 700)  # three requests of 100 tokens used
     after = await _tat(db, tenant)
-    assert after["requests"] == pytest.approx(3 * WIN / 6400, abs=0.05)
+    assert after["requests"] == pytest.approx(3 * WIN / 640, abs=0.05)
     assert after["tokens"] == pytest.approx(300 * WIN / 64000, abs=0.05)
     await _release(db, lease_id, tenant.key_id, 7, 700)
-    assert (await _tat(db, tenant))["requests"] == pytest.approx(after["requests"], abs=0.05), "released once"
+    replayed = await _tat(db, tenant)
+    assert replayed["requests"] == pytest.approx(after["requests"], abs=0.05), "released once"
+    assert replayed["tokens"] == pytest.approx(after["tokens"], abs=0.05), "released once"
 
 
 async def test_a_burst_of_one_keys_requests_is_leased_and_every_micro_dollar_adds_up(platform, db, tenant):
