@@ -89,8 +89,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                   throttle=FailureThrottle(settings.auth_failures_per_minute)),
             admission=Admission(pool, gateway_id, refusals, synchronous_commit=settings.admission_synchronous_commit,
                                 tenant_max_sequences=settings.tenant_max_concurrent_sequences,
+                                # Off (0): no lease bookkeeping at all on the metered path.
                                 leases=LeaseBook(ledger, max_units=settings.admission_lease_requests,
-                                                 seconds=settings.admission_lease_seconds)),
+                                                 seconds=settings.admission_lease_seconds)
+                                if settings.admission_lease_requests else None),
             sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
             adapters=AdapterService(
                 pool, make_blob_store(settings),
@@ -112,7 +114,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await registry.close()
             await catalog.close()
-            services.admission.leases.close()  # their releases go out with the ledger's last rows
+            if services.admission.leases is not None:
+                services.admission.leases.close()  # their releases go out with the ledger's last rows
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
             await refusals.close()
             await janitor.close()
