@@ -6,7 +6,7 @@
 Compares ``lorafleet.gateway.fleet.placement`` with round-robin, least-loaded and plain rendezvous
 hashing with a spill margin (LoraFleet's placement before it, reimplemented here) on a SimPy model
 of a fleet whose workers are calibrated to this machine's measured vLLM numbers (BENCHMARKS.md,
-DESIGN.md "Known ground truth"); the report prints the model next to each measured number.
+the design notes' measured ground truth); the report prints the model next to each measured number.
 
 The model. Each worker is vLLM's continuous batching: every step runs all admitted sequences for
 one token, and takes the measured step time of its batch size, 2.25x longer when any adapter is

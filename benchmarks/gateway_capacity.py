@@ -6,22 +6,23 @@ sits in front of it is measured. ``wrk`` (C, apt) drives each target with a fixe
 
 - ``direct``: wrk → stub.
 - ``lorafleet``: wrk → gateway → stub, with everything on: key auth, admission (the key has a
-  rate limit and the tenant a spend limit: a request at a time is admitted by its own statement
-  and reservation, concurrent ones from admission leases), routing, relay and metering (a priced
-  ledger row per request).
+  rate limit and the tenant a spend limit: each request is admitted by its own statement and
+  reservation), routing, relay and metering (a priced ledger row per request).
 - ``lorafleet-unmetered``: the same gateway, a tenant without limits (admission skipped).
 - ``litellm``: wrk → LiteLLM proxy (``litellm[proxy]``, installed into ``.venv-litellm`` only
   for this benchmark, master key, no database: its spend tracking needs Prisma engines
   downloaded from the internet, which this machine cannot reach) → stub.
-- ``baseline`` / ``baseline-unmetered`` (with ``--baseline REF``): the gateway of an older commit,
-  checked out into a temporary folder and run from it with the same virtualenv and its own
-  database, measured in the same run so the ratio is not spoiled by the machine's mood.
+- ``baseline`` / ``baseline-unmetered``: the gateway of an older commit (``--baseline REF``; by
+  default the merge-base of HEAD and ``main``, or ``HEAD~1`` on ``main`` itself; ``--baseline none``
+  skips it), checked out into a temporary folder and run from it with the same virtualenv and its
+  own database, measured in the same run so the ratio is not spoiled by the machine's mood. A drop
+  of more than 10% against it is reported as a regression (and the exit status is 3).
 
 The proxy under test (gateway, or LiteLLM with one worker) is pinned to CPU 0, wrk and the stub
 to CPU 1; PostgreSQL is not pinned. Requests/s of a proxy pinned to one core is its per-core
 capacity. Added latency = proxy p50/p99 − direct p50/p99 at the same concurrency.
 
-    .venv/bin/python benchmarks/gateway_capacity.py [--seconds 6] [--skip-litellm] [--baseline 93e1d6e]
+    .venv/bin/python benchmarks/gateway_capacity.py [--seconds 6] [--skip-litellm] [--baseline REF|none]
 """
 
 from __future__ import annotations
@@ -164,8 +165,6 @@ async def prepare_gateway(databases: DatabaseFactory, label: str, stub_url: str,
     key (made with that tree's own CLI), and that tree's gateway: (gateway, metered, unmetered, tenant, pool)."""
     dsn = await databases.create(f"lorafleet_bench_{label}")
     env = tree_env(platform_env(dsn, workdir, workdir / label), tree)
-    if tree is None:  # admission leases are experimental and off by default; measured on (older trees have none)
-        env["LORAFLEET_ADMISSION_LEASE_REQUESTS"] = "256"
     subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "migrate"], env=env, check=True, capture_output=True)
     pool = await create_pool(dsn, max_size=2)
     base = await pool.fetchrow("INSERT INTO base_models (id, name, max_model_len, architecture, max_lora_rank) "
@@ -192,8 +191,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--skip-litellm", action="store_true")
-    parser.add_argument("--baseline", metavar="REF", help="also measure the gateway of this older commit")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also measure the gateway of this older commit (default: merge-base with main; 'none': skip)")
     args = parser.parse_args()
+    args.baseline = default_baseline() if args.baseline is None else (None if args.baseline == "none" else args.baseline)
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("needs two CPUs: one for the proxy, one for the load generator and the stub")
     wrk = ensure_wrk()
@@ -335,7 +336,7 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
              + (f", LiteLLM {litellm_version}" if litellm_version else "") + ".", "",
              "Proxy pinned to CPU 0 (so its requests/s is per core); wrk and the stub on CPU 1; PostgreSQL unpinned. "
              "POST /v1/chat/completions, `max_tokens` 8; stream = SSE with 8 content chunks + usage. "
-             "Metered: the key has a rate limit and the tenant a spend limit, and every request is admitted against them (one by one at 1 connection, from admission leases with more: `LORAFLEET_ADMISSION_LEASE_REQUESTS=256`, off by default)"
+             "Metered: the key has a rate limit and the tenant a spend limit, and every request is admitted against them, one statement each"
              + (f"; baseline = the gateway of commit `{args.baseline}`, measured in this run." if baseline else "."), ""]
     for mode in ("json", "stream"):
         extra = " | ÷ baseline, metered | ÷ baseline, unmetered" if baseline else ""
@@ -356,7 +357,43 @@ def write_report(results: dict, args: argparse.Namespace, litellm_version: str, 
     lines += [f"Metered requests recorded in the ledger: {ledger_rows:,}; reservations left after the run: "
               f"{left['reserved_micro_usd']} µUSD, {left['in_flight']} in flight.",
               f"Errors (non-2xx, socket): {errors or 'none'}.", ""]
+    regressions = regressions_against_baseline(results) if baseline else []
+    if baseline:
+        lines += ["## Regression check (same run, ours ÷ baseline)", "",
+                  *(regressions or [f"No drop of more than {REGRESSION_TOLERANCE:.0%} against the baseline."]), ""]
     publish("gateway_capacity", "\n".join(lines))
+    if regressions:
+        print("\n".join(["REGRESSION against the baseline:", *regressions]))
+        raise SystemExit(3)
+
+
+REGRESSION_TOLERANCE = 0.10  # run-to-run noise on this machine measured at a few percent
+
+
+def regressions_against_baseline(results: dict[str, dict]) -> list[str]:
+    """One line per (mode, connections, metered?) where ours is more than the tolerance below the baseline."""
+    found = []
+    for key, ours in results.items():
+        name, mode, connections = key.split("|")
+        if name not in ("lorafleet", "lorafleet-unmetered"):
+            continue
+        theirs = results.get(key.replace("lorafleet", "baseline", 1))
+        if theirs and theirs["rps"] and ours["rps"] < (1 - REGRESSION_TOLERANCE) * theirs["rps"]:
+            found.append(f"- {name} {mode} c={connections}: {ours['rps']:,.0f} req/s vs {theirs['rps']:,.0f} "
+                         f"({ours['rps'] / theirs['rps']:.2f}×)")
+    return found
+
+
+def default_baseline() -> str | None:
+    """The merge-base of HEAD and main (what this branch changes), or HEAD~1 when HEAD is on main."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        base = git("merge-base", "HEAD", "main")
+        return git("rev-parse", "--short", base if base != head else "HEAD~1")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
 
 
 if __name__ == "__main__":

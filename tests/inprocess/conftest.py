@@ -125,7 +125,6 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
-        "LORAFLEET_ADMISSION_LEASE_REQUESTS": "256",  # experimental, off by default: this tier runs with it on
     })
     port = _free_port()
     app = create_app(settings)

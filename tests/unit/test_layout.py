@@ -1,4 +1,4 @@
-"""The namespace-package layout of DESIGN.md, and that it does not shadow the standard library."""
+"""The namespace-package layout (docs/architecture.md), and that it does not shadow the standard library."""
 
 import subprocess
 import sys

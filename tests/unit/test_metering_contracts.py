@@ -34,10 +34,13 @@ def test_every_verdict_the_admission_function_returns_is_an_enum_member():
     assert returned == {verdict.value for verdict in Verdict}
 
 
-def test_a_lease_answers_only_with_the_admission_functions_verdicts():
-    """lorafleet_lease decides nothing itself: every verdict it returns is lorafleet_admit's."""
-    function = (MIGRATIONS / "0011_admission_leases.sql").read_text()
-    body = function[function.index("CREATE FUNCTION lorafleet_lease("):]
-    body = body[: body.index("$$;", body.index("$$") + 2)]
-    assert not re.findall(r"verdict := ", body)
-    assert body.count("FROM lorafleet_admit(") == 2
+def test_admission_functions_admit_one_request_and_no_lease_function_survives():
+    """Admission leases left the tree (migrations/0015): the latest lorafleet_admit takes no unit count,
+    and every migration that created a lease function is followed by one that drops it."""
+    texts = [path.read_text() for path in sorted(MIGRATIONS.glob("*.sql"))]
+    joined = "\n".join(texts)
+    latest = joined[joined.rindex("CREATE FUNCTION lorafleet_admit("):]
+    signature = latest[: latest.index(")")]
+    assert "p_units" not in signature and signature.count("p_") == 6
+    for name in ("lorafleet_lease(", "lorafleet_release_leases("):
+        assert joined.rindex(f"DROP FUNCTION IF EXISTS {name}") > joined.rindex(f"CREATE FUNCTION {name}")

@@ -35,7 +35,6 @@ from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.metering.admission import Admission
-from lorafleet.gateway.metering.leases import LeaseBook
 from lorafleet.gateway.metering.refusals import RefusalCounter
 from lorafleet.gateway.metering.spool import LedgerSpool
 from lorafleet.gateway.janitor import RetentionJanitor
@@ -88,11 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
                                   throttle=FailureThrottle(settings.auth_failures_per_minute)),
             admission=Admission(pool, gateway_id, refusals, synchronous_commit=settings.admission_synchronous_commit,
-                                tenant_max_sequences=settings.tenant_max_concurrent_sequences,
-                                # Off (0): no lease bookkeeping at all on the metered path.
-                                leases=LeaseBook(ledger, max_units=settings.admission_lease_requests,
-                                                 seconds=settings.admission_lease_seconds)
-                                if settings.admission_lease_requests else None),
+                                tenant_max_sequences=settings.tenant_max_concurrent_sequences),
             sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
             adapters=AdapterService(
                 pool, make_blob_store(settings),
@@ -114,8 +109,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await registry.close()
             await catalog.close()
-            if services.admission.leases is not None:
-                services.admission.leases.close()  # their releases go out with the ledger's last rows
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit
             await refusals.close()
             await janitor.close()

@@ -47,11 +47,3 @@ INSERT INTO refusals_daily AS r (tenant_id, bucket, refused_402, refused_429)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[]) ORDER BY 1, 2
 ON CONFLICT (tenant_id, bucket) DO UPDATE
 SET refused_402 = r.refused_402 + excluded.refused_402, refused_429 = r.refused_429 + excluded.refused_429;
-
--- name: lease_admission
--- lorafleet_lease (migrations/0011): a lease of up to $8 requests like this one, or this request alone.
--- $10 is synchronous_commit, as for admit_request.
-SELECT a.units, a.verdict, a.retry_after_ms, a.requests_limit, a.requests_remaining, a.requests_reset_ms,
-       a.tokens_limit, a.tokens_remaining, a.tokens_reset_ms
-FROM set_config('synchronous_commit', $10, true) AS commit_mode,
-     lorafleet_lease($1, $2, $3, $4, $5, $6, $7, $8, $9) AS a;

@@ -69,7 +69,3 @@ SELECT request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcom
        prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms, adapter_id,
        cost_micro_usd, price_id
 FROM usage_ledger WHERE request_id = $1;
-
--- name: release_leases
--- Admission leases whose requests' rows are in this transaction (migrations/0011).
-SELECT lorafleet_release_leases($1::text[], $2::text[], $3::int[], $4::bigint[]);

@@ -9,9 +9,8 @@ Two layers:
   PostgreSQL: ``lorafleet_admit`` (migrations/0003_money.sql) checks and records in one
   transaction, so several gateways share exact limits. The reservation it makes is settled by the
   request's ledger row (the same statement that inserts it) or, if this gateway dies, released by
-  another gateway's sweeper. Its verdicts are :class:`Verdict`, matched exhaustively. A key with
-  several requests in flight here is admitted from a lease instead (leases.py): one round trip
-  reserves a block of requests, the next ones that fit are admitted from memory.
+  another gateway's sweeper. Its verdicts are :class:`Verdict`, matched exhaustively. One round
+  trip per metered request (docs/architecture.md, "When one PostgreSQL's admission is the limit").
 
 By default that transaction commits without waiting for its WAL flush: the flush was most of
 admission's time, and what a crash could lose is only reservations (README "Admission and
@@ -20,7 +19,6 @@ durability"); ledger rows always wait for theirs.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import math
 from collections import Counter
@@ -33,8 +31,6 @@ from lorafleet.billing.pricing import Price, worst_case_cost
 from lorafleet.core.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.gateway.auth import Principal
-from lorafleet.gateway.metering.leases import LEASE_SHARE, LeaseBook
-from lorafleet.gateway.metering.leases import lease_id as new_lease_id
 from lorafleet.gateway.metering.ratelimit import rate_limit_headers
 from lorafleet.gateway.metering.refusals import RefusalCounter
 
@@ -102,14 +98,12 @@ class TenantSequences:
 
 class Admission:
     def __init__(self, pool: asyncpg.Pool, gateway_id: str, refusals: RefusalCounter | None = None, *,
-                 synchronous_commit: bool = False, tenant_max_sequences: int = 0,
-                 leases: LeaseBook | None = None) -> None:
+                 synchronous_commit: bool = False, tenant_max_sequences: int = 0) -> None:
         self._pool = pool
         self._gateway_id = gateway_id
         self._refusals = refusals
         self._commit_mode = "on" if synchronous_commit else "off"
         self.sequences = TenantSequences(tenant_max_sequences)
-        self.leases = leases
 
     async def admit(self, principal: Principal, request_id: str, demand: Demand, price: Price | None,
                     *, adapter: bool) -> Admitted:
@@ -119,55 +113,10 @@ class Admission:
         try:
             amount = worst_case_cost(price, demand.prompt_tokens, demand.completion_tokens,
                                      demand.context_length if demand.sequences == 1 else None, adapter=adapter)
-            if self.leases is None:
-                return Admitted(await self._admit_one(principal, request_id, demand, amount), release)
-            return await self._admit_leased(principal, request_id, demand, amount, release)
+            return Admitted(await self._admit_one(principal, request_id, demand, amount), release)
         except BaseException:
             release()
             raise
-
-    async def _admit_leased(self, principal: Principal, request_id: str, demand: Demand, amount: int,
-                            release: Callable[[], None]) -> Admitted:
-        """From the key's lease when the request fits in it; else from a new lease, or admitted alone."""
-        leases = self.leases
-        key_id = principal.key_id
-        untrack = leases.track(key_id)
-        try:
-            for _ in range(_LEASE_TRIES):
-                if (lease := leases.take(key_id, amount, demand.tokens)) is not None:
-                    return Admitted(lease.headers(), _both(release, untrack, lease.done))
-                if (opening := leases.opening(key_id)) is not None:
-                    # Another request is opening one, which may have room for this one too.
-                    await asyncio.wait([opening])
-                    continue
-                if not (units := leases.units_wanted(key_id)):
-                    break
-                opening = leases.start_opening(key_id, self._grant_lease(principal, request_id, demand, amount, units))
-                # Shielded: a client going away must not leave a granted lease unrecorded (and unreleased).
-                row = await asyncio.shield(opening)
-                if row is not None:  # limits too close for a lease: this request was admitted alone, or refused
-                    return Admitted(self._verdict(row, principal, demand), _both(release, untrack))
-            return Admitted(await self._admit_one(principal, request_id, demand, amount), _both(release, untrack))
-        except BaseException:
-            untrack()
-            raise
-
-    async def _grant_lease(self, principal: Principal, request_id: str, demand: Demand, amount: int,
-                           units: int) -> asyncpg.Record | None:
-        """A lease of up to ``units`` requests like this one, put in the book (None); or, when limits are
-        too close for a lease, the database's answer for this request alone."""
-        lease_id = new_lease_id()
-        try:
-            row = await self._pool.fetchrow(queries.lease_admission, lease_id, request_id, principal.tenant_id,
-                                            principal.key_id, self._gateway_id, amount, demand.tokens, units,
-                                            LEASE_SHARE, self._commit_mode)
-        except DATABASE_UNAVAILABLE:
-            raise _billing_unavailable() from None
-        granted = row["units"]
-        if granted < 2:
-            return row
-        self.leases.open(principal.key_id, lease_id, granted, amount * granted, demand.tokens * granted, row)
-        return None
 
     async def _admit_one(self, principal: Principal, request_id: str, demand: Demand, amount: int) -> dict[str, str]:
         try:
@@ -213,17 +162,8 @@ class Admission:
                 assert_never(verdict)
 
 
-_LEASE_TRIES = 3  # then admitted alone: a key whose leases others keep using up still makes progress
-
-
 def _billing_unavailable() -> ServiceUnavailable:
     # Fail closed: without the database this gateway cannot know the budget's headroom.
     return ServiceUnavailable("Billing is temporarily unavailable for this account; retry shortly.",
                               code="billing_unavailable")
 
-
-def _both(*releases: Callable[[], None]) -> Callable[[], None]:
-    def release() -> None:
-        for one in releases:
-            one()
-    return release

@@ -34,16 +34,6 @@ class LedgerRow(msgspec.Struct, kw_only=True, frozen=True):
     price_id: int | None = None
 
 
-class LeaseRelease(msgspec.Struct, frozen=True):
-    """An admission lease (leases.py) whose requests are all over: released in the transaction that
-    inserts their rows, with what it did not use given back to the key's rate."""
-
-    lease_id: str
-    key_id: str
-    unused_requests: int
-    unused_tokens: int
-
-
 # (column, SQL array type) in the order insert_usage_rows binds $1, $2, …
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"), ("tenant_id", "text"), ("api_key_id", "text"), ("base_model_id", "text"),

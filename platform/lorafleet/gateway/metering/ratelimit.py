@@ -6,20 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def rate_limit_headers(row: Mapping[str, Any], *, unused_requests: int = 0, unused_tokens: int = 0,
-                       elapsed_ms: float = 0.0) -> dict[str, str]:
-    """Headers for the limits this key has. ``unused_*``: requests and tokens an admission lease took
-    from the rate but has not used yet (still the key's: they go back when it is released), and
-    ``elapsed_ms`` since ``row`` was read — so a leased request sees what single admissions would show."""
+def rate_limit_headers(row: Mapping[str, Any]) -> dict[str, str]:
+    """Headers for the limits this key has, from what ``lorafleet_admit`` returned."""
     headers: dict[str, str] = {}
-    for dimension, unused in (("requests", unused_requests), ("tokens", unused_tokens)):
+    for dimension in ("requests", "tokens"):
         limit = row[f"{dimension}_limit"]
         if limit is None or row[f"{dimension}_remaining"] is None:
             continue
         headers[f"x-ratelimit-limit-{dimension}"] = str(limit)
-        headers[f"x-ratelimit-remaining-{dimension}"] = str(min(limit, row[f"{dimension}_remaining"] + unused))
-        reset_ms = row[f"{dimension}_reset_ms"] - unused * 60_000 / limit - elapsed_ms
-        headers[f"x-ratelimit-reset-{dimension}"] = duration_text(reset_ms)
+        headers[f"x-ratelimit-remaining-{dimension}"] = str(min(limit, row[f"{dimension}_remaining"]))
+        headers[f"x-ratelimit-reset-{dimension}"] = duration_text(row[f"{dimension}_reset_ms"])
     return headers
 
 

@@ -3,9 +3,7 @@
 Requests hand a finished :class:`LedgerRow` to :meth:`LedgerWriter.record` (no await, so it also
 works from cleanup code running under cancellation). A background task writes queued rows in
 batches; one statement per batch inserts them with ``ON CONFLICT (request_id) DO NOTHING``,
-settles their reservations and updates the rollups. An admission lease whose requests are over
-(:class:`LeaseRelease`, queued after their rows) is released in the same transaction as the rows
-before it — never before them, so the money it held is always counted, as reserved or as spent.
+settles their reservations and updates the rollups.
 
 Nothing is retried forever and nothing is dropped:
 
@@ -15,8 +13,6 @@ Nothing is retried forever and nothing is dropped:
   (:data:`ATTEMPTS`), then row by row; a row refused on its own merits goes to the spool's
   dead-letter file, logged, for an operator to look at — the others are written;
 - :meth:`close` (shutdown) writes what is left, and spools it on any error.
-
-Lease releases are not spooled: a lease left unreleased is released by the reservation sweeper.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import asyncpg
 import structlog
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
-from lorafleet.gateway.metering.ledger_row import LeaseRelease, LedgerRow, column_arrays
+from lorafleet.gateway.metering.ledger_row import LedgerRow, column_arrays
 from lorafleet.gateway.metering.spool import LedgerSpool
 
 log = structlog.get_logger("lorafleet.ledger")
@@ -44,12 +40,11 @@ class LedgerWriter:
         self._spool = spool
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue: list[LedgerRow | LeaseRelease] = []
+        self._queue: list[LedgerRow] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self.written = 0
 
     def start(self) -> None:
         if self._spool is not None and self._spool.pending():
@@ -63,12 +58,6 @@ class LedgerWriter:
 
     def record(self, row: LedgerRow) -> None:
         self._queue.append(row)
-        self._idle.clear()
-        self._wakeup.set()
-
-    def release_lease(self, release: LeaseRelease) -> None:
-        """Release an admission lease with the rows recorded before this call."""
-        self._queue.append(release)
         self._idle.clear()
         self._wakeup.set()
 
@@ -94,7 +83,7 @@ class LedgerWriter:
                 while self._queue:
                     await self._flush_once()
                 if self._spool is not None and self._spool.pending():
-                    self.written += await self._spool.replay(self._insert_rows)
+                    await self._spool.replay(self._insert_rows)
                     log.info("ledger_spool_replayed")
             except Exception as exc:  # noqa: BLE001 - the writer must survive anything
                 if is_unavailable(exc):
@@ -113,21 +102,21 @@ class LedgerWriter:
         if self._spool is None:
             log.error("ledger_flush_failed", error=repr(exc)[:500], queued=len(self._queue))
             return
-        rows = _rows(self._queue)
+        rows = list(self._queue)
         self._spool.append(rows)
         log.error("ledger_spooled", error=repr(exc)[:500], rows=len(rows))
         self._queue.clear()
 
     async def _flush_once(self) -> None:
         batch = self._queue[: self._batch_size]
-        await self._insert_rows(_rows(batch), [item for item in batch if isinstance(item, LeaseRelease)])
+        await self._insert_rows(batch)
         del self._queue[: len(batch)]
 
-    async def _insert_rows(self, batch: list[LedgerRow], releases: list[LeaseRelease] = ()) -> int:
+    async def _insert_rows(self, batch: list[LedgerRow]) -> int:
         """Insert a batch; a batch the database keeps refusing is written row by row, bad rows set aside."""
         for attempt in range(ATTEMPTS):
             try:
-                await self._insert(batch, releases)
+                await self._insert(batch)
                 break
             except Exception as exc:  # noqa: BLE001
                 if is_unavailable(exc):
@@ -137,14 +126,6 @@ class LedgerWriter:
                     await asyncio.sleep(_RETRY_SECONDS / 10)
         else:
             await self._insert_one_by_one(batch)
-            if releases:
-                try:
-                    await self._insert([], releases)
-                except Exception as exc:  # noqa: BLE001 - the sweeper releases them
-                    if is_unavailable(exc):
-                        raise
-                    log.error("lease_release_failed", error=repr(exc)[:500], leases=len(releases))
-        self.written += len(batch)
         return len(batch)
 
     async def _insert_one_by_one(self, batch: list[LedgerRow]) -> None:
@@ -160,18 +141,5 @@ class LedgerWriter:
         if rejected and self._spool is not None:
             self._spool.reject(rejected)
 
-    async def _insert(self, rows: list[LedgerRow], releases: list[LeaseRelease] = ()) -> None:
-        if not releases:
-            await self._pool.execute(queries.insert_usage_rows, *column_arrays(rows), timeout=_STATEMENT_TIMEOUT)
-            return
-        async with self._pool.acquire() as connection, connection.transaction():
-            # Leases first: lorafleet_release_leases locks rate state before accounts, as admission does.
-            await connection.execute(queries.release_leases, [r.lease_id for r in releases],
-                                     [r.key_id for r in releases], [r.unused_requests for r in releases],
-                                     [r.unused_tokens for r in releases], timeout=_STATEMENT_TIMEOUT)
-            if rows:
-                await connection.execute(queries.insert_usage_rows, *column_arrays(rows), timeout=_STATEMENT_TIMEOUT)
-
-
-def _rows(items: list[LedgerRow | LeaseRelease]) -> list[LedgerRow]:
-    return [item for item in items if isinstance(item, LedgerRow)]
+    async def _insert(self, rows: list[LedgerRow]) -> None:
+        await self._pool.execute(queries.insert_usage_rows, *column_arrays(rows), timeout=_STATEMENT_TIMEOUT)
