@@ -26,12 +26,17 @@ from lorafleet.dashboard.charts import usd
 
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
-from tests.helpers import set_price, wait_rows
+from tests.helpers import missing_capability, set_price, wait_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make test installs it)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_installed() -> None:
+    if not os.path.exists(CHROMIUM):
+        missing_capability("needs Debian's chromium (make test installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from lorafleet.adapters.architecture import model_architecture
 
 from tests.adapter_factory import write_adapter
-from tests.helpers import ledger_row
+from tests.helpers import ledger_row, missing_capability
 
 pytestmark = pytest.mark.engine
 
@@ -36,7 +36,13 @@ def _can_mount() -> bool:
         return mounted
 
 
-requires_mount = pytest.mark.skipif(not _can_mount(), reason="needs root and tmpfs mounts to make real disk faults")
+@pytest.fixture(scope="module")
+def tmpfs_mounts() -> None:
+    if not _can_mount():
+        missing_capability("needs root and tmpfs mounts to make real disk faults")
+
+
+requires_mount = pytest.mark.usefixtures("tmpfs_mounts")
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from tests.helpers import (
     admin,
     expected_cost,
     ledger_cost,
+    missing_capability,
     set_price,
     settled,
     wait_rows,
@@ -180,7 +181,7 @@ async def test_tokens_per_minute_and_concurrency_caps(gateway, base_env, db, mod
 async def test_admission_commits_without_waiting_for_the_flush_unless_configured(db, make_key):
     """What LORAFLEET_ADMISSION_SYNCHRONOUS_COMMIT chooses: counted in WAL flushes (pg_stat_wal.wal_sync)."""
     if await db.fetchval("SHOW fsync") != "on":
-        pytest.skip("this PostgreSQL never flushes WAL (fsync=off): the two modes cannot differ")
+        missing_capability("this PostgreSQL never flushes WAL (fsync=off): the two modes cannot differ")
     key = await make_key()
     await db.execute("UPDATE tenant_accounts SET monthly_spend_limit_micro_usd = 10^12 WHERE tenant_id = $1",
                      key.tenant_id)

@@ -42,9 +42,36 @@ def test_a_good_adapter_passes(tmp_path):
     assert len(valid.sha256) == 64 and valid.size_bytes > 0
 
 
-def test_bf16_and_fp16_pass(tmp_path):
-    tensors = lora_tensors(TINY, 8, ["q_proj"], dtype=np.float16)
-    validate_files(_files(write_adapter(tmp_path / "f16", modules=["q_proj"], tensors=tensors)), BASE)
+def _save_torch(folder: Path, tensors: dict, modules: list[str]) -> Path:
+    """An adapter whose weights torch wrote (the only writer of real bfloat16 safetensors here)."""
+    from safetensors.torch import save_file as save_torch
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps(lora_config(8, modules)))
+    save_torch(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_adapters_pass_and_are_scanned(tmp_path, dtype):
+    import torch
+
+    tensors = {name: torch.from_numpy(array).to(getattr(torch, dtype))
+               for name, array in lora_tensors(TINY, 8, ["q_proj"]).items()}
+    good = _save_torch(tmp_path / "good", tensors, ["q_proj"])
+    header = json.loads((good / "adapter_model.safetensors").read_bytes()[8:][: struct.unpack(
+        "<Q", (good / "adapter_model.safetensors").read_bytes()[:8])[0]])
+    assert {info["dtype"] for name, info in header.items() if name != "__metadata__"} == {
+        {"float16": "F16", "bfloat16": "BF16"}[dtype]}
+    valid = validate_files(_files(good), BASE)
+    assert valid.rank == 8 and valid.target_modules == ["q_proj"]
+    # The NaN scan reads this dtype too: one NaN deep inside a tensor is refused, naming it.
+    name = sorted(tensors)[-1]
+    poisoned = dict(tensors)
+    poisoned[name] = tensors[name].clone()
+    poisoned[name].view(-1)[-1] = float("nan")
+    error = _invalid(_save_torch(tmp_path / "nan", poisoned, ["q_proj"]))
+    assert "NaN" in error.message and name in error.param
 
 
 def test_pickle_weights_are_refused(tmp_path):

@@ -44,3 +44,11 @@ def test_admission_functions_admit_one_request_and_no_lease_function_survives():
     assert "p_units" not in signature and signature.count("p_") == 6
     for name in ("lorafleet_lease(", "lorafleet_release_leases("):
         assert joined.rindex(f"DROP FUNCTION IF EXISTS {name}") > joined.rindex(f"CREATE FUNCTION {name}")
+
+
+def test_every_named_query_is_called_by_the_code():
+    """A named query nothing calls is dead SQL: the migrations test would keep preparing it forever."""
+    roots = [MIGRATIONS.parent / root for root in ("platform", "workers", "billing")]
+    source = "\n".join(path.read_text() for root in roots for path in root.rglob("*.py"))
+    unused = [name for name, _ in queries.items() if not re.search(rf"\bqueries\.{name}\b", source)]
+    assert not unused, f"named queries nothing calls: {unused}"

@@ -67,16 +67,9 @@ WITH grant_row AS (
 )
 SELECT id, tenant_id, amount_micro_usd, reason, created_at FROM grant_row;
 
--- name: credit_applied_total
-SELECT coalesce(sum(credit_applied_micro_usd), 0)::bigint FROM invoices WHERE tenant_id = $1;
-
 -- name: update_key_limits
 UPDATE api_keys SET
     requests_per_minute = CASE WHEN $4 THEN $2 ELSE requests_per_minute END,
     tokens_per_minute = CASE WHEN $5 THEN $3 ELSE tokens_per_minute END
 WHERE id = $1
 RETURNING id, tenant_id, requests_per_minute, tokens_per_minute;
-
--- name: count_reservations
-SELECT count(*) AS reservations, coalesce(sum(amount_micro_usd), 0)::bigint AS amount
-FROM reservations WHERE tenant_id = $1;

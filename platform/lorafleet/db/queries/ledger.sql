@@ -63,9 +63,3 @@ SET spent_total_micro_usd = a.spent_total_micro_usd + c.total,
     in_flight = a.in_flight - c.requests,
     updated_at = now()
 FROM changes c WHERE a.tenant_id = c.tenant_id;
-
--- name: get_usage_row
-SELECT request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status, streamed,
-       prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms, adapter_id,
-       cost_micro_usd, price_id
-FROM usage_ledger WHERE request_id = $1;
