@@ -23,12 +23,15 @@ log = structlog.get_logger("lorafleet.resolver")
 
 
 def register() -> None:
-    from lorafleet.worker import cpu_lora_fix
-
-    cpu_lora_fix.install()
-    _install_residency_rpcs()
+    # The entry point loads this in every vLLM process on a machine with the package installed:
+    # patch and register only inside a LoraFleet worker's engine (engine.py sets the variable).
     if os.environ.get("LORAFLEET_WORKER") != "1":
         return
+    from lorafleet.worker import cpu_lora_fix
+
+    if not cpu_lora_fix.install():
+        log.error("cpu_lora_fix_not_installed", reason="vLLM's CPU LoRA ops are not the shape this fix knows")
+    _install_residency_rpcs()
     from lorafleet.core.settings import get_settings
     from vllm.lora.resolver import LoRAResolverRegistry
 
