@@ -32,6 +32,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     catalog_refresh_seconds: Annotated[float, Meta(gt=0, description="How often the gateway re-reads base models and prices (a new price applies within this).")] = 1.0
     upstream_timeout_seconds: Annotated[float, Meta(gt=0, description="Longest wait for a worker's first byte.")] = 600.0
     wake_timeout_seconds: Annotated[float, Meta(ge=0, description="How long the gateway holds a request for a base model with no ready worker (asleep, waking, starting, or scaled to zero) before answering 503 with Retry-After; the wait is not billed. 0: answer 503 at once.")] = 120.0
+    hold_max_requests: Annotated[int, Meta(ge=0, description="Requests one gateway may hold while no worker of their model is ready (503 `hold_capacity_exhausted` with Retry-After beyond). 0: no cap.")] = 1024
+    hold_max_bytes: Annotated[int, Meta(ge=0, description="Bytes of request bodies one gateway may hold while no worker of their model is ready (503 `hold_capacity_exhausted` beyond). 0: no cap.")] = 256 * 1024 * 1024
+    tenant_hold_max_requests: Annotated[int, Meta(ge=0, description="Requests one tenant may have held in one gateway while no worker of their model is ready (429 `too_many_held_requests` with Retry-After beyond). 0: no cap.")] = 256
+    tenant_hold_max_bytes: Annotated[int, Meta(ge=0, description="Bytes of request bodies one tenant may have held in one gateway (429 `too_many_held_requests` beyond). 0: no cap.")] = 64 * 1024 * 1024
     autoscale_target_concurrency: Annotated[int, Meta(ge=1, description="Requests (running + waiting + held) one worker should carry; /autoscaling's desired replicas = ceil(demand / this).")] = 32
     autoscale_idle_seconds: Annotated[float, Meta(ge=0, description="A base model with no demand for this long has 0 desired replicas on /autoscaling (scale to zero).")] = 300.0
     upstream_attempts: Annotated[int, Meta(ge=1, le=10, description="Tries of a request before its first byte: a worker that cannot be reached or fails with a 5xx is replaced by the next in placement order (never billed twice).")] = 3
