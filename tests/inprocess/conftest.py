@@ -198,10 +198,13 @@ async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: st
             "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
         }
         environ.update({f"LORAFLEET_{name}": value for name, value in overrides.items()})
-        app = create_app(load_settings(environ))
+        settings = load_settings(environ)
+        app = create_app(settings)
         port = _free_port()
+        # As `lorafleet gateway` runs it: X-Forwarded-For is believed from the trusted proxies only.
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                               access_log=False, lifespan="on"))
+                                               access_log=False, lifespan="on", proxy_headers=True,
+                                               forwarded_allow_ips=settings.forwarded_allow_ips))
         serving = asyncio.create_task(server.serve())
         running.append((server, serving))
         while not server.started:
