@@ -171,3 +171,87 @@ async def tenant(db: asyncpg.Pool) -> TenantKey:
 async def other_tenant(db: asyncpg.Pool) -> TenantKey:
     """A second fresh tenant, for tests of what one tenant must never see of another's."""
     return await _fresh_tenant(db, "other")
+
+
+@dataclass
+class ExtraGateway:
+    url: str
+    app: Any
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+
+@pytest.fixture
+async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: str, tmp_path: Path):
+    """Start another gateway on this tier's database with settings of the test's own (``LORAFLEET_``-less
+    names: ``start_gateway(WAKE_TIMEOUT_SECONDS="5")``); stopped after the test."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(**overrides: str) -> ExtraGateway:
+        environ = {
+            "LORAFLEET_DATABASE_URL": inprocess_database_url, "LORAFLEET_INTERNAL_TOKEN": inprocess.internal_token,
+            "LORAFLEET_ADMIN_TOKEN": inprocess.admin_token, "LORAFLEET_DATA_DIR": str(tmp_path / f"gateway{len(running)}"),
+            "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
+            "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+        }
+        environ.update({f"LORAFLEET_{name}": value for name, value in overrides.items()})
+        settings = load_settings(environ)
+        app = create_app(settings)
+        port = _free_port()
+        # As `lorafleet gateway` runs it: X-Forwarded-For is believed from the trusted proxies only.
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                               access_log=False, lifespan="on", proxy_headers=True,
+                                               forwarded_allow_ips=settings.forwarded_allow_ips))
+        serving = asyncio.create_task(server.serve())
+        running.append((server, serving))
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+        return ExtraGateway(f"http://127.0.0.1:{port}", app)
+
+    yield start
+    for server, serving in running:
+        server.should_exit = True
+    for server, serving in running:
+        await serving
+
+
+@dataclass
+class SleepingModel:
+    """A base model of its own whose only worker (a stub) is registered asleep."""
+
+    name: str
+    id: str
+    worker: StubWorker
+
+    async def wake(self, db: asyncpg.Pool) -> None:
+        await db.execute(queries.upsert_worker, self.worker.url, self.id, "ready")  # NOTIFYs the gateways
+
+
+@pytest.fixture
+async def sleeping_model(inprocess: InProcessPlatform, db: asyncpg.Pool) -> AsyncIterator[SleepingModel]:
+    name = f"sleepy-{random_token(8).lower()}"
+    base = await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), name, 4096, {}, 16, "generate")
+    behaviour = StubBehaviour(token=inprocess.internal_token)
+    runner = web.AppRunner(build_app(name, behaviour=behaviour), access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    worker = StubWorker(f"http://127.0.0.1:{port}", behaviour, runner)
+    await db.execute(queries.upsert_worker, worker.url, base["id"], "asleep")
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(2)
+            await db.execute(queries.heartbeat_worker, worker.url)
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        yield SleepingModel(name, base["id"], worker)
+    finally:
+        beating.cancel()
+        await db.execute(queries.delete_worker, worker.url)
+        await runner.cleanup()

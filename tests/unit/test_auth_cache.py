@@ -1,11 +1,14 @@
 """The key cache's logic: single flight, bounded staleness (a counting stand-in for the pool)."""
 
 import asyncio
+import datetime as dt
 
 import pytest
 from lorafleet.core.errors import AuthenticationFailed, ServiceUnavailable
 from lorafleet.gateway.auth import KeyAuthenticator
-from lorafleet.tenancy.keys import generate_secret
+from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.core.errors import RateLimited
+from lorafleet.tenancy.keys import generate_secret, hash_secret
 
 
 class CountingPool:
@@ -27,6 +30,9 @@ class CountingPool:
     async def fetchval(self, sql):
         self.legacy_checks += 1
         return self.legacy_keys
+
+    async def fetch(self, sql, since):
+        return []  # the active keys' digests: none unless a test says otherwise
 
 
 def _random_well_formed(valid_checksum: bool) -> str:
@@ -136,3 +142,85 @@ async def test_repeated_failures_from_one_address_are_refused_without_a_lookup()
     # Another address is not affected.
     with pytest.raises(AuthenticationFailed):
         await auth.authenticate(f"Bearer {generate_secret()}", client="198.51.100.7")
+
+
+class _KnownKeys(CountingPool):
+    """A database that knows ``valid`` (and nothing else); lookups and digest reads counted."""
+
+    def __init__(self, valid: list[str]) -> None:
+        super().__init__()
+        self.valid = {hash_secret(secret) for secret in valid}
+        self.digest_reads = 0
+
+    async def fetchrow(self, sql, digest):
+        self.queries += 1
+        if digest not in self.valid:
+            return None
+        return {
+            "key_id": "key_ok", "tenant_id": "ten_ok", "scopes": ["inference"], "mode": "live", "active": True,
+            "metered": False, "expires_at": None}
+
+    async def fetch(self, sql, since):
+        self.digest_reads += 1
+        return [{"prefix": digest[:8], "created_at": dt.datetime.now(dt.UTC)} for digest in self.valid]
+
+
+async def _outcome(auth, secret: str, client: str) -> str:
+    try:
+        await auth.authenticate(f"Bearer {secret}", client=client)
+    except RateLimited:
+        return "429"
+    except AuthenticationFailed:
+        return "401"
+    return "200"
+
+
+async def test_keys_refused_without_a_lookup_do_not_count_against_their_address():
+    pool = _KnownKeys([])
+    auth = KeyAuthenticator(pool, cache_seconds=1, throttle=FailureThrottle(per_minute=5))
+    made_up = ["x" * 20, "sk_live_short", _random_well_formed(valid_checksum=False)]
+    outcomes = {await _outcome(auth, made_up[i % 3], "10.9.9.9") for i in range(65)}
+    outcomes.add(await _outcome(auth, "", "10.9.9.9"))
+    assert outcomes == {"401"} and pool.queries == 0
+    assert not auth.throttle.throttled("10.9.9.9"), "free refusals cost the address nothing"
+    assert await _outcome(auth, generate_secret(), "10.9.9.9") == "401", "a lookup is still made, and answered"
+
+
+async def test_a_valid_key_from_a_throttled_address_is_served_and_unknown_ones_are_not_looked_up():
+    valid = generate_secret()
+    pool = _KnownKeys([valid])
+    auth = KeyAuthenticator(pool, cache_seconds=1, throttle=FailureThrottle(per_minute=5))
+    outcomes = [await _outcome(auth, generate_secret(), "10.9.9.9") for _ in range(12)]
+    assert outcomes[:5] == ["401"] * 5 and outcomes[-1] == "429", "well-formed unknown keys are throttled"
+    looked_up = pool.queries
+    assert looked_up < 12
+    assert await _outcome(auth, valid, "10.9.9.9") == "200", "a key that exists is served from a throttled address"
+    assert pool.queries == looked_up + 1
+    for _ in range(20):
+        assert await _outcome(auth, generate_secret(), "10.9.9.9") == "429"
+    assert pool.queries == looked_up + 1, "unknown keys from the throttled address cost no lookup"
+    assert pool.digest_reads == 1, "the active digests are read once per interval, not per request"
+
+
+async def test_the_admin_token_has_a_bucket_of_its_own():
+    from lorafleet.gateway.auth import verify_admin_token
+
+    throttle = FailureThrottle(per_minute=5)
+    auth = KeyAuthenticator(_KnownKeys([]), cache_seconds=1, throttle=throttle)
+    for _ in range(12):  # an API-key attacker at the operator's address
+        await _outcome(auth, generate_secret(), "10.9.9.9")
+    assert throttle.throttled("10.9.9.9")
+    verify_admin_token("the-admin-token", throttle, "Bearer the-admin-token", "10.9.9.9")  # still the operator's
+
+    guesses = []
+    for _ in range(12):  # an admin-token guesser at another address
+        try:
+            verify_admin_token("the-admin-token", throttle, "Bearer guess", "10.7.7.7")
+        except RateLimited:
+            guesses.append("429")
+        except AuthenticationFailed:
+            guesses.append("401")
+    assert guesses[:5] == ["401"] * 5 and guesses[-1] == "429", "guessing the admin token is throttled"
+    with pytest.raises(RateLimited):  # a throttled guesser learns nothing, even from the right guess
+        verify_admin_token("the-admin-token", throttle, "Bearer the-admin-token", "10.7.7.7")
+    assert not throttle.throttled("10.7.7.7"), "admin failures do not throttle the address's API keys"

@@ -593,6 +593,17 @@ def test_gateway_has_what_it_needs(rendered):
     assert {"lorafleet-gateway", "lorafleet-internal", "lorafleet-metrics"} <= secrets
 
 
+def test_gateways_believe_forwarded_addresses_from_network_ranges_only(rendered):
+    import ipaddress
+
+    overlay, objs = rendered
+    (gateway,) = gateways(objs)
+    trusted = env_value(container(gateway, "gateway"), "LORAFLEET_FORWARDED_ALLOW_IPS")
+    assert trusted, "behind an ingress, every client would share the ingress's address (and its throttle)"
+    networks = [ipaddress.ip_network(item.strip()) for item in trusted.split(",")]  # never `*`, never a name
+    assert all(network.is_private for network in networks), f"{overlay}: trusts public addresses {trusted}"
+
+
 def test_gateways_and_workers_share_one_s3_blob_store(rendered):
     overlay, objs = rendered
     (config,) = find(objs, "ConfigMap", "lorafleet-blobstore")

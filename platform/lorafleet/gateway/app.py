@@ -31,6 +31,7 @@ from lorafleet.gateway.billing import BillingController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
+from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.keys import KeysController
@@ -80,8 +81,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      reservation_max_seconds=settings.reservation_max_seconds)
         refusals = RefusalCounter(pool)
         janitor = RetentionJanitor(pool)
+        holds = HeldRequests(pool, registry, timeout=settings.wake_timeout_seconds, gateway_id=gateway_id,
+                             limits=HoldLimits(settings.hold_max_requests, settings.hold_max_bytes,
+                                               settings.tenant_hold_max_requests, settings.tenant_hold_max_bytes))
         relay = Relay(http, registry, metrics, settings.internal_token, settings.upstream_timeout_seconds,
-                      attempts=settings.upstream_attempts, hold_seconds=settings.wake_timeout_seconds)
+                      attempts=settings.upstream_attempts, holds=holds)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
             cache_salts=CacheSalts(settings.internal_token),
             responses=ResponseStore(pool, settings.responses_retention_days),
+            holds=holds,
         )
         ledger.start()
         refusals.start()
@@ -107,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
+            await holds.close()
             await registry.close()
             await catalog.close()
             await ledger.close()  # every recorded row reaches the database (or the spool) before we exit

@@ -8,6 +8,13 @@ of bounded size: a flood of distinct keys pushes out the oldest entries, never t
 A secret whose checksum (tenancy/keys.py) does not match costs no query at all — unless a legacy
 key (minted before checksums) is still active anywhere, which one query every few seconds tells.
 
+Failed sign-ins are throttled per client address (throttle.py), counting only failures that cost
+a lookup: a missing, malformed or checksum-failing key is refused for free, so it counts for
+nothing (it would let anyone lock out everyone behind one address at no cost). A throttled
+address's next unknown keys get 429 without a lookup, but a key that exists is still served: its
+digest is in the in-memory set of active keys (key_digests.py), which a made-up key's is not.
+The admin token has a bucket of its own (:func:`verify_admin_token`).
+
 While the database cannot be reached, a key this process saw within ``stale_seconds`` keeps its
 last known answer (so unmetered traffic flows through an outage and its usage is spooled); an
 unknown key gets 503.
@@ -29,7 +36,8 @@ from lorafleet.core.errors import (
     ServiceUnavailable,
 )
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
-from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.gateway.key_digests import ActiveKeyDigests
+from lorafleet.gateway.throttle import ADMIN, FailureThrottle
 from lorafleet.tenancy.keys import has_valid_checksum, hash_secret, parse_secret
 from lorafleet.tenancy.service import KeyAuthority
 
@@ -77,6 +85,7 @@ class KeyAuthenticator:
         self._stale = stale_seconds
         self._max_entries = max_entries
         self.throttle = throttle
+        self._digests = ActiveKeyDigests(pool)
         # digest → (looked up at, answer); least recently used first.
         self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         # Single flight: a burst of requests with the same key after its entry expired makes
@@ -87,39 +96,48 @@ class KeyAuthenticator:
         self._legacy_task: asyncio.Task[bool] | None = None
 
     async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
-        """The key's principal; ``client`` (the caller's address) is throttled after repeated failures."""
-        try:
-            secret = bearer_secret(authorization)
-            if parse_secret(secret) is None:
-                # Never echo the secret: it may be a real key pasted into the wrong place.
-                raise AuthenticationFailed("Malformed API key. Keys look like 'sk_live_' followed by 43 letters and digits.")
-            digest = hash_secret(secret)
-            now = time.monotonic()
-            cached = self._cache.get(digest)
-            if cached is not None and cached[0] + self._ttl > now:
-                self._cache.move_to_end(digest)
-                principal = cached[1]
-            else:
-                if self.throttle is not None and client is not None and (cached is None or cached[1] is None):
-                    # 429 without a lookup while this address keeps failing; a key this gateway saw
-                    # valid before is still looked up (a NAT shared with an attacker stays usable).
-                    self.throttle.check(client)
-                if not has_valid_checksum(secret) and not await self._legacy_keys_active():
-                    raise AuthenticationFailed(_UNKNOWN_KEY)
-                try:
-                    principal = await self._lookup_once(digest)
-                except DATABASE_UNAVAILABLE:
-                    if cached is None or cached[0] + self._stale <= now:
-                        raise ServiceUnavailable("The key database is unavailable; retry shortly.",
-                                                 code="database_unavailable") from None
-                    principal = cached[1]
+        """The key's principal; ``client`` (the caller's address) is throttled after repeated failed lookups."""
+        # Refused without a lookup: free for the caller, so not counted against its address.
+        secret = bearer_secret(authorization)
+        if parse_secret(secret) is None:
+            # Never echo the secret: it may be a real key pasted into the wrong place.
+            raise AuthenticationFailed("Malformed API key. Keys look like 'sk_live_' followed by 43 letters and digits.")
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] + self._ttl > now:
+            self._cache.move_to_end(digest)
+            principal = cached[1]
             if principal is None:
-                raise AuthenticationFailed(_UNKNOWN_KEY)
+                raise AuthenticationFailed(_UNKNOWN_KEY)  # answered from the cache: no lookup, not counted
             return principal
-        except AuthenticationFailed:
-            if self.throttle is not None and client is not None:
-                self.throttle.failed(client)
-            raise
+        if not has_valid_checksum(secret) and not await self._legacy_keys_active():
+            raise AuthenticationFailed(_UNKNOWN_KEY)
+        throttle = self.throttle if client is not None else None
+        if throttle is not None and throttle.throttled(client) and not (cached is not None and cached[1] is not None) \
+                and not await self._may_exist(digest):
+            # 429 without a lookup while this address keeps failing — but only for keys that do not
+            # exist: a valid key behind the same NAT or proxy as an attacker is still served.
+            throttle.check(client)
+        try:
+            principal = await self._lookup_once(digest)
+        except DATABASE_UNAVAILABLE:
+            if cached is None or cached[0] + self._stale <= now:
+                raise ServiceUnavailable("The key database is unavailable; retry shortly.",
+                                         code="database_unavailable") from None
+            principal = cached[1]
+        if principal is None:
+            if throttle is not None:
+                throttle.failed(client)  # a lookup spent on a key that does not exist
+            raise AuthenticationFailed(_UNKNOWN_KEY)
+        self._digests.add(digest)
+        return principal
+
+    async def _may_exist(self, digest: bytes) -> bool:
+        try:
+            return await self._digests.may_exist(digest)
+        except DATABASE_UNAVAILABLE:
+            return False  # cannot tell: the throttle stands
 
     def forget_key(self, key_id: str) -> None:
         """A key revoked through this gateway is refused here at once (others within key_cache_seconds)."""
@@ -171,14 +189,20 @@ class KeyAuthenticator:
 
 
 def verify_admin_token(expected: str, throttle: FailureThrottle | None, authorization: str | None, client: str) -> None:
-    """The operator's token, compared in constant time; repeated failures from one address are throttled."""
+    """The operator's token, compared in constant time; repeated failures from one address are throttled
+    in the admin bucket of their own: failed API keys never lock the operator out, nor the reverse.
+
+    Unlike an API key, a throttled address is refused even with the right token: comparing costs
+    nothing, so the throttle's only use here is against guessing a token an operator chose, and
+    answering the right guess would tell the guesser. Only the failing address is refused.
+    """
     if throttle is not None:
-        throttle.check(client)
+        throttle.check(client, ADMIN)
     try:
         secret = bearer_secret(authorization)
         if not expected or not hmac.compare_digest(secret.encode(), expected.encode()):
             raise AuthenticationFailed("Incorrect admin token.", code="invalid_admin_token")
     except AuthenticationFailed:
         if throttle is not None:
-            throttle.failed(client)
+            throttle.failed(client, ADMIN)
         raise

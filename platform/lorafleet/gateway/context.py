@@ -40,7 +40,7 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "client", "services", "started", "status", "client_gone",
                  "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
-                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers")
+                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive")
 
     def __init__(self, request_id: str, method: str, path: str, client: str, services: Services) -> None:
         self.request_id = request_id
@@ -64,6 +64,7 @@ class RequestContext:
         self.attempts = 0                         # workers tried (failover)
         self.dropped_fields: tuple[str, ...] = ()  # OpenAI fields the engine does not serve: not forwarded
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
+        self.receive: Receive | None = None        # the connection's ASGI receive (disconnect.py watches it)
 
     def log_fields(self, elapsed: float) -> dict[str, Any]:
         fields = {"request_id": self.request_id, "method": self.method, "path": self.path, "status": self.status,
@@ -115,6 +116,7 @@ def context_middleware(metrics: GatewayMetrics):
                     context.client_gone = True
                 return message
 
+            context.receive = receive_watching
             try:
                 await app(scope, receive_watching, send_with_id)
             finally:

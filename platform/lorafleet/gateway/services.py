@@ -10,6 +10,7 @@ from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.fleet.catalog import ModelCatalog
+from lorafleet.gateway.fleet.holding import HeldRequests
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.metering.admission import Admission
 from lorafleet.gateway.metering.sweeper import ReservationSweeper
@@ -36,3 +37,4 @@ class Services:
     adapters: AdapterService
     cache_salts: CacheSalts
     responses: ResponseStore
+    holds: HeldRequests

@@ -42,6 +42,12 @@ RETURNING id, tenant_id, name, display_prefix, mode, scopes, created_at, expires
 SELECT EXISTS (SELECT 1 FROM api_keys WHERE NOT checksummed AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now()));
 
+-- name: active_key_digests
+-- The first 8 bytes of the hash of every key that can still authenticate, created at or after $1
+-- (a throttled address's key is looked up only when its digest is among them: gateway/key_digests.py).
+SELECT substring(key_hash FROM 1 FOR 8) AS prefix, created_at FROM api_keys
+WHERE created_at >= $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now());
+
 -- name: authenticate_key
 -- Also whether admission must consult the database: any rate limit, concurrency cap, spend
 -- limit or prepaid credit check. Keys without any skip that round trip.

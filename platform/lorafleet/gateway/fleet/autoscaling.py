@@ -9,7 +9,9 @@
 
 Any gateway answers for the whole fleet: workers report their own engine's numbers to every
 gateway, and held requests are published in the database by the gateway that holds them, so an
-autoscaler may ask whichever gateway its Service routes it to. ``tokens_per_second`` is this
+autoscaler may ask whichever gateway its Service routes it to. Held requests are only live ones,
+within each gateway's hold caps (holding.py): refused requests and clients that left count for nothing,
+so holds cannot ask for more replicas than the caps allow. ``tokens_per_second`` is this
 gateway's own (output tokens in the last minute), an indication rather than a fleet total.
 """
 
@@ -23,6 +25,7 @@ import asyncpg
 import msgspec
 from lorafleet.db import queries
 from lorafleet.gateway.fleet.catalog import ModelCatalog
+from lorafleet.gateway.fleet.holding import HeldRequests
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 
 RATE_WINDOW_SECONDS = 60.0
@@ -67,8 +70,9 @@ class TokenRate:
         return sum(tokens for _, tokens in events) / RATE_WINDOW_SECONDS
 
 
-async def model_signals(pool: asyncpg.Pool, catalog: ModelCatalog, registry: WorkerRegistry, rate: TokenRate, *,
-                        target_concurrency: int, idle_seconds: float, gateway_dead_after: float) -> list[ModelSignals]:
+async def model_signals(pool: asyncpg.Pool, catalog: ModelCatalog, registry: WorkerRegistry, rate: TokenRate,
+                        holds: HeldRequests, *, target_concurrency: int, idle_seconds: float,
+                        gateway_dead_after: float) -> list[ModelSignals]:
     held = {row["base_model_id"]: row["held"] for row in await pool.fetch(queries.fleet_held, gateway_dead_after)}
     signals = []
     workers = registry.workers()
@@ -77,7 +81,8 @@ async def model_signals(pool: asyncpg.Pool, catalog: ModelCatalog, registry: Wor
         ready = [w for w in mine if w.ready and w.state == "ready"]
         running = sum(w.running for w in ready)
         waiting = sum(w.waiting for w in ready)
-        holding = max(held.get(model.id, 0), registry.held.get(model.id, 0))
+        # This gateway's own count is current; the published one (its own included) may lag by a write.
+        holding = max(held.get(model.id, 0), holds.by_model.get(model.id, 0))
         demand = running + waiting + holding
         recently_busy = any(w.idle_seconds < idle_seconds for w in ready)
         desired = max(1, math.ceil(demand / target_concurrency)) if demand or recently_busy else 0

@@ -10,10 +10,8 @@ a request; the relay tries them in that order.
 
 Workers announce state changes with ``NOTIFY lorafleet_workers``: the registry listens and
 re-reads at once, so a draining or sleeping worker gets nothing new within milliseconds. A request
-for a base model with no routable worker is held (:meth:`WorkerRegistry.wait_for_workers`): the
-registry asks its sleeping workers to wake (``NOTIFY lorafleet_wake``), publishes what it holds for
-autoscalers, and lets the request through as soon as a worker is ready — or answers 503 with
-``Retry-After`` once ``wake_timeout_seconds`` have passed.
+for a base model with no routable worker is held until one is (holding.py, which waits on
+:meth:`WorkerRegistry.wait_changed`).
 
 A worker is taken out of routing when its poll fails (until a poll succeeds), or after
 :data:`FAILURES_BEFORE_UNREADY` consecutive request failures (for :data:`QUARANTINE_SECONDS`, then
@@ -43,8 +41,6 @@ log = structlog.get_logger("lorafleet.fleet")
 
 HEARTBEAT_GRACE_SECONDS = 15.0
 WORKERS_CHANNEL = "lorafleet_workers"
-WAKE_REPEAT_SECONDS = 5.0    # a held request asks sleeping workers again this often (a NOTIFY may be missed)
-RETRY_AFTER_SECONDS = 5
 FAILURES_BEFORE_UNREADY = 3
 QUARANTINE_SECONDS = 5.0     # a worker that kept failing gets no requests for this long, then one to probe it
 POLL_TIMEOUT_SECONDS = 2.0
@@ -183,7 +179,6 @@ class WorkerRegistry:
         self._listener: asyncpg.Connection | None = None
         self._repoll = asyncio.Event()
         self._changed = asyncio.Condition()
-        self.held: Counter[str] = Counter()   # base model id → requests this gateway holds for a worker
         self.refreshed = asyncio.Event()
 
     async def start(self) -> None:
@@ -219,56 +214,13 @@ class WorkerRegistry:
         except ServiceUnavailable:
             return []
 
-    async def wait_for_workers(self, base_model_id: str, adapter_id: str | None, timeout: float) -> list[WorkerState]:
-        """Hold a request until a worker of its base model is routable: wake sleeping ones, tell autoscalers.
-
-        503 with ``Retry-After`` once ``timeout`` seconds have passed without one.
-        """
-        ranked = self.routable(base_model_id, adapter_id)
-        if ranked or timeout <= 0:
-            return ranked or self.ranked(base_model_id, adapter_id)
-        deadline = time.monotonic() + timeout
-        self.held[base_model_id] += 1
-        await self._publish_held()
-        try:
-            asked = 0.0
-            while True:
-                if time.monotonic() - asked > WAKE_REPEAT_SECONDS:
-                    asked = time.monotonic()
-                    await self._request_wake(base_model_id)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ServiceUnavailable(
-                        f"No worker became ready for this model within {timeout:.0f} s; retry shortly.",
-                        code="no_worker_ready", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-                async with self._changed:
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), min(left, WAKE_REPEAT_SECONDS))
-                    except TimeoutError:
-                        pass
-                ranked = self.routable(base_model_id, adapter_id)
-                if ranked:
-                    return ranked
-        finally:
-            self.held[base_model_id] -= 1
-            if self.held[base_model_id] <= 0:
-                del self.held[base_model_id]
-            await self._publish_held()
-
-    async def _request_wake(self, base_model_id: str) -> None:
-        try:
-            await self._pool.execute(queries.request_wake, base_model_id, timeout=5)
-        except Exception as exc:  # noqa: BLE001 - the hold goes on; the next round asks again
-            log.warning("wake_request_failed", error=repr(exc)[:300])
-
-    async def _publish_held(self) -> None:
-        """What this gateway holds, where autoscalers (through any gateway's /autoscaling) can read it."""
-        if not self._gateway_id:
-            return
-        try:
-            await self._pool.execute(queries.set_gateway_held, self._gateway_id, dict(self.held), timeout=5)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("held_publish_failed", error=repr(exc)[:300])
+    async def wait_changed(self, timeout: float) -> None:
+        """Until the next refresh (or ``timeout`` seconds): what a held request waits on between looks."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                pass
 
     def ranked(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
         """The base model's routable workers, best first for this request; 503 when there are none."""

@@ -28,6 +28,7 @@ from litestar.response import Stream
 from lorafleet.core.errors import (
     ADAPTER_UNAVAILABLE_STATUS,
     AdapterUnavailable,
+    ClientDisconnected,
     EngineRejected,
     LoraFleetError,
     PayloadTooLarge,
@@ -35,7 +36,9 @@ from lorafleet.core.errors import (
     UpstreamError,
 )
 from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.disconnect import client_gone
 from lorafleet.gateway.fleet.catalog import not_found
+from lorafleet.gateway.fleet.holding import RETRY_AFTER_SECONDS, HeldRequests, Hold
 from lorafleet.gateway.fleet.placement import residency
 from lorafleet.gateway.fleet.registry import WorkerRegistry, WorkerState
 from lorafleet.gateway.metering.meter import Meter
@@ -98,7 +101,8 @@ def upstream_connector() -> aiohttp.TCPConnector:
 
 class Relay:
     def __init__(self, http: aiohttp.ClientSession, registry: WorkerRegistry, metrics: GatewayMetrics,
-                 internal_token: str, first_byte_timeout: float, attempts: int = 3, hold_seconds: float = 0.0) -> None:
+                 internal_token: str, first_byte_timeout: float, attempts: int = 3,
+                 holds: HeldRequests | None = None) -> None:
         self._http = http
         # Retries never reuse a pooled connection: the one that just failed may have had company.
         self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False)
@@ -107,7 +111,7 @@ class Relay:
         self._auth_header = f"Bearer {internal_token}"
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=first_byte_timeout)
         self._attempts = attempts
-        self._hold_seconds = hold_seconds
+        self._holds = holds
 
     async def close(self) -> None:
         await self._fresh.close()
@@ -116,17 +120,19 @@ class Relay:
         meter = call.meter
         billable = meter.billable
         ranked = self._registry.routable(billable.base_model_id, billable.adapter_id)
-        if not ranked and call.stream and self._hold_seconds > 0:
-            # Held while a worker wakes: the client's stream opens now and is kept alive meanwhile.
-            events = self._held_stream(call)
-            return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
-                          background=BackgroundTask(_closer(events, meter)))
         if not ranked:
+            hold = self._hold(call)  # holding.py: within its caps, or refused here
+            if call.stream:
+                # Held while a worker wakes: the client's stream opens now and is kept alive meanwhile.
+                events = self._held_stream(call, hold)
+                return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
+                              background=BackgroundTask(_closer(events, meter)))
             try:
-                ranked = await self._hold(call)
+                # Nobody else listens to a non-streamed request's connection while it waits: a client
+                # that leaves ends the hold (unbilled) instead of being run later for nobody.
+                ranked = await hold.until_ready(billable.adapter_id, client_gone(call.context))
             except BaseException as exc:
-                meter.finish("unavailable" if isinstance(exc, ServiceUnavailable) else "client_disconnect",
-                             503 if isinstance(exc, ServiceUnavailable) else 499)
+                _finish_hold(meter, exc)
                 raise
         upstream = await self._connect(call, ranked)
         if upstream.status != 200 or not call.stream:
@@ -136,16 +142,28 @@ class Relay:
         return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
                       background=BackgroundTask(relay.closer(events)))
 
-    async def _hold(self, call: UpstreamCall) -> list[WorkerState]:
-        billable = call.meter.billable
-        call.meter.held = True
-        return await self._registry.wait_for_workers(billable.base_model_id, billable.adapter_id, self._hold_seconds)
+    def _hold(self, call: UpstreamCall) -> Hold:
+        """A held place for the request (released when it ends, whatever ends it); the refusal, settled, when
+        holding is off or full."""
+        meter = call.meter
+        billable = meter.billable
+        try:
+            if self._holds is None or not self._holds.enabled:
+                raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.",
+                                         code="no_worker_ready", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            hold = self._holds.reserve(billable.base_model_id, billable.tenant_id, len(call.body))
+        except LoraFleetError as exc:
+            meter.finish("unavailable", exc.status_code)
+            raise
+        meter.on_finish(hold.release)
+        meter.held = True
+        return hold
 
-    async def _held_stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
+    async def _held_stream(self, call: UpstreamCall, hold: Hold) -> AsyncIterator[bytes]:
         """A stream whose worker is still waking: keep-alive comments until one is ready, then the relay."""
         meter = call.meter
         shaper = call.shaping.stream_shaper(meter)
-        waiting = asyncio.ensure_future(self._hold(call))
+        waiting = asyncio.ensure_future(hold.until_ready(meter.billable.adapter_id))
         try:
             while True:
                 done, _ = await asyncio.wait({waiting}, timeout=KEEPALIVE_SECONDS)
@@ -154,8 +172,8 @@ class Relay:
                 yield b": waiting for a worker\n\n"
             try:
                 ranked = waiting.result()
-            except ServiceUnavailable as exc:
-                meter.finish("unavailable", 503)
+            except LoraFleetError as exc:
+                meter.finish("unavailable", exc.status_code)
                 yield shaper.upstream_error(exc.envelope())
                 return
             try:
@@ -283,6 +301,14 @@ def engine_error(status: int, payload: bytes, public_model: str) -> LoraFleetErr
             message, param = "The engine rejected the request.", None
         return EngineRejected(message, param=param)
     return UpstreamError("The inference worker failed to answer; retry the request.")
+
+
+def _finish_hold(meter: Meter, exc: BaseException) -> None:
+    """A hold that ended without a worker: no worker in time (503, unbilled), or the client left (499, 0 tokens)."""
+    if isinstance(exc, LoraFleetError) and not isinstance(exc, ClientDisconnected):
+        meter.finish("unavailable", exc.status_code)
+    else:
+        meter.finish("client_disconnect", 499)
 
 
 def _closer(events: AsyncIterator[bytes], meter: Meter):

@@ -115,6 +115,7 @@ def require_metrics_token(services: Services, request: Request) -> None:
 async def _signals(services: Services) -> list[ModelSignals]:
     settings = services.settings
     return await model_signals(services.pool, services.catalog, services.registry, services.metrics.token_rate,
+                               services.holds,
                                target_concurrency=settings.autoscale_target_concurrency,
                                idle_seconds=settings.autoscale_idle_seconds,
                                gateway_dead_after=settings.gateway_dead_after_seconds)
