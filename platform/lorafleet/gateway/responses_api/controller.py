@@ -1,24 +1,34 @@
 """``/v1/responses``: create (whole or streamed), retrieve, list input items, delete.
 
 A response is served as a chat completion (bridge.py) through the same request path as chat:
-admission, metering (endpoint ``responses``), routing, failover, adapters.
+admission, metering (endpoint ``responses``), routing, failover, adapters. A ``previous_response_id``
+chain is bounded from one row before admission and read only once the request is admitted; a storing
+request is refused up front when the tenant has no room left (store.py, tenancy/storage.py). Reads of
+stored responses count against the key's requests per minute. ``Idempotency-Key`` replays the first
+answer (streamed again as events when the request streams).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
+from lorafleet.gateway.auth import Principal, bearer_secret
 from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, IdempotencyKey, Replayed, claim, fingerprint
 from lorafleet.gateway.openai.bounds import chat_demand
-from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
-from lorafleet.gateway.openai.relay import COST_HEADER
+from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_admitted
+from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
+from lorafleet.gateway.openai.relay import COST_HEADER, SSE_HEADERS
 from lorafleet.gateway.params import Limit
 from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.responses_api.bridge import ResponseBuilder, chat_request, function_tools, refuse_unsupported
@@ -29,7 +39,8 @@ from lorafleet.gateway.responses_api.schemas import (
     ResponseCreateRequest,
     ResponseObject,
 )
-from lorafleet.gateway.responses_api.stream import ResponseEvents
+from lorafleet.gateway.responses_api.store import ChainHead
+from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode
@@ -37,18 +48,23 @@ ResponseIdPath = FromPath[str]
 
 
 class ResponsesShaping:
-    """How a chat answer reaches a Responses client: the object, or its typed events; stored when asked."""
+    """How a chat answer reaches a Responses client: the object, or its typed events; then ``finished``
+    (stored when asked, kept for an Idempotency-Key) before the client sees the end."""
 
-    def __init__(self, builder: ResponseBuilder, save) -> None:
+    def __init__(self, builder: ResponseBuilder, finished: Callable[[dict[str, Any]], Awaitable[None]],
+                 on_meter: Callable[[Any], None] | None = None) -> None:
         self.builder = builder
-        self.save = save
+        self.finished = finished
+        self._on_meter = on_meter
 
     def stream_shaper(self, meter) -> ResponseEvents:
-        return ResponseEvents(self.builder, meter, self.save)
+        if self._on_meter is not None:
+            self._on_meter(meter)
+        return ResponseEvents(self.builder, meter, self.finished)
 
     async def whole(self, document: dict[str, Any], meter) -> Response[Any]:
         response = self.builder.from_chat(document, meter.cost)
-        await self.save(response)
+        await self.finished(response)
         return Response(_encode(response), media_type="application/json", headers={COST_HEADER: str(meter.cost)})
 
 
@@ -62,50 +78,57 @@ class ResponsesController(Controller):
           operation_class=StreamingOperation,
           responses={200: ResponseSpec(ResponseObject, generate_examples=False,
                                        description="The response; with `stream: true`, its typed events instead."),
-                     **COMPLETION_ERRORS},
+                     **COMPLETION_ERRORS, **error_responses(409)},
           summary="Create a model response (OpenAI Responses API; text and function tools, streams with stream=true).")
-    async def create(self, data: JSONBody[ResponseCreateRequest], context: Context, principal: Caller) -> Response[Any]:
+    async def create(self, request: Request, data: JSONBody[ResponseCreateRequest], context: Context,
+                     principal: Caller, idempotency_key: IdempotencyKey = None) -> Response[Any]:
         principal.require("inference")
         refuse_unsupported(data)
         tools = function_tools(data.tools)
         services = context.services
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+        require_task(resolved, "generate", data.model)
         input_items = canonical_input(data.input)
-        history = (await services.responses.history(principal.tenant_id, data.previous_response_id)
-                   if data.previous_response_id else [])
-        chat = chat_request(data, history + input_items, tools)
-        demand = chat_demand(chat, len(_encode(chat)), resolved.base.max_model_len,
-                             max_sequences=services.settings.max_sequences_per_request)
+        store = services.responses
+        # The turn this one continues, from its row alone: the chain itself is read once admitted.
+        chain = await store.head(principal.tenant_id, data.previous_response_id) if data.previous_response_id else None
         builder = ResponseBuilder(data, tools, public_model=data.model)
-        tenant_id, key_id = principal.tenant_id, principal.key_id
-
-        async def save(document: dict[str, Any]) -> None:
-            if not data.store:
-                return
-            try:
-                await services.responses.save(tenant_id, key_id, input_items, document)
-            except Exception as exc:  # noqa: BLE001 - whatever fails here, the client has its answer
-                # The answer is delivered (and billed); only reading it back or chaining from it fails.
-                log.error("response_not_stored", response_id=document["id"], error=type(exc).__name__)
-
-        return await run_completion(chat, demand, "responses", resolved, context, principal,
-                                    shaping=ResponsesShaping(builder, save))
+        if data.store:  # a full account is refused before anything runs or is billed
+            await store.check_room(principal.tenant_id, input_items,
+                                   builder.document(status="in_progress", output=[], usage=None))
+        claimed: Claim | None = None
+        if idempotency_key is not None:
+            begun = await claim(services.pool, owner=principal.key_id,
+                                secret=bearer_secret(request.headers.get("authorization")), key=idempotency_key,
+                                request_fingerprint=fingerprint(f"{context.method} {context.path}", data),
+                                result_type=dict[str, Any])
+            if isinstance(begun, Replayed):
+                return await _replay(begun.result, data.stream, context, principal)
+            claimed = begun
+        try:
+            return await _run(data, tools, input_items, chain, builder, resolved, context, principal, claimed)
+        except BaseException:
+            if claimed is not None:
+                await claimed.release()
+            raise
 
     @get("/{response_id:str}", operation_id="getResponse", return_dto=None,
          responses={200: ResponseSpec(ResponseObject, generate_examples=False, description="The stored response."),
-                    **error_responses(400, 404, *API_KEY)},
+                    **error_responses(400, 404, 429, *API_KEY)},
          summary="A stored response (this key's tenant's own).")
     async def retrieve(self, response_id: ResponseIdPath, context: Context, principal: Caller) -> Response[Any]:
         principal.require("inference")
+        headers = await context.services.admission.admit_read(principal)
         document = await context.services.responses.get(principal.tenant_id, response_id)
-        return Response(_encode(document), media_type="application/json")  # exactly as it was answered
+        return Response(_encode(document), media_type="application/json", headers=headers)  # as it was answered
 
     @get("/{response_id:str}/input_items", operation_id="listInputItems",
-         responses=error_responses(400, 404, *API_KEY), summary="The input items a stored response was given.")
+         responses=error_responses(400, 404, 429, *API_KEY), summary="The input items a stored response was given.")
     async def input_items(self, response_id: ResponseIdPath, context: Context, principal: Caller, limit: Limit = 20,
                           after: str | None = Parameter(default=None, max_length=128),
-                          order: str = Parameter(default="desc", pattern="^(asc|desc)$")) -> InputItemList:
+                          order: str = Parameter(default="desc", pattern="^(asc|desc)$")) -> Response[InputItemList]:
         principal.require("inference")
+        headers = await context.services.admission.admit_read(principal)
         items = await context.services.responses.input_items(principal.tenant_id, response_id)
         if order == "desc":
             items = items[::-1]
@@ -113,8 +136,9 @@ class ResponsesController(Controller):
             position = next((index for index, item in enumerate(items) if item.get("id") == after), None)
             items = items[position + 1:] if position is not None else []
         page = items[:limit]
-        return InputItemList(data=page, first_id=page[0]["id"] if page else None,
-                             last_id=page[-1]["id"] if page else None, has_more=len(items) > limit)
+        return Response(InputItemList(data=page, first_id=page[0]["id"] if page else None,
+                                      last_id=page[-1]["id"] if page else None, has_more=len(items) > limit),
+                        headers=headers)
 
     @delete("/{response_id:str}", operation_id="deleteResponse", status_code=200,
             responses=error_responses(400, 404, *API_KEY), summary="Delete a stored response.")
@@ -122,3 +146,74 @@ class ResponsesController(Controller):
         principal.require("inference")
         await context.services.responses.delete(principal.tenant_id, response_id)
         return DeletedResponse(id=response_id)
+
+
+async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, Any]], chain: ChainHead | None,
+               builder: ResponseBuilder, resolved: ResolvedModel, context: RequestContext, principal: Principal,
+               claimed: Claim | None) -> Response[Any]:
+    services = context.services
+    this_turn = chat_request(data, input_items, tools)
+    max_model_len = resolved.base.max_model_len
+    # Bounded before admission from the chain's recorded size (store.py: each turn's turn_bytes bounds what
+    # replaying it renders); a chain stored before sizes were kept is bounded by the whole context.
+    history_bound = 0 if chain is None else (chain.history_bytes if chain.history_bytes is not None else max_model_len)
+    demand = chat_demand(this_turn, len(_encode(this_turn)) + history_bound, max_model_len,
+                         max_sequences=services.settings.max_sequences_per_request)
+    dropped = dropped_fields(this_turn)
+    context.dropped_fields = dropped
+    salt = services.cache_salts.salt(principal.tenant_id)
+
+    async def body() -> bytes:  # once admitted: an over-budget or rate-limited key walks nothing
+        chat = this_turn
+        if chain is not None:
+            history = await services.responses.history(principal.tenant_id, chain.response_id)
+            chat = chat_request(data, history + input_items, tools)
+        return upstream_body(chat, resolved.served_name, salt, dropped)
+
+    tenant_id, key_id = principal.tenant_id, principal.key_id
+
+    async def finished(document: dict[str, Any]) -> None:
+        if data.store:
+            stored = False
+            try:
+                stored = await services.responses.save(tenant_id, key_id, input_items, document, chain)
+                if not stored:
+                    log.warning("response_not_stored", response_id=document["id"], reason="storage_quota_exceeded")
+            except Exception as exc:  # noqa: BLE001 - whatever fails here, the client has its answer
+                # The answer is delivered (and billed); only reading it back or chaining from it fails.
+                log.error("response_not_stored", response_id=document["id"], error=type(exc).__name__)
+            if not stored:
+                document["store"] = False  # the client sees it was not kept
+        if claimed is not None:
+            await claimed.complete(document)
+
+    def on_meter(meter) -> None:
+        if claimed is not None:
+            # A stream that ends without a finished response (failed, client gone) gives its key back.
+            meter.on_finish(lambda: None if claimed.settled else _background(claimed.release()))
+
+    shaping = ResponsesShaping(builder, finished, on_meter)
+    return await run_admitted("responses", data.model, data.stream, body, demand, resolved, context, principal,
+                              shaping)
+
+
+async def _replay(document: dict[str, Any], stream: bool, context: RequestContext,
+                  principal: Principal) -> Response[Any]:
+    """The first request's answer again (a read: it counts against the key's requests per minute)."""
+    headers = await context.services.admission.admit_read(principal)
+    context.response_headers.append(REPLAY_HEADER)
+    cost = (document.get("usage") or {}).get("cost_micro_usd")
+    if cost is not None:
+        headers[COST_HEADER] = str(cost)
+    if stream:
+        return Response(replayed_events(document), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return Response(_encode(document), media_type="application/json", headers=headers)
+
+
+_background_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
