@@ -44,21 +44,19 @@ class ResponseStore:
         """Store an answered response; False when it does not fit (one document's cap, the tenant's quota)."""
         rest = storable({name: value for name, value in document.items() if name != "output"})
         stored_input, output = storable(input_items), storable(document.get("output") or [])
-        input_bytes, output_bytes = len(_encode(stored_input)), len(_encode(output))
-        stored_bytes = input_bytes + len(_encode(rest)) + output_bytes
-        # The larger of what a walk loads and what it renders (chat messages), so a later turn's bound holds.
-        turn_bytes = max(input_bytes + output_bytes, len(_encode(chat_messages(stored_input + output))))
+        stored_bytes = len(_encode(stored_input)) + len(_encode(rest)) + len(_encode(output))
+        turn = turn_bytes(stored_input, output)
         turns = history = None
         if chain is None:
-            turns, history = 1, turn_bytes
+            turns, history = 1, turn
         elif chain.turns is not None and chain.history_bytes is not None:
-            turns, history = chain.turns + 1, chain.history_bytes + turn_bytes
+            turns, history = chain.turns + 1, chain.history_bytes + turn
         async with self._pool.acquire() as connection, connection.transaction():
             if not await self.storage.charge(connection, tenant_id, stored_bytes):
                 return False
             await connection.execute(queries.insert_response, document["id"], tenant_id, key_id,
                                      document.get("previous_response_id"), stored_input, rest, output, stored_bytes,
-                                     turn_bytes, turns, history, self._retention_days)
+                                     turn, turns, history, self._retention_days)
         return True
 
     async def check_room(self, tenant_id: str, input_items: list[dict[str, Any]], request_document: dict[str, Any]
@@ -116,6 +114,15 @@ class ResponseStore:
             items += row["input"]
             items += row["output"]
         return items
+
+
+def turn_bytes(input_items: list[dict[str, Any]], output: list[dict[str, Any]]) -> int:
+    """What replaying one stored turn costs, at most: the larger of the JSON a walk loads (its input
+    items and output) and the chat messages it renders. Summed over a chain, it bounds how much a
+    chained request's body grows once the chain is read — so the request is bounded (for admission)
+    from the chain's recorded size, before anything is read."""
+    loaded = len(_encode(input_items)) + len(_encode(output))
+    return max(loaded, len(_encode(chat_messages(input_items + output))))
 
 
 def _too_long(previous_response_id: str) -> InvalidRequest:
