@@ -183,3 +183,54 @@ async def test_reads_of_stored_responses_count_against_the_keys_requests_per_min
     await wait_rows(db, tenant.tenant_id, 1)
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 1, \
         "reads are not billed"
+
+
+async def test_responses_stored_before_0013_are_still_read_chained_and_counted(databases, tmp_path):
+    """Migration 0013 moves each stored output into its own column and counts what every tenant keeps;
+    a chain through such a row (its length not recorded) is still bounded, walked and continued."""
+    import shutil
+
+    from lorafleet.db import create_pool
+    from lorafleet.db.migrate import migrate, migrations_dir
+    from lorafleet.gateway.responses_api.store import ResponseStore
+    from lorafleet.tenancy import TenancyService
+    from lorafleet.tenancy.storage import TenantStorage, Usage
+
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in sorted(migrations_dir().glob("*.sql")):
+        if path.name < "0013":
+            shutil.copy(path, earlier / path.name)
+    dsn = await databases.create("legacy_responses")
+    await migrate(dsn, earlier)
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        tenant = await TenancyService(pool).create_tenant("legacy")
+        items = [{"type": "message", "id": "msg_in", "role": "user", "status": "completed",
+                  "content": [{"type": "input_text", "text": "hello"}]}]
+        output = [{"type": "message", "id": "msg_out", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": "hi there", "annotations": []}]}]
+        document = {"id": "resp_legacy1", "object": "response", "status": "completed", "output": output,
+                    "tools": [], "text": {"format": {"type": "text"}}}
+        await pool.execute("INSERT INTO responses (id, tenant_id, api_key_id, previous_response_id, input, document, "
+                           "expires_at) VALUES ('resp_legacy1', $1, 'key_x', NULL, $2, $3, now() + interval '1 day')",
+                           tenant.id, items, document)
+        await migrate(dsn)
+        store = ResponseStore(pool, 30, TenantStorage(pool, "responses", StorageQuota(1 << 30, 1000, 1 << 20),
+                                                      noun="stored responses"))
+        assert await store.get(tenant.id, "resp_legacy1") == document
+        assert await store.history(tenant.id, "resp_legacy1") == items + output
+        head = await store.head(tenant.id, "resp_legacy1")
+        assert head.turns is None and head.history_bytes is None, "unknown: bounded by the whole context"
+        used = await store.storage.usage(tenant.id)
+        assert used.objects == 1 and used.bytes > 0
+        follow = {"id": "resp_legacy2", "object": "response", "status": "completed", "output": output,
+                  "previous_response_id": "resp_legacy1"}
+        assert await store.save(tenant.id, "key_x", items, follow, head)
+        assert await store.history(tenant.id, "resp_legacy2") == (items + output) * 2
+        assert (await store.storage.usage(tenant.id)).objects == 2
+        await store.delete(tenant.id, "resp_legacy1")
+        left = await pool.fetchval("SELECT stored_bytes FROM responses WHERE id = 'resp_legacy2'")
+        assert await store.storage.usage(tenant.id) == Usage(left, 1), "a delete gives its bytes back"
+    finally:
+        await pool.close()
