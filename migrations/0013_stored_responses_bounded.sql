@@ -19,7 +19,6 @@ UPDATE responses SET output = coalesce(document -> 'output', '[]'::jsonb), docum
                      stored_bytes = octet_length(input::text) + octet_length(document::text);
 ALTER TABLE responses ALTER COLUMN output SET NOT NULL, ALTER COLUMN stored_bytes SET NOT NULL,
                       ALTER COLUMN turn_bytes SET NOT NULL;
-CREATE INDEX responses_tenant ON responses (tenant_id);
 
 CREATE TABLE tenant_storage (
     tenant_id   text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,

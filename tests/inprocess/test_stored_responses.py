@@ -234,3 +234,17 @@ async def test_responses_stored_before_0013_are_still_read_chained_and_counted(d
         assert await store.storage.usage(tenant.id) == Usage(left, 1), "a delete gives its bytes back"
     finally:
         await pool.close()
+
+
+async def test_a_retry_of_the_response_that_filled_the_quota_is_replayed(platform, tenant, storage):
+    import uuid
+
+    storage(max_objects=1)
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"model": STUB_MODEL, "input": "the last one that fits"}
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        first = await http.post("/v1/responses", json=body, headers=idem)
+        retry = await http.post("/v1/responses", json=body, headers=idem)
+        another = await http.post("/v1/responses", json=body)
+    assert first.status_code == retry.status_code == 200 and retry.json() == first.json()
+    assert another.status_code == 409 and another.json()["error"]["code"] == "storage_quota_exceeded"
