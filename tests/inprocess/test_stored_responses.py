@@ -97,8 +97,8 @@ async def test_a_request_too_large_to_store_is_refused_unless_store_is_false(pla
         assert refused.json()["error"]["code"] == "stored_object_too_large"
         assert refused.json()["error"]["param"] == "store"
         assert _received(platform) == before
-        assert (await http.post("/v1/responses", json={**body, "store": False})).status_code == 200
     assert await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.tenant_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 0
 
 
 async def test_a_chain_walk_reads_only_the_turns_input_and_output_never_the_request_document(platform, tenant, db):
@@ -248,3 +248,16 @@ async def test_a_retry_of_the_response_that_filled_the_quota_is_replayed(platfor
         another = await http.post("/v1/responses", json=body)
     assert first.status_code == retry.status_code == 200 and retry.json() == first.json()
     assert another.status_code == 409 and another.json()["error"]["code"] == "storage_quota_exceeded"
+
+
+async def test_by_default_a_megabytes_request_is_not_stored_for_a_month(platform, tenant, db):
+    """Finding 3: megabytes stored for 30 days for a few µUSD. The default cap (1 MiB a response)
+    refuses to store it before it runs, unbilled (store: false would serve it: see the test above)."""
+    body = {"model": STUB_MODEL, "input": "x" * 1_500_000, "max_output_tokens": 1}
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        before = _received(platform)
+        refused = await http.post("/v1/responses", json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "stored_object_too_large"
+        assert _received(platform) == before
+    assert await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.tenant_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 0

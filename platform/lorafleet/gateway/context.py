@@ -67,8 +67,8 @@ class RequestContext:
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
 
     def log_fields(self, elapsed: float) -> dict[str, Any]:
-        fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path), "status": self.status,
-                  "latency_ms": round(elapsed * 1000, 2)}
+        fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),
+                  "status": self.status, "latency_ms": round(elapsed * 1000, 2)}
         for name in ("tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                      "ttft_ms", "worker"):
             value = getattr(self, name)
