@@ -218,7 +218,7 @@ async def test_responses_stored_before_0013_are_still_read_chained_and_counted(d
         await migrate(dsn)
         store = ResponseStore(pool, 30, TenantStorage(pool, "responses", StorageQuota(1 << 30, 1000, 1 << 20),
                                                       noun="stored responses"))
-        assert await store.get(tenant.id, "resp_legacy1") == document
+        assert json.loads(await store.get(tenant.id, "resp_legacy1")) == document
         assert await store.history(tenant.id, "resp_legacy1") == items + output
         head = await store.head(tenant.id, "resp_legacy1")
         assert head.turns is None and head.history_bytes is None, "unknown: bounded by the whole context"

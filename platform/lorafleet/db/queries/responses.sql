@@ -4,8 +4,9 @@ INSERT INTO responses (id, tenant_id, api_key_id, previous_response_id, input, d
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(days => $12));
 
 -- name: get_response
--- The Response object as it was answered: its output is kept in a column of its own (a chain walk reads it alone).
-SELECT document || jsonb_build_object('output', output) FROM responses
+-- The Response object as it was answered, as JSON text (served as it is: the gateway neither decodes nor
+-- re-encodes it); its output is kept in a column of its own (a chain walk reads it alone).
+SELECT (document || jsonb_build_object('output', output))::text FROM responses
 WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
 
 -- name: get_response_input

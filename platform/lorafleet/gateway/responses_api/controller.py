@@ -121,7 +121,7 @@ class ResponsesController(Controller):
         principal.require("inference")
         headers = await context.services.admission.admit_read(principal)
         document = await context.services.responses.get(principal.tenant_id, response_id)
-        return Response(_encode(document), media_type="application/json", headers=headers)  # as it was answered
+        return Response(document, media_type="application/json", headers=headers)  # as it was answered
 
     @get("/{response_id:str}/input_items", operation_id="listInputItems",
          responses=error_responses(400, 404, 429, *API_KEY), summary="The input items a stored response was given.")

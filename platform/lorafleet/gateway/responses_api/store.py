@@ -66,11 +66,12 @@ class ResponseStore:
         size = len(_encode(input_items)) + len(_encode(request_document))
         await self.storage.check_room(tenant_id, size, param="store")
 
-    async def get(self, tenant_id: str, response_id: str) -> dict[str, Any]:
+    async def get(self, tenant_id: str, response_id: str) -> bytes:
+        """The stored Response object, as JSON."""
         document = await self._pool.fetchval(queries.get_response, response_id, tenant_id)
         if document is None:
             raise _missing(response_id)
-        return document
+        return document.encode()
 
     async def input_items(self, tenant_id: str, response_id: str) -> list[dict[str, Any]]:
         items = await self._pool.fetchval(queries.get_response_input, response_id, tenant_id)
