@@ -57,35 +57,35 @@ class ResponsesShaping:
 
 async def create_response(data: ResponseCreateRequest, context: RequestContext, principal: Principal, *,
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
-        refuse_unsupported(data)
-        tools = function_tools(data.tools)
-        services = context.services
-        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
-        require_task(resolved, "generate", data.model)
-        input_items = canonical_input(data.input)
-        claimed: Claim | None = None
-        if idempotency_key is not None:  # first: a retry is answered even once the first filled the quota
-            begun = await claim(services.pool, owner=principal.key_id,
-                                secret=bearer_secret(authorization), key=idempotency_key,
-                                request_fingerprint=fingerprint(f"{context.method} {context.path}", data),
-                                result_type=dict[str, Any])
-            if isinstance(begun, Replayed):
-                return await _replay(begun.result, data.stream, context, principal)
-            claimed = begun
-        try:
-            store = services.responses
-            # The turn this one continues, from its row alone: the chain itself is read once admitted.
-            chain = (await store.head(principal.tenant_id, data.previous_response_id)
-                     if data.previous_response_id else None)
-            builder = ResponseBuilder(data, tools, public_model=data.model)
-            if data.store:  # a full account is refused before anything runs or is billed
-                await store.check_room(principal.tenant_id, input_items,
-                                       builder.document(status="in_progress", output=[], usage=None))
-            return await _run(data, tools, input_items, chain, builder, resolved, context, principal, claimed)
-        except BaseException:
-            if claimed is not None:
-                await claimed.release()
-            raise
+    refuse_unsupported(data)
+    tools = function_tools(data.tools)
+    services = context.services
+    resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+    require_task(resolved, "generate", data.model)
+    input_items = canonical_input(data.input)
+    claimed: Claim | None = None
+    if idempotency_key is not None:  # first: a retry is answered even once the first filled the quota
+        begun = await claim(services.pool, owner=principal.key_id,
+                            secret=bearer_secret(authorization), key=idempotency_key,
+                            request_fingerprint=fingerprint(f"{context.method} {context.path}", data),
+                            result_type=dict[str, Any])
+        if isinstance(begun, Replayed):
+            return await _replay(begun.result, data.stream, context, principal)
+        claimed = begun
+    try:
+        store = services.responses
+        # The turn this one continues, from its row alone: the chain itself is read once admitted.
+        chain = (await store.head(principal.tenant_id, data.previous_response_id)
+                 if data.previous_response_id else None)
+        builder = ResponseBuilder(data, tools, public_model=data.model)
+        if data.store:  # a full account is refused before anything runs or is billed
+            await store.check_room(principal.tenant_id, input_items,
+                                   builder.document(status="in_progress", output=[], usage=None))
+        return await _run(data, tools, input_items, chain, builder, resolved, context, principal, claimed)
+    except BaseException:
+        if claimed is not None:
+            await claimed.release()
+        raise
 
 
 async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, Any]], chain: ChainHead | None,
