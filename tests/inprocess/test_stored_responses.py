@@ -261,3 +261,28 @@ async def test_by_default_a_megabytes_request_is_not_stored_for_a_month(platform
         assert _received(platform) == before
     assert await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.tenant_id) == 0
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 0
+
+
+async def test_a_chain_found_broken_once_admitted_settles_its_admission_unbilled(platform, tenant, db):
+    """The chain's row said it was whole; the walk (after admission) finds a turn gone: a 404, and
+    the admission is settled by a ledger row of nothing, never left reserved."""
+    from tests.helpers import ledger_row, settled
+
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        first = (await http.post("/v1/responses", json={"model": STUB_MODEL, "input": "one"})).json()
+        second = (await http.post("/v1/responses", json={"model": STUB_MODEL, "input": "two",
+                                                         "previous_response_id": first["id"]})).json()
+        async with admin(platform, platform.env) as api:  # a metered account: admission reserves in PostgreSQL
+            assert (await api.patch(f"/admin/keys/{tenant.key_id}", json={"requests_per_minute": 1000})).status_code == 200
+        await eventually(lambda: http.post("/v1/responses", json={"model": STUB_MODEL, "input": "x", "store": False}),
+                         lambda answer: "x-ratelimit-limit-requests" in answer.headers, what="a metered admission")
+        await http.delete(f"/v1/responses/{first['id']}")
+        before = _received(platform)
+        broken = await http.post("/v1/responses", json={"model": STUB_MODEL, "input": "three",
+                                                        "previous_response_id": second["id"]})
+    assert broken.status_code == 404 and broken.json()["error"]["param"] == "previous_response_id"
+    assert _received(platform) == before
+    row = await ledger_row(db, broken.headers["x-request-id"])
+    assert (row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_micro_usd"]) == (404, 0, 0, 0)
+    account = await settled(db, tenant.tenant_id)
+    assert account["in_flight"] == 0 and account["reserved_micro_usd"] == 0
