@@ -286,3 +286,16 @@ async def test_a_chain_found_broken_once_admitted_settles_its_admission_unbilled
     assert (row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_micro_usd"]) == (404, 0, 0, 0)
     account = await settled(db, tenant.tenant_id)
     assert account["in_flight"] == 0 and account["reserved_micro_usd"] == 0
+
+
+async def test_expired_responses_give_their_bytes_back(platform, tenant, db):
+    from lorafleet.gateway.janitor import RetentionJanitor
+
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        kept = (await http.post("/v1/responses", json={"model": STUB_MODEL, "input": "kept"})).json()
+        gone = (await http.post("/v1/responses", json={"model": STUB_MODEL, "input": "gone"})).json()
+    await db.execute("UPDATE responses SET expires_at = now() - interval '1 second' WHERE id = $1", gone["id"])
+    await RetentionJanitor(db).sweep()
+    left = await db.fetchval("SELECT stored_bytes FROM responses WHERE id = $1", kept["id"])
+    assert await _usage(db, tenant.tenant_id) == (left, 1)
+    assert await db.fetchval("SELECT count(*) FROM responses WHERE id = $1", gone["id"]) == 0
