@@ -13,7 +13,7 @@ import openai
 import pytest
 from lorafleet.devtools.stub_worker import PROMPT_TOKENS, TOOL_ARGUMENTS
 
-from tests.helpers import ledger_row
+from tests.helpers import ledger_row, wait_rows
 from tests.inprocess.conftest import STUB_MODEL
 
 CHUNKS = 8  # what a stub worker answers: "ok " this many times, finish_reason "length"
@@ -72,6 +72,7 @@ async def test_a_streamed_response_is_typed_events_in_order_and_billed_once(plat
     async with _sdk(platform, tenant) as sdk:
         stored = await sdk.responses.retrieve(final.id)
     assert stored.output_text == text and stored.status == "incomplete"
+    await wait_rows(db, tenant.tenant_id, 1)  # the gateway writes ledger rows in batches, a few ms later
     rows = await db.fetch("SELECT endpoint, streamed, outcome, completion_tokens, cost_micro_usd FROM usage_ledger "
                           "WHERE tenant_id = $1", tenant.tenant_id)
     assert [tuple(row.values())[:4] for row in rows] == [("responses", True, "success", CHUNKS)]

@@ -159,3 +159,35 @@ async def test_a_stream_cut_mid_way_ends_with_response_failed_and_is_not_stored(
     assert final["type"] == "response.failed" and final["response"]["status"] == "failed"
     assert final["response"]["output"][0]["status"] == "incomplete"
     assert stored == []
+
+
+def test_a_chains_recorded_size_bounds_the_chat_request_it_becomes():
+    """Admission bounds a chained request before reading its chain: this turn's chat request plus the
+    chain's summed turn_bytes must never be smaller than the chat request with the history in it."""
+    from lorafleet.gateway.responses_api.bridge import message_item, function_call_item
+    from lorafleet.gateway.responses_api.store import turn_bytes
+
+    turns = [
+        (canonical_input([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Weather?"}]),
+         [function_call_item("fc_1", "c1", "get_weather", '{"city": "Paris"}', "completed"),
+          function_call_item("fc_2", "c2", "get_weather", '{"city": "Lyon"}', "completed")]),
+        (canonical_input([{"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                          {"type": "function_call_output", "call_id": "c2", "output": [
+                              {"type": "input_text", "text": "rain"}, {"type": "input_text", "text": " \u00e9\n\""}]}]),
+         [message_item("msg_1", "Paris is sunny, Lyon \u201crainy\u201d.\n", "completed")]),
+        (canonical_input([{"role": "assistant", "content": [{"type": "output_text", "text": "a"},
+                                                             {"type": "refusal", "refusal": "no"}]}]),
+         [function_call_item("fc_3", "c3", "f", "", "completed")]),
+        (canonical_input([{"type": "function_call", "call_id": "c4", "name": "g", "arguments": "{}"}]), []),
+    ]
+    request = _request(input="And tomorrow?", instructions="x" * 100, tools=[WEATHER])
+    tools = function_tools(request.tools)
+    this_turn = canonical_input(request.input)
+    alone = len(msgspec.json.encode(chat_request(request, this_turn, tools)))
+    history: list[dict] = []
+    recorded = 0
+    for input_items, output in turns:
+        history += input_items + output
+        recorded += turn_bytes(input_items, output)
+        whole = len(msgspec.json.encode(chat_request(request, history + this_turn, tools)))
+        assert whole <= alone + recorded

@@ -43,6 +43,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_sequences_per_request: Annotated[int, Meta(ge=1, description="Most sequences (prompts × n) one request may ask for.")] = 128
     tenant_max_concurrent_sequences: Annotated[int, Meta(ge=0, description="Sequences one tenant may have in flight through one gateway, even without billing limits (429 beyond). 0: no cap.")] = 256
     responses_retention_days: Annotated[int, Meta(ge=1, le=3650, description="How long a stored /v1/responses answer (store: true) can be read back and chained from; deleted after.")] = 30
+    responses_max_stored_bytes: Annotated[int, Meta(ge=1024, description="Largest stored /v1/responses answer (its input, request settings and output as JSON): a request known to be larger is refused (400 `stored_object_too_large`, send `store: false`), one whose output makes it larger is answered and not stored (`store: false` in the answer).")] = 1024 * 1024
+    tenant_max_stored_response_bytes: Annotated[int, Meta(ge=1024, description="Bytes of stored /v1/responses answers one tenant may keep (409 `storage_quota_exceeded` before a storing request runs once full; an answer that would pass it is not stored).")] = 1024**3
+    tenant_max_stored_responses: Annotated[int, Meta(ge=1, description="Stored /v1/responses answers one tenant may keep (as for the bytes).")] = 1_000_000
     tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
     tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
     max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024

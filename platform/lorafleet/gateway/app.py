@@ -50,6 +50,7 @@ from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.tenancy.storage import StorageQuota, TenantStorage
 
 
 def quiet_garbage_collector() -> None:
@@ -98,7 +99,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
             cache_salts=CacheSalts(settings.internal_token),
-            responses=ResponseStore(pool, settings.responses_retention_days),
+            responses=ResponseStore(pool, settings.responses_retention_days, TenantStorage(
+                pool, "responses", StorageQuota(settings.tenant_max_stored_response_bytes,
+                                                settings.tenant_max_stored_responses,
+                                                settings.responses_max_stored_bytes), noun="stored responses")),
             holds=holds,
         )
         ledger.start()

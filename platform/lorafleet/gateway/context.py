@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from lorafleet.core.logging import redact_url
 from lorafleet.core.ids import request_id as new_request_id
 from lorafleet.gateway.metrics import GatewayMetrics
 
@@ -67,8 +68,8 @@ class RequestContext:
         self.receive: Receive | None = None        # the connection's ASGI receive (disconnect.py watches it)
 
     def log_fields(self, elapsed: float) -> dict[str, Any]:
-        fields = {"request_id": self.request_id, "method": self.method, "path": self.path, "status": self.status,
-                  "latency_ms": round(elapsed * 1000, 2)}
+        fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),
+                  "status": self.status, "latency_ms": round(elapsed * 1000, 2)}
         for name in ("tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                      "ttft_ms", "worker"):
             value = getattr(self, name)

@@ -12,6 +12,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from lorafleet.core import errors
+from lorafleet.core.logging import redact_url
 from lorafleet.gateway.context import context_of
 
 log = structlog.get_logger("lorafleet.errors")
@@ -71,7 +72,7 @@ def handle_unstorable_text(request: Request, _: asyncpg.CharacterNotInRepertoire
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict]:
     if context_of(request.scope).client_gone:
         return _respond(request, errors.ClientDisconnected("The client disconnected before the request was answered."))
-    log.exception("unhandled_error", path=request.url.path)
+    log.exception("unhandled_error", path=redact_url(request.url.path))
     return _respond(request, errors.LoraFleetError("Internal server error.", code="internal_error"))
 
 

@@ -1,32 +1,63 @@
 -- name: insert_response
-INSERT INTO responses (id, tenant_id, api_key_id, previous_response_id, input, document, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7));
+INSERT INTO responses (id, tenant_id, api_key_id, previous_response_id, input, document, output, stored_bytes,
+                       turn_bytes, chain_turns, chain_bytes, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(days => $12));
 
 -- name: get_response
-SELECT document FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
+-- The Response object as it was answered, as JSON text (served as it is: the gateway neither decodes nor
+-- re-encodes it); its output is kept in a column of its own (a chain walk reads it alone).
+SELECT (document || jsonb_build_object('output', output))::text FROM responses
+WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
 
 -- name: get_response_input
 SELECT input FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
 
 -- name: delete_response
-DELETE FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now() RETURNING id;
+-- The row and its bytes in the tenant's storage, in one statement.
+WITH gone AS (
+    DELETE FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now() RETURNING id, stored_bytes
+), freed AS (
+    UPDATE tenant_storage s SET bytes = greatest(0, s.bytes - g.stored_bytes), objects = greatest(0, s.objects - 1),
+                                updated_at = now()
+    FROM gone g WHERE s.tenant_id = $2 AND s.kind = 'responses'
+)
+SELECT id FROM gone;
+
+-- name: response_chain_head
+-- The turn a new request continues, from its row alone (no stored JSON is read): whether it exists for
+-- this tenant, and how long the conversation up to it is.
+SELECT chain_turns, chain_bytes FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
 
 -- name: response_chain
--- A conversation up to response $1, oldest turn first: each turn's input items, then its output.
+-- A conversation up to response $1, oldest turn first: each turn's input items, then its output — never
+-- the request documents (tools, schemas, instructions), which no later turn renders.
 -- Only the tenant's own, unexpired turns; the walk from the end stops after $3 turns or once the
 -- turns read hold more than $4 bytes of JSON (so a long chain is refused, never loaded whole).
 -- The oldest row's previous_response_id is not NULL when the walk stopped early or a turn is gone.
 WITH RECURSIVE chain AS (
-    SELECT id, previous_response_id, input, document -> 'output' AS output, 1 AS depth,
-           octet_length(input::text) + octet_length((document -> 'output')::text) AS bytes
+    SELECT id, previous_response_id, 1 AS depth, turn_bytes AS bytes
     FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now()
     UNION ALL
-    SELECT r.id, r.previous_response_id, r.input, r.document -> 'output', c.depth + 1,
-           c.bytes + octet_length(r.input::text) + octet_length((r.document -> 'output')::text)
+    SELECT r.id, r.previous_response_id, c.depth + 1, c.bytes + r.turn_bytes
     FROM responses r JOIN chain c ON r.id = c.previous_response_id
     WHERE r.tenant_id = $2 AND r.expires_at > now() AND c.depth < $3 AND c.bytes <= $4
+), bounded AS (
+    -- The whole walk is known before any JSON is read: a chain over the bounds loads none of it.
+    SELECT c.*, (SELECT max(bytes) FROM chain) AS total_bytes FROM chain c
 )
-SELECT input, output, previous_response_id, depth, bytes FROM chain ORDER BY depth DESC;
+SELECT b.previous_response_id, b.depth, b.bytes,
+       CASE WHEN b.total_bytes <= $4 THEN r.input END AS input,
+       CASE WHEN b.total_bytes <= $4 THEN r.output END AS output
+FROM bounded b JOIN responses r ON r.id = b.id
+ORDER BY b.depth DESC;
 
 -- name: forget_expired_responses
-DELETE FROM responses WHERE expires_at <= now();
+-- Expired rows, and their bytes in each tenant's storage.
+WITH gone AS (
+    DELETE FROM responses WHERE expires_at <= now() RETURNING tenant_id, stored_bytes
+), per_tenant AS (
+    SELECT tenant_id, sum(stored_bytes)::bigint AS bytes, count(*)::bigint AS objects FROM gone GROUP BY tenant_id
+)
+UPDATE tenant_storage s SET bytes = greatest(0, s.bytes - p.bytes), objects = greatest(0, s.objects - p.objects),
+                            updated_at = now()
+FROM per_tenant p WHERE s.tenant_id = p.tenant_id AND s.kind = 'responses';

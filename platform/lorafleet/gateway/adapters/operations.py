@@ -32,7 +32,12 @@ MAX_PARTS = 64
 class UploadedForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: list[tuple[str, Path]] = field(default_factory=list)  # (client file name, local path)
-    digest: str = ""  # sha256 of the whole body as received: what an idempotent retry must repeat
+    file_digests: list[tuple[str, str, str]] = field(default_factory=list)  # (form field, file name, sha256)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What an idempotent retry must repeat: the form's fields and each file's name and content —
+        not the multipart framing (a client picks a new random boundary for every send)."""
+        return {"fields": sorted(self.fields.items()), "files": self.file_digests}
 
 
 class _Part:
@@ -45,6 +50,7 @@ class _Part:
         self.buffer = bytearray()
         self.sink: BinaryIO | None = None
         self.path: Path | None = None
+        self.digest = hashlib.sha256()
 
 
 class _FormReader:
@@ -94,6 +100,7 @@ class _FormReader:
         part = self.part
         if part.sink is not None:
             part.sink.write(data[start:end])
+            part.digest.update(data[start:end])
             return
         part.buffer += data[start:end]
         if len(part.buffer) > MAX_FIELD_BYTES:
@@ -105,6 +112,7 @@ class _FormReader:
         if part.sink is not None:
             part.sink.close()
             self.form.files.append((part.filename or "upload", part.path))  # type: ignore[arg-type]
+            self.form.file_digests.append((part.name, part.filename or "upload", part.digest.hexdigest()))
         elif part.name:
             self.form.fields[part.name] = part.buffer.decode("utf-8", "replace")
 
@@ -119,10 +127,8 @@ async def receive_multipart(request: Request, into: Path) -> UploadedForm:
         raise UnsupportedMediaType("send the adapter as multipart/form-data", param="content-type")
     reader = _FormReader(into)
     parser = MultipartParser(options[b"boundary"], callbacks=reader.callbacks())
-    digest = hashlib.sha256()
     try:
         async for chunk in request.stream():
-            digest.update(chunk)
             parser.write(chunk)
             if reader.error:
                 raise reader.error
@@ -133,7 +139,6 @@ async def receive_multipart(request: Request, into: Path) -> UploadedForm:
         reader.close()
     if reader.error:
         raise reader.error
-    reader.form.digest = digest.hexdigest()
     return reader.form
 
 
@@ -145,7 +150,8 @@ async def upload_adapter(request: Request, context: RequestContext, tenant_id: s
     """Stream a multipart adapter upload to a temporary folder and hand it to the adapter service
     (the API's POST /v1/adapters and the dashboard's upload both come through here).
 
-    With an idempotency key, a retry of the same bytes gets the first upload's adapter back.
+    With an idempotency key, a retry of the same form (fields and files' contents, however framed) gets
+    the first upload's adapter back.
     """
     services = context.services
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
@@ -169,7 +175,7 @@ async def upload_adapter(request: Request, context: RequestContext, tenant_id: s
         if owner is None or idempotency_key is None:
             return await create()
         return await once(context, request.headers.get("authorization"), owner=owner, key=idempotency_key,
-                          body=form.digest, action=create, result_type=AdapterView)
+                          body=form.fingerprint(), action=create, result_type=AdapterView)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

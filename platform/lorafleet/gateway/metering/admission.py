@@ -126,6 +126,17 @@ class Admission:
             raise _billing_unavailable() from None
         return self._verdict(row, principal, demand)
 
+    async def admit_read(self, principal: Principal) -> dict[str, str]:
+        """A read of stored data (a stored response, its input items): one request against the key's
+        requests per minute, no tokens and no money; the rate-limit headers, or the 429 raised."""
+        if not principal.metered:
+            return {}  # no limits: no database round trip
+        try:
+            row = await self._pool.fetchrow(queries.take_read_request, principal.key_id)
+        except DATABASE_UNAVAILABLE:
+            raise _billing_unavailable() from None
+        return self._verdict(row, principal, Demand(0, 0, 0, 0))
+
     def _verdict(self, row: asyncpg.Record, principal: Principal, demand: Demand) -> dict[str, str]:
         """The rate-limit headers of an admitted request, or the refusal raised."""
         headers = rate_limit_headers(row)

@@ -8,9 +8,11 @@ Price → admission (budget, limits) → meter → upstream body (served name, c
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Response
+from lorafleet.core.errors import LoraFleetError
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
@@ -39,10 +41,14 @@ async def run_completion(data: _Sampling, demand: Demand, endpoint: str, resolve
     return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, principal, shaping)
 
 
-async def run_admitted(endpoint: str, public_model: str, stream: bool, body: bytes, demand: Demand,
-                       resolved: ResolvedModel, context: RequestContext, principal: Principal,
+async def run_admitted(endpoint: str, public_model: str, stream: bool, body: bytes | Callable[[], Awaitable[bytes]],
+                       demand: Demand, resolved: ResolvedModel, context: RequestContext, principal: Principal,
                        shaping: Shaping) -> Response[Any]:
-    """Admit the request, send ``body`` to a worker and meter it: exactly one ledger row, whatever happens."""
+    """Admit the request, send ``body`` to a worker and meter it: exactly one ledger row, whatever happens.
+
+    ``body`` may be built only once the request is admitted (a Responses chain is walked then, so a
+    refused key makes the gateway read nothing); ``demand`` must bound what it builds.
+    """
     services = context.services
     context.model = public_model
     started_at = dt.datetime.now(dt.UTC)
@@ -55,6 +61,15 @@ async def run_admitted(endpoint: str, public_model: str, stream: bool, body: byt
                                               adapter=resolved.adapter_id is not None)
     meter = Meter(billable, services.ledger, services.metrics, context)
     meter.on_finish(admitted.release)
+    if callable(body):
+        try:
+            body = await body()
+        except LoraFleetError as error:
+            meter.finish("upstream_error", error.status_code)  # settles the reservation: nothing ran, nothing billed
+            raise
+        except BaseException:
+            meter.finish("upstream_error", 500)
+            raise
     call = UpstreamCall(context=context, meter=meter, path=WORKER_PATHS[endpoint], body=body, stream=stream,
                         public_model=public_model, shaping=shaping)
     try:

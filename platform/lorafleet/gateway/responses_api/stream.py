@@ -149,13 +149,55 @@ class ResponseEvents:
         error = {"code": "server_error", "message": "The inference worker failed mid-stream; the output is incomplete."} \
             if failed else None
         document = self._builder.document(status=status, output=output, usage=usage, error=error)
+        if self._on_complete is not None and not failed:
+            await self._on_complete(document)  # first: a response that could not be stored says so (store: false)
         kind = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}[status]
         out.append(self._event(kind, response=document))
-        if self._on_complete is not None and not failed:
-            await self._on_complete(document)
         return b"".join(out)
 
     def _index_of(self, item: dict[str, Any]) -> int:
         if item["type"] == "message":
             return self._message_index
         return next(call.output_index for call in self._calls.values() if call.item_id == item["id"])
+
+
+def replayed_events(document: dict[str, Any]) -> bytes:
+    """A finished response's events again, for an idempotent retry of a streamed request: the same
+    items, ids and final object; each item's text or arguments in one delta."""
+    sequence = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal sequence
+        fields["type"] = kind
+        fields["sequence_number"] = sequence
+        sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
+
+    snapshot = {**document, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    out = [event("response.created", response=snapshot), event("response.in_progress", response=snapshot)]
+    for index, item in enumerate(document.get("output") or ()):
+        if item.get("type") == "message":
+            text = "".join(part.get("text", "") for part in item.get("content") or ())
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            out += [event("response.output_item.added", output_index=index, item={**item, "content": [],
+                                                                                   "status": "in_progress"}),
+                    event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                          part=part),
+                    event("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                          delta=text, logprobs=[]),
+                    event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                          text=text, logprobs=[]),
+                    event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                          part={**part, "text": text})]
+        elif item.get("type") == "function_call":
+            arguments = item.get("arguments", "")
+            out += [event("response.output_item.added", output_index=index, item={**item, "arguments": "",
+                                                                                   "status": "in_progress"}),
+                    event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                          delta=arguments),
+                    event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                          arguments=arguments)]
+        out.append(event("response.output_item.done", output_index=index, item=item))
+    kind = "response.incomplete" if document.get("status") == "incomplete" else "response.completed"
+    out.append(event(kind, response=document))
+    return b"".join(out)
