@@ -13,7 +13,11 @@ token (ChatML's newline) is the next prompt's, not the model's, and is not train
 
 Each piece of text is tokenized on its own and the ids concatenated, so the ids of "everything
 before assistant turn k" are exactly the prompt ids vLLM computes for that conversation prefix
-(a unit test compares them with vLLM's own renderer).
+(a unit test compares them with vLLM's own renderer), and each trained turn's ids are exactly what
+the model generates after that prompt. One boundary can differ from vLLM's later re-tokenization:
+an assistant message whose content starts with whitespace is tokenized as generated after the
+header's newline, while vLLM, rendering a later turn's prompt, tokenizes that newline and the
+whitespace together.
 
 ``prompt``/``completion`` examples are served by ``/v1/completions``, which applies no template:
 they are trained as raw text, the completion followed by the end-of-sequence token.

@@ -157,7 +157,7 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         with torch.no_grad():
             for start in range(0, len(valid), hp.batch_size):
                 loss, n, _ = loss_of(*batch(list(range(start, min(start + hp.batch_size, len(valid)))), valid))
-                total, count = total + float(loss), count + n
+                total, count = total + loss.item(), count + n
         model.train()
         return total / max(count, 1)
 
@@ -196,7 +196,7 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         elapsed = time.monotonic() - started
         data: dict[str, Any] = {
             "step": step, "total_steps": total_steps, "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / max(counted, 1),
+            "train_loss": loss_sum.item() / max(counted, 1),
             "train_mean_token_accuracy": correct / max(counted, 1),
             "trained_tokens": trained_tokens,
             "tokens_per_second": (trained_tokens - first_tokens) / elapsed if elapsed > 0 else 0.0,
