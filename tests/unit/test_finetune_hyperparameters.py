@@ -7,7 +7,7 @@ from lorafleet.core.errors import InvalidRequest
 from lorafleet.finetune.hyperparameters import BASE_LEARNING_RATE, Hyperparameters, resolve
 
 
-@pytest.mark.parametrize(("n", "epochs", "batch"), [(10, 10, 1), (20, 5, 1), (60, 2, 1), (1000, 3, 2),
+@pytest.mark.parametrize(("n", "epochs", "batch"), [(10, 10, 1), (20, 5, 1), (60, 3, 1), (1000, 3, 2),
                                                       (20_000, 1, 40), (500_000, 1, 256)])
 def test_auto_follows_the_dataset_size(n, epochs, batch):
     resolved = resolve(Hyperparameters(), n)
