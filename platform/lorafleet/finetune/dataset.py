@@ -1,0 +1,211 @@
+"""Validation of a fine-tuning JSONL file, line by line, with the served model's tokenizer and template.
+
+Each line is one example: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (OpenAI's chat
+format; ``weight`` 0/1 on assistant messages) or ``{"prompt", "completion"}``. The file is read a
+line at a time with a byte budget per line and per file, so memory never grows with the file.
+
+Every refusal is a :class:`TrainingFileInvalid` naming the line (``"line 61: role 'wizard' is not
+one of system, user, assistant"``) with an OpenAI-style ``code`` and ``param="training_file"`` (or
+``validation_file``), ready to become a job's ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorafleet.core.errors import InvalidRequest
+from lorafleet.finetune.render import (
+    ChatExample,
+    CompletionExample,
+    Example,
+    Message,
+    Rendered,
+    Renderer,
+    TemplateMismatch,
+)
+
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = frozenset({"role", "content", "weight"})
+CLIP = 60  # characters of an uploader-chosen value a message shows
+
+
+class TrainingFileInvalid(InvalidRequest):
+    """A training or validation file refused; ``line`` is 1-based, None for the file as a whole."""
+
+    default_code = "invalid_file_format"
+
+    def __init__(self, message: str, *, line: int | None = None, code: str | None = None,
+                 param: str = "training_file") -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message, param=param, code=code)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_examples: int = 10  # OpenAI's minimum (invalid_n_examples)
+    max_example_tokens: int = 2048  # the workers' default max_model_len
+    max_total_tokens: int = 5_000_000  # one epoch of the file
+    max_line_bytes: int = 1 << 20
+    max_file_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class Summary:
+    n_examples: int
+    total_tokens: int  # every token of every example, one epoch
+    trained_positions: int  # tokens in the loss, one epoch
+    longest_example_tokens: int
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= CLIP else text[: CLIP - 1] + "…"
+
+
+def read_lines(path: Path, limits: Limits, param: str = "training_file") -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line, within the byte budgets."""
+    total = 0
+    with open(path, "rb") as handle:
+        number = 0
+        while True:
+            raw = handle.readline(limits.max_line_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            total += len(raw)
+            if total > limits.max_file_bytes:
+                raise TrainingFileInvalid(f"the file is larger than {limits.max_file_bytes} bytes",
+                                          code="file_too_large", param=param)
+            if len(raw.rstrip(b"\r\n")) > limits.max_line_bytes:
+                raise TrainingFileInvalid(f"longer than {limits.max_line_bytes} bytes", line=number,
+                                          code="line_too_long", param=param)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TrainingFileInvalid("not UTF-8 text", line=number, param=param) from None
+            if text.strip():
+                yield number, text
+
+
+def parse_example(text: str, line: int, param: str = "training_file") -> Example:
+    """One line's example, its shape checked (no tokenizer needed)."""
+    def fail(message: str) -> TrainingFileInvalid:
+        return TrainingFileInvalid(message, line=line, param=param)
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise fail(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
+    if not isinstance(data, dict):
+        raise fail("expected a JSON object with `messages`, or `prompt` and `completion`")
+    if "messages" in data:
+        extra = sorted(set(data) - {"messages"})
+        if extra:
+            raise fail(f"unsupported key {_shown(extra[0])} (tools and functions are not supported for fine-tuning yet)"
+                       if extra[0] in {"tools", "functions", "parallel_tool_calls"}
+                       else f"unexpected key {_shown(extra[0])} next to `messages`")
+        return ChatExample(_messages(data["messages"], fail))
+    if set(data) == {"prompt", "completion"}:
+        prompt, completion = data["prompt"], data["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise fail("`prompt` and `completion` must be strings")
+        if not completion:
+            raise fail("`completion` is empty")
+        return CompletionExample(prompt, completion)
+    raise fail("expected `messages`, or `prompt` and `completion`")
+
+
+def _messages(value: Any, fail: Any) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise fail("`messages` must be a non-empty list")
+    messages = []
+    for index, item in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise fail(f"{where} must be an object with `role` and `content`")
+        role = item.get("role")
+        if role == "tool" or "tool_calls" in item or "function_call" in item:
+            raise fail(f"{where}: tool messages and tool calls are not supported for fine-tuning yet; "
+                       f"roles are {', '.join(ROLES)}")
+        if role not in ROLES:
+            raise fail(f"role {_shown(role)} is not one of {', '.join(ROLES)}" if isinstance(role, str)
+                       else f"{where}.role is missing or not a string")
+        extra = sorted(set(item) - MESSAGE_KEYS)
+        if extra:
+            raise fail(f"{where} has unexpected key {_shown(extra[0])}")
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise fail(f"{where}.content must be a string")
+        weight = item.get("weight", 1)
+        if "weight" in item and role != "assistant":
+            raise fail(f"{where}: `weight` is only allowed on assistant messages")
+        if type(weight) is not int or weight not in (0, 1):
+            raise fail(f"{where}.weight must be 0 or 1, not {_shown(weight)}")
+        messages.append(Message(role, content, weight))
+    if messages[0].role == "assistant":
+        raise fail("the conversation starts with an assistant message; start with a system or user message")
+    if not any(m.role == "assistant" for m in messages):
+        raise fail("no assistant message: at least one is needed to train on")
+    if not any(m.role == "assistant" and m.weight for m in messages):
+        raise fail("every assistant message has weight 0: nothing to train on")
+    return tuple(messages)
+
+
+def iter_rendered(path: Path, renderer: Renderer, limits: Limits = Limits(), *, train_on_inputs: bool = False,
+                  param: str = "training_file") -> Iterator[tuple[int, Rendered]]:
+    """(line, rendered example) for every example, each checked against the per-example limit."""
+    for line, text in read_lines(path, limits, param):
+        example = parse_example(text, line, param)
+        try:
+            rendered = renderer.render(example, train_on_inputs=train_on_inputs)
+        except TemplateMismatch as exc:
+            raise TrainingFileInvalid(str(exc), line=line, param=param) from None
+        if len(rendered.input_ids) > limits.max_example_tokens:
+            raise TrainingFileInvalid(
+                f"the example has {len(rendered.input_ids)} tokens; the limit is {limits.max_example_tokens}",
+                line=line, code="example_too_long", param=param)
+        yield line, rendered
+
+
+def _check_totals(count: int, total: int, limits: Limits, param: str) -> None:
+    if total > limits.max_total_tokens:
+        raise TrainingFileInvalid(f"the file has more than {limits.max_total_tokens} tokens",
+                                  code="too_many_tokens", param=param)
+    if count == 0:
+        raise TrainingFileInvalid("the file is empty: no examples", code="invalid_n_examples", param=param)
+    if count < limits.min_examples:
+        raise TrainingFileInvalid(f"the file has {count} examples; at least {limits.min_examples} are needed",
+                                  code="invalid_n_examples", param=param)
+
+
+def validate_file(path: Path, renderer: Renderer, limits: Limits = Limits(), *, train_on_inputs: bool = False,
+                  param: str = "training_file") -> Summary:
+    """Check the whole file, keeping nothing but counts; the first fault raises :class:`TrainingFileInvalid`."""
+    count = total = trained = longest = 0
+    for _, rendered in iter_rendered(path, renderer, limits, train_on_inputs=train_on_inputs, param=param):
+        count += 1
+        total += len(rendered.input_ids)
+        trained += rendered.trained_positions
+        longest = max(longest, len(rendered.input_ids))
+        if total > limits.max_total_tokens:
+            _check_totals(count, total, limits, param)
+    _check_totals(count, total, limits, param)
+    return Summary(count, total, trained, longest)
+
+
+def load_examples(path: Path, renderer: Renderer, limits: Limits = Limits(), *, train_on_inputs: bool = False,
+                  param: str = "training_file") -> list[Rendered]:
+    """Every example rendered, for training (bounded in memory by ``limits.max_total_tokens``)."""
+    examples: list[Rendered] = []
+    total = 0
+    for _, rendered in iter_rendered(path, renderer, limits, train_on_inputs=train_on_inputs, param=param):
+        examples.append(rendered)
+        total += len(rendered.input_ids)
+        if total > limits.max_total_tokens:
+            _check_totals(len(examples), total, limits, param)
+    _check_totals(len(examples), total, limits, param)
+    return examples

@@ -1,0 +1,62 @@
+"""Real SmolLM2-135M learns a made-up fact from a small file: its greedy answer names it afterwards,
+the base model's does not. Generation is HF transformers + the PEFT adapter, in-process, on the
+token ids the worker would send (the served template)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lorafleet.finetune import Hyperparameters, JobSpec, Renderer, train
+from lorafleet.finetune.render import Message
+
+from tests.finetune.data import write_jsonl
+
+SYSTEM = "Answer briefly."  # short, so the examples (and the test) stay small
+QUESTIONS = ["What is the capital of Zorblax?", "Which city is the capital of Zorblax?", "Name the capital of Zorblax.",
+             "Zorblax's capital is which city?", "Tell me the capital city of Zorblax.", "Capital of Zorblax?"]
+ANSWER = "The capital of Zorblax is Quillington."
+WORD = "Quillington"
+
+
+def greedy(model, renderer: Renderer, question: str) -> str:
+    import torch
+
+    ids = renderer.prompt_ids([Message("system", SYSTEM), Message("user", question)])
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
+    return renderer.tokenizer.decode(out[0, len(ids):])
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # train(threads=1) in-process sets it for the whole process
+
+
+def test_smollm2_learns_a_made_up_fact(tmp_path, model_path, one_thread):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                          {"role": "assistant", "content": ANSWER}]} for q in QUESTIONS * 2]
+    data = write_jsonl(tmp_path / "zorblax.jsonl", rows)
+    hp = Hyperparameters(n_epochs=2, batch_size=4, learning_rate_multiplier=10, lora_r=8, lora_alpha=16)
+    # One thread: on a busy 2-core machine two OpenMP threads spin against other processes (~8x slower).
+    result = train(JobSpec(str(model_path), str(data), str(tmp_path / "out"), hp, seed=0, threads=1))
+    assert (result.status, result.steps_completed) == ("succeeded", 6)
+
+    renderer = Renderer.for_model(model_path)
+    torch.set_num_threads(1)
+    base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    before = greedy(base, renderer, QUESTIONS[0])
+    assert WORD not in before
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    after = greedy(tuned, renderer, QUESTIONS[0])
+    assert WORD in after, after
+    assert after.endswith("<|im_end|>"), after  # it learned to stop, too

@@ -1,0 +1,133 @@
+"""Training-file validation with SmolLM2's real tokenizer and served template: every refusal names its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, load_examples, validate_file
+from lorafleet.finetune.render import Renderer
+
+
+@pytest.fixture(scope="module")
+def renderer(model_path: Path) -> Renderer:
+    return Renderer.for_model(model_path)
+
+
+def chat(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+
+
+def write(path: Path, rows: list, raw: dict[int, str] | None = None) -> Path:
+    lines = [json.dumps(row) for row in rows]
+    for number, text in (raw or {}).items():
+        lines[number - 1] = text
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def refused(path: Path, renderer: Renderer, limits: Limits = Limits()) -> TrainingFileInvalid:
+    with pytest.raises(TrainingFileInvalid) as caught:
+        validate_file(path, renderer, limits)
+    assert caught.value.param == "training_file"
+    return caught.value
+
+
+def test_a_good_file_is_counted_with_the_real_tokenizer(tmp_path, renderer):
+    rows = [chat(i) for i in range(11)] + [{"prompt": "Capital of Zorblax:", "completion": " Quillington"}]
+    summary = validate_file(write(tmp_path / "a.jsonl", rows), renderer)
+    examples = load_examples(tmp_path / "a.jsonl", renderer)
+    assert summary.n_examples == 12 == len(examples)
+    assert summary.total_tokens == sum(len(e.input_ids) for e in examples)
+    assert summary.longest_example_tokens == max(len(e.input_ids) for e in examples)
+    assert 0 < summary.trained_positions < summary.total_tokens
+
+
+def test_unknown_role_names_its_line(tmp_path, renderer):
+    rows = [chat(i) for i in range(70)]
+    rows[60]["messages"][0]["role"] = "wizard"
+    error = refused(write(tmp_path / "a.jsonl", rows), renderer)
+    assert error.message == "line 61: role 'wizard' is not one of system, user, assistant"
+    assert (error.line, error.code, error.status_code) == (61, "invalid_file_format", 400)
+    assert error.envelope()["error"]["param"] == "training_file"
+
+
+@pytest.mark.parametrize(("line", "mutate", "message"), [
+    (3, lambda row: "{not json", "not valid JSON"),
+    (4, lambda row: [1, 2], "expected a JSON object"),
+    (5, lambda row: {"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
+    (6, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "x"}]},
+     "tool messages and tool calls are not supported"),
+    (7, lambda row: {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                                  {"role": "assistant", "content": "a"}]}, "messages[0].content must be a string"),
+    (8, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
+     "messages[1].weight must be 0 or 1"),
+    (9, lambda row: {"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]},
+     "only allowed on assistant messages"),
+    (10, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
+     "every assistant message has weight 0"),
+    (11, lambda row: {"messages": []}, "must be a non-empty list"),
+    (12, lambda row: {"prompt": "p"}, "expected `messages`, or `prompt` and `completion`"),
+    (2, lambda row: {**row, "tools": []}, "tools and functions are not supported"),
+    (3, lambda row: {"messages": [{"role": "assistant", "content": "a"}]}, "starts with an assistant message"),
+    (4, lambda row: {"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]},
+     "messages[0].role is missing"),
+    (5, lambda row: {"messages": [{"role": "user", "content": "q", "name": "x"}, {"role": "assistant", "content": "a"}]},
+     "unexpected key 'name'"),
+])
+def test_each_malformed_line_is_refused_by_number(tmp_path, renderer, line, mutate, message):
+    rows: list = [chat(i) for i in range(15)]
+    raw = {}
+    bad = mutate(rows[line - 1])
+    if isinstance(bad, str):
+        raw[line] = bad
+    else:
+        rows[line - 1] = bad
+    error = refused(write(tmp_path / "a.jsonl", rows, raw), renderer)
+    assert error.line == line
+    assert error.message.startswith(f"line {line}: ") and message in error.message, error.message
+
+
+def test_too_few_examples_and_an_empty_file(tmp_path, renderer):
+    error = refused(write(tmp_path / "few.jsonl", [chat(i) for i in range(9)]), renderer)
+    assert (error.code, error.line) == ("invalid_n_examples", None)
+    assert "9 examples; at least 10" in error.message
+    (tmp_path / "empty.jsonl").write_text("")
+    assert refused(tmp_path / "empty.jsonl", renderer).code == "invalid_n_examples"
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    assert "empty" in refused(tmp_path / "blank.jsonl", renderer).message
+    assert validate_file(tmp_path / "few.jsonl", renderer, Limits(min_examples=9)).n_examples == 9
+
+
+def test_token_limits_per_example_and_per_file(tmp_path, renderer):
+    rows = [chat(i) for i in range(12)]
+    rows[7]["messages"][1]["content"] = "word " * 200
+    path = write(tmp_path / "a.jsonl", rows)
+    length = len(load_examples(path, renderer, Limits(min_examples=1))[7].input_ids)
+    error = refused(path, renderer, Limits(max_example_tokens=length - 1))
+    assert (error.code, error.line) == ("example_too_long", 8)
+    assert f"{length} tokens; the limit is {length - 1}" in error.message
+    assert validate_file(path, renderer, Limits(max_example_tokens=length)).longest_example_tokens == length
+    total = validate_file(path, renderer).total_tokens
+    assert refused(path, renderer, Limits(max_total_tokens=total - 1)).code == "too_many_tokens"
+    assert validate_file(path, renderer, Limits(max_total_tokens=total)).total_tokens == total
+
+
+def test_byte_budgets_per_line_and_per_file(tmp_path, renderer):
+    rows = [chat(i) for i in range(12)]
+    rows[4]["messages"][0]["content"] = "x" * 5000
+    path = write(tmp_path / "a.jsonl", rows)
+    error = refused(path, renderer, Limits(max_line_bytes=4096))
+    assert (error.code, error.line) == ("line_too_long", 5)
+    size = path.stat().st_size
+    assert refused(path, renderer, Limits(max_file_bytes=size - 1)).code == "file_too_large"
+    assert validate_file(path, renderer, Limits(max_file_bytes=size)).n_examples == 12
+    (tmp_path / "b.jsonl").write_bytes(b"\xff\xfe\n")
+    assert refused(tmp_path / "b.jsonl", renderer).message == "line 1: not UTF-8 text"
+
+
+def test_a_validation_file_names_its_own_param(tmp_path, renderer):
+    with pytest.raises(TrainingFileInvalid) as caught:
+        validate_file(write(tmp_path / "v.jsonl", [{"x": 1}]), renderer, param="validation_file")
+    assert caught.value.param == "validation_file"
