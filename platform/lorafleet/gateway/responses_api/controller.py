@@ -30,6 +30,7 @@ from lorafleet.gateway.responses_api.schemas import (
     ResponseObject,
 )
 from lorafleet.gateway.responses_api.stream import ResponseEvents
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode
@@ -55,6 +56,7 @@ class ResponsesShaping:
 class ResponsesController(Controller):
     path = "/v1/responses"
     tags = ["OpenAI"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 
