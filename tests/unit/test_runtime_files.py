@@ -103,3 +103,57 @@ def test_another_database_is_refused_unless_switching(remembered):
     assert "hunter2" not in message and "secret" not in message  # passwords are not printed
     assert choose_database(other, remembered, switch=True) == DatabaseChoice("external", other)
     assert choose_database("", EXTERNAL, switch=True) == DatabaseChoice("embedded")
+
+
+def test_stop_ends_with_sigterm_what_the_process_left_behind(tmp_path):
+    """A worker killed before it could stop its engine (own process group) leaves it running: `down` ends it too."""
+    import subprocess
+    import sys
+
+    import psutil
+    from lorafleet.cli.runtime import stop_process
+
+    marker = tmp_path / "engine-got-sigterm"
+    engine = (f"import signal, sys, time, pathlib\n"
+              f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).write_text('1'), sys.exit(0)))\n"
+              f"print('ready', flush=True)\n"
+              f"time.sleep(600)\n")
+    worker = ("import signal, subprocess, sys, time\n"
+              f"engine = subprocess.Popen([sys.executable, '-c', {engine!r}], start_new_session=True, stdout=subprocess.PIPE)\n"
+              "engine.stdout.readline()\n"
+              "print(engine.pid, flush=True)\n"
+              "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exits without stopping its engine\n"
+              "time.sleep(600)\n")
+    # Named like the processes `lorafleet up` starts (an argument the script ignores).
+    parent = subprocess.Popen([sys.executable, "-c", worker, "lorafleet.cli.main"], stdout=subprocess.PIPE, text=True)
+    engine_pid = int(parent.stdout.readline())
+    pid_file = tmp_path / "worker.pid"
+    pid_file.write_text(str(parent.pid))
+    try:
+        assert stop_process(pid_file, grace_seconds=20) is True
+        assert parent.wait(5) == 0
+        assert marker.read_text() == "1"  # asked to stop (SIGTERM), not killed
+        assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE
+        assert not pid_file.exists() and stop_process(pid_file) is False  # a second stop: nothing to do
+    finally:
+        for pid in (parent.pid, engine_pid):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_a_pid_file_naming_another_program_is_not_ours(tmp_path):
+    import subprocess
+    import sys
+
+    from lorafleet.cli.runtime import pid_alive
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file = tmp_path / "gateway.pid"
+        pid_file.write_text(str(other.pid))  # alive, but not a process `lorafleet up` started
+        assert pid_alive(pid_file) is None
+    finally:
+        other.kill()
+        other.wait()

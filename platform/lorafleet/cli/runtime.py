@@ -173,6 +173,14 @@ def effective_settings(settings: Settings | None = None) -> Settings:
     return msgspec.structs.replace(settings, **updates) if updates else settings
 
 
+# The modules `lorafleet up` runs its processes as (python -m …): a pid file naming anything else is stale.
+OUR_MODULES = ("lorafleet.cli.main", "lorafleet.core.logfiles")
+
+
+def _ours(process) -> bool:
+    return any(part in OUR_MODULES for part in process.cmdline())
+
+
 def pid_alive(pid_file: Path) -> int | None:
     """The pid in ``pid_file`` if that process still runs and is one `lorafleet up` started."""
     import psutil
@@ -181,7 +189,7 @@ def pid_alive(pid_file: Path) -> int | None:
         pid = int(pid_file.read_text().strip())
         process = psutil.Process(pid)
         # After a reboot the number may belong to anything: only our own command line counts.
-        if process.status() == psutil.STATUS_ZOMBIE or not any("lorafleet" in part for part in process.cmdline()):
+        if process.status() == psutil.STATUS_ZOMBIE or not _ours(process):
             return None
         return pid
     except (FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
@@ -232,7 +240,7 @@ def wait_for_exit(pid_file: Path, seconds: float) -> None:
 
     try:
         process = psutil.Process(int(pid_file.read_text().strip()))
-        if any("lorafleet" in part for part in process.cmdline()):
+        if _ours(process):
             _, alive = psutil.wait_procs([process], timeout=seconds)
             for leftover in alive:
                 _signal(leftover, signal.SIGTERM)
