@@ -31,11 +31,14 @@ $(DEV_STAMP): $(RUN_STAMP)
 	touch $@
 
 # WORKERS=n runs n local workers (LORAFLEET_WORKERS); unset, the setting (default 1) decides.
+# SWITCH_DATABASE=1 moves the platform to the database LORAFLEET_DATABASE_URL names (or to the
+# embedded one) instead of the one it remembers (README "Two commands").
 up: install
-	$(if $(WORKERS),LORAFLEET_WORKERS=$(WORKERS) )$(BIN)/lorafleet up
+	$(if $(WORKERS),LORAFLEET_WORKERS=$(WORKERS) )$(BIN)/lorafleet up$(if $(SWITCH_DATABASE), --switch-database)
 
+# Idempotent: a second `make down` says there is nothing to stop. Its errors are not hidden.
 down:
-	@test -x $(BIN)/lorafleet && $(BIN)/lorafleet down || echo "nothing to stop"
+	@if test -x $(BIN)/lorafleet; then $(BIN)/lorafleet down; else echo "nothing to stop ($(BIN)/lorafleet is not installed)"; fi
 
 test: install-dev browser
 	$(BIN)/python -m pytest

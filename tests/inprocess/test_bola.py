@@ -191,6 +191,7 @@ EXEMPT = {
     # The API's description is public.
     "GET /openapi": "OpenAPI", "GET /openapi/openapi.json": "OpenAPI", "GET /openapi/swagger": "OpenAPI",
     "GET /openapi/{path}": "OpenAPI renderers", "GET /openapi/oauth2-redirect.html": "OpenAPI",
+    "GET /openapi/assets/{file_path}": "Swagger UI's packaged script, styles and icon",
     # The dashboard's stylesheet and script.
     "GET /dashboard/static/{file_path}": "static files",
     # Signing in and out: the key, the admin token or the link's token is the credential itself.

@@ -28,11 +28,14 @@ def cli() -> None:
 # ---- running the platform -------------------------------------------------------------------
 
 @cli.command()
-def up() -> None:
+@click.option("--switch-database", is_flag=True,
+              help="Move the platform to the database LORAFLEET_DATABASE_URL names (or, unset, the embedded one) "
+                   "instead of the one it remembers; nothing is copied. Run `lorafleet down` first.")
+def up(switch_database: bool) -> None:
     """Start database, worker and gateway in the background; create a demo tenant and key."""
     from lorafleet.cli.up import run_up
 
-    run_up()
+    run_up(switch_database)
 
 
 @cli.command()

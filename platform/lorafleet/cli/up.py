@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import msgspec
 from lorafleet.cli.runtime import (
+    DatabaseChoice,
+    DatabaseSwitchRefused,
     RuntimeFiles,
+    choose_database,
     effective_settings,
     pid_alive,
+    redact,
+    secure_data_dir,
     stop_process,
+    wait_for_exit,
     write_private,
 )
 from lorafleet.core.settings import Settings, get_settings
@@ -53,7 +62,6 @@ def process_names(settings: Settings) -> list[str]:
 
 
 def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
-    files.logs.mkdir(parents=True, exist_ok=True)
     role = "gateway" if name == "gateway" else "worker"
     env = role_environment(role, settings)
     if role == "worker":
@@ -62,13 +70,34 @@ def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
         if settings.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # vLLM's CPU backend binds each engine to the same core by default: spread them over the cores.
             env["VLLM_CPU_OMP_THREADS_BIND"] = str((index - 1) % (os.cpu_count() or 1))
-    log_file = open(files.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lorafleet.cli.main", role], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    with _log_pipe(name, files, settings) as log_input:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lorafleet.cli.main", role], env=env, stdout=log_input, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
     files.pid_file(name).write_text(str(process.pid))
     return process.pid
+
+
+@contextlib.contextmanager
+def _log_pipe(name: str, files: RuntimeFiles, settings: Settings) -> Iterator[int]:
+    """The write end of a pipe into ``name``'s log: a rotating writer (lorafleet.core.logfiles) reads it,
+    so the log stays under LOG_MAX_BYTES × (LOG_BACKUPS + 1) however long the process runs. The
+    writer has its own session (a Ctrl-C here does not reach it) and ends when the process and
+    everything it started have closed the pipe."""
+    files.logs.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    try:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "lorafleet.core.logfiles", str(files.log_file(name)), str(settings.log_max_bytes),
+             str(settings.log_backups)],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        files.log_writer_pid_file(name).write_text(str(writer.pid))
+        yield write_end
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def _gateway_url(settings: Settings) -> str:
@@ -99,7 +128,7 @@ def _wait_ready(url: str, files: RuntimeFiles, names: list[str]) -> None:
         while not _ready(url, len(names) - 1):
             for name in names:
                 if pid_alive(files.pid_file(name)) is None:
-                    raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.logs / f'{name}.log')}")
+                    raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.log_file(name))}")
             elapsed = int(time.monotonic() - started)
             if elapsed > READY_TIMEOUT_SECONDS:
                 raise click.ClickException(f"not ready after {READY_TIMEOUT_SECONDS} s; see {files.logs}")
@@ -177,22 +206,59 @@ def _read_env(path: Path) -> dict[str, str]:
     return {key: value.strip().strip("'\"") for key, value in pairs}
 
 
-def run_up() -> None:
+def _running(files: RuntimeFiles) -> list[str]:
+    return [path.stem for path in sorted(files.root.glob("*.pid")) if pid_alive(path) is not None]
+
+
+def _database(base: Settings, files: RuntimeFiles, switch: bool) -> str:
+    """Reach the platform's database (starting the embedded one if it is that), remember it, return its DSN."""
     from lorafleet.db.embedded import start_embedded
+
+    remembered = files.remembered_database()
+    try:
+        choice = choose_database(base.database_url, remembered, switch)
+    except DatabaseSwitchRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    if remembered is not None and not remembered.same_database(choice):
+        if running := _running(files):
+            raise click.ClickException(f"The {', '.join(running)} still run on the platform's current database: "
+                                       "stop them first (`make down`), then switch.")
+        _step(f"switching the platform's database from {remembered.kind} to {choice.kind}")
+    if choice.kind == "embedded":
+        choice = DatabaseChoice("embedded", start_embedded(files.pgdata))
+        # pgserver opens every folder above pgdata to others (go+rx) when it runs as root; take
+        # listing away from the data dir again (traversal stays: see DATA_DIR_MODE).
+        secure_data_dir(files.root)
+        click.echo(f"    embedded PostgreSQL under {files.pgdata}", err=True)
+    else:
+        click.echo(f"    PostgreSQL at {redact(choice.url)} (remembered in {files.secrets})", err=True)
+    files.remember_database(choice)
+    return choice.url
+
+
+def start_database(base: Settings, switch: bool = False) -> str:
+    """What `lorafleet up` does first: the data dir with its secrets, then the database; returns its DSN."""
+    files = RuntimeFiles(base.data_path)
+    secure_data_dir(files.root)
+    files.ensure_secrets()
+    _step("database")
+    return _database(base, files, switch)
+
+
+def _bin(name: str) -> str:
+    """A console script of this installation by its full path, so printed commands work from any shell."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def run_up(switch_database: bool = False) -> None:
     from lorafleet.db.migrate import migrate
     from lorafleet.models.prepare import prepare_smollm2
 
     base = get_settings()
     files = RuntimeFiles(base.data_path)
-    files.root.mkdir(parents=True, exist_ok=True)
-    files.ensure_secrets()
-
-    _step("database")
-    if not base.database_url:
-        dsn = start_embedded(files.pgdata)
-        write_private(files.database_url, dsn + "\n")
-        click.echo(f"    embedded PostgreSQL under {files.pgdata}", err=True)
-    settings = effective_settings(base)
+    start_database(base, switch_database)
+    settings = effective_settings(msgspec.structs.replace(base, database_url=""))  # the one just remembered
     applied = asyncio.run(migrate(settings.database_url))
     click.echo(f"    migrations applied: {', '.join(applied) or 'none pending'}", err=True)
 
@@ -204,7 +270,7 @@ def run_up() -> None:
     for name in process_names(settings):
         pid = pid_alive(files.pid_file(name))
         if pid is None:
-            _step(f"starting the {name} (log: {files.logs / (name + '.log')})")
+            _step(f"starting the {name} (log: {files.log_file(name)})")
             _spawn(name, files, settings)
         else:
             _step(f"the {name} is already running (pid {pid})")
@@ -218,16 +284,19 @@ def run_up() -> None:
         f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
         f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\nLORAFLEET_DEMO_ADAPTER={DEMO_ADAPTER}\n"
     )
+    python, lorafleet = _bin("python"), _bin("lorafleet")
     click.echo(f"""
 LoraFleet is up at {url}  (settings and secrets: {files.demo_env})
 
-  export $(cat {files.demo_env})
+In any shell, load the settings first (the examples read them from the environment):
+
+  set -a; . {files.demo_env}; set +a
 
   curl {url}/v1/chat/completions \\
     -H "Authorization: Bearer $LORAFLEET_API_KEY" -H "Content-Type: application/json" \\
     -d '{{"model": "{settings.model_name}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
-  python - <<'PY'
+  {python} - <<'PY'
 import os
 from openai import OpenAI
 client = OpenAI(base_url=os.environ["LORAFLEET_BASE_URL"] + "/v1", api_key=os.environ["LORAFLEET_API_KEY"])
@@ -244,10 +313,13 @@ PY
   curl "{url}/v1/usage?bucket=hour&group_by=model,adapter" -H "Authorization: Bearer $LORAFLEET_API_KEY"
   curl {url}/v1/balance -H "Authorization: Bearer $LORAFLEET_API_KEY"
 
-Dashboard: {url}/dashboard/login/{login_token}
-  (one-time link, 15 minutes; afterwards sign in with $LORAFLEET_API_KEY, or `lorafleet dashboard link --tenant {tenant_id}`)
+  # the operator's CLI (`. {Path(python).parent}/activate` puts lorafleet and python on the PATH):
+  {lorafleet} keys list --tenant {tenant_id}
 
-API docs: {url}/openapi   metrics: {url}/metrics   stop: make down
+Dashboard: {url}/dashboard/login/{login_token}
+  (one-time link, 15 minutes; afterwards sign in with $LORAFLEET_API_KEY, or `{lorafleet} dashboard link --tenant {tenant_id}`)
+
+API docs: {url}/openapi (served by the gateway, works offline)   metrics: {url}/metrics   stop: make down
 """)
 
 
@@ -256,10 +328,23 @@ def run_down() -> None:
 
     settings = get_settings()
     files = RuntimeFiles(settings.data_path)
+    stopped: list[str] = []
+    # The gateway first (no new requests), then the workers (each drains, then stops its engine).
     workers = sorted(path.stem for path in files.root.glob("worker*.pid"))
-    for name in ("gateway", *workers):
-        if stop_process(files.pid_file(name)):
+    for name, grace in (("gateway", 45.0), *((worker, settings.worker_drain_seconds + 60.0) for worker in workers)):
+        if stop_process(files.pid_file(name), grace):
             _step(f"stopped the {name}")
-    if not settings.database_url and stop_embedded(files.pgdata):
-        _step("stopped the embedded database")
-    _step("down")
+            stopped.append(name)
+    # Each log writer ends by itself once its process tree has closed the pipe.
+    for pid_file in sorted(files.logs.glob("*.log.pid")) if files.logs.exists() else ():
+        wait_for_exit(pid_file, 10.0)
+    try:
+        if stop_embedded(files.pgdata):
+            _step("stopped the embedded database (fast shutdown: it wrote its shutdown checkpoint)")
+            stopped.append("database")
+    except PermissionError as exc:
+        raise click.ClickException(str(exc)) from None
+    if stopped:
+        _step("down")
+    else:
+        _step(f"nothing to stop: no process of the platform under {files.root} is running (already down)")

@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     currency: Annotated[Literal["usd"], Meta(description="Currency of prices, invoices and Stripe items.")] = "usd"
     log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
+    log_max_bytes: Annotated[int, Meta(ge=4096, description="Largest log file of a process `lorafleet up` starts (DATA_DIR/logs/NAME.log), in bytes; beyond it the file is rotated (NAME.log.1, NAME.log.2 …).")] = 10 * 1024 * 1024
+    log_backups: Annotated[int, Meta(ge=0, le=100, description="Rotated log files kept per process beside the current one (NAME.log.1 … NAME.log.N); the oldest is deleted.")] = 5
 
     worker_host: Annotated[str, Meta(description="Address the worker's vLLM server binds to.")] = "127.0.0.1"
     worker_port: Annotated[int, Meta(ge=1, le=65535, description="Port of the worker's vLLM server.")] = 8401

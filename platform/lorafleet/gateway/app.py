@@ -9,8 +9,6 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from litestar import Litestar, Router
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
@@ -45,6 +43,7 @@ from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay, upstream_connector
+from lorafleet.gateway.openapi import openapi_config
 from lorafleet.gateway.responses_api.controller import ResponsesController
 from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
@@ -139,10 +138,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[StrictStructSchema()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,
-        openapi_config=OpenAPIConfig(
-            title="LoraFleet", version="0.1.0", path="/openapi", render_plugins=[SwaggerRenderPlugin()],
-            description="OpenAI-compatible multi-LoRA inference with per-token billing.",
-        ),
+        openapi_config=openapi_config(),
         logging_config=None,
         debug=False,
     )

@@ -20,6 +20,7 @@ from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, C
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 _UPLOAD_SCHEMA = Schema(
     type=OpenAPIType.OBJECT, required=["name", "file"],
@@ -46,6 +47,7 @@ class MultipartUploadOperation(Operation):
 class AdaptersController(Controller):
     path = "/v1/adapters"
     tags = ["Adapters"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

@@ -40,6 +40,7 @@ from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.responses import ADMIN_TOKEN, error_responses
 from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
+from lorafleet.gateway.openapi import ADMIN_SECURITY
 
 OPERATOR = "operator"  # the owner of the operator's idempotency keys
 
@@ -60,6 +61,7 @@ async def _admin_checked() -> None:
 class AdminController(Controller):
     path = "/admin"
     tags = ["Admin"]
+    security = ADMIN_SECURITY
     guards = [require_admin]
     dependencies = {"context": Provide(provide_context), "admin": Provide(_admin_checked)}
 

@@ -17,6 +17,7 @@ from lorafleet.core.types import Page
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 Time = Annotated[str | None, Parameter(description="RFC 3339 with a timezone (2026-11-01T00:00:00Z) or Unix seconds.")]
 Filter = Annotated[str | None, Parameter(max_length=256)]
@@ -36,6 +37,7 @@ class UsageOperation(Operation):
 class BillingController(Controller):
     path = "/v1"
     tags = ["Billing"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

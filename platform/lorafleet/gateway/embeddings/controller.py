@@ -21,6 +21,7 @@ from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_admitted
 from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.openai.sse import tidy
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 _encode = msgspec.json.Encoder().encode
 
@@ -44,6 +45,7 @@ class EmbeddingShaping:
 class EmbeddingsController(Controller):
     path = "/v1/embeddings"
     tags = ["OpenAI"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

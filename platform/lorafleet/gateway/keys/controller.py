@@ -12,11 +12,13 @@ from lorafleet.gateway.keys.schemas import KeyCreate
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.responses import API_KEY, error_responses
 from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 
 class KeysController(Controller):
     path = "/v1/keys"
     tags = ["Keys"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

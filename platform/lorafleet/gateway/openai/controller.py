@@ -29,6 +29,7 @@ from lorafleet.gateway.openai.schemas import (
 )
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
 from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."
 
@@ -36,6 +37,7 @@ STREAMS = "The completion; with `stream: true`, server-sent events instead."
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["OpenAI"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

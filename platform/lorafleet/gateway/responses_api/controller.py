@@ -25,6 +25,7 @@ from lorafleet.gateway.responses_api.schemas import (
     ResponseCreateRequest,
     ResponseObject,
 )
+from lorafleet.gateway.openapi import TENANT_SECURITY
 
 ResponseIdPath = FromPath[str]
 
@@ -32,6 +33,7 @@ ResponseIdPath = FromPath[str]
 class ResponsesController(Controller):
     path = "/v1/responses"
     tags = ["OpenAI"]
+    security = TENANT_SECURITY
     guards = TENANT_GUARDS
     dependencies = TENANT_DEPENDENCIES
 

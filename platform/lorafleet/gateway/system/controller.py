@@ -15,6 +15,7 @@ from lorafleet.gateway.context import provide_context
 from lorafleet.gateway.dependencies import Context
 from lorafleet.gateway.responses import error_responses
 from lorafleet.gateway.fleet.autoscaling import ModelSignals, SignalsList, model_signals
+from lorafleet.gateway.openapi import METRICS_SECURITY
 from lorafleet.gateway.services import Services
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -62,6 +63,7 @@ class SystemController(Controller):
         return Readiness(status="ready", database="ok", workers_ready=ready)
 
     @get("/autoscaling", operation_id="autoscaling", tags=["Autoscaling"], responses=error_responses(401),
+         security=METRICS_SECURITY,
          summary="Per base model: demand and desired replicas, for KEDA's metrics-api scaler or an HPA "
                  "(bearer LORAFLEET_METRICS_TOKEN when set).")
     async def autoscaling(self, request: Request, context: Context) -> SignalsList:
@@ -69,6 +71,7 @@ class SystemController(Controller):
         return SignalsList(data=await _signals(context.services))
 
     @get("/autoscaling/{base_model:str}", operation_id="autoscalingModel", tags=["Autoscaling"],
+         security=METRICS_SECURITY,
          responses=error_responses(400, 401, 404),
          summary="One base model's demand and desired replicas (404 for a model no worker ever served).")
     async def autoscaling_model(self, base_model: FromPath[str], request: Request, context: Context) -> ModelSignals:
@@ -78,7 +81,8 @@ class SystemController(Controller):
                 return signals
         raise NotFound(f"no base model named {base_model[:200]!r}", param="base_model")
 
-    @get("/metrics", operation_id="metrics", summary="Prometheus metrics (bearer LORAFLEET_METRICS_TOKEN when set).",
+    @get("/metrics", operation_id="metrics", security=METRICS_SECURITY,
+         summary="Prometheus metrics (bearer LORAFLEET_METRICS_TOKEN when set).",
          media_type=CONTENT_TYPE_LATEST, responses=error_responses(401))
     async def metrics(self, request: Request, context: Context) -> Response[bytes]:
         services = context.services
