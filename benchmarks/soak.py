@@ -122,7 +122,7 @@ class Recorder:
         return record
 
     def explain(self, record: Record) -> str:
-        for window in self.windows:
+        for window in reversed(self.windows):   # the latest fault that began before the request ended
             end = window["end"] if window["end"] is not None else float("inf")
             if record.started <= end + RECOVERY_GRACE_SECONDS and (record.ended or record.started) >= window["start"]:
                 return window["cause"]
@@ -187,7 +187,11 @@ class Platform:
         match = re.search(r"/dashboard/login/([A-Za-z0-9_\-]+)", result.stdout)
         self.login_token = match.group(1) if match else ""
         self.demo = _read_env(self.data_dir / "demo.env")
-        self.dsn = self.env.get("LORAFLEET_DATABASE_URL") or (self.data_dir / "database.url").read_text().strip()
+        # Where the platform keeps its database's DSN is its own business: ask it as its CLI does.
+        from lorafleet.cli.runtime import effective_settings
+        from lorafleet.core.settings import load_settings
+
+        self.dsn = effective_settings(load_settings(self.env)).database_url
         return time.monotonic() - started
 
     def down(self) -> str:
@@ -226,20 +230,25 @@ def _read_env(path: Path) -> dict[str, str]:
     return {key: value.strip().strip("'\"") for key, value in pairs}
 
 
-def _log_cap_field() -> tuple[str, int] | None:
-    """The setting that caps a local log file's size, if this version has one (name and default)."""
+def _log_setting(word: str) -> tuple[str, int] | None:
+    """The log setting (LORAFLEET_LOG_MAX_BYTES, LORAFLEET_LOG_BACKUPS) of this version, if any: name and default."""
+    import msgspec
     from lorafleet.core.settings import Settings
 
-    for f in __import__("msgspec").structs.fields(Settings):
-        if f.name.startswith("log") and "bytes" in f.name and isinstance(f.default, int):
+    for f in msgspec.structs.fields(Settings):
+        if f.name.startswith("log") and word in f.name and isinstance(f.default, int):
             return f"LORAFLEET_{f.name.upper()}", f.default
     return None
+
+
+def _log_cap_field() -> tuple[str, int] | None:
+    return _log_setting("bytes")
 
 
 def _log_cap_env() -> dict[str, str]:
     # A small cap (SOAK_LOG_CAP_BYTES) so that rotation happens within minutes and the check sees it work.
     cap = _log_cap_field()
-    wanted = os.environ.get("SOAK_LOG_CAP_BYTES", str(1024 * 1024))
+    wanted = os.environ.get("SOAK_LOG_CAP_BYTES", str(128 * 1024))
     return {cap[0]: wanted} if cap and cap[0] not in os.environ else {}
 
 
@@ -287,13 +296,13 @@ class Traffic:
         await self.sdk.close()
         await self.http.aclose()
 
-    def _pick_model(self) -> tuple[str, str]:
-        return (self.adapter, "adapter") if self.rng.random() < 0.35 else (self.model, "base")
+    def _model(self, label: str) -> str:
+        return self.adapter if label == "adapter" else self.model
 
     # -- one request of each kind --
 
-    async def chat(self, stream: bool) -> None:
-        model, label = self._pick_model()
+    async def chat(self, stream: bool, label: str) -> None:
+        model = self._model(label)
         record = self.rec.start("chat", stream, label)
         messages = [{"role": "user", "content": self.rng.choice(PROMPTS)}]
         max_tokens = self.rng.randint(8, 24)
@@ -316,9 +325,9 @@ class Traffic:
         except Exception as exc:  # noqa: BLE001 - every failure is a result to record
             _sdk_error(record, exc)
 
-    async def completions(self, stream: bool) -> None:
+    async def completions(self, stream: bool, label: str) -> None:
         """Through httpx, as a client without the SDK would."""
-        model, label = self._pick_model()
+        model = self._model(label)
         record = self.rec.start("completions", stream, label)
         body: dict[str, Any] = {"model": model, "prompt": self.rng.choice(PROMPTS), "max_tokens": self.rng.randint(8, 24)}
         try:
@@ -347,8 +356,8 @@ class Traffic:
         except Exception as exc:  # noqa: BLE001
             _sdk_error(record, exc)
 
-    async def responses(self, stream: bool) -> None:
-        model, label = self._pick_model()
+    async def responses(self, stream: bool, label: str) -> None:
+        model = self._model(label)
         record = self.rec.start("responses", stream, label)
         kwargs = dict(model=model, input=self.rng.choice(PROMPTS), max_output_tokens=self.rng.randint(16, 24), store=False)
         try:
@@ -370,7 +379,7 @@ class Traffic:
         except Exception as exc:  # noqa: BLE001
             _sdk_error(record, exc)
 
-    async def embeddings(self) -> None:
+    async def embeddings(self, _stream: bool = False, _label: str = "base") -> None:
         """On the platform's embedding model when it serves one; else on the demo model, which must refuse
         with a precise 400 (it generates; it does not embed)."""
         model = self.embed_model or self.model
@@ -385,9 +394,9 @@ class Traffic:
         except Exception as exc:  # noqa: BLE001
             _sdk_error(record, exc)
 
-    async def disconnect(self) -> None:
+    async def disconnect(self, _stream: bool, label: str) -> None:
         """A client that reads the first events of a stream and goes away."""
-        model, label = self._pick_model()
+        model = self._model(label)
         record = self.rec.start("disconnect", True, label)
         body = {"model": model, "messages": [{"role": "user", "content": self.rng.choice(PROMPTS)}],
                 "max_tokens": 64, "stream": True}
@@ -406,15 +415,22 @@ class Traffic:
         except Exception as exc:  # noqa: BLE001
             _sdk_error(record, exc)
 
-    async def client(self, deadline: float) -> None:
-        kinds = [(self.chat, (False,), 3), (self.chat, (True,), 3), (self.completions, (False,), 2),
-                 (self.completions, (True,), 2), (self.responses, (False,), 2), (self.responses, (True,), 2),
-                 (self.embeddings, (), 1), (self.disconnect, (), 1)]
-        weights = [w for *_, w in kinds]
+    async def client(self, index: int, deadline: float) -> None:
+        """Every kind of request in turn (a new random order each round), so that each is seen many times."""
+        rng = random.Random(self.rng.random() + index)
+        kinds = [(method, stream, label) for method in (self.chat, self.completions, self.responses)
+                 for stream in (False, True) for label in ("base", "adapter")]
+        kinds += [(self.disconnect, True, "base"), (self.disconnect, True, "adapter"), (self.embeddings, False, "base")]
         while time.time() < deadline:
-            method, args, _ = self.rng.choices(kinds, weights)[0]
-            await method(*args)
-            await asyncio.sleep(self.rng.uniform(0.1, 0.5))   # a gentle client: the machine is shared
+            rng.shuffle(kinds)
+            for method, stream, label in kinds:
+                if time.time() >= deadline:
+                    return
+                count = len(self.rec.records)
+                await method(stream, label)
+                lost = any(r.status is None for r in self.rec.records[count:])
+                # A gentle client (the machine is shared), slower while the gateway cannot be reached.
+                await asyncio.sleep(1.0 if lost else rng.uniform(0.1, 0.5))
 
     # -- the chores: adapters, keys, dashboard --
 
@@ -541,7 +557,7 @@ class Dashboard:
 # ---- faults and sampling ------------------------------------------------------------------------------
 
 
-async def _until_ready(platform: Platform, timeout: float = 600) -> float:
+async def _until_ready(platform: Platform, timeout: float = 300) -> float:
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=3) as http:
         while time.monotonic() - started < timeout:
@@ -580,7 +596,7 @@ async def engine_kill(platform: Platform, recorder: Recorder) -> None:
     try:
         # The gateway may call the worker ready for a moment still: wait for the supervisor's new engine first.
         replacement = None
-        while time.time() - window["start"] < 300:
+        while time.time() - window["start"] < 240:
             replacement = platform.engine_process()
             if replacement is not None and replacement.pid != engine.pid:
                 break
@@ -590,6 +606,9 @@ async def engine_kill(platform: Platform, recorder: Recorder) -> None:
         await asyncio.sleep(3)   # the gateway re-reads worker states every second
         await _until_ready(platform)
         event["recovered_seconds"] = round(time.time() - window["start"], 1)
+        # The killed server's engine-core child must not live on outside the worker's tree.
+        event["orphans"] = _group_members(engine.pid)
+        event["ok"] = event["ok"] and not event["orphans"]
     except TimeoutError as exc:
         event.update(ok=False, error=str(exc))
     window["end"] = time.time()
@@ -781,13 +800,19 @@ def check_logs(platform: Platform, samples: list[dict[str, Any]], seconds: float
                      f"no size cap on local logs (no LORAFLEET_LOG_*_BYTES setting): {len(files)} files, "
                      f"{total / 2**20:.1f} MiB, growing {rate / 1024:,.0f} KiB/min without bound", figures)
     limit = int(platform.env.get(cap[0], cap[1]))
+    backups_setting = _log_setting("backup")
+    backups = int(platform.env.get(backups_setting[0], backups_setting[1])) if backups_setting else None
     slack = 64 * 1024   # a line or a buffered burst past the cap before rotation
     over = {name: size for name, size in sizes.items() if size > limit + slack}
-    figures.update(cap_setting=cap[0], cap_bytes=limit)
-    return Check("log files bounded", not over,
-                 f"{len(files)} files, {total / 2**20:.1f} MiB, largest {max(sizes.values(), default=0) / 2**20:.2f} MiB; "
-                 f"cap {limit / 2**20:.2f} MiB per file ({cap[0]}); over the cap: {over or 'none'}; "
-                 f"written {rate / 1024:,.0f} KiB/min", figures)
+    rotated = [name for name in sizes if re.search(r"\.log\.\d+$", name)]
+    per_log = _count(name.split(".log")[0] for name in sizes)
+    too_many = {name: n for name, n in per_log.items() if backups is not None and n > backups + 1}
+    figures.update(cap_setting=cap[0], cap_bytes=limit, backups=backups, rotated_files=len(rotated))
+    return Check("log files bounded", not over and not too_many,
+                 f"{len(files)} files ({len(rotated)} rotated), {total / 2**20:.2f} MiB, largest "
+                 f"{max(sizes.values(), default=0) / 2**20:.2f} MiB; cap {limit / 2**20:.2f} MiB per file ({cap[0]}), "
+                 f"{backups if backups is not None else '?'} backups; over the cap: {over or 'none'}; more files than "
+                 f"the backups allow: {too_many or 'none'}; written {rate / 1024:,.0f} KiB/min", figures)
 
 
 async def database_state(platform: Platform) -> dict[str, Any]:
@@ -847,11 +872,30 @@ def check_database_log(platform: Platform, external: bool) -> Check:
     except OSError as exc:
         return Check("database log clean", False, f"cannot read {log_path}: {exc}", {})
     crashes = [line for line in lines if CRASH_LINE.search(line) and not BENIGN_FATAL.search(line)]
-    shut_down = any("database system is shut down" in line for line in lines[-20:])
+    shut_down = _clean_shutdown(lines)
     return Check("database log clean", not crashes and shut_down,
                  f"{len(lines)} lines, {len(crashes)} PANIC/FATAL/crash lines; "
                  f"{'ends with a clean shutdown' if shut_down else 'no clean shutdown at its end'}",
                  {"crash_lines": crashes[:20], "clean_shutdown": shut_down, "tail": lines[-8:]})
+
+
+def _clean_shutdown(lines: list[str]) -> bool:
+    """The log ends with a completed shutdown checkpoint, then "database system is shut down"."""
+    starts = [i for i, line in enumerate(lines) if "checkpoint starting: shutdown" in line]
+    if not starts:
+        return False
+    rest = lines[starts[-1]:]
+    done = next((i for i, line in enumerate(rest) if "checkpoint complete" in line), None)
+    return done is not None and any("database system is shut down" in line for line in rest[done:])
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+    return members
 
 
 def check_faults(recorder: Recorder) -> Check:
@@ -941,7 +985,7 @@ async def soak(args: argparse.Namespace) -> int:
         deadline = begin + seconds
         warm_end = begin + max(0.2 * seconds, 30.0)
         report["warm_up_seconds"] = round(warm_end - begin)
-        jobs = [asyncio.create_task(traffic.client(deadline)) for _ in range(args.concurrency)]
+        jobs = [asyncio.create_task(traffic.client(index, deadline)) for index in range(args.concurrency)]
         jobs.append(asyncio.create_task(chores(traffic, dashboard, work / "adapters", deadline, seconds)))
         faults = asyncio.create_task(inject(platform, recorder, begin, seconds))
         progress = asyncio.create_task(_progress(recorder, begin, deadline))
@@ -980,7 +1024,11 @@ async def soak(args: argparse.Namespace) -> int:
         if dbname:
             with contextlib.suppress(Exception):
                 await drop_database(args.admin_dsn, dbname)
-    checks.append(check_database_log(platform, external=bool(database_url)))
+        checks.append(check_database_log(platform, external=bool(database_url)))
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
     report["checks"] = [asdict(c) for c in checks]
     report["samples"] = samples
     report["requests"] = len(recorder.records)
@@ -991,10 +1039,6 @@ async def soak(args: argparse.Namespace) -> int:
     for check in checks:
         print(f"  {'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed; report: {args.out}.md")
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 
 
