@@ -965,7 +965,9 @@ async def soak(args: argparse.Namespace) -> int:
                                                    "benchmarks/soak.py", *sys.argv[1:]]),
                               "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               "minutes": args.minutes, "database": args.database, "concurrency": args.concurrency,
-                              "data_dir": str(data_dir)}
+                              "data_dir": str(data_dir),
+                              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                       text=True, cwd=ROOT).stdout.strip() or "unknown"}
     print(f"soak: {args.minutes} min, {args.concurrency} clients, {args.database} database, data dir {data_dir}",
           flush=True)
     checks: list[Check] = []
@@ -1056,7 +1058,7 @@ def write_report(out: Path, report: dict[str, Any], checks: list[Check], recorde
         {**report, "records": [asdict(r) for r in recorder.records], "windows": recorder.windows},
         indent=1, default=str))
     lines = ["# Soak", "",
-             f"`{report['command']}` — {report['started']} UTC, {report['minutes']} min of traffic, "
+             f"`{report['command']}` — {report['started']} UTC, commit `{report['commit']}`, {report['minutes']} min of traffic, "
              f"{report['concurrency']} concurrent clients (+ adapters, keys and dashboard chores), "
              f"{report['database']} database; platform started by `lorafleet up` in {report.get('up_seconds', '?')} s.",
              "",
