@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.installed-$(ENGINE)-dev
 # build; the text path does not need them.
 DROP_TORCH_EXTRAS := $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 
-.PHONY: install install-dev browser up down test bench clean manifests fuzz
+.PHONY: install install-dev browser up down test bench soak clean manifests fuzz
 
 install: $(RUN_STAMP)
 
@@ -58,6 +58,12 @@ bench: install-dev
 	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/report.py
+
+# The platform as `lorafleet up` starts it, under mixed traffic and injected faults for SOAK_MINUTES (default 30),
+# then its checks (README › Soak); report in benchmarks/results/soak.md, exit status 1 when a check fails.
+SOAK_MINUTES ?= 30
+soak: install-dev
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python benchmarks/soak.py
 
 # Schemathesis against every operation of the in-process gateway, 500 examples per operation and mode
 # instead of the suite's 8 (about 10 minutes on two cores). FUZZ_SEED=n explores another sequence.

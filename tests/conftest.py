@@ -22,8 +22,10 @@ MODEL_CACHE = Path(os.environ.get("LORAFLEET_TEST_MODEL_CACHE", Path.home() / ".
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests that kill or stop the shared worker run last, so the others see a healthy engine.
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+    # Tests that kill or stop the shared worker run last, so the others see a healthy engine; the soak, which
+    # runs a platform of its own beside the (then idle) session engine, after everything.
+    items.sort(key=lambda item: (item.get_closest_marker("soak") is not None,
+                                 item.get_closest_marker("disruptive") is not None))
 
 
 @pytest.fixture(scope="session")
