@@ -202,3 +202,20 @@ def test_account_status():
     assert account_status(_balance(monthly_spend_limit_micro_usd=0)) == "spend_limit_reached"
     assert account_status(_balance(billing_mode="prepaid")) == "out_of_credit"
     assert account_status(_balance(billing_mode="prepaid", credit_remaining_micro_usd=1)) == "active"
+
+
+def test_a_setting_that_does_not_parse_is_one_line(tmp_path):
+    """Read wherever it is (here by `tenants list`, and by `down` in its own module): exit 1, the variable named."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
+    env.update(LORAFLEET_GATEWAY_PORT="eighty", LORAFLEET_DATA_DIR=str(tmp_path))
+    listed = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "tenants", "list", "--json"], env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 1 and listed.stderr == ""
+    error = json.loads(listed.stdout)["error"]
+    assert error["code"] == "not_configured" and error["message"].startswith("LORAFLEET_GATEWAY_PORT: ")
+    down = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "down"], env=env, capture_output=True, text=True)
+    assert down.returncode == 1 and down.stderr.strip().splitlines() == [f"Error: {error['message']}"]

@@ -125,6 +125,27 @@ def read_demo_env(settings: Settings) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+def log_to_stderr(verbose: bool) -> None:
+    """The services a command calls log as they do in a server; here those lines go to stderr (stdout is the
+    command's output, one JSON document with --json), and only with --verbose: the command reports its own outcome."""
+    import logging
+    import sys
+
+    import structlog
+
+    level = logging.INFO if verbose else logging.CRITICAL
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,  # `gateway` and `worker` configure their own logging afterwards
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def emit(document: Any, as_json: bool, human: Callable[[], None]) -> None:
     if as_json:
         click.echo(msgspec.json.encode(document).decode())

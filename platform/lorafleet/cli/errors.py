@@ -20,6 +20,7 @@ from typing import Any
 import click
 import msgspec
 from lorafleet.core.errors import LoraFleetError
+from lorafleet.core.settings import SettingsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -91,6 +92,8 @@ def as_click_error(exc: BaseException) -> click.ClickException | None:
         return exc
     if isinstance(exc, LoraFleetError):
         return CliError.from_platform(exc)
+    if isinstance(exc, SettingsError):  # a LORAFLEET_* variable that does not parse, wherever it was read
+        return NotConfigured(str(exc))
     return None
 
 

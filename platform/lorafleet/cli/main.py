@@ -18,6 +18,7 @@ from lorafleet.cli.common import (
     gateway_base_url,
     json_option,
     load_cli_settings,
+    log_to_stderr,
     run_async,
 )
 from lorafleet.cli.errors import CliError, LoraFleetGroup, NotConfigured
@@ -26,9 +27,17 @@ from lorafleet.core.logging import configure_logging
 from lorafleet.tenancy.keys import ALL_SCOPES
 
 
+# Processes that run in the foreground and log as servers do (to stdout, LORAFLEET_LOG_FORMAT).
+SERVER_COMMANDS = ("gateway", "worker")
+
+
 @click.group(cls=LoraFleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show the log lines of what a command calls (on stderr).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """LoraFleet: serverless multi-LoRA inference with per-token billing."""
+    if ctx.invoked_subcommand not in SERVER_COMMANDS:
+        log_to_stderr(verbose)
 
 
 # ---- running the platform -------------------------------------------------------------------
