@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CLI = "tests/integration/test_cli.py"
 PLATFORM = "tests/integration/test_cli_platform.py"
-# `up` and `down` start the whole platform (embedded database, worker, gateway): their test is the
-# platform lifecycle's, which runs both twice and checks what is left running.
-LIFECYCLE = "tests/integration/test_platform_lifecycle.py::test_up_down_idempotent"
+# `up` and `down` start and stop the whole platform (embedded database, worker, gateway): their test is
+# the platform lifecycle's (up, the printed examples, down, down again).
+LIFECYCLE = "tests/integration/test_up_down.py::test_up_examples_down_and_down_again"
 
 COVERED: dict[str, list[str]] = {
     "up": [LIFECYCLE],
