@@ -6,46 +6,59 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
 import msgspec
-from lorafleet.cli.runtime import RuntimeFiles
-from lorafleet.core.settings import get_settings
+from lorafleet.cli.common import json_option, load_cli_settings, read_demo_env
+from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
+from lorafleet.cli.params import ADAPTER_ID
 
 CHUNK = 256 * 1024
 
 
-def _demo_env() -> dict[str, str]:
-    path = RuntimeFiles(get_settings().data_path).demo_env
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs}
+class Gateway:
+    """The gateway's tenant API with one key; every failure becomes a CliError with the API's own envelope."""
+
+    def __init__(self, base_url: str | None, api_key: str | None) -> None:
+        demo = read_demo_env(load_cli_settings())
+        base_url = base_url or os.environ.get("LORAFLEET_BASE_URL") or demo.get("LORAFLEET_BASE_URL")
+        api_key = api_key or os.environ.get("LORAFLEET_API_KEY") or demo.get("LORAFLEET_API_KEY")
+        if not base_url:
+            raise NotConfigured("Set LORAFLEET_BASE_URL (or pass --base-url, or run `lorafleet up`).", param="--base-url")
+        if not api_key:
+            raise NotConfigured("Set LORAFLEET_API_KEY (or pass --api-key, or run `lorafleet up`).", param="--api-key")
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=600)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # refused, unknown host, timed out, connection dropped
+            raise Unreachable(f"cannot reach the gateway at {self.base_url}: {exc or type(exc).__name__}",
+                              code="gateway_unavailable") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else None
+            if not isinstance(error, dict):  # not the gateway's envelope: a proxy or something else answered
+                raise CliError(f"HTTP {response.status_code} from {self.base_url}: {response.text[:300]}",
+                               error_type="server_error", code="unexpected_response")
+            raise CliError(str(error.get("message") or response.reason_phrase), error_type=str(error.get("type") or
+                           "invalid_request_error"), code=error.get("code"), param=error.get("param"))
+        return body
 
 
-def _client(base_url: str | None, api_key: str | None) -> httpx.Client:
-    demo = _demo_env()
-    base_url = base_url or os.environ.get("LORAFLEET_BASE_URL") or demo.get("LORAFLEET_BASE_URL")
-    api_key = api_key or os.environ.get("LORAFLEET_API_KEY") or demo.get("LORAFLEET_API_KEY")
-    if not base_url or not api_key:
-        raise click.ClickException("Set LORAFLEET_BASE_URL and LORAFLEET_API_KEY (or pass --base-url/--api-key).")
-    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=600)
-
-
-def _check(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        raise click.ClickException(f"HTTP {response.status_code}: {response.text[:500]}") from None
-    if response.status_code >= 400:
-        error = body.get("error", {})
-        where = f" ({error['param']})" if error.get("param") else ""
-        raise click.ClickException(f"{error.get('message', response.text)}{where}")
-    return body
-
-
-def _multipart(fields: dict[str, str], files: list[Path], boundary: str, bar) -> Iterator[bytes]:
+def _multipart(fields: dict[str, str], files: list[Path], boundary: str, bar: Any) -> Iterator[bytes]:
     """A multipart/form-data body produced chunk by chunk, advancing ``bar`` as file bytes go out."""
     for name, value in fields.items():
         yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
@@ -66,7 +79,7 @@ connection_options = [
 ]
 
 
-def with_connection(command):
+def gateway_options(command):
     for option in reversed(connection_options):
         command = option(command)
     return command
@@ -78,21 +91,23 @@ def adapters() -> None:
 
 
 @adapters.command("upload")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, readable=True, path_type=Path))
 @click.option("--name", required=True, help="The name to call it by in `model`.")
 @click.option("--base-model", default=None, help="Base model (default: the only one).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
-@with_connection
+@json_option
+@gateway_options
 def upload(path: Path, name: str, base_model: str | None, as_json: bool, base_url: str | None, api_key: str | None) -> None:
     """Upload PATH: a PEFT adapter folder, or a .tar.gz/.zip of one."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "README.md") if path.is_dir() else [path]
+    if not files:
+        raise click.BadParameter(f"{str(path)!r} holds no files", param_hint="'PATH'")
     fields = {"name": name, **({"base_model": base_model} if base_model else {})}
     boundary = uuid.uuid4().hex
     total = sum(p.stat().st_size for p in files)
-    with _client(base_url, api_key) as http, click.progressbar(length=total, label="uploading", file=click.get_text_stream("stderr")) as bar:
-        response = http.post("/v1/adapters", content=_multipart(fields, files, boundary, bar),
-                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    adapter = _check(response)
+    with Gateway(base_url, api_key) as gateway, click.progressbar(length=total, label="uploading",
+                                                                  file=click.get_text_stream("stderr")) as bar:
+        adapter = gateway.call("POST", "/v1/adapters", content=_multipart(fields, files, boundary, bar),
+                               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     if as_json:
         click.echo(msgspec.json.encode(adapter).decode())
     else:
@@ -100,30 +115,32 @@ def upload(path: Path, name: str, base_model: str | None, as_json: bool, base_ur
 
 
 @adapters.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
-@with_connection
+@json_option
+@gateway_options
 def list_adapters(as_json: bool, base_url: str | None, api_key: str | None) -> None:
     """List the tenant's adapters."""
-    with _client(base_url, api_key) as http:
-        listing = {"object": "list", "data": [], "has_more": False}
-        page = {"has_more": True, "data": []}
+    with Gateway(base_url, api_key) as gateway:
+        listing: dict[str, Any] = {"object": "list", "data": [], "has_more": False}
+        page: dict[str, Any] = {"has_more": True, "data": []}
         while page["has_more"]:  # follow the cursor through every page
             params = {"limit": 100, **({"starting_after": page["data"][-1]["id"]} if page["data"] else {})}
-            page = _check(http.get("/v1/adapters", params=params))
+            page = gateway.call("GET", "/v1/adapters", params=params)
             listing["data"] += page["data"]
     if as_json:
         click.echo(msgspec.json.encode(listing).decode())
         return
+    if not listing["data"]:
+        click.echo("no adapters")
     for adapter in listing["data"]:
         click.echo(f"{adapter['id']}  {adapter['name']:<24} rank {adapter['rank']:<3} {adapter['size_bytes']:>10} B  {adapter['base_model']}")
 
 
 @adapters.command("delete")
-@click.argument("adapter_id")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout.")
-@with_connection
+@click.argument("adapter_id", type=ADAPTER_ID)
+@json_option
+@gateway_options
 def delete(adapter_id: str, as_json: bool, base_url: str | None, api_key: str | None) -> None:
     """Delete ADAPTER_ID: unloaded everywhere, never served again."""
-    with _client(base_url, api_key) as http:
-        deleted = _check(http.delete(f"/v1/adapters/{adapter_id}"))
+    with Gateway(base_url, api_key) as gateway:
+        deleted = gateway.call("DELETE", f"/v1/adapters/{adapter_id}")
     click.echo(msgspec.json.encode(deleted).decode() if as_json else f"deleted {deleted['id']}")

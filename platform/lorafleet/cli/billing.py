@@ -1,71 +1,62 @@
-"""`lorafleet prices|credits|limits|billing …`: the operator's money commands (straight to the database)."""
+"""`lorafleet prices|credits|limits|billing …`: the operator's money commands (straight to the database).
+
+Amounts are integer micro-USD, or dollars written as such (``'$1.50'``, ``1.5usd``): see cli/params.py.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import msgspec
-from lorafleet.cli.common import (
-    emit,
-    json_option,
-    load_cli_settings,
-    need_database,
-    run_async,
+from lorafleet.cli.common import call_database, database_settings, emit, json_option
+from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
+from lorafleet.cli.params import (
+    CLEARED,
+    CONCURRENCY,
+    CREDIT,
+    KEY_ID,
+    MONTH,
+    PER_MINUTE,
+    PRICE,
+    SPEND_LIMIT,
+    TENANT_ID,
+    TIMESTAMP,
+    format_micro_usd,
 )
 
-T = TypeVar("T")
 _UNSET = msgspec.UNSET
 
 
-def _with_pool(action: Callable[[Any], Awaitable[T]]) -> T:
-    async def run() -> T:
-        from lorafleet.db import create_pool
-
-        pool = await create_pool(need_database(load_cli_settings()), max_size=2)
-        try:
-            return await action(pool)
-        finally:
-            await pool.close()
-
-    return run_async(run())
-
-
-def _usd(micro: int | None) -> str:
-    return "none" if micro is None else f"${micro / 1_000_000:,.6f}"
-
-
-def _limit(value: str | None) -> Any:
-    """'none' clears a limit, absent leaves it."""
+def _change(value: Any) -> Any:
+    """An option's value as a change: absent leaves the setting, ``none`` clears it."""
     if value is None:
         return _UNSET
-    return None if value.lower() == "none" else int(value)
+    return None if value is CLEARED else value
 
 
 @click.group()
 def prices() -> None:
-    """Prices per base model (integer micro-USD per million tokens), versioned."""
+    """Prices per base model (micro-USD per million tokens), versioned."""
 
 
 @prices.command("set")
 @click.argument("base_model")
-@click.option("--prompt", type=click.IntRange(min=0), required=True, help="Micro-USD per million prompt tokens.")
-@click.option("--completion", type=click.IntRange(min=0), required=True, help="Micro-USD per million completion tokens.")
-@click.option("--adapter-surcharge", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Micro-USD per million tokens added when a request uses an adapter.")
-@click.option("--effective-at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None,
-              help="When the price takes effect (UTC if no zone). Default: now.")
+@click.option("--prompt", type=PRICE, required=True, help="Per million prompt tokens: micro-USD, or dollars ('$0.15').")
+@click.option("--completion", type=PRICE, required=True,
+              help="Per million completion tokens: micro-USD, or dollars ('$0.60').")
+@click.option("--adapter-surcharge", type=PRICE, default=0, show_default=True,
+              help="Per million tokens added when a request uses an adapter: micro-USD, or dollars.")
+@click.option("--effective-at", type=TIMESTAMP, default=None,
+              help="When the price takes effect, ISO 8601 (UTC if no zone). Default: now.")
 @json_option
 def prices_set(base_model: str, prompt: int, completion: int, adapter_surcharge: int, effective_at: dt.datetime | None,
                as_json: bool) -> None:
     """Add a price version for BASE_MODEL; earlier usage keeps the price it was recorded under."""
     from lorafleet.billing.accounts import AccountService
 
-    if effective_at is not None and effective_at.tzinfo is None:
-        effective_at = effective_at.replace(tzinfo=dt.UTC)
-    price = _with_pool(lambda pool: AccountService(pool).set_price(
+    price = call_database(lambda db: AccountService(db).set_price(
         base_model, prompt=prompt, completion=completion, adapter_surcharge=adapter_surcharge, effective_at=effective_at))
     emit(price, as_json, lambda: click.echo(f"price {price.id} for {base_model} from {price.effective_at:%Y-%m-%d %H:%M:%S %Z}"))
 
@@ -76,7 +67,7 @@ def prices_list(as_json: bool) -> None:
     """Every price version."""
     from lorafleet.billing.accounts import AccountService
 
-    found = _with_pool(lambda pool: AccountService(pool).list_prices())
+    found = call_database(lambda db: AccountService(db).list_prices())
 
     def human() -> None:
         for p in found:
@@ -92,48 +83,52 @@ def credits() -> None:
 
 
 @credits.command("grant")
-@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
-@click.option("--amount", "amount", type=int, required=True, help="Micro-USD (negative takes credits back).")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, required=True, help="Tenant id (ten_…).")
+@click.option("--amount", "amount", type=CREDIT, required=True,
+              help="Micro-USD, or dollars ('$25'); negative takes credits back.")
 @click.option("--reason", default="", help="Shown on the grant.")
 @json_option
 def credits_grant(tenant_id: str, amount: int, reason: str, as_json: bool) -> None:
     """Grant credits to a tenant."""
     from lorafleet.billing.accounts import AccountService
 
-    grant = _with_pool(lambda pool: AccountService(pool).grant_credit(tenant_id, amount, reason))
-    emit(grant, as_json, lambda: click.echo(f"granted {_usd(amount)} to {tenant_id} ({grant.id})"))
+    grant = call_database(lambda db: AccountService(db).grant_credit(tenant_id, amount, reason))
+    emit(grant, as_json, lambda: click.echo(f"granted {format_micro_usd(amount)} to {tenant_id} ({grant.id})"))
 
 
 @click.command("limits")
-@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, required=True, help="Tenant id (ten_…).")
 @click.option("--mode", type=click.Choice(["postpaid", "prepaid"]), default=None, help="Billing mode.")
-@click.option("--monthly-spend-limit", default=None, help="Micro-USD per calendar month (UTC), or 'none'.")
-@click.option("--max-concurrent", default=None, help="Concurrent requests, or 'none'.")
+@click.option("--monthly-spend-limit", type=SPEND_LIMIT, default=None,
+              help="Per calendar month (UTC): micro-USD, dollars ('$50'), or 'none'.")
+@click.option("--max-concurrent", type=CONCURRENCY, default=None, help="Concurrent requests, or 'none'.")
 @json_option
-def tenant_limits(tenant_id: str, mode: str | None, monthly_spend_limit: str | None, max_concurrent: str | None,
-                  as_json: bool) -> None:
+def tenant_limits(tenant_id: str, mode: str | None, monthly_spend_limit: Any, max_concurrent: Any, as_json: bool) -> None:
     """Set a tenant's billing mode, monthly spend limit and concurrency cap; prints the balance."""
     from lorafleet.billing.accounts import AccountService
 
-    balance = _with_pool(lambda pool: AccountService(pool).set_limits(
+    settings = database_settings()
+    balance = call_database(lambda db: AccountService(db, settings.currency).set_limits(
         tenant_id, billing_mode=_UNSET if mode is None else mode,
-        monthly_spend_limit_micro_usd=_limit(monthly_spend_limit), max_concurrent_requests=_limit(max_concurrent)))
+        monthly_spend_limit_micro_usd=_change(monthly_spend_limit), max_concurrent_requests=_change(max_concurrent)),
+        settings=settings)
     emit(balance, as_json, lambda: click.echo(
-        f"{tenant_id}: {balance.billing_mode}, limit {_usd(balance.monthly_spend_limit_micro_usd)}, "
-        f"max concurrent {balance.max_concurrent_requests or 'none'}, spent this period {_usd(balance.period_spent_micro_usd)}"))
+        f"{tenant_id}: {balance.billing_mode}, limit {format_micro_usd(balance.monthly_spend_limit_micro_usd)}, "
+        f"max concurrent {balance.max_concurrent_requests or 'none'}, "
+        f"spent this period {format_micro_usd(balance.period_spent_micro_usd)}"))
 
 
 @click.command("limits")
-@click.argument("key_id")
-@click.option("--rpm", default=None, help="Requests per minute, or 'none'.")
-@click.option("--tpm", default=None, help="Tokens per minute, or 'none'.")
+@click.argument("key_id", type=KEY_ID)
+@click.option("--rpm", type=PER_MINUTE, default=None, help="Requests per minute, or 'none'.")
+@click.option("--tpm", type=PER_MINUTE, default=None, help="Tokens per minute, or 'none'.")
 @json_option
-def key_limits(key_id: str, rpm: str | None, tpm: str | None, as_json: bool) -> None:
+def key_limits(key_id: str, rpm: Any, tpm: Any, as_json: bool) -> None:
     """Set KEY_ID's rate limits."""
     from lorafleet.billing.accounts import AccountService
 
-    limits = _with_pool(lambda pool: AccountService(pool).set_key_limits(
-        key_id, requests_per_minute=_limit(rpm), tokens_per_minute=_limit(tpm)))
+    limits = call_database(lambda db: AccountService(db).set_key_limits(
+        key_id, requests_per_minute=_change(rpm), tokens_per_minute=_change(tpm)))
     emit(limits, as_json, lambda: click.echo(
         f"{key_id}: {limits.requests_per_minute or 'unlimited'} requests/min, {limits.tokens_per_minute or 'unlimited'} tokens/min"))
 
@@ -144,17 +139,25 @@ def billing() -> None:
 
 
 @billing.command("close-period")
-@click.option("--month", default=None, help="YYYY-MM (UTC). Default: the previous month.")
-@click.option("--tenant", "tenant_id", default=None, help="Only this tenant (ten_…). Default: every tenant.")
+@click.option("--month", type=MONTH, default=None, help="YYYY-MM (UTC). Default: the previous month.")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, default=None, help="Only this tenant (ten_…). Default: every tenant.")
 @json_option
 def close_period_command(month: str | None, tenant_id: str | None, as_json: bool) -> None:
     """Invoice MONTH for every tenant with unbilled usage; rerunning changes nothing."""
     from lorafleet.billing.invoices import close_period
+    from lorafleet.tenancy import TenancyService
 
     if month is None:
         first = dt.datetime.now(dt.UTC).date().replace(day=1)
         month = (first - dt.timedelta(days=1)).strftime("%Y-%m")
-    created = _with_pool(lambda pool: close_period(pool, month, tenant_id=tenant_id))
+    chosen = month
+
+    async def action(pool: Any) -> list[str]:
+        if tenant_id is not None:
+            await TenancyService(pool).get_tenant(tenant_id)  # an unknown tenant is an error, not "nothing to do"
+        return await close_period(pool, chosen, tenant_id=tenant_id)
+
+    created = call_database(action, pool=True)
     emit({"month": month, "invoices": created}, as_json,
          lambda: click.echo(f"closed {month}: {len(created)} new invoice(s) {' '.join(created)}".rstrip()))
 
@@ -163,13 +166,21 @@ def close_period_command(month: str | None, tenant_id: str | None, as_json: bool
 @json_option
 def export_stripe(as_json: bool) -> None:
     """Send closed invoices to Stripe (needs LORAFLEET_STRIPE_API_KEY); safe to rerun."""
+    import stripe
     from lorafleet.billing.stripe_export import StripeExporter, make_client
 
-    settings = load_cli_settings()
+    settings = database_settings()
     if not settings.stripe_api_key:
-        raise click.ClickException("Stripe is off: set LORAFLEET_STRIPE_API_KEY.")
+        raise NotConfigured("Stripe is off: set LORAFLEET_STRIPE_API_KEY.")
     client = make_client(settings.stripe_api_key, settings.stripe_api_base)
-    exported = _with_pool(lambda pool: StripeExporter(pool, client, settings.currency).export_pending())
+    try:
+        exported = call_database(lambda pool: StripeExporter(pool, client, settings.currency).export_pending(),
+                                 pool=True, settings=settings)
+    except stripe.APIConnectionError as exc:
+        raise Unreachable(f"cannot reach Stripe: {exc.user_message or exc}", code="stripe_unavailable") from None
+    except stripe.StripeError as exc:  # the invoice stays pending; a rerun retries it
+        raise CliError(f"Stripe refused the export: {exc.user_message or exc}", error_type="server_error",
+                       code="stripe_error") from None
     emit({"exported": exported}, as_json, lambda: click.echo(f"exported {len(exported)} invoice(s) {' '.join(exported)}".rstrip()))
 
 
@@ -179,5 +190,5 @@ def rebuild(as_json: bool) -> None:
     """Recompute the usage rollups and settled spend from the ledger."""
     from lorafleet.billing.rollups import rebuild_rollups
 
-    counts = _with_pool(rebuild_rollups)
+    counts = call_database(rebuild_rollups, pool=True)
     emit(counts, as_json, lambda: click.echo(f"rebuilt {counts['hourly_rows']} hourly and {counts['daily_rows']} daily rows"))

