@@ -13,7 +13,7 @@ from lorafleet.core import ids
 from lorafleet.db import queries
 from lorafleet.gateway.metering.leases import LEASE_SHARE
 
-from tests.helpers import TenantKey, ledger_cost, settled
+from tests.helpers import TenantKey, ledger_cost, pico, settled
 from tests.inprocess.conftest import STUB_MODEL
 
 GATEWAY = "gw_leasetest"
@@ -129,9 +129,9 @@ async def test_a_burst_of_one_keys_requests_is_leased_and_every_micro_dollar_add
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 60
     spent = await ledger_cost(db, tenant.tenant_id)
     assert spent > 0
-    assert account["period_spent_micro_usd"] == account["spent_total_micro_usd"] == spent
-    billed = [int(r.headers["x-lorafleet-cost-micro-usd"]) for r in responses if "x-lorafleet-cost-micro-usd" in r.headers]
+    assert account["period_spent_pico_usd"] == account["spent_total_pico_usd"] == spent
+    billed = [pico(r.headers["x-lorafleet-cost-micro-usd"]) for r in responses if "x-lorafleet-cost-micro-usd" in r.headers]
     streamed = [r.headers["x-request-id"] for r in responses if "x-lorafleet-cost-micro-usd" not in r.headers]
     assert len(billed) == 40 and len(streamed) == 20
-    streamed_cost = await db.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE request_id = ANY($1)", streamed)
+    streamed_cost = await db.fetchval("SELECT sum(cost_pico_usd) FROM usage_ledger WHERE request_id = ANY($1)", streamed)
     assert sum(billed) + streamed_cost == spent
