@@ -19,15 +19,15 @@ ALTER TABLE usage_daily DROP COLUMN cost_micro_usd;
 -- Accounts: settled spend exactly (numeric: a lifetime of pico-USD can pass bigint's 9.2 million
 -- USD). The micro-USD counters admission compares (lorafleet_admit) stay, kept by the ledger writer
 -- as the exact amount rounded UP, so a spend limit or a credit balance is never passed by a fraction.
--- period_pico_start is the month period_spent_pico_usd counts: admission zeroes only the micro
+-- exact_period_start is the month period_spent_pico_usd counts: admission zeroes only the micro
 -- counter when the month turns, so the exact one carries its own month.
 ALTER TABLE tenant_accounts
     ADD COLUMN spent_total_pico_usd numeric NOT NULL DEFAULT 0,
     ADD COLUMN period_spent_pico_usd numeric NOT NULL DEFAULT 0,
-    ADD COLUMN period_pico_start date NOT NULL DEFAULT date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    ADD COLUMN exact_period_start date NOT NULL DEFAULT date_trunc('month', now() AT TIME ZONE 'UTC')::date;
 UPDATE tenant_accounts SET spent_total_pico_usd = spent_total_micro_usd::numeric * 1000000,
                            period_spent_pico_usd = period_spent_micro_usd::numeric * 1000000,
-                           period_pico_start = period_start;
+                           exact_period_start = period_start;
 
 -- An invoice line keeps the exact amount its rounded amount_micro_usd was made from (NULL: a
 -- credit line, or a line written before this migration).

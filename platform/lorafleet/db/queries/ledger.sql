@@ -56,12 +56,12 @@ WITH input AS (
 )
 UPDATE tenant_accounts a
 SET spent_total_pico_usd = a.spent_total_pico_usd + c.total,
-    period_spent_pico_usd = CASE WHEN a.period_pico_start = date_trunc('month', now(), 'UTC')::date
+    period_spent_pico_usd = CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date
                                  THEN a.period_spent_pico_usd ELSE 0 END + c.this_month,
-    period_pico_start = date_trunc('month', now(), 'UTC')::date,
+    exact_period_start = date_trunc('month', now(), 'UTC')::date,
     -- What admission compares: the exact amounts rounded up (billing/pricing.py; div truncates, both ≥ 0).
     spent_total_micro_usd = div(a.spent_total_pico_usd + c.total + 999999, 1000000),
-    period_spent_micro_usd = div(CASE WHEN a.period_pico_start = date_trunc('month', now(), 'UTC')::date
+    period_spent_micro_usd = div(CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date
                                       THEN a.period_spent_pico_usd ELSE 0 END + c.this_month + 999999, 1000000),
     period_start = date_trunc('month', now(), 'UTC')::date,
     reserved_micro_usd = a.reserved_micro_usd - c.freed,

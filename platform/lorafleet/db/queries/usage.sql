@@ -56,7 +56,7 @@ FROM usage_hourly GROUP BY 1, 2, 3, 4, 5;
 UPDATE tenant_accounts a SET
     spent_total_pico_usd = coalesce(s.total, 0),
     period_spent_pico_usd = coalesce(s.this_month, 0),
-    period_pico_start = date_trunc('month', now(), 'UTC')::date,
+    exact_period_start = date_trunc('month', now(), 'UTC')::date,
     spent_total_micro_usd = div(coalesce(s.total, 0) + 999999, 1000000),
     period_spent_micro_usd = div(coalesce(s.this_month, 0) + 999999, 1000000),
     period_start = date_trunc('month', now(), 'UTC')::date
