@@ -30,7 +30,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from lorafleet.billing.pricing import Price, cost_micro_usd
+from lorafleet.billing.pricing import Price, cost_pico_usd
 from lorafleet.core import ids
 from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
@@ -81,7 +81,7 @@ def make_rows(world: dict, count: int, now: dt.datetime, spread: dt.timedelta) -
             base_model_id=model, model="bench", endpoint="chat.completions", outcome="success", http_status=200,
             streamed=True, prompt_tokens=prompt, completion_tokens=completion, worker_url=None, started_at=started,
             finished_at=started, ttft_ms=40, duration_ms=900, adapter_id=adapter_id,
-            cost_micro_usd=cost_micro_usd(price, prompt, completion, adapter=adapter_id is not None), price_id=price.id))
+            cost_pico_usd=cost_pico_usd(price, prompt, completion, adapter=adapter_id is not None), price_id=price.id))
     return rows
 
 
@@ -145,7 +145,7 @@ async def admission(pool: asyncpg.Pool, world: dict, calls: int) -> dict:
                                base_model_id=world["models"][0], model="bench", endpoint="completions",
                                outcome="success", http_status=200, streamed=False, prompt_tokens=10,
                                completion_tokens=10, worker_url=None, started_at=now, finished_at=now, ttft_ms=1,
-                               duration_ms=1, cost_micro_usd=8, price_id=world["prices"][world["models"][0]].id))
+                               duration_ms=1, cost_pico_usd=8_000_000, price_id=world["prices"][world["models"][0]].id))
     await writer.close()
     left = await pool.fetchrow("SELECT reserved_micro_usd, in_flight FROM tenant_accounts WHERE tenant_id = $1",
                                world["tenant"])
@@ -246,8 +246,8 @@ async def main() -> None:
         await pool.execute("VACUUM ANALYZE")  # what autovacuum does to a loaded database; the numbers below assume it
         hourly = await pool.fetchval("SELECT count(*) FROM usage_hourly")
         daily = await pool.fetchval("SELECT count(*) FROM usage_daily")
-        total = await pool.fetchrow("SELECT count(*) AS n, sum(cost_micro_usd) AS cost FROM usage_ledger")
-        rollup_cost = await pool.fetchval("SELECT sum(cost_micro_usd) FROM usage_daily")
+        total = await pool.fetchrow("SELECT count(*) AS n, sum(cost_pico_usd) AS cost FROM usage_ledger")
+        rollup_cost = await pool.fetchval("SELECT sum(cost_pico_usd) FROM usage_daily")
         print(f"  {rate:,.0f} rows/s; rollups: {hourly:,} hourly rows, {daily:,} daily rows; "
               f"ledger cost {total['cost']:,} = rollup cost {rollup_cost:,}: {total['cost'] == rollup_cost}", flush=True)
 
@@ -275,7 +275,7 @@ async def main() -> None:
         f"| ledger rows/s, one `LedgerWriter` (insert + settle + hourly/daily rollups + account, one statement per batch), live traffic ({args.live_rows:,} rows in the last 10 min) | {live_rate:,.0f} |",
         f"| same, a year of backfill ({args.rows:,} rows; nearly every row opens its own hourly rollup row) | {rate:,.0f} |",
         f"| rollup rows after {args.rows:,} ledger rows (hourly / daily) | {hourly:,} / {daily:,} |",
-        f"| ledger total cost = rollup total cost | {total['cost'] == rollup_cost} ({total['cost']:,} µUSD) |",
+        f"| ledger total cost = rollup total cost | {total['cost'] == rollup_cost} ({total['cost']:,} pico-USD, exact) |",
         *(f"| admission (reservation + rate limits), synchronous_commit={mode}{' (default)' if mode == 'off' else ''}, "
           f"{n} at a time: p50 / p99 (throughput) | {admitted[mode, n]['p50_us']:.0f} µs / "
           f"{admitted[mode, n]['p99_us']:.0f} µs ({admitted[mode, n]['per_s']:,.0f}/s) |"

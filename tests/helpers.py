@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import NoReturn, TypeVar
 
 import asyncpg
@@ -79,16 +80,28 @@ async def settled(db: asyncpg.Pool, tenant_id: str, timeout: float = 20.0) -> as
 
 
 async def ledger_cost(db: asyncpg.Pool, tenant_id: str) -> int:
-    return await db.fetchval("SELECT coalesce(sum(cost_micro_usd), 0)::bigint FROM usage_ledger WHERE tenant_id = $1",
-                             tenant_id)
+    """The tenant's exact ledger cost, in pico-USD (10⁻¹² USD)."""
+    return int(await db.fetchval("SELECT coalesce(sum(cost_pico_usd), 0) FROM usage_ledger WHERE tenant_id = $1",
+                                 tenant_id))
 
 
 def expected_cost(prompt_tokens: int, completion_tokens: int, prompt_price: int, completion_price: int,
                   surcharge: int = 0) -> int:
-    """The documented rule, written out independently of the code under test: round half up."""
-    exact = prompt_tokens * prompt_price + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens)
-    quotient, remainder = divmod(exact, 1_000_000)
+    """The documented exact cost, written out independently of the code under test: pico-USD, never rounded."""
+    return prompt_tokens * prompt_price + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens)
+
+
+def half_up(pico_usd: int) -> int:
+    """The documented rounding of an aggregate to whole micro-USD, written out independently: half up."""
+    quotient, remainder = divmod(pico_usd, 1_000_000)
     return quotient + (1 if remainder * 2 >= 1_000_000 else 0)
+
+
+def pico(micro_usd_text: str) -> int:
+    """An exact decimal micro-USD amount (the cost header, usage's cost_micro_usd) in pico-USD."""
+    amount = Decimal(micro_usd_text) * 1_000_000
+    assert amount == amount.to_integral_value(), micro_usd_text  # never finer than a pico-dollar
+    return int(amount)
 
 
 def admin(gateway, env: dict[str, str]) -> httpx.AsyncClient:

@@ -108,7 +108,7 @@ async def test_an_adapter_no_worker_can_fetch_is_a_503_that_costs_nothing(platfo
     assert int(response.headers["retry-after"]) >= 1
     assert [len(worker.behaviour.received) for worker in platform.workers] == [1, 1], "each worker tried once"
     row = await ledger_row(db, response.headers["x-request-id"])
-    assert (row["outcome"], row["http_status"], row["cost_micro_usd"]) == ("unavailable", 503, 0)
+    assert (row["outcome"], row["http_status"], row["cost_pico_usd"]) == ("unavailable", 503, 0)
 
 
 async def test_a_dropped_connection_is_retried_on_a_fresh_one(platform, tenant, db):

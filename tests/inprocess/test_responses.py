@@ -13,7 +13,7 @@ import openai
 import pytest
 from lorafleet.devtools.stub_worker import PROMPT_TOKENS, TOOL_ARGUMENTS
 
-from tests.helpers import ledger_row, wait_rows
+from tests.helpers import ledger_row, pico, wait_rows
 from tests.inprocess.conftest import STUB_MODEL
 
 CHUNKS = 8  # what a stub worker answers: "ok " this many times, finish_reason "length"
@@ -49,8 +49,8 @@ async def test_a_response_is_a_chat_completion_underneath_billed_as_responses(pl
     row = await ledger_row(db, raw.headers["x-request-id"])
     assert (row["endpoint"], row["outcome"], row["prompt_tokens"], row["completion_tokens"]) == \
         ("responses", "success", PROMPT_TOKENS, CHUNKS)
-    assert row["cost_micro_usd"] == int(raw.headers["x-lorafleet-cost-micro-usd"])
-    assert response.usage.model_extra["cost_micro_usd"] == row["cost_micro_usd"]
+    assert row["cost_pico_usd"] == pico(raw.headers["x-lorafleet-cost-micro-usd"])
+    assert response.usage.model_extra["cost_micro_usd"] == raw.headers["x-lorafleet-cost-micro-usd"]
 
 
 async def test_a_streamed_response_is_typed_events_in_order_and_billed_once(platform, tenant, db):
@@ -73,10 +73,10 @@ async def test_a_streamed_response_is_typed_events_in_order_and_billed_once(plat
         stored = await sdk.responses.retrieve(final.id)
     assert stored.output_text == text and stored.status == "incomplete"
     await wait_rows(db, tenant.tenant_id, 1)  # the gateway writes ledger rows in batches, a few ms later
-    rows = await db.fetch("SELECT endpoint, streamed, outcome, completion_tokens, cost_micro_usd FROM usage_ledger "
+    rows = await db.fetch("SELECT endpoint, streamed, outcome, completion_tokens, cost_pico_usd FROM usage_ledger "
                           "WHERE tenant_id = $1", tenant.tenant_id)
     assert [tuple(row.values())[:4] for row in rows] == [("responses", True, "success", CHUNKS)]
-    assert rows[0]["cost_micro_usd"] == final.usage.model_extra["cost_micro_usd"]
+    assert rows[0]["cost_pico_usd"] == pico(final.usage.model_extra["cost_micro_usd"])
 
 
 async def test_previous_response_id_replays_the_conversation(platform, tenant):

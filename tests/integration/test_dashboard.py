@@ -26,7 +26,7 @@ from lorafleet.dashboard.charts import usd
 
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
-from tests.helpers import missing_capability, set_price, wait_rows
+from tests.helpers import half_up, missing_capability, set_price, wait_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "dashboard"
@@ -88,12 +88,12 @@ async def test_sign_in_and_the_overview_matches_the_ledger(page, gateway, base_e
 
     await sign_in(page, gateway, key.secret)
     ledger = await db.fetchrow(
-        "SELECT count(*) AS requests, sum(prompt_tokens + completion_tokens) AS tokens, sum(cost_micro_usd) AS cost "
+        "SELECT count(*) AS requests, sum(prompt_tokens + completion_tokens) AS tokens, sum(cost_pico_usd) AS cost "
         "FROM usage_ledger WHERE tenant_id = $1 AND started_at >= date_trunc('month', now(), 'UTC')", key.tenant_id)
     assert await page.get_by_test_id("month-requests").inner_text() == f"{ledger['requests']:,}"
     assert await page.get_by_test_id("month-tokens").inner_text() == f"{ledger['tokens']:,}"
-    assert await page.get_by_test_id("month-cost").inner_text() == usd(ledger["cost"])
-    assert await page.get_by_test_id("period-spend").inner_text() == usd(ledger["cost"])
+    assert await page.get_by_test_id("month-cost").inner_text() == usd(half_up(int(ledger["cost"])))
+    assert await page.get_by_test_id("period-spend").inner_text() == usd(half_up(int(ledger["cost"])))
     assert await page.locator("svg.chart rect").count() >= 1
     await shot(page, "overview")
 

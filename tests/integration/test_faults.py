@@ -81,7 +81,7 @@ async def _assert_unavailable_and_free(response: httpx.Response, db) -> None:
     assert "Traceback" not in response.text and "/" not in error["message"]  # no paths, no stack
     assert int(response.headers["retry-after"]) >= 1
     row = await ledger_row(db, response.headers["x-request-id"])
-    assert (row["outcome"], row["http_status"], row["cost_micro_usd"]) == ("unavailable", 503, 0)
+    assert (row["outcome"], row["http_status"], row["cost_pico_usd"]) == ("unavailable", 503, 0)
 
 
 async def _worker_view(gateway, base_env) -> dict:

@@ -1,4 +1,7 @@
-"""Ledger → rollups → invoice → Stripe (localstripe) agree to the micro-dollar; reruns change nothing."""
+"""Ledger → rollups → invoice → Stripe (localstripe) agree to the micro-dollar; reruns change nothing.
+
+The ledger and rollups hold exact pico-USD; each invoice line rounds its exact sum once, half up.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from lorafleet.gateway.metering.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import expected_cost, set_price, wait_rows
+from tests.helpers import expected_cost, half_up, set_price, wait_rows
 
 FIRST_PRICE = (1_000_003, 2_000_001)
 SECOND_PRICE = (3_000_007, 5_000_011)
@@ -78,11 +81,13 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     assert [r["price_id"] for r in rows] == [first["id"]] * 3 + [second["id"]] * 2, "earlier rows keep their price"
     for row in rows:
         prices = FIRST_PRICE if row["price_id"] == first["id"] else SECOND_PRICE
-        assert row["cost_micro_usd"] == expected_cost(row["prompt_tokens"], row["completion_tokens"], *prices)
-    ledger_total = sum(r["cost_micro_usd"] for r in rows)
+        assert row["cost_pico_usd"] == expected_cost(row["prompt_tokens"], row["completion_tokens"], *prices)
+    ledger_total = sum(r["cost_pico_usd"] for r in rows)  # exact
+    by_price = [sum(r["cost_pico_usd"] for r in rows if r["price_id"] == p["id"]) for p in (first, second)]
+    invoice_total = sum(half_up(amount) for amount in by_price)  # a line per price version, each rounded once
 
     # Rollups agree with the ledger, and a rebuild from the ledger gives the same numbers.
-    rollup = await db.fetchval("SELECT sum(cost_micro_usd) FROM usage_daily WHERE tenant_id = $1", key.tenant_id)
+    rollup = await db.fetchval("SELECT sum(cost_pico_usd) FROM usage_daily WHERE tenant_id = $1", key.tenant_id)
     assert rollup == ledger_total
     before = await db.fetch("SELECT * FROM usage_hourly WHERE tenant_id = $1 ORDER BY bucket, api_key_id", key.tenant_id)
     await rebuild_rollups(db)
@@ -102,8 +107,10 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     assert sorted((line.prompt_micro_usd_per_mtok, line.completion_micro_usd_per_mtok) for line in usage_lines) == \
            sorted([FIRST_PRICE, SECOND_PRICE])
     assert [line.requests for line in sorted(usage_lines, key=lambda l: l.price_id)] == [3, 2]
-    assert invoice.subtotal_micro_usd == ledger_total == sum(line.amount_micro_usd for line in usage_lines)
-    assert invoice.total_micro_usd == ledger_total and invoice.credit_applied_micro_usd == 0
+    assert [(line.amount_pico_usd, line.amount_micro_usd) for line in sorted(usage_lines, key=lambda l: l.price_id)] == \
+           [(amount, half_up(amount)) for amount in by_price]
+    assert invoice.subtotal_micro_usd == invoice_total == sum(line.amount_micro_usd for line in usage_lines)
+    assert invoice.total_micro_usd == invoice_total and invoice.credit_applied_micro_usd == 0
     assert await close_period(db, month, now=after_month, tenant_id=key.tenant_id) == []  # idempotent
 
     # Export to Stripe; a rerun (and a rerun of close-period) creates nothing new.
@@ -116,11 +123,11 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     assert len(stripe_invoices) == 1
     stripe_invoice = stripe_invoices[0]
     assert stripe_invoice.metadata["lorafleet_invoice_id"] == invoice.id
-    assert stripe_invoice.subtotal == cents_half_up(ledger_total)
+    assert stripe_invoice.subtotal == cents_half_up(invoice_total)
     item_ids = [line.stripe_invoice_item_id for line in (await get_invoice(db, invoice.id, None)).lines]
     items = [client.v1.invoice_items.retrieve(item_id) for item_id in item_ids]
-    assert sum(int(item.metadata["amount_micro_usd"]) for item in items) == ledger_total
-    assert sum(item.amount for item in items) == cents_half_up(ledger_total)
+    assert sum(int(item.metadata["amount_micro_usd"]) for item in items) == invoice_total
+    assert sum(item.amount for item in items) == cents_half_up(invoice_total)
 
     assert await exporter.export_pending() == []
     await db.execute("UPDATE stripe_outbox SET status = 'pending' WHERE invoice_id = $1", invoice.id)  # as after a crash
@@ -141,7 +148,7 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
         base_model_id=rows[0]["base_model_id"], model=model_name, endpoint="completions", outcome="success",
         http_status=200, streamed=False, prompt_tokens=7, completion_tokens=11, worker_url=None,
         started_at=late_started, finished_at=late_started, ttft_ms=1, duration_ms=2,
-        cost_micro_usd=expected_cost(7, 11, *FIRST_PRICE), price_id=first["id"])
+        cost_pico_usd=expected_cost(7, 11, *FIRST_PRICE), price_id=first["id"])
     writer.record(late)
     await writer.drain()
     await writer.close()
@@ -149,18 +156,19 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     created_next = await close_period(db, next_month.strftime("%Y-%m"), now=_utc(_month_after(next_month)),
                                       tenant_id=key.tenant_id)
     adjustment = await get_invoice(db, created_next[0], key.tenant_id)
-    assert [(line.kind, line.amount_micro_usd) for line in adjustment.lines] == [("adjustment", late.cost_micro_usd)]
+    late_amount = half_up(late.cost_pico_usd)
+    assert [(line.kind, line.amount_micro_usd) for line in adjustment.lines] == [("adjustment", late_amount)]
     assert adjustment.lines[0].description.startswith(f"Adjustment for {month}")
     unchanged = await get_invoice(db, invoice.id, key.tenant_id)
-    assert unchanged.total_micro_usd == ledger_total and len(unchanged.lines) == len(invoice.lines)
+    assert unchanged.total_micro_usd == invoice_total and len(unchanged.lines) == len(invoice.lines)
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1 AND invoice_id IS NULL",
                              key.tenant_id) == 0
 
     # An exporter that died after creating an item but before recording it: the rerun adopts it.
     orphan = client.v1.invoice_items.create(params={
-        "customer": customer, "amount": cents_half_up(late.cost_micro_usd), "currency": "usd",
+        "customer": customer, "amount": cents_half_up(late_amount), "currency": "usd",
         "metadata": {"lorafleet_line_id": adjustment.lines[0].id, "lorafleet_invoice_id": adjustment.id,
-                     "amount_micro_usd": str(late.cost_micro_usd)}})
+                     "amount_micro_usd": str(late_amount)}})
     assert await exporter.export_pending() == [adjustment.id]
     exported_adjustment = await get_invoice(db, adjustment.id, None)
     assert exported_adjustment.lines[0].stripe_invoice_item_id == orphan.id
@@ -171,7 +179,7 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
         listed = (await http.get("/v1/invoices")).json()["data"]
         assert [i["id"] for i in listed] == [adjustment.id, invoice.id]
         shown = (await http.get(f"/v1/invoices/{invoice.id}")).json()
-        assert shown["total_micro_usd"] == ledger_total and shown["stripe_invoice_id"] == stripe_invoice.id
+        assert shown["total_micro_usd"] == invoice_total and shown["stripe_invoice_id"] == stripe_invoice.id
     stranger = await make_key()
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {stranger.secret}"}) as http:
         assert (await http.get(f"/v1/invoices/{invoice.id}")).status_code == 404
@@ -184,7 +192,8 @@ async def test_credits_are_applied_on_the_invoice(gateway, base_env, db, model_n
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
         await sdk.completions.create(model=model_name, prompt="Credit me", max_tokens=4)
     await wait_rows(db, key.tenant_id, 1)
-    spent = await db.fetchval("SELECT sum(cost_micro_usd) FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
+    exact = await db.fetchval("SELECT sum(cost_pico_usd) FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
+    spent = half_up(int(exact))  # the invoice's one line
     credit = spent // 3
     await db.execute("UPDATE tenant_accounts SET credit_granted_micro_usd = $2 WHERE tenant_id = $1", key.tenant_id,
                      credit)

@@ -21,7 +21,7 @@ async def test_every_named_query_prepares_against_the_migrated_schema(databases)
         assert {"tenants", "api_keys", "base_models", "workers", "usage_ledger", "schema_migrations"} <= tables
         money_like = await connection.fetch(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'public' AND (column_name LIKE '%tokens%' OR column_name LIKE '%micro%')"
+            "WHERE table_schema = 'public' AND (column_name LIKE '%tokens%' OR column_name LIKE '%micro%' OR column_name LIKE '%pico%')"
         )
         assert money_like and all(r["data_type"] in ("bigint", "integer", "numeric") for r in money_like)
     finally:
@@ -55,5 +55,41 @@ async def test_a_failing_migration_leaves_nothing_behind(databases, tmp_path: Pa
     try:
         assert await connection.fetchval("SELECT to_regclass('half')") is None
         assert await connection.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    finally:
+        await connection.close()
+
+
+async def test_exact_costs_are_backfilled_from_the_rounded_ones(databases, tmp_path: Path):
+    """0012 gives every row written before it its exact amount: the whole micro-USD it was billed, × 10⁶."""
+    dsn = await databases.create()
+    for migration in discover():
+        if migration.version < "0012":
+            (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+    await migrate(dsn, tmp_path)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("INSERT INTO tenants (id, name) VALUES ('ten_m', 'm')")
+        await connection.execute("INSERT INTO tenant_accounts (tenant_id, spent_total_micro_usd, period_spent_micro_usd) "
+                                 "VALUES ('ten_m', 57, 12)")
+        for request_id, cost in (("req_a", 0), ("req_b", 45), ("req_c", 12)):
+            await connection.execute(
+                "INSERT INTO usage_ledger (request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, "
+                "http_status, streamed, prompt_tokens, completion_tokens, started_at, finished_at, duration_ms, "
+                "cost_micro_usd) VALUES ($1, 'ten_m', 'key_m', 'bm_m', 'm', 'completions', 'success', 200, false, "
+                "1, 1, now(), now(), 1, $2)", request_id, cost)
+        await connection.execute("INSERT INTO usage_daily (tenant_id, bucket, api_key_id, base_model_id, adapter_id, "
+                                 "requests, errors, prompt_tokens, completion_tokens, cost_micro_usd) "
+                                 "VALUES ('ten_m', date_trunc('day', now()), 'key_m', 'bm_m', NULL, 3, 0, 3, 3, 57)")
+        for migration in discover():
+            (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+        assert "0012" in await migrate(dsn, tmp_path)
+        rows = await connection.fetch("SELECT request_id, cost_pico_usd FROM usage_ledger ORDER BY request_id")
+        assert [(r["request_id"], r["cost_pico_usd"]) for r in rows] == \
+            [("req_a", 0), ("req_b", 45_000_000), ("req_c", 12_000_000)]
+        assert await connection.fetchval("SELECT cost_pico_usd FROM usage_daily") == 57_000_000
+        account = await connection.fetchrow("SELECT * FROM tenant_accounts WHERE tenant_id = 'ten_m'")
+        assert (account["spent_total_pico_usd"], account["period_spent_pico_usd"]) == (57_000_000, 12_000_000)
+        assert (account["spent_total_micro_usd"], account["period_spent_micro_usd"]) == (57, 12)
+        assert account["exact_period_start"] == account["period_start"]
     finally:
         await connection.close()

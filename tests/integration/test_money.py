@@ -17,14 +17,16 @@ from lorafleet.db import queries
 from tests.helpers import (
     admin,
     expected_cost,
+    half_up,
     ledger_cost,
     missing_capability,
+    pico,
     set_price,
     settled,
     wait_rows,
 )
 
-PROMPT_PRICE, COMPLETION_PRICE = 1_000_003, 2_000_001  # odd on purpose: every request needs rounding
+PROMPT_PRICE, COMPLETION_PRICE = 1_000_003, 2_000_001  # odd on purpose: no request costs whole micro-dollars
 
 
 async def _limited_tenant(make_key, db, gateway, base_env, **limits) -> object:
@@ -39,13 +41,13 @@ async def test_cost_is_on_every_response_and_in_the_ledger(gateway, base_env, db
     price = await set_price(gateway, base_env, model_name, PROMPT_PRICE, COMPLETION_PRICE)
     raw = await client.completions.with_raw_response.create(model=model_name, prompt="The sky is", max_tokens=5)
     completion = raw.parse()
-    cost = int(raw.headers["x-lorafleet-cost-micro-usd"])
+    cost = pico(raw.headers["x-lorafleet-cost-micro-usd"])  # exact: never rounded per request
     assert cost == expected_cost(completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                  PROMPT_PRICE, COMPLETION_PRICE)
     from tests.helpers import ledger_row
 
     row = await ledger_row(db, raw.headers["x-request-id"])
-    assert (row["cost_micro_usd"], row["price_id"]) == (cost, price["id"])
+    assert (row["cost_pico_usd"], row["price_id"]) == (cost, price["id"])
 
     stream = await client.chat.completions.create(
         model=model_name, messages=[{"role": "user", "content": "Count to five"}], max_tokens=6, stream=True,
@@ -53,7 +55,7 @@ async def test_cost_is_on_every_response_and_in_the_ledger(gateway, base_env, db
     usage = None
     async for chunk in stream:
         usage = chunk.usage or usage
-    streamed_cost = usage.model_extra["cost_micro_usd"]
+    streamed_cost = pico(usage.model_extra["cost_micro_usd"])
     assert streamed_cost == expected_cost(usage.prompt_tokens, usage.completion_tokens, PROMPT_PRICE, COMPLETION_PRICE)
 
 
@@ -87,10 +89,12 @@ async def test_fifty_concurrent_requests_at_the_edge_of_a_budget_never_overspend
     account = await settled(db, key.tenant_id)
     assert account["reserved_micro_usd"] == 0 and account["in_flight"] == 0
     assert await db.fetchval("SELECT count(*) FROM reservations WHERE tenant_id = $1", key.tenant_id) == 0
-    spent = await ledger_cost(db, key.tenant_id)
-    assert 0 < spent <= limit
-    assert account["period_spent_micro_usd"] == spent == account["spent_total_micro_usd"]
-    billed = [int(r.headers["x-lorafleet-cost-micro-usd"]) for r in responses if r.status_code == 200]
+    spent = await ledger_cost(db, key.tenant_id)  # exact, pico-USD
+    assert 0 < spent <= limit * 1_000_000
+    assert account["period_spent_pico_usd"] == spent == account["spent_total_pico_usd"]
+    # what admission compares: the exact spend rounded up, so the limit holds to the last fraction
+    assert account["period_spent_micro_usd"] == -(-spent // 1_000_000) == account["spent_total_micro_usd"] <= limit
+    billed = [pico(r.headers["x-lorafleet-cost-micro-usd"]) for r in responses if r.status_code == 200]
     assert sum(billed) == spent
     rows = await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
     assert rows == statuses.count(200), "a refused request leaves no ledger row"
@@ -114,7 +118,9 @@ async def test_prepaid_tenant_needs_credits(gateway, base_env, db, model_name, m
         await settled(db, key.tenant_id)
         balance = (await sdk.get("/balance", cast_to=httpx.Response)).json()
         assert balance["credit_granted_micro_usd"] == 5_000_000
-        assert balance["credit_remaining_micro_usd"] == 5_000_000 - await ledger_cost(db, key.tenant_id)
+        spent = await ledger_cost(db, key.tenant_id)
+        assert balance["credit_remaining_pico_usd"] == 5_000_000 * 1_000_000 - spent  # decreased exactly
+        assert balance["credit_remaining_micro_usd"] == half_up(5_000_000 * 1_000_000 - spent)
         assert balance["billing_mode"] == "prepaid"
         await sdk.close()
 
@@ -225,11 +231,12 @@ async def test_usage_api_matches_the_ledger_and_csv_matches_json(gateway, base_e
         report = (await http.get("/v1/usage", params={"bucket": "hour", "group_by": "key,model"})).json()
         ledger = await db.fetchrow(
             "SELECT count(*) AS requests, sum(prompt_tokens) AS prompt, sum(completion_tokens) AS completion, "
-            "sum(cost_micro_usd) AS cost FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
+            "sum(cost_pico_usd) AS cost FROM usage_ledger WHERE tenant_id = $1", key.tenant_id)
         assert report["totals"]["requests"] == ledger["requests"] == 5
         assert report["totals"]["prompt_tokens"] == ledger["prompt"]
         assert report["totals"]["completion_tokens"] == ledger["completion"]
-        assert report["totals"]["cost_micro_usd"] == ledger["cost"]
+        assert report["totals"]["cost_pico_usd"] == ledger["cost"]
+        assert report["totals"]["cost_micro_usd"] == half_up(int(ledger["cost"]))  # rounded once, not per row
         assert {row["api_key_id"] for row in report["data"]} == {key.key_id, second_key.key_id}
         assert {row["model"] for row in report["data"]} == {model_name}
         by_key = {row["api_key_id"]: row["requests"] for row in report["data"]}
@@ -241,8 +248,8 @@ async def test_usage_api_matches_the_ledger_and_csv_matches_json(gateway, base_e
         exported = await http.get("/v1/usage", params={"bucket": "hour", "group_by": "key,model", "format": "csv"})
         assert exported.headers["content-type"].startswith("text/csv")
         rows = list(csv.DictReader(io.StringIO(exported.text)))
-        assert [(r["api_key_id"], int(r["requests"]), int(r["cost_micro_usd"])) for r in rows] == \
-               [(r["api_key_id"], r["requests"], r["cost_micro_usd"]) for r in report["data"]]
+        assert [(r["api_key_id"], int(r["requests"]), int(r["cost_micro_usd"]), int(r["cost_pico_usd"])) for r in rows] == \
+               [(r["api_key_id"], r["requests"], r["cost_micro_usd"], r["cost_pico_usd"]) for r in report["data"]]
 
         filtered = (await http.get("/v1/usage", params={"api_key_id": second_key.key_id})).json()
         assert filtered["totals"]["requests"] == 2

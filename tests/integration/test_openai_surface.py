@@ -18,7 +18,7 @@ from lorafleet.core.ids import random_token
 from lorafleet.devtools.services import Service, start_worker
 
 from tests.adapter_factory import write_adapter
-from tests.helpers import ledger_row
+from tests.helpers import ledger_row, pico
 from tests.integration.test_adapters import upload
 
 pytestmark = pytest.mark.engine
@@ -61,7 +61,7 @@ async def test_a_response_chain_through_an_adapter_and_its_usage_is_the_ledgers(
     row = await ledger_row(db, raw.headers["x-request-id"])
     assert (row["endpoint"], row["outcome"], row["adapter_id"] is not None) == ("responses", "success", True)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (first.usage.input_tokens, first.usage.output_tokens)
-    assert row["cost_micro_usd"] == first.usage.model_extra["cost_micro_usd"]
+    assert row["cost_pico_usd"] == pico(first.usage.model_extra["cost_micro_usd"])
     raw = await client.responses.with_raw_response.create(model=adapter_name, input="What is my name?",
                                                           previous_response_id=first.id, max_output_tokens=16)
     second = raw.parse()
@@ -188,7 +188,7 @@ async def test_embeddings_floats_and_base64_billed_per_input_token(gateway, embe
     row = await ledger_row(db, raw.headers["x-request-id"])
     assert (row["endpoint"], row["outcome"], row["completion_tokens"]) == ("embeddings", "success", 0)
     assert row["prompt_tokens"] == floats.usage.prompt_tokens > 0
-    assert row["cost_micro_usd"] == int(raw.headers["x-lorafleet-cost-micro-usd"])
+    assert row["cost_pico_usd"] == pico(raw.headers["x-lorafleet-cost-micro-usd"])
     async with httpx.AsyncClient(base_url=gateway.url, headers=tenant_key.headers, timeout=60) as http:
         answer = await http.post("/v1/embeddings", json={"model": EMBED_MODEL, "input": "The sea is blue.",
                                                          "encoding_format": "base64"})

@@ -125,5 +125,5 @@ async def test_a_request_held_past_the_bound_gets_503_with_retry_after_and_costs
     assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
     assert response.json()["error"]["code"] == "no_worker_ready"
     row = await ledger_row(db, response.headers["x-request-id"])
-    assert (row["outcome"], row["cost_micro_usd"], row["completion_tokens"]) == ("unavailable", 0, 0)
+    assert (row["outcome"], row["cost_pico_usd"], row["completion_tokens"]) == ("unavailable", 0, 0)
     assert '"no_worker_ready"' in events[-1], "a held stream ends with the same error, as an event"

@@ -1,9 +1,20 @@
 """Money logic without a database: rounding, worst cases, token bounds, cents, usage parameters."""
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
-from lorafleet.billing.pricing import Price, PriceBook, cost_micro_usd, worst_case_cost
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lorafleet.billing.pricing import (
+    Price,
+    PriceBook,
+    cost_pico_usd,
+    micro_usd,
+    micro_usd_ceil,
+    micro_usd_text,
+    worst_case_cost,
+)
 from lorafleet.billing.stripe_export import allocate_cents, cents_half_up
 from lorafleet.billing.usage import parse_query
 from lorafleet.core.errors import InvalidRequest
@@ -28,30 +39,87 @@ def _price(prompt: int, completion: int, surcharge: int = 0, when: dt.datetime =
     return Price(id, "bm", prompt, completion, surcharge, when)
 
 
-def test_cost_rounds_half_up_once_per_request():
-    price = _price(1, 0)  # 1 µUSD per million tokens
-    assert cost_micro_usd(price, 499_999, 0, adapter=False) == 0
-    assert cost_micro_usd(price, 500_000, 0, adapter=False) == 1  # exactly half: up
-    assert cost_micro_usd(price, 1_499_999, 0, adapter=False) == 1
-    assert cost_micro_usd(None, 10**9, 10**9, adapter=True) == 0  # unpriced: free
+def test_a_requests_cost_is_exact_in_pico_usd():
+    price = _price(1, 0)  # 1 µUSD per million tokens: a token costs one pico-USD
+    assert cost_pico_usd(price, 1, 0, adapter=False) == 1
+    assert cost_pico_usd(price, 499_999, 0, adapter=False) == 499_999
+    assert cost_pico_usd(None, 10**9, 10**9, adapter=True) == 0  # unpriced: free
     # $0.15/M prompt, $0.60/M completion, $0.05/M adapter surcharge on all tokens
     price = _price(150_000, 600_000, 50_000)
-    assert cost_micro_usd(price, 1000, 200, adapter=False) == 150 + 120
-    assert cost_micro_usd(price, 1000, 200, adapter=True) == 150 + 120 + 60
-    assert cost_micro_usd(price, 3, 7, adapter=True) == 5  # (450,000 + 4,200,000 + 500,000) / 10⁶ = 5.15 → 5
+    assert cost_pico_usd(price, 1000, 200, adapter=False) == (150 + 120) * 10**6
+    assert cost_pico_usd(price, 1000, 200, adapter=True) == (150 + 120 + 60) * 10**6
+    assert cost_pico_usd(price, 3, 7, adapter=True) == 450_000 + 4_200_000 + 500_000  # 5.15 µUSD, kept whole
+
+
+def test_an_aggregate_rounds_half_up_once_and_budgets_round_up():
+    assert [micro_usd(p) for p in (0, 499_999, 500_000, 1_499_999, 1_500_000)] == [0, 0, 1, 1, 2]
+    assert [micro_usd_ceil(p) for p in (0, 1, 999_999, 1_000_000, 1_000_001)] == [0, 1, 1, 1, 2]
+
+
+def test_the_exact_cost_reads_as_decimal_micro_usd():
+    assert micro_usd_text(100_000) == "0.1"
+    assert micro_usd_text(1) == "0.000001"
+    assert micro_usd_text(0) == "0"
+    assert micro_usd_text(12_000_000) == "12"
+    assert micro_usd_text(5_150_000) == "5.15"
+    assert micro_usd_text(-2_500_000) == "-2.5"
+    assert Decimal(micro_usd_text(123_456_789_012_345)) * 10**6 == 123_456_789_012_345
+
+
+def test_ten_one_token_completions_at_a_tenth_of_a_micro_dollar_cost_one_micro_dollar():
+    # issue 21, finding 6: each row rounded on its own made these free
+    price = _price(0, 100_000)  # 0.1 µUSD per completion token
+    rows = [cost_pico_usd(price, 1, 1, adapter=False) for _ in range(10)]
+    assert micro_usd(sum(rows)) == 1 == micro_usd(cost_pico_usd(price, 10, 10, adapter=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(prompt_price=st.integers(0, 10**8), completion_price=st.integers(0, 10**8), surcharge=st.integers(0, 10**7),
+       adapter=st.booleans(), requests=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)),
+                                                min_size=1, max_size=200))
+def test_many_small_costs_add_up_to_the_cost_of_their_sum(prompt_price, completion_price, surcharge, adapter,
+                                                            requests):
+    price = _price(prompt_price, completion_price, surcharge)
+    prompt = sum(p for p, _ in requests)
+    completion = sum(c for _, c in requests)
+    together = cost_pico_usd(price, prompt, completion, adapter=adapter)
+    assert sum(cost_pico_usd(price, p, c, adapter=adapter) for p, c in requests) == together
+    # and so the billed amount of the many equals the one's, to the micro-dollar
+    assert micro_usd(sum(cost_pico_usd(price, p, c, adapter=adapter) for p, c in requests)) == micro_usd(together)
+    # the one rounding is within half a micro-dollar of the exact amount, written out independently
+    exact = Decimal(prompt * prompt_price + completion * completion_price
+                    + (prompt + completion) * surcharge * adapter) / 10**6
+    assert abs(Decimal(micro_usd(together)) - exact) <= Decimal("0.5")
+    assert micro_usd_ceil(together) >= exact > micro_usd_ceil(together) - 1 or together == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(price=st.integers(1, 10**6), count=st.integers(1, 10**6))
+def test_a_million_one_token_requests_cost_what_one_million_token_request_costs(price, count):
+    one = _price(price, price)
+    assert count * cost_pico_usd(one, 1, 0, adapter=False) == cost_pico_usd(one, count, 0, adapter=False)
+    assert micro_usd(count * cost_pico_usd(one, 0, 1, adapter=True)) == micro_usd(cost_pico_usd(one, 0, count,
+                                                                                                  adapter=True))
 
 
 def test_worst_case_clamps_to_the_context_with_the_cheaper_side_giving_way():
     cheap_prompt = _price(100_000, 300_000)
     # 1,500 prompt + 1,000 completion > 2,048: the cheaper prompt gives way
     assert worst_case_cost(cheap_prompt, 1500, 1000, 2048, adapter=False) == \
-        cost_micro_usd(cheap_prompt, 1048, 1000, adapter=False)
+        micro_usd_ceil(cost_pico_usd(cheap_prompt, 1048, 1000, adapter=False))
     cheap_completion = _price(300_000, 100_000)
     assert worst_case_cost(cheap_completion, 1500, 1000, 2048, adapter=False) == \
-        cost_micro_usd(cheap_completion, 1500, 548, adapter=False)
+        micro_usd_ceil(cost_pico_usd(cheap_completion, 1500, 548, adapter=False))
     # several sequences: no joint clamp
     assert worst_case_cost(cheap_prompt, 1500, 1000, None, adapter=False) == \
-        cost_micro_usd(cheap_prompt, 1500, 1000, adapter=False)
+        micro_usd_ceil(cost_pico_usd(cheap_prompt, 1500, 1000, adapter=False))
+
+
+def test_a_reservation_covers_the_exact_worst_case_even_below_a_micro_dollar():
+    tiny = _price(100_000, 100_000)  # 0.1 µUSD per token
+    assert worst_case_cost(tiny, 1, 1, None, adapter=False) == 1     # 0.2 µUSD: reserve 1, never 0
+    assert worst_case_cost(tiny, 5, 5, None, adapter=False) == 1     # exactly 1.0
+    assert worst_case_cost(tiny, 5, 6, None, adapter=False) == 2     # 1.1 → 2
 
 
 def test_price_book_picks_the_version_in_effect():

@@ -95,11 +95,11 @@ def test_a_whole_chat_answer_becomes_a_response():
     builder = ResponseBuilder(_request(), None, public_model="my-adapter")
     response = builder.from_chat({"choices": [{"message": {"content": "Hi!", "tool_calls": [
         {"id": "call_1", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, cost_micro_usd=12)
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3}}, cost_micro_usd="0.15")
     assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
     assert [item["type"] for item in response["output"]] == ["message", "function_call"]
     assert response["output"][0]["content"][0]["text"] == "Hi!"
-    assert response["usage"]["total_tokens"] == 10 and response["usage"]["cost_micro_usd"] == 12
+    assert response["usage"]["total_tokens"] == 10 and response["usage"]["cost_micro_usd"] == "0.15"
     assert response["model"] == "my-adapter"
 
 
@@ -120,7 +120,7 @@ async def test_a_stream_of_text_and_a_tool_call_becomes_typed_events_then_the_st
     async def save(document):
         stored.append(document)
 
-    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=4, cost=5)
+    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=4, cost="5")
     events = ResponseEvents(ResponseBuilder(_request(stream=True), None, public_model="m"), meter, save)
     raw = b"".join(filter(None, [
         events.chunk({"choices": [{"delta": {"role": "assistant", "content": ""}}]}),
@@ -151,7 +151,7 @@ async def test_a_stream_cut_mid_way_ends_with_response_failed_and_is_not_stored(
     async def save(document):
         stored.append(document)
 
-    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=1, cost=1)
+    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=1, cost="1")
     events = ResponseEvents(ResponseBuilder(_request(stream=True), None, public_model="m"), meter, save)
     raw = (events.chunk({"choices": [{"delta": {"content": "Hel"}}]}) or b"") + \
         (await events.end(failed=True, error_forwarded=False) or b"")

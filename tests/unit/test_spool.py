@@ -11,7 +11,7 @@ def _rows(prefix: str, count: int) -> list[LedgerRow]:
     return [LedgerRow(request_id=f"{prefix}{i}", tenant_id="t", api_key_id="k", base_model_id="b", model="m",
                      endpoint="completions", outcome="success", http_status=200, streamed=False, prompt_tokens=1,
                      completion_tokens=2, worker_url=None, started_at=now, finished_at=now, ttft_ms=1, duration_ms=1,
-                     cost_micro_usd=3, price_id=None) for i in range(count)]
+                     cost_pico_usd=3, price_id=None) for i in range(count)]
 
 
 class FlakyDatabase:
@@ -49,3 +49,20 @@ async def test_another_gateway_replays_a_dead_gateways_spool(tmp_path):
     database.up = True
     assert await LedgerSpool(tmp_path, "gw_alive").replay(database.insert) == 5
     assert len(database.stored) == 5
+
+
+async def test_a_row_spooled_before_exact_costs_keeps_its_cost(tmp_path):
+    # An older gateway spooled its rows with the cost in whole micro-USD (before migrations/0012).
+    now = dt.datetime.now(dt.UTC).isoformat()
+    old = (b'[{"request_id":"old-1","tenant_id":"t","api_key_id":"k","base_model_id":"b","model":"m",'
+           b'"endpoint":"completions","outcome":"success","http_status":200,"streamed":false,"prompt_tokens":1,'
+           b'"completion_tokens":2,"worker_url":null,"started_at":"' + now.encode() + b'","finished_at":"'
+           + now.encode() + b'","ttft_ms":1,"duration_ms":1,"adapter_id":null,"cost_micro_usd":7,"price_id":null}]\n')
+    (tmp_path / "ledger-gw_old-1.jsonl").write_bytes(old)
+    database = FlakyDatabase()
+    database.up = True
+    spool = LedgerSpool(tmp_path, "gw_a")
+    spool.append(_rows("new-", 1))
+    assert await spool.replay(database.insert) == 2
+    assert database.stored["old-1"].cost_pico_usd == 7_000_000
+    assert database.stored["new-0"].cost_pico_usd == 3

@@ -1,4 +1,8 @@
-"""Operator and tenant views of money: prices, credits, limits, balances."""
+"""Operator and tenant views of money: prices, credits, limits, balances.
+
+A balance is derived from the account's exact settled spend (pico-USD) and shown in whole micro-USD
+rounded half up once (billing/pricing.py), with the exact amounts beside it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import datetime as dt
 
 import asyncpg
 import msgspec
+from lorafleet.billing.pricing import PICO_PER_MICRO, micro_usd
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest, NotFound
 from lorafleet.core.types import Page, page_of
@@ -34,9 +39,11 @@ class Balance(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     period_start: dt.date
     period_spent_micro_usd: int
+    period_spent_pico_usd: int          # exact
     monthly_spend_limit_micro_usd: int | None
     credit_granted_micro_usd: int
     credit_remaining_micro_usd: int
+    credit_remaining_pico_usd: int      # exact
     reserved_micro_usd: int
     in_flight: int
     max_concurrent_requests: int | None
@@ -108,15 +115,17 @@ class AccountService:
         return page_of([self._balance(row) for row in rows], limit)
 
     def _balance(self, row: asyncpg.Record) -> Balance:
+        period_spent = int(row["period_spent_pico_usd"])
+        # Credits are consumed by spend as it happens (prepaid, by each request's exact cost) or by
+        # invoices (postpaid); either way what is left is granted minus settled spend, never below zero.
+        credit_remaining = max(0, row["credit_granted_micro_usd"] * PICO_PER_MICRO - int(row["spent_total_pico_usd"]))
         return Balance(
             tenant_id=row["tenant_id"], tenant_name=row["tenant_name"], billing_mode=row["billing_mode"],
             currency=self._currency, period_start=row["period_start"],
-            period_spent_micro_usd=row["period_spent_micro_usd"],
+            period_spent_micro_usd=micro_usd(period_spent), period_spent_pico_usd=period_spent,
             monthly_spend_limit_micro_usd=row["monthly_spend_limit_micro_usd"],
             credit_granted_micro_usd=row["credit_granted_micro_usd"],
-            # Credits are consumed by spend as it happens (prepaid) or by invoices (postpaid);
-            # either way what is left is granted minus settled spend, never below zero.
-            credit_remaining_micro_usd=max(0, row["credit_granted_micro_usd"] - row["spent_total_micro_usd"]),
+            credit_remaining_micro_usd=micro_usd(credit_remaining), credit_remaining_pico_usd=credit_remaining,
             reserved_micro_usd=row["reserved_micro_usd"], in_flight=row["in_flight"],
             max_concurrent_requests=row["max_concurrent_requests"],
         )

@@ -6,9 +6,11 @@ closed) become adjustment lines. A row is billed by setting its ``invoice_id`` o
 transaction that writes the invoice, so a closed invoice is never rewritten and no row is billed
 twice. Closing is idempotent: a tenant that already has an invoice for M is skipped.
 
-Lines group rows by base model, adapter and price version; a line's amount is the sum of its
-rows' costs, so the invoice total equals the ledger to the micro-dollar. Credits are applied
-last, up to the subtotal.
+Lines group rows by base model, adapter and price version; a line's amount is the exact sum of its
+rows' costs (pico-USD, kept as ``amount_pico_usd``) rounded once, half up, to whole micro-USD
+(billing/pricing.py), so a line is within half a micro-dollar of the ledger however many rows it
+bills — a million one-token requests cost what one million-token request costs. The subtotal is
+the sum of the lines. Credits are applied last, up to the subtotal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as dt
 
 import asyncpg
 import msgspec
+from lorafleet.billing.pricing import micro_usd
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest, NotFound
 from lorafleet.core.types import Page, page_of
@@ -38,6 +41,7 @@ class InvoiceLine(msgspec.Struct, kw_only=True):
     completion_micro_usd_per_mtok: int | None
     adapter_surcharge_micro_usd_per_mtok: int | None
     amount_micro_usd: int
+    amount_pico_usd: int | None = None   # exact, before the line's one rounding (None: a credit line)
     stripe_invoice_item_id: str | None = None
     object: str = "invoice_line"
 
@@ -121,7 +125,8 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
              prompt_tokens=g["prompt_tokens"], completion_tokens=g["completion_tokens"],
              prompt_micro_usd_per_mtok=g["prompt_micro_usd_per_mtok"],
              completion_micro_usd_per_mtok=g["completion_micro_usd_per_mtok"],
-             adapter_surcharge_micro_usd_per_mtok=g["adapter_surcharge_micro_usd_per_mtok"], amount_micro_usd=g["amount"])
+             adapter_surcharge_micro_usd_per_mtok=g["adapter_surcharge_micro_usd_per_mtok"],
+             amount_micro_usd=micro_usd(int(g["amount_pico"])), amount_pico_usd=g["amount_pico"])
         for g in groups
     ]
     subtotal = sum(line["amount_micro_usd"] for line in lines)
@@ -131,12 +136,12 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
         lines.append(dict(kind="credit", description="Credits applied", base_model_id=None, adapter_id=None,
                           price_id=None, requests=0, prompt_tokens=0, completion_tokens=0,
                           prompt_micro_usd_per_mtok=None, completion_micro_usd_per_mtok=None,
-                          adapter_surcharge_micro_usd_per_mtok=None, amount_micro_usd=-credit))
+                          adapter_surcharge_micro_usd_per_mtok=None, amount_micro_usd=-credit, amount_pico_usd=None))
     await connection.execute(queries.insert_invoice, invoice_id, tenant_id, start, end, subtotal, credit,
                              subtotal - credit)
     columns = ["kind", "description", "base_model_id", "adapter_id", "price_id", "requests", "prompt_tokens",
                "completion_tokens", "prompt_micro_usd_per_mtok", "completion_micro_usd_per_mtok",
-               "adapter_surcharge_micro_usd_per_mtok", "amount_micro_usd"]
+               "adapter_surcharge_micro_usd_per_mtok", "amount_micro_usd", "amount_pico_usd"]
     await connection.execute(
         queries.insert_invoice_lines, [ids.invoice_line_id() for _ in lines], [invoice_id] * len(lines),
         list(range(1, len(lines) + 1)), *([line[c] for line in lines] for c in columns))
@@ -156,5 +161,12 @@ async def get_invoice(db: asyncpg.Pool | asyncpg.Connection, invoice_id: str, te
     row = await db.fetchrow(queries.get_invoice, invoice_id, tenant_id)
     if row is None:
         raise NotFound(f"no invoice {invoice_id!r}", param="invoice_id")
-    lines = [InvoiceLine(**dict(line)) for line in await db.fetch(queries.get_invoice_lines, invoice_id)]
+    lines = [_line(line) for line in await db.fetch(queries.get_invoice_lines, invoice_id)]
     return Invoice(**dict(row), lines=lines)
+
+
+def _line(row: asyncpg.Record) -> InvoiceLine:
+    fields = dict(row)
+    if fields["amount_pico_usd"] is not None:
+        fields["amount_pico_usd"] = int(fields["amount_pico_usd"])  # numeric: a whole number of pico-USD
+    return InvoiceLine(**fields)

@@ -1,14 +1,33 @@
-"""Prices and the one rounding rule that turns tokens into micro-USD.
+"""Prices, exact costs, and the one rounding rule that turns them into whole micro-USD.
 
 A price is quoted per million tokens in integer micro-USD, so the exact cost of a request is an
-integer count of 10⁻¹² USD. It is rounded once, per request, half up to a whole micro-USD:
+integer count of pico-USD (10⁻¹² USD) — no rounding at all:
 
-    cost = (prompt × prompt_price + completion × completion_price
-            + [adapter] (prompt + completion) × surcharge + 500_000) // 1_000_000
+    cost_pico = prompt × prompt_price + completion × completion_price
+                + [adapter] (prompt + completion) × surcharge
 
-Invoice lines and usage sums add these per-request costs, so every total equals the ledger to the
-micro-dollar; a line's ``tokens × unit price`` can differ from its amount by at most half a
-micro-dollar per request.
+The ledger keeps that exact amount on every row (``usage_ledger.cost_pico_usd``), and so do the
+rollups and the accounts' settled spend, so costs add up without loss: a million one-token requests
+cost exactly what one million-token request costs. (Rounding each row, as before, made every
+request under half a micro-dollar free: ten one-token completions at 0.1 µUSD/token cost 0.)
+
+Rounding happens once per aggregate that is shown or billed in whole micro-USD — an invoice line
+(tenant, period, model, adapter, price version), a ``/v1/usage`` bucket and its totals, a balance —
+and the rule is **half up** on that aggregate's exact sum (:func:`micro_usd`):
+
+    micro = (pico + 500_000) // 1_000_000
+
+So an aggregate is within half a micro-dollar of its exact amount, whatever the number of rows in
+it; an invoice's subtotal is the sum of its rounded lines (at most half a micro-dollar per line
+from the exact sum). One request's own cost is never rounded: the ``x-lorafleet-cost-micro-usd``
+header and the per-request ``usage.cost_micro_usd`` carry the exact amount as decimal text in
+micro-USD (:func:`micro_usd_text`, e.g. ``0.1``).
+
+Budgets round the other way, up (:func:`micro_usd_ceil`): admission compares whole micro-USD —
+the settled spend (exact, rounded up) plus reservations (each request's exact worst case, rounded
+up) against the spend limit or the credits granted — so spend can never pass a limit, not even by a
+fraction; a tenant is refused at most a micro-dollar per request in flight early. Prepaid credits
+decrease by the exact cost of each request; what is left is shown rounded half up.
 """
 
 from __future__ import annotations
@@ -19,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MICRO_PER_MTOK_DIVISOR = 1_000_000
+PICO_PER_MICRO = 1_000_000  # also tokens per price quantum: µUSD per million tokens × tokens = pico-USD
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,19 +57,37 @@ def price_from_row(row: Mapping[str, Any]) -> Price:
                  adapter_surcharge=row["adapter_surcharge_micro_usd_per_mtok"], effective_at=row["effective_at"])
 
 
-def cost_micro_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, *, adapter: bool) -> int:
-    """The cost of one request under ``price`` (no price: free), rounded half up."""
+def cost_pico_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, *, adapter: bool) -> int:
+    """The exact cost of one request under ``price`` (no price: free), in pico-USD."""
     if price is None:
         return 0
     exact = prompt_tokens * price.prompt + completion_tokens * price.completion
     if adapter:
         exact += (prompt_tokens + completion_tokens) * price.adapter_surcharge
-    return (exact + MICRO_PER_MTOK_DIVISOR // 2) // MICRO_PER_MTOK_DIVISOR
+    return exact
+
+
+def micro_usd(pico_usd: int) -> int:
+    """An aggregate's exact amount in whole micro-USD, rounded half up: the one rounding rule."""
+    return (pico_usd + PICO_PER_MICRO // 2) // PICO_PER_MICRO
+
+
+def micro_usd_ceil(pico_usd: int) -> int:
+    """Rounded up: for budgets, so a limit compared in whole micro-USD is never passed by a fraction."""
+    return -(-pico_usd // PICO_PER_MICRO)
+
+
+def micro_usd_text(pico_usd: int) -> str:
+    """The exact amount as decimal micro-USD text: ``100000`` → ``0.1``, ``12000000`` → ``12``."""
+    sign = "-" if pico_usd < 0 else ""
+    whole, fraction = divmod(abs(pico_usd), PICO_PER_MICRO)
+    return f"{sign}{whole}.{fraction:06d}".rstrip("0") if fraction else f"{sign}{whole}"
 
 
 def worst_case_cost(price: Price | None, prompt_tokens: int, completion_tokens: int, context_length: int | None,
                     *, adapter: bool) -> int:
-    """Most a request may cost: its bounds, clamped so prompt + completion fits the context.
+    """Most a request may cost, in whole micro-USD rounded up (what admission reserves): its bounds,
+    clamped so prompt + completion fits the context.
 
     The engine never runs more than ``context_length`` tokens per sequence, so of the two bounds
     the one with the cheaper price gives way first (that is the maximum of a linear cost over the
@@ -64,7 +101,7 @@ def worst_case_cost(price: Price | None, prompt_tokens: int, completion_tokens: 
             prompt_tokens -= min(excess, prompt_tokens)
         else:
             completion_tokens -= min(excess, completion_tokens)
-    return cost_micro_usd(price, prompt_tokens, completion_tokens, adapter=adapter)
+    return micro_usd_ceil(cost_pico_usd(price, prompt_tokens, completion_tokens, adapter=adapter))
 
 
 class PriceBook:

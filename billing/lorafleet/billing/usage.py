@@ -2,6 +2,10 @@
 
 Buckets are UTC hours or days; a range is widened to whole buckets. Rows exist only for buckets
 with traffic. The same rows serve JSON and CSV, so both always carry identical numbers.
+
+Each row and the totals carry their exact cost (``cost_pico_usd``) and that amount rounded once,
+half up, to whole micro-USD (``cost_micro_usd``, billing/pricing.py): the totals round the exact
+sum, not the rounded rows, so a million tiny requests add up to what they cost.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from lorafleet.billing.pricing import micro_usd
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.db import queries
 
@@ -21,7 +26,7 @@ GROUPS = ("key", "model", "adapter")
 MAX_RANGE = {"hour": dt.timedelta(days=93), "day": dt.timedelta(days=3 * 366)}
 DEFAULT_RANGE = {"hour": dt.timedelta(days=1), "day": dt.timedelta(days=30)}
 CSV_COLUMNS = ("bucket_start", "api_key_id", "model", "adapter", "requests", "errors", "prompt_tokens",
-               "completion_tokens", "total_tokens", "cost_micro_usd")
+               "completion_tokens", "total_tokens", "cost_micro_usd", "cost_pico_usd")
 
 
 class UsageRow(msgspec.Struct, kw_only=True):
@@ -35,7 +40,8 @@ class UsageRow(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    cost_micro_usd: int
+    cost_micro_usd: int   # the bucket's exact cost, rounded half up
+    cost_pico_usd: int    # exact (10⁻¹² USD)
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -44,7 +50,8 @@ class UsageTotals(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    cost_micro_usd: int = 0
+    cost_micro_usd: int = 0   # the exact total, rounded half up once
+    cost_pico_usd: int = 0
 
 
 class UsageReport(msgspec.Struct, kw_only=True):
@@ -131,7 +138,8 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
         UsageRow(bucket_start=row["bucket"], api_key_id=row["api_key_id"], model=row["model"],
                  adapter=row["adapter"], adapter_id=row["adapter_id"], requests=row["requests"],
                  errors=row["errors"], prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
-                 total_tokens=row["prompt_tokens"] + row["completion_tokens"], cost_micro_usd=row["cost_micro_usd"])
+                 total_tokens=row["prompt_tokens"] + row["completion_tokens"],
+                 cost_micro_usd=micro_usd(int(row["cost_pico_usd"])), cost_pico_usd=int(row["cost_pico_usd"]))
         for row in rows
     ]
     return _report(query, data, currency)
@@ -141,7 +149,9 @@ def _report(query: UsageQuery, data: list[UsageRow], currency: str) -> UsageRepo
     totals = UsageTotals()
     for row in data:
         for name in UsageTotals.__struct_fields__:
-            setattr(totals, name, getattr(totals, name) + getattr(row, name))
+            if name != "cost_micro_usd":
+                setattr(totals, name, getattr(totals, name) + getattr(row, name))
+    totals.cost_micro_usd = micro_usd(totals.cost_pico_usd)
     return UsageReport(bucket=query.bucket, start=query.start, end=query.end, group_by=list(query.group_by), data=data,
                        totals=totals, currency=currency)
 

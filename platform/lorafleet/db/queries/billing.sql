@@ -24,10 +24,11 @@ SELECT id, name, max_model_len FROM base_models WHERE name = $1;
 
 -- name: get_accounts
 -- One tenant's account ($1), or every tenant's ($1 NULL); spend this period is 0 once the month turned.
+-- Spend is exact (pico-USD); accounts.py rounds it once for display.
 SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
-       a.credit_granted_micro_usd, a.spent_total_micro_usd,
-       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
-           AS period_spent_micro_usd,
+       a.credit_granted_micro_usd, a.spent_total_pico_usd,
+       CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_pico_usd ELSE 0 END
+           AS period_spent_pico_usd,
        date_trunc('month', now(), 'UTC')::date AS period_start,
        a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
 FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id
@@ -37,9 +38,9 @@ ORDER BY t.created_at, t.id;
 -- name: page_accounts
 -- Every tenant's account, oldest tenant first; $1: the last tenant id of the previous page, $2 rows.
 SELECT a.tenant_id, t.name AS tenant_name, a.billing_mode, a.monthly_spend_limit_micro_usd, a.max_concurrent_requests,
-       a.credit_granted_micro_usd, a.spent_total_micro_usd,
-       CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_micro_usd ELSE 0 END
-           AS period_spent_micro_usd,
+       a.credit_granted_micro_usd, a.spent_total_pico_usd,
+       CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date THEN a.period_spent_pico_usd ELSE 0 END
+           AS period_spent_pico_usd,
        date_trunc('month', now(), 'UTC')::date AS period_start,
        a.reserved_micro_usd, a.in_flight, a.stripe_customer_id
 FROM tenant_accounts a JOIN tenants t ON t.id = a.tenant_id

@@ -29,8 +29,9 @@ WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
 RETURNING tenant_id;
 
 -- name: dashboard_daily_cost
--- Daily cost per base model / adapter over a range, for the overview chart.
-SELECT u.bucket, coalesce(a.name, m.name) AS series, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+-- Daily cost per base model / adapter over a range, for the overview chart. Each cost here is the
+-- exact sum rounded half up once to whole micro-USD (billing/pricing.py; div truncates, sums ≥ 0).
+SELECT u.bucket, coalesce(a.name, m.name) AS series, div(sum(u.cost_pico_usd) + 500000, 1000000)::bigint AS cost_micro_usd
 FROM usage_daily u JOIN base_models m ON m.id = u.base_model_id LEFT JOIN adapters a ON a.id = u.adapter_id
 WHERE u.tenant_id = $1 AND u.bucket >= $2
 GROUP BY 1, 2 ORDER BY 1, 2;
@@ -39,11 +40,11 @@ GROUP BY 1, 2 ORDER BY 1, 2;
 -- Requests, tokens and cost since $2, a day boundary (from the daily rollup: a month is ~30 rows per key and adapter).
 SELECT coalesce(sum(requests), 0)::bigint AS requests, coalesce(sum(errors), 0)::bigint AS errors,
        coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint AS tokens,
-       coalesce(sum(cost_micro_usd), 0)::bigint AS cost_micro_usd
+       div(coalesce(sum(cost_pico_usd), 0) + 500000, 1000000)::bigint AS cost_micro_usd
 FROM usage_daily WHERE tenant_id = $1 AND bucket >= $2;
 
 -- name: dashboard_top_adapters
-SELECT a.id, a.name, sum(u.requests)::bigint AS requests, sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+SELECT a.id, a.name, sum(u.requests)::bigint AS requests, div(sum(u.cost_pico_usd) + 500000, 1000000)::bigint AS cost_micro_usd
 FROM usage_daily u JOIN adapters a ON a.id = u.adapter_id
 WHERE u.tenant_id = $1 AND u.bucket >= $2 AND u.adapter_id IS NOT NULL
 GROUP BY a.id, a.name ORDER BY cost_micro_usd DESC, a.name LIMIT $3;

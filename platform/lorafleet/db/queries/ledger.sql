@@ -10,42 +10,42 @@ WITH input AS (
         $15::int[], $16::int[], $17::text[], $18::bigint[], $19::bigint[])
     AS t(request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
          streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
-         adapter_id, cost_micro_usd, price_id)
+         adapter_id, cost_pico_usd, price_id)
 ), inserted AS (
     INSERT INTO usage_ledger (
         request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
         streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
-        adapter_id, cost_micro_usd, price_id)
+        adapter_id, cost_pico_usd, price_id)
     SELECT * FROM input
     ON CONFLICT (request_id) DO NOTHING
     RETURNING tenant_id, api_key_id, base_model_id, adapter_id, started_at, outcome,
-              prompt_tokens, completion_tokens, cost_micro_usd
+              prompt_tokens, completion_tokens, cost_pico_usd
 ), released AS (
     DELETE FROM reservations r USING input i WHERE r.request_id = i.request_id
     RETURNING r.tenant_id, r.amount_micro_usd
 ), hourly AS (
     INSERT INTO usage_hourly AS u
     SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
-           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
     FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
     SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
         prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
         completion_tokens = u.completion_tokens + excluded.completion_tokens,
-        cost_micro_usd = u.cost_micro_usd + excluded.cost_micro_usd
+        cost_pico_usd = u.cost_pico_usd + excluded.cost_pico_usd
 ), daily AS (
     INSERT INTO usage_daily AS u
     SELECT tenant_id, date_trunc('day', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
-           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+           count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
     FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
     SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
         prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
         completion_tokens = u.completion_tokens + excluded.completion_tokens,
-        cost_micro_usd = u.cost_micro_usd + excluded.cost_micro_usd
+        cost_pico_usd = u.cost_pico_usd + excluded.cost_pico_usd
 ), spend AS (
-    SELECT tenant_id, sum(cost_micro_usd) AS total,
-           coalesce(sum(cost_micro_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')), 0) AS this_month
+    SELECT tenant_id, sum(cost_pico_usd) AS total,
+           coalesce(sum(cost_pico_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')), 0) AS this_month
     FROM inserted GROUP BY tenant_id
 ), freed AS (
     SELECT tenant_id, sum(amount_micro_usd) AS amount, count(*) AS requests FROM released GROUP BY tenant_id
@@ -55,9 +55,14 @@ WITH input AS (
     FROM spend s FULL JOIN freed f ON f.tenant_id = s.tenant_id
 )
 UPDATE tenant_accounts a
-SET spent_total_micro_usd = a.spent_total_micro_usd + c.total,
-    period_spent_micro_usd = CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date
-                                  THEN a.period_spent_micro_usd ELSE 0 END + c.this_month,
+SET spent_total_pico_usd = a.spent_total_pico_usd + c.total,
+    period_spent_pico_usd = CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date
+                                 THEN a.period_spent_pico_usd ELSE 0 END + c.this_month,
+    exact_period_start = date_trunc('month', now(), 'UTC')::date,
+    -- What admission compares: the exact amounts rounded up (billing/pricing.py; div truncates, both ≥ 0).
+    spent_total_micro_usd = div(a.spent_total_pico_usd + c.total + 999999, 1000000),
+    period_spent_micro_usd = div(CASE WHEN a.exact_period_start = date_trunc('month', now(), 'UTC')::date
+                                      THEN a.period_spent_pico_usd ELSE 0 END + c.this_month + 999999, 1000000),
     period_start = date_trunc('month', now(), 'UTC')::date,
     reserved_micro_usd = a.reserved_micro_usd - c.freed,
     in_flight = a.in_flight - c.requests,

@@ -12,7 +12,7 @@ WITH rollup AS (
            CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
            sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
            sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
-           sum(u.cost_micro_usd)::bigint AS cost_micro_usd
+           sum(u.cost_pico_usd) AS cost_pico_usd  -- numeric: exact, rounded once by the caller
     FROM rollup u
     WHERE ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
       AND ($9::text IS NULL OR u.adapter_id = $9)
@@ -37,26 +37,32 @@ DELETE FROM usage_hourly;
 DELETE FROM usage_daily;
 
 -- name: rebuild_rollups_hourly
-INSERT INTO usage_hourly
+INSERT INTO usage_hourly (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
+                          completion_tokens, cost_pico_usd)
 SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
-       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
 FROM usage_ledger GROUP BY 1, 2, 3, 4, 5;
 
 -- name: rebuild_rollups_daily
-INSERT INTO usage_daily
+INSERT INTO usage_daily (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
+                         completion_tokens, cost_pico_usd)
 SELECT tenant_id, date_trunc('day', bucket, 'UTC'), api_key_id, base_model_id, adapter_id, sum(requests),
-       sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_micro_usd)
+       sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5;
 
 -- name: rebuild_account_spend
--- Settled spend is derived from the ledger too; reservations and limits are left alone.
+-- Settled spend is derived from the ledger too, exactly, with admission's micro-USD counters rounded
+-- up as the ledger writer keeps them; reservations and limits are left alone.
 UPDATE tenant_accounts a SET
-    spent_total_micro_usd = coalesce(s.total, 0),
-    period_spent_micro_usd = coalesce(s.this_month, 0),
+    spent_total_pico_usd = coalesce(s.total, 0),
+    period_spent_pico_usd = coalesce(s.this_month, 0),
+    exact_period_start = date_trunc('month', now(), 'UTC')::date,
+    spent_total_micro_usd = div(coalesce(s.total, 0) + 999999, 1000000),
+    period_spent_micro_usd = div(coalesce(s.this_month, 0) + 999999, 1000000),
     period_start = date_trunc('month', now(), 'UTC')::date
 FROM tenants t LEFT JOIN (
-    SELECT tenant_id, sum(cost_micro_usd) AS total,
-           sum(cost_micro_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')) AS this_month
+    SELECT tenant_id, sum(cost_pico_usd) AS total,
+           sum(cost_pico_usd) FILTER (WHERE started_at >= date_trunc('month', now(), 'UTC')) AS this_month
     FROM usage_ledger GROUP BY tenant_id
 ) s ON s.tenant_id = t.id
 WHERE a.tenant_id = t.id;

@@ -30,7 +30,7 @@ class LedgerRow(msgspec.Struct, kw_only=True, frozen=True):
     ttft_ms: int | None
     duration_ms: int
     adapter_id: str | None = None   # None: the base model (the one representation of "no adapter")
-    cost_micro_usd: int = 0
+    cost_pico_usd: int = 0     # exact: never rounded per row (billing/pricing.py)
     price_id: int | None = None
 
 
@@ -40,7 +40,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "text"), ("endpoint", "text"), ("outcome", "text"), ("http_status", "int"), ("streamed", "bool"),
     ("prompt_tokens", "bigint"), ("completion_tokens", "bigint"), ("worker_url", "text"),
     ("started_at", "timestamptz"), ("finished_at", "timestamptz"), ("ttft_ms", "int"), ("duration_ms", "int"),
-    ("adapter_id", "text"), ("cost_micro_usd", "bigint"), ("price_id", "bigint"),
+    ("adapter_id", "text"), ("cost_pico_usd", "bigint"), ("price_id", "bigint"),
 )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorafleet.billing.pricing import Price, cost_micro_usd
+from lorafleet.billing.pricing import Price, cost_pico_usd, micro_usd_text
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.metering.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
@@ -66,10 +66,16 @@ class Meter:
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
     @property
-    def cost(self) -> int:
+    def cost_pico(self) -> int:
+        """The exact cost so far, in pico-USD: what the ledger row records."""
         billable = self.billable
-        return cost_micro_usd(billable.price, self.prompt_tokens, self.completion_tokens,
-                              adapter=billable.adapter_id is not None)
+        return cost_pico_usd(billable.price, self.prompt_tokens, self.completion_tokens,
+                             adapter=billable.adapter_id is not None)
+
+    @property
+    def cost(self) -> str:
+        """The exact cost as decimal micro-USD text (``0.1``): the cost header's and usage's value."""
+        return micro_usd_text(self.cost_pico)
 
     def first_token(self) -> None:
         if self.ttft is None:
@@ -92,7 +98,7 @@ class Meter:
             http_status=http_status, streamed=billable.streamed, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, worker_url=self.worker_url, started_at=billable.started_at,
             finished_at=billable.started_at + dt.timedelta(seconds=duration), ttft_ms=ttft_ms,
-            duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_micro_usd=self.cost,
+            duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_pico_usd=self.cost_pico,
             price_id=billable.price.id if billable.price else None,
         ))
         self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens, billable.base_model_id)

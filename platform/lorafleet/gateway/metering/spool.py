@@ -19,7 +19,20 @@ from pathlib import Path
 import msgspec
 from lorafleet.gateway.metering.ledger_row import LedgerRow
 
-_decode_batch = msgspec.json.Decoder(list[LedgerRow]).decode
+
+
+class _SpooledRow(LedgerRow, frozen=True, kw_only=True):
+    cost_micro_usd: int | None = None  # a row spooled before migration 0012: its cost, whole micro-USD
+
+
+_decode_spooled = msgspec.json.Decoder(list[_SpooledRow]).decode
+
+
+def _decode_batch(line: bytes) -> list[LedgerRow]:
+    """A spooled batch; a row an older gateway spooled carries its (rounded) cost in micro-USD."""
+    return [msgspec.structs.replace(row, cost_pico_usd=row.cost_micro_usd * 1_000_000)
+            if row.cost_micro_usd is not None and not row.cost_pico_usd else row
+            for row in _decode_spooled(line)]
 
 
 class LedgerSpool:

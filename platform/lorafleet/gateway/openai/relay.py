@@ -51,7 +51,7 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-COST_HEADER = "x-lorafleet-cost-micro-usd"  # what this response costs the tenant, integer micro-USD
+COST_HEADER = "x-lorafleet-cost-micro-usd"  # what this response costs the tenant: exact decimal µUSD ("0.1")
 # Shorter than the worker's keep-alive (worker/engine.py): the gateway closes idle connections first.
 UPSTREAM_KEEPALIVE_SECONDS = 30.0
 KEEPALIVE_SECONDS = 5.0  # an SSE comment this often while a held stream waits for a worker

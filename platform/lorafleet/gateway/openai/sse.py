@@ -4,7 +4,8 @@ Upstream every chunk carries usage (the relay asks for ``continuous_usage_stats`
 takes each, so a stream cut anywhere is billed for exactly what the engine produced up to there.
 The client gets usage only in the shape it asked for: none, the final usage-only chunk
 (``include_usage``), or usage on every chunk (``continuous_usage_stats`` too). The final usage
-chunk also carries ``cost_micro_usd`` (the response headers left before the cost was known).
+chunk also carries ``cost_micro_usd``, the exact cost as decimal text (the response headers left
+before the cost was known).
 
 A worker that fails mid-stream (connection lost, no ``[DONE]``, a malformed chunk) ends the
 client's stream with one error event in the OpenAI envelope; the request is metered as an

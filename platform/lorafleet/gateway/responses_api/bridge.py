@@ -129,12 +129,12 @@ class ResponseBuilder:
         }
 
     @staticmethod
-    def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_micro_usd: int) -> dict[str, Any]:
+    def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_micro_usd: str) -> dict[str, Any]:
         return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens},
                 "output_tokens": completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": prompt_tokens + completion_tokens, "cost_micro_usd": cost_micro_usd}
 
-    def from_chat(self, completion: dict[str, Any], cost_micro_usd: int) -> dict[str, Any]:
+    def from_chat(self, completion: dict[str, Any], cost_micro_usd: str) -> dict[str, Any]:
         """A whole chat completion as this response."""
         choice = (completion.get("choices") or [{}])[0]
         message = choice.get("message") or {}

@@ -102,7 +102,9 @@ class ResponseUsage(msgspec.Struct, kw_only=True):
     total_tokens: int
     input_tokens_details: dict[str, int]
     output_tokens_details: dict[str, int]
-    cost_micro_usd: int | None = None
+    # The exact cost as decimal micro-USD text ("0.1"), never rounded (billing/pricing.py); responses
+    # stored before migration 0012 hold an integer.
+    cost_micro_usd: str | int | None = None
 
 
 class ResponseObject(msgspec.Struct, kw_only=True):
