@@ -18,6 +18,7 @@ from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.openai.bounds import chat_demand
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
+from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.params import Limit
 from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
@@ -73,7 +74,8 @@ class ResponsesController(Controller):
         input_items = canonical_input(data.input)
         history = (await services.responses.history(principal.tenant_id, data.previous_response_id)
                    if data.previous_response_id else [])
-        chat = chat_request(data, history + input_items, tools)
+        chat = with_output_cap(chat_request(data, history + input_items, tools),
+                               default_max_tokens(services.settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = chat_demand(chat, len(_encode(chat)), resolved.base.max_model_len,
                              max_sequences=services.settings.max_sequences_per_request)
         builder = ResponseBuilder(data, tools, public_model=data.model)
