@@ -142,7 +142,9 @@ async def test_a_worker_that_refuses_connections_is_replaced_by_the_next(platfor
     held: list = []
     try:
         await eventually(lambda: _ready(registry, gone.url), bool, what="the new worker in routing")
-        monkeypatch.setattr(registry, "refresh", _no_refresh)  # the view stays what it was: the worker "ready"
+        monkeypatch.setattr(registry, "_poll", _no_poll)  # the view stays what it was: the worker "ready"
+        registry.refreshed.clear()
+        await registry.refreshed.wait()  # a refresh that was polling before the patch is over
         await gone.runner.cleanup()  # its port now refuses connections
         # The others look busy, so the refusing worker is placement's first choice.
         held = [worker.take(None) for worker in registry.workers() if worker.url != gone.url]
@@ -168,7 +170,7 @@ async def _ready(registry, url: str) -> bool:
     return any(worker.url == url and worker.routable for worker in registry.workers())
 
 
-async def _no_refresh() -> None:
+async def _no_poll(_worker) -> None:
     return None
 
 
