@@ -32,6 +32,7 @@ from lorafleet.tenancy import TenancyService
 from tests.helpers import TenantKey
 
 STUB_MODEL = "stub-model"
+IDLE_TIMEOUT_SECONDS = 1.5
 
 
 def _free_port() -> int:
@@ -69,7 +70,8 @@ class InProcessPlatform:
             worker.behaviour.fail_next = worker.behaviour.drop_next = 0
             worker.behaviour.fail_status = 500
             worker.behaviour.cut_after_chunks = None
-            worker.behaviour.delay_seconds = 0.0
+            worker.behaviour.delay_seconds = worker.behaviour.state_delay_seconds = 0.0
+            worker.behaviour.aborted = 0
             worker.behaviour.received.clear()
         if self.app is not None:  # what one test's failures taught the gateway is not the next test's
             for state in self.app.state.services.registry.workers():
@@ -125,6 +127,9 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+        # Short enough for the relay's tests to wait out (a stream silent this long is cut), longer than
+        # any other test's stub delay.
+        "LORAFLEET_UPSTREAM_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT_SECONDS),
     })
     port = _free_port()
     app = create_app(settings)
@@ -152,6 +157,16 @@ async def platform(inprocess: InProcessPlatform) -> InProcessPlatform:
     """The in-process platform with its stub workers behaving normally again."""
     inprocess.reset()
     return inprocess
+
+
+@pytest.fixture
+async def spare_stub(inprocess: InProcessPlatform) -> AsyncIterator[StubWorker]:
+    """One more stub worker, started but not registered: a test decides what becomes of it."""
+    worker = await _start_stub(inprocess.internal_token)
+    try:
+        yield worker
+    finally:
+        await worker.runner.cleanup()
 
 
 async def _fresh_tenant(db: asyncpg.Pool, prefix: str) -> TenantKey:

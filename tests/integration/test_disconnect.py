@@ -1,4 +1,5 @@
-"""A client that hangs up mid-stream: vLLM stops, and the ledger counts what the engine streamed."""
+"""A client that hangs up: vLLM stops — mid-stream, or while a non-streamed answer is being generated — and the
+ledger records the disconnect (a stream with what the engine streamed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import ledger_row
+from tests.helpers import ledger_row, wait_rows
 
 pytestmark = pytest.mark.engine
 
@@ -56,3 +57,29 @@ async def test_disconnect_aborts_generation_and_meters_exactly(gateway, worker, 
     assert received <= row["completion_tokens"] <= generated_by_engine
     assert row["completion_tokens"] < 1500
     assert row["prompt_tokens"] > 0
+
+
+async def test_a_client_leaving_a_non_streamed_request_aborts_generation(gateway, worker, tenant_key, db, model_name):
+    """vLLM sends a non-streamed answer only when it is done: the gateway watches the client meanwhile, and
+    closing the upstream connection is what makes vLLM abort the request."""
+    before = await _engine_metrics(worker)
+    body = {"model": model_name, "prompt": "Tell me a very long story.", "max_tokens": 1500, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {tenant_key.secret}"}) as http:
+        request = asyncio.create_task(http.post("/v1/completions", json=body))
+        while (await _engine_metrics(worker))["running"] == 0:  # the engine is generating it
+            assert not request.done(), request.result().text
+            await asyncio.sleep(0.05)
+        request.cancel()  # the client goes away: httpx closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    hung_up = time.monotonic()
+    while (now := await _engine_metrics(worker))["running"] != 0:
+        assert time.monotonic() - hung_up < 5, f"engine still generating: {now}"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert (await _engine_metrics(worker))["generated"] == now["generated"]
+    assert now["generated"] - before["generated"] < 1500, "aborted, not generated to the end"
+    await wait_rows(db, tenant_key.tenant_id, 1)
+    row = await db.fetchrow("SELECT * FROM usage_ledger WHERE tenant_id = $1", tenant_key.tenant_id)
+    assert (row["outcome"], row["http_status"]) == ("client_disconnect", 499)

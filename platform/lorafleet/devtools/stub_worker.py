@@ -7,9 +7,11 @@ gateway's whole path (auth, admission, routing, relay, metering) runs as it woul
 with the engine's cost taken out. With a token, every route but ``/health`` requires it, like the
 real worker's guard.
 
-In tests, :class:`StubBehaviour` makes it fail on purpose (5xx before the first byte, a dropped
-connection, a stream cut after some chunks, a slow answer) and :attr:`StubBehaviour.received`
-keeps the bodies it was sent.
+In tests, :class:`StubBehaviour` makes it fail on purpose (a 5xx, a connection dropped after the
+request was read, a stream cut after some chunks, a slow answer, state polls answered late — as an
+engine using every core answers them) and :attr:`StubBehaviour.received` keeps the bodies it was
+sent; :attr:`StubBehaviour.aborted` counts slow answers whose caller had closed the connection by
+the time they were ready (what makes vLLM abort a request).
 
     python -m lorafleet.devtools.stub_worker --port 8500 --model stub-model
 """
@@ -37,6 +39,9 @@ class StubBehaviour:
     drop_next: int = 0                    # close this many connections without answering
     cut_after_chunks: int | None = None   # end streams (without [DONE]) after this many chunks
     delay_seconds: float = 0.0            # before answering (or between chunks when streaming)
+    state_delay_seconds: float = 0.0      # before answering a state poll
+    state_polls: int = 0                  # state polls received
+    aborted: int = 0                      # answers not sent: the caller had closed the connection
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters_on_disk: list[str] = field(default_factory=list)
 
@@ -59,6 +64,9 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "stub"}]})
 
     async def state(_: web.Request) -> web.Response:
+        behaviour.state_polls += 1
+        if behaviour.state_delay_seconds:
+            await asyncio.sleep(behaviour.state_delay_seconds)
         return web.json_response({"in_flight": 0, "idle_seconds": 0.0, "running": 0, "waiting": 0,
                                   "kv_cache_usage": 0.0, "max_loras": 4, "max_cpu_loras": 16,
                                   "adapters": {"slots": [], "cpu": [], "pinned": [],
@@ -77,6 +85,9 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
                                      status=behaviour.fail_status)
         if behaviour.delay_seconds:
             await asyncio.sleep(behaviour.delay_seconds)
+            if request.transport is None or request.transport.is_closing():
+                behaviour.aborted += 1  # the caller left while "generating": vLLM aborts such a request
+                raise web.HTTPServiceUnavailable()
         chat = request.path.endswith("/chat/completions")
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"

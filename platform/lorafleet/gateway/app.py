@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         catalog = ModelCatalog(pool, settings.catalog_refresh_seconds)
         registry = WorkerRegistry(pool, http, settings.internal_token, settings.worker_refresh_seconds,
                                   database_url=settings.database_url, gateway_id=gateway_id,
-                                  strategy=settings.placement_strategy)
+                                  strategy=settings.placement_strategy, silence_seconds=settings.worker_silence_seconds)
         ledger = LedgerWriter(pool, spool=LedgerSpool(settings.resolved_spool_dir, gateway_id))
         sweeper = ReservationSweeper(pool, gateway_id, heartbeat_seconds=settings.gateway_heartbeat_seconds,
                                      dead_after_seconds=settings.gateway_dead_after_seconds,
@@ -84,7 +84,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         holds = HeldRequests(pool, registry, timeout=settings.wake_timeout_seconds, gateway_id=gateway_id,
                              limits=HoldLimits(settings.hold_max_requests, settings.hold_max_bytes,
                                                settings.tenant_hold_max_requests, settings.tenant_hold_max_bytes))
-        relay = Relay(http, registry, metrics, settings.internal_token, settings.upstream_timeout_seconds,
+        relay = Relay(http, registry, metrics, settings.internal_token,
+                      connect_timeout=settings.upstream_connect_timeout_seconds,
+                      idle_timeout=settings.upstream_idle_timeout_seconds,
                       attempts=settings.upstream_attempts, holds=holds)
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,

@@ -12,6 +12,7 @@ task group of their own: a measurable cost on every request).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,19 @@ class RequestContext:
         self.attempts = 0                         # workers tried (failover)
         self.dropped_fields: tuple[str, ...] = ()  # OpenAI fields the engine does not serve: not forwarded
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
-        self.receive: Receive | None = None        # the connection's ASGI receive (disconnect.py watches it)
+        self.receive: Receive | None = None        # the request's ASGI receive, for wait_client_gone
+
+    async def wait_client_gone(self) -> None:
+        """Return once the client has disconnected: for a handler that waits on something else meanwhile
+        (its body already read). The server says so when the connection closes; it never returns otherwise
+        before the response is sent."""
+        receive = self.receive
+        if receive is None:
+            await asyncio.Event().wait()
+            return
+        while not self.client_gone:
+            if (await receive())["type"] == "http.disconnect":
+                self.client_gone = True
 
     def log_fields(self, elapsed: float) -> dict[str, Any]:
         fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),

@@ -13,10 +13,14 @@ re-reads at once, so a draining or sleeping worker gets nothing new within milli
 for a base model with no routable worker is held until one is (holding.py, which waits on
 :meth:`WorkerRegistry.wait_changed`).
 
-A worker is taken out of routing when its poll fails (until a poll succeeds), or after
+A busy worker is not a dead one. An engine using every core answers its state poll late: a poll
+that times out keeps the worker's last known state and routing (logged at debug level only). A
+worker leaves routing when a poll cannot connect or gets a wrong answer (its engine is gone), when
+no poll has been answered for ``silence_seconds`` (``LORAFLEET_WORKER_SILENCE_SECONDS``: many poll
+periods), when its heartbeat stops (the ``workers`` row goes stale), or after
 :data:`FAILURES_BEFORE_UNREADY` consecutive request failures (for :data:`QUARANTINE_SECONDS`, then
-one request probes it) — never on one error: a stale pooled connection is not a dead worker. A
-failure also triggers an immediate re-poll, so a worker that restarted is back at once.
+one request probes it) — never on one slow poll or one error. A failure also triggers an immediate
+re-poll, so a worker that restarted is back at once.
 """
 
 from __future__ import annotations
@@ -165,8 +169,9 @@ class WorkerState:
 class WorkerRegistry:
     def __init__(self, pool: asyncpg.Pool, http: aiohttp.ClientSession, internal_token: str, refresh_seconds: float,
                  policy: PlacementPolicy = DEFAULT_POLICY, *, database_url: str = "", gateway_id: str = "",
-                 strategy: str = "residency") -> None:
+                 strategy: str = "residency", silence_seconds: float = 30.0) -> None:
         self._pool = pool
+        self._silence_seconds = silence_seconds
         self._http = http
         self._headers = {"Authorization": f"Bearer {internal_token}"}
         self._refresh_seconds = refresh_seconds
@@ -232,6 +237,11 @@ class WorkerRegistry:
             raise ServiceUnavailable("No worker is ready to serve this model right now; retry shortly.",
                                      code="no_worker_ready")
         return rank_with(self._strategy, candidates, adapter_id, self._policy)
+
+    def gone(self, worker: WorkerState) -> bool:
+        """The worker has left routing for good reason (its engine gone, silent too long, no heartbeat):
+        a request waiting on it will not be answered."""
+        return not worker.ready or self._workers.get(worker.url) is not worker
 
     def report_success(self, worker: WorkerState) -> None:
         worker.failures = 0
@@ -340,7 +350,17 @@ class WorkerRegistry:
                 if response.status != 200:
                     raise RuntimeError(f"status {response.status}")
                 report = _decode_report(await response.read())
-        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not ready"
+        except TimeoutError:
+            # Late, not wrong: an engine busy with the CPU answers its poll late. Its last known state
+            # stands until it has been silent for long (aiohttp's connect and read timeouts are TimeoutErrors).
+            silent = time.monotonic() - worker.polled_at
+            if worker.ready and silent >= self._silence_seconds:
+                log.warning("worker_unready", worker=worker.id, reason="silent", silent_seconds=round(silent, 1))
+                worker.ready = False
+            else:
+                log.debug("worker_poll_late", worker=worker.id, silent_seconds=round(silent, 1))
+            return
+        except Exception as exc:  # noqa: BLE001 - a refused connection or a wrong answer: its engine is gone
             if worker.ready:
                 log.warning("worker_unready", worker=worker.id, error=repr(exc)[:300])
             worker.ready = False

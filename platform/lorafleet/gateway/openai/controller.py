@@ -1,7 +1,7 @@
 """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: the request path, in order.
 
 A completion goes: typed body (StrictBody) → principal (dependencies.py) → model resolved
-(fleet/catalog.py) → worst case and fan-out (bounds.py) → admission (metering/admission.py) →
+(fleet/catalog.py) → default output cap (output_cap.py) → worst case and fan-out (bounds.py) → admission (metering/admission.py) →
 meter → worker chosen and called, with failover (relay.py) → ledger row (metering/meter.py).
 """
 
@@ -28,6 +28,7 @@ from lorafleet.gateway.openai.schemas import (
     TextCompletion,
 )
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
+from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
 
@@ -50,6 +51,7 @@ class OpenAIController(Controller):
         principal.require("inference")
         settings = context.services.settings
         resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = chat_demand(data, len(await request.body()), resolved.base.max_model_len,
                              max_sequences=settings.max_sequences_per_request)
         return await run_completion(data, demand, "chat.completions", resolved, context, principal)
@@ -62,6 +64,7 @@ class OpenAIController(Controller):
         principal.require("inference")
         settings = context.services.settings
         resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = completion_demand(data, resolved.base.max_model_len, max_prompts=settings.max_prompts_per_request,
                                    max_sequences=settings.max_sequences_per_request)
         return await run_completion(data, demand, "completions", resolved, context, principal)

@@ -2,7 +2,8 @@
 
 An adapter is listed by the name its tenant gave it, with ``parent`` = its base model (as vLLM
 lists adapters); another tenant's adapter is never listed and its name retrieves a 404, exactly
-like a name that never existed.
+like a name that never existed. A generative model (and every adapter) shows ``default_max_tokens``:
+the output cap a chat or Responses request gets when it sets none (openai/output_cap.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
-from lorafleet.gateway.fleet.catalog import not_found
+from lorafleet.core.errors import LoraFleetError
+from lorafleet.gateway.fleet.catalog import BaseModel, not_found
+from lorafleet.gateway.openai.output_cap import default_max_tokens
 
 if TYPE_CHECKING:
     from lorafleet.gateway.services import Services
@@ -23,6 +26,7 @@ class Model(msgspec.Struct, kw_only=True):
     object: Literal["model"] = "model"
     max_model_len: int | None = None
     parent: str | None = None       # an adapter's base model
+    default_max_tokens: int | None = None  # the output cap of a request that sets none (chat, Responses)
 
 
 class ModelList(msgspec.Struct, kw_only=True):
@@ -30,11 +34,26 @@ class ModelList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
 
 
+def _output_cap(services: Services, base: BaseModel | None) -> int | None:
+    if base is None or base.task != "generate":
+        return None
+    return default_max_tokens(services.settings.default_max_output_tokens, base.max_model_len)
+
+
+def _base_of(services: Services, name: str) -> BaseModel | None:
+    try:
+        return services.catalog.base(name)
+    except LoraFleetError:
+        return None
+
+
 async def list_models(services: Services, tenant_id: str) -> ModelList:
-    models = [Model(id=m.name, created=m.created, owned_by="lorafleet", max_model_len=m.max_model_len)
+    models = [Model(id=m.name, created=m.created, owned_by="lorafleet", max_model_len=m.max_model_len,
+                    default_max_tokens=_output_cap(services, m))
               for m in sorted(services.catalog.all(), key=lambda m: m.name)]
     adapters = await services.adapters.list_all(tenant_id)
-    models += [Model(id=a.name, created=int(a.created_at.timestamp()), owned_by=tenant_id, parent=a.base_model)
+    models += [Model(id=a.name, created=int(a.created_at.timestamp()), owned_by=tenant_id, parent=a.base_model,
+                     default_max_tokens=_output_cap(services, _base_of(services, a.base_model)))
                for a in sorted(adapters, key=lambda a: a.name)]
     return ModelList(data=models)
 
@@ -44,9 +63,10 @@ async def retrieve_model(services: Services, tenant_id: str, name: str) -> Model
     resolved = await services.catalog.resolve(tenant_id, name)
     base = resolved.base
     if resolved.adapter_id is None:
-        return Model(id=base.name, created=base.created, owned_by="lorafleet", max_model_len=base.max_model_len)
+        return Model(id=base.name, created=base.created, owned_by="lorafleet", max_model_len=base.max_model_len,
+                     default_max_tokens=_output_cap(services, base))
     adapter = await services.adapters.find(tenant_id, resolved.adapter_id)
     if adapter is None:
         raise not_found(name)
     return Model(id=adapter.name, created=int(adapter.created_at.timestamp()), owned_by=tenant_id,
-                 parent=adapter.base_model)
+                 parent=adapter.base_model, default_max_tokens=_output_cap(services, base))

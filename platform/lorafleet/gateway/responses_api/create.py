@@ -21,6 +21,7 @@ from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, Replayed, claim, fingerprint
 from lorafleet.gateway.openai.bounds import chat_demand
+from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.completion import run_admitted
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import COST_HEADER, SSE_HEADERS
@@ -92,8 +93,9 @@ async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, A
                builder: ResponseBuilder, resolved: ResolvedModel, context: RequestContext, principal: Principal,
                claimed: Claim | None) -> Response[Any]:
     services = context.services
-    this_turn = chat_request(data, input_items, tools)
     max_model_len = resolved.base.max_model_len
+    cap = default_max_tokens(services.settings.default_max_output_tokens, max_model_len)
+    this_turn = with_output_cap(chat_request(data, input_items, tools), cap)
     # Bounded before admission from the chain's recorded size (store.py: each turn's turn_bytes bounds what
     # replaying it renders); a chain stored before sizes were kept is bounded by the whole context.
     history_bound = 0 if chain is None else (chain.history_bytes if chain.history_bytes is not None else max_model_len)
@@ -107,7 +109,7 @@ async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, A
         chat = this_turn
         if chain is not None:
             history = await services.responses.history(principal.tenant_id, chain.response_id)
-            chat = chat_request(data, history + input_items, tools)
+            chat = with_output_cap(chat_request(data, history + input_items, tools), cap)
         return upstream_body(chat, resolved.served_name, salt, dropped)
 
     tenant_id, key_id = principal.tenant_id, principal.key_id
