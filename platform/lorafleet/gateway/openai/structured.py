@@ -53,7 +53,7 @@ class StructuredLimits:
     repetition_weight: int = 512         # Σ min(bound, 256) over distinct length bounds and quantifiers
     max_number: float = 2.0 ** 63        # |minimum|, |maximum|, |exclusiveMinimum|, |exclusiveMaximum|
     regex_chars: int = 4_096             # one regex (structured_outputs.regex, a schema's pattern)
-    grammar_chars: int = 65_536          # one grammar (EBNF or Lark)
+    grammar_chars: int = 32_768          # one grammar (EBNF or Lark)
     choice_chars: int = 1_000            # one structured_outputs.choice value
     arguments_bytes: int = 1024 * 1024   # one tool call's arguments
     arguments_depth: int = 32            # JSON nesting of one tool call's arguments
@@ -193,6 +193,7 @@ class StructuredBudget:
             if not isinstance(schema, dict):
                 continue  # true/false, or a value no backend reads as a schema
             node = nodes[path] = _Node(path, where)
+            children: list[tuple[Any, tuple[str | int, ...], str, int]] = []
             lengths = (schema.get("minLength"), schema.get("maxLength"))
             for key, value in schema.items():
                 at = _child(where, key)
@@ -214,12 +215,12 @@ class StructuredBudget:
                                 at, "enum and const values")
                     _check_depth(value, depth + 1, limits.schema_depth, at)
                 elif key in _NESTING_SCHEMA or key in _INLINE_SCHEMA:
-                    stack.append((value, (*path, key), at, depth + 1))
+                    children.append((value, (*path, key), at, depth + 1))
                     if key in _INLINE_SCHEMA:
                         node.inline.append((*path, key))
                 elif key in _NESTING_LISTS or key in _INLINE_LISTS or key == "items":
                     if key == "items" and not isinstance(value, list):
-                        stack.append((value, (*path, key), at, depth + 1))
+                        children.append((value, (*path, key), at, depth + 1))
                         continue
                     if not isinstance(value, list):
                         _check_depth(value, depth + 1, limits.schema_depth, at)
@@ -229,7 +230,7 @@ class StructuredBudget:
                     else:
                         self._count("tuple_items", len(value), at, "prefixItems entries")
                     for index, item in enumerate(value):
-                        stack.append((item, (*path, key, index), _child(at, index), depth + 2))
+                        children.append((item, (*path, key, index), _child(at, index), depth + 2))
                         if key in _INLINE_LISTS:
                             node.inline.append((*path, key, index))
                 elif key in _NESTING_MAPS or key in _DEFINITION_MAPS:
@@ -241,16 +242,17 @@ class StructuredBudget:
                     for name, item in value.items():
                         if key == "patternProperties":
                             self._regex(name, at)
-                        stack.append((item, (*path, key, name), _child(at, name), depth + 2))
+                        children.append((item, (*path, key, name), _child(at, name), depth + 2))
                 elif key == "dependencies" and isinstance(value, dict):
                     self._count("properties", len(value), at, "properties")
                     for name, item in value.items():
-                        stack.append((item, (*path, key, name), _child(at, name), depth + 2))
+                        children.append((item, (*path, key, name), _child(at, name), depth + 2))
                 else:
                     _check_depth(value, depth + 1, limits.schema_depth, at)
             if lengths != (None, None):
                 self._weigh(("length", *lengths), [bound for bound in lengths if bound is not None],
                             _child(where, "maxLength" if lengths[1] is not None else "minLength"))
+            stack.extend(reversed(children))  # walked in document order: the first field at fault is named
         return nodes
 
     # ---- counters ----------------------------------------------------------------------------

@@ -21,7 +21,13 @@ from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completio
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.params import Limit
 from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
-from lorafleet.gateway.responses_api.bridge import ResponseBuilder, chat_request, function_tools, refuse_unsupported
+from lorafleet.gateway.responses_api.bridge import (
+    ResponseBuilder,
+    chat_request,
+    check_structured,
+    function_tools,
+    refuse_unsupported,
+)
 from lorafleet.gateway.responses_api.items import canonical_input
 from lorafleet.gateway.responses_api.schemas import (
     DeletedResponse,
@@ -68,6 +74,7 @@ class ResponsesController(Controller):
         principal.require("inference")
         refuse_unsupported(data)
         tools = function_tools(data.tools)
+        check_structured(data, tools)
         services = context.services
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         input_items = canonical_input(data.input)
