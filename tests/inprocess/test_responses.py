@@ -251,10 +251,14 @@ async def test_annotations_and_logprobs_sent_back_are_not_stored(platform, tenan
 
 async def test_a_deeply_nested_tool_schema_with_a_nul_is_still_answered_and_stored(platform, tenant):
     schema: dict = {"type": "object", "description": "a\x00b"}
-    for _ in range(300):
+    for _ in range(15):  # as deep as a schema may nest (32 levels: openai/structured.py)
         schema = {"type": "object", "properties": {"x": schema}}
     tool = {**WEATHER, "parameters": schema}
     async with _sdk(platform, tenant) as sdk:
         created = await sdk.responses.create(model=STUB_MODEL, input="hi", tools=[tool], tool_choice="none")
         fetched = await sdk.responses.retrieve(created.id)
+        with pytest.raises(openai.BadRequestError) as deeper:
+            await sdk.responses.create(model=STUB_MODEL, input="hi", tool_choice="none",
+                                       tools=[{**WEATHER, "parameters": {"type": "object", "properties": {"y": schema}}}])
     assert fetched.id == created.id and len(fetched.tools) == 1
+    assert deeper.value.body["param"].startswith("tools[0].parameters.properties.y.properties.x")

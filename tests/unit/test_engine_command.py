@@ -70,3 +70,25 @@ def test_an_embedding_worker_runs_the_pooling_runner_without_adapters_or_tools(t
     assert _value(command, "--runner") == "pooling" and _value(command, "--convert") == "embed"
     for flag in ("--enable-lora", "--max-loras", "--enable-auto-tool-choice", "--chat-template"):
         assert flag not in command
+
+
+def test_constrained_decoding_is_pinned_to_xgrammar_without_fallback(tmp_path):
+    """vLLM's "auto" falls back to guidance when xgrammar refuses a schema, and guidance expands
+    repetition bounds (minItems 1e8) in the engine's API server: pinned, that schema is a 400."""
+    import importlib.util
+
+    command = engine_command(_settings(_model(tmp_path / "m", CHATML)))
+    assert _value(command, "--structured-outputs-config.backend") == "xgrammar"
+    assert importlib.util.find_spec("xgrammar") is not None, "the pinned backend is installed with the engine"
+    embed = engine_command(_settings(_model(tmp_path / "e", CHATML), LORAFLEET_WORKER_TASK="embed"))
+    assert "--structured-outputs-config.backend" not in embed  # the pooling runner decodes nothing
+
+
+def test_the_pinned_backend_is_one_this_vllm_accepts():
+    from typing import get_args
+
+    from lorafleet.worker.engine import STRUCTURED_OUTPUTS_BACKEND
+    from vllm.config.structured_outputs import StructuredOutputsBackend, StructuredOutputsConfig
+
+    assert STRUCTURED_OUTPUTS_BACKEND in get_args(StructuredOutputsBackend)
+    assert StructuredOutputsConfig(backend=STRUCTURED_OUTPUTS_BACKEND).backend == "xgrammar"

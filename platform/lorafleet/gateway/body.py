@@ -23,6 +23,7 @@ from lorafleet.core.errors import InvalidRequest
 
 T = TypeVar("T")
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
+_KEY_PATH = re.compile(r" - at `key` in `\$\.?(.*)`$")  # a mapping's key was invalid (logit_bias)
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`")
 _MAX_MESSAGE = 300
@@ -33,7 +34,7 @@ def invalid(exc: msgspec.MsgspecError) -> InvalidRequest:
     message = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return InvalidRequest(f"The request body is not valid JSON: {message[:_MAX_MESSAGE]}.")
-    match = _PATH.search(message)
+    match = _PATH.search(message) or _KEY_PATH.search(message)
     path = match.group(1) if match else ""
     if match:
         message = message[: match.start()]

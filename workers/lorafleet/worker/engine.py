@@ -21,6 +21,10 @@ GUARD = "lorafleet.worker.guard.InternalGuard"
 # Longer than the gateway's pooled-connection idle time (gateway/fleet), so the worker never
 # closes a connection the gateway is about to reuse (uvicorn's own default is 5 s).
 KEEP_ALIVE_SECONDS = 75
+# Constrained decoding on xgrammar only. vLLM's default ("auto") falls back to guidance for a schema
+# xgrammar refuses, and guidance expands repetition bounds in the engine's API server (minItems 1e7:
+# 1.4 s and 1.1 GB; 1e8: past 5 GB, the engine unresponsive). Pinned, such a schema is the engine's 400.
+STRUCTURED_OUTPUTS_BACKEND = "xgrammar"
 
 
 def engine_command(settings: Settings) -> list[str]:
@@ -49,6 +53,7 @@ def _task_arguments(settings: Settings) -> list[str]:
         "--max-loras", str(settings.max_loras),
         "--max-cpu-loras", str(settings.max_cpu_loras),
         "--max-lora-rank", str(settings.max_lora_rank),
+        "--structured-outputs-config.backend", STRUCTURED_OUTPUTS_BACKEND,
         *tool_arguments(settings),
     ]
 

@@ -10,16 +10,75 @@ on its own (a default system prompt, the generation prompt, tool-use instruction
 
 Fan-out is bounded too: at most ``max_prompts`` prompts per request and ``max_sequences``
 sequences (prompts × ``n``).
+
+What steers the engine is bounded before it is admitted (:func:`check_chat`, :func:`check_completion`):
+every schema, regex, grammar and choice of a request against one budget, and every tool call a
+conversation replays (structured.py).
 """
 
 from __future__ import annotations
 
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.metering.admission import Demand
-from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
+from lorafleet.gateway.openai.schemas import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    CompletionRequest,
+    JsonSchemaResponseFormat,
+    StructuredOutputs,
+    _Sampling,
+)
+from lorafleet.gateway.openai.structured import StructuredBudget, check_arguments
 
 TEMPLATE_ALLOWANCE = 64
 TOOLS_ALLOWANCE = 1024  # tool-use instructions some templates add when tools are present
+
+
+def check_chat(request: ChatCompletionRequest) -> None:
+    """A 400 naming the field if a schema, pattern, grammar or replayed tool call is out of bounds."""
+    budget = _check_sampling(request)
+    response_format = request.response_format
+    if isinstance(response_format, JsonSchemaResponseFormat) and response_format.json_schema.schema is not None:
+        budget.schema(response_format.json_schema.schema, "response_format.json_schema.schema")
+    for index, tool in enumerate(request.tools or ()):
+        if tool.function.parameters is not None:
+            budget.schema(tool.function.parameters, f"tools[{index}].function.parameters")
+    for index, message in enumerate(request.messages):
+        if not isinstance(message, AssistantMessage):
+            continue
+        for position, call in enumerate(message.tool_calls or ()):
+            check_arguments(call.function.arguments, f"messages[{index}].tool_calls[{position}].function.arguments")
+        if message.function_call is not None:
+            check_arguments(message.function_call.arguments, f"messages[{index}].function_call.arguments")
+
+
+def check_completion(request: CompletionRequest) -> None:
+    _check_sampling(request)
+
+
+def _check_sampling(request: _Sampling) -> StructuredBudget:
+    budget = StructuredBudget()
+    if request.structured_outputs is not None:
+        check_structured_outputs(request.structured_outputs, budget)
+    return budget
+
+
+def check_structured_outputs(outputs: StructuredOutputs, budget: StructuredBudget,
+                             param: str = "structured_outputs") -> None:
+    if isinstance(outputs.json, str):
+        budget.schema_text(outputs.json, f"{param}.json")
+    elif outputs.json is not None:
+        budget.schema(outputs.json, f"{param}.json")
+    if outputs.regex is not None:
+        budget.regex(outputs.regex, f"{param}.regex")
+    if outputs.choice is not None:
+        budget.choice(outputs.choice, f"{param}.choice")
+    if outputs.grammar is not None:
+        budget.grammar(outputs.grammar, f"{param}.grammar")
+    if outputs.structural_tag is not None:
+        budget.structural_tag(outputs.structural_tag, f"{param}.structural_tag")
+    if outputs.whitespace_pattern is not None:
+        budget.regex(outputs.whitespace_pattern, f"{param}.whitespace_pattern")
 
 
 def chat_demand(request: ChatCompletionRequest, body_bytes: int, context_length: int, *, max_sequences: int) -> Demand:

@@ -14,7 +14,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
-from lorafleet.gateway.openai.bounds import chat_demand, completion_demand
+from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
 from lorafleet.gateway.openai.models import (
     Model,
     ModelList,
@@ -49,6 +49,7 @@ class OpenAIController(Controller):
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context,
                                principal: Caller) -> Response[Any]:
         principal.require("inference")
+        check_chat(data)
         settings = context.services.settings
         resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
@@ -62,6 +63,7 @@ class OpenAIController(Controller):
           summary="Create a text completion (OpenAI-compatible; streams with stream=true).")
     async def completions(self, data: JSONBody[CompletionRequest], context: Context, principal: Caller) -> Response[Any]:
         principal.require("inference")
+        check_completion(data)
         settings = context.services.settings
         resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))

@@ -26,9 +26,15 @@ Penalty = Annotated[float, Meta(ge=-2, le=2)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 StopSequence = Annotated[str, Meta(max_length=1000)]
 Stop = StopSequence | Annotated[list[StopSequence], Meta(max_length=16)] | None
-TokenId = Annotated[int, Meta(ge=0)]
+BadWords = Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=128)]
+# Token ids: no vocabulary served here has 10 million tokens; the engine checks the model's own size.
+MAX_TOKEN_ID = 9_999_999
+TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKEN_ID)]
 TokenIds = Annotated[list[TokenId], Meta(max_length=4096)]
-LogitBias = Annotated[dict[str, Annotated[float, Meta(ge=-100, le=100)]], Meta(max_length=1024)]
+StopTokenIds = Annotated[list[TokenId], Meta(max_length=256)]
+TokenIdKey = Annotated[str, Meta(pattern=r"^(0|[1-9][0-9]{0,6})$")]  # a token id, as OpenAI's JSON keys carry it
+LogitBias = Annotated[dict[TokenIdKey, Annotated[float, Meta(ge=-100, le=100)]], Meta(max_length=1024)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # int64, as OpenAI documents it
 Choices = Annotated[int, Meta(ge=1, le=128)]
 Name = Annotated[str, Meta(max_length=256)]
 TemplateValue = str | int | float | bool | None
@@ -188,15 +194,15 @@ class StreamOptions(_Strict, kw_only=True):
 
 
 class StructuredOutputs(_Strict, kw_only=True):
-    """vLLM's constrained decoding (one of them)."""
+    """vLLM's constrained decoding (one of them); sizes, counts and repetitions bounded in structured.py."""
 
     json: dict[str, Any] | str | None = None
     regex: Annotated[str, Meta(max_length=10_000)] | None = None
     choice: Annotated[list[str], Meta(max_length=1024)] | None = None
     grammar: Annotated[str, Meta(max_length=100_000)] | None = None
     json_object: bool | None = None
-    structural_tag: str | None = None
-    whitespace_pattern: str | None = None
+    structural_tag: Annotated[str, Meta(max_length=100_000)] | None = None
+    whitespace_pattern: Annotated[str, Meta(max_length=1_000)] | None = None
     disable_any_whitespace: bool | None = None
     disable_additional_properties: bool | None = None
 
@@ -216,7 +222,7 @@ class _Sampling(_Strict, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     user: Name | None = None
     logit_bias: LogitBias | None = None
     # vLLM extras (README "OpenAI fields and vLLM extras")
@@ -229,8 +235,8 @@ class _Sampling(_Strict, kw_only=True):
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
-    stop_token_ids: TokenIds | None = None
-    bad_words: Annotated[list[StopSequence], Meta(max_length=256)] | None = None
+    stop_token_ids: StopTokenIds | None = None
+    bad_words: BadWords | None = None
     allowed_token_ids: TokenIds | None = None
     truncate_prompt_tokens: Annotated[int, Meta(ge=-1)] | None = None
     prompt_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None

@@ -16,8 +16,9 @@ from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import invalid
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest
+from lorafleet.gateway.openai.structured import StructuredBudget
 from lorafleet.gateway.responses_api.items import chat_messages
-from lorafleet.gateway.responses_api.schemas import FunctionTool, ResponseCreateRequest
+from lorafleet.gateway.responses_api.schemas import FunctionTool, ResponseCreateRequest, TextFormatJsonSchema
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,6 +54,17 @@ def function_tools(tools: list[dict[str, Any]] | None) -> list[FunctionTool] | N
             raise InvalidRequest(f"tools[{index}]: {error.message}",
                                  param=f"tools[{index}].{error.param}" if error.param else f"tools[{index}]") from None
     return decoded
+
+
+def check_structured(request: ResponseCreateRequest, tools: list[FunctionTool] | None) -> None:
+    """The response's JSON schema and its tools' parameters, against one budget (structured.py)."""
+    budget = StructuredBudget()
+    text_format = request.text.format if request.text else None
+    if isinstance(text_format, TextFormatJsonSchema):
+        budget.schema(text_format.schema, "text.format.schema")
+    for index, tool in enumerate(tools or ()):
+        if tool.parameters is not None:
+            budget.schema(tool.parameters, f"tools[{index}].parameters")
 
 
 def chat_request(request: ResponseCreateRequest, items: list[dict[str, Any]],

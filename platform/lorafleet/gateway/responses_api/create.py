@@ -25,7 +25,13 @@ from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_
 from lorafleet.gateway.openai.completion import run_admitted
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import COST_HEADER, SSE_HEADERS
-from lorafleet.gateway.responses_api.bridge import ResponseBuilder, chat_request, function_tools, refuse_unsupported
+from lorafleet.gateway.responses_api.bridge import (
+    ResponseBuilder,
+    chat_request,
+    check_structured,
+    function_tools,
+    refuse_unsupported,
+)
 from lorafleet.gateway.responses_api.items import canonical_input
 from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
@@ -60,6 +66,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
     refuse_unsupported(data)
     tools = function_tools(data.tools)
+    check_structured(data, tools)  # before admission: what the engine's grammar compiler would read
     services = context.services
     resolved = await services.catalog.resolve(principal.tenant_id, data.model)
     require_task(resolved, "generate", data.model)

@@ -12,6 +12,7 @@ import msgspec
 from lorafleet.core import ids
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import invalid
+from lorafleet.gateway.openai.structured import arguments_in_bounds, check_arguments
 from msgspec import Meta
 
 Text = Annotated[str, Meta(max_length=4_000_000)]
@@ -97,6 +98,7 @@ def _canonical(item: dict[str, Any], where: str) -> dict[str, Any]:
             parts = [_part(part) for part in decoded.content]
         return _message(decoded.role, parts)
     if isinstance(decoded, FunctionCallItem):
+        check_arguments(decoded.arguments, f"{where}.arguments")  # vLLM parses them to render the turn
         return {"type": "function_call", "id": ids.new_id("fc"), "call_id": decoded.call_id, "name": decoded.name,
                 "arguments": decoded.arguments, "status": "completed"}
     output = decoded.output if isinstance(decoded.output, str) else "".join(part.text for part in decoded.output)
@@ -132,8 +134,11 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             role = "system" if item["role"] == "developer" else item["role"]
             messages.append({"role": role, "content": text})
         elif kind == "function_call":
+            # A stored call the model wrote may be cut short or nested past the bound: rendered as {}, as
+            # vLLM renders arguments it cannot parse, so the conversation can go on.
+            arguments = item["arguments"] if arguments_in_bounds(item["arguments"]) else "{}"
             call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+                    "function": {"name": item["name"], "arguments": arguments}}
             previous = messages[-1] if messages else None
             if previous and previous["role"] == "assistant" and previous.get("tool_calls") is not None:
                 previous["tool_calls"].append(call)
