@@ -26,3 +26,14 @@ def test_no_init_files_at_the_namespace_levels():
     for root in ("platform", "workers", "billing"):
         assert not (ROOT / root / "__init__.py").exists()
         assert not (ROOT / root / "lorafleet" / "__init__.py").exists()
+
+
+def test_test_modules_outside_packages_have_unique_basenames():
+    # pytest's default import mode puts each package-less test folder on sys.path, so two
+    # test_x.py in such folders collide at collection and stop the whole run (it did in CI).
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
