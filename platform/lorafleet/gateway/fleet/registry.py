@@ -209,9 +209,6 @@ class WorkerRegistry:
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
 
-    def any_ready(self) -> bool:
-        return any(worker.ready for worker in self._workers.values())
-
     def routable(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
         """The base model's routable workers, best first for this request; empty when there are none."""
         try:
