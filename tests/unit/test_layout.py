@@ -23,9 +23,14 @@ def test_one_namespace_package_across_the_source_roots():
 
 
 def test_no_init_files_at_the_namespace_levels():
-    for root in ("platform", "workers", "billing"):
-        assert not (ROOT / root / "__init__.py").exists()
-        assert not (ROOT / root / "lorafleet" / "__init__.py").exists()
+    assert not (ROOT / "platform" / "__init__.py").exists()
+    assert not (ROOT / "platform" / "lorafleet" / "__init__.py").exists()
+
+
+def test_one_source_root():
+    """Gateway, worker, billing and CLI are one package under platform/ (every image installs all of it)."""
+    roots = {path.parents[2].name for path in ROOT.glob("*/lorafleet/*/__init__.py")}
+    assert roots == {"platform"}
 
 
 def test_test_modules_outside_packages_have_unique_basenames():

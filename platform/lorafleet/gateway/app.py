@@ -25,7 +25,7 @@ from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.body import StrictStructSchema
-from lorafleet.gateway.billing import BillingController
+from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            OpenAIController, ResponsesController, EmbeddingsController, KeysController, BillingController, AdminController, SystemController,
+            OpenAIController, ResponsesController, EmbeddingsController, KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

@@ -17,7 +17,7 @@ from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, C
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.responses_api.create import create_response
 from lorafleet.gateway.responses_api.schemas import (
     DeletedResponse,
