@@ -1,4 +1,6 @@
-"""The gateway's app factory: resources in the lifespan, routes, errors, OpenAPI."""
+"""The composition root: the gateway's app — its resources in the lifespan, the gateway's and the
+dashboard's routes, errors, OpenAPI — built above both, so neither package imports the other's app
+(the dashboard uses gateway services; the gateway never imports the dashboard)."""
 
 from __future__ import annotations
 
