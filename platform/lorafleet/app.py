@@ -29,6 +29,7 @@ from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
+from lorafleet.gateway.dependencies import APP_DEPENDENCIES
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                    request_max_body_size=settings.max_upload_bytes),
         ],
         lifespan=[lifespan],
+        dependencies=APP_DEPENDENCIES,  # the services and the request's context, for every route
         plugins=[StrictStructSchema()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,

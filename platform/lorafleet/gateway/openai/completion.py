@@ -22,6 +22,7 @@ from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
 from lorafleet.gateway.openai.schemas import _Sampling
 from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.services import Services
 
 COMPLETION_ERRORS = error_responses(400, 402, 404, 413, 429, 502, 503, *API_KEY)
 WORKER_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
@@ -30,26 +31,25 @@ WORKER_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/
 
 
 async def run_completion(data: _Sampling, demand: Demand, endpoint: str, resolved: ResolvedModel,
-                         context: RequestContext, principal: Principal, *, shaping: Shaping | None = None) -> Response[Any]:
+                         context: RequestContext, services: Services, principal: Principal, *, shaping: Shaping | None = None) -> Response[Any]:
     """A generation request (chat, completions, responses) on a generative model."""
     require_task(resolved, "generate", data.model)
     dropped = dropped_fields(data)
     context.dropped_fields = dropped
-    body = upstream_body(data, resolved.served_name, context.services.cache_salts.salt(principal.tenant_id), dropped)
+    body = upstream_body(data, resolved.served_name, services.cache_salts.salt(principal.tenant_id), dropped)
     shaping = shaping or ChatShaping(data.model, client_usage=data.client_usage,
                                      client_continuous_usage=data.client_continuous_usage)
-    return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, principal, shaping)
+    return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, services, principal, shaping)
 
 
 async def run_admitted(endpoint: str, public_model: str, stream: bool, body: bytes | Callable[[], Awaitable[bytes]],
-                       demand: Demand, resolved: ResolvedModel, context: RequestContext, principal: Principal,
+                       demand: Demand, resolved: ResolvedModel, context: RequestContext, services: Services, principal: Principal,
                        shaping: Shaping) -> Response[Any]:
     """Admit the request, send ``body`` to a worker and meter it: exactly one ledger row, whatever happens.
 
     ``body`` may be built only once the request is admitted (a Responses chain is walked then, so a
     refused key makes the gateway read nothing); ``demand`` must bound what it builds.
     """
-    services = context.services
     context.model = public_model
     started_at = dt.datetime.now(dt.UTC)
     price = services.catalog.prices.at(resolved.base.id, started_at)
