@@ -76,6 +76,13 @@ class RequestContext:
             if (await receive())["type"] == "http.disconnect":
                 self.client_gone = True
 
+    def settle(self, outcome: str, prompt_tokens: int, completion_tokens: int, ttft_ms: float | None) -> None:
+        """How a metered request ended, for its log line (from its ledger row)."""
+        self.outcome = outcome
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.ttft_ms = ttft_ms
+
     def log_fields(self, elapsed: float) -> dict[str, Any]:
         fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),
                   "status": self.status, "latency_ms": round(elapsed * 1000, 2)}

@@ -22,6 +22,7 @@ from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.openai.sse import tidy
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,5 +65,5 @@ class EmbeddingsController(Controller):
                                   max_inputs=services.settings.max_prompts_per_request)
         body = salted(_encode(msgspec.structs.replace(data, model=resolved.served_name)),
                       services.cache_salts.salt(principal.tenant_id))
-        return await run_admitted("embeddings", data.model, False, body, demand, resolved, context, services, principal,
+        return await run_admitted(Endpoint.EMBEDDINGS, data.model, False, body, demand, resolved, context, services, principal,
                                   EmbeddingShaping(data.model))

@@ -31,6 +31,7 @@ from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completio
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."
 
@@ -55,7 +56,7 @@ class OpenAIController(Controller):
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = chat_demand(data, len(await request.body()), resolved.base.max_model_len,
                              max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, "chat.completions", resolved, context, services, principal)
+        return await run_completion(data, demand, Endpoint.CHAT_COMPLETIONS, resolved, context, services, principal)
 
     @post("/completions", operation_id="createCompletion", status_code=200,
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
@@ -69,7 +70,7 @@ class OpenAIController(Controller):
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = completion_demand(data, resolved.base.max_model_len, max_prompts=settings.max_prompts_per_request,
                                    max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, "completions", resolved, context, services, principal)
+        return await run_completion(data, demand, Endpoint.COMPLETIONS, resolved, context, services, principal)
 
     @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.")
     async def list_models(self, services: AppServices, principal: Caller) -> ModelList:

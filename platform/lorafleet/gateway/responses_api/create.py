@@ -37,6 +37,7 @@ from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
 from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
 from lorafleet.gateway.services import Services
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode
@@ -141,7 +142,7 @@ async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, A
             meter.on_finish(lambda: None if claimed.settled else _background(claimed.release()))
 
     shaping = ResponsesShaping(builder, finished, on_meter)
-    return await run_admitted("responses", data.model, data.stream, body, demand, resolved, context, services, principal,
+    return await run_admitted(Endpoint.RESPONSES, data.model, data.stream, body, demand, resolved, context, services, principal,
                               shaping)
 
 
