@@ -15,7 +15,7 @@ from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
 from lorafleet.core import ids
-from lorafleet.core.settings import Settings, get_settings
+from lorafleet.core.settings import GatewaySettings, get_settings
 from lorafleet.dashboard import (
     DashboardController,
     DashboardUploadController,
@@ -64,8 +64,8 @@ def quiet_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or get_settings()
+def create_app(settings: GatewaySettings | None = None) -> Litestar:
+    settings = settings or get_settings(GatewaySettings)
     metrics = GatewayMetrics()
 
     @asynccontextmanager

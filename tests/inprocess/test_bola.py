@@ -28,7 +28,7 @@ import httpx
 import pytest
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import GatewaySettings, load_settings
 from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
@@ -202,7 +202,7 @@ EXEMPT = {
 
 
 def _app_routes() -> set[str]:
-    app = create_app(load_settings({"LORAFLEET_DATABASE_URL": "postgresql://unused/unused",
+    app = create_app(load_settings(GatewaySettings, {"LORAFLEET_DATABASE_URL": "postgresql://unused/unused",
                                     "LORAFLEET_ADMIN_TOKEN": "unused", "LORAFLEET_INTERNAL_TOKEN": "unused"}))
     return {f"{method} {route.path_format}" for route in app.routes
             for method in route.methods - {"OPTIONS", "HEAD"}}

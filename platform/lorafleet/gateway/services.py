@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 from lorafleet.adapters.service import AdapterService
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import GatewaySettings
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests
@@ -23,7 +23,7 @@ from lorafleet.gateway.responses_api.store import ResponseStore
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: GatewaySettings
     pool: asyncpg.Pool
     http: aiohttp.ClientSession
     metrics: GatewayMetrics
