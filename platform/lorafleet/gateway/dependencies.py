@@ -44,6 +44,19 @@ async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> No
     context.key_id = principal.key_id
 
 
+def scope(name: str) -> dict[str, str]:
+    """A tenant route's ``opt``: the scope its key must carry (``@get(..., opt=scope("keys:read"))``)."""
+    return {"scope": name}
+
+
+async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Guard after :func:`require_api_key`: the route's scope (its ``opt``), else 403 before any of the
+    request's body is read. A tenant route that declares none is refused: a scope is never implied."""
+    principal = context_of(connection.scope).principal
+    assert principal is not None  # require_api_key ran first
+    principal.require(handler.opt.get("scope", "(a scope the route does not declare)"))
+
+
 async def provide_principal(context: Context) -> Principal:
     """The principal :func:`require_api_key` authenticated."""
     return context.principal  # type: ignore[return-value]
@@ -59,6 +72,6 @@ async def provide_context(request: Request, services: AppServices) -> RequestCon
 
 
 # What a tenant-API controller declares: the guard, then one chain (context → principal), never a task group.
-TENANT_GUARDS = [require_api_key]
+TENANT_GUARDS = [require_api_key, require_scope]
 APP_DEPENDENCIES = {"services": Provide(provide_services), "context": Provide(provide_context)}
 TENANT_DEPENDENCIES = {"principal": Provide(provide_principal)}

@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.embeddings.schemas import EmbeddingList, EmbeddingRequest
 from lorafleet.gateway.fleet.catalog import require_task
 from lorafleet.gateway.metering.meter import Meter
@@ -53,9 +53,8 @@ class EmbeddingsController(Controller):
     @post("/", operation_id="createEmbedding", status_code=200, dto=StrictBody[EmbeddingRequest], return_dto=None,
           responses={200: ResponseSpec(EmbeddingList, generate_examples=False, description="One embedding per input."),
                      **COMPLETION_ERRORS},
-          summary="Create embeddings (OpenAI-compatible) with an embedding base model.")
+          summary="Create embeddings (OpenAI-compatible) with an embedding base model.", opt=scope("inference"))
     async def create(self, data: JSONBody[EmbeddingRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
-        principal.require("inference")
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         require_task(resolved, "embed", data.model)
         if resolved.adapter_id is not None:

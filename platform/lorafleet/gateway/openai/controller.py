@@ -13,7 +13,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
 from lorafleet.gateway.openai.models import (
     Model,
@@ -46,10 +46,9 @@ class OpenAIController(Controller):
     @post("/chat/completions", operation_id="createChatCompletion", status_code=200,
           dto=StrictBody[ChatCompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(ChatCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).")
+          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context, services: AppServices,
                                principal: Caller) -> Response[Any]:
-        principal.require("inference")
         check_chat(data)
         settings = services.settings
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
@@ -61,9 +60,8 @@ class OpenAIController(Controller):
     @post("/completions", operation_id="createCompletion", status_code=200,
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(TextCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a text completion (OpenAI-compatible; streams with stream=true).")
+          summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
     async def completions(self, data: JSONBody[CompletionRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
-        principal.require("inference")
         check_completion(data)
         settings = services.settings
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
@@ -72,13 +70,11 @@ class OpenAIController(Controller):
                                    max_sequences=settings.max_sequences_per_request)
         return await run_completion(data, demand, Endpoint.COMPLETIONS, resolved, context, services, principal)
 
-    @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.")
+    @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.", opt=scope("inference"))
     async def list_models(self, services: AppServices, principal: Caller) -> ModelList:
-        principal.require("inference")
         return await list_models(services, principal.tenant_id)
 
     @get("/models/{model_id:path}", operation_id="retrieveModel", responses=error_responses(400, 404, *API_KEY),
-         summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).")
+         summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).", opt=scope("inference"))
     async def retrieve_model(self, model_id: FromPath[str], services: AppServices, principal: Caller) -> Model:
-        principal.require("inference")
         return await retrieve_model(services, principal.tenant_id, model_id.lstrip("/"))
