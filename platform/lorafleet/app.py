@@ -31,6 +31,7 @@ from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.dependencies import APP_DEPENDENCIES
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
+from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
@@ -98,6 +99,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             admission=Admission(pool, gateway_id, refusals, synchronous_commit=settings.admission_synchronous_commit,
                                 tenant_max_sequences=settings.tenant_max_concurrent_sequences),
             sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
+            adapter_calls=AdapterCalls(registry, http, settings.internal_token),
             adapters=AdapterService(
                 pool, make_blob_store(settings),
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),

@@ -9,6 +9,7 @@ import asyncpg
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import GatewaySettings
 from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests
 from lorafleet.gateway.fleet.registry import WorkerRegistry
@@ -32,6 +33,7 @@ class Services:
     sweeper: ReservationSweeper
     catalog: ModelCatalog
     registry: WorkerRegistry
+    adapter_calls: AdapterCalls
     ledger: LedgerWriter
     relay: Relay
     adapters: AdapterService

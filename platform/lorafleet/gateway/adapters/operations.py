@@ -169,7 +169,7 @@ async def upload_adapter(request: Request, context: RequestContext, services: Se
                                                      workdir)
             services.catalog.forget_adapter(tenant_id, name)  # a "not found" cached a moment ago no longer holds
             if prewarm != "none":
-                await services.registry.prewarm(adapter.id, adapter.base_model, load=prewarm == "load")
+                await services.adapter_calls.prewarm(adapter.id, adapter.base_model, load=prewarm == "load")
             return adapter
 
         if owner is None or idempotency_key is None:
@@ -184,5 +184,5 @@ async def delete_adapter(context: RequestContext, services: Services, tenant_id:
     """Delete, forget here at once, and unload from every worker (the API and the dashboard)."""
     deleted = await services.adapters.delete(tenant_id, adapter_id)
     services.catalog.forget_adapter(tenant_id, deleted.name)
-    await services.registry.unload_adapter(adapter_id)
+    await services.adapter_calls.unload_adapter(adapter_id)
     return deleted

@@ -182,5 +182,5 @@ def _accounts(services: Services) -> AccountService:
 
 async def _pin(services: Services, adapter_id: str, pinned: bool) -> AdapterPin:
     pin = await services.adapters.set_pinned(adapter_id, pinned)
-    await services.registry.pin_everywhere(pin.id, pin.base_model, pinned)
+    await services.adapter_calls.pin_everywhere(pin.id, pin.base_model, pinned)
     return pin

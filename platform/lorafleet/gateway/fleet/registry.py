@@ -21,6 +21,8 @@ periods), when its heartbeat stops (the ``workers`` row goes stale), or after
 :data:`FAILURES_BEFORE_UNREADY` consecutive request failures (for :data:`QUARANTINE_SECONDS`, then
 one request probes it) — never on one slow poll or one error. A failure also triggers an immediate
 re-poll, so a worker that restarted is back at once.
+
+What the gateway asks of workers about one adapter (prewarm, pin, unload) is adapter_calls.py's.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
-from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank, rank_with
+from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank_with
 
 log = structlog.get_logger("lorafleet.fleet")
 
@@ -183,6 +185,10 @@ class WorkerRegistry:
             self._listener = None
             log.warning("worker_listener_failed", error=repr(exc)[:300])
 
+    @property
+    def policy(self) -> PlacementPolicy:
+        return self._policy
+
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
 
@@ -227,55 +233,6 @@ class WorkerRegistry:
             worker.quarantined_until = time.monotonic() + QUARANTINE_SECONDS
             log.warning("worker_quarantined", worker=worker.id, failures=worker.failures, seconds=QUARANTINE_SECONDS)
         self._repoll.set()
-
-    async def prewarm(self, adapter_id: str, base_model_name: str, *, load: bool) -> bool:
-        """Fetch an adapter onto the worker placement would send it to (and load it there with ``load``),
-        so its first request is not a cold load. False when no worker of its base model is ready."""
-        candidates = [w for w in self._workers.values() if w.ready and w.base_model_name == base_model_name]
-        if not candidates:
-            return False
-        worker = rank(candidates, adapter_id, self._policy)[0]
-        try:
-            async with self._http.post(
-                f"{worker.url}/lorafleet/adapters/{adapter_id}/prewarm", params={"load": "1" if load else "0"},
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=60),
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("adapter_prewarm_failed", worker=worker.id, error=repr(exc)[:300])
-            return False
-
-    async def pin_everywhere(self, adapter_id: str, base_model_name: str, pinned: bool) -> int:
-        """Pin (or unpin) an adapter on every ready worker of its base model now; workers also re-pin on
-        their own after a restart. The number of workers that confirmed."""
-        action = "pin" if pinned else "unpin"
-
-        async def one(worker: WorkerState) -> bool:
-            try:
-                async with self._http.post(f"{worker.url}/lorafleet/adapters/{adapter_id}/{action}",
-                                           headers=self._headers, timeout=aiohttp.ClientTimeout(total=60)) as response:
-                    return response.status == 200
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("adapter_pin_failed", worker=worker.id, error=repr(exc)[:300])
-                return False
-
-        workers = [w for w in self._workers.values() if w.ready and w.base_model_name == base_model_name]
-        return sum(await asyncio.gather(*(one(worker) for worker in workers)))
-
-    async def unload_adapter(self, adapter_id: str) -> None:
-        """Ask every worker to drop an adapter now; its resolver refuses it from here on anyway."""
-        async def unload(worker: WorkerState) -> None:
-            try:
-                async with self._http.post(
-                    f"{worker.url}/lorafleet/adapters/{adapter_id}/unload", headers=self._headers,
-                    timeout=aiohttp.ClientTimeout(total=10),
-                ) as response:
-                    if response.status != 200:
-                        log.warning("adapter_unload_failed", worker=worker.id, status=response.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("adapter_unload_failed", worker=worker.id, error=repr(exc)[:300])
-
-        await asyncio.gather(*(unload(worker) for worker in self._workers.values()))
 
     async def _loop(self) -> None:
         while True:
