@@ -53,6 +53,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
     max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
     max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
+    max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest file uploaded to /v1/files, in bytes, enforced while streaming (413 above).")] = 256 * 1024 * 1024
+    tenant_max_files: Annotated[int, Meta(ge=1, description="Files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 1000
+    tenant_max_file_bytes: Annotated[int, Meta(ge=1024, description="Bytes of files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 10 * 1024**3
+    tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
+    fine_tuning_max_example_tokens: Annotated[int, Meta(ge=16, description="Longest training example, in tokens of the base model (its line is refused beyond).")] = 2048
+    fine_tuning_max_file_tokens: Annotated[int, Meta(ge=1, description="Most tokens a training file may hold, one epoch.")] = 5_000_000
+    trainer_threads: Annotated[int, Meta(ge=0, le=256, description="CPU threads a trainer's training process uses (torch). 0: one per core. On a machine shared with workers, 1 can be several times faster than contending threads.")] = 0
+    trainer_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a trainer proves it still holds its job (and sees a cancel: training stops within about this long).")] = 1.0
+    trainer_stale_seconds: Annotated[float, Meta(gt=0, description="A running job whose trainer has not beaten for this long is taken by another trainer and resumes from its last checkpoint.")] = 30.0
+    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted`.")] = 3
+    trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
+    trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
     blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"
     s3_bucket: Annotated[str, Meta(description="Bucket of the S3 blob store.")] = ""
     s3_prefix: Annotated[str, Meta(description="Key prefix of blobs in the bucket.")] = "blobs/"

@@ -8,6 +8,8 @@ import aiohttp
 import asyncpg
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import Settings
+from lorafleet.files.service import FileService
+from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests
@@ -38,3 +40,5 @@ class Services:
     cache_salts: CacheSalts
     responses: ResponseStore
     holds: HeldRequests
+    files: FileService
+    fine_tuning: FineTuningJobs

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
 from lorafleet.gateway.openai.models import (
+    DeletedModel,
     Model,
     ModelList,
+    delete_model,
     list_models,
     retrieve_model,
 )
@@ -81,3 +83,10 @@ class OpenAIController(Controller):
     async def retrieve_model(self, model_id: FromPath[str], context: Context, principal: Caller) -> Model:
         principal.require("inference")
         return await retrieve_model(context.services, principal.tenant_id, model_id.lstrip("/"))
+
+    @delete("/models/{model_id:path}", operation_id="deleteModel", status_code=200,
+            responses=error_responses(400, 404, *API_KEY),
+            summary="Delete one of this key's models: a fine-tuned model (`ft:…`) or an adapter (base models: 404).")
+    async def delete_model(self, model_id: FromPath[str], context: Context, principal: Caller) -> DeletedModel:
+        principal.require("adapters:write")
+        return await delete_model(context, principal.tenant_id, model_id.lstrip("/"))
