@@ -95,6 +95,20 @@ def worker() -> None:
 
 
 @cli.command()
+def trainer() -> None:
+    """Run a trainer in the foreground: the fine-tuning jobs of LORAFLEET_MODEL_NAME, one at a time."""
+    from lorafleet.finetune.runner import run_trainer
+    from lorafleet.models.prepare import is_prepared
+
+    settings = database_settings()
+    if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
+        raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
+    run_async(check_database(settings))
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_trainer(settings))
+
+
+@cli.command()
 @json_option
 def migrate(as_json: bool) -> None:
     """Apply pending database migrations."""

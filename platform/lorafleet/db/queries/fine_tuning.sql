@@ -127,3 +127,17 @@ WHERE a.tenant_id = $1 AND a.fine_tuned_model = $2 AND a.status = 'ready';
 
 -- name: set_adapter_fine_tuned_model
 UPDATE adapters SET fine_tuned_model = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'ready' RETURNING id;
+
+-- name: requeue_fine_tuning_job
+-- A trainer stopping on purpose hands its job back: the next take resumes from the last checkpoint
+-- without counting this take as a failed attempt.
+UPDATE fine_tuning_jobs SET status = 'queued', trainer_id = NULL, heartbeat_at = NULL,
+                            attempts = greatest(0, attempts - 1)
+WHERE id = $1 AND trainer_id = $2 AND status = 'running'
+RETURNING id;
+
+-- name: fine_tuning_job_status
+SELECT status FROM fine_tuning_jobs WHERE id = $1;
+
+-- name: job_checkpoint_blobs
+SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
