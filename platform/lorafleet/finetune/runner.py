@@ -393,9 +393,12 @@ class Trainer:
             return
         fine_tuned_model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
         adapter_dir = Path(result["adapter_dir"])
-        parts = [(name, adapter_dir / name) for name in ("adapter_config.json", "adapter_model.safetensors")]
         workdir = output / "register"
         workdir.mkdir(exist_ok=True)
+        parts = []  # the upload path's files, in its work folder: the same validation as an upload
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            await asyncio.to_thread(shutil.copyfile, adapter_dir / name, workdir / name)
+            parts.append((name, workdir / name))
         try:
             adapter = await self.adapters.create(job["tenant_id"], job_id, job["model"], parts, workdir,
                                                  fine_tuned_model=fine_tuned_model)
