@@ -195,3 +195,14 @@ async def test_the_queue_takes_once_retakes_a_stale_job_and_gives_up(platform, t
         assert (await sdk.fine_tuning.jobs.cancel(job.id)).status == "cancelled"
     assert await db.fetchval(queries.heartbeat_fine_tuning_job, job.id, "trn_e", None) is None
     await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = ANY($1)", others)
+
+
+async def test_a_price_version_carries_a_training_price(platform):
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as http:
+        answer = await http.post("/admin/prices", json={
+            "base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
+            "training_micro_usd_per_mtok": 3_000_000, "effective_at": "2998-01-01T00:00:00Z"})
+        listed = (await http.get("/admin/prices", params={"limit": 100})).json()["data"]
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["training_micro_usd_per_mtok"] == 3_000_000
+    assert [p["training_micro_usd_per_mtok"] for p in listed if p["id"] == answer.json()["id"]] == [3_000_000]

@@ -40,7 +40,8 @@ def _step(message: str) -> None:
 
 # Each role gets its own secrets and no other: a worker never holds the admin token.
 ROLE_SECRETS = {"gateway": ("database_url", "internal_token", "admin_token"),
-                "worker": ("database_url", "internal_token")}
+                "worker": ("database_url", "internal_token"),
+                "trainer": ("database_url",)}  # reads jobs and files, writes adapters and the ledger: no token
 ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_METRICS_TOKEN",
                "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
 
@@ -57,12 +58,16 @@ def role_environment(role: str, settings: Settings) -> dict[str, str]:
 
 
 def process_names(settings: Settings) -> list[str]:
-    """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), then the gateway."""
-    return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway"]
+    """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), the gateway, the trainer."""
+    return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway", "trainer"]
+
+
+def _role(name: str) -> str:
+    return name if name in ("gateway", "trainer") else "worker"
 
 
 def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
-    role = "gateway" if name == "gateway" else "worker"
+    role = _role(name)
     env = role_environment(role, settings)
     if role == "worker":
         index = 1 if name == "worker" else int(name.rsplit("-", 1)[1])
@@ -125,7 +130,7 @@ def _wait_ready(url: str, files: RuntimeFiles, names: list[str]) -> None:
     with click.progressbar(length=READY_TIMEOUT_SECONDS, label="    waiting for the engine", file=sys.stderr,
                            show_eta=False, show_percent=False) as bar:
         last = 0
-        while not _ready(url, len(names) - 1):
+        while not _ready(url, sum(_role(name) == "worker" for name in names)):
             for name in names:
                 if pid_alive(files.pid_file(name)) is None:
                     raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.log_file(name))}")
@@ -331,7 +336,9 @@ def run_down() -> None:
     stopped: list[str] = []
     # The gateway first (no new requests), then the workers (each drains, then stops its engine).
     workers = sorted(path.stem for path in files.root.glob("worker*.pid"))
-    for name, grace in (("gateway", 45.0), *((worker, settings.worker_drain_seconds + 60.0) for worker in workers)):
+    # The trainer hands its job back to the queue (it resumes from its last checkpoint on the next `up`).
+    for name, grace in (("gateway", 45.0), ("trainer", 60.0),
+                        *((worker, settings.worker_drain_seconds + 60.0) for worker in workers)):
         if stop_process(files.pid_file(name), grace):
             _step(f"stopped the {name}")
             stopped.append(name)
