@@ -6,6 +6,7 @@ trains and serves for real."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import httpx
@@ -206,3 +207,35 @@ async def test_a_price_version_carries_a_training_price(platform):
     assert answer.status_code == 201, answer.text
     assert answer.json()["training_micro_usd_per_mtok"] == 3_000_000
     assert [p["training_micro_usd_per_mtok"] for p in listed if p["id"] == answer.json()["id"]] == [3_000_000]
+
+
+async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db):
+    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
+    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted."""
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
+        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
+                                 json={"amount_micro_usd": 1_000_000})).status_code == 201
+    price = await db.fetchrow(queries.training_price, platform.base_model_id, dt.datetime.now(dt.UTC))
+    current = await db.fetchrow("SELECT * FROM prices WHERE id = $1", price["id"]) if price else None
+    await db.execute(
+        "INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, "
+        "adapter_surcharge_micro_usd_per_mtok, training_micro_usd_per_mtok, effective_at) VALUES ($1, $2, $3, $4, $5, now())",
+        platform.base_model_id, current["prompt_micro_usd_per_mtok"] if current else 0,
+        current["completion_micro_usd_per_mtok"] if current else 0,
+        current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000)
+    row = json.dumps(GOOD) + "\n"
+    body = (row * (100_000 // len(row) + 1)).encode()[:100_000]
+    try:
+        async with _sdk(platform.url, tenant) as sdk:
+            file = await sdk.files.create(file=("big.jsonl", body), purpose="fine-tune")
+            with pytest.raises(openai.APIStatusError) as refused:
+                await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
+            assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
+            assert "2000000 micro-USD" in refused.value.message
+            assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
+            job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
+            await sdk.fine_tuning.jobs.cancel(job.id)
+    finally:  # the other tests' training price stays 0
+        await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
+                         platform.base_model_id)

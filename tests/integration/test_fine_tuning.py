@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -84,6 +87,56 @@ async def _set_training_price(db, model: str) -> None:
         FROM base_models m LEFT JOIN LATERAL (SELECT * FROM prices WHERE base_model_id = m.id
                                                ORDER BY effective_at DESC LIMIT 1) p ON true
         WHERE m.name = $1""", model, TRAINING_PRICE)
+
+
+async def test_a_killed_trainer_s_job_resumes_elsewhere_and_bills_each_step_once(gateway, base_env, log_dir, make_key,
+                                                                               db, model_name, tmp_path):
+    """Kill a trainer (and its training child) mid-job; another trainer, on a disk of its own, takes the
+    job once its heartbeat is stale, resumes from the checkpoint in the blob store, and succeeds. The
+    ledger bills the job once, for exactly tokens × epochs. (First in the file: the module's trainer
+    must not be running yet to take the job itself.)"""
+    env = dict(base_env, LORAFLEET_TRAINER_THREADS="1", LORAFLEET_TRAINER_POLL_SECONDS="0.5",
+               LORAFLEET_TRAINER_HEARTBEAT_SECONDS="1", LORAFLEET_TRAINER_STALE_SECONDS="4",
+               LORAFLEET_TRAINER_CHECKPOINT_STEPS="2",
+               LORAFLEET_BLOB_DIR=str(Path(base_env["LORAFLEET_DATA_DIR"]) / "blobs"))
+    first = start_service("trainer", env, log_dir, "")
+    owner = await make_key()
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=owner.secret, max_retries=0,
+                                  timeout=120) as sdk:
+        file = await sdk.files.create(file=("zorblax.jsonl", _training_file()), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(
+            model=model_name, training_file=file.id, suffix="resumed", seed=1,
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 10}}})
+        deadline = time.monotonic() + 300
+        try:
+            while time.monotonic() < deadline:
+                checkpoints = (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data
+                if checkpoints and checkpoints[0].step_number >= 4:
+                    break
+                await asyncio.sleep(0.3)
+            else:
+                raise AssertionError(f"no checkpoint: {first.log_text()[-3000:]}")
+        finally:
+            os.killpg(first.process.pid, signal.SIGKILL)  # the trainer and its training child, like a lost machine
+            first.process.wait(10)
+        killed_at = checkpoints[0].step_number
+        second = start_service("trainer", dict(env, LORAFLEET_DATA_DIR=str(tmp_path / "other-machine")), log_dir, "")
+        try:
+            done, events, _ = await _wait_done(sdk, job.id)
+        finally:
+            second.stop()
+        assert done.status == "succeeded", (done.error, [e.message for e in events], second.log_text()[-3000:])
+        messages = [e.message for e in events]
+        assert "Fine-tuning job resumed (take 2)" in messages, messages
+        resumed = [m for m in messages if m.startswith("Resuming from the checkpoint at step ")]
+        assert resumed and int(resumed[0].rsplit(" ", 1)[1]) >= killed_at, messages
+        file_tokens = await db.fetchval("SELECT file_tokens FROM fine_tuning_jobs WHERE id = $1", job.id)
+        assert done.trained_tokens == file_tokens * 2  # each step counted once, however often it ran
+        after, _ = await _ask(sdk, done.fine_tuned_model)
+        assert WORD in after, after
+    rows = await db.fetch("SELECT prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
+    assert [r["prompt_tokens"] for r in rows] == [done.trained_tokens]
 
 
 async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, trainer, make_key, db, model_name):

@@ -23,7 +23,8 @@ from msgspec import Meta
 
 from lorafleet.adapters.architecture import SUPPORTED_MODULES
 from lorafleet.core import ids
-from lorafleet.core.errors import InvalidRequest, NotFound, RateLimited
+from lorafleet.billing.pricing import micro_usd_ceil
+from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
 from lorafleet.db import queries
 from lorafleet.finetune.hyperparameters import (
     DEFAULT_TARGETS,
@@ -41,6 +42,8 @@ SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,40}$"
 Auto = Literal["auto"]
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 OPEN_STATUSES = ("validating_files", "queued", "running")
+# "auto" epochs: 3, or enough for ~100 examples seen; a file has at least 10 examples, so at most 10.
+MAX_AUTO_EPOCHS = 10
 
 
 # ---- request bodies ------------------------------------------------------------------------------
@@ -246,6 +249,7 @@ class FineTuningJobs:
     async def create(self, tenant_id: str, key_id: str, base_model_id: str, data: JobCreate) -> FineTuningJob:
         if data.integrations:
             raise InvalidRequest("integrations are not supported", param="integrations")
+        training_bytes = 0
         for param in ("training_file", "validation_file"):
             file_id = getattr(data, param)
             if file_id is None:
@@ -257,10 +261,14 @@ class FineTuningJobs:
             if stored.view.purpose != "fine-tune":
                 raise InvalidRequest(f"{param} {file_id[:64]!r} was uploaded with purpose {stored.view.purpose!r}, "
                                      "not 'fine-tune'", param=param, code="invalid_file_purpose")
+            if param == "training_file":
+                training_bytes = stored.view.bytes
         method_hp = data.method.supervised.hyperparameters if data.method and data.method.supervised else None
         requested = method_hp or data.hyperparameters or HyperparametersRequest()
         hp = requested.to_hyperparameters()
         resolve(hp, 100)  # bounds of every given value (the file's size decides the "auto" ones later)
+        await self._check_budget(tenant_id, base_model_id, training_bytes,
+                                 hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
         seed = data.seed if data.seed is not None else random.randrange(2**31)
         job_id = ids.fine_tuning_job_id()
         async with self._pool.acquire() as connection, connection.transaction():
@@ -277,6 +285,28 @@ class FineTuningJobs:
             await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id, "info",
                                      "message", f"Validating training file: {data.training_file}", None)
         return job_view(row)
+
+    async def _check_budget(self, tenant_id: str, base_model_id: str, training_bytes: int, epochs: int) -> None:
+        """402 when the job's worst case cannot be covered: the training file's bytes bound its tokens (a
+        byte-level BPE token is at least one byte of text, and the JSON around each message is longer
+        than the template's markers), times the epochs, at the training price in effect now. Checked,
+        not reserved: the ledger row at the job's end is what is spent."""
+        price = await self._pool.fetchrow(queries.training_price, base_model_id, dt.datetime.now(dt.UTC))
+        if price is None or not price["training_micro_usd_per_mtok"]:
+            return
+        worst = micro_usd_ceil(training_bytes * epochs * price["training_micro_usd_per_mtok"])
+        account = await self._pool.fetchrow(queries.fine_tuning_headroom, tenant_id)
+        if account is None:
+            raise InsufficientQuota("This account has no billing record; contact the operator.",
+                                    code="no_billing_account")
+        limit = account["monthly_spend_limit_micro_usd"]
+        if limit is not None and account["period_spent_micro_usd"] + account["reserved_micro_usd"] + worst > limit:
+            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than is left of your monthly "
+                                    "spend limit; raise the limit, or set n_epochs or a smaller file.")
+        if account["billing_mode"] == "prepaid" and (account["credit_granted_micro_usd"] - account["spent_total_micro_usd"]
+                                                     - account["reserved_micro_usd"]) < worst:
+            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than your remaining credits; "
+                                    "add credits, or set n_epochs or a smaller file.")
 
     async def get(self, tenant_id: str, job_id: str) -> FineTuningJob:
         row = await self._pool.fetchrow(queries.get_fine_tuning_job, job_id, tenant_id)

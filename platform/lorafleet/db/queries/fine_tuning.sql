@@ -141,3 +141,11 @@ SELECT status FROM fine_tuning_jobs WHERE id = $1;
 
 -- name: job_checkpoint_blobs
 SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
+
+-- name: fine_tuning_headroom
+-- What a job's worst case is checked against at create: the month's spend and limit, prepaid credit.
+SELECT billing_mode, monthly_spend_limit_micro_usd, reserved_micro_usd, credit_granted_micro_usd,
+       spent_total_micro_usd,
+       CASE WHEN period_start = date_trunc('month', now(), 'UTC')::date THEN period_spent_micro_usd ELSE 0 END
+           AS period_spent_micro_usd
+FROM tenant_accounts WHERE tenant_id = $1;

@@ -34,7 +34,7 @@ class FineTuningController(Controller):
     dependencies = TENANT_DEPENDENCIES
 
     @post("/", operation_id="createFineTuningJob", status_code=200, dto=StrictBody[JobCreate], return_dto=None,
-          responses=error_responses(400, 404, 413, *API_KEY),
+          responses=error_responses(400, 402, 404, 413, *API_KEY),
           summary="Start a fine-tuning job: a LoRA of a served base model, trained on one of your `fine-tune` files.")
     async def create_job(self, data: JSONBody[JobCreate], context: Context, principal: Caller) -> FineTuningJob:
         principal.require("adapters:write")
