@@ -13,7 +13,7 @@
    (121 TFLOPS bf16 dense) at 30% utilisation, with a 25 ms floor per step (kernel launches of a
    30-layer model forward and backward at batch 4), plus a 5 s model load.
 
-    PYTHONPATH=platform:workers:billing .venv/bin/python benchmarks/finetune.py [--steps 6] [--rounds 2] [--full]
+    PYTHONPATH=platform .venv/bin/python benchmarks/finetune.py [--steps 6] [--rounds 2] [--full]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
     report = "\n".join([
         "# Fine-tuning",
         "",
-        f"`PYTHONPATH=platform:workers:billing .venv/bin/python benchmarks/finetune.py --steps {args.steps} "
+        f"`PYTHONPATH=platform .venv/bin/python benchmarks/finetune.py --steps {args.steps} "
         f"--rounds {args.rounds}{' --full' if args.full else ''}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, shared machine "
         "(other jobs running: absolute numbers vary run to run; the ratio is from alternated runs).",

@@ -149,6 +149,7 @@ def tree_env(env: dict[str, str], tree: Path | None) -> dict[str, str]:
     """Run a process on ``tree``'s code (the same virtualenv): its source roots first on the path."""
     if tree is None:
         return env
+    # Older trees had three source roots; a root a tree lacks is skipped by the interpreter.
     roots = ":".join(str(tree / root) for root in ("platform", "workers", "billing"))
     return dict(env, PYTHONPATH=roots)
 

@@ -26,7 +26,7 @@ from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory
 from lorafleet.devtools.stub_worker import StubBehaviour, build_app
-from lorafleet.gateway.app import create_app
+from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 
 from tests.helpers import TenantKey

@@ -29,7 +29,7 @@ import pytest
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
 from lorafleet.core.settings import load_settings
-from lorafleet.gateway.app import create_app
+from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
 

@@ -31,7 +31,7 @@ async def test_workers_whose_state_answers_come_late_stay_in_routing_and_serve(p
                                                                     "max_tokens": 4})
                 statuses.append(response.status_code)
                 unready_seen += sum(not worker.ready for worker in registry.workers())
-                held_seen += sum(registry.held.values())
+                held_seen += sum(platform.app.state.services.holds.by_model.values())
     assert len(statuses) > LATE_POLLS and set(statuses) == {200}, statuses
     assert unready_seen == 0 and held_seen == 0, "no worker left routing, no request was held"
     events = [entry["event"] for entry in logs]

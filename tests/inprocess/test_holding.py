@@ -72,7 +72,7 @@ async def test_holds_are_capped_in_count_and_bytes_per_tenant_and_per_gateway(
     assert third.status_code == status, third.text
     assert third.json()["error"]["code"] == code and int(third.headers["Retry-After"]) >= 1
     row = await ledger_row(db, third.headers["x-request-id"])
-    assert (row["outcome"], row["http_status"], row["cost_micro_usd"], row["completion_tokens"]) == \
+    assert (row["outcome"], row["http_status"], row["cost_pico_usd"], row["completion_tokens"]) == \
         ("unavailable", status, 0, 0)
     if who == "same":
         # A tenant's cap is its own: another tenant's request is still held, and served.
@@ -122,7 +122,7 @@ async def test_a_held_request_whose_client_leaves_is_dropped_unbilled_and_its_re
     request_id = request_ids[0] if stream else await db.fetchval(
         "SELECT request_id FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id)
     row = await ledger_row(db, request_id)
-    assert (row["outcome"], row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_micro_usd"]) \
+    assert (row["outcome"], row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_pico_usd"]) \
         == ("client_disconnect", 499, 0, 0, 0)
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE tenant_id = $1", tenant.tenant_id) == 1
 

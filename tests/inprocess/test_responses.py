@@ -106,6 +106,12 @@ async def test_stored_responses_are_read_back_listed_and_deleted(platform, tenan
         assert [item.content[0].text for item in ascending.data] == ["one", "two"]
         page = await sdk.responses.input_items.list(created.id, order="asc", limit=1, after=ascending.data[0].id)
         assert [item.content[0].text for item in page.data] == ["two"] and not page.has_more
+        newest = await sdk.responses.input_items.list(created.id, limit=1)  # desc by default
+        assert [item.content[0].text for item in newest.data] == ["two"] and newest.has_more
+        rest = await sdk.responses.input_items.list(created.id, after=newest.data[0].id)
+        assert [item.content[0].text for item in rest.data] == ["one"] and not rest.has_more
+        unknown = await sdk.responses.input_items.list(created.id, after="msg_not_in_this_response")
+        assert unknown.data == [] and not unknown.has_more
         deleted = await sdk.responses.delete(created.id)
         assert deleted is None or getattr(deleted, "deleted", True)
         for call in (sdk.responses.retrieve(created.id), sdk.responses.delete(created.id),

@@ -283,7 +283,7 @@ async def test_a_chain_found_broken_once_admitted_settles_its_admission_unbilled
     assert broken.status_code == 404 and broken.json()["error"]["param"] == "previous_response_id"
     assert _received(platform) == before
     row = await ledger_row(db, broken.headers["x-request-id"])
-    assert (row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_micro_usd"]) == (404, 0, 0, 0)
+    assert (row["http_status"], row["prompt_tokens"], row["completion_tokens"], row["cost_pico_usd"]) == (404, 0, 0, 0)
     account = await settled(db, tenant.tenant_id)
     assert account["in_flight"] == 0 and account["reserved_micro_usd"] == 0
 

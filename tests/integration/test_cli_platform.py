@@ -30,7 +30,7 @@ from lorafleet.devtools.services import free_port, start_gateway
 
 from tests.adapter_factory import write_adapter
 from tests.conftest import REPO_ROOT
-from tests.helpers import admin, expected_cost
+from tests.helpers import admin, expected_cost, half_up
 
 pytestmark = pytest.mark.engine
 
@@ -284,7 +284,7 @@ async def _last_month_rows(db, key, base_env) -> tuple[str, int]:
             request_id=ids.request_id(), tenant_id=key.tenant_id, api_key_id=key.key_id, base_model_id=model_id,
             model=model, endpoint="completions", outcome="success", http_status=200, streamed=False,
             prompt_tokens=prompt, completion_tokens=completion, worker_url=None, started_at=started,
-            finished_at=started, ttft_ms=1, duration_ms=2, cost_micro_usd=cost, price_id=price["id"]))
+            finished_at=started, ttft_ms=1, duration_ms=2, cost_pico_usd=cost, price_id=price["id"]))
     await writer.drain()
     await writer.close()
     return f"{started:%Y-%m}", total
@@ -299,7 +299,7 @@ async def test_billing_jobs(gateway, base_env, db, make_key, localstripe):
     invoice_id = closed["invoices"][0]
     async with httpx.AsyncClient(base_url=gateway.url, headers=key.headers, timeout=30) as http:
         invoice = (await http.get(f"/v1/invoices/{invoice_id}")).json()
-    assert invoice["total_micro_usd"] == total and invoice["period_start"] == f"{month}-01"
+    assert invoice["total_micro_usd"] == half_up(total) and invoice["period_start"] == f"{month}-01"
     rerun = await _acli(base_env, "billing", "close-period", "--month", month, "--tenant", key.tenant_id)
     assert rerun.returncode == 0 and rerun.stdout.strip() == f"closed {month}: 0 new invoice(s)"
     _failure(await _acli(base_env, "billing", "close-period", "--tenant", "ten_missing", "--json"), "not_found")
@@ -310,7 +310,7 @@ async def test_billing_jobs(gateway, base_env, db, make_key, localstripe):
     counts = _json(await _acli(base_env, "billing", "rebuild-rollups", "--json"))
     assert counts == {"hourly_rows": await db.fetchval("SELECT count(*) FROM usage_hourly"),
                       "daily_rows": await db.fetchval("SELECT count(*) FROM usage_daily")}
-    assert await db.fetchval("SELECT sum(cost_micro_usd) FROM usage_daily WHERE tenant_id = $1", key.tenant_id) == total
+    assert await db.fetchval("SELECT sum(cost_pico_usd) FROM usage_daily WHERE tenant_id = $1", key.tenant_id) == total
 
     stripe_env = dict(base_env, LORAFLEET_STRIPE_API_KEY="sk_test_lorafleet")
     off = _failure(await _acli(base_env, "billing", "export-stripe", "--json"), "not_configured")
@@ -324,6 +324,6 @@ async def test_billing_jobs(gateway, base_env, db, make_key, localstripe):
     assert invoice_id in exported["exported"]
     stripe_invoice = await db.fetchval("SELECT stripe_invoice_id FROM invoices WHERE id = $1", invoice_id)
     remote = make_client("sk_test_lorafleet", localstripe).v1.invoices.retrieve(stripe_invoice)
-    assert remote.metadata["lorafleet_invoice_id"] == invoice_id and remote.metadata["total_micro_usd"] == str(total)
+    assert remote.metadata["lorafleet_invoice_id"] == invoice_id and remote.metadata["total_micro_usd"] == str(half_up(total))
     again = await _acli(stripe_env, "billing", "export-stripe", LORAFLEET_STRIPE_API_BASE=localstripe)
     assert again.returncode == 0 and again.stdout.strip() == "exported 0 invoice(s)"

@@ -57,7 +57,7 @@ def _unavailable(what: str) -> None:
 
 
 def _source_path(*extra: str) -> str:
-    return os.pathsep.join([str(REPO / "platform"), str(REPO / "workers"), str(REPO / "billing"), *extra])
+    return os.pathsep.join([str(REPO / "platform"), *extra])
 
 
 def _as_root() -> list[str]:

@@ -192,7 +192,11 @@ def _balance(**overrides) -> Balance:
                   period_start=dt.date(2026, 12, 1), period_spent_micro_usd=0, monthly_spend_limit_micro_usd=None,
                   credit_granted_micro_usd=0, credit_remaining_micro_usd=0, reserved_micro_usd=0, in_flight=0,
                   max_concurrent_requests=None)
-    return Balance(**{**fields, **overrides})
+    fields.update(overrides)
+    # The exact counters follow the rounded ones here; account_status reads the rounded ones admission compares.
+    fields.setdefault("period_spent_pico_usd", fields["period_spent_micro_usd"] * 1_000_000)
+    fields.setdefault("credit_remaining_pico_usd", fields["credit_remaining_micro_usd"] * 1_000_000)
+    return Balance(**fields)
 
 
 def test_account_status():

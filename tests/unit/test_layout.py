@@ -23,9 +23,14 @@ def test_one_namespace_package_across_the_source_roots():
 
 
 def test_no_init_files_at_the_namespace_levels():
-    for root in ("platform", "workers", "billing"):
-        assert not (ROOT / root / "__init__.py").exists()
-        assert not (ROOT / root / "lorafleet" / "__init__.py").exists()
+    assert not (ROOT / "platform" / "__init__.py").exists()
+    assert not (ROOT / "platform" / "lorafleet" / "__init__.py").exists()
+
+
+def test_one_source_root():
+    """Gateway, worker, billing and CLI are one package under platform/ (every image installs all of it)."""
+    roots = {path.parents[2].name for path in ROOT.glob("*/lorafleet/*/__init__.py")}
+    assert roots == {"platform"}
 
 
 def test_test_modules_outside_packages_have_unique_basenames():
@@ -37,3 +42,16 @@ def test_test_modules_outside_packages_have_unique_basenames():
             continue
         assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
         seen[path.name] = path
+
+
+def test_the_gateway_never_imports_the_dashboard():
+    """The app is composed above both (lorafleet/app.py); a gateway → dashboard import is a package cycle."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "platform" / "lorafleet" / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.startswith("lorafleet.dashboard")]
+    assert not offenders

@@ -65,7 +65,7 @@ def down() -> None:
 def gateway() -> None:
     """Run the gateway in the foreground (HTTP on LORAFLEET_GATEWAY_HOST:PORT)."""
     import uvicorn
-    from lorafleet.gateway.app import create_app
+    from lorafleet.app import create_app
 
     settings = database_settings()
     run_async(check_database(settings))  # a database that is down is one line here, not a startup traceback

@@ -1,4 +1,4 @@
-"""Named SQL queries from ``queries/*.sql``, loaded once and called by name.
+"""Named SQL queries from ``sql/*.sql``, loaded once and called by name.
 
 A file holds blocks that start with ``-- name: <query_name>``; parameters are ``$n``.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_QUERY_DIR = Path(__file__).with_name("queries")
+_QUERY_DIR = Path(__file__).with_name("sql")
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 

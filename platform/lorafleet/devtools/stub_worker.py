@@ -67,7 +67,7 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
         behaviour.state_polls += 1
         if behaviour.state_delay_seconds:
             await asyncio.sleep(behaviour.state_delay_seconds)
-        return web.json_response({"in_flight": 0, "idle_seconds": 0.0, "running": 0, "waiting": 0,
+        return web.json_response({"in_flight": 0, "served": len(behaviour.received), "idle_seconds": 0.0, "running": 0, "waiting": 0,
                                   "kv_cache_usage": 0.0, "max_loras": 4, "max_cpu_loras": 16,
                                   "adapters": {"slots": [], "cpu": [], "pinned": [],
                                                "disk": behaviour.adapters_on_disk, "disk_pinned": [], "running": []}})

@@ -19,7 +19,7 @@ from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
 
 _UPLOAD_SCHEMA = Schema(

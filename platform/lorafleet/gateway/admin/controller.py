@@ -38,7 +38,7 @@ from lorafleet.gateway.dependencies import Context, Operator
 from lorafleet.gateway.fleet.views import WorkerList, worker_views
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.responses import ADMIN_TOKEN, error_responses
+from lorafleet.gateway.error_specs import ADMIN_TOKEN, error_responses
 from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
 from lorafleet.gateway.openapi import ADMIN_SECURITY
 

@@ -26,7 +26,7 @@ from lorafleet.gateway.adapters.operations import receive_multipart
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 
 MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 30 * 24 * 3600  # OpenAI's bounds for expires_after
 

@@ -19,7 +19,7 @@ from lorafleet.gateway.fleet.catalog import require_task
 from lorafleet.gateway.fleet.catalog import ResolvedModel
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 
 After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
                                              description="The id of the last object of the previous page.")]

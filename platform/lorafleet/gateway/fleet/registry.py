@@ -36,6 +36,7 @@ import aiohttp
 import asyncpg
 import msgspec
 import structlog
+from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
@@ -55,29 +56,6 @@ def worker_label(url: str) -> str:
     return "w_" + hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
 
 
-class _Adapters(msgspec.Struct):
-    slots: list[str] = []
-    cpu: list[str] = []
-    pinned: list[str] = []
-    disk: list[str] = []
-    disk_pinned: list[str] = []
-    running: list[str] = []
-
-
-class WorkerReport(msgspec.Struct):
-    """A worker's ``GET /lorafleet/state`` (workers/lorafleet/worker/endpoints.py)."""
-
-    in_flight: int = 0
-    idle_seconds: float = 0.0
-    running: float = 0
-    waiting: float = 0
-    kv_cache_usage: float = 0.0
-    max_loras: int = 1
-    max_cpu_loras: int = 1
-    adapters: _Adapters = msgspec.field(default_factory=_Adapters)
-
-
-_decode_report = msgspec.json.Decoder(WorkerReport).decode
 
 
 @dataclass(slots=True, eq=False)
@@ -144,7 +122,7 @@ class WorkerState:
 
         return release
 
-    def apply(self, report: WorkerReport) -> None:
+    def apply(self, report: WorkerStateReport) -> None:
         adapters = report.adapters
         self.max_loras = max(1, report.max_loras)
         self.waiting = int(report.waiting)
@@ -208,9 +186,6 @@ class WorkerRegistry:
 
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
-
-    def any_ready(self) -> bool:
-        return any(worker.ready for worker in self._workers.values())
 
     def routable(self, base_model_id: str, adapter_id: str | None) -> list[WorkerState]:
         """The base model's routable workers, best first for this request; empty when there are none."""
@@ -349,7 +324,7 @@ class WorkerRegistry:
                                       timeout=aiohttp.ClientTimeout(total=POLL_TIMEOUT_SECONDS)) as response:
                 if response.status != 200:
                     raise RuntimeError(f"status {response.status}")
-                report = _decode_report(await response.read())
+                report = decode_report(await response.read())
         except TimeoutError:
             # Late, not wrong: an engine busy with the CPU answers its poll late. Its last known state
             # stands until it has been silent for long (aiohttp's connect and read timeouts are TimeoutErrors).

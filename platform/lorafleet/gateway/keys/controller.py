@@ -10,7 +10,7 @@ from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, C
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.keys.schemas import KeyCreate
 from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
 from lorafleet.gateway.openapi import TENANT_SECURITY
 

@@ -1,6 +1,6 @@
 """One usage-ledger row, and the one place its columns are named for the batch insert.
 
-``insert_usage_rows`` (db/queries/ledger.sql) binds one array per column, in the order of
+``insert_usage_rows`` (db/sql/ledger.sql) binds one array per column, in the order of
 :data:`COLUMNS`; a unit test reads the statement and checks that its parameters and their SQL
 types are exactly these, in this order, so a new field cannot silently bind to the wrong column.
 """

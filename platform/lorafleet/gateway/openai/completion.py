@@ -21,7 +21,7 @@ from lorafleet.gateway.metering.meter import Billable, Meter
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
 from lorafleet.gateway.openai.schemas import _Sampling
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 
 COMPLETION_ERRORS = error_responses(400, 402, 404, 413, 429, 502, 503, *API_KEY)
 WORKER_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",

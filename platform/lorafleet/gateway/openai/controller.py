@@ -31,7 +31,7 @@ from lorafleet.gateway.openai.schemas import (
 )
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
-from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."

@@ -47,7 +47,6 @@ from lorafleet.core.errors import (
     UpstreamError,
 )
 from lorafleet.gateway.context import RequestContext
-from lorafleet.gateway.disconnect import client_gone
 from lorafleet.gateway.fleet.catalog import not_found
 from lorafleet.gateway.fleet.holding import RETRY_AFTER_SECONDS, HeldRequests, Hold
 from lorafleet.gateway.fleet.placement import residency
@@ -162,7 +161,7 @@ class Relay:
             try:
                 # Nobody else listens to a non-streamed request's connection while it waits: a client
                 # that leaves ends the hold (unbilled) instead of being run later for nobody.
-                ranked = await hold.until_ready(billable.adapter_id, client_gone(call.context))
+                ranked = await hold.until_ready(billable.adapter_id, call.context.wait_client_gone())
             except BaseException as exc:
                 _finish_hold(meter, exc)
                 raise

@@ -17,7 +17,7 @@ from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, C
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.responses import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.responses_api.create import create_response
 from lorafleet.gateway.responses_api.schemas import (
     DeletedResponse,
@@ -66,15 +66,10 @@ class ResponsesController(Controller):
                           order: str = Parameter(default="desc", pattern="^(asc|desc)$")) -> Response[InputItemList]:
         principal.require("inference")
         headers = await context.services.admission.admit_read(principal)
-        items = await context.services.responses.input_items(principal.tenant_id, response_id)
-        if order == "desc":
-            items = items[::-1]
-        if after is not None:
-            position = next((index for index, item in enumerate(items) if item.get("id") == after), None)
-            items = items[position + 1:] if position is not None else []
-        page = items[:limit]
+        page, has_more = await context.services.responses.input_items(
+            principal.tenant_id, response_id, after=after, newest_first=order == "desc", limit=limit)
         return Response(InputItemList(data=page, first_id=page[0]["id"] if page else None,
-                                      last_id=page[-1]["id"] if page else None, has_more=len(items) > limit),
+                                      last_id=page[-1]["id"] if page else None, has_more=has_more),
                         headers=headers)
 
     @delete("/{response_id:str}", operation_id="deleteResponse", status_code=200,

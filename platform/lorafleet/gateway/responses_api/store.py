@@ -73,11 +73,14 @@ class ResponseStore:
             raise _missing(response_id)
         return document.encode()
 
-    async def input_items(self, tenant_id: str, response_id: str) -> list[dict[str, Any]]:
-        items = await self._pool.fetchval(queries.get_response_input, response_id, tenant_id)
-        if items is None:
+    async def input_items(self, tenant_id: str, response_id: str, *, after: str | None, newest_first: bool,
+                          limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """One page of the input items (cut in the database) and whether more follow."""
+        rows = await self._pool.fetch(queries.response_input_page, response_id, tenant_id, after, newest_first, limit + 1)
+        if not rows:
             raise _missing(response_id)
-        return items
+        items = rows[0][0]
+        return items[:limit], len(items) > limit
 
     async def delete(self, tenant_id: str, response_id: str) -> None:
         if await self._pool.fetchval(queries.delete_response, response_id, tenant_id) is None:

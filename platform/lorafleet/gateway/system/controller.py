@@ -13,7 +13,7 @@ from lorafleet.core.errors import AuthenticationFailed, NotFound, ServiceUnavail
 from lorafleet.db import queries
 from lorafleet.gateway.context import provide_context
 from lorafleet.gateway.dependencies import Context
-from lorafleet.gateway.responses import error_responses
+from lorafleet.gateway.error_specs import error_responses
 from lorafleet.gateway.fleet.autoscaling import ModelSignals, SignalsList, model_signals
 from lorafleet.gateway.openapi import METRICS_SECURITY
 from lorafleet.gateway.services import Services

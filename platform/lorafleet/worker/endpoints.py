@@ -24,7 +24,8 @@ from fastapi import (  # only ever imported inside vLLM's API server, which has 
     APIRouter,
     Request,
 )
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from lorafleet.core.worker_state import AdapterResidency, WorkerStateReport, encode_report
 from lorafleet.worker.activity import ACTIVITY
 
 log = structlog.get_logger("lorafleet.worker.endpoints")
@@ -119,7 +120,7 @@ class LoraFleetEndpoints:
         router = APIRouter(prefix="/lorafleet", include_in_schema=False)
 
         @router.get("/state")
-        async def state(request: Request) -> JSONResponse:
+        async def state(request: Request) -> Response:
             app_state = request.app.state
             resolver = _resolver()
             residency = await engine_residency(app_state)
@@ -128,17 +129,16 @@ class LoraFleetEndpoints:
                 # The disk cache's recency follows use, not only resolution (vLLM resolves a name once).
                 await asyncio.to_thread(resolver.cache.touch, running)
             config = app_state.vllm_config.lora_config
-            return JSONResponse({
-                "in_flight": ACTIVITY.in_flight,
-                "served": ACTIVITY.served,
-                "idle_seconds": round(ACTIVITY.idle_seconds(), 3),
+            report = WorkerStateReport(
+                in_flight=ACTIVITY.in_flight, served=ACTIVITY.served, idle_seconds=round(ACTIVITY.idle_seconds(), 3),
                 **{key: _gauge(name) for key, name in _ENGINE_GAUGES.items()},
-                "max_loras": config.max_loras if config else 0,
-                "max_cpu_loras": (config.max_cpu_loras or config.max_loras) if config else 0,
-                "adapters": {**residency, "disk": resolver.cache.adapter_ids() if resolver else [],
-                             "disk_pinned": sorted(resolver.pinned) if resolver else [],
-                             "running": running},
-            })
+                max_loras=config.max_loras if config else 0,
+                max_cpu_loras=(config.max_cpu_loras or config.max_loras) if config else 0,
+                adapters=AdapterResidency(
+                    slots=residency.get("slots", []), cpu=residency.get("cpu", []), pinned=residency.get("pinned", []),
+                    disk=resolver.cache.adapter_ids() if resolver else [],
+                    disk_pinned=sorted(resolver.pinned) if resolver else [], running=running))
+            return Response(content=encode_report(report), media_type="application/json")
 
         @router.post("/adapters/{adapter_id}/unload")
         async def unload(adapter_id: str, request: Request) -> JSONResponse:

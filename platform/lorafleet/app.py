@@ -1,4 +1,6 @@
-"""The gateway's app factory: resources in the lifespan, routes, errors, OpenAPI."""
+"""The composition root: the gateway's app — its resources in the lifespan, the gateway's and the
+dashboard's routes, errors, OpenAPI — built above both, so neither package imports the other's app
+(the dashboard uses gateway services; the gateway never imports the dashboard)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.body import StrictStructSchema
-from lorafleet.gateway.billing import BillingController
+from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
@@ -143,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, KeysController, BillingController, AdminController, SystemController,
+            OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

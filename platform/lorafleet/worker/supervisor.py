@@ -33,6 +33,7 @@ from lorafleet.core import ids
 from lorafleet.core.settings import Settings
 from lorafleet.db import create_pool, is_unavailable, queries
 from lorafleet.db.migrate import migrate
+from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.worker.engine import engine_command, engine_environment
 
 log = structlog.get_logger("lorafleet.worker")
@@ -56,16 +57,6 @@ STOP_GRACE_SECONDS = 20.0
 WAKE_CHANNEL = "lorafleet_wake"
 
 
-class EngineState(msgspec.Struct):
-    """The part of the worker's ``/lorafleet/state`` the supervisor decides on."""
-
-    in_flight: int = 0
-    idle_seconds: float = 0.0
-    running: float = 0
-    waiting: float = 0
-
-
-_decode_state = msgspec.json.Decoder(EngineState).decode
 
 
 class WorkerSupervisor:
@@ -249,14 +240,17 @@ class WorkerSupervisor:
 
     # ---- the engine -----------------------------------------------------------------------------
 
-    async def _engine_state(self, http: aiohttp.ClientSession) -> EngineState | None:
+    async def _engine_state(self, http: aiohttp.ClientSession) -> WorkerStateReport | None:
         try:
             async with http.get(f"{self.url}/lorafleet/state", headers=self._headers,
                                 timeout=aiohttp.ClientTimeout(total=5)) as response:
                 if response.status != 200:
                     return None
-                return _decode_state(await response.read())
-        except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError):
+                return decode_report(await response.read())
+        except msgspec.DecodeError as exc:  # the engine answers, in a shape this supervisor does not know
+            log.warning("engine_state_unreadable", error=str(exc)[:300])
+            return None
+        except (aiohttp.ClientError, TimeoutError):
             return None
 
     async def _engine_call(self, http: aiohttp.ClientSession, action: str) -> bool:

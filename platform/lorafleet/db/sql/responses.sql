@@ -9,8 +9,21 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(days
 SELECT (document || jsonb_build_object('output', output))::text FROM responses
 WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
 
--- name: get_response_input
-SELECT input FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now();
+-- name: response_input_page
+-- One page of a stored response's input items, cut in the database like every other list: $3 the id of
+-- the item the page starts after (NULL: from the first; an id not in the list: an empty page), $4 newest
+-- first, $5 the page size plus one (the extra item says has_more). No row: no such response.
+WITH stored AS (
+    SELECT input FROM responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now()
+), items AS (
+    SELECT e.item, CASE WHEN $4::boolean THEN -e.position ELSE e.position END AS rank
+    FROM stored, jsonb_array_elements(stored.input) WITH ORDINALITY AS e(item, position)
+), page AS (
+    SELECT item, rank FROM items
+    WHERE $3::text IS NULL OR rank > (SELECT min(rank) FROM items WHERE item ->> 'id' = $3::text)
+    ORDER BY rank LIMIT $5
+)
+SELECT coalesce((SELECT jsonb_agg(item ORDER BY rank) FROM page), '[]'::jsonb) FROM stored;
 
 -- name: delete_response
 -- The row and its bytes in the tenant's storage, in one statement.

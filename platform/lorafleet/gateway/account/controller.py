@@ -16,7 +16,7 @@ from lorafleet.billing.usage import UsageReport, parse_query, usage_csv, usage_r
 from lorafleet.core.types import Page
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
 from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.responses import API_KEY, error_responses
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
 
 Time = Annotated[str | None, Parameter(description="RFC 3339 with a timezone (2026-11-01T00:00:00Z) or Unix seconds.")]
@@ -34,7 +34,7 @@ class UsageOperation(Operation):
                                              CSV: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))}
 
 
-class BillingController(Controller):
+class AccountController(Controller):
     path = "/v1"
     tags = ["Billing"]
     security = TENANT_SECURITY

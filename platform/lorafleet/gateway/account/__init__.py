@@ -1,0 +1,3 @@
+from lorafleet.gateway.account.controller import AccountController
+
+__all__ = ["AccountController"]

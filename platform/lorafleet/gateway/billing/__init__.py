@@ -1,3 +1,0 @@
-from lorafleet.gateway.billing.controller import BillingController
-
-__all__ = ["BillingController"]
