@@ -17,7 +17,8 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
   whose request id is the job id (``ON CONFLICT DO NOTHING``), written when the job ends
   (succeeded, failed or cancelled: the steps completed);
 - the result passes the same validation as an uploaded adapter (AdapterService.create) and is
-  registered for the tenant as ``ft:<base>:<suffix>:<job id>``, servable at once.
+  registered for the tenant as ``ft:<base>:<suffix>:<job id>``, servable at once; so is each
+  checkpoint, as ``ft:<base>:<suffix>:<job id>:ckpt-step-<n>`` (adapter name ``<job id>-step-<n>``).
 
 Why not pgqueuer or procrastinate: the job table is also the API's object (status, error, trained
 tokens, events), the heartbeat must stop training when the API cancels, and a stale take must resume
@@ -294,6 +295,37 @@ class Trainer:
         shown = {key: metrics[key] for key in ("train_loss", "train_mean_token_accuracy", "valid_loss") if key in metrics}
         await self.pool.execute(queries.insert_fine_tuning_checkpoint, ids.fine_tuning_checkpoint_id(), job["id"], step,
                                 {"step": step, **shown}, name, sha256, size)
+        await self._register(job, folder, output / f"register-{step}", f"{job['id']}-step-{step}", name,
+                             checkpoint=True)
+
+    async def _register(self, job: asyncpg.Record, adapter_dir: Path, workdir: Path, adapter_name: str,
+                        fine_tuned_model: str, *, checkpoint: bool = False) -> str | None:
+        """The adapter in ``adapter_dir`` through the upload's validation into the blob store, registered
+        for the tenant as ``fine_tuned_model``; its adapter id (an earlier take's, if it registered it)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        parts = []  # the upload path's files, in its work folder: the same validation as an upload
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            await asyncio.to_thread(shutil.copyfile, adapter_dir / name, workdir / name)
+            parts.append((name, workdir / name))
+        try:
+            adapter = await self.adapters.create(job["tenant_id"], adapter_name, job["model"], parts, workdir,
+                                                 fine_tuned_model=fine_tuned_model)
+            return adapter.id
+        except Conflict as exc:  # registered by an earlier take that stopped before the job was marked
+            row = await self.pool.fetchrow(queries.resolve_fine_tuned_model, job["tenant_id"], fine_tuned_model)
+            if row is not None:
+                return row["id"]
+            if not checkpoint:
+                raise
+            await self.event(job["id"], f"Checkpoint {fine_tuned_model} is not servable: {exc.message}", level="warn")
+            return None
+        except LoraFleetError as exc:
+            if not checkpoint:
+                raise
+            await self.event(job["id"], f"Checkpoint {fine_tuned_model} is not servable: {exc.message}", level="warn")
+            return None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def _train(self, job: asyncpg.Record, stop: asyncio.Event) -> None:
         job_id, settings = job["id"], self.settings
@@ -392,22 +424,7 @@ class Trainer:
         if result["status"] != "succeeded":
             return
         fine_tuned_model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
-        adapter_dir = Path(result["adapter_dir"])
-        workdir = output / "register"
-        workdir.mkdir(exist_ok=True)
-        parts = []  # the upload path's files, in its work folder: the same validation as an upload
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            await asyncio.to_thread(shutil.copyfile, adapter_dir / name, workdir / name)
-            parts.append((name, workdir / name))
-        try:
-            adapter = await self.adapters.create(job["tenant_id"], job_id, job["model"], parts, workdir,
-                                                 fine_tuned_model=fine_tuned_model)
-            adapter_id = adapter.id
-        except Conflict:  # registered by an earlier take that stopped before the job was marked
-            row = await self.pool.fetchrow(queries.resolve_fine_tuned_model, job["tenant_id"], fine_tuned_model)
-            if row is None:
-                raise
-            adapter_id = row["id"]
+        adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", job_id, fine_tuned_model)
         if await self._finish(job_id, "succeeded", fine_tuned_model=fine_tuned_model, adapter_id=adapter_id,
                               trained_tokens=trained_tokens):
             await self._bill(job, trained_tokens)
