@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import re
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -347,5 +346,3 @@ class FineTuningJobs:
         return CheckpointPage(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
                               last_id=data[-1].id if data else None)
 
-
-SUFFIX = re.compile(SUFFIX_PATTERN)
