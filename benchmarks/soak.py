@@ -189,9 +189,9 @@ class Platform:
         self.demo = _read_env(self.data_dir / "demo.env")
         # Where the platform keeps its database's DSN is its own business: ask it as its CLI does.
         from lorafleet.cli.runtime import effective_settings
-        from lorafleet.core.settings import load_settings
+        from lorafleet.core.settings import CommonSettings, load_settings
 
-        self.dsn = effective_settings(load_settings(self.env)).database_url
+        self.dsn = effective_settings(CommonSettings, load_settings(CommonSettings, self.env)).database_url
         return time.monotonic() - started
 
     def down(self) -> str:
@@ -233,9 +233,10 @@ def _read_env(path: Path) -> dict[str, str]:
 def _log_setting(word: str) -> tuple[str, int] | None:
     """The log setting (LORAFLEET_LOG_MAX_BYTES, LORAFLEET_LOG_BACKUPS) of this version, if any: name and default."""
     import msgspec
-    from lorafleet.core.settings import Settings
+    from lorafleet.core import settings
 
-    for f in msgspec.structs.fields(Settings):
+    kind = getattr(settings, "LauncherSettings", None) or getattr(settings, "Settings")  # older trees: one struct
+    for f in msgspec.structs.fields(kind):
         if f.name.startswith("log") and word in f.name and isinstance(f.default, int):
             return f"LORAFLEET_{f.name.upper()}", f.default
     return None
@@ -438,11 +439,11 @@ class Traffic:
         """Upload an adapter, call it, delete it, call it again (404)."""
         from lorafleet.adapters.architecture import model_architecture
         from lorafleet.adapters.demo import write_random_adapter
-        from lorafleet.core.settings import load_settings
+        from lorafleet.core.settings import WorkerSettings, load_settings
 
         self.adapter_seq += 1
         name = f"soak-{self.adapter_seq}"
-        model_path = load_settings(self.platform.env).resolved_model_path
+        model_path = load_settings(WorkerSettings, self.platform.env).resolved_model_path
         files = write_random_adapter(folder / name, model_architecture(model_path), self.model, seed=self.adapter_seq)
         parts = [("file", (p.name, p.read_bytes())) for p in sorted(files.iterdir())]
         record = self.rec.start("adapter_upload", expected=(201,))

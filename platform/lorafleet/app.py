@@ -15,7 +15,7 @@ from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
 from lorafleet.core import ids
-from lorafleet.core.settings import Settings, get_settings
+from lorafleet.core.settings import GatewaySettings, get_settings
 from lorafleet.dashboard import (
     DashboardController,
     DashboardUploadController,
@@ -29,6 +29,7 @@ from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
+from lorafleet.gateway.dependencies import APP_DEPENDENCIES
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
@@ -70,8 +71,8 @@ def quiet_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or get_settings()
+def create_app(settings: GatewaySettings | None = None) -> Litestar:
+    settings = settings or get_settings(GatewaySettings)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                    request_max_body_size=settings.max_file_bytes + MULTIPART_OVERHEAD_BYTES),
         ],
         lifespan=[lifespan],
+        dependencies=APP_DEPENDENCIES,  # the services and the request's context, for every route
         plugins=[StrictStructSchema()],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_request_bytes,

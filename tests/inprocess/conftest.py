@@ -21,7 +21,7 @@ import uvicorn
 from aiohttp import web
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import GatewaySettings, load_settings
 from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory
@@ -122,7 +122,7 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
 
     beating = asyncio.create_task(heartbeat())
     data_dir: Path = tmp_path_factory.mktemp("inprocess")
-    settings = load_settings({
+    settings = load_settings(GatewaySettings, {
         "LORAFLEET_DATABASE_URL": database_url, "LORAFLEET_INTERNAL_TOKEN": internal_token,
         "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
@@ -212,7 +212,7 @@ async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: st
             "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
         }
         environ.update({f"LORAFLEET_{name}": value for name, value in overrides.items()})
-        settings = load_settings(environ)
+        settings = load_settings(GatewaySettings, environ)
         app = create_app(settings)
         port = _free_port()
         # As `lorafleet gateway` runs it: X-Forwarded-For is believed from the trusted proxies only.

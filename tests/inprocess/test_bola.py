@@ -28,7 +28,7 @@ import httpx
 import pytest
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import GatewaySettings, load_settings
 from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
@@ -227,11 +227,28 @@ EXEMPT = {
 }
 
 
-def _app_routes() -> set[str]:
-    app = create_app(load_settings({"LORAFLEET_DATABASE_URL": "postgresql://unused/unused",
+def _app_handlers() -> dict[str, object]:
+    """Every mounted "METHOD /path" and its route handler."""
+    app = create_app(load_settings(GatewaySettings, {"LORAFLEET_DATABASE_URL": "postgresql://unused/unused",
                                     "LORAFLEET_ADMIN_TOKEN": "unused", "LORAFLEET_INTERNAL_TOKEN": "unused"}))
-    return {f"{method} {route.path_format}" for route in app.routes
-            for method in route.methods - {"OPTIONS", "HEAD"}}
+    handlers = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            for method in getattr(handler, "http_methods", set()) - {"OPTIONS", "HEAD"}:
+                handlers[f"{method} {route.path_format}"] = handler
+    return handlers
+
+
+def _app_routes() -> set[str]:
+    return set(_app_handlers())
+
+
+def test_every_key_route_declares_the_scope_its_guard_checks():
+    """The scope is the route's own (``opt=scope(...)``), checked by a guard before the body is read."""
+    handlers = _app_handlers()
+    for name, route in ROUTES.items():
+        if route.guard == "key":
+            assert handlers[name].opt.get("scope") == route.scope, name
 
 
 def test_every_route_is_classified():

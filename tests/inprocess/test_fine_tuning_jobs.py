@@ -12,7 +12,7 @@ import json
 import httpx
 import openai
 import pytest
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import TrainerSettings, load_settings
 from lorafleet.db import queries
 from lorafleet.finetune.runner import Trainer
 
@@ -33,7 +33,7 @@ def _sdk(url: str, tenant: TenantKey) -> openai.AsyncOpenAI:
 @pytest.fixture
 def trainer(platform, db, model_path, tmp_path):
     """A trainer of the in-process tier's base model with SmolLM2's real tokenizer and template."""
-    settings = load_settings({"LORAFLEET_DATABASE_URL": "postgresql://unused/unused", "LORAFLEET_MODEL_NAME": STUB_MODEL,
+    settings = load_settings(TrainerSettings, {"LORAFLEET_DATABASE_URL": "postgresql://unused/unused", "LORAFLEET_MODEL_NAME": STUB_MODEL,
                               "LORAFLEET_MODEL_PATH": str(model_path), "LORAFLEET_DATA_DIR": str(tmp_path),
                               "LORAFLEET_BLOB_DIR": str(platform.app.state.services.settings.resolved_blob_dir),
                               "LORAFLEET_TRAINER_STALE_SECONDS": "5"})

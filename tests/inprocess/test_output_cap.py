@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import GatewaySettings
 
 from tests.inprocess.conftest import STUB_MODEL
 
-CAP = Settings().default_max_output_tokens  # the tier runs with the default
+CAP = GatewaySettings().default_max_output_tokens  # the tier runs with the default
 STUB_CONTEXT = 4096                         # the stub model's max_model_len (conftest)
 
 

@@ -127,7 +127,7 @@ def test_settings_prints_every_setting():
     listed = _cli({}, "settings")
     assert listed.returncode == 0
     names = [line.split("=", 1)[0] for line in listed.stdout.splitlines()]
-    assert names == [name for name, _, _ in documented_settings()]
+    assert names == [name for _, name, _, _ in documented_settings()]
     table = _cli({}, "settings", "--markdown")
     assert table.returncode == 0 and table.stdout.strip() == settings_markdown()
     assert settings_markdown() in (REPO_ROOT / "README.md").read_text()

@@ -31,7 +31,7 @@ CYCLE = """
 import asyncio, json
 import asyncpg
 from lorafleet.cli.up import run_down, start_database
-from lorafleet.core.settings import get_settings
+from lorafleet.core.settings import LauncherSettings, get_settings
 
 async def use(dsn):
     connection = await asyncpg.connect(dsn)
@@ -43,7 +43,7 @@ async def use(dsn):
     finally:
         await connection.close()
 
-rows = asyncio.run(use(start_database(get_settings())))
+rows = asyncio.run(use(start_database(get_settings(LauncherSettings))))
 run_down()
 print(json.dumps({"rows": rows}))
 """

@@ -10,7 +10,7 @@ import sys
 
 import asyncpg
 from lorafleet.cli.up import start_database
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import LauncherSettings, load_settings
 
 
 def _cli(data_dir, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ async def _tenant_name(dsn: str, tenant_id: str) -> str | None:
 def test_an_external_database_is_kept_for_every_later_command(database_url, tmp_path):
     data_dir = tmp_path / "data"
     # What `lorafleet up` does first, given LORAFLEET_DATABASE_URL.
-    assert start_database(load_settings({"LORAFLEET_DATA_DIR": str(data_dir),
+    assert start_database(load_settings(LauncherSettings, {"LORAFLEET_DATA_DIR": str(data_dir),
                                          "LORAFLEET_DATABASE_URL": database_url})) == database_url
 
     # A later CLI command, without the variable, works on that database.
@@ -41,7 +41,7 @@ def test_an_external_database_is_kept_for_every_later_command(database_url, tmp_
     assert asyncio.run(_tenant_name(database_url, tenant_id)) == "remembered"
 
     # A later `up` without the variable keeps it: no embedded server is started.
-    assert start_database(load_settings({"LORAFLEET_DATA_DIR": str(data_dir)})) == database_url
+    assert start_database(load_settings(LauncherSettings, {"LORAFLEET_DATA_DIR": str(data_dir)})) == database_url
     assert not (data_dir / "pgdata").exists()
 
     # Another URL is refused before anything starts, with what to do instead.

@@ -209,7 +209,8 @@ def test_account_status():
 
 
 def test_a_setting_that_does_not_parse_is_one_line(tmp_path):
-    """Read wherever it is (here by `tenants list`, and by `down` in its own module): exit 1, the variable named."""
+    """Read wherever it is (here by `tenants list`, and by `down` in its own module): exit 1, the variable named.
+    A command reads only its role's settings: another role's bad value does not stop it."""
     import os
     import subprocess
     import sys
@@ -218,8 +219,12 @@ def test_a_setting_that_does_not_parse_is_one_line(tmp_path):
     env.update(LORAFLEET_GATEWAY_PORT="eighty", LORAFLEET_DATA_DIR=str(tmp_path))
     listed = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "tenants", "list", "--json"], env=env,
                             capture_output=True, text=True)
+    assert listed.returncode == 1 and json.loads(listed.stdout)["error"]["message"].startswith("No database")
+    env.update(LORAFLEET_LOG_FORMAT="xml")  # every process reads this one
+    listed = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "tenants", "list", "--json"], env=env,
+                            capture_output=True, text=True)
     assert listed.returncode == 1 and listed.stderr == ""
     error = json.loads(listed.stdout)["error"]
-    assert error["code"] == "not_configured" and error["message"].startswith("LORAFLEET_GATEWAY_PORT: ")
+    assert error["code"] == "not_configured" and error["message"].startswith("LORAFLEET_LOG_FORMAT: ")
     down = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "down"], env=env, capture_output=True, text=True)
     assert down.returncode == 1 and down.stderr.strip().splitlines() == [f"Error: {error['message']}"]

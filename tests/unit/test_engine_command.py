@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import WorkerSettings, load_settings
 from lorafleet.worker.engine import engine_command
 from lorafleet.worker.tools import CHATML_TOOLS_TEMPLATE, chat_template, model_template
 
@@ -20,7 +20,7 @@ def _model(folder: Path, template: object) -> Path:
 
 
 def _settings(model: Path, **env: str):
-    return load_settings({"LORAFLEET_MODEL_PATH": str(model), **env})
+    return load_settings(WorkerSettings, {"LORAFLEET_MODEL_PATH": str(model), **env})
 
 
 def _value(command: list[str], flag: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import WorkerSettings
 from lorafleet.finetune.render import IGNORE_INDEX, ChatExample, CompletionExample, Message, Renderer
 from lorafleet.worker.engine import engine_command
 from lorafleet.worker.tools import CHATML_TOOLS_TEMPLATE
@@ -38,7 +38,7 @@ def labelled_runs(labels: list[int]) -> list[list[int]]:
 
 
 def test_the_trainer_uses_the_template_the_worker_passes_to_vllm(model_path, renderer):
-    command = engine_command(Settings(model_path=str(model_path)))
+    command = engine_command(WorkerSettings(model_path=str(model_path)))
     served = Path(command[command.index("--chat-template") + 1])
     assert served == CHATML_TOOLS_TEMPLATE  # SmolLM2's own template has no tools section
     assert renderer.chat_template == served.read_text()
@@ -49,7 +49,7 @@ def test_token_ids_equal_what_vllm_renders_for_each_assistant_turn(model_path, r
     from vllm.renderers.hf import safe_apply_chat_template
     from vllm.tokenizers import get_tokenizer
 
-    command = engine_command(Settings(model_path=str(model_path)))
+    command = engine_command(WorkerSettings(model_path=str(model_path)))
     template = load_chat_template(command[command.index("--chat-template") + 1])
     tokenizer = get_tokenizer(str(model_path))
     rendered = renderer.render(ChatExample(CONVERSATION))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorafleet.db import queries
 from lorafleet.gateway.metering.admission import Verdict
-from lorafleet.gateway.metering.ledger_row import COLUMNS, LedgerRow
+from lorafleet.gateway.metering.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -24,6 +24,19 @@ def test_the_ledger_insert_binds_exactly_the_named_columns_in_order():
     inserted = re.search(r"INSERT INTO usage_ledger \((.*?)\)", sql, re.S).group(1)
     assert [name.strip() for name in inserted.split(",")] == names
     assert sorted(names) == sorted(LedgerRow.__struct_fields__), "every LedgerRow field is bound, and only those"
+
+
+def _latest_check(column: str) -> set[str]:
+    """The values the ledger's CHECK on ``column`` allows, as the last migration that set it says."""
+    joined = "\n".join(path.read_text() for path in sorted(MIGRATIONS.glob("*.sql")))
+    checks = re.findall(rf"CHECK \({column} IN \(([^)]*)\)\)", joined)
+    assert checks, f"no CHECK on {column}"
+    return set(re.findall(r"'([^']+)'", checks[-1]))
+
+
+def test_endpoints_and_outcomes_are_exactly_what_the_ledger_allows():
+    assert {endpoint.value for endpoint in Endpoint} == _latest_check("endpoint")
+    assert {outcome.value for outcome in Outcome} == _latest_check("outcome")
 
 
 def test_every_verdict_the_admission_function_returns_is_an_enum_member():

@@ -15,7 +15,7 @@ from lorafleet.cli.runtime import (
     write_private,
 )
 from lorafleet.cli.up import role_environment
-from lorafleet.core.settings import load_settings
+from lorafleet.core.settings import CommonSettings, GatewaySettings, WorkerSettings, load_settings
 
 
 def _mode(path) -> int:
@@ -46,13 +46,13 @@ def test_a_worker_process_never_receives_the_admin_token(monkeypatch):
     monkeypatch.setenv("LORAFLEET_ADMIN_TOKEN", "admin-secret")
     monkeypatch.setenv("LORAFLEET_STRIPE_API_KEY", "sk_stripe")
     monkeypatch.setenv("LORAFLEET_METRICS_TOKEN", "metrics-secret")
-    settings = load_settings({"LORAFLEET_DATABASE_URL": "postgresql://db/x", "LORAFLEET_INTERNAL_TOKEN": "internal",
-                              "LORAFLEET_ADMIN_TOKEN": "admin-secret"})
-    worker = role_environment("worker", settings)
+    environ = {"LORAFLEET_DATABASE_URL": "postgresql://db/x", "LORAFLEET_INTERNAL_TOKEN": "internal",
+               "LORAFLEET_ADMIN_TOKEN": "admin-secret"}
+    worker = role_environment("worker", load_settings(WorkerSettings, environ))
     assert worker["LORAFLEET_INTERNAL_TOKEN"] == "internal" and worker["LORAFLEET_DATABASE_URL"] == "postgresql://db/x"
     assert not {"LORAFLEET_ADMIN_TOKEN", "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_METRICS_TOKEN"} & set(worker)
     assert "admin-secret" not in worker.values()
-    gateway = role_environment("gateway", settings)
+    gateway = role_environment("gateway", load_settings(GatewaySettings, environ))
     assert gateway["LORAFLEET_ADMIN_TOKEN"] == "admin-secret" and gateway["LORAFLEET_METRICS_TOKEN"] == "metrics-secret"
     trainer = role_environment("trainer", settings)
     assert trainer["LORAFLEET_DATABASE_URL"] == "postgresql://db/x"
@@ -68,10 +68,14 @@ def test_the_database_is_remembered_with_the_secrets_owner_only(tmp_path):
     assert _mode(files.secrets) == 0o600
     assert files.remembered_database() == DatabaseChoice("external", "postgresql://app:pw@db.internal/lorafleet")
     assert set(files.read_secrets()) == {"internal_token", "admin_token", "database", "database_url"}
-    settings = effective_settings(load_settings({"LORAFLEET_DATA_DIR": str(files.root)}))
+    settings = effective_settings(GatewaySettings, load_settings(GatewaySettings, {"LORAFLEET_DATA_DIR": str(files.root)}))
     assert settings.database_url == "postgresql://app:pw@db.internal/lorafleet"
-    given = load_settings({"LORAFLEET_DATA_DIR": str(files.root), "LORAFLEET_DATABASE_URL": "postgresql://other/x"})
-    assert effective_settings(given).database_url == "postgresql://other/x"  # the environment still wins
+    assert settings.admin_token == files.read_secrets()["admin_token"]  # the generated tokens, for roles that have them
+    worker = effective_settings(WorkerSettings, load_settings(WorkerSettings, {"LORAFLEET_DATA_DIR": str(files.root)}))
+    assert worker.internal_token == files.read_secrets()["internal_token"] and not hasattr(worker, "admin_token")
+    given = load_settings(CommonSettings, {"LORAFLEET_DATA_DIR": str(files.root),
+                                           "LORAFLEET_DATABASE_URL": "postgresql://other/x"})
+    assert effective_settings(CommonSettings, given).database_url == "postgresql://other/x"  # the environment still wins
 
 
 def test_an_older_data_dir_counts_as_embedded(tmp_path):

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import structlog
 from lorafleet.core.errors import BlobStoreUnavailable
+from lorafleet.core.settings import FleetSettings
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +109,7 @@ class S3BlobStore:
             self._s3.delete_object(Bucket=self.bucket, Key=self._key(sha256))
 
 
-def make_blob_store(settings) -> BlobStore:
+def make_blob_store(settings: FleetSettings) -> BlobStore:
     """The blob store the settings name (``LORAFLEET_BLOB_STORE``)."""
     if settings.blob_store == "s3":
         return S3BlobStore(settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,

@@ -12,6 +12,7 @@ import click
 import msgspec
 from lorafleet.cli.common import call_database, database_settings, emit, json_option
 from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
+from lorafleet.core.settings import BillingSettings
 from lorafleet.cli.params import (
     CLEARED,
     CONCURRENCY,
@@ -173,7 +174,7 @@ def export_stripe(as_json: bool) -> None:
     import stripe
     from lorafleet.billing.stripe_export import StripeExporter, make_client
 
-    settings = database_settings()
+    settings = database_settings(BillingSettings)
     if not settings.stripe_api_key:
         raise NotConfigured("Stripe is off: set LORAFLEET_STRIPE_API_KEY.")
     client = make_client(settings.stripe_api_key, settings.stripe_api_base)

@@ -13,22 +13,23 @@ import click
 import msgspec
 from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
 from lorafleet.cli.runtime import RuntimeFiles, effective_settings
-from lorafleet.core.settings import Settings, SettingsError
+from lorafleet.core.settings import CommonSettings, GatewaySettings, S, SettingsError
 
 T = TypeVar("T")
 Database = asyncpg.Connection | asyncpg.Pool
 
 
-def load_cli_settings() -> Settings:
+def load_cli_settings(kind: type[S] = CommonSettings) -> S:  # type: ignore[assignment]
+    """``kind``'s settings (a command reads only the role it acts as), completed from the data dir."""
     try:
-        return effective_settings()
+        return effective_settings(kind)
     except SettingsError as exc:
         raise NotConfigured(str(exc)) from None
 
 
-def database_settings() -> Settings:
-    """The settings, with a database URL (from the environment or what `lorafleet up` left in the data dir)."""
-    settings = load_cli_settings()
+def database_settings(kind: type[S] = CommonSettings) -> S:  # type: ignore[assignment]
+    """``kind``'s settings, with a database URL (from the environment or what `lorafleet up` left in the data dir)."""
+    settings = load_cli_settings(kind)
     if not settings.database_url:
         raise NotConfigured("No database: set LORAFLEET_DATABASE_URL, or run `lorafleet up` first.")
     return settings
@@ -51,14 +52,14 @@ def database_label(dsn: str) -> str:
 _CONNECT_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def _unreachable(settings: Settings, exc: BaseException) -> Unreachable:
+def _unreachable(settings: CommonSettings, exc: BaseException) -> Unreachable:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return Unreachable(f"cannot reach the database at {database_label(settings.database_url)}: {reason}",
                        code="database_unavailable")
 
 
 @asynccontextmanager
-async def open_database(settings: Settings, *, pool: bool = False) -> AsyncIterator[Database]:
+async def open_database(settings: CommonSettings, *, pool: bool = False) -> AsyncIterator[Database]:
     """One connection (or a small pool) to the platform's database; a failure to connect is one clear error."""
     from lorafleet.db import create_pool
 
@@ -75,7 +76,7 @@ async def open_database(settings: Settings, *, pool: bool = False) -> AsyncItera
         await database.close()
 
 
-async def check_database(settings: Settings) -> None:
+async def check_database(settings: CommonSettings) -> None:
     """Fail early and clearly when the database cannot be reached (for services that open their own)."""
     async with open_database(settings):
         pass
@@ -91,7 +92,7 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
                        error_type="server_error", code="database_not_migrated") from None
 
 
-def call_database(action: Callable[[Any], Awaitable[T]], *, pool: bool = False, settings: Settings | None = None) -> T:
+def call_database(action: Callable[[Any], Awaitable[T]], *, pool: bool = False, settings: CommonSettings | None = None) -> T:
     """Run ``action`` on the platform's database (a connection, or a pool with ``pool=True``) and return its result."""
     settings = settings or database_settings()
 
@@ -102,7 +103,7 @@ def call_database(action: Callable[[Any], Awaitable[T]], *, pool: bool = False, 
     return run_async(run())
 
 
-def gateway_base_url(settings: Settings) -> str:
+def gateway_base_url(settings: GatewaySettings) -> str:
     """The gateway's URL as a client reaches it: LORAFLEET_BASE_URL (environment or `lorafleet up`'s demo.env),
     else the bind address (a wildcard bind is reached on the loopback)."""
     import os
@@ -114,7 +115,7 @@ def gateway_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.gateway_port}"
 
 
-def read_demo_env(settings: Settings) -> dict[str, str]:
+def read_demo_env(settings: CommonSettings) -> dict[str, str]:
     """What `lorafleet up` wrote for clients (.lorafleet/demo.env); empty without it."""
     path = RuntimeFiles(settings.data_path).demo_env
     try:

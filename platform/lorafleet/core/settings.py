@@ -1,7 +1,19 @@
-"""Typed settings read from ``LORAFLEET_*`` environment variables.
+"""Typed settings read from ``LORAFLEET_*`` environment variables, one struct per kind of process.
 
-Every field is documented with ``Meta(description=...)``; the README's settings table is checked
-against this module by a test, so a new setting cannot go undocumented.
+Each process loads only its own: a worker's :class:`WorkerSettings` has no admin token, metrics
+token or Stripe key to read (an environment variable of another role is ignored, never loaded).
+What two roles share sits in a base they both extend:
+
+    CommonSettings            every process: data dir, database, logging, currency
+    ├── FleetSettings         gateway and worker: the internal token, the blob store
+    │   ├── GatewaySettings   `lorafleet gateway`
+    │   └── WorkerSettings    `lorafleet worker`
+    │       └── TrainerSettings  `lorafleet trainer`: the worker's model settings, and fine-tuning's own
+    ├── BillingSettings       `lorafleet billing …` (Stripe)
+    └── LauncherSettings      `lorafleet up` (how many workers, its log files)
+
+Every field is documented with ``Meta(description=...)``; the README's settings table, one section
+per struct, is checked against this module by a test, so a new setting cannot go undocumented.
 """
 
 from __future__ import annotations
@@ -9,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -17,11 +29,48 @@ from msgspec import Meta
 PREFIX = "LORAFLEET_"
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+_STRUCT = dict(kw_only=True, frozen=True, forbid_unknown_fields=True)
+
+
+class CommonSettings(msgspec.Struct, **_STRUCT):
+    """Every process."""
+
     data_dir: Annotated[str, Meta(description="Folder for the embedded database, models, blobs, pid files and logs.")] = ".lorafleet"
     database_url: Annotated[str, Meta(description="PostgreSQL DSN. Empty: `lorafleet up` starts an embedded server under the data dir.")] = ""
-    db_pool_size: Annotated[int, Meta(ge=1, description="Connections per gateway process.")] = 10
+    currency: Annotated[Literal["usd"], Meta(description="Currency of prices, invoices and Stripe items.")] = "usd"
+    log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
 
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+
+class FleetSettings(CommonSettings, **_STRUCT):
+    """The gateway, the worker and the trainer: their shared secret, where adapter weights live, and what
+    an adapter and a tenant's adapters may be (uploads at the gateway, fine-tuned results at the trainer)."""
+
+    internal_token: Annotated[str, Meta(description="Shared secret between gateway and workers. Empty: `lorafleet up` generates one into the data dir.")] = ""
+    blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"
+    s3_bucket: Annotated[str, Meta(description="Bucket of the S3 blob store.")] = ""
+    s3_prefix: Annotated[str, Meta(description="Key prefix of blobs in the bucket.")] = "blobs/"
+    s3_endpoint_url: Annotated[str, Meta(description="S3-compatible endpoint (MinIO, Ceph, R2 …). Empty: AWS.")] = ""
+    s3_region: Annotated[str, Meta(description="Region of the bucket. Empty: boto3's default.")] = ""
+    blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
+    tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
+    tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
+    max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
+    max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return Path(self.blob_dir).resolve() if self.blob_dir else self.data_path / "blobs"
+
+
+class GatewaySettings(FleetSettings, **_STRUCT):
+    """``lorafleet gateway``: the API, admission, routing, the operator's and the dashboard's tokens."""
+
+    db_pool_size: Annotated[int, Meta(ge=1, description="Connections per gateway process.")] = 10
     gateway_host: Annotated[str, Meta(description="Address the gateway binds to.")] = "127.0.0.1"
     gateway_port: Annotated[int, Meta(ge=1, le=65535, description="Port the gateway binds to.")] = 8400
     admin_token: Annotated[str, Meta(description="Bearer token of the operator admin API. Empty: `lorafleet up` generates one into the data dir.")] = ""
@@ -49,28 +98,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     responses_max_stored_bytes: Annotated[int, Meta(ge=1024, description="Largest stored /v1/responses answer (its input, request settings and output as JSON): a request known to be larger is refused (400 `stored_object_too_large`, send `store: false`), one whose output makes it larger is answered and not stored (`store: false` in the answer).")] = 1024 * 1024
     tenant_max_stored_response_bytes: Annotated[int, Meta(ge=1024, description="Bytes of stored /v1/responses answers one tenant may keep (409 `storage_quota_exceeded` before a storing request runs once full; an answer that would pass it is not stored).")] = 1024**3
     tenant_max_stored_responses: Annotated[int, Meta(ge=1, description="Stored /v1/responses answers one tenant may keep (as for the bytes).")] = 1_000_000
-    tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
-    tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
-    max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
-    max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
     max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest file uploaded to /v1/files, in bytes, enforced while streaming (413 above).")] = 256 * 1024 * 1024
     tenant_max_files: Annotated[int, Meta(ge=1, description="Files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 1000
     tenant_max_file_bytes: Annotated[int, Meta(ge=1024, description="Bytes of files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 10 * 1024**3
     tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
-    fine_tuning_max_example_tokens: Annotated[int, Meta(ge=16, description="Longest training example, in tokens of the base model (its line is refused beyond).")] = 2048
-    fine_tuning_max_file_tokens: Annotated[int, Meta(ge=1, description="Most tokens a training file may hold, one epoch.")] = 5_000_000
-    trainer_threads: Annotated[int, Meta(ge=0, le=256, description="CPU threads a trainer's training process uses (torch). 0: one per core. On a machine shared with workers, 1 can be several times faster than contending threads.")] = 0
-    trainer_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a trainer proves it still holds its job (and sees a cancel: training stops within about this long).")] = 1.0
-    trainer_stale_seconds: Annotated[float, Meta(gt=0, description="A running job whose trainer has not beaten for this long is taken by another trainer and resumes from its last checkpoint.")] = 30.0
-    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted`.")] = 3
-    trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
-    trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
-    blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"
-    s3_bucket: Annotated[str, Meta(description="Bucket of the S3 blob store.")] = ""
-    s3_prefix: Annotated[str, Meta(description="Key prefix of blobs in the bucket.")] = "blobs/"
-    s3_endpoint_url: Annotated[str, Meta(description="S3-compatible endpoint (MinIO, Ceph, R2 …). Empty: AWS.")] = ""
-    s3_region: Annotated[str, Meta(description="Region of the bucket. Empty: boto3's default.")] = ""
-    blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
     spool_dir: Annotated[str, Meta(description="Folder where a gateway keeps ledger rows while the database is unreachable, replayed when it returns. Empty: DATA_DIR/spool.")] = ""
     gateway_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a gateway proves it is alive (its budget reservations stay held).")] = 2.0
     gateway_dead_after_seconds: Annotated[float, Meta(gt=0, description="A gateway silent this long is dead: any gateway's sweeper releases its reservations.")] = 15.0
@@ -81,18 +112,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     forwarded_allow_ips: Annotated[str, Meta(description="Comma-separated addresses or networks (CIDR; `*`: any) of proxies whose X-Forwarded-For/-Proto the gateway trusts for the client address (throttling, logs) and scheme. Behind an ingress: its range (the Kubernetes package sets one).")] = "127.0.0.1"
     gateway_keepalive_seconds: Annotated[float, Meta(gt=0, description="How long the gateway keeps an idle client connection open; longer than any load balancer's idle timeout in front of it (60 s is common), so the balancer closes first.")] = 75.0
     metrics_token: Annotated[str, Meta(description="Bearer token required on /metrics and /autoscaling. Empty: they answer anyone who can reach the gateway (they carry no tenant data).")] = ""
-    stripe_api_key: Annotated[str, Meta(description="Stripe secret key. Empty: closed invoices are not exported to Stripe.")] = ""
-    stripe_api_base: Annotated[str, Meta(description="Stripe API base URL (tests point it at localstripe). Empty: Stripe's own.")] = ""
-    currency: Annotated[Literal["usd"], Meta(description="Currency of prices, invoices and Stripe items.")] = "usd"
-    log_format: Annotated[Literal["json", "console"], Meta(description="`json` (one object per line) or `console` (pretty, for a terminal).")] = "json"
-    log_level: Annotated[Literal["debug", "info", "warning", "error"], Meta(description="Lowest level logged.")] = "info"
-    log_max_bytes: Annotated[int, Meta(ge=4096, description="Largest log file of a process `lorafleet up` starts (DATA_DIR/logs/NAME.log), in bytes; beyond it the file is rotated (NAME.log.1, NAME.log.2 …).")] = 10 * 1024 * 1024
-    log_backups: Annotated[int, Meta(ge=0, le=100, description="Rotated log files kept per process beside the current one (NAME.log.1 … NAME.log.N); the oldest is deleted.")] = 5
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return Path(self.spool_dir).resolve() if self.spool_dir else self.data_path / "spool"
+
+
+class WorkerSettings(FleetSettings, **_STRUCT):
+    """``lorafleet worker``: one vLLM engine for one base model, and its adapter cache."""
 
     worker_host: Annotated[str, Meta(description="Address the worker's vLLM server binds to.")] = "127.0.0.1"
     worker_port: Annotated[int, Meta(ge=1, le=65535, description="Port of the worker's vLLM server.")] = 8401
     worker_url: Annotated[str, Meta(description="URL the gateway uses to reach this worker. Empty: http://WORKER_HOST:WORKER_PORT.")] = ""
-    internal_token: Annotated[str, Meta(description="Shared secret between gateway and workers. Empty: `lorafleet up` generates one into the data dir.")] = ""
     model_name: Annotated[str, Meta(description="Public name of the worker's base model (what clients put in `model`).")] = "SmolLM2-135M-Instruct"
     model_path: Annotated[str, Meta(description="Folder of the base model's weights. Empty: DATA_DIR/models/MODEL_NAME, built by `lorafleet models prepare`.")] = ""
     max_model_len: Annotated[int, Meta(ge=16, description="Context length the engine serves.")] = 2048
@@ -111,23 +142,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     worker_idle_seconds: Annotated[float, Meta(ge=0, description="A worker with no request for this long releases its engine and reports itself asleep; the next request wakes it. 0: never sleeps (on Kubernetes, scaling to zero is the autoscaler's job).")] = 0.0
     worker_sleep_mode: Annotated[Literal["stop", "vllm"], Meta(description="How a worker sleeps: `stop` ends the engine process (any machine; waking is an engine start), `vllm` uses vLLM's sleep mode (GPU: frees weights and KV cache, wakes in about a second; needs --enable-sleep-mode in LORAFLEET_ENGINE_EXTRA_ARGS).")] = "stop"
     worker_drain_seconds: Annotated[float, Meta(ge=0, description="On SIGTERM a worker leaves routing at once and lets requests in flight finish for up to this long before it stops.")] = 30.0
-    workers: Annotated[int, Meta(ge=1, le=16, description="Workers `lorafleet up` runs on this machine (ports WORKER_PORT, WORKER_PORT+1, …).")] = 1
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir).resolve()
 
     @property
     def resolved_model_path(self) -> Path:
         return Path(self.model_path).resolve() if self.model_path else self.data_path / "models" / self.model_name
-
-    @property
-    def resolved_blob_dir(self) -> Path:
-        return Path(self.blob_dir).resolve() if self.blob_dir else self.data_path / "blobs"
-
-    @property
-    def resolved_spool_dir(self) -> Path:
-        return Path(self.spool_dir).resolve() if self.spool_dir else self.data_path / "spool"
 
     @property
     def resolved_adapter_cache_dir(self) -> Path:
@@ -140,16 +158,50 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         return self.worker_url or f"http://{self.worker_host}:{self.worker_port}"
 
 
+class TrainerSettings(WorkerSettings, **_STRUCT):
+    """``lorafleet trainer``: fine-tuning jobs of the worker's base model (it reads the same model settings)."""
+
+    fine_tuning_max_example_tokens: Annotated[int, Meta(ge=16, description="Longest training example, in tokens of the base model (its line is refused beyond).")] = 2048
+    fine_tuning_max_file_tokens: Annotated[int, Meta(ge=1, description="Most tokens a training file may hold, one epoch.")] = 5_000_000
+    trainer_threads: Annotated[int, Meta(ge=0, le=256, description="CPU threads a trainer's training process uses (torch). 0: one per core. On a machine shared with workers, 1 can be several times faster than contending threads.")] = 0
+    trainer_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a trainer proves it still holds its job (and sees a cancel: training stops within about this long).")] = 1.0
+    trainer_stale_seconds: Annotated[float, Meta(gt=0, description="A running job whose trainer has not beaten for this long is taken by another trainer and resumes from its last checkpoint.")] = 30.0
+    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted`.")] = 3
+    trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
+    trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
+
+
+class BillingSettings(CommonSettings, **_STRUCT):
+    """``lorafleet billing …``: closing periods and exporting invoices to Stripe."""
+
+    stripe_api_key: Annotated[str, Meta(description="Stripe secret key. Empty: closed invoices are not exported to Stripe.")] = ""
+    stripe_api_base: Annotated[str, Meta(description="Stripe API base URL (tests point it at localstripe). Empty: Stripe's own.")] = ""
+
+
+class LauncherSettings(CommonSettings, **_STRUCT):
+    """``lorafleet up``: the processes it runs on this machine and their log files."""
+
+    workers: Annotated[int, Meta(ge=1, le=16, description="Workers `lorafleet up` runs on this machine (ports WORKER_PORT, WORKER_PORT+1, …).")] = 1
+    log_max_bytes: Annotated[int, Meta(ge=4096, description="Largest log file of a process `lorafleet up` starts (DATA_DIR/logs/NAME.log), in bytes; beyond it the file is rotated (NAME.log.1, NAME.log.2 …).")] = 10 * 1024 * 1024
+    log_backups: Annotated[int, Meta(ge=0, le=100, description="Rotated log files kept per process beside the current one (NAME.log.1 … NAME.log.N); the oldest is deleted.")] = 5
+
+
+ROLES: tuple[type[CommonSettings], ...] = (CommonSettings, FleetSettings, GatewaySettings, WorkerSettings,
+                                          TrainerSettings, BillingSettings, LauncherSettings)
+S = TypeVar("S", bound=CommonSettings)
+
+
 class SettingsError(ValueError):
     """An environment variable does not parse into its setting."""
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
+def load_settings(kind: type[S], environ: dict[str, str] | None = None) -> S:
+    """``kind``'s settings from the environment: only its own fields are read."""
     environ = os.environ if environ is None else environ
-    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    fields = {f.name for f in msgspec.structs.fields(kind)}
     raw = {name: environ[PREFIX + name.upper()] for name in fields if PREFIX + name.upper() in environ}
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         # "... - at `$.gateway_port`" → name the environment variable instead of the JSON path.
         message = str(exc)
@@ -160,23 +212,38 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 
 
 @functools.cache
-def get_settings() -> Settings:
-    return load_settings()
+def get_settings(kind: type[S]) -> S:
+    return load_settings(kind)
 
 
-def documented_settings() -> list[tuple[str, object, str]]:
-    """(environment variable, default, description) for every setting, for docs and the CLI."""
+def own_fields(kind: type[CommonSettings]) -> list[msgspec.inspect.Field]:
+    """The fields ``kind`` declares itself (not those of the base it extends)."""
+    inherited = {f.name for base in kind.__mro__[1:] if isinstance(base, type) and issubclass(base, CommonSettings)
+                 for f in msgspec.structs.fields(base)}
+    return [field for field in msgspec.inspect.type_info(kind).fields if field.name not in inherited]
+
+
+def documented_settings() -> list[tuple[str, str, object, str]]:
+    """(role, environment variable, default, description) for every setting, for docs and the CLI."""
     rows = []
-    for field in msgspec.inspect.type_info(Settings).fields:
-        schema = getattr(field.type, "extra_json_schema", None) or {}
-        rows.append((PREFIX + field.name.upper(), field.default, schema.get("description", "")))
+    for kind in ROLES:
+        for field in own_fields(kind):
+            schema = getattr(field.type, "extra_json_schema", None) or {}
+            rows.append((kind.__name__, PREFIX + field.name.upper(), field.default, schema.get("description", "")))
     return rows
 
 
 def settings_markdown() -> str:
-    """The README's settings table (``lorafleet settings --markdown``); a test keeps the two equal."""
-    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for name, default, description in documented_settings():
-        shown = "(empty)" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
-        lines.append(f"| `{name}` | {shown} | {description} |")
-    return "\n".join(lines)
+    """The README's settings tables, one per kind of process (``lorafleet settings --markdown``); a test
+    keeps the two equal."""
+    sections = []
+    for kind in ROLES:
+        lines = [f"**{kind.__name__}** — {(kind.__doc__ or '').strip()}", "", "| Variable | Default | Meaning |",
+                 "|---|---|---|"]
+        for field in own_fields(kind):
+            schema = getattr(field.type, "extra_json_schema", None) or {}
+            default = field.default
+            shown = "(empty)" if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+            lines.append(f"| `{PREFIX}{field.name.upper()}` | {shown} | {schema.get('description', '')} |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)

@@ -18,7 +18,6 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
-from litestar.di import Provide
 from litestar.params import FromPath
 from litestar.response import Redirect
 from lorafleet.billing.accounts import AccountService
@@ -43,8 +42,7 @@ from lorafleet.dashboard.sessions import (
 )
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
-from lorafleet.gateway.context import provide_context
-from lorafleet.gateway.dependencies import Context, client_address
+from lorafleet.gateway.dependencies import AppServices, Context, client_address
 from lorafleet.gateway.fleet.views import worker_views
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
@@ -142,7 +140,6 @@ def _lorafleet_error(_: Request, exc: LoraFleetError) -> Response[str]:
 class DashboardController(Controller):
     path = "/dashboard"
     include_in_schema = False
-    dependencies = {"context": Provide(provide_context)}
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected, LoraFleetError: _lorafleet_error}
 
     # ---- signing in and out ---------------------------------------------------------------
@@ -152,8 +149,7 @@ class DashboardController(Controller):
         return _login_page(request, None)
 
     @post("/login")
-    async def login(self, request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def login(self, request: Request, services: AppServices) -> Response[Any]:
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403)
@@ -170,16 +166,14 @@ class DashboardController(Controller):
         return _signed_in(request, token, "/dashboard")
 
     @get("/login/{token:str}")
-    async def login_link(self, token: FromPath[str], request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def login_link(self, token: FromPath[str], request: Request, services: AppServices) -> Response[Any]:
         tenant_id = await use_login_link(services.pool, token)
         if tenant_id is None:
             return _login_page(request, "That sign-in link has expired or was already used.", status=401)
         return _signed_in(request, await open_session(services.pool, tenant_id, None), "/dashboard")
 
     @post("/logout")
-    async def logout(self, request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def logout(self, request: Request, services: AppServices) -> Response[Any]:
         session = await find_session(services.pool, request.cookies.get(COOKIE))
         if session is not None:
             await _form(request, session)
@@ -192,8 +186,7 @@ class DashboardController(Controller):
     # ---- tenant pages ---------------------------------------------------------------------
 
     @get("/")
-    async def overview(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def overview(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         now = dt.datetime.now(dt.UTC)
         # Each part shows only what the signed-in key may read.
@@ -205,8 +198,7 @@ class DashboardController(Controller):
         return render("overview.html", **_page(session, "overview", balance=balance, overview=overview, chart=chart))
 
     @get("/usage")
-    async def usage(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def usage(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("usage:read")
         params = {k: v for k, v in request.query_params.items() if v and k != "format"}
@@ -234,15 +226,13 @@ class DashboardController(Controller):
                                              csv_link="/dashboard/usage?" + urlencode({**params, "format": "csv"})))
 
     @get("/keys")
-    async def keys(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def keys(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("keys:read")
         return await _keys_page(session, services)
 
     @post("/keys")
-    async def create_key(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def create_key(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         form = await _form(request, session)
         session.require("keys:write")
@@ -261,8 +251,7 @@ class DashboardController(Controller):
         return response
 
     @get("/keys/new")
-    async def new_key(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def new_key(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("keys:read")
         key_id, _, secret = (request.cookies.get(NEW_KEY_COOKIE) or "").partition(":")
@@ -275,8 +264,7 @@ class DashboardController(Controller):
         return response
 
     @post("/keys/{key_id:str}/revoke")
-    async def revoke_key(self, key_id: FromPath[str], request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def revoke_key(self, key_id: FromPath[str], request: Request, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
         session.require("keys:write")
@@ -284,8 +272,7 @@ class DashboardController(Controller):
         return Redirect("/dashboard/keys", status_code=303)
 
     @get("/adapters")
-    async def adapters(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def adapters(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("adapters:read")
         adapters = await services.adapters.list_all(session.tenant_id)
@@ -295,25 +282,22 @@ class DashboardController(Controller):
                                                 base_models=served, max_upload=services.settings.max_upload_bytes))
 
     @post("/adapters/{adapter_id:str}/delete")
-    async def delete_adapter(self, adapter_id: FromPath[str], request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def delete_adapter(self, adapter_id: FromPath[str], request: Request, context: Context, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
         session.require("adapters:write")
-        await delete_adapter(context, session.tenant_id, adapter_id)
+        await delete_adapter(context, services, session.tenant_id, adapter_id)
         return Redirect("/dashboard/adapters", status_code=303)
 
     @get("/invoices")
-    async def invoices(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def invoices(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("billing:read")
         return render("invoices.html", **_page(session, "invoices",
                                                 invoices=(await list_invoices(services.pool, session.tenant_id, limit=100)).data))
 
     @get("/invoices/{invoice_id:str}")
-    async def invoice(self, invoice_id: FromPath[str], request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def invoice(self, invoice_id: FromPath[str], request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("billing:read")
         found = await get_invoice(services.pool, invoice_id, session.tenant_id)
@@ -326,8 +310,7 @@ class DashboardController(Controller):
         return _login_page(request, None, operator=True)
 
     @post("/admin/login")
-    async def admin_login(self, request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def admin_login(self, request: Request, services: AppServices) -> Response[Any]:
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
             return _login_page(request, "The sign-in form expired; please try again.", status=403, operator=True)
@@ -342,8 +325,7 @@ class DashboardController(Controller):
         return _signed_in(request, await open_session(services.pool, None, None), "/dashboard/admin")
 
     @get("/admin")
-    async def operator(self, request: Request, context: Context) -> Response[str]:
-        services = context.services
+    async def operator(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services, operator=True)
         accounts = AccountService(services.pool, services.settings.currency)
         workers = await worker_views(services.registry.workers(), services.adapters)
@@ -356,18 +338,16 @@ class DashboardUploadController(Controller):
 
     path = "/dashboard/adapters/upload"
     include_in_schema = False
-    dependencies = {"context": Provide(provide_context)}
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
 
     @post("/")
-    async def upload_adapter(self, request: Request, context: Context) -> Response[Any]:
-        services = context.services
+    async def upload_adapter(self, request: Request, context: Context, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         if not session.csrf_ok(request.headers.get("x-csrf-token")):
             raise CsrfRejected()
         try:
             session.require("adapters:write")
-            adapter = await upload_adapter(request, context, session.tenant_id)
+            adapter = await upload_adapter(request, context, services, session.tenant_id)
         except LoraFleetError as exc:
             return Response(exc.envelope(), status_code=exc.status_code)
         return Response({"id": adapter.id, "name": adapter.name}, status_code=201)

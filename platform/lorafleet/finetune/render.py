@@ -70,10 +70,10 @@ class Rendered:
 def served_chat_template(model_path: Path, configured: str = "") -> str | None:
     """The text of the chat template a worker serving ``model_path`` passes to vLLM (None: the
     tokenizer's own). Asks the worker's own code, so the two cannot drift apart."""
-    from lorafleet.core.settings import Settings
+    from lorafleet.core.settings import WorkerSettings
     from lorafleet.worker.tools import chat_template
 
-    path = chat_template(Settings(model_path=str(model_path), chat_template=configured))
+    path = chat_template(WorkerSettings(model_path=str(model_path), chat_template=configured))
     return path.read_text() if path is not None else None
 
 

@@ -49,18 +49,17 @@ from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, LoraFleetError
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import TrainerSettings
 from lorafleet.db import queries
 from lorafleet.finetune import trainer as training
 from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, validate_file
 from lorafleet.finetune.hyperparameters import resolve
 from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
 from lorafleet.finetune.render import Renderer
-from lorafleet.gateway.metering.ledger_row import LedgerRow, column_arrays
+from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 
 log = structlog.get_logger("lorafleet.trainer")
 
-ENDPOINT = "fine_tuning"
 
 
 def _sha256(path: Path) -> str:
@@ -91,7 +90,7 @@ def start_child(spec: training.JobSpec, events: Any, cancel: Any) -> Any:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, blobs: BlobStore | None = None,
+    def __init__(self, settings: TrainerSettings, pool: asyncpg.Pool, *, blobs: BlobStore | None = None,
                  trainer_id: str | None = None) -> None:
         self.settings = settings
         self.pool = pool
@@ -442,7 +441,7 @@ class Trainer:
         started = job["started_at"] or now
         row = LedgerRow(
             request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
-            base_model_id=job["base_model_id"], model=job["model"], endpoint=ENDPOINT, outcome="success",
+            base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING, outcome=Outcome.SUCCESS,
             http_status=200, streamed=False, prompt_tokens=trained_tokens, completion_tokens=0, worker_url=None,
             started_at=started, finished_at=now, ttft_ms=None,
             duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
@@ -457,7 +456,7 @@ class Trainer:
         await asyncio.to_thread(shutil.rmtree, output, True)
 
 
-async def run_trainer(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_trainer(settings: TrainerSettings, stop: asyncio.Event | None = None) -> None:
     """``lorafleet trainer``: until SIGTERM/SIGINT (a job in training is handed back to the queue)."""
     import signal
 

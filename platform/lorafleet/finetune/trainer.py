@@ -31,7 +31,7 @@ from typing import Any
 
 from lorafleet.core.errors import LoraFleetError
 from lorafleet.finetune.dataset import Limits, load_examples
-from lorafleet.finetune.hyperparameters import Hyperparameters, Resolved, resolve
+from lorafleet.finetune.hyperparameters import Hyperparameters, resolve
 from lorafleet.finetune.render import IGNORE_INDEX, Rendered, Renderer
 
 CONTEXT = multiprocessing.get_context("spawn")  # fork would copy a caller's threads and event loop

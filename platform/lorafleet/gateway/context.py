@@ -5,9 +5,8 @@ A raw ASGI middleware creates the :class:`RequestContext` before Litestar routes
 structlog's contextvars (every line logged while serving it carries the id), and writes the
 request's one log line after the response's last byte. Handlers receive the same object through
 dependency injection (``context: RequestContext``) and fill in typed fields; nothing is read back
-by string key. The context also carries the app's :class:`~lorafleet.gateway.services.Services`,
-so a handler needs one dependency for both (Litestar resolves two independent dependencies in a
-task group of their own: a measurable cost on every request).
+by string key. It describes the request only: the app's services reach a handler through their
+own dependency (gateway/dependencies.py).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from litestar import Request
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from lorafleet.core.logging import redact_url
 from lorafleet.core.ids import request_id as new_request_id
@@ -25,7 +23,6 @@ from lorafleet.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from lorafleet.gateway.auth import Principal
-    from lorafleet.gateway.services import Services
 
 log = structlog.get_logger("lorafleet.access")
 
@@ -40,16 +37,15 @@ class RequestContext:
     annotations, and a plain class costs it one isinstance check.
     """
 
-    __slots__ = ("request_id", "method", "path", "client", "services", "started", "status", "client_gone",
+    __slots__ = ("request_id", "method", "path", "client", "started", "status", "client_gone",
                  "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                  "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive")
 
-    def __init__(self, request_id: str, method: str, path: str, client: str, services: Services) -> None:
+    def __init__(self, request_id: str, method: str, path: str, client: str) -> None:
         self.request_id = request_id
         self.method = method
         self.path = path
         self.client = client
-        self.services = services                  # the app's long-lived resources, for this request's handlers
         self.started = time.perf_counter()
         self.status = 500
         self.client_gone = False                  # the client disconnected before we answered
@@ -80,6 +76,13 @@ class RequestContext:
             if (await receive())["type"] == "http.disconnect":
                 self.client_gone = True
 
+    def settle(self, outcome: str, prompt_tokens: int, completion_tokens: int, ttft_ms: float | None) -> None:
+        """How a metered request ended, for its log line (from its ledger row)."""
+        self.outcome = outcome
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.ttft_ms = ttft_ms
+
     def log_fields(self, elapsed: float) -> dict[str, Any]:
         fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),
                   "status": self.status, "latency_ms": round(elapsed * 1000, 2)}
@@ -99,11 +102,6 @@ def context_of(scope: Scope) -> RequestContext:
     return scope[_SCOPE_KEY]  # type: ignore[literal-required]
 
 
-async def provide_context(request: Request) -> RequestContext:
-    """Dependency: this request's context, created by :func:`context_middleware`."""
-    return request.scope[_SCOPE_KEY]  # type: ignore[literal-required]
-
-
 def context_middleware(metrics: GatewayMetrics):
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,9 +109,7 @@ def context_middleware(metrics: GatewayMetrics):
                 await app(scope, receive, send)
                 return
             client = scope.get("client")
-            services = getattr(scope["app"].state, "services", None)  # set once the lifespan has run
-            context = RequestContext(new_request_id(), scope["method"], scope["path"], client[0] if client else "unknown",
-                                     services)
+            context = RequestContext(new_request_id(), scope["method"], scope["path"], client[0] if client else "unknown")
             scope[_SCOPE_KEY] = context  # type: ignore[literal-required]
             request_id_header = (b"x-request-id", context.request_id.encode())
             structlog.contextvars.bind_contextvars(request_id=context.request_id)

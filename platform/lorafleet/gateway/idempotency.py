@@ -33,6 +33,7 @@ from lorafleet.core.errors import IdempotencyConflict
 from lorafleet.db import queries
 from lorafleet.gateway.auth import bearer_secret
 from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.services import Services
 
 T = TypeVar("T")
 log = structlog.get_logger("lorafleet.idempotency")
@@ -141,12 +142,12 @@ async def run_once(pool: asyncpg.Pool, *, owner: str, secret: str, key: str | No
     return result
 
 
-async def once(context: RequestContext, authorization: str | None, *, owner: str, key: str | None, body: object,
+async def once(context: RequestContext, services: Services, authorization: str | None, *, owner: str, key: str | None, body: object,
                action: Callable[[], Awaitable[T]], result_type: type[T]) -> T:
     """:func:`run_once` for a route: the caller's bearer secret keys the stored result, and a
     replayed answer says so in ``Idempotent-Replayed``."""
     if key is None:
         return await action()
-    return await run_once(context.services.pool, owner=owner, secret=bearer_secret(authorization), key=key,
+    return await run_once(services.pool, owner=owner, secret=bearer_secret(authorization), key=key,
                           request_fingerprint=fingerprint(f"{context.method} {context.path}", body), action=action,
                           result_type=result_type, on_replay=lambda: context.response_headers.append(REPLAY_HEADER))

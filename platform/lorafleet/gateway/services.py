@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 from lorafleet.adapters.service import AdapterService
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import GatewaySettings
 from lorafleet.files.service import FileService
 from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.auth import KeyAuthenticator
@@ -25,7 +25,7 @@ from lorafleet.gateway.responses_api.store import ResponseStore
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: GatewaySettings
     pool: asyncpg.Pool
     http: aiohttp.ClientSession
     metrics: GatewayMetrics

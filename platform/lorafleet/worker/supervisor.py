@@ -30,7 +30,7 @@ import psutil
 import structlog
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.core import ids
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import WorkerSettings
 from lorafleet.db import create_pool, is_unavailable, queries
 from lorafleet.db.migrate import migrate
 from lorafleet.core.worker_state import WorkerStateReport, decode_report
@@ -60,7 +60,7 @@ WAKE_CHANNEL = "lorafleet_wake"
 
 
 class WorkerSupervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.url = settings.resolved_worker_url
         self._stopping = asyncio.Event()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorafleet.core.settings import Settings
+from lorafleet.core.settings import WorkerSettings
 
 CHATML_TOOLS_TEMPLATE = Path(__file__).with_name("templates") / "chatml_tools.jinja"
 _TEMPLATE_BYTES = 1 << 20  # a tokenizer config past this is not one we read for its template
 
 
-def tool_arguments(settings: Settings) -> list[str]:
+def tool_arguments(settings: WorkerSettings) -> list[str]:
     """vLLM's tool-calling command-line arguments for this worker."""
     arguments: list[str] = []
     if settings.tool_call_parser:
@@ -31,7 +31,7 @@ def tool_arguments(settings: Settings) -> list[str]:
     return arguments
 
 
-def chat_template(settings: Settings) -> Path | None:
+def chat_template(settings: WorkerSettings) -> Path | None:
     """The template to serve with: the configured one, else the bundled tools template for a ChatML
     model whose own has no tools section, else None (the model's own)."""
     if settings.chat_template:

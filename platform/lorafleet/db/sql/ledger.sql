@@ -5,9 +5,9 @@
 -- replayed batch changes nothing.
 WITH input AS (
     SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
         $9::bool[], $10::bigint[], $11::bigint[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-        $15::int[], $16::int[], $17::text[], $18::bigint[], $19::bigint[])
+        $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[])
     AS t(request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
          streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
          adapter_id, cost_pico_usd, price_id)

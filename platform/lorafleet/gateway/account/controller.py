@@ -14,7 +14,7 @@ from lorafleet.billing.accounts import AccountService, Balance
 from lorafleet.billing.invoices import Invoice, get_invoice, list_invoices
 from lorafleet.billing.usage import UsageReport, parse_query, usage_csv, usage_report
 from lorafleet.core.types import Page
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import AppServices, Caller, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
@@ -44,18 +44,16 @@ class AccountController(Controller):
     @get("/usage", operation_id="getUsage", media_type="application/json", operation_class=UsageOperation,
          responses={200: ResponseSpec(UsageReport, description="The report (JSON), or the same rows as CSV."),
                     **error_responses(400, *API_KEY)},
-         summary="Tokens, requests and cost by hour or day, grouped by key, model or adapter; format=csv for CSV.")
-    async def usage(self, context: Context, principal: Caller,
+         summary="Tokens, requests and cost by hour or day, grouped by key, model or adapter; format=csv for CSV.", opt=scope("usage:read"))
+    async def usage(self, services: AppServices, principal: Caller,
                     bucket: FromQuery[Literal["hour", "day"]] = "day", start: Time = None, end: Time = None,
                     group_by: Annotated[str | None, Parameter(description="Comma-separated: key, model, adapter.",
                                                               max_length=64)] = None,
                     api_key_id: Filter = None, model: Filter = None, adapter: Filter = None,
                     format: FromQuery[Literal["json", "csv"]] = "json") -> Response[Any]:  # noqa: A002 - the API's name
-        principal.require("usage:read")
         params = {name: value for name, value in (("bucket", bucket), ("start", start), ("end", end),
                                                    ("group_by", group_by), ("api_key_id", api_key_id),
                                                    ("model", model), ("adapter", adapter)) if value}
-        services = context.services
         report = await usage_report(services.pool, principal.tenant_id, parse_query(params, dt.datetime.now(dt.UTC)),
                                     services.settings.currency)
         if format == "csv":
@@ -65,22 +63,18 @@ class AccountController(Controller):
         return Response(report)
 
     @get("/balance", operation_id="getBalance", responses=error_responses(*API_KEY),
-         summary="Credits left, spend this period, limits.")
-    async def balance(self, context: Context, principal: Caller) -> Balance:
-        principal.require("billing:read")
-        services = context.services
+         summary="Credits left, spend this period, limits.", opt=scope("billing:read"))
+    async def balance(self, services: AppServices, principal: Caller) -> Balance:
         return await AccountService(services.pool, services.settings.currency).balance(principal.tenant_id)
 
     @get("/invoices", operation_id="listInvoices", responses=error_responses(400, *API_KEY),
-         summary="The tenant's invoices, newest first.")
-    async def invoices(self, context: Context, principal: Caller, limit: Limit = 24,
+         summary="The tenant's invoices, newest first.", opt=scope("billing:read"))
+    async def invoices(self, services: AppServices, principal: Caller, limit: Limit = 24,
                        starting_after: StartingAfter = None) -> Page[Invoice]:
-        principal.require("billing:read")
-        return await list_invoices(context.services.pool, principal.tenant_id, after=starting_after, limit=limit)
+        return await list_invoices(services.pool, principal.tenant_id, after=starting_after, limit=limit)
 
     @get("/invoices/{invoice_id:str}", operation_id="getInvoice", responses=error_responses(400, 404, *API_KEY),
-         summary="One invoice with its lines.")
-    async def invoice(self, invoice_id: FromPath[str], context: Context, principal: Caller) -> Invoice:
-        principal.require("billing:read")
-        return await get_invoice(context.services.pool, invoice_id, principal.tenant_id)
+         summary="One invoice with its lines.", opt=scope("billing:read"))
+    async def invoice(self, invoice_id: FromPath[str], services: AppServices, principal: Caller) -> Invoice:
+        return await get_invoice(services.pool, invoice_id, principal.tenant_id)
 

@@ -16,7 +16,7 @@ from litestar.params import FromPath
 from lorafleet.adapters.service import AdapterView
 from lorafleet.core.types import ADAPTER_NAME_PATTERN, Page
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.error_specs import API_KEY, error_responses
@@ -53,30 +53,26 @@ class AdaptersController(Controller):
 
     @post("/", operation_id="createAdapter", status_code=201, operation_class=MultipartUploadOperation,
           responses=error_responses(400, 409, 413, 415, *API_KEY),
-          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).")
-    async def create_adapter(self, request: Request, context: Context, principal: Caller,
+          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).", opt=scope("adapters:write"))
+    async def create_adapter(self, request: Request, context: Context, services: AppServices, principal: Caller,
                              idempotency_key: IdempotencyKey = None) -> AdapterView:
-        principal.require("adapters:write")
-        return await upload_adapter(request, context, principal.tenant_id, owner=principal.key_id,
+        return await upload_adapter(request, context, services, principal.tenant_id, owner=principal.key_id,
                                     idempotency_key=idempotency_key)
 
     @get("/", operation_id="listAdapters", responses=error_responses(400, *API_KEY),
-         summary="The caller's adapters, oldest id first.")
-    async def list_adapters(self, context: Context, principal: Caller, limit: Limit = 100,
+         summary="The caller's adapters, oldest id first.", opt=scope("adapters:read"))
+    async def list_adapters(self, services: AppServices, principal: Caller, limit: Limit = 100,
                             starting_after: StartingAfter = None) -> Page[AdapterView]:
-        principal.require("adapters:read")
-        return await context.services.adapters.list(principal.tenant_id, after=starting_after, limit=limit)
+        return await services.adapters.list(principal.tenant_id, after=starting_after, limit=limit)
 
     @get("/{adapter_id:str}", operation_id="getAdapter", responses=error_responses(400, 404, *API_KEY),
-         summary="One of the caller's adapters.")
-    async def get_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
-        principal.require("adapters:read")
-        return await context.services.adapters.get(principal.tenant_id, adapter_id)
+         summary="One of the caller's adapters.", opt=scope("adapters:read"))
+    async def get_adapter(self, adapter_id: FromPath[str], services: AppServices, principal: Caller) -> AdapterView:
+        return await services.adapters.get(principal.tenant_id, adapter_id)
 
     @delete("/{adapter_id:str}", operation_id="deleteAdapter", status_code=200,
             responses=error_responses(400, 404, *API_KEY),
-            summary="Delete an adapter: unloaded from every worker, never served again.")
-    async def delete_adapter(self, adapter_id: FromPath[str], context: Context, principal: Caller) -> AdapterView:
-        principal.require("adapters:write")
-        return await delete_adapter(context, principal.tenant_id, adapter_id)
+            summary="Delete an adapter: unloaded from every worker, never served again.", opt=scope("adapters:write"))
+    async def delete_adapter(self, adapter_id: FromPath[str], context: Context, services: AppServices, principal: Caller) -> AdapterView:
+        return await delete_adapter(context, services, principal.tenant_id, adapter_id)
 

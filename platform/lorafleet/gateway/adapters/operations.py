@@ -22,6 +22,7 @@ from lorafleet.adapters.service import AdapterView
 from lorafleet.core.errors import InvalidRequest, UnsupportedMediaType
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.idempotency import once
+from lorafleet.gateway.services import Services
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FIELD_BYTES = 4096
@@ -145,7 +146,7 @@ async def receive_multipart(request: Request, into: Path, what: str = "the adapt
 PREWARM_CHOICES = ("none", "disk", "load")
 
 
-async def upload_adapter(request: Request, context: RequestContext, tenant_id: str, *, owner: str | None = None,
+async def upload_adapter(request: Request, context: RequestContext, services: Services, tenant_id: str, *, owner: str | None = None,
                          idempotency_key: str | None = None) -> AdapterView:
     """Stream a multipart adapter upload to a temporary folder and hand it to the adapter service
     (the API's POST /v1/adapters and the dashboard's upload both come through here).
@@ -153,7 +154,6 @@ async def upload_adapter(request: Request, context: RequestContext, tenant_id: s
     With an idempotency key, a retry of the same form (fields and files' contents, however framed) gets
     the first upload's adapter back.
     """
-    services = context.services
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
     try:
         form = await receive_multipart(request, workdir)
@@ -174,15 +174,14 @@ async def upload_adapter(request: Request, context: RequestContext, tenant_id: s
 
         if owner is None or idempotency_key is None:
             return await create()
-        return await once(context, request.headers.get("authorization"), owner=owner, key=idempotency_key,
+        return await once(context, services, request.headers.get("authorization"), owner=owner, key=idempotency_key,
                           body=form.fingerprint(), action=create, result_type=AdapterView)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def delete_adapter(context: RequestContext, tenant_id: str, adapter_id: str) -> AdapterView:
+async def delete_adapter(context: RequestContext, services: Services, tenant_id: str, adapter_id: str) -> AdapterView:
     """Delete, forget here at once, and unload from every worker (the API and the dashboard)."""
-    services = context.services
     deleted = await services.adapters.delete(tenant_id, adapter_id)
     services.catalog.forget_adapter(tenant_id, deleted.name, deleted.fine_tuned_model)
     await services.registry.unload_adapter(adapter_id)

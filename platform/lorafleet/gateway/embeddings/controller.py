@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.embeddings.schemas import EmbeddingList, EmbeddingRequest
 from lorafleet.gateway.fleet.catalog import require_task
 from lorafleet.gateway.metering.meter import Meter
@@ -22,6 +22,7 @@ from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.openai.sse import tidy
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 
@@ -52,10 +53,8 @@ class EmbeddingsController(Controller):
     @post("/", operation_id="createEmbedding", status_code=200, dto=StrictBody[EmbeddingRequest], return_dto=None,
           responses={200: ResponseSpec(EmbeddingList, generate_examples=False, description="One embedding per input."),
                      **COMPLETION_ERRORS},
-          summary="Create embeddings (OpenAI-compatible) with an embedding base model.")
-    async def create(self, data: JSONBody[EmbeddingRequest], context: Context, principal: Caller) -> Response[Any]:
-        principal.require("inference")
-        services = context.services
+          summary="Create embeddings (OpenAI-compatible) with an embedding base model.", opt=scope("inference"))
+    async def create(self, data: JSONBody[EmbeddingRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         require_task(resolved, "embed", data.model)
         if resolved.adapter_id is not None:
@@ -65,5 +64,5 @@ class EmbeddingsController(Controller):
                                   max_inputs=services.settings.max_prompts_per_request)
         body = salted(_encode(msgspec.structs.replace(data, model=resolved.served_name)),
                       services.cache_salts.salt(principal.tenant_id))
-        return await run_admitted("embeddings", data.model, False, body, demand, resolved, context, principal,
+        return await run_admitted(Endpoint.EMBEDDINGS, data.model, False, body, demand, resolved, context, services, principal,
                                   EmbeddingShaping(data.model))

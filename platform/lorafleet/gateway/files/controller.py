@@ -23,7 +23,7 @@ from litestar.response import Stream
 from lorafleet.core.errors import InvalidRequest, PayloadTooLarge
 from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage
 from lorafleet.gateway.adapters.operations import receive_multipart
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
 from lorafleet.gateway.error_specs import API_KEY, error_responses
@@ -91,10 +91,9 @@ class FilesController(Controller):
 
     @post("/", operation_id="createFile", status_code=200, operation_class=FileUploadOperation,
           responses=error_responses(400, 409, 413, 415, *API_KEY),
-          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.")
-    async def create_file(self, request: Request, context: Context, principal: Caller) -> FileObject:
-        principal.require("adapters:write")
-        services = context.services
+          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.",
+          opt=scope("adapters:write"))
+    async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
             raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
@@ -118,23 +117,22 @@ class FilesController(Controller):
             shutil.rmtree(workdir, ignore_errors=True)
 
     @get("/", operation_id="listFiles", responses=error_responses(400, *API_KEY),
-         summary="The caller's files, oldest id first (`after`: the last id of the previous page).")
-    async def list_files(self, context: Context, principal: Caller, limit: Limit = 100, after: After = None,
+         summary="The caller's files, oldest id first (`after`: the last id of the previous page).",
+         opt=scope("adapters:read"))
+    async def list_files(self, services: AppServices, principal: Caller, limit: Limit = 100, after: After = None,
                          purpose: PurposeFilter = None) -> FilePage:
-        principal.require("adapters:read")
-        return await context.services.files.list(principal.tenant_id, purpose=purpose, after=after, limit=limit)
+        return await services.files.list(principal.tenant_id, purpose=purpose, after=after, limit=limit)
 
     @get("/{file_id:str}", operation_id="retrieveFile", responses=error_responses(400, 404, *API_KEY),
-         summary="One of the caller's files.")
-    async def retrieve_file(self, file_id: FromPath[str], context: Context, principal: Caller) -> FileObject:
-        principal.require("adapters:read")
-        return (await context.services.files.get(principal.tenant_id, file_id)).view
+         summary="One of the caller's files.", opt=scope("adapters:read"))
+    async def retrieve_file(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> FileObject:
+        return (await services.files.get(principal.tenant_id, file_id)).view
 
     @get("/{file_id:str}/content", operation_id="downloadFile", media_type="application/octet-stream",
-         responses=error_responses(400, 404, *API_KEY), summary="The bytes of one of the caller's files.")
-    async def file_content(self, file_id: FromPath[str], context: Context, principal: Caller) -> Stream:
-        principal.require("adapters:read")
-        files = context.services.files
+         responses=error_responses(400, 404, *API_KEY), summary="The bytes of one of the caller's files.",
+         opt=scope("adapters:read"))
+    async def file_content(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> Stream:
+        files = services.files
         stored = await files.get(principal.tenant_id, file_id)
         workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
         try:
@@ -146,7 +144,7 @@ class FilesController(Controller):
                       headers={"content-length": str(stored.view.bytes)})
 
     @delete("/{file_id:str}", operation_id="deleteFile", status_code=200, responses=error_responses(400, 404, *API_KEY),
-            summary="Delete one of the caller's files (jobs already started keep their copy).")
-    async def delete_file(self, file_id: FromPath[str], context: Context, principal: Caller) -> FileDeleted:
-        principal.require("adapters:write")
-        return await context.services.files.delete(principal.tenant_id, file_id)
+            summary="Delete one of the caller's files (jobs already started keep their copy).",
+            opt=scope("adapters:write"))
+    async def delete_file(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> FileDeleted:
+        return await services.files.delete(principal.tenant_id, file_id)

@@ -14,7 +14,7 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.fleet.catalog import require_task
 from lorafleet.gateway.fleet.catalog import ResolvedModel
 from lorafleet.gateway.openapi import TENANT_SECURITY
@@ -35,46 +35,47 @@ class FineTuningController(Controller):
 
     @post("/", operation_id="createFineTuningJob", status_code=200, dto=StrictBody[JobCreate], return_dto=None,
           responses=error_responses(400, 402, 404, 413, *API_KEY),
-          summary="Start a fine-tuning job: a LoRA of a served base model, trained on one of your `fine-tune` files.")
-    async def create_job(self, data: JSONBody[JobCreate], context: Context, principal: Caller) -> FineTuningJob:
-        principal.require("adapters:write")
-        services = context.services
+          summary="Start a fine-tuning job: a LoRA of a served base model, trained on one of your `fine-tune` files.",
+          opt=scope("adapters:write"))
+    async def create_job(self, data: JSONBody[JobCreate], services: AppServices, principal: Caller) -> FineTuningJob:
         base = services.catalog.base(data.model)
         require_task(ResolvedModel(base, None), "generate", data.model)
         return await services.fine_tuning.create(principal.tenant_id, principal.key_id, base.id, data)
 
     @get("/", operation_id="listFineTuningJobs", responses=error_responses(400, *API_KEY),
-         summary="The caller's fine-tuning jobs, newest first (`after`: the last id of the previous page).")
-    async def list_jobs(self, context: Context, principal: Caller, limit: Limit = 20, after: After = None) -> JobPage:
-        principal.require("adapters:read")
-        return await context.services.fine_tuning.list(principal.tenant_id, after=after, limit=limit)
+         summary="The caller's fine-tuning jobs, newest first (`after`: the last id of the previous page).",
+         opt=scope("adapters:read"))
+    async def list_jobs(self, services: AppServices, principal: Caller, limit: Limit = 20, after: After = None) -> JobPage:
+        return await services.fine_tuning.list(principal.tenant_id, after=after, limit=limit)
 
     @get("/{fine_tuning_job_id:str}", operation_id="retrieveFineTuningJob",
-         responses=error_responses(400, 404, *API_KEY), summary="One of the caller's fine-tuning jobs.")
-    async def retrieve_job(self, fine_tuning_job_id: FromPath[str], context: Context, principal: Caller) -> FineTuningJob:
-        principal.require("adapters:read")
-        return await context.services.fine_tuning.get(principal.tenant_id, fine_tuning_job_id)
+         responses=error_responses(400, 404, *API_KEY), summary="One of the caller's fine-tuning jobs.",
+         opt=scope("adapters:read"))
+    async def retrieve_job(self, fine_tuning_job_id: FromPath[str], services: AppServices,
+                           principal: Caller) -> FineTuningJob:
+        return await services.fine_tuning.get(principal.tenant_id, fine_tuning_job_id)
 
     @post("/{fine_tuning_job_id:str}/cancel", operation_id="cancelFineTuningJob", status_code=200,
           responses=error_responses(400, 404, *API_KEY),
-          summary="Cancel a job not finished yet: training stops within seconds; the steps done are billed.")
-    async def cancel_job(self, fine_tuning_job_id: FromPath[str], context: Context, principal: Caller) -> FineTuningJob:
-        principal.require("adapters:write")
-        return await context.services.fine_tuning.cancel(principal.tenant_id, fine_tuning_job_id)
+          summary="Cancel a job not finished yet: training stops within seconds; the steps done are billed.",
+          opt=scope("adapters:write"))
+    async def cancel_job(self, fine_tuning_job_id: FromPath[str], services: AppServices,
+                         principal: Caller) -> FineTuningJob:
+        return await services.fine_tuning.cancel(principal.tenant_id, fine_tuning_job_id)
 
     @get("/{fine_tuning_job_id:str}/events", operation_id="listFineTuningEvents",
          responses=error_responses(400, 404, *API_KEY),
-         summary="A job's events, newest first: messages, and metrics (step, train_loss, …) per training step.")
-    async def list_events(self, fine_tuning_job_id: FromPath[str], context: Context, principal: Caller,
+         summary="A job's events, newest first: messages, and metrics (step, train_loss, …) per training step.",
+         opt=scope("adapters:read"))
+    async def list_events(self, fine_tuning_job_id: FromPath[str], services: AppServices, principal: Caller,
                           limit: Limit = 20, after: After = None) -> EventPage:
-        principal.require("adapters:read")
-        return await context.services.fine_tuning.events(principal.tenant_id, fine_tuning_job_id, after=after,
+        return await services.fine_tuning.events(principal.tenant_id, fine_tuning_job_id, after=after,
                                                          limit=limit)
 
     @get("/{fine_tuning_job_id:str}/checkpoints", operation_id="listFineTuningCheckpoints",
-         responses=error_responses(400, 404, *API_KEY), summary="A job's checkpoints, newest first.")
-    async def list_checkpoints(self, fine_tuning_job_id: FromPath[str], context: Context, principal: Caller,
+         responses=error_responses(400, 404, *API_KEY), summary="A job's checkpoints, newest first.",
+         opt=scope("adapters:read"))
+    async def list_checkpoints(self, fine_tuning_job_id: FromPath[str], services: AppServices, principal: Caller,
                                limit: Limit = 10, after: After = None) -> CheckpointPage:
-        principal.require("adapters:read")
-        return await context.services.fine_tuning.checkpoints(principal.tenant_id, fine_tuning_job_id, after=after,
+        return await services.fine_tuning.checkpoints(principal.tenant_id, fine_tuning_job_id, after=after,
                                                               limit=limit)

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
-import msgspec
 import structlog
 from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.core.errors import ServiceUnavailable

@@ -6,7 +6,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, JSONBody
 from lorafleet.core.types import Page
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.keys.schemas import KeyCreate
 from lorafleet.gateway.params import Limit, StartingAfter
@@ -23,33 +23,29 @@ class KeysController(Controller):
     dependencies = TENANT_DEPENDENCIES
 
     @get("/", operation_id="listKeys", responses=error_responses(400, *API_KEY),
-         summary="The caller's tenant's API keys, oldest first (secrets are never shown again).")
-    async def list_keys(self, context: Context, principal: Caller, limit: Limit = 100,
+         summary="The caller's tenant's API keys, oldest first (secrets are never shown again).", opt=scope("keys:read"))
+    async def list_keys(self, services: AppServices, principal: Caller, limit: Limit = 100,
                         starting_after: StartingAfter = None) -> Page[ApiKeyView]:
-        principal.require("keys:read")
-        return await TenancyService(context.services.pool).list_keys(principal.tenant_id, after=starting_after,
+        return await TenancyService(services.pool).list_keys(principal.tenant_id, after=starting_after,
                                                                      limit=limit)
 
     @post("/", operation_id="createKey", status_code=201, dto=StrictBody[KeyCreate], return_dto=None,
           responses=error_responses(400, 409, 413, *API_KEY),
-          summary="Create an API key within this key's scopes and expiry; the secret is in this response only.")
-    async def create_key(self, request: Request, data: JSONBody[KeyCreate], context: Context, principal: Caller,
+          summary="Create an API key within this key's scopes and expiry; the secret is in this response only.", opt=scope("keys:write"))
+    async def create_key(self, request: Request, data: JSONBody[KeyCreate], context: Context, services: AppServices, principal: Caller,
                          idempotency_key: IdempotencyKey = None) -> CreatedApiKey:
-        principal.require("keys:write")
-
         async def create() -> CreatedApiKey:
-            return await TenancyService(context.services.pool).create_key(
+            return await TenancyService(services.pool).create_key(
                 principal.tenant_id, name=data.name, scopes=data.scopes, mode=data.mode, expires_at=data.expires_at,
                 authority=principal.authority)
 
-        return await once(context, request.headers.get("authorization"), owner=principal.key_id, key=idempotency_key,
+        return await once(context, services, request.headers.get("authorization"), owner=principal.key_id, key=idempotency_key,
                           body=data, action=create, result_type=CreatedApiKey)
 
     @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, responses=error_responses(400, 404, *API_KEY),
-            summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.")
-    async def revoke_key(self, key_id: FromPath[str], context: Context, principal: Caller) -> ApiKeyView:
-        principal.require("keys:write")
-        revoked = await TenancyService(context.services.pool).revoke_key(key_id, tenant_id=principal.tenant_id,
+            summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.", opt=scope("keys:write"))
+    async def revoke_key(self, key_id: FromPath[str], services: AppServices, principal: Caller) -> ApiKeyView:
+        revoked = await TenancyService(services.pool).revoke_key(key_id, tenant_id=principal.tenant_id,
                                                                          authority=principal.authority)
-        context.services.auth.forget_key(key_id)
+        services.auth.forget_key(key_id)
         return revoked

@@ -1,10 +1,12 @@
 """What one admitted request costs: its token counts as they arrive, and its one ledger row.
 
 The relay feeds the meter the usage the engine reports (on every chunk of a stream, so a cut
-stream is still exact) and calls :meth:`Meter.finish` exactly once, whatever happens — success,
-engine refusal, worker failure, client gone. ``finish`` is synchronous so it also runs in cleanup
-code under cancellation; it records the ledger row, the request's log fields and metrics, and
-releases what admission and routing held for the request.
+stream is still exact) and calls :meth:`Meter.finish` with the request's :class:`Outcome` — the
+one path from an outcome to the ledger row, taken exactly once whatever happens (success, engine
+refusal, worker failure, client gone). ``finish`` is synchronous so it also runs in cleanup code
+under cancellation; it records the ledger row (kept as :attr:`Meter.row`) and metrics, then runs
+the ``on_finish`` callbacks: what admission and routing held is released, and the request's
+context records the row for its log line (the meter never writes into the context).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorafleet.billing.pricing import Price, cost_pico_usd, micro_usd_text
-from lorafleet.gateway.context import RequestContext
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome
 from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 
@@ -33,7 +34,7 @@ class Billable:
     base_model_name: str
     model: str                  # as the client named it
     adapter_id: str | None
-    endpoint: str               # chat.completions | completions
+    endpoint: Endpoint
     streamed: bool
     price: Price | None         # the version in effect when the request started
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -41,12 +42,10 @@ class Billable:
 
 
 class Meter:
-    def __init__(self, billable: Billable, ledger: LedgerWriter, metrics: GatewayMetrics,
-                 context: RequestContext) -> None:
+    def __init__(self, billable: Billable, ledger: LedgerWriter, metrics: GatewayMetrics) -> None:
         self.billable = billable
         self._ledger = ledger
         self._metrics = metrics
-        self._context = context
         self._releases: list[Callable[[], None]] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -54,10 +53,11 @@ class Meter:
         self.worker_url: str | None = None
         self.held = False                 # waited for a worker to wake (or to appear)
         self.residency: int | None = None  # where the adapter was on the chosen worker (placement's tiers)
-        self.finished = False
+        self.row: LedgerRow | None = None  # once finished
 
     def on_finish(self, release: Callable[[], None]) -> None:
-        """Run ``release`` when the request is over (a concurrency slot, a worker's in-flight count)."""
+        """Run ``release`` when the request is over and its row recorded (a concurrency slot, a worker's
+        in-flight count, the context's log fields)."""
         self._releases.append(release)
 
     def observe_usage(self, usage: dict[str, Any] | None) -> None:
@@ -84,15 +84,18 @@ class Meter:
             self._metrics.observe_ttft(billable.base_model_name, billable.adapter_id is not None, self.ttft,
                                        residency=self.residency if billable.adapter_id else None, held=self.held)
 
-    def finish(self, outcome: str, http_status: int) -> None:
+    @property
+    def finished(self) -> bool:
+        return self.row is not None
+
+    def finish(self, outcome: Outcome, http_status: int) -> None:
         """Record the ledger row — once, whatever calls it first."""
-        if self.finished:
+        if self.row is not None:
             return
-        self.finished = True
         billable = self.billable
         duration = time.perf_counter() - billable.started
         ttft_ms = None if self.ttft is None else round(self.ttft * 1000)
-        self._ledger.record(LedgerRow(
+        self.row = row = LedgerRow(
             request_id=billable.request_id, tenant_id=billable.tenant_id, api_key_id=billable.api_key_id,
             base_model_id=billable.base_model_id, model=billable.model, endpoint=billable.endpoint, outcome=outcome,
             http_status=http_status, streamed=billable.streamed, prompt_tokens=self.prompt_tokens,
@@ -100,13 +103,9 @@ class Meter:
             finished_at=billable.started_at + dt.timedelta(seconds=duration), ttft_ms=ttft_ms,
             duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_pico_usd=self.cost_pico,
             price_id=billable.price.id if billable.price else None,
-        ))
+        )
+        self._ledger.record(row)
         self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens, billable.base_model_id)
-        context = self._context
-        context.outcome = outcome
-        context.prompt_tokens = self.prompt_tokens
-        context.completion_tokens = self.completion_tokens
-        context.ttft_ms = None if self.ttft is None else round(self.ttft * 1000, 2)
         for release in self._releases:
             release()
         self._releases.clear()

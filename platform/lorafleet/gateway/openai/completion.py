@@ -17,39 +17,40 @@ from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.metering.admission import Demand
+from lorafleet.gateway.metering.ledger_row import Endpoint, Outcome
 from lorafleet.gateway.metering.meter import Billable, Meter
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
 from lorafleet.gateway.openai.schemas import _Sampling
 from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.services import Services
 
 COMPLETION_ERRORS = error_responses(400, 402, 404, 413, 429, 502, 503, *API_KEY)
-WORKER_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
-                "responses": "/v1/chat/completions",  # served as chat (responses_api/bridge.py)
-                "embeddings": "/v1/embeddings"}
+WORKER_PATHS = {Endpoint.CHAT_COMPLETIONS: "/v1/chat/completions", Endpoint.COMPLETIONS: "/v1/completions",
+                Endpoint.RESPONSES: "/v1/chat/completions",  # served as chat (responses_api/bridge.py)
+                Endpoint.EMBEDDINGS: "/v1/embeddings"}
 
 
-async def run_completion(data: _Sampling, demand: Demand, endpoint: str, resolved: ResolvedModel,
-                         context: RequestContext, principal: Principal, *, shaping: Shaping | None = None) -> Response[Any]:
+async def run_completion(data: _Sampling, demand: Demand, endpoint: Endpoint, resolved: ResolvedModel,
+                         context: RequestContext, services: Services, principal: Principal, *, shaping: Shaping | None = None) -> Response[Any]:
     """A generation request (chat, completions, responses) on a generative model."""
     require_task(resolved, "generate", data.model)
     dropped = dropped_fields(data)
     context.dropped_fields = dropped
-    body = upstream_body(data, resolved.served_name, context.services.cache_salts.salt(principal.tenant_id), dropped)
+    body = upstream_body(data, resolved.served_name, services.cache_salts.salt(principal.tenant_id), dropped)
     shaping = shaping or ChatShaping(data.model, client_usage=data.client_usage,
                                      client_continuous_usage=data.client_continuous_usage)
-    return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, principal, shaping)
+    return await run_admitted(endpoint, data.model, data.stream, body, demand, resolved, context, services, principal, shaping)
 
 
-async def run_admitted(endpoint: str, public_model: str, stream: bool, body: bytes | Callable[[], Awaitable[bytes]],
-                       demand: Demand, resolved: ResolvedModel, context: RequestContext, principal: Principal,
+async def run_admitted(endpoint: Endpoint, public_model: str, stream: bool, body: bytes | Callable[[], Awaitable[bytes]],
+                       demand: Demand, resolved: ResolvedModel, context: RequestContext, services: Services, principal: Principal,
                        shaping: Shaping) -> Response[Any]:
     """Admit the request, send ``body`` to a worker and meter it: exactly one ledger row, whatever happens.
 
     ``body`` may be built only once the request is admitted (a Responses chain is walked then, so a
     refused key makes the gateway read nothing); ``demand`` must bound what it builds.
     """
-    services = context.services
     context.model = public_model
     started_at = dt.datetime.now(dt.UTC)
     price = services.catalog.prices.at(resolved.base.id, started_at)
@@ -59,16 +60,17 @@ async def run_admitted(endpoint: str, public_model: str, stream: bool, body: byt
                         price=price)
     admitted = await services.admission.admit(principal, context.request_id, demand, price,
                                               adapter=resolved.adapter_id is not None)
-    meter = Meter(billable, services.ledger, services.metrics, context)
+    meter = Meter(billable, services.ledger, services.metrics)
     meter.on_finish(admitted.release)
+    meter.on_finish(lambda: _settle(context, meter))
     if callable(body):
         try:
             body = await body()
         except LoraFleetError as error:
-            meter.finish("upstream_error", error.status_code)  # settles the reservation: nothing ran, nothing billed
+            meter.finish(Outcome.UPSTREAM_ERROR, error.status_code)  # settles the reservation: nothing ran, nothing billed
             raise
         except BaseException:
-            meter.finish("upstream_error", 500)
+            meter.finish(Outcome.UPSTREAM_ERROR, 500)
             raise
     call = UpstreamCall(context=context, meter=meter, path=WORKER_PATHS[endpoint], body=body, stream=stream,
                         public_model=public_model, shaping=shaping)
@@ -76,7 +78,15 @@ async def run_admitted(endpoint: str, public_model: str, stream: bool, body: byt
         response = await services.relay.complete(call)
     except BaseException:
         # The relay settles every path it knows; this keeps a bug from holding a reservation.
-        meter.finish("upstream_error", 500)
+        meter.finish(Outcome.UPSTREAM_ERROR, 500)
         raise
     response.headers.update(admitted.headers)
     return response
+
+
+def _settle(context: RequestContext, meter: Meter) -> None:
+    """The request's log line gets what its ledger row says."""
+    row = meter.row
+    if row is not None:
+        context.settle(row.outcome, row.prompt_tokens, row.completion_tokens,
+                       None if meter.ttft is None else round(meter.ttft * 1000, 2))

@@ -13,7 +13,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, Caller, Context
+from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
 from lorafleet.gateway.openai.models import (
     DeletedModel,
@@ -33,6 +33,7 @@ from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completio
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."
 
@@ -47,46 +48,43 @@ class OpenAIController(Controller):
     @post("/chat/completions", operation_id="createChatCompletion", status_code=200,
           dto=StrictBody[ChatCompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(ChatCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).")
-    async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context,
+          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
+    async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context, services: AppServices,
                                principal: Caller) -> Response[Any]:
-        principal.require("inference")
         check_chat(data)
-        settings = context.services.settings
-        resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        settings = services.settings
+        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = chat_demand(data, len(await request.body()), resolved.base.max_model_len,
                              max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, "chat.completions", resolved, context, principal)
+        return await run_completion(data, demand, Endpoint.CHAT_COMPLETIONS, resolved, context, services, principal)
 
     @post("/completions", operation_id="createCompletion", status_code=200,
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(TextCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a text completion (OpenAI-compatible; streams with stream=true).")
-    async def completions(self, data: JSONBody[CompletionRequest], context: Context, principal: Caller) -> Response[Any]:
-        principal.require("inference")
+          summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
+    async def completions(self, data: JSONBody[CompletionRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
         check_completion(data)
-        settings = context.services.settings
-        resolved = await context.services.catalog.resolve(principal.tenant_id, data.model)
+        settings = services.settings
+        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
         demand = completion_demand(data, resolved.base.max_model_len, max_prompts=settings.max_prompts_per_request,
                                    max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, "completions", resolved, context, principal)
+        return await run_completion(data, demand, Endpoint.COMPLETIONS, resolved, context, services, principal)
 
-    @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.")
-    async def list_models(self, context: Context, principal: Caller) -> ModelList:
-        principal.require("inference")
-        return await list_models(context.services, principal.tenant_id)
+    @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.", opt=scope("inference"))
+    async def list_models(self, services: AppServices, principal: Caller) -> ModelList:
+        return await list_models(services, principal.tenant_id)
 
     @get("/models/{model_id:path}", operation_id="retrieveModel", responses=error_responses(400, 404, *API_KEY),
-         summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).")
-    async def retrieve_model(self, model_id: FromPath[str], context: Context, principal: Caller) -> Model:
-        principal.require("inference")
-        return await retrieve_model(context.services, principal.tenant_id, model_id.lstrip("/"))
+         summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).", opt=scope("inference"))
+    async def retrieve_model(self, model_id: FromPath[str], services: AppServices, principal: Caller) -> Model:
+        return await retrieve_model(services, principal.tenant_id, model_id.lstrip("/"))
 
     @delete("/models/{model_id:path}", operation_id="deleteModel", status_code=200,
             responses=error_responses(400, 404, *API_KEY),
-            summary="Delete one of this key's models: a fine-tuned model (`ft:…`) or an adapter (base models: 404).")
-    async def delete_model(self, model_id: FromPath[str], context: Context, principal: Caller) -> DeletedModel:
-        principal.require("adapters:write")
-        return await delete_model(context, principal.tenant_id, model_id.lstrip("/"))
+            summary="Delete one of this key's models: a fine-tuned model (`ft:…`) or an adapter (base models: 404).",
+            opt=scope("adapters:write"))
+    async def delete_model(self, model_id: FromPath[str], context: Context, services: AppServices,
+                           principal: Caller) -> DeletedModel:
+        return await delete_model(context, services, principal.tenant_id, model_id.lstrip("/"))

@@ -78,14 +78,14 @@ class DeletedModel(msgspec.Struct, kw_only=True):
     object: Literal["model"] = "model"
 
 
-async def delete_model(context, tenant_id: str, name: str) -> DeletedModel:
+async def delete_model(context, services: Services, tenant_id: str, name: str) -> DeletedModel:
     """``DELETE /v1/models/{id}`` (the SDK's ``models.delete``): one of the caller's adapters — a
     fine-tuned model by its ``ft:…`` name, or an uploaded adapter by its name. Base models are shared
     and cannot be deleted (404, as for a name the caller cannot reach: it owns no such model)."""
     from lorafleet.gateway.adapters.operations import delete_adapter
 
-    resolved = await context.services.catalog.resolve(tenant_id, name)
+    resolved = await services.catalog.resolve(tenant_id, name)
     if resolved.adapter_id is None:
         raise not_found(name)
-    await delete_adapter(context, tenant_id, resolved.adapter_id)
+    await delete_adapter(context, services, tenant_id, resolved.adapter_id)
     return DeletedModel(id=name, deleted=True)

@@ -51,6 +51,7 @@ from lorafleet.gateway.fleet.catalog import not_found
 from lorafleet.gateway.fleet.holding import RETRY_AFTER_SECONDS, HeldRequests, Hold
 from lorafleet.gateway.fleet.placement import residency
 from lorafleet.gateway.fleet.registry import WorkerRegistry, WorkerState
+from lorafleet.gateway.metering.ledger_row import Outcome
 from lorafleet.gateway.metering.meter import Meter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.sse import ChatChunks, ChunkShaper, SseRelay, tidy
@@ -184,7 +185,7 @@ class Relay:
                                          code="no_worker_ready", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
             hold = self._holds.reserve(billable.base_model_id, billable.tenant_id, len(call.body))
         except LoraFleetError as exc:
-            meter.finish("unavailable", exc.status_code)
+            meter.finish(Outcome.UNAVAILABLE, exc.status_code)
             raise
         meter.on_finish(hold.release)
         meter.held = True
@@ -204,7 +205,7 @@ class Relay:
             try:
                 ranked = waiting.result()
             except LoraFleetError as exc:
-                meter.finish("unavailable", exc.status_code)
+                meter.finish(Outcome.UNAVAILABLE, exc.status_code)
                 yield shaper.upstream_error(exc.envelope())
                 return
             try:
@@ -261,7 +262,7 @@ class Relay:
             except LoraFleetError as exc:  # the watch: client gone, or the worker left routing
                 release()
                 if isinstance(exc, ClientDisconnected):
-                    meter.finish("client_disconnect", 499)
+                    meter.finish(Outcome.CLIENT_DISCONNECT, 499)
                     raise
                 self._registry.report_failure(worker)
                 log.warning("upstream_worker_lost", worker=worker.id, attempt=attempt + 1)
@@ -269,7 +270,7 @@ class Relay:
                 break
             except BaseException:
                 release()
-                meter.finish("client_disconnect", 499)
+                meter.finish(Outcome.CLIENT_DISCONNECT, 499)
                 raise
             if upstream.status == ADAPTER_UNAVAILABLE_STATUS:
                 # The worker is fine, this adapter's weights could not reach it: another worker may
@@ -295,7 +296,7 @@ class Relay:
             meter.residency = residency(worker, billable.adapter_id)
             call.context.worker = worker.id
             return upstream, worker
-        meter.finish("unavailable" if isinstance(failure, AdapterUnavailable) else "upstream_error", failure.status_code)
+        meter.finish(Outcome.UNAVAILABLE if isinstance(failure, AdapterUnavailable) else Outcome.UPSTREAM_ERROR, failure.status_code)
         raise failure
 
     async def _watched(self, call: UpstreamCall, worker: WorkerState, waiting: Awaitable[T]) -> T:
@@ -327,7 +328,7 @@ class Relay:
             payload = b""
         upstream.release()
         error = engine_error(upstream.status, payload, call.public_model)
-        call.meter.finish("upstream_error", error.status_code)
+        call.meter.finish(Outcome.UPSTREAM_ERROR, error.status_code)
         return error
 
     async def _whole(self, call: UpstreamCall, upstream: aiohttp.ClientResponse, worker: WorkerState) -> Response[Any]:
@@ -336,29 +337,29 @@ class Relay:
             payload = await (upstream.read() if call.stream else self._watched(call, worker, upstream.read()))
         except (aiohttp.ClientError, TimeoutError):
             upstream.close()
-            meter.finish("upstream_error", 502)
+            meter.finish(Outcome.UPSTREAM_ERROR, 502)
             raise worker_failed("failed mid-response") from None
         except UpstreamError:
             upstream.close()
-            meter.finish("upstream_error", 502)
+            meter.finish(Outcome.UPSTREAM_ERROR, 502)
             raise
         except BaseException:
             upstream.close()
-            meter.finish("client_disconnect", 499)
+            meter.finish(Outcome.CLIENT_DISCONNECT, 499)
             raise
         upstream.release()
         if upstream.status != 200:
             error = engine_error(upstream.status, payload, call.public_model)
-            meter.finish("upstream_error", error.status_code)
+            meter.finish(Outcome.UPSTREAM_ERROR, error.status_code)
             raise error
         try:
             document = _decode(payload)
         except msgspec.DecodeError:
-            meter.finish("upstream_error", 502)
+            meter.finish(Outcome.UPSTREAM_ERROR, 502)
             raise UpstreamError("The inference worker answered with something that is not JSON.") from None
         meter.observe_usage(document.get("usage"))
         meter.first_token()
-        meter.finish("success", 200)
+        meter.finish(Outcome.SUCCESS, 200)
         return await call.shaping.whole(document, meter)
 
 
@@ -383,9 +384,9 @@ def engine_error(status: int, payload: bytes, public_model: str) -> LoraFleetErr
 def _finish_hold(meter: Meter, exc: BaseException) -> None:
     """A hold that ended without a worker: no worker in time (503, unbilled), or the client left (499, 0 tokens)."""
     if isinstance(exc, LoraFleetError) and not isinstance(exc, ClientDisconnected):
-        meter.finish("unavailable", exc.status_code)
+        meter.finish(Outcome.UNAVAILABLE, exc.status_code)
     else:
-        meter.finish("client_disconnect", 499)
+        meter.finish(Outcome.CLIENT_DISCONNECT, 499)
 
 
 def _closer(events: AsyncIterator[bytes], meter: Meter):
@@ -394,6 +395,6 @@ def _closer(events: AsyncIterator[bytes], meter: Meter):
         try:
             await events.aclose()  # type: ignore[attr-defined]
         finally:
-            meter.finish("client_disconnect", 499)
+            meter.finish(Outcome.CLIENT_DISCONNECT, 499)
 
     return close

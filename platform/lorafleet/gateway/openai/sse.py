@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 import structlog
+from lorafleet.gateway.metering.ledger_row import Outcome
 from lorafleet.gateway.metering.meter import Meter
 
 log = structlog.get_logger("lorafleet.relay")
@@ -155,11 +156,11 @@ class SseRelay:
             return
         if self._done and not self._failed:
             self._upstream.release()
-            self._meter.finish("success", 200)
+            self._meter.finish(Outcome.SUCCESS, 200)
         else:
             # Closing the connection is what makes vLLM abort the request.
             self._upstream.close()
-            self._meter.finish("upstream_error" if self._failed else "client_disconnect", 200 if self._failed else 499)
+            self._meter.finish(Outcome.UPSTREAM_ERROR if self._failed else Outcome.CLIENT_DISCONNECT, 200 if self._failed else 499)
 
     def closer(self, events: AsyncIterator[bytes]) -> Callable[[], Any]:
         """After the response: close the generator if the client left while it was suspended."""

@@ -36,6 +36,8 @@ from lorafleet.gateway.responses_api.items import canonical_input
 from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
 from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
+from lorafleet.gateway.services import Services
+from lorafleet.gateway.metering.ledger_row import Endpoint
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode
@@ -62,12 +64,11 @@ class ResponsesShaping:
         return Response(_encode(response), media_type="application/json", headers={COST_HEADER: str(meter.cost)})
 
 
-async def create_response(data: ResponseCreateRequest, context: RequestContext, principal: Principal, *,
+async def create_response(data: ResponseCreateRequest, context: RequestContext, services: Services, principal: Principal, *,
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
     refuse_unsupported(data)
     tools = function_tools(data.tools)
     check_structured(data, tools)  # before admission: what the engine's grammar compiler would read
-    services = context.services
     resolved = await services.catalog.resolve(principal.tenant_id, data.model)
     require_task(resolved, "generate", data.model)
     input_items = canonical_input(data.input)
@@ -78,7 +79,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
                             request_fingerprint=fingerprint(f"{context.method} {context.path}", data),
                             result_type=dict[str, Any])
         if isinstance(begun, Replayed):
-            return await _replay(begun.result, data.stream, context, principal)
+            return await _replay(begun.result, data.stream, context, services, principal)
         claimed = begun
     try:
         store = services.responses
@@ -89,7 +90,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
         if data.store:  # a full account is refused before anything runs or is billed
             await store.check_room(principal.tenant_id, input_items,
                                    builder.document(status="in_progress", output=[], usage=None))
-        return await _run(data, tools, input_items, chain, builder, resolved, context, principal, claimed)
+        return await _run(data, tools, input_items, chain, builder, resolved, context, services, principal, claimed)
     except BaseException:
         if claimed is not None:
             await claimed.release()
@@ -97,9 +98,8 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
 
 
 async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, Any]], chain: ChainHead | None,
-               builder: ResponseBuilder, resolved: ResolvedModel, context: RequestContext, principal: Principal,
+               builder: ResponseBuilder, resolved: ResolvedModel, context: RequestContext, services: Services, principal: Principal,
                claimed: Claim | None) -> Response[Any]:
-    services = context.services
     max_model_len = resolved.base.max_model_len
     cap = default_max_tokens(services.settings.default_max_output_tokens, max_model_len)
     this_turn = with_output_cap(chat_request(data, input_items, tools), cap)
@@ -142,14 +142,14 @@ async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, A
             meter.on_finish(lambda: None if claimed.settled else _background(claimed.release()))
 
     shaping = ResponsesShaping(builder, finished, on_meter)
-    return await run_admitted("responses", data.model, data.stream, body, demand, resolved, context, principal,
+    return await run_admitted(Endpoint.RESPONSES, data.model, data.stream, body, demand, resolved, context, services, principal,
                               shaping)
 
 
-async def _replay(document: dict[str, Any], stream: bool, context: RequestContext,
+async def _replay(document: dict[str, Any], stream: bool, context: RequestContext, services: Services,
                   principal: Principal) -> Response[Any]:
     """The first request's answer again (a read: it counts against the key's requests per minute)."""
-    headers = await context.services.admission.admit_read(principal)
+    headers = await services.admission.admit_read(principal)
     context.response_headers.append(REPLAY_HEADER)
     cost = (document.get("usage") or {}).get("cost_micro_usd")
     if cost is not None:

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, Response, get
-from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 from lorafleet.core.errors import AuthenticationFailed, NotFound, ServiceUnavailable
 from lorafleet.db import queries
-from lorafleet.gateway.context import provide_context
-from lorafleet.gateway.dependencies import Context
+from lorafleet.gateway.dependencies import AppServices
 from lorafleet.gateway.error_specs import error_responses
 from lorafleet.gateway.fleet.autoscaling import ModelSignals, SignalsList, model_signals
 from lorafleet.gateway.openapi import METRICS_SECURITY
@@ -36,7 +34,6 @@ class Readiness(msgspec.Struct, kw_only=True):
 
 class SystemController(Controller):
     tags = ["System"]
-    dependencies = {"context": Provide(provide_context)}
 
     @get("/livez", operation_id="live", summary="The process is alive (liveness probe).")
     async def livez(self) -> Health:
@@ -48,11 +45,10 @@ class SystemController(Controller):
 
     @get("/readyz", operation_id="ready", responses=error_responses(400, 503),
          summary="The gateway can serve: the database answers (with workers=1: and a worker is ready).")
-    async def readyz(self, context: Context,
+    async def readyz(self, services: AppServices,
                      workers: Annotated[int, QueryParameter(ge=0, le=64, description="Also require this many ready "
                                                                           "workers.")] = 0,
                      ) -> Readiness:
-        services = context.services
         try:
             await services.pool.fetchval(queries.ping, timeout=2)
         except Exception:  # noqa: BLE001 - any failure to answer is "not ready"
@@ -66,17 +62,17 @@ class SystemController(Controller):
          security=METRICS_SECURITY,
          summary="Per base model: demand and desired replicas, for KEDA's metrics-api scaler or an HPA "
                  "(bearer LORAFLEET_METRICS_TOKEN when set).")
-    async def autoscaling(self, request: Request, context: Context) -> SignalsList:
-        require_metrics_token(context.services, request)
-        return SignalsList(data=await _signals(context.services))
+    async def autoscaling(self, request: Request, services: AppServices) -> SignalsList:
+        require_metrics_token(services, request)
+        return SignalsList(data=await _signals(services))
 
     @get("/autoscaling/{base_model:str}", operation_id="autoscalingModel", tags=["Autoscaling"],
          security=METRICS_SECURITY,
          responses=error_responses(400, 401, 404),
          summary="One base model's demand and desired replicas (404 for a model no worker ever served).")
-    async def autoscaling_model(self, base_model: FromPath[str], request: Request, context: Context) -> ModelSignals:
-        require_metrics_token(context.services, request)
-        for signals in await _signals(context.services):
+    async def autoscaling_model(self, base_model: FromPath[str], request: Request, services: AppServices) -> ModelSignals:
+        require_metrics_token(services, request)
+        for signals in await _signals(services):
             if signals.base_model == base_model:
                 return signals
         raise NotFound(f"no base model named {base_model[:200]!r}", param="base_model")
@@ -84,8 +80,7 @@ class SystemController(Controller):
     @get("/metrics", operation_id="metrics", security=METRICS_SECURITY,
          summary="Prometheus metrics (bearer LORAFLEET_METRICS_TOKEN when set).",
          media_type=CONTENT_TYPE_LATEST, responses=error_responses(401))
-    async def metrics(self, request: Request, context: Context) -> Response[bytes]:
-        services = context.services
+    async def metrics(self, request: Request, services: AppServices) -> Response[bytes]:
         require_metrics_token(services, request)
         metrics = services.metrics
         for gauge in (*metrics.model.values(), metrics.model_workers):
