@@ -36,6 +36,10 @@ from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
+from lorafleet.gateway.files import FilesController
+from lorafleet.gateway.fine_tuning import FineTuningController
+from lorafleet.files.service import FileService
+from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.metering.admission import Admission
 from lorafleet.gateway.metering.refusals import RefusalCounter
@@ -54,6 +58,9 @@ from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
 from lorafleet.tenancy.storage import StorageQuota, TenantStorage
+
+
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # a file upload's form fields and framing, beside the file itself
 
 
 def quiet_garbage_collector() -> None:
@@ -92,6 +99,10 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                       connect_timeout=settings.upstream_connect_timeout_seconds,
                       idle_timeout=settings.upstream_idle_timeout_seconds,
                       attempts=settings.upstream_attempts, holds=holds)
+        blobs = make_blob_store(settings)
+        files = FileService(pool, blobs, TenantStorage(
+            pool, "files", StorageQuota(settings.tenant_max_file_bytes, settings.tenant_max_files,
+                                        settings.max_file_bytes), noun="files"))
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
@@ -101,7 +112,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             sweeper=sweeper, catalog=catalog, registry=registry, ledger=ledger, relay=relay,
             adapter_calls=AdapterCalls(registry, http, settings.internal_token),
             adapters=AdapterService(
-                pool, make_blob_store(settings),
+                pool, blobs,
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
             cache_salts=CacheSalts(settings.internal_token),
@@ -110,6 +121,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                                                 settings.tenant_max_stored_responses,
                                                 settings.responses_max_stored_bytes), noun="stored responses")),
             holds=holds,
+            files=files,
+            fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
         )
         ledger.start()
         refusals.start()
@@ -135,11 +148,13 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            OpenAIController, ResponsesController, EmbeddingsController, KeysController, AccountController, AdminController, SystemController,
+            OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
                    request_max_body_size=settings.max_upload_bytes),
+            Router("/", route_handlers=[FilesController],
+                   request_max_body_size=settings.max_file_bytes + MULTIPART_OVERHEAD_BYTES),
         ],
         lifespan=[lifespan],
         dependencies=APP_DEPENDENCIES,  # the services and the request's context, for every route

@@ -42,7 +42,8 @@ START = END - dt.timedelta(days=2)
 USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
-               "cursor_key", "cursor_invoice", "idempotency_key", "response_id"]
+               "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
+               "cursor_job"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,18 @@ def _upload(v: dict[str, str]) -> dict[str, Any]:
     return {"files": [("file", ("adapter_config.json", b"{}"))]}
 
 
+def _file_upload(v: dict[str, str]) -> dict[str, Any]:
+    return {"files": [("file", ("train.jsonl", b"{}\n"))], "data": {"purpose": "fine-tune"}}
+
+
+def _after(v: dict[str, str]) -> dict[str, Any]:
+    return {"params": {"after": v["after"]} if "after" in v else {}}
+
+
+def _job(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"model": STUB_MODEL, "training_file": v.get("training_file", "file-none")}}
+
+
 def _form(v: dict[str, str]) -> dict[str, Any]:
     return {"data": {"csrf": v["csrf"]}}
 
@@ -124,6 +137,7 @@ ADAPTER_ID, ADAPTER_NAME, KEY_ID, INVOICE_ID = (Slot("adapter_id", "adapter_id")
                                                 Slot("key_id", "key_id"), Slot("invoice_id", "invoice_id"))
 MODEL_SLOTS = (Slot("model", "adapter_name"), Slot("model", "qualified_model"))
 RESPONSE_ID = (Slot("response_id", "response_id"),)
+FILE_ID, JOB_ID = (Slot("file_id", "file_id"),), (Slot("fine_tuning_job_id", "job_id"),)
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -138,6 +152,18 @@ ROUTES: dict[str, Route] = {
     "GET /v1/responses/{response_id}/input_items": Route("key", "inference", RESPONSE_ID),
     "DELETE /v1/responses/{response_id}": Route("key", "inference", RESPONSE_ID),
     "GET /v1/models/{model_id}": Route("key", "inference", (ADAPTER_NAME, Slot("model_id", "qualified_model"))),
+    "DELETE /v1/models/{model_id}": Route("key", "adapters:write", (ADAPTER_NAME, Slot("model_id", "qualified_model"))),
+    "POST /v1/files": Route("key", "adapters:write", (), _file_upload),
+    "GET /v1/files": Route("key", "adapters:read", (Slot("after", "cursor_file"),), _after),
+    "GET /v1/files/{file_id}": Route("key", "adapters:read", FILE_ID),
+    "GET /v1/files/{file_id}/content": Route("key", "adapters:read", FILE_ID),
+    "DELETE /v1/files/{file_id}": Route("key", "adapters:write", FILE_ID),
+    "POST /v1/fine_tuning/jobs": Route("key", "adapters:write", (Slot("training_file", "file_id"),), _job),
+    "GET /v1/fine_tuning/jobs": Route("key", "adapters:read", (Slot("after", "cursor_job"),), _after),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}": Route("key", "adapters:read", JOB_ID),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route("key", "adapters:write", JOB_ID),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route("key", "adapters:read", JOB_ID),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route("key", "adapters:read", JOB_ID),
     # ---- the tenant's own objects -----------------------------------------------------------
     "GET /v1/keys": Route("key", "keys:read", (Slot("starting_after", "cursor_key"),), _cursor),
     "POST /v1/keys": Route("key", "keys:write", (Slot("idempotency_key", "idempotency_key"),), _new_key),
@@ -250,6 +276,8 @@ class Tenant:
     invoice_id: str
     idempotency_key: str
     response_id: str
+    file_id: str
+    job_id: str
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -257,7 +285,8 @@ class Tenant:
                 "qualified_model": f"{STUB_MODEL}:{self.adapter_name}", "key_id": self.key.key_id,
                 "invoice_id": self.invoice_id, "cursor_adapter": self.adapter_id, "cursor_key": self.key.key_id,
                 "cursor_invoice": self.invoice_id, "idempotency_key": self.idempotency_key,
-                "response_id": self.response_id}[kind]
+                "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
+                "cursor_file": self.file_id, "cursor_job": self.job_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -269,6 +298,8 @@ def _missing(kind: Kind, theirs: str) -> str:
         return theirs[:-6] + random_token(6)
     if kind == "idempotency_key":
         return str(uuid.uuid4())
+    if "-" in theirs:  # OpenAI's spelling: file-…, ftjob-…
+        return ids.new_id(theirs.split("-", 1)[0], "-")
     return ids.new_id(theirs.split("_", 1)[0])
 
 
@@ -290,9 +321,13 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert made.status_code == 201, made.text
         stored = await http.post("/v1/responses", json={"model": adapter_name, "input": "x", "max_output_tokens": 2})
         assert stored.status_code == 200, stored.text
+        file = await http.post("/v1/files", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
+        assert file.status_code == 200, file.text
+        job = await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.json()["id"]})
+        assert job.status_code == 200, job.text
     await wait_rows(db, created.id, 3)
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
-                  stored.json()["id"])
+                  stored.json()["id"], file.json()["id"], job.json()["id"])
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -301,7 +336,10 @@ async def _state(db, tenant: Tenant) -> tuple:
             await db.fetchval("SELECT status FROM adapters WHERE id = $1", tenant.adapter_id),
             await db.fetchval("SELECT total_micro_usd FROM invoices WHERE id = $1", tenant.invoice_id),
             await db.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id = $1", tenant.key.tenant_id),
-            await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.key.tenant_id))
+            await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.key.tenant_id),
+            await db.fetchval("SELECT status FROM files WHERE id = $1", tenant.file_id),
+            await db.fetchval("SELECT status FROM fine_tuning_jobs WHERE id = $1", tenant.job_id),
+            await db.fetchval("SELECT count(*) FROM fine_tuning_jobs WHERE tenant_id = $1", tenant.key.tenant_id))
 
 
 def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
@@ -366,15 +404,16 @@ async def test_another_tenants_objects_are_answered_like_missing_ones(platform, 
 # Reads that show none of the caller's ids either: the overview (totals and charts), a page that shows a
 # key only right after its creation, the base model, a response's input items (the caller's own text).
 SHOWS_NO_OBJECT = {"GET /dashboard", "GET /dashboard/keys/new", "GET /v1/models/{model_id}",
-                   "GET /v1/responses/{response_id}/input_items"}
+                   "GET /v1/responses/{response_id}/input_items", "GET /v1/files/{file_id}/content",
+                   "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints"}
 
 
 async def test_lists_never_show_another_tenants_objects(platform, db):
     theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
     secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
-                         theirs.invoice_id, theirs.response_id)
+                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id)
     secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
-                       mine.response_id)
+                       mine.response_id, mine.file_id, mine.job_id)
     async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
             dashboard(platform.url, mine.key.secret) as (session, csrf):
         for name, route in ROUTES.items():
@@ -382,7 +421,8 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
                 continue
             http = api if route.guard == "key" else session
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
-                      "invoice_id": mine.invoice_id, "response_id": mine.response_id}
+                      "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
+                      "fine_tuning_job_id": mine.job_id}
             answer = await _send(http, name, route, values)
             assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
             assert not [s for s in secrets_of_theirs if s in answer.text], name
@@ -421,7 +461,8 @@ async def test_every_scope_on_every_api_route(platform, db):
     # A key to revoke that even the key holding only keys:write may revoke (it holds no more).
     target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
     values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
-              "model_id": STUB_MODEL, "response_id": ids.new_id("resp")}
+              "model_id": STUB_MODEL, "response_id": ids.new_id("resp"), "file_id": ids.file_id(),
+              "fine_tuning_job_id": ids.fine_tuning_job_id()}
     routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
     for label, (key, scopes) in keys.items():
         async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:

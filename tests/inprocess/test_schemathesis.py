@@ -98,6 +98,8 @@ class Target:
     headers: dict[str, str]
     path_parameters: dict[str, str]   # parameter name → a real id
     models: list[str] = field(default_factory=list)
+    # operationId → its own real ids (a delete gets an object of its own, so the reads keep theirs)
+    own_parameters: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _operation_id(operation: Any) -> str:
@@ -131,7 +133,9 @@ def _fuzz(run: Run, operation: Any, mode: GenerationMode, target: Target) -> Non
     label = operation.label
     strategy = operation.as_strategy(generation_mode=mode)
     names = {p.name for p in operation.path_parameters}
-    real = {name: value for name, value in target.path_parameters.items() if name in names}
+    real = {name: value for name, value in {**target.path_parameters,
+                                            **target.own_parameters.get(_operation_id(operation), {})}.items()
+            if name in names}
     if real and mode is GenerationMode.POSITIVE:
         strategy = st.one_of(strategy, operation.as_strategy(generation_mode=mode, path_parameters=real))
     body_schema = (operation.definition.raw.get("requestBody", {}).get("content", {}).get("application/json", {})
@@ -200,9 +204,18 @@ async def _seed_tenant(platform, tenant: TenantKey, db) -> Target:
         assert (await http.post("/v1/chat/completions", json={
             "model": adapter_name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})).status_code == 200
     await wait_rows(db, tenant.tenant_id, 3)
+    doomed = await insert_adapter(db, tenant.tenant_id, platform.base_model_id, "fuzz-doomed-adapter")
+    await insert_adapter(db, tenant.tenant_id, platform.base_model_id, "fuzz-doomed")
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        files = [(await http.post("/v1/files", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}))
+                 .json()["id"] for _ in range(2)]
+        job = (await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": files[0]})).json()
     return Target(headers=tenant.headers, models=[STUB_MODEL, adapter_name],
                   path_parameters={"adapter_id": adapter_id, "key_id": spare.id, "invoice_id": invoice_id,
-                                   "model_id": adapter_name, "base_model": STUB_MODEL})
+                                   "model_id": adapter_name, "base_model": STUB_MODEL, "file_id": files[0],
+                                   "fine_tuning_job_id": job["id"]},
+                  own_parameters={"deleteModel": {"model_id": "fuzz-doomed"}, "deleteFile": {"file_id": files[1]},
+                                  "deleteAdapter": {"adapter_id": doomed}})
 
 
 async def _seed_operator(platform, db, invoice_id: str) -> Target:
@@ -258,6 +271,7 @@ MINIMAL_BODIES: dict[str, dict[str, Any]] = {
     "createEmbedding": {"model": STUB_MODEL, "input": "x"},
     "createKey": {}, "adminCreateKey": {}, "adminCreateTenant": {"name": "n"}, "adminUpdateTenant": {},
     "adminGrantCredit": {"amount_micro_usd": 1}, "adminUpdateKeyLimits": {},
+    "createFineTuningJob": {"model": STUB_MODEL, "training_file": "file-x"},
     "adminSetPrice": {"base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
                       "effective_at": "2999-01-01T00:00:00Z"},
 }

@@ -1,7 +1,7 @@
 """`lorafleet up`, its printed and README examples from a fresh shell, `lorafleet down` twice.
 
 The real thing on free ports and a data dir of its own: embedded PostgreSQL, one vLLM worker, the
-gateway. The examples run in a clean environment with only what `make up` prints and the README
+gateway, the trainer. The examples run in a clean environment with only what `make up` prints and the README
 says to set; `down` must end every process `up` started (the engine's process group and the log
 writers included) and stop the database with its shutdown checkpoint; a second `down` says there
 is nothing to stop.
@@ -91,7 +91,7 @@ def test_up_examples_down_and_down_again(model_path):
         up = _lorafleet("up", home, env, timeout=900)
         assert up.returncode == 0, up.stderr[-4000:]
         started = _started_processes(data)
-        assert len(started) >= 6  # gateway, worker, engine, two log writers, postmaster (and its children)
+        assert len(started) >= 8  # gateway, worker, engine, trainer, three log writers, postmaster (and its children)
 
         printed = _fresh_shell(_printed_example(up.stdout), home)
         assert printed.returncode == 0 and printed.stdout.strip(), printed.stderr[-3000:]
@@ -121,12 +121,13 @@ def test_up_examples_down_and_down_again(model_path):
         completed = last_run.index("checkpoint complete", last_run.index("checkpoint starting: shutdown", shutdown))
         assert last_run.index("database system is shut down") > completed
         assert "stopped the gateway" in down.stderr and "stopped the worker" in down.stderr
+        assert "stopped the trainer" in down.stderr  # fine-tuning runs beside them
 
         again = _lorafleet("down", home, env, timeout=60)
         assert again.returncode == 0 and "nothing to stop" in again.stderr, again.stderr
 
         logs = sorted((data / "logs").glob("*.log*"))
-        assert {"gateway.log", "worker.log"} <= {path.name for path in logs}
+        assert {"gateway.log", "worker.log", "trainer.log"} <= {path.name for path in logs}
         assert all(path.stat().st_size <= 65536 for path in logs if not path.name.endswith(".pid"))
     finally:
         shutil.rmtree(home, ignore_errors=True)

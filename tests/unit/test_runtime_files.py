@@ -15,7 +15,7 @@ from lorafleet.cli.runtime import (
     write_private,
 )
 from lorafleet.cli.up import role_environment
-from lorafleet.core.settings import CommonSettings, GatewaySettings, WorkerSettings, load_settings
+from lorafleet.core.settings import CommonSettings, GatewaySettings, TrainerSettings, WorkerSettings, load_settings
 
 
 def _mode(path) -> int:
@@ -54,6 +54,10 @@ def test_a_worker_process_never_receives_the_admin_token(monkeypatch):
     assert "admin-secret" not in worker.values()
     gateway = role_environment("gateway", load_settings(GatewaySettings, environ))
     assert gateway["LORAFLEET_ADMIN_TOKEN"] == "admin-secret" and gateway["LORAFLEET_METRICS_TOKEN"] == "metrics-secret"
+    trainer = role_environment("trainer", load_settings(TrainerSettings, environ))
+    assert trainer["LORAFLEET_DATABASE_URL"] == "postgresql://db/x"
+    assert not {"LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_STRIPE_API_KEY",
+                "LORAFLEET_METRICS_TOKEN"} & set(trainer)
 
 
 def test_the_database_is_remembered_with_the_secrets_owner_only(tmp_path):

@@ -41,6 +41,7 @@ class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     created_at: dt.datetime
     object: str = "adapter"
+    fine_tuned_model: str | None = None  # a fine-tuning job's result: the public name it also answers to
 
 
 class AdapterPin(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,7 +87,7 @@ class AdapterService:
         return specs
 
     async def create(self, tenant_id: str, name: str, base_model: str | None, parts: list[tuple[str, Path]],
-                     workdir: Path) -> AdapterView:
+                     workdir: Path, *, fine_tuned_model: str | None = None) -> AdapterView:
         """Validate uploaded files (or one archive) in the sandbox and store the adapter.
 
         Cheap checks first (the name), then unpacking and validation in a resource-limited child
@@ -112,10 +113,14 @@ class AdapterService:
                 usage = await connection.fetchrow(queries.tenant_adapter_usage, tenant_id)
                 self._quota.check(usage["adapters"], usage["bytes"], valid.size_bytes)
                 await connection.execute(queries.insert_blob, valid.sha256, valid.size_bytes)
+                adapter_id = ids.new_id("adp")
                 await connection.fetchrow(
-                    queries.insert_adapter, ids.new_id("adp"), tenant_id, name, base_id, valid.rank, valid.lora_alpha,
+                    queries.insert_adapter, adapter_id, tenant_id, name, base_id, valid.rank, valid.lora_alpha,
                     valid.target_modules, valid.config, valid.sha256, valid.size_bytes,
                 )
+                if fine_tuned_model is not None:  # a fine-tuning job's result (finetune/runner.py)
+                    await connection.execute(queries.set_adapter_fine_tuned_model, adapter_id, tenant_id,
+                                             fine_tuned_model)
         except asyncpg.UniqueViolationError:
             await self._release_blob(valid.sha256)
             raise Conflict(f"an adapter named {name!r} already exists", param="name") from None

@@ -24,7 +24,7 @@ from lorafleet.cli.common import (
 from lorafleet.cli.errors import CliError, LoraFleetGroup, NotConfigured
 from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
 from lorafleet.core.logging import configure_logging
-from lorafleet.core.settings import GatewaySettings, WorkerSettings
+from lorafleet.core.settings import GatewaySettings, TrainerSettings, WorkerSettings
 from lorafleet.tenancy.keys import ALL_SCOPES
 
 
@@ -93,6 +93,20 @@ def worker() -> None:
     run_async(check_database(settings))
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(WorkerSupervisor(settings).run())
+
+
+@cli.command()
+def trainer() -> None:
+    """Run a trainer in the foreground: the fine-tuning jobs of LORAFLEET_MODEL_NAME, one at a time."""
+    from lorafleet.finetune.runner import run_trainer
+    from lorafleet.models.prepare import is_prepared
+
+    settings = database_settings(TrainerSettings)
+    if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
+        raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
+    run_async(check_database(settings))
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_trainer(settings))
 
 
 @cli.command()

@@ -29,7 +29,15 @@ from lorafleet.cli.runtime import (
     wait_for_exit,
     write_private,
 )
-from lorafleet.core.settings import CommonSettings, FleetSettings, GatewaySettings, LauncherSettings, WorkerSettings, get_settings
+from lorafleet.core.settings import (
+    CommonSettings,
+    FleetSettings,
+    GatewaySettings,
+    LauncherSettings,
+    TrainerSettings,
+    WorkerSettings,
+    get_settings,
+)
 
 READY_TIMEOUT_SECONDS = 600
 DEMO_TENANT = "demo"
@@ -41,7 +49,8 @@ def _step(message: str) -> None:
 
 # Each role gets its own secrets and no other: a worker never holds the admin token.
 ROLE_SECRETS = {"gateway": ("database_url", "internal_token", "admin_token"),
-                "worker": ("database_url", "internal_token")}
+                "worker": ("database_url", "internal_token"),
+                "trainer": ("database_url",)}  # reads jobs and files, writes adapters and the ledger: no token
 ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_METRICS_TOKEN",
                "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
 
@@ -53,9 +62,10 @@ class Platform:
     launcher: LauncherSettings
     gateway: GatewaySettings
     worker: WorkerSettings
+    trainer: TrainerSettings
 
     def role(self, role: str) -> FleetSettings:
-        return self.gateway if role == "gateway" else self.worker
+        return {"gateway": self.gateway, "trainer": self.trainer}.get(role, self.worker)
 
 
 def role_environment(role: str, settings: FleetSettings) -> dict[str, str]:
@@ -71,12 +81,16 @@ def role_environment(role: str, settings: FleetSettings) -> dict[str, str]:
 
 
 def process_names(settings: LauncherSettings) -> list[str]:
-    """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), then the gateway."""
-    return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway"]
+    """What `lorafleet up` runs: the workers (``worker``, ``worker-2`` …), the gateway, the trainer."""
+    return ["worker", *(f"worker-{index}" for index in range(2, settings.workers + 1)), "gateway", "trainer"]
+
+
+def _role(name: str) -> str:
+    return name if name in ("gateway", "trainer") else "worker"
 
 
 def _spawn(name: str, files: RuntimeFiles, platform: Platform) -> int:
-    role = "gateway" if name == "gateway" else "worker"
+    role = _role(name)
     env = role_environment(role, platform.role(role))
     if role == "worker":
         index = 1 if name == "worker" else int(name.rsplit("-", 1)[1])
@@ -139,7 +153,7 @@ def _wait_ready(url: str, files: RuntimeFiles, names: list[str]) -> None:
     with click.progressbar(length=READY_TIMEOUT_SECONDS, label="    waiting for the engine", file=sys.stderr,
                            show_eta=False, show_percent=False) as bar:
         last = 0
-        while not _ready(url, len(names) - 1):
+        while not _ready(url, sum(_role(name) == "worker" for name in names)):
             for name in names:
                 if pid_alive(files.pid_file(name)) is None:
                     raise click.ClickException(f"the {name} exited; its log ends with:\n{_tail(files.log_file(name))}")
@@ -275,7 +289,7 @@ def run_up(switch_database: bool = False) -> None:
     # Each role's settings, what the environment leaves empty filled from the data dir (the database
     # just remembered, the generated tokens).
     platform = Platform(*(effective_settings(kind, msgspec.structs.replace(get_settings(kind), database_url=""))
-                          for kind in (LauncherSettings, GatewaySettings, WorkerSettings)))
+                          for kind in (LauncherSettings, GatewaySettings, WorkerSettings, TrainerSettings)))
     worker = platform.worker
     applied = asyncio.run(migrate(platform.launcher.database_url))
     click.echo(f"    migrations applied: {', '.join(applied) or 'none pending'}", err=True)
@@ -350,7 +364,9 @@ def run_down() -> None:
     stopped: list[str] = []
     # The gateway first (no new requests), then the workers (each drains, then stops its engine).
     workers = sorted(path.stem for path in files.root.glob("worker*.pid"))
-    for name, grace in (("gateway", 45.0), *((worker, settings.worker_drain_seconds + 60.0) for worker in workers)):
+    # The trainer hands its job back to the queue (it resumes from its last checkpoint on the next `up`).
+    for name, grace in (("gateway", 45.0), ("trainer", 60.0),
+                        *((worker, settings.worker_drain_seconds + 60.0) for worker in workers)):
         if stop_process(files.pid_file(name), grace):
             _step(f"stopped the {name}")
             stopped.append(name)

@@ -16,7 +16,7 @@ def random_token(length: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
-def new_id(prefix: str) -> str:
+def new_id(prefix: str, separator: str = "_") -> str:
     """A typed id: 20 base62 characters ≈ 119 bits, so ids cannot be guessed or collide.
 
     One ``os.urandom`` call and a base conversion: a request id is minted on every request, and
@@ -27,7 +27,7 @@ def new_id(prefix: str) -> str:
     for _ in range(_ID_LENGTH):
         value, digit = divmod(value, 62)
         digits.append(_ALPHABET[digit])
-    return f"{prefix}_{''.join(digits)}"
+    return f"{prefix}{separator}{''.join(digits)}"
 
 
 def tenant_id() -> str:
@@ -60,3 +60,20 @@ def invoice_id() -> str:
 
 def invoice_line_id() -> str:
     return new_id("il")
+
+
+def file_id() -> str:
+    """OpenAI's spelling (``file-…``): SDKs and scripts written against OpenAI keep working."""
+    return new_id("file", "-")
+
+
+def fine_tuning_job_id() -> str:
+    return new_id("ftjob", "-")
+
+
+def fine_tuning_event_id() -> str:
+    return new_id("ftevent", "-")
+
+
+def fine_tuning_checkpoint_id() -> str:
+    return new_id("ftckpt", "-")

@@ -7,7 +7,8 @@ What two roles share sits in a base they both extend:
     CommonSettings            every process: data dir, database, logging, currency
     ├── FleetSettings         gateway and worker: the internal token, the blob store
     │   ├── GatewaySettings   `lorafleet gateway`
-    │   └── WorkerSettings    `lorafleet worker` (and the trainer's view of the served model)
+    │   └── WorkerSettings    `lorafleet worker`
+    │       └── TrainerSettings  `lorafleet trainer`: the worker's model settings, and fine-tuning's own
     ├── BillingSettings       `lorafleet billing …` (Stripe)
     └── LauncherSettings      `lorafleet up` (how many workers, its log files)
 
@@ -46,7 +47,8 @@ class CommonSettings(msgspec.Struct, **_STRUCT):
 
 
 class FleetSettings(CommonSettings, **_STRUCT):
-    """The gateway and the worker: their shared secret and where adapter weights live."""
+    """The gateway, the worker and the trainer: their shared secret, where adapter weights live, and what
+    an adapter and a tenant's adapters may be (uploads at the gateway, fine-tuned results at the trainer)."""
 
     internal_token: Annotated[str, Meta(description="Shared secret between gateway and workers. Empty: `lorafleet up` generates one into the data dir.")] = ""
     blob_store: Annotated[Literal["local", "s3"], Meta(description="Where adapter weights live: `local` (BLOB_DIR, shared by gateway and workers on one machine) or `s3` (needs the `s3` extra; credentials from the usual AWS variables).")] = "local"
@@ -55,6 +57,10 @@ class FleetSettings(CommonSettings, **_STRUCT):
     s3_endpoint_url: Annotated[str, Meta(description="S3-compatible endpoint (MinIO, Ceph, R2 …). Empty: AWS.")] = ""
     s3_region: Annotated[str, Meta(description="Region of the bucket. Empty: boto3's default.")] = ""
     blob_dir: Annotated[str, Meta(description="Folder of the local blob store (adapter weights by sha256). Empty: DATA_DIR/blobs.")] = ""
+    tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
+    tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
+    max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
+    max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
 
     @property
     def resolved_blob_dir(self) -> Path:
@@ -92,10 +98,10 @@ class GatewaySettings(FleetSettings, **_STRUCT):
     responses_max_stored_bytes: Annotated[int, Meta(ge=1024, description="Largest stored /v1/responses answer (its input, request settings and output as JSON): a request known to be larger is refused (400 `stored_object_too_large`, send `store: false`), one whose output makes it larger is answered and not stored (`store: false` in the answer).")] = 1024 * 1024
     tenant_max_stored_response_bytes: Annotated[int, Meta(ge=1024, description="Bytes of stored /v1/responses answers one tenant may keep (409 `storage_quota_exceeded` before a storing request runs once full; an answer that would pass it is not stored).")] = 1024**3
     tenant_max_stored_responses: Annotated[int, Meta(ge=1, description="Stored /v1/responses answers one tenant may keep (as for the bytes).")] = 1_000_000
-    tenant_max_adapters: Annotated[int, Meta(ge=1, description="Adapters one tenant may keep (409 beyond).")] = 1000
-    tenant_max_adapter_bytes: Annotated[int, Meta(ge=1, description="Bytes of adapter weights one tenant may keep (409 beyond).")] = 10 * 1024**3
-    max_upload_bytes: Annotated[int, Meta(ge=1024, description="Largest adapter upload, in bytes, enforced while streaming (413 above); also the cap on an archive's decompressed size.")] = 256 * 1024 * 1024
-    max_adapter_files: Annotated[int, Meta(ge=2, description="Most files an uploaded adapter archive may hold.")] = 16
+    max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest file uploaded to /v1/files, in bytes, enforced while streaming (413 above).")] = 256 * 1024 * 1024
+    tenant_max_files: Annotated[int, Meta(ge=1, description="Files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 1000
+    tenant_max_file_bytes: Annotated[int, Meta(ge=1024, description="Bytes of files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 10 * 1024**3
+    tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
     spool_dir: Annotated[str, Meta(description="Folder where a gateway keeps ledger rows while the database is unreachable, replayed when it returns. Empty: DATA_DIR/spool.")] = ""
     gateway_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a gateway proves it is alive (its budget reservations stay held).")] = 2.0
     gateway_dead_after_seconds: Annotated[float, Meta(gt=0, description="A gateway silent this long is dead: any gateway's sweeper releases its reservations.")] = 15.0
@@ -152,6 +158,19 @@ class WorkerSettings(FleetSettings, **_STRUCT):
         return self.worker_url or f"http://{self.worker_host}:{self.worker_port}"
 
 
+class TrainerSettings(WorkerSettings, **_STRUCT):
+    """``lorafleet trainer``: fine-tuning jobs of the worker's base model (it reads the same model settings)."""
+
+    fine_tuning_max_example_tokens: Annotated[int, Meta(ge=16, description="Longest training example, in tokens of the base model (its line is refused beyond).")] = 2048
+    fine_tuning_max_file_tokens: Annotated[int, Meta(ge=1, description="Most tokens a training file may hold, one epoch.")] = 5_000_000
+    trainer_threads: Annotated[int, Meta(ge=0, le=256, description="CPU threads a trainer's training process uses (torch). 0: one per core. On a machine shared with workers, 1 can be several times faster than contending threads.")] = 0
+    trainer_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a trainer proves it still holds its job (and sees a cancel: training stops within about this long).")] = 1.0
+    trainer_stale_seconds: Annotated[float, Meta(gt=0, description="A running job whose trainer has not beaten for this long is taken by another trainer and resumes from its last checkpoint.")] = 30.0
+    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted`.")] = 3
+    trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
+    trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
+
+
 class BillingSettings(CommonSettings, **_STRUCT):
     """``lorafleet billing …``: closing periods and exporting invoices to Stripe."""
 
@@ -168,7 +187,7 @@ class LauncherSettings(CommonSettings, **_STRUCT):
 
 
 ROLES: tuple[type[CommonSettings], ...] = (CommonSettings, FleetSettings, GatewaySettings, WorkerSettings,
-                                          BillingSettings, LauncherSettings)
+                                          TrainerSettings, BillingSettings, LauncherSettings)
 S = TypeVar("S", bound=CommonSettings)
 
 

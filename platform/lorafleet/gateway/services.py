@@ -8,6 +8,8 @@ import aiohttp
 import asyncpg
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import GatewaySettings
+from lorafleet.files.service import FileService
+from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
@@ -40,3 +42,5 @@ class Services:
     cache_salts: CacheSalts
     responses: ResponseStore
     holds: HeldRequests
+    files: FileService
+    fine_tuning: FineTuningJobs

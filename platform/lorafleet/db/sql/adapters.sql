@@ -7,13 +7,15 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ready')
 RETURNING id, lora_int_id, tenant_id, name, base_model_id, rank, lora_alpha, target_modules, sha256, size_bytes, status, created_at;
 
 -- name: list_adapters
-SELECT a.id, a.name, m.name AS base_model, a.rank, a.target_modules, a.size_bytes, a.sha256, a.status, a.created_at
+SELECT a.id, a.name, m.name AS base_model, a.rank, a.target_modules, a.size_bytes, a.sha256, a.status, a.created_at,
+       a.fine_tuned_model
 FROM adapters a JOIN base_models m ON m.id = a.base_model_id
 WHERE a.tenant_id = $1 AND a.status <> 'deleted' AND ($2::text IS NULL OR a.id > $2)
 ORDER BY a.id LIMIT $3;
 
 -- name: get_adapter
-SELECT a.id, a.name, m.name AS base_model, a.rank, a.target_modules, a.size_bytes, a.sha256, a.status, a.created_at
+SELECT a.id, a.name, m.name AS base_model, a.rank, a.target_modules, a.size_bytes, a.sha256, a.status, a.created_at,
+       a.fine_tuned_model
 FROM adapters a JOIN base_models m ON m.id = a.base_model_id
 WHERE a.id = $1 AND a.tenant_id = $2 AND a.status <> 'deleted';
 

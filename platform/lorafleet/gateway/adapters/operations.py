@@ -122,10 +122,10 @@ class _FormReader:
             self.part.sink.close()
 
 
-async def receive_multipart(request: Request, into: Path) -> UploadedForm:
+async def receive_multipart(request: Request, into: Path, what: str = "the adapter") -> UploadedForm:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-        raise UnsupportedMediaType("send the adapter as multipart/form-data", param="content-type")
+        raise UnsupportedMediaType(f"send {what} as multipart/form-data", param="content-type")
     reader = _FormReader(into)
     parser = MultipartParser(options[b"boundary"], callbacks=reader.callbacks())
     try:
@@ -183,6 +183,6 @@ async def upload_adapter(request: Request, context: RequestContext, services: Se
 async def delete_adapter(context: RequestContext, services: Services, tenant_id: str, adapter_id: str) -> AdapterView:
     """Delete, forget here at once, and unload from every worker (the API and the dashboard)."""
     deleted = await services.adapters.delete(tenant_id, adapter_id)
-    services.catalog.forget_adapter(tenant_id, deleted.name)
+    services.catalog.forget_adapter(tenant_id, deleted.name, deleted.fine_tuned_model)
     await services.adapter_calls.unload_adapter(adapter_id)
     return deleted

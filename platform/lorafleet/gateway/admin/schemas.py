@@ -26,6 +26,7 @@ class PriceCreate(_Strict, kw_only=True):
     prompt_micro_usd_per_mtok: MicroUsd
     completion_micro_usd_per_mtok: MicroUsd
     adapter_surcharge_micro_usd_per_mtok: MicroUsd = 0
+    training_micro_usd_per_mtok: MicroUsd = 0  # per million trained tokens of a fine-tuning job
     effective_at: Timestamp | None = None
 
 

@@ -26,6 +26,7 @@ from lorafleet.db import queries
 log = structlog.get_logger("lorafleet.catalog")
 
 ADAPTER_CACHE_SECONDS = 1.0
+FINE_TUNED_PREFIX = "ft:"  # never an adapter's own name (names have no ':'), nor a base model's here
 ADAPTER_CACHE_ENTRIES = 100_000
 
 
@@ -91,9 +92,11 @@ class ModelCatalog:
             raise not_found(name)
         return model
 
-    def forget_adapter(self, tenant_id: str, name: str) -> None:
+    def forget_adapter(self, tenant_id: str, name: str, fine_tuned_model: str | None = None) -> None:
         """This gateway deleted it: stop resolving it here at once."""
         self._adapters.pop((tenant_id, name), None)
+        if fine_tuned_model:
+            self._adapters.pop((tenant_id, fine_tuned_model), None)
 
     async def resolve(self, tenant_id: str, name: str) -> ResolvedModel:
         """A base model by name, or one of the tenant's ready adapters as ``name`` or ``base:name``.
@@ -103,6 +106,11 @@ class ModelCatalog:
         base = self._by_name.get(name)
         if base is not None:
             return ResolvedModel(base, None)
+        if name.startswith(FINE_TUNED_PREFIX):  # ft:<base>:<suffix>:<job id>, a fine-tuning job's result
+            found = await self._adapter(tenant_id, name)
+            if found is None or found[1] not in self._by_name:
+                raise not_found(name)
+            return ResolvedModel(self._by_name[found[1]], found[0])
         base_name, separator, adapter_name = name.rpartition(":")
         if not ADAPTER_NAME.match(adapter_name):
             raise not_found(name)  # cannot name an adapter: no need to ask the database
@@ -118,7 +126,8 @@ class ModelCatalog:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name)
+        query = queries.resolve_fine_tuned_model if name.startswith(FINE_TUNED_PREFIX) else queries.resolve_adapter_by_name
+        row = await self._pool.fetchrow(query, tenant_id, name)
         found = (row["id"], row["base_model"]) if row else None
         self._adapters[key] = (now + ADAPTER_CACHE_SECONDS, found)
         self._adapters.move_to_end(key)

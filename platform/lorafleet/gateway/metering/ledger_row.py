@@ -23,6 +23,7 @@ class Endpoint(enum.StrEnum):
     COMPLETIONS = "completions"
     RESPONSES = "responses"
     EMBEDDINGS = "embeddings"
+    FINE_TUNING = "fine_tuning"  # a fine-tuning job's trained tokens (prompt_tokens), one row per job
 
 
 class Outcome(enum.StrEnum):

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
 from lorafleet.gateway.openai.models import (
+    DeletedModel,
     Model,
     ModelList,
+    delete_model,
     list_models,
     retrieve_model,
 )
@@ -78,3 +80,11 @@ class OpenAIController(Controller):
          summary="One model: a base model, or one of this key's adapters (`name` or `base:name`).", opt=scope("inference"))
     async def retrieve_model(self, model_id: FromPath[str], services: AppServices, principal: Caller) -> Model:
         return await retrieve_model(services, principal.tenant_id, model_id.lstrip("/"))
+
+    @delete("/models/{model_id:path}", operation_id="deleteModel", status_code=200,
+            responses=error_responses(400, 404, *API_KEY),
+            summary="Delete one of this key's models: a fine-tuned model (`ft:…`) or an adapter (base models: 404).",
+            opt=scope("adapters:write"))
+    async def delete_model(self, model_id: FromPath[str], context: Context, services: AppServices,
+                           principal: Caller) -> DeletedModel:
+        return await delete_model(context, services, principal.tenant_id, model_id.lstrip("/"))

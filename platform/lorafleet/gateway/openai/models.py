@@ -52,7 +52,7 @@ async def list_models(services: Services, tenant_id: str) -> ModelList:
                     default_max_tokens=_output_cap(services, m))
               for m in sorted(services.catalog.all(), key=lambda m: m.name)]
     adapters = await services.adapters.list_all(tenant_id)
-    models += [Model(id=a.name, created=int(a.created_at.timestamp()), owned_by=tenant_id, parent=a.base_model,
+    models += [Model(id=a.fine_tuned_model or a.name, created=int(a.created_at.timestamp()), owned_by=tenant_id, parent=a.base_model,
                      default_max_tokens=_output_cap(services, _base_of(services, a.base_model)))
                for a in sorted(adapters, key=lambda a: a.name)]
     return ModelList(data=models)
@@ -68,5 +68,24 @@ async def retrieve_model(services: Services, tenant_id: str, name: str) -> Model
     adapter = await services.adapters.find(tenant_id, resolved.adapter_id)
     if adapter is None:
         raise not_found(name)
-    return Model(id=adapter.name, created=int(adapter.created_at.timestamp()), owned_by=tenant_id,
+    return Model(id=adapter.fine_tuned_model or adapter.name, created=int(adapter.created_at.timestamp()), owned_by=tenant_id,
                  parent=adapter.base_model, default_max_tokens=_output_cap(services, base))
+
+
+class DeletedModel(msgspec.Struct, kw_only=True):
+    id: str
+    deleted: bool
+    object: Literal["model"] = "model"
+
+
+async def delete_model(context, services: Services, tenant_id: str, name: str) -> DeletedModel:
+    """``DELETE /v1/models/{id}`` (the SDK's ``models.delete``): one of the caller's adapters — a
+    fine-tuned model by its ``ft:…`` name, or an uploaded adapter by its name. Base models are shared
+    and cannot be deleted (404, as for a name the caller cannot reach: it owns no such model)."""
+    from lorafleet.gateway.adapters.operations import delete_adapter
+
+    resolved = await services.catalog.resolve(tenant_id, name)
+    if resolved.adapter_id is None:
+        raise not_found(name)
+    await delete_adapter(context, services, tenant_id, resolved.adapter_id)
+    return DeletedModel(id=name, deleted=True)

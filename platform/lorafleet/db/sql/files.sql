@@ -1,0 +1,21 @@
+-- name: insert_file
+INSERT INTO files (id, tenant_id, purpose, filename, bytes, blob_key, status, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'processed', $7)
+RETURNING id, purpose, filename, bytes, status, created_at, expires_at;
+
+-- name: list_files
+-- The tenant's files, oldest id first after the cursor ($3), optionally of one purpose ($2).
+SELECT id, purpose, filename, bytes, status, created_at, expires_at FROM files
+WHERE tenant_id = $1 AND status <> 'deleted' AND ($2::text IS NULL OR purpose = $2)
+  AND ($3::text IS NULL OR id > $3) AND (expires_at IS NULL OR expires_at > now())
+ORDER BY id LIMIT $4;
+
+-- name: get_file
+SELECT id, purpose, filename, bytes, status, created_at, expires_at, blob_key FROM files
+WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted' AND (expires_at IS NULL OR expires_at > now());
+
+-- name: delete_file
+UPDATE files SET status = 'deleted', deleted_at = now()
+WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'
+RETURNING id, blob_key, bytes;
+

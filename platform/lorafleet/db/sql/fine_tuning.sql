@@ -1,0 +1,151 @@
+-- name: lock_tenant_fine_tuning
+-- Serialises one tenant's job creations for the concurrency cap (transaction-scoped).
+SELECT pg_advisory_xact_lock(hashtextextended('lorafleet.fine_tuning|' || $1, 0));
+
+-- name: count_open_fine_tuning_jobs
+SELECT count(*)::int FROM fine_tuning_jobs
+WHERE tenant_id = $1 AND status IN ('validating_files', 'queued', 'running');
+
+-- name: insert_fine_tuning_job
+INSERT INTO fine_tuning_jobs (id, tenant_id, api_key_id, base_model_id, model, training_file, validation_file,
+                              suffix, seed, metadata, hyperparameters, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'validating_files')
+RETURNING *;
+
+-- name: get_fine_tuning_job
+SELECT * FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2;
+
+-- name: list_fine_tuning_jobs
+-- Newest first (as OpenAI lists them); $2: the id of the last job of the previous page.
+SELECT * FROM fine_tuning_jobs
+WHERE tenant_id = $1
+  AND ($2::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs
+                                               WHERE id = $2 AND tenant_id = $1))
+ORDER BY created_at DESC, id DESC LIMIT $3;
+
+-- name: cancel_fine_tuning_job
+-- A job not finished yet becomes cancelled at once; its trainer sees that on its next heartbeat.
+UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = now()
+WHERE id = $1 AND tenant_id = $2 AND status IN ('validating_files', 'queued', 'running')
+RETURNING *;
+
+-- name: list_fine_tuning_events
+-- Newest first; $3: the id of the last event of the previous page.
+SELECT e.id, e.level, e.type, e.message, e.data, e.created_at FROM fine_tuning_events e
+WHERE e.job_id = $1
+  AND ($2::text IS NULL OR e.seq < (SELECT seq FROM fine_tuning_events WHERE id = $2 AND job_id = $1))
+ORDER BY e.seq DESC LIMIT $3;
+
+-- name: list_fine_tuning_checkpoints
+-- Newest first; $2: the id of the last checkpoint of the previous page.
+SELECT id, step_number, metrics, fine_tuned_model_checkpoint, created_at, job_id FROM fine_tuning_checkpoints
+WHERE job_id = $1
+  AND ($2::text IS NULL OR step_number < (SELECT step_number FROM fine_tuning_checkpoints WHERE id = $2 AND job_id = $1))
+ORDER BY step_number DESC LIMIT $3;
+
+-- name: insert_fine_tuning_event
+INSERT INTO fine_tuning_events (id, job_id, level, type, message, data) VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: insert_fine_tuning_checkpoint
+INSERT INTO fine_tuning_checkpoints (id, job_id, step_number, metrics, fine_tuned_model_checkpoint, sha256, size_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (job_id, step_number) DO UPDATE SET metrics = excluded.metrics, sha256 = excluded.sha256,
+                                                size_bytes = excluded.size_bytes
+RETURNING id;
+
+-- name: latest_fine_tuning_checkpoint
+SELECT step_number, sha256 FROM fine_tuning_checkpoints WHERE job_id = $1 ORDER BY step_number DESC LIMIT 1;
+
+-- name: claim_validation
+-- The oldest job of this base model ($1) waiting for its files to be checked, not being checked by
+-- a live trainer ($3 seconds of heartbeat); taken by trainer $2.
+UPDATE fine_tuning_jobs j SET trainer_id = $2, heartbeat_at = now()
+WHERE j.id = (SELECT id FROM fine_tuning_jobs
+              WHERE base_model_id = $1 AND status = 'validating_files'
+                AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $3))
+              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING j.*;
+
+-- name: validated_fine_tuning_job
+-- The files passed: queued with the resolved hyperparameters (only if nobody cancelled it meanwhile).
+UPDATE fine_tuning_jobs SET status = 'queued', resolved = $2, n_examples = $3, file_tokens = $4,
+                            trainer_id = NULL, heartbeat_at = NULL
+WHERE id = $1 AND status = 'validating_files'
+RETURNING id;
+
+-- name: fail_exhausted_fine_tuning_jobs
+-- Running jobs whose trainer stopped beating ($2 seconds) after $3 attempts: failed, with a clear code.
+UPDATE fine_tuning_jobs SET status = 'failed', finished_at = now(),
+    error = jsonb_build_object('code', 'trainer_attempts_exhausted', 'param', NULL,
+                               'message', 'The job''s trainer stopped ' || attempts || ' times; giving up.')
+WHERE base_model_id = $1 AND status = 'running' AND attempts >= $3
+  AND heartbeat_at < now() - make_interval(secs => $2)
+RETURNING id, tenant_id;
+
+-- name: claim_fine_tuning_job
+-- The oldest queued job of this base model ($1), or a running one whose trainer stopped beating for
+-- $3 seconds (it resumes from its last checkpoint); attempts counts each take.
+UPDATE fine_tuning_jobs j SET status = 'running', trainer_id = $2, heartbeat_at = now(), attempts = j.attempts + 1,
+                              started_at = coalesce(j.started_at, now())
+WHERE j.id = (SELECT id FROM fine_tuning_jobs
+              WHERE base_model_id = $1 AND attempts < $4
+                AND (status = 'queued'
+                     OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $3)))
+              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING j.*;
+
+-- name: heartbeat_fine_tuning_job
+-- Still ours and still running? No row back: cancelled, or taken by another trainer: stop.
+UPDATE fine_tuning_jobs SET heartbeat_at = now(), estimated_finish = coalesce($3, estimated_finish)
+WHERE id = $1 AND trainer_id = $2 AND status IN ('running', 'validating_files')
+RETURNING id;
+
+-- name: finish_fine_tuning_job
+-- The end of a job this trainer holds: $3 status, $4 error, $5 model, $6 adapter, $7 trained tokens.
+UPDATE fine_tuning_jobs SET status = $3, error = $4, fine_tuned_model = $5, adapter_id = $6, trained_tokens = $7,
+                            finished_at = now(), heartbeat_at = NULL, estimated_finish = NULL
+WHERE id = $1 AND trainer_id = $2 AND status IN ('running', 'validating_files')
+RETURNING id;
+
+-- name: record_trained_tokens
+-- A cancelled job keeps its status; what it trained is still shown.
+UPDATE fine_tuning_jobs SET trained_tokens = $2 WHERE id = $1;
+
+-- name: base_model_for_trainer
+SELECT id, name FROM base_models WHERE name = $1;
+
+-- name: training_price
+-- The price version in effect at $2 for base model $1: its id and training price.
+SELECT id, training_micro_usd_per_mtok FROM prices
+WHERE base_model_id = $1 AND effective_at <= $2 ORDER BY effective_at DESC LIMIT 1;
+
+-- name: resolve_fine_tuned_model
+-- A request naming ft:<base>:<suffix>:<job>: the tenant's ready adapter with that public name.
+SELECT a.id, m.name AS base_model
+FROM adapters a JOIN base_models m ON m.id = a.base_model_id
+WHERE a.tenant_id = $1 AND a.fine_tuned_model = $2 AND a.status = 'ready';
+
+-- name: set_adapter_fine_tuned_model
+UPDATE adapters SET fine_tuned_model = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'ready' RETURNING id;
+
+-- name: requeue_fine_tuning_job
+-- A trainer stopping on purpose hands its job back: the next take resumes from the last checkpoint
+-- without counting this take as a failed attempt.
+UPDATE fine_tuning_jobs SET status = 'queued', trainer_id = NULL, heartbeat_at = NULL,
+                            attempts = greatest(0, attempts - 1)
+WHERE id = $1 AND trainer_id = $2 AND status = 'running'
+RETURNING id;
+
+-- name: fine_tuning_job_status
+SELECT status FROM fine_tuning_jobs WHERE id = $1;
+
+-- name: job_checkpoint_blobs
+SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
+
+-- name: fine_tuning_headroom
+-- What a job's worst case is checked against at create: the month's spend and limit, prepaid credit.
+SELECT billing_mode, monthly_spend_limit_micro_usd, reserved_micro_usd, credit_granted_micro_usd,
+       spent_total_micro_usd,
+       CASE WHEN period_start = date_trunc('month', now(), 'UTC')::date THEN period_spent_micro_usd ELSE 0 END
+           AS period_spent_micro_usd
+FROM tenant_accounts WHERE tenant_id = $1;

@@ -1,0 +1,348 @@
+"""Fine-tuning jobs as the API shows them (OpenAI's shapes), and what the gateway does to them.
+
+A job is created ``validating_files``; a trainer (finetune/runner.py) checks its files with the base
+model's real tokenizer and chat template, and queues it (or fails it with the line at fault), then a
+trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
+Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.
+
+Every read names the tenant: another tenant's job, its events and checkpoints are answered exactly
+like a job that never existed (404).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from msgspec import Meta
+
+from lorafleet.adapters.architecture import SUPPORTED_MODULES
+from lorafleet.core import ids
+from lorafleet.billing.pricing import micro_usd_ceil
+from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
+from lorafleet.db import queries
+from lorafleet.finetune.hyperparameters import (
+    DEFAULT_TARGETS,
+    MAX_ALPHA,
+    MAX_BATCH_SIZE,
+    MAX_DROPOUT,
+    MAX_EPOCHS,
+    MAX_MULTIPLIER,
+    MAX_RANK,
+    Hyperparameters,
+    resolve,
+)
+
+SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,40}$"
+Auto = Literal["auto"]
+Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+OPEN_STATUSES = ("validating_files", "queued", "running")
+# "auto" epochs: 3, or enough for ~100 examples seen; a file has at least 10 examples, so at most 10.
+MAX_AUTO_EPOCHS = 10
+
+
+# ---- request bodies ------------------------------------------------------------------------------
+
+class HyperparametersRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """OpenAI's three (each "auto" or a number) and LoRA settings, bounded (LoraFleet extensions)."""
+
+    n_epochs: Annotated[int, Meta(ge=1, le=MAX_EPOCHS)] | Auto = "auto"
+    batch_size: Annotated[int, Meta(ge=1, le=MAX_BATCH_SIZE)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Meta(gt=0, le=MAX_MULTIPLIER)] | Auto = "auto"
+    lora_r: Annotated[int, Meta(ge=1, le=MAX_RANK, description="LoRA rank (extension).")] = 8
+    lora_alpha: Annotated[float, Meta(gt=0, le=MAX_ALPHA, description="LoRA alpha (extension).")] = 16.0
+    lora_dropout: Annotated[float, Meta(ge=0, le=MAX_DROPOUT, description="LoRA dropout (extension).")] = 0.0
+    target_modules: Annotated[list[Literal[tuple(SUPPORTED_MODULES)]], Meta(  # type: ignore[valid-type]
+        min_length=1, max_length=len(SUPPORTED_MODULES),
+        description="Modules LoRA adapts (extension); default: every attention and MLP projection.")] | None = None
+    train_on_inputs: Annotated[bool, Meta(description="Loss on every token, not only the assistant's (extension).")] = False
+
+    def to_hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(self.n_epochs, self.batch_size, self.learning_rate_multiplier, self.lora_r,
+                               float(self.lora_alpha), float(self.lora_dropout),
+                               tuple(self.target_modules or DEFAULT_TARGETS), self.train_on_inputs)
+
+
+class SupervisedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    hyperparameters: HyperparametersRequest | None = None
+
+
+class MethodRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["supervised"]
+    supervised: SupervisedRequest | None = None
+
+
+class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: Annotated[str, Meta(min_length=1, max_length=256, description="A served base model.")]
+    training_file: Annotated[str, Meta(min_length=1, max_length=64, description="A `fine-tune` file's id.")]
+    validation_file: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    suffix: Annotated[str, Meta(pattern=SUFFIX_PATTERN, description="Up to 40 letters, digits, '.', '_' or '-': "
+                                                                    "part of the fine-tuned model's name.")] | None = None
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
+                        Meta(max_length=16)] | None = None
+    method: MethodRequest | None = None
+    hyperparameters: HyperparametersRequest | None = None  # deprecated by OpenAI: method.supervised.hyperparameters
+    integrations: Annotated[list[Any], Meta(max_length=0, description="Not supported: empty or absent.")] | None = None
+
+
+# ---- what the API answers -------------------------------------------------------------------------
+
+class JobError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobHyperparameters(msgspec.Struct, kw_only=True):
+    n_epochs: int | Auto
+    batch_size: int | Auto
+    learning_rate_multiplier: float | Auto
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: list[str]
+    train_on_inputs: bool
+
+
+class SupervisedMethod(msgspec.Struct, kw_only=True):
+    hyperparameters: JobHyperparameters
+
+
+class JobMethod(msgspec.Struct, kw_only=True):
+    supervised: SupervisedMethod
+    type: Literal["supervised"] = "supervised"
+
+
+class FineTuningJob(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: JobHyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: Status
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None
+    integrations: list[Any] | None
+    metadata: dict[str, str] | None
+    method: JobMethod
+    suffix: str | None = None
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+
+
+class JobPage(msgspec.Struct, kw_only=True):
+    data: list[FineTuningJob]
+    has_more: bool
+    object: Literal["list"] = "list"
+
+
+class JobEvent(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None = None
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+
+
+class EventPage(msgspec.Struct, kw_only=True):
+    data: list[JobEvent]
+    has_more: bool
+    object: Literal["list"] = "list"
+
+
+class CheckpointMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
+    step: int | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+
+
+class JobCheckpoint(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+
+
+class CheckpointPage(msgspec.Struct, kw_only=True):
+    data: list[JobCheckpoint]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+    object: Literal["list"] = "list"
+
+
+def _stamp(value: dt.datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def job_view(row: asyncpg.Record | dict[str, Any]) -> FineTuningJob:
+    asked = _json(row["hyperparameters"])
+    resolved = _json(row["resolved"]) or {}
+    shown = {name: resolved.get(name, asked.get(name, "auto"))
+             for name in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    hyperparameters = JobHyperparameters(**shown, lora_r=asked["lora_r"], lora_alpha=asked["lora_alpha"],
+                                         lora_dropout=asked["lora_dropout"], target_modules=asked["target_modules"],
+                                         train_on_inputs=asked["train_on_inputs"])
+    error = _json(row["error"])
+    return FineTuningJob(
+        id=row["id"], created_at=_stamp(row["created_at"]), error=JobError(**error) if error else None,  # type: ignore[arg-type]
+        fine_tuned_model=row["fine_tuned_model"], finished_at=_stamp(row["finished_at"]),
+        hyperparameters=hyperparameters, model=row["model"], organization_id=row["tenant_id"], result_files=[],
+        seed=row["seed"], status=row["status"], trained_tokens=row["trained_tokens"],
+        training_file=row["training_file"], validation_file=row["validation_file"],
+        estimated_finish=_stamp(row["estimated_finish"]), integrations=None, metadata=_json(row["metadata"]),
+        method=JobMethod(supervised=SupervisedMethod(hyperparameters=hyperparameters)), suffix=row["suffix"])
+
+
+def asked_hyperparameters(hp: Hyperparameters) -> dict[str, Any]:
+    return {"n_epochs": hp.n_epochs, "batch_size": hp.batch_size,
+            "learning_rate_multiplier": hp.learning_rate_multiplier, "lora_r": hp.lora_r,
+            "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout,
+            "target_modules": list(hp.target_modules), "train_on_inputs": hp.train_on_inputs}
+
+
+def hyperparameters_of(asked: dict[str, Any]) -> Hyperparameters:
+    return Hyperparameters(asked["n_epochs"], asked["batch_size"], asked["learning_rate_multiplier"],
+                           asked["lora_r"], asked["lora_alpha"], asked["lora_dropout"],
+                           tuple(asked["target_modules"]), asked["train_on_inputs"])
+
+
+def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """``ft:<base>:<suffix>:<job id>`` (OpenAI's spelling, the organization left out: the key's tenant is implied)."""
+    return f"ft:{base}:{suffix or ''}:{job_id}"
+
+
+def not_found(job_id: str) -> NotFound:
+    return NotFound(f"No fine-tuning job {job_id[:100]!r}", param="fine_tuning_job_id")
+
+
+class FineTuningJobs:
+    """The gateway's side of jobs: create, read, cancel — always within one tenant."""
+
+    def __init__(self, pool: asyncpg.Pool, files: Any, *, max_open_jobs: int) -> None:
+        self._pool = pool
+        self._files = files
+        self._max_open_jobs = max_open_jobs
+
+    async def create(self, tenant_id: str, key_id: str, base_model_id: str, data: JobCreate) -> FineTuningJob:
+        if data.integrations:
+            raise InvalidRequest("integrations are not supported", param="integrations")
+        training_bytes = 0
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(data, param)
+            if file_id is None:
+                continue
+            stored = await self._files.find(tenant_id, file_id)
+            if stored is None:
+                raise InvalidRequest(f"{param} {file_id[:64]!r} is not one of your files", param=param,
+                                     code="invalid_file")
+            if stored.view.purpose != "fine-tune":
+                raise InvalidRequest(f"{param} {file_id[:64]!r} was uploaded with purpose {stored.view.purpose!r}, "
+                                     "not 'fine-tune'", param=param, code="invalid_file_purpose")
+            if param == "training_file":
+                training_bytes = stored.view.bytes
+        method_hp = data.method.supervised.hyperparameters if data.method and data.method.supervised else None
+        requested = method_hp or data.hyperparameters or HyperparametersRequest()
+        hp = requested.to_hyperparameters()
+        resolve(hp, 100)  # bounds of every given value (the file's size decides the "auto" ones later)
+        await self._check_budget(tenant_id, base_model_id, training_bytes,
+                                 hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
+        seed = data.seed if data.seed is not None else random.randrange(2**31)
+        job_id = ids.fine_tuning_job_id()
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(queries.lock_tenant_fine_tuning, tenant_id)
+            open_jobs = await connection.fetchval(queries.count_open_fine_tuning_jobs, tenant_id)
+            if open_jobs >= self._max_open_jobs:
+                raise RateLimited(f"this account already has {open_jobs} fine-tuning jobs validating, queued or "
+                                  f"running, its limit; wait for one to finish or cancel one",
+                                  code="too_many_fine_tuning_jobs", headers={"Retry-After": "60"})
+            row = await connection.fetchrow(
+                queries.insert_fine_tuning_job, job_id, tenant_id, key_id, base_model_id, data.model,
+                data.training_file, data.validation_file, data.suffix, seed, data.metadata,
+                asked_hyperparameters(hp))
+            await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id, "info",
+                                     "message", f"Validating training file: {data.training_file}", None)
+        return job_view(row)
+
+    async def _check_budget(self, tenant_id: str, base_model_id: str, training_bytes: int, epochs: int) -> None:
+        """402 when the job's worst case cannot be covered: the training file's bytes bound its tokens (a
+        byte-level BPE token is at least one byte of text, and the JSON around each message is longer
+        than the template's markers), times the epochs, at the training price in effect now. Checked,
+        not reserved: the ledger row at the job's end is what is spent."""
+        price = await self._pool.fetchrow(queries.training_price, base_model_id, dt.datetime.now(dt.UTC))
+        if price is None or not price["training_micro_usd_per_mtok"]:
+            return
+        worst = micro_usd_ceil(training_bytes * epochs * price["training_micro_usd_per_mtok"])
+        account = await self._pool.fetchrow(queries.fine_tuning_headroom, tenant_id)
+        if account is None:
+            raise InsufficientQuota("This account has no billing record; contact the operator.",
+                                    code="no_billing_account")
+        limit = account["monthly_spend_limit_micro_usd"]
+        if limit is not None and account["period_spent_micro_usd"] + account["reserved_micro_usd"] + worst > limit:
+            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than is left of your monthly "
+                                    "spend limit; raise the limit, or set n_epochs or a smaller file.")
+        if account["billing_mode"] == "prepaid" and (account["credit_granted_micro_usd"] - account["spent_total_micro_usd"]
+                                                     - account["reserved_micro_usd"]) < worst:
+            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than your remaining credits; "
+                                    "add credits, or set n_epochs or a smaller file.")
+
+    async def get(self, tenant_id: str, job_id: str) -> FineTuningJob:
+        row = await self._pool.fetchrow(queries.get_fine_tuning_job, job_id, tenant_id)
+        if row is None:
+            raise not_found(job_id)
+        return job_view(row)
+
+    async def list(self, tenant_id: str, *, after: str | None, limit: int) -> JobPage:
+        rows = await self._pool.fetch(queries.list_fine_tuning_jobs, tenant_id, after, limit + 1)
+        return JobPage(data=[job_view(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+    async def cancel(self, tenant_id: str, job_id: str) -> FineTuningJob:
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(queries.cancel_fine_tuning_job, job_id, tenant_id)
+            if row is not None:
+                await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
+                                         "info", "message", "Job cancelled", None)
+                return job_view(row)
+        job = await self.get(tenant_id, job_id)  # 404, or a job already finished
+        raise InvalidRequest(f"the job is already {job.status}; only a job not finished can be cancelled",
+                             param="fine_tuning_job_id", code="job_not_cancellable")
+
+    async def events(self, tenant_id: str, job_id: str, *, after: str | None, limit: int) -> EventPage:
+        await self.get(tenant_id, job_id)
+        rows = await self._pool.fetch(queries.list_fine_tuning_events, job_id, after, limit + 1)
+        return EventPage(data=[JobEvent(id=row["id"], created_at=_stamp(row["created_at"]), level=row["level"],  # type: ignore[arg-type]
+                                        message=row["message"], type=row["type"], data=_json(row["data"]))
+                               for row in rows[:limit]], has_more=len(rows) > limit)
+
+    async def checkpoints(self, tenant_id: str, job_id: str, *, after: str | None, limit: int) -> CheckpointPage:
+        await self.get(tenant_id, job_id)
+        rows = await self._pool.fetch(queries.list_fine_tuning_checkpoints, job_id, after, limit + 1)
+        data = [JobCheckpoint(id=row["id"], created_at=_stamp(row["created_at"]),  # type: ignore[arg-type]
+                              fine_tuned_model_checkpoint=row["fine_tuned_model_checkpoint"],
+                              fine_tuning_job_id=row["job_id"], step_number=row["step_number"],
+                              metrics=msgspec.convert(_json(row["metrics"]), CheckpointMetrics))
+                for row in rows[:limit]]
+        return CheckpointPage(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
+                              last_id=data[-1].id if data else None)
+

@@ -1,0 +1,474 @@
+"""The trainer process (``lorafleet trainer``): validates and trains the fine-tuning jobs of one base model.
+
+The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR UPDATE SKIP LOCKED``:
+
+- a job ``validating_files`` is claimed (heartbeat-guarded), its files checked line by line with the
+  base model's real tokenizer and chat template (finetune/dataset.py), then ``queued`` with its
+  hyperparameters resolved, or ``failed`` with the line at fault and ``param: "training_file"``.
+  Validation runs on its own task, so a bad file fails at once even while this trainer trains;
+- a ``queued`` job (or a ``running`` one whose trainer stopped beating for ``TRAINER_STALE_SECONDS``)
+  is taken, ``attempts`` + 1, and trained in a spawned child process (finetune/trainer.py) while this
+  process beats every ``TRAINER_HEARTBEAT_SECONDS``, writes the child's events to the database and
+  each checkpoint to the blob store. A heartbeat that finds the job no longer ours (cancelled) stops
+  the child before its next step. A job whose trainer stopped ``TRAINER_MAX_ATTEMPTS`` times fails
+  with ``trainer_attempts_exhausted``;
+- a taken job resumes from its last checkpoint (on this disk, else fetched from the blob store), so
+  no step is trained twice in the result, and trained tokens are billed once per job: one ledger row
+  whose request id is the job id (``ON CONFLICT DO NOTHING``), written when the job ends
+  (succeeded, failed or cancelled: the steps completed);
+- the result passes the same validation as an uploaded adapter (AdapterService.create) and is
+  registered for the tenant as ``ft:<base>:<suffix>:<job id>``, servable at once; so is each
+  checkpoint, as ``ft:<base>:<suffix>:<job id>:ckpt-step-<n>`` (adapter name ``<job id>-step-<n>``).
+
+Why not pgqueuer or procrastinate: the job table is also the API's object (status, error, trained
+tokens, events), the heartbeat must stop training when the API cancels, and a stale take must resume
+from a checkpoint; with a library the job would live twice (its table and ours) and the re-pick
+rules above would be written around it anyway. SKIP LOCKED plus a heartbeat column is ~40 lines of SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import queue
+import shutil
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from lorafleet.adapters.blobstore import BlobStore, make_blob_store
+from lorafleet.adapters.sandbox import SandboxLimits
+from lorafleet.adapters.service import AdapterQuota, AdapterService
+from lorafleet.core import ids
+from lorafleet.core.errors import Conflict, LoraFleetError
+from lorafleet.core.settings import TrainerSettings
+from lorafleet.db import queries
+from lorafleet.finetune import trainer as training
+from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, validate_file
+from lorafleet.finetune.hyperparameters import resolve
+from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
+from lorafleet.finetune.render import Renderer
+from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+
+log = structlog.get_logger("lorafleet.trainer")
+
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _guarded_child(spec: training.JobSpec, events: Any, cancel: Any, parent: int) -> None:
+    """The trainer's child, which stops training when its parent dies (a killed trainer must not leave
+    an orphan training on: the job's next take resumes from the checkpoint instead)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        cancel.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    training._child(spec, events, cancel)
+
+
+def start_child(spec: training.JobSpec, events: Any, cancel: Any) -> Any:
+    process = training.CONTEXT.Process(target=_guarded_child, args=(spec, events, cancel, os.getpid()),
+                                       name="lorafleet-finetune", daemon=True)
+    process.start()
+    return process
+
+
+class Trainer:
+    def __init__(self, settings: TrainerSettings, pool: asyncpg.Pool, *, blobs: BlobStore | None = None,
+                 trainer_id: str | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.blobs = blobs or make_blob_store(settings)
+        self.adapters = AdapterService(
+            pool, self.blobs, SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
+            quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes), concurrent_inspections=1)
+        self.trainer_id = trainer_id or ids.new_id("trn")
+        self.model_path = settings.resolved_model_path
+        self.root = settings.data_path / "fine-tuning"
+        self.limits = Limits(max_example_tokens=settings.fine_tuning_max_example_tokens,
+                             max_total_tokens=settings.fine_tuning_max_file_tokens)
+        self._renderer: Renderer | None = None
+        self.base_model_id: str | None = None
+        self.base_model: str = settings.model_name
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._find_base_model(stop)
+        validating = asyncio.create_task(self._validation_loop(stop), name="fine-tuning-validation")
+        try:
+            while not stop.is_set():
+                if not await self.train_next(stop):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_seconds)
+        finally:
+            validating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await validating
+
+    async def _find_base_model(self, stop: asyncio.Event) -> None:
+        """The base model's id, once its first worker registered it."""
+        while self.base_model_id is None:
+            row = await self.pool.fetchrow(queries.base_model_for_trainer, self.base_model)
+            if row is not None:
+                self.base_model_id = row["id"]
+                log.info("trainer_ready", base_model=self.base_model, trainer_id=self.trainer_id)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_seconds)
+            if stop.is_set():
+                return
+
+    async def _validation_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = await self.validate_next()
+            except Exception as exc:  # noqa: BLE001 - the loop must live on; the job is re-claimed when stale
+                log.error("validation_failed", error=repr(exc)[:500])
+                busy = False
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_seconds)
+
+    # ---- events, heartbeats --------------------------------------------------------------------
+
+    async def event(self, job_id: str, message: str, *, level: str = "info", type: str = "message",
+                    data: dict[str, Any] | None = None) -> None:
+        await self.pool.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id, level, type,
+                                message[:2000], data)
+
+    async def _beat(self, job_id: str, estimated_finish: dt.datetime | None = None) -> bool:
+        return await self.pool.fetchval(queries.heartbeat_fine_tuning_job, job_id, self.trainer_id,
+                                        estimated_finish) is not None
+
+    @contextlib.asynccontextmanager
+    async def _beating(self, job_id: str):
+        """Heartbeats while the body runs; the yielded event is set once the job is no longer ours."""
+        lost = asyncio.Event()
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.trainer_heartbeat_seconds)
+                if not await self._beat(job_id):
+                    lost.set()
+                    return
+
+        task = asyncio.create_task(beat())
+        try:
+            yield lost
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _finish(self, job_id: str, status: str, *, error: dict[str, Any] | None = None,
+                      fine_tuned_model: str | None = None, adapter_id: str | None = None,
+                      trained_tokens: int | None = None) -> bool:
+        return await self.pool.fetchval(queries.finish_fine_tuning_job, job_id, self.trainer_id, status, error,
+                                        fine_tuned_model, adapter_id, trained_tokens) is not None
+
+    # ---- validation ----------------------------------------------------------------------------
+
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            self._renderer = Renderer.for_model(self.model_path, self.settings.chat_template)
+        return self._renderer
+
+    async def _fetch_file(self, job: asyncpg.Record, param: str, target: Path) -> Path:
+        row = await self.pool.fetchrow(queries.get_file, job[param], job["tenant_id"])
+        if row is None:
+            raise TrainingFileInvalid(f"the file {job[param]} no longer exists", code="invalid_file", param=param)
+        await asyncio.to_thread(self.blobs.fetch, row["blob_key"], target)
+        return target
+
+    async def validate_next(self) -> bool:
+        """Check one job's files; False when none waits."""
+        if self.base_model_id is None:
+            return False
+        job = await self.pool.fetchrow(queries.claim_validation, self.base_model_id, self.trainer_id,
+                                       self.settings.trainer_stale_seconds)
+        if job is None:
+            return False
+        job_id = job["id"]
+        folder = self.root / job_id / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            async with self._beating(job_id):
+                training_path = await self._fetch_file(job, "training_file", folder / "training.jsonl")
+                summary = await asyncio.to_thread(validate_file, training_path, await asyncio.to_thread(self.renderer),
+                                                  self.limits, train_on_inputs=job["hyperparameters"]["train_on_inputs"])
+                if job["validation_file"]:
+                    valid_path = await self._fetch_file(job, "validation_file", folder / "validation.jsonl")
+                    await asyncio.to_thread(validate_file, valid_path, self.renderer(),
+                                            Limits(**{**self.limits.__dict__, "min_examples": 1}),
+                                            param="validation_file")
+                resolved = resolve(hyperparameters_of(job["hyperparameters"]), summary.n_examples)
+        except LoraFleetError as exc:
+            if await self._finish(job_id, "failed", error={"code": exc.code or "invalid_file", "message": exc.message,
+                                                           "param": exc.param}):
+                await self.event(job_id, f"Validation failed: {exc.message}", level="error")
+            return True
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        shown = {"n_epochs": resolved.n_epochs, "batch_size": resolved.batch_size,
+                 "learning_rate_multiplier": resolved.learning_rate_multiplier}
+        if await self.pool.fetchval(queries.validated_fine_tuning_job, job_id, shown, summary.n_examples,
+                                    summary.total_tokens) is not None:
+            await self.event(job_id, f"Files validated: {summary.n_examples} examples, {summary.total_tokens} tokens; "
+                                     f"{resolved.n_epochs} epochs of batches of {resolved.batch_size}. Job queued.")
+        return True
+
+    # ---- training ------------------------------------------------------------------------------
+
+    async def train_next(self, stop: asyncio.Event | None = None) -> bool:
+        """Take one job from the queue and see it to its end; False when none waits."""
+        if self.base_model_id is None:
+            return False
+        settings = self.settings
+        for failed in await self.pool.fetch(queries.fail_exhausted_fine_tuning_jobs, self.base_model_id,
+                                            settings.trainer_stale_seconds, settings.trainer_max_attempts):
+            await self.event(failed["id"], "The job failed: its trainer stopped too many times.", level="error")
+        job = await self.pool.fetchrow(queries.claim_fine_tuning_job, self.base_model_id, self.trainer_id,
+                                       settings.trainer_stale_seconds, settings.trainer_max_attempts)
+        if job is None:
+            return False
+        try:
+            await self._train(job, stop or asyncio.Event())
+        except Exception as exc:  # noqa: BLE001 - a job's failure is the job's, not the trainer's
+            log.exception("fine_tuning_job_failed", job_id=job["id"])
+            message = exc.message if isinstance(exc, LoraFleetError) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            code = exc.code if isinstance(exc, LoraFleetError) else "training_failed"
+            if await self._finish(job["id"], "failed", error={"code": code, "message": message, "param": None}):
+                await self.event(job["id"], f"The job failed: {message}", level="error")
+        return True
+
+    async def _restore_checkpoint(self, job_id: str, output: Path) -> None:
+        """The last checkpoint from the blob store, when this disk has none (another trainer's machine)."""
+        if training.latest_checkpoint(output) is not None:
+            return
+        row = await self.pool.fetchrow(queries.latest_fine_tuning_checkpoint, job_id)
+        if row is None:
+            return
+        archive = output / "restore.tar"
+        await asyncio.to_thread(self.blobs.fetch, row["sha256"], archive)
+        target = output / training.CHECKPOINTS
+        target.mkdir(parents=True, exist_ok=True)
+
+        def extract() -> None:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+
+        await asyncio.to_thread(extract)
+        archive.unlink(missing_ok=True)
+
+    async def _save_checkpoint(self, job: asyncpg.Record, output: Path, step: int, metrics: dict[str, Any]) -> None:
+        folder = output / training.CHECKPOINTS / f"step-{step:06d}"
+        archive = output / f"step-{step:06d}.tar"
+
+        def pack() -> str:
+            with tarfile.open(archive, "w") as tar:
+                tar.add(folder, arcname=folder.name)
+            return _sha256(archive)
+
+        sha256 = await asyncio.to_thread(pack)
+        await asyncio.to_thread(self.blobs.put, sha256, archive)
+        size = archive.stat().st_size
+        archive.unlink(missing_ok=True)
+        name = f"{fine_tuned_model_name(job['model'], job['suffix'], job['id'])}:ckpt-step-{step}"
+        shown = {key: metrics[key] for key in ("train_loss", "train_mean_token_accuracy", "valid_loss") if key in metrics}
+        await self.pool.execute(queries.insert_fine_tuning_checkpoint, ids.fine_tuning_checkpoint_id(), job["id"], step,
+                                {"step": step, **shown}, name, sha256, size)
+        await self._register(job, folder, output / f"register-{step}", f"{job['id']}-step-{step}", name,
+                             checkpoint=True)
+
+    async def _register(self, job: asyncpg.Record, adapter_dir: Path, workdir: Path, adapter_name: str,
+                        fine_tuned_model: str, *, checkpoint: bool = False) -> str | None:
+        """The adapter in ``adapter_dir`` through the upload's validation into the blob store, registered
+        for the tenant as ``fine_tuned_model``; its adapter id (an earlier take's, if it registered it)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        parts = []  # the upload path's files, in its work folder: the same validation as an upload
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            await asyncio.to_thread(shutil.copyfile, adapter_dir / name, workdir / name)
+            parts.append((name, workdir / name))
+        try:
+            adapter = await self.adapters.create(job["tenant_id"], adapter_name, job["model"], parts, workdir,
+                                                 fine_tuned_model=fine_tuned_model)
+            return adapter.id
+        except Conflict as exc:  # registered by an earlier take that stopped before the job was marked
+            row = await self.pool.fetchrow(queries.resolve_fine_tuned_model, job["tenant_id"], fine_tuned_model)
+            if row is not None:
+                return row["id"]
+            if not checkpoint:
+                raise
+            await self.event(job["id"], f"Checkpoint {fine_tuned_model} is not servable: {exc.message}", level="warn")
+            return None
+        except LoraFleetError as exc:
+            if not checkpoint:
+                raise
+            await self.event(job["id"], f"Checkpoint {fine_tuned_model} is not servable: {exc.message}", level="warn")
+            return None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def _train(self, job: asyncpg.Record, stop: asyncio.Event) -> None:
+        job_id, settings = job["id"], self.settings
+        output = self.root / job_id
+        output.mkdir(parents=True, exist_ok=True)
+        await self.event(job_id, "Fine-tuning job started" if job["attempts"] == 1
+                         else f"Fine-tuning job resumed (take {job['attempts']})")
+        training_path = await self._fetch_file(job, "training_file", output / "training.jsonl")
+        validation_path = (await self._fetch_file(job, "validation_file", output / "validation.jsonl")
+                           if job["validation_file"] else None)
+        await self._restore_checkpoint(job_id, output)
+        spec = training.JobSpec(
+            model_path=str(self.model_path), training_file=str(training_path), output_dir=str(output),
+            hyperparameters=hyperparameters_of(job["hyperparameters"]),
+            validation_file=str(validation_path) if validation_path else None, seed=job["seed"],
+            checkpoint_every=settings.trainer_checkpoint_steps, limits=self.limits,
+            chat_template=settings.chat_template, threads=settings.trainer_threads)
+        events, cancel = training.CONTEXT.Queue(), training.CONTEXT.Event()
+        process = start_child(spec, events, cancel)
+        trained_tokens, metrics = 0, {}
+        outcome: dict[str, Any] | None = None
+        lost = stopping = False
+        next_beat = time.monotonic() + settings.trainer_heartbeat_seconds
+        estimated_finish: dt.datetime | None = None
+        try:
+            while True:
+                try:
+                    event = await asyncio.to_thread(events.get, True, 0.2)
+                except queue.Empty:
+                    event = None
+                if event is not None:
+                    kind = event.get("type")
+                    if kind in ("result", "error"):
+                        outcome = event
+                        break
+                    data = event.get("data") or {}
+                    if kind == "metrics":
+                        metrics = data
+                        trained_tokens = int(data.get("trained_tokens", trained_tokens))
+                        if data.get("eta_seconds") is not None:
+                            estimated_finish = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=data["eta_seconds"])
+                    elif "step" in data and event.get("message", "").startswith("Checkpoint saved"):
+                        await self._save_checkpoint(job, output, int(data["step"]), metrics)
+                    await self.event(job_id, event.get("message", ""), level=event.get("level", "info"),
+                                     type=kind if kind in ("message", "metrics") else "message", data=event.get("data"))
+                if time.monotonic() >= next_beat and not (lost or stopping):
+                    next_beat = time.monotonic() + settings.trainer_heartbeat_seconds
+                    if not await self._beat(job_id, estimated_finish):
+                        lost = True
+                        cancel.set()  # cancelled (or taken by another trainer): stop before the next step
+                if stop.is_set() and not stopping:
+                    stopping = True
+                    cancel.set()
+                if event is None and not process.is_alive():
+                    with contextlib.suppress(queue.Empty):
+                        outcome = events.get(timeout=1)
+                    if outcome is None or outcome.get("type") not in ("result", "error"):
+                        outcome = {"type": "error", "error": {
+                            "code": "training_failed", "param": None,
+                            "message": f"the training process ended with exit code {process.exitcode}"}}
+                    break
+        finally:
+            if process.is_alive():
+                cancel.set()
+                await asyncio.to_thread(process.join, 30)
+                if process.is_alive():
+                    process.kill()
+        await self._conclude(job, output, outcome, trained_tokens, lost=lost, stopping=stopping)
+
+    async def _conclude(self, job: asyncpg.Record, output: Path, outcome: dict[str, Any], trained_tokens: int, *,
+                        lost: bool, stopping: bool) -> None:
+        job_id = job["id"]
+        if outcome["type"] == "result":
+            trained_tokens = int(outcome["data"]["trained_tokens"])
+        status = await self.pool.fetchval(queries.fine_tuning_job_status, job_id)
+        if lost:
+            if status == "cancelled":  # the tenant cancelled: the steps completed are billed, no model
+                await self.pool.execute(queries.record_trained_tokens, job_id, trained_tokens)
+                await self._bill(job, trained_tokens)
+                await self.event(job_id, f"Training stopped after cancellation: {trained_tokens} tokens trained")
+                await self._cleanup(job_id, output)
+            return  # otherwise another trainer holds it now
+        if stopping and (outcome["type"] != "result" or outcome["data"]["status"] != "succeeded"):
+            if await self.pool.fetchval(queries.requeue_fine_tuning_job, job_id, self.trainer_id) is not None:
+                await self.event(job_id, "The trainer stopped; the job is queued again and resumes from its last "
+                                         "checkpoint")
+            return
+        if outcome["type"] == "error":
+            error = outcome["error"]
+            if await self._finish(job_id, "failed", error=error, trained_tokens=trained_tokens):
+                await self._bill(job, trained_tokens)
+                await self.event(job_id, f"The job failed: {error['message']}", level="error")
+                await self._cleanup(job_id, output)
+            return
+        result = outcome["data"]
+        if result["status"] != "succeeded":
+            return
+        fine_tuned_model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
+        adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", job_id, fine_tuned_model)
+        if await self._finish(job_id, "succeeded", fine_tuned_model=fine_tuned_model, adapter_id=adapter_id,
+                              trained_tokens=trained_tokens):
+            await self._bill(job, trained_tokens)
+            await self.event(job_id, f"New fine-tuned model created: {fine_tuned_model}")
+            await self.event(job_id, "The job has successfully completed")
+            await self._cleanup(job_id, output)
+
+    async def _bill(self, job: asyncpg.Record, trained_tokens: int) -> None:
+        """One ledger row per job (its id is the request id: a second write changes nothing)."""
+        if trained_tokens <= 0:
+            return
+        now = dt.datetime.now(dt.UTC)
+        price = await self.pool.fetchrow(queries.training_price, job["base_model_id"], now)
+        cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
+        started = job["started_at"] or now
+        row = LedgerRow(
+            request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
+            base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING, outcome=Outcome.SUCCESS,
+            http_status=200, streamed=False, prompt_tokens=trained_tokens, completion_tokens=0, worker_url=None,
+            started_at=started, finished_at=now, ttft_ms=None,
+            duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
+            cost_pico_usd=cost, price_id=price["id"] if price else None)
+        await self.pool.execute(queries.insert_usage_rows, *column_arrays([row]))
+
+    async def _cleanup(self, job_id: str, output: Path) -> None:
+        """The job is over: its local folder and its checkpoints' resume state go."""
+        for row in await self.pool.fetch(queries.job_checkpoint_blobs, job_id):
+            with contextlib.suppress(LoraFleetError):
+                await asyncio.to_thread(self.blobs.delete, row["sha256"])
+        await asyncio.to_thread(shutil.rmtree, output, True)
+
+
+async def run_trainer(settings: TrainerSettings, stop: asyncio.Event | None = None) -> None:
+    """``lorafleet trainer``: until SIGTERM/SIGINT (a job in training is handed back to the queue)."""
+    import signal
+
+    from lorafleet.db import create_pool
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    pool = await create_pool(settings.database_url, max_size=4)
+    try:
+        await Trainer(settings, pool).run(stop)
+    finally:
+        await pool.close()

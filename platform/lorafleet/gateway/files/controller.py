@@ -1,0 +1,150 @@
+"""``/v1/files``: OpenAI's files API (upload, list, retrieve, content, delete), tenant-scoped.
+
+An upload streams to a temporary folder as it arrives (python-multipart, gateway/adapters/operations.py),
+within the route's body limit (``LORAFLEET_MAX_FILE_BYTES``, 413 beyond), then goes to the blob store
+under the tenant's file quota (files/service.py). Reads are the caller's files only: another
+tenant's file id is answered exactly like one that never existed (404).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from litestar import Controller, Request, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+from lorafleet.core.errors import InvalidRequest, PayloadTooLarge
+from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage
+from lorafleet.gateway.adapters.operations import receive_multipart
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
+from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit
+from lorafleet.gateway.error_specs import API_KEY, error_responses
+
+MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 30 * 24 * 3600  # OpenAI's bounds for expires_after
+
+_UPLOAD_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT, required=["purpose", "file"],
+    properties={
+        "purpose": Schema(type=OpenAPIType.STRING, enum=list(UPLOAD_PURPOSES),
+                          description="`fine-tune` (a JSONL training file) or `batch`."),
+        "file": Schema(type=OpenAPIType.STRING, format="binary", description="The file."),
+        "expires_after[anchor]": Schema(type=OpenAPIType.STRING, enum=["created_at"],
+                                        description="Optional expiry: counted from the file's creation."),
+        "expires_after[seconds]": Schema(type=OpenAPIType.INTEGER, minimum=MIN_EXPIRY_SECONDS,
+                                         maximum=MAX_EXPIRY_SECONDS, description="Optional expiry, in seconds."),
+    })
+
+
+@dataclass
+class FileUploadOperation(Operation):
+    """The upload streams to disk as it arrives, so Litestar does not parse it: its schema is declared here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=_UPLOAD_SCHEMA)})
+
+
+After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
+                                             description="The id of the last file of the previous page.")]
+PurposeFilter = Annotated[str | None, QueryParameter(max_length=32, description="Only files of this purpose.")]
+
+
+def _expiry(fields: dict[str, str]) -> int | None:
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("expires_after[anchor] must be 'created_at'", param="expires_after[anchor]")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not MIN_EXPIRY_SECONDS <= value <= MAX_EXPIRY_SECONDS:
+        raise InvalidRequest(f"expires_after[seconds] must be an integer from {MIN_EXPIRY_SECONDS} to "
+                             f"{MAX_EXPIRY_SECONDS}", param="expires_after[seconds]")
+    return value
+
+
+async def _chunks(path: Path, workdir: Path) -> AsyncIterator[bytes]:
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 16):
+                yield chunk
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class FilesController(Controller):
+    path = "/v1/files"
+    tags = ["Files"]
+    security = TENANT_SECURITY
+    guards = TENANT_GUARDS
+    dependencies = TENANT_DEPENDENCIES
+
+    @post("/", operation_id="createFile", status_code=200, operation_class=FileUploadOperation,
+          responses=error_responses(400, 409, 413, 415, *API_KEY),
+          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.",
+          opt=scope("adapters:write"))
+    async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
+            raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
+        await services.files.storage.check_room(principal.tenant_id, 0, param="file")
+        workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
+        try:
+            form = await receive_multipart(request, workdir, "the file")
+            purpose = form.fields.get("purpose", "")
+            if purpose not in UPLOAD_PURPOSES:
+                raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}", param="purpose")
+            parts = [(name, path) for (field, name, _), (_, path) in zip(form.file_digests, form.files, strict=True)
+                     if field == "file"]
+            if len(parts) != 1:
+                raise InvalidRequest("send exactly one file, in the form field 'file'", param="file")
+            filename, path = parts[0]
+            if os.path.getsize(path) > services.settings.max_file_bytes:
+                raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
+            return await services.files.store(principal.tenant_id, purpose, filename, path,
+                                              expires_after_seconds=_expiry(form.fields))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @get("/", operation_id="listFiles", responses=error_responses(400, *API_KEY),
+         summary="The caller's files, oldest id first (`after`: the last id of the previous page).",
+         opt=scope("adapters:read"))
+    async def list_files(self, services: AppServices, principal: Caller, limit: Limit = 100, after: After = None,
+                         purpose: PurposeFilter = None) -> FilePage:
+        return await services.files.list(principal.tenant_id, purpose=purpose, after=after, limit=limit)
+
+    @get("/{file_id:str}", operation_id="retrieveFile", responses=error_responses(400, 404, *API_KEY),
+         summary="One of the caller's files.", opt=scope("adapters:read"))
+    async def retrieve_file(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> FileObject:
+        return (await services.files.get(principal.tenant_id, file_id)).view
+
+    @get("/{file_id:str}/content", operation_id="downloadFile", media_type="application/octet-stream",
+         responses=error_responses(400, 404, *API_KEY), summary="The bytes of one of the caller's files.",
+         opt=scope("adapters:read"))
+    async def file_content(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> Stream:
+        files = services.files
+        stored = await files.get(principal.tenant_id, file_id)
+        workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
+        try:
+            await files.fetch(stored, workdir / "content")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return Stream(_chunks(workdir / "content", workdir), media_type="application/octet-stream",
+                      headers={"content-length": str(stored.view.bytes)})
+
+    @delete("/{file_id:str}", operation_id="deleteFile", status_code=200, responses=error_responses(400, 404, *API_KEY),
+            summary="Delete one of the caller's files (jobs already started keep their copy).",
+            opt=scope("adapters:write"))
+    async def delete_file(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> FileDeleted:
+        return await services.files.delete(principal.tenant_id, file_id)

@@ -1,0 +1,93 @@
+"""The files API against the real gateway and PostgreSQL: OpenAI's shapes (the official SDK parses them),
+the byte cap, the per-tenant quota, cursor pages, and another tenant's file answered like a missing one."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import TenantKey
+
+LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+def _sdk(url: str, tenant: TenantKey) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=tenant.secret, max_retries=0)
+
+
+async def test_upload_list_retrieve_content_delete_with_the_sdk(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        created = await sdk.files.create(file=("train.jsonl", LINE * 3), purpose="fine-tune")
+        assert created.id.startswith("file-") and created.object == "file"
+        assert (created.bytes, created.filename, created.purpose, created.status) == (len(LINE) * 3, "train.jsonl",
+                                                                                      "fine-tune", "processed")
+        assert created.expires_at is None and created.created_at > 0
+        batch = await sdk.files.create(file=("in.jsonl", b"{}\n"), purpose="batch",
+                                       extra_body={"expires_after": {"anchor": "created_at", "seconds": 3600}})
+        assert batch.expires_at == batch.created_at + 3600
+        assert (await sdk.files.retrieve(created.id)).model_dump() == created.model_dump()
+        assert (await sdk.files.content(created.id)).content == LINE * 3
+        listed = [f.id async for f in sdk.files.list()]
+        assert listed == sorted([created.id, batch.id])
+        assert [f.id async for f in sdk.files.list(purpose="batch")] == [batch.id]
+        deleted = await sdk.files.delete(created.id)
+        assert (deleted.id, deleted.deleted) == (created.id, True)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.files.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.files.content(created.id)
+
+
+async def test_pages_follow_the_after_cursor(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        made = sorted([(await sdk.files.create(file=(f"f{i}.jsonl", LINE), purpose="fine-tune")).id for i in range(5)])
+        first = await sdk.files.list(limit=2)
+        assert [f.id for f in first.data] == made[:2] and first.has_more
+        assert [f.id async for f in sdk.files.list(limit=2)] == made  # the SDK follows `after` to the end
+
+
+async def test_another_tenants_file_is_answered_like_a_missing_one(platform, tenant, other_tenant):
+    async with _sdk(platform.url, tenant) as mine:
+        file = await mine.files.create(file=("t.jsonl", LINE), purpose="fine-tune")
+    async with httpx.AsyncClient(base_url=platform.url, headers=other_tenant.headers) as theirs:
+        missing = "file-" + "x" * 20
+        for method, path in (("GET", "/v1/files/{}"), ("GET", "/v1/files/{}/content"), ("DELETE", "/v1/files/{}")):
+            answers = [await theirs.request(method, path.format(i)) for i in (file.id, missing)]
+            assert [a.status_code for a in answers] == [404, 404]
+            assert answers[0].json() == httpx.Response(404, text=answers[1].text.replace(missing, file.id)).json()
+        assert (await theirs.get("/v1/files")).json()["data"] == []
+    async with _sdk(platform.url, tenant) as mine:
+        assert (await mine.files.retrieve(file.id)).id == file.id  # untouched
+
+
+async def test_bad_uploads_are_refused(platform, tenant):
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        no_purpose = await http.post("/v1/files", files={"file": ("a.jsonl", LINE)})
+        wrong = await http.post("/v1/files", files={"file": ("a.jsonl", LINE)}, data={"purpose": "fine-tune-results"})
+        no_file = await http.post("/v1/files", data={"purpose": "batch"}, files={"other": ("a", b"x")})
+        not_multipart = await http.post("/v1/files", json={"purpose": "batch"})
+        expiry = await http.post("/v1/files", files={"file": ("a.jsonl", LINE)},
+                                 data={"purpose": "batch", "expires_after[anchor]": "created_at",
+                                       "expires_after[seconds]": "5"})
+    assert (no_purpose.status_code, no_purpose.json()["error"]["param"]) == (400, "purpose")
+    assert (wrong.status_code, wrong.json()["error"]["param"]) == (400, "purpose")
+    assert (no_file.status_code, no_file.json()["error"]["param"]) == (400, "file")
+    assert not_multipart.status_code == 415
+    assert (expiry.status_code, expiry.json()["error"]["param"]) == (400, "expires_after[seconds]")
+
+
+async def test_the_byte_cap_and_the_tenant_quota(start_gateway, tenant):
+    gateway = await start_gateway(MAX_FILE_BYTES="2048", TENANT_MAX_FILES="2", TENANT_MAX_FILE_BYTES="4096")
+    async with httpx.AsyncClient(base_url=gateway.url, headers=tenant.headers) as http:
+        big = await http.post("/v1/files", files={"file": ("big.jsonl", b"x" * 3000)}, data={"purpose": "batch"})
+        huge = await http.post("/v1/files", files={"file": ("huge.jsonl", b"x" * 200_000)}, data={"purpose": "batch"})
+        assert big.status_code == 413 and huge.status_code == 413, (big.text, huge.text)
+        ok = [await http.post("/v1/files", files={"file": (f"{i}.jsonl", b"x" * 1500)}, data={"purpose": "batch"})
+              for i in range(2)]
+        assert [a.status_code for a in ok] == [200, 200]
+        full = await http.post("/v1/files", files={"file": ("3.jsonl", b"x")}, data={"purpose": "batch"})
+        assert (full.status_code, full.json()["error"]["code"]) == (409, "storage_quota_exceeded")
+        assert (await http.delete(f"/v1/files/{ok[0].json()['id']}")).status_code == 200
+        again = await http.post("/v1/files", files={"file": ("3.jsonl", b"x")}, data={"purpose": "batch"})
+        assert again.status_code == 200, again.text  # deleting gave the room back

@@ -1,0 +1,241 @@
+"""Fine-tuning jobs against the real gateway and PostgreSQL: the official SDK's shapes, refusals at
+create, validation of the file by a trainer with the base model's real tokenizer and template (the
+error names the line, param "training_file"), cancel, the per-tenant cap, and the queue's take /
+heartbeat / stale re-take / give-up rules. No training here: tests/integration/test_fine_tuning.py
+trains and serves for real."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import httpx
+import openai
+import pytest
+from lorafleet.core.settings import TrainerSettings, load_settings
+from lorafleet.db import queries
+from lorafleet.finetune.runner import Trainer
+
+from tests.helpers import TenantKey
+from tests.inprocess.conftest import STUB_MODEL
+
+GOOD = {"messages": [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4."}]}
+
+
+def _jsonl(rows: list) -> bytes:
+    return "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows).encode()
+
+
+def _sdk(url: str, tenant: TenantKey) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=tenant.secret, max_retries=0)
+
+
+@pytest.fixture
+def trainer(platform, db, model_path, tmp_path):
+    """A trainer of the in-process tier's base model with SmolLM2's real tokenizer and template."""
+    settings = load_settings(TrainerSettings, {"LORAFLEET_DATABASE_URL": "postgresql://unused/unused", "LORAFLEET_MODEL_NAME": STUB_MODEL,
+                              "LORAFLEET_MODEL_PATH": str(model_path), "LORAFLEET_DATA_DIR": str(tmp_path),
+                              "LORAFLEET_BLOB_DIR": str(platform.app.state.services.settings.resolved_blob_dir),
+                              "LORAFLEET_TRAINER_STALE_SECONDS": "5"})
+    runner = Trainer(settings, db)
+    runner.base_model_id = platform.base_model_id
+    return runner
+
+
+async def _drain_validation(trainer: Trainer) -> None:
+    while await trainer.validate_next():
+        pass
+
+
+async def test_create_retrieve_list_events_with_the_sdk(platform, tenant, trainer, db):
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 12)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(
+            model=STUB_MODEL, training_file=file.id, suffix="sums", seed=7, metadata={"team": "a"},
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto"}}})
+        assert job.id.startswith("ftjob-") and job.object == "fine_tuning.job"
+        assert (job.status, job.model, job.training_file, job.seed, job.error, job.fine_tuned_model) == (
+            "validating_files", STUB_MODEL, file.id, 7, None, None)
+        assert job.metadata == {"team": "a"}
+        assert job.method.supervised.hyperparameters.n_epochs == 2
+        assert job.method.supervised.hyperparameters.batch_size == "auto"
+        await _drain_validation(trainer)
+        queued = await sdk.fine_tuning.jobs.retrieve(job.id)
+        assert queued.status == "queued" and queued.error is None
+        assert queued.hyperparameters.batch_size == 1 and queued.hyperparameters.n_epochs == 2  # "auto" resolved
+        assert queued.hyperparameters.learning_rate_multiplier == 1.0
+        events = [e async for e in sdk.fine_tuning.jobs.list_events(job.id)]
+        assert events[0].message.startswith("Files validated: 12 examples") and events[-1].message.startswith(
+            "Validating training file")
+        assert [j.id async for j in sdk.fine_tuning.jobs.list()][0] == job.id
+        assert (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data == []
+        cancelled = await sdk.fine_tuning.jobs.cancel(job.id)
+        assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+        with pytest.raises(openai.BadRequestError) as again:
+            await sdk.fine_tuning.jobs.cancel(job.id)
+        assert again.value.code == "job_not_cancellable"
+    assert await db.fetchval("SELECT count(*) FROM fine_tuning_jobs WHERE id = $1 AND status = 'cancelled'", job.id) == 1
+
+
+@pytest.mark.parametrize("rows, line, code, words", [
+    (["{not json", *[GOOD] * 11], 1, "invalid_file_format", "not valid JSON"),
+    ([GOOD] * 5 + [{"messages": [{"role": "wizard", "content": "x"}]}] + [GOOD] * 6, 6, "invalid_file_format",
+     "role 'wizard' is not one of system, user, assistant"),
+    ([GOOD] * 3 + [{"messages": [{"role": "user", "content": "x"}]}] + [GOOD] * 8, 4, "invalid_file_format",
+     "no assistant message"),
+    ([GOOD] * 2 + [{"messages": [{"role": "user", "content": "word " * 3000},
+                                 {"role": "assistant", "content": "x"}]}] + [GOOD] * 9, 3, "example_too_long",
+     "tokens; the limit is 2048"),
+    ([GOOD] * 4, None, "invalid_n_examples", "at least 10 are needed"),
+    ([], None, "invalid_n_examples", "empty"),
+])
+async def test_a_bad_file_fails_the_job_naming_the_line(platform, tenant, trainer, rows, line, code, words):
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("bad.jsonl", _jsonl(rows)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        await _drain_validation(trainer)
+        failed = await sdk.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and failed.error is not None, failed
+    assert (failed.error.code, failed.error.param) == (code, "training_file")
+    assert words in failed.error.message
+    if line is not None:
+        assert failed.error.message.startswith(f"line {line}: "), failed.error.message
+
+
+async def test_refusals_at_create(platform, tenant, other_tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        batch = await sdk.files.create(file=("b.jsonl", b"{}\n"), purpose="batch")
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        async def create(**body):
+            return await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.id, **body})
+        cases = {
+            "model": await create(model="no-such-model"),
+            "training_file": await create(training_file=batch.id),
+            "method.type": await create(method={"type": "dpo"}),
+            "hyperparameters.n_epochs": await create(hyperparameters={"n_epochs": 0}),
+            "method.supervised.hyperparameters.lora_r": await create(
+                method={"type": "supervised", "supervised": {"hyperparameters": {"lora_r": 1000}}}),
+            "suffix": await create(suffix="a:b"),
+        }
+    for param, answer in cases.items():
+        assert answer.status_code in (400, 404), (param, answer.text)
+        assert answer.json()["error"]["param"] == param, (param, answer.text)
+    async with httpx.AsyncClient(base_url=platform.url, headers=other_tenant.headers) as theirs:
+        answer = await theirs.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.id})
+    assert (answer.status_code, answer.json()["error"]["param"]) == (400, "training_file")
+
+
+async def test_another_tenants_job_is_answered_like_a_missing_one(platform, tenant, other_tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+    missing = "ftjob-" + "x" * 20
+    async with httpx.AsyncClient(base_url=platform.url, headers=other_tenant.headers) as theirs:
+        for method, path in (("GET", "/v1/fine_tuning/jobs/{}"), ("GET", "/v1/fine_tuning/jobs/{}/events"),
+                             ("GET", "/v1/fine_tuning/jobs/{}/checkpoints"), ("POST", "/v1/fine_tuning/jobs/{}/cancel")):
+            answers = [await theirs.request(method, path.format(i)) for i in (job.id, missing)]
+            assert [a.status_code for a in answers] == [404, 404], path
+            assert answers[0].json() == json.loads(answers[1].text.replace(missing, job.id))
+        assert (await theirs.get("/v1/fine_tuning/jobs")).json()["data"] == []
+    async with _sdk(platform.url, tenant) as sdk:
+        assert (await sdk.fine_tuning.jobs.retrieve(job.id)).status == "validating_files"
+        await sdk.fine_tuning.jobs.cancel(job.id)
+
+
+async def test_open_jobs_per_tenant_are_capped(start_gateway, tenant):
+    gateway = await start_gateway(TENANT_MAX_FINE_TUNING_JOBS="2")
+    async with _sdk(gateway.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        jobs = [await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id) for _ in range(2)]
+        with pytest.raises(openai.RateLimitError) as refused:
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        assert refused.value.code == "too_many_fine_tuning_jobs"
+        await sdk.fine_tuning.jobs.cancel(jobs[0].id)
+        assert (await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)).status == "validating_files"
+
+
+async def test_the_queue_takes_once_retakes_a_stale_job_and_gives_up(platform, tenant, db):
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+    await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = $1", job.id)
+    # Only this test's job is in play: others of the same base model are set aside for the while.
+    others = [r["id"] for r in await db.fetch(
+        "UPDATE fine_tuning_jobs SET status = 'cancelled' WHERE base_model_id = $1 AND id <> $2 "
+        "AND status IN ('queued', 'running', 'validating_files') RETURNING id", platform.base_model_id, job.id)]
+    base, stale, attempts = platform.base_model_id, 30.0, 3
+
+    async def claim(trainer_id: str):
+        return await db.fetchrow(queries.claim_fine_tuning_job, base, trainer_id, stale, attempts)
+
+    taken = await claim("trn_a")
+    assert (taken["id"], taken["status"], taken["attempts"], taken["trainer_id"]) == (job.id, "running", 1, "trn_a")
+    assert await claim("trn_b") is None  # beating: nobody else takes it
+    assert await db.fetchval(queries.heartbeat_fine_tuning_job, job.id, "trn_a", None) == job.id
+    assert await db.fetchval(queries.heartbeat_fine_tuning_job, job.id, "trn_b", None) is None  # not b's
+    await db.execute("UPDATE fine_tuning_jobs SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", job.id)
+    retaken = await claim("trn_b")
+    assert (retaken["id"], retaken["attempts"], retaken["trainer_id"]) == (job.id, 2, "trn_b")
+    assert await db.fetchval(queries.heartbeat_fine_tuning_job, job.id, "trn_a", None) is None  # a lost it: a stops
+    await db.execute("UPDATE fine_tuning_jobs SET heartbeat_at = now() - interval '1 minute', attempts = 3 "
+                     "WHERE id = $1", job.id)
+    assert await claim("trn_c") is None  # out of attempts
+    failed = await db.fetch(queries.fail_exhausted_fine_tuning_jobs, base, stale, attempts)
+    assert [r["id"] for r in failed] == [job.id]
+    row = await db.fetchrow("SELECT status, error FROM fine_tuning_jobs WHERE id = $1", job.id)
+    assert row["status"] == "failed" and row["error"]["code"] == "trainer_attempts_exhausted"
+    # A trainer stopping on purpose hands the job back without spending an attempt.
+    await db.execute("UPDATE fine_tuning_jobs SET status = 'queued', attempts = 0, error = NULL WHERE id = $1", job.id)
+    taken = await claim("trn_d")
+    assert await db.fetchval(queries.requeue_fine_tuning_job, job.id, "trn_d") == job.id
+    assert await db.fetchval("SELECT attempts FROM fine_tuning_jobs WHERE id = $1", job.id) == 0
+    # And a cancel reaches a running job's trainer at its next heartbeat.
+    await claim("trn_e")
+    async with _sdk(platform.url, tenant) as sdk:
+        assert (await sdk.fine_tuning.jobs.cancel(job.id)).status == "cancelled"
+    assert await db.fetchval(queries.heartbeat_fine_tuning_job, job.id, "trn_e", None) is None
+    await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = ANY($1)", others)
+
+
+async def test_a_price_version_carries_a_training_price(platform):
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as http:
+        answer = await http.post("/admin/prices", json={
+            "base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
+            "training_micro_usd_per_mtok": 3_000_000, "effective_at": "2998-01-01T00:00:00Z"})
+        listed = (await http.get("/admin/prices", params={"limit": 100})).json()["data"]
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["training_micro_usd_per_mtok"] == 3_000_000
+    assert [p["training_micro_usd_per_mtok"] for p in listed if p["id"] == answer.json()["id"]] == [3_000_000]
+
+
+async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db):
+    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
+    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted."""
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
+        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
+                                 json={"amount_micro_usd": 1_000_000})).status_code == 201
+    price = await db.fetchrow(queries.training_price, platform.base_model_id, dt.datetime.now(dt.UTC))
+    current = await db.fetchrow("SELECT * FROM prices WHERE id = $1", price["id"]) if price else None
+    await db.execute(
+        "INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, "
+        "adapter_surcharge_micro_usd_per_mtok, training_micro_usd_per_mtok, effective_at) VALUES ($1, $2, $3, $4, $5, now())",
+        platform.base_model_id, current["prompt_micro_usd_per_mtok"] if current else 0,
+        current["completion_micro_usd_per_mtok"] if current else 0,
+        current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000)
+    row = json.dumps(GOOD) + "\n"
+    body = (row * (100_000 // len(row) + 1)).encode()[:100_000]
+    try:
+        async with _sdk(platform.url, tenant) as sdk:
+            file = await sdk.files.create(file=("big.jsonl", body), purpose="fine-tune")
+            with pytest.raises(openai.APIStatusError) as refused:
+                await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
+            assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
+            assert "2000000 micro-USD" in refused.value.message
+            assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
+            job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
+            await sdk.fine_tuning.jobs.cancel(job.id)
+    finally:  # the other tests' training price stays 0
+        await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
+                         platform.base_model_id)
