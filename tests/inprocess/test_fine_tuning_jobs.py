@@ -239,3 +239,29 @@ async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenan
     finally:  # the other tests' training price stays 0
         await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
                          platform.base_model_id)
+
+
+async def test_training_is_its_own_invoice_line(platform, tenant, db):
+    """A fine-tuning job's ledger row (what the trainer writes) and an inference request of the same base
+    model and price version become two invoice lines; the training line names the job and its tokens."""
+    from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+
+    from tests.helpers import close_this_month, wait_rows
+
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        assert (await http.post("/v1/completions", json={"model": STUB_MODEL, "prompt": "x", "max_tokens": 2})).status_code == 200
+    await wait_rows(db, tenant.tenant_id, 1)
+    now = dt.datetime.now(dt.UTC)
+    row = LedgerRow(request_id="ftjob-invoiceline" + tenant.tenant_id[-8:], tenant_id=tenant.tenant_id,
+                    api_key_id=tenant.key_id, base_model_id=platform.base_model_id, model=STUB_MODEL,
+                    endpoint=Endpoint.FINE_TUNING, outcome=Outcome.SUCCESS, http_status=200, streamed=False,
+                    prompt_tokens=976, completion_tokens=0, worker_url=None, started_at=now, finished_at=now,
+                    ttft_ms=None, duration_ms=1000, cost_pico_usd=976 * 2_000_000)
+    await db.execute(queries.insert_usage_rows, *column_arrays([row]))
+    invoice_id = await close_this_month(db, tenant.tenant_id)
+    lines = await db.fetch("SELECT description, prompt_tokens, amount_pico_usd FROM invoice_lines "
+                           "WHERE invoice_id = $1 AND kind = 'usage' ORDER BY position", invoice_id)
+    training = [line for line in lines if "fine-tuning" in line["description"]]
+    assert len(lines) == 2 and len(training) == 1, [dict(line) for line in lines]
+    assert training[0]["prompt_tokens"] == 976 and training[0]["amount_pico_usd"] == 976 * 2_000_000
+    assert "1 job(s), 976 trained tokens" in training[0]["description"]

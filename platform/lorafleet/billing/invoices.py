@@ -82,6 +82,12 @@ def _price_text(micro_per_mtok: int | None) -> str:
 
 
 def _describe(group: asyncpg.Record) -> str:
+    if group["training"]:  # fine-tuning jobs: their trained tokens are the line's prompt tokens
+        text = (f"{group['model']} fine-tuning: {group['requests']} job(s), {group['prompt_tokens']} trained tokens "
+                f"(training {_price_text(group['training_micro_usd_per_mtok'])})")
+        if group["late"]:
+            text = f"Adjustment for {group['first_started_at']:%Y-%m}: {text}, recorded after that period closed"
+        return text
     model = group["model"] + (f" / adapter {group['adapter'] or group['adapter_id']}" if group["adapter_id"] else "")
     prices = (f"prompt {_price_text(group['prompt_micro_usd_per_mtok'])}, "
               f"completion {_price_text(group['completion_micro_usd_per_mtok'])}")

@@ -17,19 +17,20 @@ UPDATE usage_ledger SET invoice_id = $2
 WHERE tenant_id = $1 AND invoice_id IS NULL AND started_at < $3;
 
 -- name: invoice_usage_groups
-SELECT (l.started_at < $3) AS late, l.base_model_id, l.adapter_id, l.price_id,
+-- One group per (late, model, adapter, price version), fine-tuning apart from inference (its own line).
+SELECT (l.started_at < $3) AS late, (l.endpoint = 'fine_tuning') AS training, l.base_model_id, l.adapter_id, l.price_id,
        count(*)::bigint AS requests, sum(l.prompt_tokens)::bigint AS prompt_tokens,
        sum(l.completion_tokens)::bigint AS completion_tokens, sum(l.cost_pico_usd) AS amount_pico,
        m.name AS model, a.name AS adapter, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
-       p.adapter_surcharge_micro_usd_per_mtok, min(l.started_at) AS first_started_at
+       p.adapter_surcharge_micro_usd_per_mtok, p.training_micro_usd_per_mtok, min(l.started_at) AS first_started_at
 FROM usage_ledger l
 JOIN base_models m ON m.id = l.base_model_id
 LEFT JOIN adapters a ON a.id = l.adapter_id
 LEFT JOIN prices p ON p.id = l.price_id
 WHERE l.tenant_id = $1 AND l.invoice_id = $2
-GROUP BY late, l.base_model_id, l.adapter_id, l.price_id, m.name, a.name, p.prompt_micro_usd_per_mtok,
-         p.completion_micro_usd_per_mtok, p.adapter_surcharge_micro_usd_per_mtok
-ORDER BY late, m.name, a.name NULLS FIRST, l.price_id NULLS FIRST;
+GROUP BY late, training, l.base_model_id, l.adapter_id, l.price_id, m.name, a.name, p.prompt_micro_usd_per_mtok,
+         p.completion_micro_usd_per_mtok, p.adapter_surcharge_micro_usd_per_mtok, p.training_micro_usd_per_mtok
+ORDER BY late, m.name, training, a.name NULLS FIRST, l.price_id NULLS FIRST;
 
 -- name: credit_available
 SELECT (SELECT credit_granted_micro_usd FROM tenant_accounts WHERE tenant_id = $1)
