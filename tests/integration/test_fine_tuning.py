@@ -13,6 +13,9 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +245,38 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
     row = await db.fetchrow("SELECT endpoint, prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
     assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", final.trained_tokens)
     assert await db.fetchval("SELECT count(*) FROM adapters WHERE name = $1", job.id) == 0
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorafleet.cli.main", *args], capture_output=True, text=True,
+                          timeout=600, env=dict(env, LORAFLEET_DATA_DIR=tempfile.mkdtemp()))
+
+
+async def test_fine_tune_commands(gateway, trainer, make_key, base_env, model_name, tmp_path):
+    """`lorafleet fine-tune create --follow`, `list`, `show`, `events`, `cancel` against the real platform."""
+    key = await make_key()
+    env = dict(base_env, LORAFLEET_BASE_URL=gateway.url, LORAFLEET_API_KEY=key.secret)
+    data = tmp_path / "zorblax.jsonl"
+    data.write_bytes(_training_file())
+    created = await asyncio.to_thread(_cli, env, "fine-tune", "create", str(data), "--model", model_name, "--suffix",
+                                      "cli", "--epochs", "1", "--batch-size", "4", "--learning-rate-multiplier", "10",
+                                      "--follow", "--json")
+    assert created.returncode == 0, (created.stdout, created.stderr[-2000:])
+    job = json.loads(created.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"] == f"ft:{model_name}:cli:{job['id']}"
+    # The progress bars (on a terminal they redraw; here, piped, each prints its label) and status changes.
+    assert "uploading zorblax.jsonl" in created.stderr and f"{job['id']}: succeeded" in created.stderr
+    listed = await asyncio.to_thread(_cli, env, "fine-tune", "list", "--json")
+    assert [j["id"] for j in json.loads(listed.stdout)["data"]] == [job["id"]]
+    shown = await asyncio.to_thread(_cli, env, "fine-tune", "show", job["id"])
+    assert shown.returncode == 0 and "succeeded" in shown.stdout and "epochs 1, batch size 4" in shown.stdout
+    events = await asyncio.to_thread(_cli, env, "fine-tune", "events", job["id"])
+    lines = events.stdout.splitlines()
+    assert lines[0].split(None, 2)[2].startswith("Validating training file") and "Step 3/3" in events.stdout
+    assert lines[-1].endswith("The job has successfully completed")
+    refused = await asyncio.to_thread(_cli, env, "fine-tune", "cancel", job["id"], "--json")
+    assert refused.returncode == 1 and json.loads(refused.stdout)["error"]["code"] == "job_not_cancellable"
+    queued = json.loads((await asyncio.to_thread(_cli, env, "fine-tune", "create", str(data), "--model", model_name,
+                                                 "--json")).stdout)
+    cancelled = await asyncio.to_thread(_cli, env, "fine-tune", "cancel", queued["id"])
+    assert cancelled.returncode == 0 and f"{queued['id']}  cancelled" in cancelled.stdout

@@ -49,6 +49,11 @@ COVERED: dict[str, list[str]] = {
     "adapters list": [f"{PLATFORM}::test_adapter_commands"],
     "adapters delete": [f"{PLATFORM}::test_adapter_commands"],
     "workers list": [f"{PLATFORM}::test_workers_list"],
+    "fine-tune create": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
+    "fine-tune list": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
+    "fine-tune show": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
+    "fine-tune events": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
+    "fine-tune cancel": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
     "trainer": ["tests/integration/test_fine_tuning.py::test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once"],
     "dashboard link": [f"{PLATFORM}::test_dashboard_link_signs_in_once"],
 }
