@@ -86,9 +86,12 @@ async def ledger_cost(db: asyncpg.Pool, tenant_id: str) -> int:
 
 
 def expected_cost(prompt_tokens: int, completion_tokens: int, prompt_price: int, completion_price: int,
-                  surcharge: int = 0) -> int:
-    """The documented exact cost, written out independently of the code under test: pico-USD, never rounded."""
-    return prompt_tokens * prompt_price + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens)
+                  surcharge: int = 0, *, cached_tokens: int = 0, cached_price: int | None = None) -> int:
+    """The documented exact cost, written out independently of the code under test: pico-USD, never rounded.
+    ``cached_tokens`` of the prompt are priced at ``cached_price`` (default: the prompt price)."""
+    cached_price = prompt_price if cached_price is None else cached_price
+    return ((prompt_tokens - cached_tokens) * prompt_price + cached_tokens * cached_price
+            + completion_tokens * completion_price + surcharge * (prompt_tokens + completion_tokens))
 
 
 def half_up(pico_usd: int) -> int:
@@ -110,12 +113,15 @@ def admin(gateway, env: dict[str, str]) -> httpx.AsyncClient:
                              headers={"Authorization": f"Bearer {env['LORAFLEET_ADMIN_TOKEN']}"})
 
 
-async def set_price(gateway, env: dict[str, str], model: str, prompt: int, completion: int, surcharge: int = 0) -> dict:
+async def set_price(gateway, env: dict[str, str], model: str, prompt: int, completion: int, surcharge: int = 0,
+                    *, cached_prompt: int | None = None) -> dict:
     """A new price version through the admin API; the gateway that takes it applies it at once."""
+    body = {"base_model": model, "prompt_micro_usd_per_mtok": prompt, "completion_micro_usd_per_mtok": completion,
+            "adapter_surcharge_micro_usd_per_mtok": surcharge}
+    if cached_prompt is not None:
+        body["cached_prompt_micro_usd_per_mtok"] = cached_prompt
     async with admin(gateway, env) as api:
-        response = await api.post("/admin/prices", json={
-            "base_model": model, "prompt_micro_usd_per_mtok": prompt, "completion_micro_usd_per_mtok": completion,
-            "adapter_surcharge_micro_usd_per_mtok": surcharge})
+        response = await api.post("/admin/prices", json=body)
     assert response.status_code == 201, response.text
     return response.json()
 

@@ -72,6 +72,7 @@ class InProcessPlatform:
             worker.behaviour.cut_after_chunks = None
             worker.behaviour.delay_seconds = worker.behaviour.state_delay_seconds = 0.0
             worker.behaviour.aborted = 0
+            worker.behaviour.cached_tokens = None
             worker.behaviour.received.clear()
         if self.app is not None:  # what one test's failures taught the gateway is not the next test's
             for state in self.app.state.services.registry.workers():

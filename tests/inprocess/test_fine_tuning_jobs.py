@@ -220,10 +220,12 @@ async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenan
     current = await db.fetchrow("SELECT * FROM prices WHERE id = $1", price["id"]) if price else None
     await db.execute(
         "INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok, "
-        "adapter_surcharge_micro_usd_per_mtok, training_micro_usd_per_mtok, effective_at) VALUES ($1, $2, $3, $4, $5, now())",
+        "adapter_surcharge_micro_usd_per_mtok, training_micro_usd_per_mtok, cached_prompt_micro_usd_per_mtok, "
+        "effective_at) VALUES ($1, $2, $3, $4, $5, $6, now())",
         platform.base_model_id, current["prompt_micro_usd_per_mtok"] if current else 0,
         current["completion_micro_usd_per_mtok"] if current else 0,
-        current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000)
+        current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000,
+        current["cached_prompt_micro_usd_per_mtok"] if current else None)
     row = json.dumps(GOOD) + "\n"
     body = (row * (100_000 // len(row) + 1)).encode()[:100_000]
     try:

@@ -84,10 +84,11 @@ async def _set_training_price(db, model: str) -> None:
     """A new price version for the base model: its current token prices, and a training price."""
     await db.execute("""
         INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
-                            adapter_surcharge_micro_usd_per_mtok, training_micro_usd_per_mtok, effective_at)
+                            adapter_surcharge_micro_usd_per_mtok, cached_prompt_micro_usd_per_mtok,
+                            training_micro_usd_per_mtok, effective_at)
         SELECT m.id, coalesce(p.prompt_micro_usd_per_mtok, 0), coalesce(p.completion_micro_usd_per_mtok, 0),
-               coalesce(p.adapter_surcharge_micro_usd_per_mtok, 0), $2, now()
-        FROM base_models m LEFT JOIN LATERAL (SELECT * FROM prices WHERE base_model_id = m.id
+               coalesce(p.adapter_surcharge_micro_usd_per_mtok, 0), p.cached_prompt_micro_usd_per_mtok, $2, now()
+        FROM base_models m LEFT JOIN LATERAL (SELECT * FROM prices WHERE base_model_id = m.id AND effective_at <= now()
                                                ORDER BY effective_at DESC LIMIT 1) p ON true
         WHERE m.name = $1""", model, TRAINING_PRICE)
 

@@ -51,6 +51,23 @@ def test_a_requests_cost_is_exact_in_pico_usd():
     assert cost_pico_usd(price, 3, 7, adapter=True) == 450_000 + 4_200_000 + 500_000  # 5.15 µUSD, kept whole
 
 
+def test_cached_prompt_tokens_cost_the_cached_price_and_are_never_more_than_the_prompt():
+    price = Price(1, "bm", 150, 600, 60, T0, cached_prompt=75)  # µUSD per million tokens
+    assert cost_pico_usd(price, 1000, 200, adapter=False, cached_prompt_tokens=400) == \
+        (600 * 150 + 400 * 75 + 200 * 600) * 10**0
+    # The surcharge is on every token, cached or not.
+    assert cost_pico_usd(price, 1000, 200, adapter=True, cached_prompt_tokens=400) == \
+        600 * 150 + 400 * 75 + 200 * 600 + 1200 * 60
+    # An engine count above the prompt (or below zero) is clamped.
+    assert cost_pico_usd(price, 10, 0, adapter=False, cached_prompt_tokens=11) == 10 * 75
+    assert cost_pico_usd(price, 10, 0, adapter=False, cached_prompt_tokens=-1) == 10 * 150
+    # No cached price: the prompt price (no discount).
+    plain = _price(150, 600)
+    assert cost_pico_usd(plain, 1000, 0, adapter=False, cached_prompt_tokens=1000) == 1000 * 150
+    # The worst case admission reserves assumes nothing is cached.
+    assert worst_case_cost(price, 1000, 200, None, adapter=False) == micro_usd_ceil(1000 * 150 + 200 * 600)
+
+
 def test_an_aggregate_rounds_half_up_once_and_budgets_round_up():
     assert [micro_usd(p) for p in (0, 499_999, 500_000, 1_499_999, 1_500_000)] == [0, 0, 1, 1, 2]
     assert [micro_usd_ceil(p) for p in (0, 1, 999_999, 1_000_000, 1_000_001)] == [0, 1, 1, 1, 2]

@@ -120,7 +120,7 @@ async def test_a_stream_of_text_and_a_tool_call_becomes_typed_events_then_the_st
     async def save(document):
         stored.append(document)
 
-    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=4, cost="5")
+    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=4, cached_prompt_tokens=3, cost="5")
     events = ResponseEvents(ResponseBuilder(_request(stream=True), None, public_model="m"), meter, save)
     raw = b"".join(filter(None, [
         events.chunk({"choices": [{"delta": {"role": "assistant", "content": ""}}]}),
@@ -142,6 +142,7 @@ async def test_a_stream_of_text_and_a_tool_call_becomes_typed_events_then_the_st
     final = parsed[-1]["response"]
     assert [item["type"] for item in final["output"]] == ["message", "function_call"]
     assert final["usage"]["input_tokens"] == 9 and final["usage"]["output_tokens"] == 4
+    assert final["usage"]["input_tokens_details"]["cached_tokens"] == 3
     assert stored == [final]
 
 
@@ -151,7 +152,7 @@ async def test_a_stream_cut_mid_way_ends_with_response_failed_and_is_not_stored(
     async def save(document):
         stored.append(document)
 
-    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=1, cost="1")
+    meter = SimpleNamespace(prompt_tokens=9, completion_tokens=1, cached_prompt_tokens=0, cost="1")
     events = ResponseEvents(ResponseBuilder(_request(stream=True), None, public_model="m"), meter, save)
     raw = (events.chunk({"choices": [{"delta": {"content": "Hel"}}]}) or b"") + \
         (await events.end(failed=True, error_forwarded=False) or b"")

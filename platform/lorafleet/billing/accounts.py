@@ -30,6 +30,7 @@ class PriceView(msgspec.Struct, frozen=True, kw_only=True):
     effective_at: dt.datetime
     created_at: dt.datetime
     training_micro_usd_per_mtok: int = 0  # per million trained tokens of a fine-tuning job
+    cached_prompt_micro_usd_per_mtok: int | None = None  # per million cached prompt tokens (≤ the prompt price)
     object: str = "price"
 
 
@@ -76,20 +77,25 @@ class AccountService:
     # ---- prices ---------------------------------------------------------------------------
 
     async def set_price(self, base_model: str, *, prompt: int, completion: int, adapter_surcharge: int = 0,
-                        training: int = 0, effective_at: dt.datetime | None = None) -> PriceView:
+                        training: int = 0, cached_prompt: int | None = None,
+                        effective_at: dt.datetime | None = None) -> PriceView:
         model = await self._db.fetchrow(queries.get_base_model_by_name, base_model)
         if model is None:
             raise NotFound(f"no base model named {base_model!r}", param="base_model")
         for name, value in (("prompt_micro_usd_per_mtok", prompt), ("completion_micro_usd_per_mtok", completion),
                             ("adapter_surcharge_micro_usd_per_mtok", adapter_surcharge),
-                            ("training_micro_usd_per_mtok", training)):
+                            ("training_micro_usd_per_mtok", training),
+                            ("cached_prompt_micro_usd_per_mtok", cached_prompt or 0)):
             if value < 0:
                 raise InvalidRequest(f"{name} must be ≥ 0", param=name)
+        if cached_prompt is not None and cached_prompt > prompt:
+            raise InvalidRequest("cached_prompt_micro_usd_per_mtok must not exceed prompt_micro_usd_per_mtok (a cached "
+                                 "prompt token is a discount, never a surcharge)", param="cached_prompt_micro_usd_per_mtok")
         if effective_at is not None and effective_at.tzinfo is None:
             raise InvalidRequest("effective_at needs a timezone (e.g. 2027-01-01T00:00:00Z)", param="effective_at")
         try:
             row = await self._db.fetchrow(queries.insert_price, model["id"], prompt, completion, adapter_surcharge,
-                                          effective_at or dt.datetime.now(dt.UTC), training)
+                                          effective_at or dt.datetime.now(dt.UTC), training, cached_prompt)
         except asyncpg.UniqueViolationError:
             raise InvalidRequest("a price for this model already takes effect at that time", param="effective_at") from None
         return PriceView(base_model=base_model, **dict(row))

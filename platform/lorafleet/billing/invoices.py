@@ -43,6 +43,8 @@ class InvoiceLine(msgspec.Struct, kw_only=True):
     amount_micro_usd: int
     amount_pico_usd: int | None = None   # exact, before the line's one rounding (None: a credit line)
     stripe_invoice_item_id: str | None = None
+    cached_prompt_tokens: int = 0        # of prompt_tokens: served from the engine's prefix cache
+    cached_prompt_micro_usd_per_mtok: int | None = None
     object: str = "invoice_line"
 
 
@@ -91,6 +93,9 @@ def _describe(group: asyncpg.Record) -> str:
     model = group["model"] + (f" / adapter {group['adapter'] or group['adapter_id']}" if group["adapter_id"] else "")
     prices = (f"prompt {_price_text(group['prompt_micro_usd_per_mtok'])}, "
               f"completion {_price_text(group['completion_micro_usd_per_mtok'])}")
+    cached = group["cached_prompt_micro_usd_per_mtok"]
+    if cached is not None and cached != group["prompt_micro_usd_per_mtok"]:
+        prices += f", cached prompt {_price_text(cached)}"
     if group["adapter_id"] and group["adapter_surcharge_micro_usd_per_mtok"]:
         prices += f", adapter surcharge {_price_text(group['adapter_surcharge_micro_usd_per_mtok'])}"
     text = f"{model} ({prices})"
@@ -132,7 +137,9 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
              prompt_micro_usd_per_mtok=g["prompt_micro_usd_per_mtok"],
              completion_micro_usd_per_mtok=g["completion_micro_usd_per_mtok"],
              adapter_surcharge_micro_usd_per_mtok=g["adapter_surcharge_micro_usd_per_mtok"],
-             amount_micro_usd=micro_usd(int(g["amount_pico"])), amount_pico_usd=g["amount_pico"])
+             amount_micro_usd=micro_usd(int(g["amount_pico"])), amount_pico_usd=g["amount_pico"],
+             cached_prompt_tokens=g["cached_prompt_tokens"],
+             cached_prompt_micro_usd_per_mtok=g["cached_prompt_micro_usd_per_mtok"])
         for g in groups
     ]
     subtotal = sum(line["amount_micro_usd"] for line in lines)
@@ -142,12 +149,14 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
         lines.append(dict(kind="credit", description="Credits applied", base_model_id=None, adapter_id=None,
                           price_id=None, requests=0, prompt_tokens=0, completion_tokens=0,
                           prompt_micro_usd_per_mtok=None, completion_micro_usd_per_mtok=None,
-                          adapter_surcharge_micro_usd_per_mtok=None, amount_micro_usd=-credit, amount_pico_usd=None))
+                          adapter_surcharge_micro_usd_per_mtok=None, amount_micro_usd=-credit, amount_pico_usd=None,
+                          cached_prompt_tokens=0, cached_prompt_micro_usd_per_mtok=None))
     await connection.execute(queries.insert_invoice, invoice_id, tenant_id, start, end, subtotal, credit,
                              subtotal - credit)
     columns = ["kind", "description", "base_model_id", "adapter_id", "price_id", "requests", "prompt_tokens",
                "completion_tokens", "prompt_micro_usd_per_mtok", "completion_micro_usd_per_mtok",
-               "adapter_surcharge_micro_usd_per_mtok", "amount_micro_usd", "amount_pico_usd"]
+               "adapter_surcharge_micro_usd_per_mtok", "amount_micro_usd", "amount_pico_usd", "cached_prompt_tokens",
+               "cached_prompt_micro_usd_per_mtok"]
     await connection.execute(
         queries.insert_invoice_lines, [ids.invoice_line_id() for _ in lines], [invoice_id] * len(lines),
         list(range(1, len(lines) + 1)), *([line[c] for line in lines] for c in columns))

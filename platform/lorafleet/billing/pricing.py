@@ -3,8 +3,12 @@
 A price is quoted per million tokens in integer micro-USD, so the exact cost of a request is an
 integer count of pico-USD (10⁻¹² USD) — no rounding at all:
 
-    cost_pico = prompt × prompt_price + completion × completion_price
-                + [adapter] (prompt + completion) × surcharge
+    cost_pico = (prompt − cached) × prompt_price + cached × cached_prompt_price
+                + completion × completion_price + [adapter] (prompt + completion) × surcharge
+
+``cached`` is the part of the prompt the engine found in its prefix cache (counted by the engine, in
+whole KV blocks); the cached-prompt price defaults to the prompt price. The adapter surcharge
+applies to every token, cached or not.
 
 The ledger keeps that exact amount on every row (``usage_ledger.cost_pico_usd``), and so do the
 rollups and the accounts' settled spend, so costs add up without loss: a million one-token requests
@@ -49,19 +53,29 @@ class Price:
     completion: int      # micro-USD per million completion tokens
     adapter_surcharge: int  # micro-USD per million tokens, adapter requests only
     effective_at: dt.datetime
+    cached_prompt: int | None = None  # micro-USD per million cached prompt tokens; None: the prompt price
+
+    @property
+    def cached_prompt_price(self) -> int:
+        return self.prompt if self.cached_prompt is None else self.cached_prompt
 
 
 def price_from_row(row: Mapping[str, Any]) -> Price:
     return Price(id=row["id"], base_model_id=row["base_model_id"], prompt=row["prompt_micro_usd_per_mtok"],
                  completion=row["completion_micro_usd_per_mtok"],
-                 adapter_surcharge=row["adapter_surcharge_micro_usd_per_mtok"], effective_at=row["effective_at"])
+                 adapter_surcharge=row["adapter_surcharge_micro_usd_per_mtok"], effective_at=row["effective_at"],
+                 cached_prompt=row["cached_prompt_micro_usd_per_mtok"])
 
 
-def cost_pico_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, *, adapter: bool) -> int:
-    """The exact cost of one request under ``price`` (no price: free), in pico-USD."""
+def cost_pico_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, *, adapter: bool,
+                  cached_prompt_tokens: int = 0) -> int:
+    """The exact cost of one request under ``price`` (no price: free), in pico-USD. ``cached_prompt_tokens``
+    (part of ``prompt_tokens``) are priced at the cached-prompt price."""
     if price is None:
         return 0
-    exact = prompt_tokens * price.prompt + completion_tokens * price.completion
+    cached = min(max(cached_prompt_tokens, 0), prompt_tokens)
+    exact = ((prompt_tokens - cached) * price.prompt + cached * price.cached_prompt_price
+             + completion_tokens * price.completion)
     if adapter:
         exact += (prompt_tokens + completion_tokens) * price.adapter_surcharge
     return exact

@@ -26,7 +26,7 @@ GROUPS = ("key", "model", "adapter")
 MAX_RANGE = {"hour": dt.timedelta(days=93), "day": dt.timedelta(days=3 * 366)}
 DEFAULT_RANGE = {"hour": dt.timedelta(days=1), "day": dt.timedelta(days=30)}
 CSV_COLUMNS = ("bucket_start", "api_key_id", "model", "adapter", "requests", "errors", "prompt_tokens",
-               "completion_tokens", "total_tokens", "cost_micro_usd", "cost_pico_usd")
+               "cached_prompt_tokens", "completion_tokens", "total_tokens", "cost_micro_usd", "cost_pico_usd")
 
 
 class UsageRow(msgspec.Struct, kw_only=True):
@@ -42,6 +42,7 @@ class UsageRow(msgspec.Struct, kw_only=True):
     total_tokens: int
     cost_micro_usd: int   # the bucket's exact cost, rounded half up
     cost_pico_usd: int    # exact (10⁻¹² USD)
+    cached_prompt_tokens: int = 0  # of prompt_tokens: served from the engine's prefix cache (priced apart)
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -52,6 +53,7 @@ class UsageTotals(msgspec.Struct, kw_only=True):
     total_tokens: int = 0
     cost_micro_usd: int = 0   # the exact total, rounded half up once
     cost_pico_usd: int = 0
+    cached_prompt_tokens: int = 0
 
 
 class UsageReport(msgspec.Struct, kw_only=True):
@@ -139,6 +141,7 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
                  adapter=row["adapter"], adapter_id=row["adapter_id"], requests=row["requests"],
                  errors=row["errors"], prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                  total_tokens=row["prompt_tokens"] + row["completion_tokens"],
+                 cached_prompt_tokens=row["cached_prompt_tokens"],
                  cost_micro_usd=micro_usd(int(row["cost_pico_usd"])), cost_pico_usd=int(row["cost_pico_usd"]))
         for row in rows
     ]

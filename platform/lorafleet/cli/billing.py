@@ -51,17 +51,20 @@ def prices() -> None:
               help="Per million tokens added when a request uses an adapter: micro-USD, or dollars.")
 @click.option("--training", type=PRICE, default=0, show_default=True,
               help="Per million trained tokens of a fine-tuning job: micro-USD, or dollars.")
+@click.option("--cached-prompt", type=PRICE, default=None,
+              help="Per million prompt tokens the engine served from its prefix cache: micro-USD, or dollars "
+                   "(at most the prompt price). Default: the prompt price.")
 @click.option("--effective-at", type=TIMESTAMP, default=None,
               help="When the price takes effect, ISO 8601 (UTC if no zone). Default: now.")
 @json_option
 def prices_set(base_model: str, prompt: int, completion: int, adapter_surcharge: int, training: int,
-               effective_at: dt.datetime | None, as_json: bool) -> None:
+               cached_prompt: int | None, effective_at: dt.datetime | None, as_json: bool) -> None:
     """Add a price version for BASE_MODEL; earlier usage keeps the price it was recorded under."""
     from lorafleet.billing.accounts import AccountService
 
     price = call_database(lambda db: AccountService(db).set_price(
         base_model, prompt=prompt, completion=completion, adapter_surcharge=adapter_surcharge, training=training,
-        effective_at=effective_at))
+        cached_prompt=cached_prompt, effective_at=effective_at))
     emit(price, as_json, lambda: click.echo(f"price {price.id} for {base_model} from {price.effective_at:%Y-%m-%d %H:%M:%S %Z}"))
 
 
@@ -76,7 +79,7 @@ def prices_list(as_json: bool) -> None:
     def human() -> None:
         for p in found:
             click.echo(f"{p.id:>4}  {p.base_model:<28} from {p.effective_at:%Y-%m-%d %H:%M}  prompt {p.prompt_micro_usd_per_mtok}"
-                       f"  completion {p.completion_micro_usd_per_mtok}  adapter +{p.adapter_surcharge_micro_usd_per_mtok}"
+                       f" (cached {p.cached_prompt_micro_usd_per_mtok})  completion {p.completion_micro_usd_per_mtok}  adapter +{p.adapter_surcharge_micro_usd_per_mtok}"
                        f"  training {p.training_micro_usd_per_mtok}")
 
     emit({"object": "list", "data": found, "has_more": False}, as_json, human)

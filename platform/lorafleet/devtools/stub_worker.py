@@ -44,14 +44,18 @@ class StubBehaviour:
     aborted: int = 0                      # answers not sent: the caller had closed the connection
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters_on_disk: list[str] = field(default_factory=list)
+    cached_tokens: int | None = None      # report usage.prompt_tokens_details.cached_tokens (vLLM's prefix cache)
 
 
 def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = None) -> web.Application:
     behaviour = behaviour or StubBehaviour(chunks=chunks)
 
     def usage(completion: int) -> dict:
-        return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
-                "total_tokens": PROMPT_TOKENS + completion}
+        reported = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
+                    "total_tokens": PROMPT_TOKENS + completion}
+        if behaviour.cached_tokens is not None:
+            reported["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
+        return reported
 
     @web.middleware
     async def guard(request: web.Request, handler):

@@ -50,6 +50,7 @@ def _task_arguments(settings: WorkerSettings) -> list[str]:
         return ["--runner", "pooling", "--convert", "embed"]
     return [
         "--enable-lora",
+        "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: priced apart (billing/pricing.py)
         "--max-loras", str(settings.max_loras),
         "--max-cpu-loras", str(settings.max_cpu_loras),
         "--max-lora-rank", str(settings.max_lora_rank),

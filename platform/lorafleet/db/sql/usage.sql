@@ -12,6 +12,7 @@ WITH rollup AS (
            CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
            sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
            sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
+           sum(u.cached_prompt_tokens)::bigint AS cached_prompt_tokens,
            sum(u.cost_pico_usd) AS cost_pico_usd  -- numeric: exact, rounded once by the caller
     FROM rollup u
     WHERE ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
@@ -38,16 +39,17 @@ DELETE FROM usage_daily;
 
 -- name: rebuild_rollups_hourly
 INSERT INTO usage_hourly (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
-                          completion_tokens, cost_pico_usd)
+                          completion_tokens, cost_pico_usd, cached_prompt_tokens)
 SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
-       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
+       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd),
+       sum(cached_prompt_tokens)
 FROM usage_ledger GROUP BY 1, 2, 3, 4, 5;
 
 -- name: rebuild_rollups_daily
 INSERT INTO usage_daily (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
-                         completion_tokens, cost_pico_usd)
+                         completion_tokens, cost_pico_usd, cached_prompt_tokens)
 SELECT tenant_id, date_trunc('day', bucket, 'UTC'), api_key_id, base_model_id, adapter_id, sum(requests),
-       sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd)
+       sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd), sum(cached_prompt_tokens)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5;
 
 -- name: rebuild_account_spend

@@ -27,6 +27,7 @@ class PriceCreate(_Strict, kw_only=True):
     completion_micro_usd_per_mtok: MicroUsd
     adapter_surcharge_micro_usd_per_mtok: MicroUsd = 0
     training_micro_usd_per_mtok: MicroUsd = 0  # per million trained tokens of a fine-tuning job
+    cached_prompt_micro_usd_per_mtok: MicroUsd | None = None  # per million cached prompt tokens; null: the prompt price
     effective_at: Timestamp | None = None
 
 

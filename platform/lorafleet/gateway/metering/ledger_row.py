@@ -55,6 +55,7 @@ class LedgerRow(msgspec.Struct, kw_only=True, frozen=True):
     adapter_id: str | None = None   # None: the base model (the one representation of "no adapter")
     cost_pico_usd: int = 0     # exact: never rounded per row (billing/pricing.py)
     price_id: int | None = None
+    cached_prompt_tokens: int = 0  # of prompt_tokens: served from the engine's prefix cache
 
 
 def _sql_array_type(annotation: object) -> str:

@@ -49,6 +49,7 @@ class Meter:
         self._releases: list[Callable[[], None]] = []
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_prompt_tokens = 0     # of the prompt, served from the engine's prefix cache
         self.ttft: float | None = None
         self.worker_url: str | None = None
         self.held = False                 # waited for a worker to wake (or to appear)
@@ -64,13 +65,16 @@ class Meter:
         if usage:
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+            self.cached_prompt_tokens = min(max(cached, 0), self.prompt_tokens)
 
     @property
     def cost_pico(self) -> int:
         """The exact cost so far, in pico-USD: what the ledger row records."""
         billable = self.billable
         return cost_pico_usd(billable.price, self.prompt_tokens, self.completion_tokens,
-                             adapter=billable.adapter_id is not None)
+                             adapter=billable.adapter_id is not None, cached_prompt_tokens=self.cached_prompt_tokens)
 
     @property
     def cost(self) -> str:
@@ -102,7 +106,7 @@ class Meter:
             completion_tokens=self.completion_tokens, worker_url=self.worker_url, started_at=billable.started_at,
             finished_at=billable.started_at + dt.timedelta(seconds=duration), ttft_ms=ttft_ms,
             duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_pico_usd=self.cost_pico,
-            price_id=billable.price.id if billable.price else None,
+            price_id=billable.price.id if billable.price else None, cached_prompt_tokens=self.cached_prompt_tokens,
         )
         self._ledger.record(row)
         self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens, billable.base_model_id)

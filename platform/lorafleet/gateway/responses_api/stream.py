@@ -145,7 +145,7 @@ class ResponseEvents:
         out += [events for _, events in sorted(items, key=lambda pair: pair[0])]
         output.sort(key=lambda item: self._index_of(item))
         meter = self._meter
-        usage = self._builder.usage(meter.prompt_tokens, meter.completion_tokens, 0, meter.cost)
+        usage = self._builder.usage(meter.prompt_tokens, meter.completion_tokens, meter.cached_prompt_tokens, meter.cost)
         error = {"code": "server_error", "message": "The inference worker failed mid-stream; the output is incomplete."} \
             if failed else None
         document = self._builder.document(status=status, output=output, usage=usage, error=error)
