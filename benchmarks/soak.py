@@ -651,7 +651,7 @@ async def sample(platform: Platform, samples: list[dict[str, Any]], stop: asynci
         for name in ("gateway", "worker"):
             found = tree(platform.pid(name))
             row[name] = {"rss": found[0], "fds": found[1], "processes": found[2]} if found else None
-        logs = [p for p in platform.logs.glob("*") if p.is_file()] if platform.logs.exists() else []
+        logs = _log_files(platform)
         row["logs_bytes"] = sum(p.stat().st_size for p in logs)
         samples.append(row)
         with contextlib.suppress(TimeoutError):
@@ -789,9 +789,16 @@ def check_flat(samples: list[dict[str, Any]], warm_end: float) -> list[Check]:
     return checks
 
 
+def _log_files(platform: Platform) -> list[Path]:
+    """The log files under logs/ (NAME.log and its rotations NAME.log.N), not the writers' NAME.log.pid files."""
+    if not platform.logs.exists():
+        return []
+    return sorted(p for p in platform.logs.glob("*") if p.is_file() and re.search(r"\.log(\.\d+)?$", p.name))
+
+
 def check_logs(platform: Platform, samples: list[dict[str, Any]], seconds: float) -> Check:
     cap = _log_cap_field()
-    files = sorted(p for p in platform.logs.glob("*") if p.is_file()) if platform.logs.exists() else []
+    files = _log_files(platform)
     sizes = {p.name: p.stat().st_size for p in files}
     total = sum(sizes.values())
     rate = (samples[-1]["logs_bytes"] - samples[0]["logs_bytes"]) / max(seconds, 1) * 60 if len(samples) > 1 else 0
