@@ -19,7 +19,7 @@ import pytest
 from lorafleet.core import ids
 from lorafleet.devtools.services import free_port
 
-from tests.helpers import admin, eventually, ledger_cost, settled, wait_rows
+from tests.helpers import admin, eventually, half_up, ledger_cost, settled, wait_rows
 
 pytestmark = pytest.mark.engine
 
@@ -153,12 +153,13 @@ async def test_tenants_list_shows_status_limits_and_spend(gateway, base_env, db,
         assert (row["name"], row["created_at"]) == (created[label]["name"], created[label]["created_at"])
 
     payer = by_label["payer"]
-    spent = await ledger_cost(db, tenant_ids["payer"])
+    spent = half_up(await ledger_cost(db, tenant_ids["payer"]))  # the exact pico-USD, shown rounded once
     assert spent > 0 and payer["period_spent_micro_usd"] == spent
     assert (payer["monthly_spend_limit_micro_usd"], payer["billing_mode"]) == (5_000_000, "postpaid")
     funded = by_label["funded"]
     funded_spent = await ledger_cost(db, tenant_ids["funded"])
-    assert funded["credit_remaining_micro_usd"] == 1_000_000 - funded_spent and funded["max_concurrent_requests"] == 4
+    assert funded["credit_remaining_micro_usd"] == half_up(1_000_000 * 1_000_000 - funded_spent)
+    assert funded["max_concurrent_requests"] == 4
     async with admin(gateway, base_env) as api:  # the operator API reports the same accounts
         for label, row in by_label.items():
             account = (await api.get(f"/admin/tenants/{row['id']}")).json()

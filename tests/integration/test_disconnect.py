@@ -59,9 +59,10 @@ async def test_disconnect_aborts_generation_and_meters_exactly(gateway, worker, 
     assert row["prompt_tokens"] > 0
 
 
-async def test_a_client_leaving_a_non_streamed_request_aborts_generation(gateway, worker, tenant_key, db, model_name):
+async def test_a_client_leaving_a_non_streamed_request_aborts_generation(gateway, worker, make_key, db, model_name):
     """vLLM sends a non-streamed answer only when it is done: the gateway watches the client meanwhile, and
     closing the upstream connection is what makes vLLM abort the request."""
+    tenant_key = await make_key()  # its own tenant: the one ledger row below is this request's
     before = await _engine_metrics(worker)
     body = {"model": model_name, "prompt": "Tell me a very long story.", "max_tokens": 1500, "ignore_eos": True}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30,

@@ -206,6 +206,11 @@ def test_account_status():
     assert account_status(_balance(monthly_spend_limit_micro_usd=0)) == "spend_limit_reached"
     assert account_status(_balance(billing_mode="prepaid")) == "out_of_credit"
     assert account_status(_balance(billing_mode="prepaid", credit_remaining_micro_usd=1)) == "active"
+    # As admission compares: a fraction of a micro-dollar past the limit counts (rounded up), none short of it does.
+    assert account_status(_balance(monthly_spend_limit_micro_usd=10, period_spent_micro_usd=9,
+                                   period_spent_pico_usd=9_000_001)) == "spend_limit_reached"
+    assert account_status(_balance(billing_mode="prepaid", credit_remaining_micro_usd=0,
+                                   credit_remaining_pico_usd=1)) == "active"
 
 
 def test_a_setting_that_does_not_parse_is_one_line(tmp_path):

@@ -10,6 +10,7 @@ import datetime as dt
 
 import asyncpg
 import msgspec
+from lorafleet.billing.pricing import micro_usd_ceil
 from lorafleet.billing.accounts import AccountService, Balance
 from lorafleet.tenancy import TenancyService
 
@@ -36,10 +37,11 @@ def account_status(balance: Balance) -> str:
     """``spend_limit_reached``: this month's spend is at its limit; ``out_of_credit``: prepaid with no
     credit left. Either way priced requests are refused (402) until the month turns, the limit is
     raised or credits are granted. Otherwise ``active``."""
+    # As admission compares: the exact spend rounded up, so "active" means a request can still be admitted.
     limit = balance.monthly_spend_limit_micro_usd
-    if limit is not None and balance.period_spent_micro_usd >= limit:
+    if limit is not None and micro_usd_ceil(balance.period_spent_pico_usd) >= limit:
         return "spend_limit_reached"
-    if balance.billing_mode == "prepaid" and balance.credit_remaining_micro_usd <= 0:
+    if balance.billing_mode == "prepaid" and balance.credit_remaining_pico_usd <= 0:
         return "out_of_credit"
     return "active"
 
