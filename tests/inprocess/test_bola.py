@@ -201,6 +201,9 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/adapters": Route("session", "adapters:read"),
     "POST /dashboard/adapters/upload": Route("session", "adapters:write", (), _dashboard_upload),
     "POST /dashboard/adapters/{adapter_id}/delete": Route("session", "adapters:write", (ADAPTER_ID,), _form),
+    "GET /dashboard/fine-tuning": Route("session", "adapters:read"),
+    "GET /dashboard/fine-tuning/{fine_tuning_job_id}": Route("session", "adapters:read", JOB_ID),
+    "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": Route("session", "adapters:write", JOB_ID, _form),
     "GET /dashboard/invoices": Route("session", "billing:read"),
     "GET /dashboard/invoices/{invoice_id}": Route("session", "billing:read", (INVOICE_ID,)),
     "GET /dashboard/admin": Route("operator_session"),
@@ -488,7 +491,7 @@ async def test_every_scope_on_every_dashboard_page(platform, db):
         async with dashboard(platform.url, key.secret) as (http, csrf):
             for name, route in pages.items():
                 values = {"csrf": csrf, "key_id": target.id, "adapter_id": ids.new_id("adp"),
-                          "invoice_id": owner.invoice_id}
+                          "invoice_id": owner.invoice_id, "fine_tuning_job_id": ids.fine_tuning_job_id()}
                 answer = await _send(http, name, route, values)
                 if route.guard == "operator_session":
                     assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/admin/login", name
@@ -502,7 +505,7 @@ async def test_every_scope_on_every_dashboard_page(platform, db):
     async with httpx.AsyncClient(base_url=platform.url, timeout=30) as anonymous:
         for name, route in pages.items():
             answer = await _send(anonymous, name, route, {"csrf": "x", "key_id": "key_x", "adapter_id": "adp_x",
-                                                          "invoice_id": "in_x"})
+                                                          "invoice_id": "in_x", "fine_tuning_job_id": "ftjob-x"})
             assert answer.status_code == 303 and answer.headers["location"].endswith("/login"), name
 
 

@@ -267,3 +267,36 @@ async def test_training_is_its_own_invoice_line(platform, tenant, db):
     assert len(lines) == 2 and len(training) == 1, [dict(line) for line in lines]
     assert training[0]["prompt_tokens"] == 976 and training[0]["amount_pico_usd"] == 976 * 2_000_000
     assert "1 job(s), 976 trained tokens" in training[0]["description"]
+
+
+async def test_the_dashboard_lists_a_job_shows_its_loss_curve_and_cancels_it(platform, tenant, other_tenant, db):
+    from lorafleet.core import ids
+
+    from tests.helpers import dashboard
+
+    async with _sdk(platform.url, tenant) as sdk:
+        uploaded = await sdk.files.create(file=("train.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=uploaded.id)
+    # What a trainer writes as it trains (tests/integration/test_fine_tuning.py trains for real).
+    for step, loss in ((1, 2.5), (2, 1.75), (3, 1.25)):
+        await db.execute("INSERT INTO fine_tuning_events (id, job_id, level, type, message, data) "
+                         "VALUES ($1, $2, 'info', 'metrics', $3, $4)", ids.new_id("ftevent"), job.id,
+                         f"Step {step}/3: training loss={loss}", {"step": step, "train_loss": loss})
+    async with dashboard(platform.url, tenant.secret) as (http, csrf):
+        listing = await http.get("/dashboard/fine-tuning")
+        assert listing.status_code == 200 and job.id in listing.text and 'aria-current="page">Fine-tuning' in listing.text
+        page = await http.get(f"/dashboard/fine-tuning/{job.id}")
+        assert page.status_code == 200
+        assert 'data-testid="job-status">validating_files<' in page.text or 'data-testid="job-status">queued<' in page.text
+        assert "Training loss of" in page.text and "<path d=\"M" in page.text  # the curve, from the metrics events
+        assert "Step 2/3: training loss=1.75" in page.text
+        cancelled = await http.post(f"/dashboard/fine-tuning/{job.id}/cancel", data={"csrf": csrf})
+        assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/dashboard/fine-tuning/{job.id}"
+        assert 'data-testid="job-status">cancelled<' in (await http.get(f"/dashboard/fine-tuning/{job.id}")).text
+        forged = await http.post(f"/dashboard/fine-tuning/{job.id}/cancel", data={"csrf": "wrong"})
+        assert forged.status_code == 403
+    async with dashboard(platform.url, other_tenant.secret) as (http, csrf):
+        theirs = await http.get(f"/dashboard/fine-tuning/{job.id}")
+        missing = await http.get(f"/dashboard/fine-tuning/{ids.fine_tuning_job_id()}")
+        assert theirs.status_code == missing.status_code == 404
+        assert job.id not in (await http.get("/dashboard/fine-tuning")).text

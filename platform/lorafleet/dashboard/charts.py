@@ -52,3 +52,27 @@ def stacked_bars(days: list[dt.date], series: dict[str, dict[dt.date, int]], tit
     legend = "".join(f'<li><svg class="swatch" width="12" height="12" aria-hidden="true"><rect width="12" height="12" '
                      f'fill="{colour}"/></svg>{escape(name)}</li>' for name, colour, _ in layers)
     return "".join(parts) + f'<ul class="legend" aria-label="Legend">{legend}</ul>'
+
+
+def loss_curve(points: list[tuple[int, float]], title: str) -> str:
+    """Training loss by step as a line, with the values as a text table fallback in the page."""
+    if not points:
+        return ""
+    width, height, left, bottom = 720, 220, 70, 24
+    plot_w, plot_h = width - left - 10, height - bottom - 10
+    steps = [step for step, _ in points]
+    low, high = min(loss for _, loss in points), max(loss for _, loss in points)
+    span, first, last = (high - low) or 1.0, min(steps), max(steps)
+    x = lambda step: left + (plot_w * (step - first) / ((last - first) or 1))  # noqa: E731
+    y = lambda loss: 10 + plot_h * (high - loss) / span  # noqa: E731
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(step):.1f},{y(loss):.1f}" for i, (step, loss) in enumerate(points))
+    return "".join([
+        f'<svg viewBox="0 0 {width} {height}" role="img" aria-labelledby="loss-title" class="chart">',
+        f'<title id="loss-title">{escape(title)}</title>',
+        f'<line x1="{left}" y1="{10 + plot_h}" x2="{width - 10}" y2="{10 + plot_h}" stroke="#555"/>',
+        f'<text x="{left - 6}" y="16" text-anchor="end" font-size="11">{high:.3f}</text>',
+        f'<text x="{left - 6}" y="{10 + plot_h}" text-anchor="end" font-size="11">{low:.3f}</text>',
+        f'<text x="{left}" y="{height - 6}" font-size="11">step {first}</text>',
+        f'<text x="{width - 10}" y="{height - 6}" text-anchor="end" font-size="11">step {last}</text>',
+        f'<path d="{path}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>',
+        "</svg>"])

@@ -30,7 +30,7 @@ from lorafleet.billing.overview import (
 )
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
 from lorafleet.core.errors import LoraFleetError, RateLimited
-from lorafleet.dashboard.charts import stacked_bars, usd
+from lorafleet.dashboard.charts import loss_curve, stacked_bars, usd
 from lorafleet.dashboard.sessions import (
     COOKIE,
     SESSION_SECONDS,
@@ -54,6 +54,7 @@ _TEMPLATES.filters["usd"] = usd
 _TEMPLATES.filters["num"] = lambda n: f"{n:,}" if n is not None else "—"
 _TEMPLATES.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M UTC") if t else "never"
 _TEMPLATES.filters["day"] = lambda t: t.strftime("%Y-%m-%d") if t else "never"
+_TEMPLATES.filters["stamp"] = lambda s: dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if s else "—"
 # A date-time picker's value has no offset; the usage form labels its fields UTC.
 _PICKER_VALUE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
 
@@ -288,6 +289,37 @@ class DashboardController(Controller):
         session.require("adapters:write")
         await delete_adapter(context, services, session.tenant_id, adapter_id)
         return Redirect("/dashboard/adapters", status_code=303)
+
+    @get("/fine-tuning")
+    async def fine_tuning(self, request: Request, services: AppServices) -> Response[str]:
+        session = await _session(request, services)
+        session.require("adapters:read")  # as the API: fine-tuning jobs make adapters
+        jobs = (await services.fine_tuning.list(session.tenant_id, after=None, limit=100)).data
+        return render("fine_tuning.html", **_page(session, "fine-tuning", jobs=jobs))
+
+    @get("/fine-tuning/{fine_tuning_job_id:str}")
+    async def fine_tuning_job(self, fine_tuning_job_id: FromPath[str], request: Request, services: AppServices
+                              ) -> Response[str]:
+        job_id = fine_tuning_job_id
+        session = await _session(request, services)
+        session.require("adapters:read")
+        job = await services.fine_tuning.get(session.tenant_id, job_id)  # another tenant's: 404, like a missing one
+        events = (await services.fine_tuning.events(session.tenant_id, job_id, after=None, limit=100)).data
+        points = sorted((event.data["step"], float(event.data["train_loss"])) for event in events
+                        if event.type == "metrics" and event.data and "step" in event.data and "train_loss" in event.data)
+        return render("fine_tuning_job.html", **_page(
+            session, "fine-tuning", job=job, events=events, curve=loss_curve(points, f"Training loss of {job.id} by step"),
+            cancellable=job.status in ("validating_files", "queued", "running")))
+
+    @post("/fine-tuning/{fine_tuning_job_id:str}/cancel")
+    async def cancel_fine_tuning_job(self, fine_tuning_job_id: FromPath[str], request: Request, services: AppServices
+                                     ) -> Response[Any]:
+        job_id = fine_tuning_job_id
+        session = await _session(request, services)
+        await _form(request, session)
+        session.require("adapters:write")
+        await services.fine_tuning.cancel(session.tenant_id, job_id)
+        return Redirect(f"/dashboard/fine-tuning/{job_id}", status_code=303)
 
     @get("/invoices")
     async def invoices(self, request: Request, services: AppServices) -> Response[str]:
