@@ -6,6 +6,7 @@ Every case checks the one ledger row the request leaves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -147,8 +148,16 @@ async def test_a_worker_that_refuses_connections_is_replaced_by_the_next(platfor
     try:
         await eventually(lambda: _ready(registry, gone.url), bool, what="the new worker in routing")
         monkeypatch.setattr(registry, "_poll", _no_poll)  # the view stays what it was: the worker "ready"
-        registry.refreshed.clear()
-        await registry.refreshed.wait()  # a refresh that was polling before the patch is over
+        # The registry refreshes in one loop, one refresh after another: once a refresh that began after
+        # the patch has ended, none that polls is left running.
+        refreshed, refresh = asyncio.Event(), registry.refresh
+
+        async def refresh_then_say_so() -> None:
+            await refresh()
+            refreshed.set()
+
+        monkeypatch.setattr(registry, "refresh", refresh_then_say_so)
+        await refreshed.wait()
         await gone.runner.cleanup()  # its port now refuses connections
         # The others look busy, so the refusing worker is placement's first choice.
         held = [worker.take(None) for worker in registry.workers() if worker.url != gone.url]

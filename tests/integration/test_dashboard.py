@@ -232,7 +232,7 @@ async def test_another_tenants_data_never_appears(page, gateway, base_env, db, m
     invoice_id = (await close_period(db, month, now=first_of_next, tenant_id=theirs.tenant_id))[0]
 
     await sign_in(page, gateway, mine.secret)
-    for path in ("/dashboard", "/dashboard/keys", "/dashboard/adapters", "/dashboard/invoices",
+    for path in ("/dashboard", "/dashboard/keys", "/dashboard/adapters", "/dashboard/fine-tuning", "/dashboard/invoices",
                  "/dashboard/usage?group_by=key,model,adapter"):
         await page.goto(gateway.url + path)
         html = await page.content()

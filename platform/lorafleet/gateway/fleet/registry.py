@@ -163,7 +163,6 @@ class WorkerRegistry:
         self._listener: asyncpg.Connection | None = None
         self._repoll = asyncio.Event()
         self._changed = asyncio.Condition()
-        self.refreshed = asyncio.Event()
 
     async def start(self) -> None:
         await self.refresh()
@@ -270,7 +269,6 @@ class WorkerRegistry:
             if state.state == "asleep":
                 state.ready = False
         self._workers = seen
-        self.refreshed.set()
         async with self._changed:
             self._changed.notify_all()
 
