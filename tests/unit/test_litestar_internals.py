@@ -3,6 +3,7 @@ has no public equivalent): pinned here, so a Litestar upgrade that moves or chan
 
 import msgspec
 from litestar import Litestar, post
+from litestar.params import JSONBody
 
 from lorafleet.gateway.body import StrictBody, StrictStructSchema
 
@@ -16,12 +17,12 @@ class Open(msgspec.Struct):
 
 
 @post("/closed", dto=StrictBody[Closed], return_dto=None)
-async def closed(data: Closed) -> None:
+async def closed(data: JSONBody[Closed]) -> None:
     return None
 
 
 @post("/open", dto=StrictBody[Open], return_dto=None)
-async def open_(data: Open) -> None:
+async def open_(data: JSONBody[Open]) -> None:
     return None
 
 
