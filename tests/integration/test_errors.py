@@ -76,7 +76,8 @@ async def test_no_ready_worker_is_503(gateways, databases, tenant_key, model_nam
         key = await service.create_key(tenant.id)
     finally:
         await connection.close()
-    lonely = await asyncio.to_thread(gateways.start, "/healthz", LORAFLEET_DATABASE_URL=dsn)
+    # Held no longer than a moment: how long a hold lasts is test_serverless.py's; this is the answer after it.
+    lonely = await asyncio.to_thread(gateways.start, "/healthz", LORAFLEET_DATABASE_URL=dsn, LORAFLEET_WAKE_TIMEOUT_SECONDS="2")
     async with httpx.AsyncClient(base_url=lonely.url) as http:
         assert (await http.get("/readyz")).json()["workers_ready"] == 0, "ready to serve: its database answers"
         ready = await http.get("/readyz?workers=1")
