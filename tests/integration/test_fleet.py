@@ -186,7 +186,12 @@ async def test_an_engine_killed_under_traffic_fails_over_and_the_worker_rejoins(
         loads = [(await _worker_state(worker))["in_flight"] for worker in fleet]
         victim = fleet[loads.index(max(loads))]
         engine = psutil.Process(victim.process.pid).children()[0]
+        dying = [engine, *engine.children(recursive=True)]
         os.killpg(engine.pid, signal.SIGKILL)
+        # Until the killed process has exited, the kernel still accepts connections on its port and takes
+        # a request's bytes: a request sent then was received whole and fails with its worker (502, never
+        # retried, by design). Once it is gone its port refuses, and a request there is one no worker took.
+        await asyncio.to_thread(psutil.wait_procs, dying, 30)
         after = [await _complete(http, FLEET_MODEL) for _ in range(6)]  # none had started: all must complete
         await asyncio.gather(*in_flight)
     for request_id in after:
