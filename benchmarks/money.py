@@ -37,7 +37,7 @@ from lorafleet.db.migrate import migrate
 from lorafleet.devtools.bench import publish
 from lorafleet.devtools.database import DatabaseFactory, server_dsn
 from lorafleet.devtools.services import platform_env, start_gateway
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.tenancy import TenancyService
 

@@ -246,7 +246,7 @@ async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenan
 async def test_training_is_its_own_invoice_line(platform, tenant, db):
     """A fine-tuning job's ledger row (what the trainer writes) and an inference request of the same base
     model and price version become two invoice lines; the training line names the job and its tokens."""
-    from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+    from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 
     from tests.helpers import close_this_month, wait_rows
 

@@ -208,8 +208,11 @@ def test_money_commands(database_url):
 
     asyncio.run(add_model())
     price = _json(_cli(env, "prices", "set", model, "--prompt", "$0.15", "--completion", "600000",
-                       "--adapter-surcharge", "10", "--effective-at", "2026-01-01", "--json"))
+                       "--adapter-surcharge", "10", "--cached-prompt", "$0.075", "--effective-at", "2026-01-01", "--json"))
     assert (price["prompt_micro_usd_per_mtok"], price["completion_micro_usd_per_mtok"]) == (150000, 600000)
+    assert price["cached_prompt_micro_usd_per_mtok"] == 75000
+    above = _cli(env, "prices", "set", model, "--prompt", "1", "--completion", "1", "--cached-prompt", "2", "--json")
+    assert _failure(above, "invalid_request")["param"] == "cached_prompt_micro_usd_per_mtok"
     assert price["adapter_surcharge_micro_usd_per_mtok"] == 10 and price["base_model"] == model
     assert price["effective_at"].startswith("2026-01-01T00:00:00")
     listed = _json(_cli(env, "prices", "list", "--json"))

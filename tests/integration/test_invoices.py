@@ -21,7 +21,7 @@ from lorafleet.billing.rollups import rebuild_rollups
 from lorafleet.billing.stripe_export import StripeExporter, cents_half_up, make_client
 from lorafleet.core import ids
 from lorafleet.devtools.services import free_port
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 from tests.conftest import REPO_ROOT

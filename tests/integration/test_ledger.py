@@ -6,7 +6,7 @@ import datetime as dt
 
 from lorafleet.core import ids
 from lorafleet.db import queries
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lorafleet.db import queries
 from lorafleet.gateway.metering.admission import Verdict
-from lorafleet.gateway.metering.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
+from lorafleet.billing.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

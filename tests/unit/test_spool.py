@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.spool import LedgerSpool
 
 

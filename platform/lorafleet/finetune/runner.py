@@ -56,7 +56,7 @@ from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, validate_fil
 from lorafleet.finetune.hyperparameters import resolve
 from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
 from lorafleet.finetune.render import Renderer
-from lorafleet.gateway.metering.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 
 log = structlog.get_logger("lorafleet.trainer")
 

@@ -22,7 +22,7 @@ from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.openai.sse import tidy
 from lorafleet.gateway.openapi import TENANT_SECURITY
-from lorafleet.gateway.metering.ledger_row import Endpoint
+from lorafleet.billing.ledger_row import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
-from lorafleet.gateway.metering.ledger_row import LedgerRow
+from lorafleet.billing.ledger_row import LedgerRow
 
 
 

@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
-from lorafleet.gateway.metering.ledger_row import LedgerRow, column_arrays
+from lorafleet.billing.ledger_row import LedgerRow, column_arrays
 from lorafleet.gateway.metering.spool import LedgerSpool
 
 log = structlog.get_logger("lorafleet.ledger")

@@ -17,7 +17,7 @@ from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.metering.admission import Demand
-from lorafleet.gateway.metering.ledger_row import Endpoint, Outcome
+from lorafleet.billing.ledger_row import Endpoint, Outcome
 from lorafleet.gateway.metering.meter import Billable, Meter
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall

@@ -33,7 +33,7 @@ from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completio
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
-from lorafleet.gateway.metering.ledger_row import Endpoint
+from lorafleet.billing.ledger_row import Endpoint
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."
 

@@ -51,7 +51,7 @@ from lorafleet.gateway.fleet.catalog import not_found
 from lorafleet.gateway.fleet.holding import RETRY_AFTER_SECONDS, HeldRequests, Hold
 from lorafleet.gateway.fleet.placement import residency
 from lorafleet.gateway.fleet.registry import WorkerRegistry, WorkerState
-from lorafleet.gateway.metering.ledger_row import Outcome
+from lorafleet.billing.ledger_row import Outcome
 from lorafleet.gateway.metering.meter import Meter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.sse import ChatChunks, ChunkShaper, SseRelay, tidy

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import msgspec
 import structlog
-from lorafleet.gateway.metering.ledger_row import Outcome
+from lorafleet.billing.ledger_row import Outcome
 from lorafleet.gateway.metering.meter import Meter
 
 log = structlog.get_logger("lorafleet.relay")

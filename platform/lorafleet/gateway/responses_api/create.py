@@ -37,7 +37,7 @@ from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
 from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
 from lorafleet.gateway.services import Services
-from lorafleet.gateway.metering.ledger_row import Endpoint
+from lorafleet.billing.ledger_row import Endpoint
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode
