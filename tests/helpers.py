@@ -114,12 +114,14 @@ def admin(gateway, env: dict[str, str]) -> httpx.AsyncClient:
 
 
 async def set_price(gateway, env: dict[str, str], model: str, prompt: int, completion: int, surcharge: int = 0,
-                    *, cached_prompt: int | None = None) -> dict:
+                    *, cached_prompt: int | None = None, batch_discount_bps: int | None = None) -> dict:
     """A new price version through the admin API; the gateway that takes it applies it at once."""
     body = {"base_model": model, "prompt_micro_usd_per_mtok": prompt, "completion_micro_usd_per_mtok": completion,
             "adapter_surcharge_micro_usd_per_mtok": surcharge}
     if cached_prompt is not None:
         body["cached_prompt_micro_usd_per_mtok"] = cached_prompt
+    if batch_discount_bps is not None:
+        body["batch_discount_bps"] = batch_discount_bps
     async with admin(gateway, env) as api:
         response = await api.post("/admin/prices", json=body)
     assert response.status_code == 201, response.text

@@ -26,6 +26,9 @@ from lorafleet.db.migrate import migrate
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.batches.controller import BatchesController
+from lorafleet.gateway.batches.dispatcher import BatchDispatcher
+from lorafleet.gateway.batches.service import Batches
 from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
@@ -123,7 +126,11 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             holds=holds,
             files=files,
             fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
+            batches=Batches(pool, files, max_file_bytes=settings.batch_max_file_bytes,
+                            window_seconds=settings.batch_completion_window_seconds,
+                            max_open=settings.tenant_max_open_batches),
         )
+        services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id)
         ledger.start()
         refusals.start()
         janitor.start()
@@ -131,10 +138,13 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         await catalog.start()
         await registry.start()
         app.state.services = services
+        if settings.batch_dispatch:
+            services.dispatcher.start()  # after the services: its lines go through the app's routes
         quiet_garbage_collector()
         try:
             yield
         finally:
+            await services.dispatcher.close()  # lines in flight finish (or go back to the queue) before the rest
             await holds.close()
             await registry.close()
             await catalog.close()
@@ -148,7 +158,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, KeysController, AccountController, AdminController, SystemController,
+            OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
+            KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

@@ -4,7 +4,6 @@ token ids the worker would send (the served template)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -33,7 +33,7 @@ from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
 
-from tests.helpers import TenantKey, close_this_month, dashboard, insert_adapter, wait_rows
+from tests.helpers import TenantKey, close_this_month, dashboard, eventually, insert_adapter, wait_rows
 
 STUB_MODEL = "stub-model"  # the in-process tier's base model (conftest)
 NEW_KEY_COOKIE = "lf_new_key"  # the dashboard's just-created-key cookie (pages.py)
@@ -43,7 +43,7 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
-               "cursor_job"]
+               "cursor_job", "batch_id", "cursor_batch", "batch_file_id"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,11 @@ def _job(v: dict[str, str]) -> dict[str, Any]:
     return {"json": {"model": STUB_MODEL, "training_file": v.get("training_file", "file-none")}}
 
 
+def _batch(v: dict[str, str]) -> dict[str, Any]:
+    return {"json": {"input_file_id": v.get("input_file_id", "file-none"), "endpoint": "/v1/chat/completions",
+                     "completion_window": "24h"}}
+
+
 def _form(v: dict[str, str]) -> dict[str, Any]:
     return {"data": {"csrf": v["csrf"]}}
 
@@ -138,6 +143,7 @@ ADAPTER_ID, ADAPTER_NAME, KEY_ID, INVOICE_ID = (Slot("adapter_id", "adapter_id")
 MODEL_SLOTS = (Slot("model", "adapter_name"), Slot("model", "qualified_model"))
 RESPONSE_ID = (Slot("response_id", "response_id"),)
 FILE_ID, JOB_ID = (Slot("file_id", "file_id"),), (Slot("fine_tuning_job_id", "job_id"),)
+BATCH_ID = (Slot("batch_id", "batch_id"),)
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -164,6 +170,10 @@ ROUTES: dict[str, Route] = {
     "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route("key", "adapters:write", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route("key", "adapters:read", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route("key", "adapters:read", JOB_ID),
+    "POST /v1/batches": Route("key", "inference", (Slot("input_file_id", "batch_file_id"),), _batch),
+    "GET /v1/batches": Route("key", "inference", (Slot("after", "cursor_batch"),), _after),
+    "GET /v1/batches/{batch_id}": Route("key", "inference", BATCH_ID),
+    "POST /v1/batches/{batch_id}/cancel": Route("key", "inference", BATCH_ID),
     # ---- the tenant's own objects -----------------------------------------------------------
     "GET /v1/keys": Route("key", "keys:read", (Slot("starting_after", "cursor_key"),), _cursor),
     "POST /v1/keys": Route("key", "keys:write", (Slot("idempotency_key", "idempotency_key"),), _new_key),
@@ -204,6 +214,11 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/fine-tuning": Route("session", "adapters:read"),
     "GET /dashboard/fine-tuning/{fine_tuning_job_id}": Route("session", "adapters:read", JOB_ID),
     "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": Route("session", "adapters:write", JOB_ID, _form),
+    "GET /dashboard/batches": Route("session", "inference"),
+    "GET /dashboard/batches/{batch_id}": Route("session", "inference", BATCH_ID),
+    "GET /dashboard/batches/{batch_id}/output": Route("session", "inference", BATCH_ID),
+    "GET /dashboard/batches/{batch_id}/errors": Route("session", "inference", BATCH_ID),
+    "POST /dashboard/batches/{batch_id}/cancel": Route("session", "inference", BATCH_ID, _form),
     "GET /dashboard/invoices": Route("session", "billing:read"),
     "GET /dashboard/invoices/{invoice_id}": Route("session", "billing:read", (INVOICE_ID,)),
     "GET /dashboard/admin": Route("operator_session"),
@@ -281,6 +296,8 @@ class Tenant:
     response_id: str
     file_id: str
     job_id: str
+    batch_id: str
+    batch_file_id: str
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -289,7 +306,8 @@ class Tenant:
                 "invoice_id": self.invoice_id, "cursor_adapter": self.adapter_id, "cursor_key": self.key.key_id,
                 "cursor_invoice": self.invoice_id, "idempotency_key": self.idempotency_key,
                 "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
-                "cursor_file": self.file_id, "cursor_job": self.job_id}[kind]
+                "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
+                "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -328,9 +346,24 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert file.status_code == 200, file.text
         job = await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.json()["id"]})
         assert job.status_code == 200, job.text
-    await wait_rows(db, created.id, 3)
+        # Two lines: one answered, one the route refuses when it runs (a replayed tool call whose arguments
+        # are not JSON), so the batch has an output file and an error file.
+        call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+        lines = [{"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": STUB_MODEL, "messages": messages, "max_tokens": 1}}
+                 for custom_id, messages in (("a", [{"role": "user", "content": "x"}]),
+                                             ("b", [{"role": "assistant", "tool_calls": [call]}]))]
+        batch_file = await http.post("/v1/files", files={"file": ("b.jsonl", "\n".join(map(json.dumps, lines)))},
+                                     data={"purpose": "batch"})
+        assert batch_file.status_code == 200, batch_file.text
+        batch = await http.post("/v1/batches", json={"input_file_id": batch_file.json()["id"],
+                                                     "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        assert batch.status_code == 200, batch.text
+        await eventually(lambda: http.get(f"/v1/batches/{batch.json()['id']}"),
+                         lambda answer: answer.json()["status"] == "completed", what="the batch done")
+    await wait_rows(db, created.id, 4)
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
-                  stored.json()["id"], file.json()["id"], job.json()["id"])
+                  stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"])
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -342,7 +375,9 @@ async def _state(db, tenant: Tenant) -> tuple:
             await db.fetchval("SELECT count(*) FROM responses WHERE tenant_id = $1", tenant.key.tenant_id),
             await db.fetchval("SELECT status FROM files WHERE id = $1", tenant.file_id),
             await db.fetchval("SELECT status FROM fine_tuning_jobs WHERE id = $1", tenant.job_id),
-            await db.fetchval("SELECT count(*) FROM fine_tuning_jobs WHERE tenant_id = $1", tenant.key.tenant_id))
+            await db.fetchval("SELECT count(*) FROM fine_tuning_jobs WHERE tenant_id = $1", tenant.key.tenant_id),
+            await db.fetchval("SELECT count(*) FROM batches WHERE tenant_id = $1", tenant.key.tenant_id),
+            await db.fetchval("SELECT cancelling_at FROM batches WHERE id = $1", tenant.batch_id))
 
 
 def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
@@ -408,15 +443,16 @@ async def test_another_tenants_objects_are_answered_like_missing_ones(platform, 
 # key only right after its creation, the base model, a response's input items (the caller's own text).
 SHOWS_NO_OBJECT = {"GET /dashboard", "GET /dashboard/keys/new", "GET /v1/models/{model_id}",
                    "GET /v1/responses/{response_id}/input_items", "GET /v1/files/{file_id}/content",
-                   "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints"}
+                   "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+                   "GET /dashboard/batches/{batch_id}/output", "GET /dashboard/batches/{batch_id}/errors"}
 
 
 async def test_lists_never_show_another_tenants_objects(platform, db):
     theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
     secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
-                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id)
+                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id)
     secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
-                       mine.response_id, mine.file_id, mine.job_id)
+                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id)
     async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
             dashboard(platform.url, mine.key.secret) as (session, csrf):
         for name, route in ROUTES.items():
@@ -425,7 +461,7 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
             http = api if route.guard == "key" else session
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
                       "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
-                      "fine_tuning_job_id": mine.job_id}
+                      "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id}
             answer = await _send(http, name, route, values)
             assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
             assert not [s for s in secrets_of_theirs if s in answer.text], name
@@ -465,7 +501,7 @@ async def test_every_scope_on_every_api_route(platform, db):
     target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
     values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
               "model_id": STUB_MODEL, "response_id": ids.new_id("resp"), "file_id": ids.file_id(),
-              "fine_tuning_job_id": ids.fine_tuning_job_id()}
+              "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id()}
     routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
     for label, (key, scopes) in keys.items():
         async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:
@@ -491,7 +527,8 @@ async def test_every_scope_on_every_dashboard_page(platform, db):
         async with dashboard(platform.url, key.secret) as (http, csrf):
             for name, route in pages.items():
                 values = {"csrf": csrf, "key_id": target.id, "adapter_id": ids.new_id("adp"),
-                          "invoice_id": owner.invoice_id, "fine_tuning_job_id": ids.fine_tuning_job_id()}
+                          "invoice_id": owner.invoice_id, "fine_tuning_job_id": ids.fine_tuning_job_id(),
+                          "batch_id": ids.batch_id()}
                 answer = await _send(http, name, route, values)
                 if route.guard == "operator_session":
                     assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/admin/login", name
@@ -505,7 +542,8 @@ async def test_every_scope_on_every_dashboard_page(platform, db):
     async with httpx.AsyncClient(base_url=platform.url, timeout=30) as anonymous:
         for name, route in pages.items():
             answer = await _send(anonymous, name, route, {"csrf": "x", "key_id": "key_x", "adapter_id": "adp_x",
-                                                          "invoice_id": "in_x", "fine_tuning_job_id": "ftjob-x"})
+                                                          "invoice_id": "in_x", "fine_tuning_job_id": "ftjob-x",
+                                                          "batch_id": "batch_x"})
             assert answer.status_code == 303 and answer.headers["location"].endswith("/login"), name
 
 

@@ -272,6 +272,7 @@ MINIMAL_BODIES: dict[str, dict[str, Any]] = {
     "createKey": {}, "adminCreateKey": {}, "adminCreateTenant": {"name": "n"}, "adminUpdateTenant": {},
     "adminGrantCredit": {"amount_micro_usd": 1}, "adminUpdateKeyLimits": {},
     "createFineTuningJob": {"model": STUB_MODEL, "training_file": "file-x"},
+    "createBatch": {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
     "adminSetPrice": {"base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
                       "effective_at": "2999-01-01T00:00:00Z"},
 }

@@ -27,7 +27,10 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_env(database_url: str, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return platform_env(database_url, model_path, tmp_path_factory.mktemp("data"))
+    env = platform_env(database_url, model_path, tmp_path_factory.mktemp("data"))
+    # Batch lines run only on the gateways a batch test starts for them (tests/integration/test_batches.py).
+    env["LORAFLEET_BATCH_DISPATCH"] = "false"
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,11 @@ COVERED: dict[str, list[str]] = {
     "fine-tune show": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
     "fine-tune events": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
     "fine-tune cancel": ["tests/integration/test_fine_tuning.py::test_fine_tune_commands"],
+    "batches create": ["tests/integration/test_batches.py::test_batch_commands"],
+    "batches list": ["tests/integration/test_batches.py::test_batch_commands"],
+    "batches show": ["tests/integration/test_batches.py::test_batch_commands"],
+    "batches cancel": ["tests/integration/test_batches.py::test_batch_commands"],
+    "batches download": ["tests/integration/test_batches.py::test_batch_commands"],
     "trainer": ["tests/integration/test_fine_tuning.py::test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once"],
     "dashboard link": [f"{PLATFORM}::test_dashboard_link_signs_in_once"],
 }

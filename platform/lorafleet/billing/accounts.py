@@ -31,6 +31,7 @@ class PriceView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
     training_micro_usd_per_mtok: int = 0  # per million trained tokens of a fine-tuning job
     cached_prompt_micro_usd_per_mtok: int | None = None  # per million cached prompt tokens (≤ the prompt price)
+    batch_discount_bps: int = 5000  # a batch line's discount, in basis points of its synchronous cost
     object: str = "price"
 
 
@@ -77,7 +78,7 @@ class AccountService:
     # ---- prices ---------------------------------------------------------------------------
 
     async def set_price(self, base_model: str, *, prompt: int, completion: int, adapter_surcharge: int = 0,
-                        training: int = 0, cached_prompt: int | None = None,
+                        training: int = 0, cached_prompt: int | None = None, batch_discount_bps: int = 5000,
                         effective_at: dt.datetime | None = None) -> PriceView:
         model = await self._db.fetchrow(queries.get_base_model_by_name, base_model)
         if model is None:
@@ -91,11 +92,15 @@ class AccountService:
         if cached_prompt is not None and cached_prompt > prompt:
             raise InvalidRequest("cached_prompt_micro_usd_per_mtok must not exceed prompt_micro_usd_per_mtok (a cached "
                                  "prompt token is a discount, never a surcharge)", param="cached_prompt_micro_usd_per_mtok")
+        if not 0 <= batch_discount_bps <= 10_000:
+            raise InvalidRequest("batch_discount_bps must be between 0 and 10000 (basis points: 5000 is half price)",
+                                 param="batch_discount_bps")
         if effective_at is not None and effective_at.tzinfo is None:
             raise InvalidRequest("effective_at needs a timezone (e.g. 2027-01-01T00:00:00Z)", param="effective_at")
         try:
             row = await self._db.fetchrow(queries.insert_price, model["id"], prompt, completion, adapter_surcharge,
-                                          effective_at or dt.datetime.now(dt.UTC), training, cached_prompt)
+                                          effective_at or dt.datetime.now(dt.UTC), training, cached_prompt,
+                                          batch_discount_bps)
         except asyncpg.UniqueViolationError:
             raise InvalidRequest("a price for this model already takes effect at that time", param="effective_at") from None
         return PriceView(base_model=base_model, **dict(row))

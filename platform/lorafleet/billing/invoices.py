@@ -45,6 +45,7 @@ class InvoiceLine(msgspec.Struct, kw_only=True):
     stripe_invoice_item_id: str | None = None
     cached_prompt_tokens: int = 0        # of prompt_tokens: served from the engine's prefix cache
     cached_prompt_micro_usd_per_mtok: int | None = None
+    batch_discount_bps: int | None = None  # a line of batch usage: the discount its price version gave
     object: str = "invoice_line"
 
 
@@ -98,6 +99,9 @@ def _describe(group: asyncpg.Record) -> str:
         prices += f", cached prompt {_price_text(cached)}"
     if group["adapter_id"] and group["adapter_surcharge_micro_usd_per_mtok"]:
         prices += f", adapter surcharge {_price_text(group['adapter_surcharge_micro_usd_per_mtok'])}"
+    if group["batch"]:
+        prices += f", batch discount {(group['batch_discount_bps'] or 0) / 100:g}%"
+        model += " batch"
     text = f"{model} ({prices})"
     if group["late"]:
         text = f"Adjustment for {group['first_started_at']:%Y-%m}: {text}, recorded after that period closed"
@@ -139,7 +143,8 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
              adapter_surcharge_micro_usd_per_mtok=g["adapter_surcharge_micro_usd_per_mtok"],
              amount_micro_usd=micro_usd(int(g["amount_pico"])), amount_pico_usd=g["amount_pico"],
              cached_prompt_tokens=g["cached_prompt_tokens"],
-             cached_prompt_micro_usd_per_mtok=g["cached_prompt_micro_usd_per_mtok"])
+             cached_prompt_micro_usd_per_mtok=g["cached_prompt_micro_usd_per_mtok"],
+             batch_discount_bps=g["batch_discount_bps"] if g["batch"] else None)
         for g in groups
     ]
     subtotal = sum(line["amount_micro_usd"] for line in lines)
@@ -150,13 +155,13 @@ async def _close_tenant(connection: asyncpg.Connection, tenant_id: str, start: d
                           price_id=None, requests=0, prompt_tokens=0, completion_tokens=0,
                           prompt_micro_usd_per_mtok=None, completion_micro_usd_per_mtok=None,
                           adapter_surcharge_micro_usd_per_mtok=None, amount_micro_usd=-credit, amount_pico_usd=None,
-                          cached_prompt_tokens=0, cached_prompt_micro_usd_per_mtok=None))
+                          cached_prompt_tokens=0, cached_prompt_micro_usd_per_mtok=None, batch_discount_bps=None))
     await connection.execute(queries.insert_invoice, invoice_id, tenant_id, start, end, subtotal, credit,
                              subtotal - credit)
     columns = ["kind", "description", "base_model_id", "adapter_id", "price_id", "requests", "prompt_tokens",
                "completion_tokens", "prompt_micro_usd_per_mtok", "completion_micro_usd_per_mtok",
                "adapter_surcharge_micro_usd_per_mtok", "amount_micro_usd", "amount_pico_usd", "cached_prompt_tokens",
-               "cached_prompt_micro_usd_per_mtok"]
+               "cached_prompt_micro_usd_per_mtok", "batch_discount_bps"]
     await connection.execute(
         queries.insert_invoice_lines, [ids.invoice_line_id() for _ in lines], [invoice_id] * len(lines),
         list(range(1, len(lines) + 1)), *([line[c] for line in lines] for c in columns))

@@ -56,6 +56,7 @@ class LedgerRow(msgspec.Struct, kw_only=True, frozen=True):
     cost_pico_usd: int = 0     # exact: never rounded per row (billing/pricing.py)
     price_id: int | None = None
     cached_prompt_tokens: int = 0  # of prompt_tokens: served from the engine's prefix cache
+    batch_id: str | None = None    # a batch line's batch (priced at the batch discount)
 
 
 def _sql_array_type(annotation: object) -> str:

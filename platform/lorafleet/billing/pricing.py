@@ -6,6 +6,12 @@ integer count of pico-USD (10⁻¹² USD) — no rounding at all:
     cost_pico = (prompt − cached) × prompt_price + cached × cached_prompt_price
                 + completion × completion_price + [adapter] (prompt + completion) × surcharge
 
+A batch line (the Batch API) costs that amount less the price version's batch discount, in basis
+points, rounded half up to whole pico-USD (the only rounding below a micro-dollar, at most half a
+pico-dollar per line):
+
+    batch_cost_pico = (cost_pico × (10000 − discount_bps) + 5000) // 10000
+
 ``cached`` is the part of the prompt the engine found in its prefix cache (counted by the engine, in
 whole KV blocks); the cached-prompt price defaults to the prompt price. The adapter surcharge
 applies to every token, cached or not.
@@ -54,6 +60,7 @@ class Price:
     adapter_surcharge: int  # micro-USD per million tokens, adapter requests only
     effective_at: dt.datetime
     cached_prompt: int | None = None  # micro-USD per million cached prompt tokens; None: the prompt price
+    batch_discount_bps: int = 0       # a batch line's discount, in basis points of its cost
 
     @property
     def cached_prompt_price(self) -> int:
@@ -64,13 +71,13 @@ def price_from_row(row: Mapping[str, Any]) -> Price:
     return Price(id=row["id"], base_model_id=row["base_model_id"], prompt=row["prompt_micro_usd_per_mtok"],
                  completion=row["completion_micro_usd_per_mtok"],
                  adapter_surcharge=row["adapter_surcharge_micro_usd_per_mtok"], effective_at=row["effective_at"],
-                 cached_prompt=row["cached_prompt_micro_usd_per_mtok"])
+                 cached_prompt=row["cached_prompt_micro_usd_per_mtok"], batch_discount_bps=row["batch_discount_bps"])
 
 
 def cost_pico_usd(price: Price | None, prompt_tokens: int, completion_tokens: int, *, adapter: bool,
-                  cached_prompt_tokens: int = 0) -> int:
+                  cached_prompt_tokens: int = 0, batch: bool = False) -> int:
     """The exact cost of one request under ``price`` (no price: free), in pico-USD. ``cached_prompt_tokens``
-    (part of ``prompt_tokens``) are priced at the cached-prompt price."""
+    (part of ``prompt_tokens``) are priced at the cached-prompt price; a batch line gets the batch discount."""
     if price is None:
         return 0
     cached = min(max(cached_prompt_tokens, 0), prompt_tokens)
@@ -78,7 +85,12 @@ def cost_pico_usd(price: Price | None, prompt_tokens: int, completion_tokens: in
              + completion_tokens * price.completion)
     if adapter:
         exact += (prompt_tokens + completion_tokens) * price.adapter_surcharge
-    return exact
+    return batch_price(exact, price.batch_discount_bps) if batch else exact
+
+
+def batch_price(cost_pico: int, discount_bps: int) -> int:
+    """``cost_pico`` less ``discount_bps`` basis points, half up to whole pico-USD."""
+    return (cost_pico * (10_000 - discount_bps) + 5_000) // 10_000
 
 
 def micro_usd(pico_usd: int) -> int:
@@ -99,7 +111,7 @@ def micro_usd_text(pico_usd: int) -> str:
 
 
 def worst_case_cost(price: Price | None, prompt_tokens: int, completion_tokens: int, context_length: int | None,
-                    *, adapter: bool) -> int:
+                    *, adapter: bool, batch: bool = False) -> int:
     """Most a request may cost, in whole micro-USD rounded up (what admission reserves): its bounds,
     clamped so prompt + completion fits the context.
 
@@ -115,7 +127,7 @@ def worst_case_cost(price: Price | None, prompt_tokens: int, completion_tokens: 
             prompt_tokens -= min(excess, prompt_tokens)
         else:
             completion_tokens -= min(excess, completion_tokens)
-    return micro_usd_ceil(cost_pico_usd(price, prompt_tokens, completion_tokens, adapter=adapter))
+    return micro_usd_ceil(cost_pico_usd(price, prompt_tokens, completion_tokens, adapter=adapter, batch=batch))
 
 
 class PriceBook:

@@ -14,7 +14,7 @@ import csv
 import datetime as dt
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -25,7 +25,7 @@ from lorafleet.db import queries
 GROUPS = ("key", "model", "adapter")
 MAX_RANGE = {"hour": dt.timedelta(days=93), "day": dt.timedelta(days=3 * 366)}
 DEFAULT_RANGE = {"hour": dt.timedelta(days=1), "day": dt.timedelta(days=30)}
-CSV_COLUMNS = ("bucket_start", "api_key_id", "model", "adapter", "requests", "errors", "prompt_tokens",
+CSV_COLUMNS = ("bucket_start", "kind", "api_key_id", "model", "adapter", "requests", "errors", "prompt_tokens",
                "cached_prompt_tokens", "completion_tokens", "total_tokens", "cost_micro_usd", "cost_pico_usd")
 
 
@@ -43,6 +43,9 @@ class UsageRow(msgspec.Struct, kw_only=True):
     cost_micro_usd: int   # the bucket's exact cost, rounded half up
     cost_pico_usd: int    # exact (10⁻¹² USD)
     cached_prompt_tokens: int = 0  # of prompt_tokens: served from the engine's prefix cache (priced apart)
+    # Always its own line: synchronous requests, batch lines (discounted), fine-tuning jobs (trained
+    # tokens as prompt_tokens).
+    kind: Literal["requests", "batch", "fine_tuning"] = "requests"
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -137,7 +140,7 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
                                       "model" in query.group_by, "adapter" in query.group_by, query.api_key_id,
                                       base_model_id, adapter_id, query.bucket)
     data = [
-        UsageRow(bucket_start=row["bucket"], api_key_id=row["api_key_id"], model=row["model"],
+        UsageRow(bucket_start=row["bucket"], kind=row["kind"], api_key_id=row["api_key_id"], model=row["model"],
                  adapter=row["adapter"], adapter_id=row["adapter_id"], requests=row["requests"],
                  errors=row["errors"], prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                  total_tokens=row["prompt_tokens"] + row["completion_tokens"],
@@ -151,7 +154,7 @@ async def usage_report(pool: asyncpg.Pool, tenant_id: str, query: UsageQuery, cu
 def _report(query: UsageQuery, data: list[UsageRow], currency: str) -> UsageReport:
     totals = UsageTotals()
     for row in data:
-        for name in UsageTotals.__struct_fields__:
+        for name in UsageTotals.__struct_fields__:  # kind is not one: totals cover every kind
             if name != "cost_micro_usd":
                 setattr(totals, name, getattr(totals, name) + getattr(row, name))
     totals.cost_micro_usd = micro_usd(totals.cost_pico_usd)

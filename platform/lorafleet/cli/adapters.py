@@ -39,11 +39,7 @@ class Gateway:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:  # refused, unknown host, timed out, connection dropped
-            raise Unreachable(f"cannot reach the gateway at {self.base_url}: {exc or type(exc).__name__}",
-                              code="gateway_unavailable") from None
+        response = self._request(method, path, **kwargs)
         try:
             body = response.json()
         except ValueError:
@@ -56,6 +52,20 @@ class Gateway:
             raise CliError(str(error.get("message") or response.reason_phrase), error_type=str(error.get("type") or
                            "invalid_request_error"), code=error.get("code"), param=error.get("param"))
         return body
+
+    def content(self, path: str) -> bytes:
+        """A GET that answers bytes (a file's content); an error is the API's envelope, as for :meth:`call`."""
+        response = self._request("GET", path)
+        if response.status_code >= 400:
+            self.call("GET", path)  # raises the envelope's error (a GET that failed fails again alike)
+        return response.content
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:  # refused, unknown host, timed out, connection dropped
+            raise Unreachable(f"cannot reach the gateway at {self.base_url}: {exc or type(exc).__name__}",
+                              code="gateway_unavailable") from None
 
 
 def _multipart(fields: dict[str, str], files: list[Path], boundary: str, bar: Any) -> Iterator[bytes]:

@@ -54,17 +54,20 @@ def prices() -> None:
 @click.option("--cached-prompt", type=PRICE, default=None,
               help="Per million prompt tokens the engine served from its prefix cache: micro-USD, or dollars "
                    "(at most the prompt price). Default: the prompt price.")
+@click.option("--batch-discount-bps", type=click.IntRange(0, 10_000), default=5000, show_default=True,
+              help="A batch line's discount in basis points of its synchronous cost (5000: half price).")
 @click.option("--effective-at", type=TIMESTAMP, default=None,
               help="When the price takes effect, ISO 8601 (UTC if no zone). Default: now.")
 @json_option
 def prices_set(base_model: str, prompt: int, completion: int, adapter_surcharge: int, training: int,
-               cached_prompt: int | None, effective_at: dt.datetime | None, as_json: bool) -> None:
+               cached_prompt: int | None, batch_discount_bps: int, effective_at: dt.datetime | None,
+               as_json: bool) -> None:
     """Add a price version for BASE_MODEL; earlier usage keeps the price it was recorded under."""
     from lorafleet.billing.accounts import AccountService
 
     price = call_database(lambda db: AccountService(db).set_price(
         base_model, prompt=prompt, completion=completion, adapter_surcharge=adapter_surcharge, training=training,
-        cached_prompt=cached_prompt, effective_at=effective_at))
+        cached_prompt=cached_prompt, batch_discount_bps=batch_discount_bps, effective_at=effective_at))
     emit(price, as_json, lambda: click.echo(f"price {price.id} for {base_model} from {price.effective_at:%Y-%m-%d %H:%M:%S %Z}"))
 
 
@@ -80,7 +83,7 @@ def prices_list(as_json: bool) -> None:
         for p in found:
             click.echo(f"{p.id:>4}  {p.base_model:<28} from {p.effective_at:%Y-%m-%d %H:%M}  prompt {p.prompt_micro_usd_per_mtok}"
                        f" (cached {p.cached_prompt_micro_usd_per_mtok})  completion {p.completion_micro_usd_per_mtok}  adapter +{p.adapter_surcharge_micro_usd_per_mtok}"
-                       f"  training {p.training_micro_usd_per_mtok}")
+                       f"  training {p.training_micro_usd_per_mtok}  batch -{p.batch_discount_bps / 100:g}%")
 
     emit({"object": "list", "data": found, "has_more": False}, as_json, human)
 

@@ -248,11 +248,13 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 
 
 from lorafleet.cli.adapters import adapters  # noqa: E402 - groups of their own modules
+from lorafleet.cli.batches import batches
 from lorafleet.cli.fine_tune import fine_tune
 from lorafleet.cli.billing import billing, credits, key_limits, prices, tenant_limits  # noqa: E402
 
 cli.add_command(adapters)
 cli.add_command(fine_tune)
+cli.add_command(batches)
 cli.add_command(prices)
 cli.add_command(credits)
 cli.add_command(billing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import string
@@ -16,18 +17,28 @@ def random_token(length: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
+def _base62(value: int) -> str:
+    digits = []
+    for _ in range(_ID_LENGTH):
+        value, digit = divmod(value, 62)
+        digits.append(_ALPHABET[digit])
+    return "".join(digits)
+
+
 def new_id(prefix: str, separator: str = "_") -> str:
     """A typed id: 20 base62 characters ≈ 119 bits, so ids cannot be guessed or collide.
 
     One ``os.urandom`` call and a base conversion: a request id is minted on every request, and
     twenty ``secrets.choice`` calls cost more than the rest of the id's work together.
     """
-    value = int.from_bytes(os.urandom(_ID_BYTES))
-    digits = []
-    for _ in range(_ID_LENGTH):
-        value, digit = divmod(value, 62)
-        digits.append(_ALPHABET[digit])
-    return f"{prefix}{separator}{''.join(digits)}"
+    return f"{prefix}{separator}{_base62(int.from_bytes(os.urandom(_ID_BYTES)))}"
+
+
+def derived_id(prefix: str, *parts: object) -> str:
+    """A typed id that is a function of ``parts`` (one of which is a random id, so it is not guessable
+    either): the same work done twice gets the same id."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).digest()
+    return f"{prefix}_{_base62(int.from_bytes(digest[:_ID_BYTES]))}"
 
 
 def tenant_id() -> str:
@@ -77,3 +88,16 @@ def fine_tuning_event_id() -> str:
 
 def fine_tuning_checkpoint_id() -> str:
     return new_id("ftckpt", "-")
+
+
+def batch_id() -> str:
+    return new_id("batch")
+
+
+def batch_line_request_id(batch: str, line: int) -> str:
+    """A batch line's request id: the ledger's key, the same however often the line runs."""
+    return derived_id("req", "batch line", batch, line)
+
+
+def batch_line_output_id(batch: str, line: int) -> str:
+    return derived_id("batch_req", "batch output", batch, line)

@@ -102,6 +102,16 @@ class GatewaySettings(FleetSettings, **_STRUCT):
     tenant_max_files: Annotated[int, Meta(ge=1, description="Files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 1000
     tenant_max_file_bytes: Annotated[int, Meta(ge=1024, description="Bytes of files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 10 * 1024**3
     tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
+    batch_max_lines: Annotated[int, Meta(ge=1, description="Most request lines one /v1/batches input file may hold (the batch fails validation above).")] = 50_000
+    batch_max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest /v1/batches input file, in bytes (the batch is refused above).")] = 200 * 1024 * 1024
+    batch_completion_window_seconds: Annotated[int, Meta(ge=1, description="How long a batch's `completion_window` (\"24h\") lasts: unfinished lines then end as `batch_expired`. Shorter only for tests.")] = 24 * 3600
+    tenant_max_open_batches: Annotated[int, Meta(ge=1, description="Batches one tenant may have not finished (validating, in progress, finalizing, cancelling) at once (429 `too_many_batches` beyond).")] = 100
+    batch_dispatch: Annotated[bool, Meta(description="This gateway runs a batch dispatcher: it validates batches, runs their lines and writes their results (any number of gateways can; none runs a line twice). Off: it only takes and answers /v1/batches requests.")] = True
+    batch_lines_per_worker: Annotated[int, Meta(ge=1, description="Batch lines the dispatchers keep in flight per ready worker of a model while it has headroom.")] = 4
+    batch_max_waiting: Annotated[int, Meta(ge=0, description="A worker with more requests than this waiting in its engine's queue gets no new batch lines (interactive traffic first).")] = 0
+    batch_max_kv_cache_usage: Annotated[float, Meta(ge=0, le=1, description="A worker whose KV cache is fuller than this (0..1) gets no new batch lines (vLLM preempts only when blocks run out, so this backpressure is what protects interactive requests).")] = 0.8
+    batch_engine_priority: Annotated[int, Meta(ge=1, le=1_000_000, description="vLLM scheduling priority of a batch line (interactive requests have 0; larger runs later).")] = 100
+    batch_line_lease_seconds: Annotated[float, Meta(gt=0, description="A running batch line is leased this long, renewed while it runs; a line whose dispatcher died runs again after its lease (billed once: its request id is derived from the batch and the line).")] = 60.0
     spool_dir: Annotated[str, Meta(description="Folder where a gateway keeps ledger rows while the database is unreachable, replayed when it returns. Empty: DATA_DIR/spool.")] = ""
     gateway_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a gateway proves it is alive (its budget reservations stay held).")] = 2.0
     gateway_dead_after_seconds: Annotated[float, Meta(gt=0, description="A gateway silent this long is dead: any gateway's sweeper releases its reservations.")] = 15.0

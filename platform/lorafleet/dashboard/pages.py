@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.params import FromPath
-from litestar.response import Redirect
+from litestar.response import Redirect, Stream
 from lorafleet.billing.accounts import AccountService
 from lorafleet.billing.invoices import get_invoice, list_invoices
 from lorafleet.billing.overview import (
@@ -29,7 +29,7 @@ from lorafleet.billing.overview import (
     tenant_overview,
 )
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
-from lorafleet.core.errors import LoraFleetError, RateLimited
+from lorafleet.core.errors import LoraFleetError, NotFound, RateLimited
 from lorafleet.dashboard.charts import loss_curve, stacked_bars, usd
 from lorafleet.dashboard.sessions import (
     COOKIE,
@@ -43,6 +43,7 @@ from lorafleet.dashboard.sessions import (
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.dependencies import AppServices, Context, client_address
+from lorafleet.gateway.files.controller import file_stream
 from lorafleet.gateway.fleet.views import worker_views
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
@@ -136,6 +137,17 @@ def _csrf_rejected(_: Request, __: CsrfRejected) -> Response[str]:
 
 def _lorafleet_error(_: Request, exc: LoraFleetError) -> Response[str]:
     return render("error.html", status=exc.status_code, title="Something is not right", message=exc.message)
+
+
+async def _batch_file(request: Request, services: Services, batch_id: str, kind: str) -> Stream:
+    """A batch's output or error file, as a download (404: another tenant's batch, or no such file yet)."""
+    session = await _session(request, services)
+    session.require("inference")
+    batch = await services.batches.get(session.tenant_id, batch_id)
+    file_id = batch.output_file_id if kind == "output" else batch.error_file_id
+    if file_id is None:
+        raise NotFound(f"batch {batch.id} has no {kind} file", param="batch_id")
+    return await file_stream(services.files, session.tenant_id, file_id, filename=f"{batch.id}.{kind}.jsonl")
 
 
 class DashboardController(Controller):
@@ -320,6 +332,39 @@ class DashboardController(Controller):
         session.require("adapters:write")
         await services.fine_tuning.cancel(session.tenant_id, job_id)
         return Redirect(f"/dashboard/fine-tuning/{job_id}", status_code=303)
+
+    @get("/batches")
+    async def batches(self, request: Request, services: AppServices) -> Response[str]:
+        session = await _session(request, services)
+        session.require("inference")  # as the API
+        batches = (await services.batches.list(session.tenant_id, after=None, limit=100)).data
+        return render("batches.html", **_page(session, "batches", batches=batches))
+
+    @get("/batches/{batch_id:str}")
+    async def batch(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Response[str]:
+        session = await _session(request, services)
+        session.require("inference")
+        batch = await services.batches.get(session.tenant_id, batch_id)  # another tenant's: 404, like a missing one
+        return render("batch.html", **_page(session, "batches", batch=batch,
+                                            cancellable=batch.status in ("validating", "in_progress")))
+
+    @get("/batches/{batch_id:str}/output")
+    async def batch_output(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Stream:
+        return await _batch_file(request, services, batch_id, "output")
+
+    @get("/batches/{batch_id:str}/errors")
+    async def batch_errors(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Stream:
+        return await _batch_file(request, services, batch_id, "errors")
+
+    @post("/batches/{batch_id:str}/cancel")
+    async def cancel_batch(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Response[Any]:
+        session = await _session(request, services)
+        await _form(request, session)
+        session.require("inference")
+        await services.batches.cancel(session.tenant_id, batch_id)
+        if services.dispatcher is not None:
+            services.dispatcher.poke()
+        return Redirect(f"/dashboard/batches/{batch_id}", status_code=303)
 
     @get("/invoices")
     async def invoices(self, request: Request, services: AppServices) -> Response[str]:

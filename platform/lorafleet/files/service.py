@@ -89,24 +89,39 @@ class FileService:
     async def store(self, tenant_id: str, purpose: str, filename: str, source: Path, *,
                     expires_after_seconds: int | None = None) -> FileObject:
         """Put ``source`` into the blob store and record it for the tenant (409 past the quota)."""
-        size = source.stat().st_size
-        await self.storage.check_room(tenant_id, size, param="file")
-        file_id = ids.file_id()
-        blob_key = hashlib.sha256(f"{file_id}:{await asyncio.to_thread(sha256_of, source)}".encode()).hexdigest()
-        await asyncio.to_thread(self._blobs.put, blob_key, source)
-        expires_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_after_seconds)
-                      if expires_after_seconds else None)
+        await self.storage.check_room(tenant_id, source.stat().st_size, param="file")
+        blob_key, file_id = await self.put_blob(source)
         try:
             async with self._pool.acquire() as connection, connection.transaction():
-                if not await self.storage.charge(connection, tenant_id, size):
-                    raise Conflict("this account's files are at their quota; delete some first", param="file",
-                                   code=QUOTA_EXCEEDED)
-                row = await connection.fetchrow(queries.insert_file, file_id, tenant_id, purpose,
-                                                filename[:255] or "upload", size, blob_key, expires_at)
+                return await self.record(connection, tenant_id, purpose, filename, source.stat().st_size, blob_key,
+                                         file_id=file_id, expires_after_seconds=expires_after_seconds)
         except BaseException:
             await self._release_blob(blob_key)
             raise
+
+    async def put_blob(self, source: Path) -> tuple[str, str]:
+        """``source``'s bytes into the blob store under a key of a new file id: (blob key, file id)."""
+        file_id = ids.file_id()
+        blob_key = hashlib.sha256(f"{file_id}:{await asyncio.to_thread(sha256_of, source)}".encode()).hexdigest()
+        await asyncio.to_thread(self._blobs.put, blob_key, source)
+        return blob_key, file_id
+
+    async def record(self, connection: asyncpg.Connection, tenant_id: str, purpose: str, filename: str, size: int,
+                     blob_key: str, *, file_id: str, expires_after_seconds: int | None = None,
+                     within_quota: bool = True) -> FileObject:
+        """The file's row, in ``connection``'s transaction (a job records its outputs with its own state)."""
+        expires_at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_after_seconds)
+                      if expires_after_seconds else None)
+        if not await self.storage.charge(connection, tenant_id, size, within_quota=within_quota):
+            raise Conflict("this account's files are at their quota; delete some first", param="file",
+                           code=QUOTA_EXCEEDED)
+        row = await connection.fetchrow(queries.insert_file, file_id, tenant_id, purpose,
+                                        filename[:255] or "upload", size, blob_key, expires_at)
         return _view(row)
+
+    async def forget_blob(self, blob_key: str) -> None:
+        """A blob put for a file that was not recorded after all."""
+        await self._release_blob(blob_key)
 
     async def list(self, tenant_id: str, *, purpose: str | None = None, after: str | None = None,
                    limit: int = 100) -> FilePage:

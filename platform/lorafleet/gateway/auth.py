@@ -180,11 +180,28 @@ class KeyAuthenticator:
             self._cache.popitem(last=False)
         return principal
 
+    async def principal_of_key(self, key_id: str, tenant_id: str) -> Principal:
+        """The principal of the tenant's key ``key_id`` (a batch runs as the key that created it): 401 once
+        that key is revoked or expired, like the key itself would get."""
+        try:
+            principal = _principal(await self._pool.fetchrow(queries.authenticate_key_id, key_id, tenant_id))
+        except DATABASE_UNAVAILABLE:
+            raise ServiceUnavailable("The key database is unavailable; retry shortly.",
+                                     code="database_unavailable") from None
+        if principal is None:
+            raise AuthenticationFailed("The API key that created this batch was revoked or has expired.",
+                                       code="invalid_api_key")
+        return principal
+
     async def _lookup(self, digest: bytes) -> Principal | None:
-        row = await self._pool.fetchrow(queries.authenticate_key, digest)
-        if row is None or not row["active"]:
-            return None
-        return Principal(tenant_id=row["tenant_id"], key_id=row["key_id"], scopes=frozenset(row["scopes"]),
+        return _principal(await self._pool.fetchrow(queries.authenticate_key, digest))
+
+
+def _principal(row: asyncpg.Record | None) -> Principal | None:
+    """A key's row (authenticate_key's columns) as its principal; None when missing or not active."""
+    if row is None or not row["active"]:
+        return None
+    return Principal(tenant_id=row["tenant_id"], key_id=row["key_id"], scopes=frozenset(row["scopes"]),
                          mode=row["mode"], metered=bool(row["metered"]), expires_at=row["expires_at"])
 
 

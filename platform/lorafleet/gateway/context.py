@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger("lorafleet.access")
 
 _SCOPE_KEY = "lorafleet.context"
+# Set only by the batch dispatcher, in-process (gateway/batches/inprocess.py): never from the wire.
+BATCH_SCOPE_KEY = "lorafleet.batch"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOrigin:
+    """A batch line run through a route: whose key it runs as, and its derived request id."""
+
+    batch_id: str
+    line: int
+    request_id: str     # derived from the batch and the line: a line run twice is one ledger row
+    tenant_id: str
+    api_key_id: str
 _QUIET_ROUTES = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
 
 
@@ -39,7 +53,7 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "client", "started", "status", "client_gone",
                  "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
-                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive")
+                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive", "batch")
 
     def __init__(self, request_id: str, method: str, path: str, client: str) -> None:
         self.request_id = request_id
@@ -63,6 +77,7 @@ class RequestContext:
         self.dropped_fields: tuple[str, ...] = ()  # OpenAI fields the engine does not serve: not forwarded
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
         self.receive: Receive | None = None        # the request's ASGI receive, for wait_client_gone
+        self.batch: BatchOrigin | None = None      # a batch line (dispatched in-process), else None
 
     async def wait_client_gone(self) -> None:
         """Return once the client has disconnected: for a handler that waits on something else meanwhile
@@ -86,6 +101,8 @@ class RequestContext:
     def log_fields(self, elapsed: float) -> dict[str, Any]:
         fields = {"request_id": self.request_id, "method": self.method, "path": redact_url(self.path),
                   "status": self.status, "latency_ms": round(elapsed * 1000, 2)}
+        if self.batch is not None:
+            fields["batch_id"] = self.batch.batch_id
         for name in ("tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                      "ttft_ms", "worker"):
             value = getattr(self, name)
@@ -109,7 +126,10 @@ def context_middleware(metrics: GatewayMetrics):
                 await app(scope, receive, send)
                 return
             client = scope.get("client")
-            context = RequestContext(new_request_id(), scope["method"], scope["path"], client[0] if client else "unknown")
+            batch: BatchOrigin | None = scope.get(BATCH_SCOPE_KEY)  # type: ignore[assignment]
+            context = RequestContext(batch.request_id if batch else new_request_id(), scope["method"], scope["path"],
+                                     client[0] if client else "unknown")
+            context.batch = batch
             scope[_SCOPE_KEY] = context  # type: ignore[literal-required]
             request_id_header = (b"x-request-id", context.request_id.encode())
             structlog.contextvars.bind_contextvars(request_id=context.request_id)

@@ -38,7 +38,10 @@ async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> No
     A guard, so an unauthenticated caller gets 401 before any of its body is read or decoded."""
     context = context_of(connection.scope)
     services: Services = connection.app.state.services
-    principal = await services.auth.authenticate(connection.headers.get("authorization"), context.client)
+    if context.batch is not None:  # a batch line: it runs as the key that created its batch, if still active
+        principal = await services.auth.principal_of_key(context.batch.api_key_id, context.batch.tenant_id)
+    else:
+        principal = await services.auth.authenticate(connection.headers.get("authorization"), context.client)
     context.principal = principal
     context.tenant_id = principal.tenant_id
     context.key_id = principal.key_id

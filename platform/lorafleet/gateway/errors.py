@@ -64,8 +64,10 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[dict
     return _respond(request, error)
 
 
-def handle_unstorable_text(request: Request, _: asyncpg.CharacterNotInRepertoireError) -> Response[dict]:
-    """PostgreSQL text cannot hold NUL (U+0000): a path, query or body value carrying one is the request's fault."""
+def handle_unstorable_text(request: Request, _: asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+                           ) -> Response[dict]:
+    """PostgreSQL text cannot hold NUL (U+0000), nor jsonb its escape (``\\u0000``, UntranslatableCharacter): a
+    path, query or body value carrying one is the request's fault."""
     return _respond(request, errors.InvalidRequest("Text in this request may not contain NUL (\\u0000) characters."))
 
 
@@ -80,5 +82,6 @@ EXCEPTION_HANDLERS = {
     errors.LoraFleetError: handle_lorafleet_error,
     HTTPException: handle_http_exception,
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
+    asyncpg.UntranslatableCharacterError: handle_unstorable_text,
     Exception: handle_unexpected,
 }

@@ -11,6 +11,8 @@ from lorafleet.core.settings import GatewaySettings
 from lorafleet.files.service import FileService
 from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.auth import KeyAuthenticator
+from lorafleet.gateway.batches.dispatcher import BatchDispatcher
+from lorafleet.gateway.batches.service import Batches
 from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests
@@ -44,3 +46,5 @@ class Services:
     holds: HeldRequests
     files: FileService
     fine_tuning: FineTuningJobs
+    batches: Batches
+    dispatcher: BatchDispatcher | None = None  # set once the app exists (it calls the app's routes)

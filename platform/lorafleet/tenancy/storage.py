@@ -59,13 +59,18 @@ class TenantStorage:
                            f"{used.bytes} of {quota.max_bytes} bytes); delete some first", param=param,
                            code=QUOTA_EXCEEDED)
 
-    async def charge(self, connection: asyncpg.Connection, tenant_id: str, object_bytes: int) -> bool:
-        """Take room for one object in ``connection``'s transaction; False (nothing taken) past the quota."""
+    async def charge(self, connection: asyncpg.Connection, tenant_id: str, object_bytes: int, *,
+                     within_quota: bool = True) -> bool:
+        """Take room for one object in ``connection``'s transaction; False (nothing taken) past the quota.
+        ``within_quota`` False: counted but never refused (what the platform itself writes for the tenant,
+        such as a batch's output, which a full quota must not lose)."""
         quota = self.quota
-        if object_bytes > quota.max_object_bytes:
+        if within_quota and object_bytes > quota.max_object_bytes:
             return False
+        unlimited = 2**62
         row = await connection.fetchrow(queries.charge_tenant_storage, tenant_id, self.kind, object_bytes,
-                                        quota.max_bytes, quota.max_objects)
+                                        quota.max_bytes if within_quota else unlimited,
+                                        quota.max_objects if within_quota else unlimited)
         return row is not None
 
     async def refund(self, connection: asyncpg.Connection | asyncpg.Pool, tenant_id: str, object_bytes: int,

@@ -38,6 +38,8 @@ def engine_command(settings: WorkerSettings) -> list[str]:
         "--port", str(settings.worker_port),
         "--middleware", GUARD,  # authenticates every route; the only way in
         "--max-model-len", str(settings.max_model_len),
+        # Batch lines carry a larger priority than interactive requests (gateway/openai/forwarding.py).
+        "--scheduling-policy", "priority",
         *_task_arguments(settings),
         "--disable-uvicorn-access-log",
         *shlex.split(settings.engine_extra_args),

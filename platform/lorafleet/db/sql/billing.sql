@@ -1,17 +1,17 @@
 -- name: insert_price
--- $7: the cached-prompt price; NULL: the prompt price (no discount).
+-- $7: the cached-prompt price; NULL: the prompt price (no discount). $8: the batch discount (basis points).
 INSERT INTO prices (base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
                     adapter_surcharge_micro_usd_per_mtok, effective_at, training_micro_usd_per_mtok,
-                    cached_prompt_micro_usd_per_mtok)
-VALUES ($1, $2::bigint, $3, $4, $5, $6, coalesce($7::bigint, $2::bigint))
+                    cached_prompt_micro_usd_per_mtok, batch_discount_bps)
+VALUES ($1, $2::bigint, $3, $4, $5, $6, coalesce($7::bigint, $2::bigint), $8)
 RETURNING id, base_model_id, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
           adapter_surcharge_micro_usd_per_mtok, effective_at, created_at, training_micro_usd_per_mtok,
-          cached_prompt_micro_usd_per_mtok;
+          cached_prompt_micro_usd_per_mtok, batch_discount_bps;
 
 -- name: list_prices
 SELECT p.id, p.base_model_id, m.name AS base_model, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
        p.adapter_surcharge_micro_usd_per_mtok, p.effective_at, p.created_at, p.training_micro_usd_per_mtok,
-       p.cached_prompt_micro_usd_per_mtok
+       p.cached_prompt_micro_usd_per_mtok, p.batch_discount_bps
 FROM prices p JOIN base_models m ON m.id = p.base_model_id
 ORDER BY m.name, p.effective_at;
 
@@ -19,7 +19,7 @@ ORDER BY m.name, p.effective_at;
 -- Every price version in the order they were set; $1: the last id of the previous page, $2 rows.
 SELECT p.id, p.base_model_id, m.name AS base_model, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
        p.adapter_surcharge_micro_usd_per_mtok, p.effective_at, p.created_at, p.training_micro_usd_per_mtok,
-       p.cached_prompt_micro_usd_per_mtok
+       p.cached_prompt_micro_usd_per_mtok, p.batch_discount_bps
 FROM prices p JOIN base_models m ON m.id = p.base_model_id
 WHERE $1::bigint IS NULL OR p.id > $1
 ORDER BY p.id LIMIT $2;

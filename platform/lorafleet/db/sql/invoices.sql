@@ -17,23 +17,25 @@ UPDATE usage_ledger SET invoice_id = $2
 WHERE tenant_id = $1 AND invoice_id IS NULL AND started_at < $3;
 
 -- name: invoice_usage_groups
--- One group per (late, model, adapter, price version), fine-tuning apart from inference (its own line).
-SELECT (l.started_at < $3) AS late, (l.endpoint = 'fine_tuning') AS training, l.base_model_id, l.adapter_id, l.price_id,
+-- One group per (late, model, adapter, price version), fine-tuning and batch lines apart from requests
+-- (each its own line).
+SELECT (l.started_at < $3) AS late, (l.endpoint = 'fine_tuning') AS training, (l.batch_id IS NOT NULL) AS batch,
+       l.base_model_id, l.adapter_id, l.price_id,
        count(*)::bigint AS requests, sum(l.prompt_tokens)::bigint AS prompt_tokens,
        sum(l.cached_prompt_tokens)::bigint AS cached_prompt_tokens,
        sum(l.completion_tokens)::bigint AS completion_tokens, sum(l.cost_pico_usd) AS amount_pico,
        m.name AS model, a.name AS adapter, p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok,
        p.adapter_surcharge_micro_usd_per_mtok, p.cached_prompt_micro_usd_per_mtok, p.training_micro_usd_per_mtok,
-       min(l.started_at) AS first_started_at
+       p.batch_discount_bps, min(l.started_at) AS first_started_at
 FROM usage_ledger l
 JOIN base_models m ON m.id = l.base_model_id
 LEFT JOIN adapters a ON a.id = l.adapter_id
 LEFT JOIN prices p ON p.id = l.price_id
 WHERE l.tenant_id = $1 AND l.invoice_id = $2
-GROUP BY late, training, l.base_model_id, l.adapter_id, l.price_id, m.name, a.name, p.prompt_micro_usd_per_mtok,
-         p.completion_micro_usd_per_mtok, p.adapter_surcharge_micro_usd_per_mtok, p.cached_prompt_micro_usd_per_mtok,
-         p.training_micro_usd_per_mtok
-ORDER BY late, m.name, training, a.name NULLS FIRST, l.price_id NULLS FIRST;
+GROUP BY late, training, batch, l.base_model_id, l.adapter_id, l.price_id, m.name, a.name,
+         p.prompt_micro_usd_per_mtok, p.completion_micro_usd_per_mtok, p.adapter_surcharge_micro_usd_per_mtok,
+         p.cached_prompt_micro_usd_per_mtok, p.training_micro_usd_per_mtok, p.batch_discount_bps
+ORDER BY late, m.name, training, batch, a.name NULLS FIRST, l.price_id NULLS FIRST;
 
 -- name: credit_available
 SELECT (SELECT credit_granted_micro_usd FROM tenant_accounts WHERE tenant_id = $1)
@@ -48,10 +50,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7);
 INSERT INTO invoice_lines (id, invoice_id, position, kind, description, base_model_id, adapter_id, price_id, requests,
                            prompt_tokens, completion_tokens, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
                            adapter_surcharge_micro_usd_per_mtok, amount_micro_usd, amount_pico_usd,
-                           cached_prompt_tokens, cached_prompt_micro_usd_per_mtok)
+                           cached_prompt_tokens, cached_prompt_micro_usd_per_mtok, batch_discount_bps)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
                      $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
-                     $16::numeric[], $17::bigint[], $18::bigint[]);
+                     $16::numeric[], $17::bigint[], $18::bigint[], $19::int[]);
 
 -- name: enqueue_stripe_export
 INSERT INTO stripe_outbox (invoice_id) VALUES ($1) ON CONFLICT DO NOTHING;
@@ -74,7 +76,7 @@ WHERE i.id = $1 AND ($2::text IS NULL OR i.tenant_id = $2);
 SELECT id, position, kind, description, base_model_id, adapter_id, price_id, requests, prompt_tokens,
        completion_tokens, prompt_micro_usd_per_mtok, completion_micro_usd_per_mtok,
        adapter_surcharge_micro_usd_per_mtok, amount_micro_usd, amount_pico_usd, stripe_invoice_item_id,
-       cached_prompt_tokens, cached_prompt_micro_usd_per_mtok
+       cached_prompt_tokens, cached_prompt_micro_usd_per_mtok, batch_discount_bps
 FROM invoice_lines WHERE invoice_id = $1 ORDER BY position;
 
 -- name: next_stripe_export

@@ -7,29 +7,31 @@ WITH input AS (
     SELECT * FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
         $9::bool[], $10::bigint[], $11::bigint[], $12::text[], $13::timestamptz[], $14::timestamptz[],
-        $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[])
+        $15::bigint[], $16::bigint[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[])
     AS t(request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
          streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
-         adapter_id, cost_pico_usd, price_id, cached_prompt_tokens)
+         adapter_id, cost_pico_usd, price_id, cached_prompt_tokens, batch_id)
 ), inserted AS (
     INSERT INTO usage_ledger (
         request_id, tenant_id, api_key_id, base_model_id, model, endpoint, outcome, http_status,
         streamed, prompt_tokens, completion_tokens, worker_url, started_at, finished_at, ttft_ms, duration_ms,
-        adapter_id, cost_pico_usd, price_id, cached_prompt_tokens)
+        adapter_id, cost_pico_usd, price_id, cached_prompt_tokens, batch_id)
     SELECT * FROM input
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING tenant_id, api_key_id, base_model_id, adapter_id, started_at, outcome,
-              prompt_tokens, completion_tokens, cost_pico_usd, cached_prompt_tokens
+    RETURNING tenant_id, api_key_id, base_model_id, adapter_id, lorafleet_usage_kind(endpoint, batch_id) AS kind,
+              started_at, outcome, prompt_tokens, completion_tokens, cost_pico_usd, cached_prompt_tokens
 ), released AS (
     DELETE FROM reservations r USING input i WHERE r.request_id = i.request_id
     RETURNING r.tenant_id, r.amount_micro_usd
 ), hourly AS (
     INSERT INTO usage_hourly AS u
-    SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
+    (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind, requests, errors, prompt_tokens,
+     completion_tokens, cost_pico_usd, cached_prompt_tokens)
+    SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, kind, count(*),
            count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd),
            sum(cached_prompt_tokens)
-    FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
+    FROM inserted GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind) DO UPDATE
     SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
         prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
         completion_tokens = u.completion_tokens + excluded.completion_tokens,
@@ -37,11 +39,13 @@ WITH input AS (
         cached_prompt_tokens = u.cached_prompt_tokens + excluded.cached_prompt_tokens
 ), daily AS (
     INSERT INTO usage_daily AS u
-    SELECT tenant_id, date_trunc('day', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
+    (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind, requests, errors, prompt_tokens,
+     completion_tokens, cost_pico_usd, cached_prompt_tokens)
+    SELECT tenant_id, date_trunc('day', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, kind, count(*),
            count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd),
            sum(cached_prompt_tokens)
-    FROM inserted GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id) DO UPDATE
+    FROM inserted GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind) DO UPDATE
     SET requests = u.requests + excluded.requests, errors = u.errors + excluded.errors,
         prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
         completion_tokens = u.completion_tokens + excluded.completion_tokens,

@@ -62,6 +62,15 @@ SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode, k.expires_at,
         OR a.billing_mode = 'prepaid') AS metered
 FROM api_keys k LEFT JOIN tenant_accounts a ON a.tenant_id = k.tenant_id WHERE k.key_hash = $1;
 
+-- name: authenticate_key_id
+-- authenticate_key by the key's id within its tenant (a batch line runs as the key that created it).
+SELECT k.id AS key_id, k.tenant_id, k.scopes, k.mode, k.expires_at,
+       (k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS active,
+       (k.requests_per_minute IS NOT NULL OR k.tokens_per_minute IS NOT NULL
+        OR a.max_concurrent_requests IS NOT NULL OR a.monthly_spend_limit_micro_usd IS NOT NULL
+        OR a.billing_mode = 'prepaid') AS metered
+FROM api_keys k LEFT JOIN tenant_accounts a ON a.tenant_id = k.tenant_id WHERE k.id = $1 AND k.tenant_id = $2;
+
 -- name: key_is_active_for_tenant
 SELECT 1 FROM api_keys WHERE key_hash = $1 AND tenant_id = $2 AND revoked_at IS NULL
 AND (expires_at IS NULL OR expires_at > now());

@@ -10,6 +10,7 @@ WITH rollup AS (
            CASE WHEN $4 THEN u.api_key_id END AS api_key_id,
            CASE WHEN $5 THEN u.base_model_id END AS base_model_id,
            CASE WHEN $6 THEN u.adapter_id END AS adapter_id,
+           u.kind,  -- always apart: requests, batch and fine-tuning are separate lines
            sum(u.requests)::bigint AS requests, sum(u.errors)::bigint AS errors,
            sum(u.prompt_tokens)::bigint AS prompt_tokens, sum(u.completion_tokens)::bigint AS completion_tokens,
            sum(u.cached_prompt_tokens)::bigint AS cached_prompt_tokens,
@@ -17,11 +18,11 @@ WITH rollup AS (
     FROM rollup u
     WHERE ($7::text IS NULL OR u.api_key_id = $7) AND ($8::text IS NULL OR u.base_model_id = $8)
       AND ($9::text IS NULL OR u.adapter_id = $9)
-    GROUP BY 1, 2, 3, 4
+    GROUP BY 1, 2, 3, 4, 5
 )
 SELECT g.*, m.name AS model, a.name AS adapter
 FROM grouped g LEFT JOIN base_models m ON m.id = g.base_model_id LEFT JOIN adapters a ON a.id = g.adapter_id
-ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id NULLS FIRST;
+ORDER BY g.bucket, g.api_key_id, g.base_model_id, g.adapter_id NULLS FIRST, g.kind DESC;
 
 -- name: find_tenant_adapter
 -- An adapter of the tenant by id or by name (the live one, else the most recent deleted one).
@@ -38,19 +39,19 @@ DELETE FROM usage_hourly;
 DELETE FROM usage_daily;
 
 -- name: rebuild_rollups_hourly
-INSERT INTO usage_hourly (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
-                          completion_tokens, cost_pico_usd, cached_prompt_tokens)
-SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id, count(*),
-       count(*) FILTER (WHERE outcome <> 'success'), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd),
-       sum(cached_prompt_tokens)
-FROM usage_ledger GROUP BY 1, 2, 3, 4, 5;
+INSERT INTO usage_hourly (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind, requests, errors,
+                          prompt_tokens, completion_tokens, cost_pico_usd, cached_prompt_tokens)
+SELECT tenant_id, date_trunc('hour', started_at, 'UTC'), api_key_id, base_model_id, adapter_id,
+       lorafleet_usage_kind(endpoint, batch_id), count(*), count(*) FILTER (WHERE outcome <> 'success'),
+       sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd), sum(cached_prompt_tokens)
+FROM usage_ledger GROUP BY 1, 2, 3, 4, 5, 6;
 
 -- name: rebuild_rollups_daily
-INSERT INTO usage_daily (tenant_id, bucket, api_key_id, base_model_id, adapter_id, requests, errors, prompt_tokens,
-                         completion_tokens, cost_pico_usd, cached_prompt_tokens)
-SELECT tenant_id, date_trunc('day', bucket, 'UTC'), api_key_id, base_model_id, adapter_id, sum(requests),
+INSERT INTO usage_daily (tenant_id, bucket, api_key_id, base_model_id, adapter_id, kind, requests, errors,
+                         prompt_tokens, completion_tokens, cost_pico_usd, cached_prompt_tokens)
+SELECT tenant_id, date_trunc('day', bucket, 'UTC'), api_key_id, base_model_id, adapter_id, kind, sum(requests),
        sum(errors), sum(prompt_tokens), sum(completion_tokens), sum(cost_pico_usd), sum(cached_prompt_tokens)
-FROM usage_hourly GROUP BY 1, 2, 3, 4, 5;
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6;
 
 -- name: rebuild_account_spend
 -- Settled spend is derived from the ledger too, exactly, with admission's micro-USD counters rounded

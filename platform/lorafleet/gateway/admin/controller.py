@@ -136,6 +136,7 @@ class AdminController(Controller):
                 data.base_model, prompt=data.prompt_micro_usd_per_mtok, completion=data.completion_micro_usd_per_mtok,
                 adapter_surcharge=data.adapter_surcharge_micro_usd_per_mtok,
                 training=data.training_micro_usd_per_mtok, cached_prompt=data.cached_prompt_micro_usd_per_mtok,
+                batch_discount_bps=data.batch_discount_bps,
                 effective_at=data.effective_at)
             await services.catalog.refresh()  # this gateway applies it at once; others within a refresh
             return price

@@ -28,6 +28,8 @@ class PriceCreate(_Strict, kw_only=True):
     adapter_surcharge_micro_usd_per_mtok: MicroUsd = 0
     training_micro_usd_per_mtok: MicroUsd = 0  # per million trained tokens of a fine-tuning job
     cached_prompt_micro_usd_per_mtok: MicroUsd | None = None  # per million cached prompt tokens; null: the prompt price
+    batch_discount_bps: Annotated[int, Meta(ge=0, le=10_000, description="A batch line's discount in basis points "
+                                            "of its synchronous cost (5000: half price).")] = 5000
     effective_at: Timestamp | None = None
 
 

@@ -21,7 +21,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from lorafleet.core.errors import InvalidRequest, PayloadTooLarge
-from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage
+from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage, FileService
 from lorafleet.gateway.adapters.operations import receive_multipart
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.openapi import TENANT_SECURITY
@@ -55,6 +55,21 @@ class FileUploadOperation(Operation):
 After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
                                              description="The id of the last file of the previous page.")]
 PurposeFilter = Annotated[str | None, QueryParameter(max_length=32, description="Only files of this purpose.")]
+
+
+async def file_stream(files: FileService, tenant_id: str, file_id: str, *, filename: str | None = None) -> Stream:
+    """The bytes of one of the tenant's files as a response (404 for anyone else's), streamed from a local copy."""
+    stored = await files.get(tenant_id, file_id)
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
+    try:
+        await files.fetch(stored, workdir / "content")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    headers = {"content-length": str(stored.view.bytes)}
+    if filename:
+        headers["content-disposition"] = f'attachment; filename="{filename}"'
+    return Stream(_chunks(workdir / "content", workdir), media_type="application/octet-stream", headers=headers)
 
 
 def _expiry(fields: dict[str, str]) -> int | None:
@@ -132,16 +147,7 @@ class FilesController(Controller):
          responses=error_responses(400, 404, *API_KEY), summary="The bytes of one of the caller's files.",
          opt=scope("adapters:read"))
     async def file_content(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> Stream:
-        files = services.files
-        stored = await files.get(principal.tenant_id, file_id)
-        workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
-        try:
-            await files.fetch(stored, workdir / "content")
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return Stream(_chunks(workdir / "content", workdir), media_type="application/octet-stream",
-                      headers={"content-length": str(stored.view.bytes)})
+        return await file_stream(services.files, principal.tenant_id, file_id)
 
     @delete("/{file_id:str}", operation_id="deleteFile", status_code=200, responses=error_responses(400, 404, *API_KEY),
             summary="Delete one of the caller's files (jobs already started keep their copy).",

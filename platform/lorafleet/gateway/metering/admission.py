@@ -106,13 +106,14 @@ class Admission:
         self.sequences = TenantSequences(tenant_max_sequences)
 
     async def admit(self, principal: Principal, request_id: str, demand: Demand, price: Price | None,
-                    *, adapter: bool) -> Admitted:
+                    *, adapter: bool, batch: bool = False) -> Admitted:
         release = self.sequences.acquire(principal.tenant_id, demand.sequences)
         if not principal.metered:
             return Admitted({}, release)  # no limits: no database round trip
         try:
             amount = worst_case_cost(price, demand.prompt_tokens, demand.completion_tokens,
-                                     demand.context_length if demand.sequences == 1 else None, adapter=adapter)
+                                     demand.context_length if demand.sequences == 1 else None, adapter=adapter,
+                                     batch=batch)
             return Admitted(await self._admit_one(principal, request_id, demand, amount), release)
         except BaseException:
             release()

@@ -37,6 +37,7 @@ class Billable:
     endpoint: Endpoint
     streamed: bool
     price: Price | None         # the version in effect when the request started
+    batch_id: str | None = None  # a batch line's batch: priced at the batch discount
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     started: float = field(default_factory=time.perf_counter)
 
@@ -74,7 +75,8 @@ class Meter:
         """The exact cost so far, in pico-USD: what the ledger row records."""
         billable = self.billable
         return cost_pico_usd(billable.price, self.prompt_tokens, self.completion_tokens,
-                             adapter=billable.adapter_id is not None, cached_prompt_tokens=self.cached_prompt_tokens)
+                             adapter=billable.adapter_id is not None, cached_prompt_tokens=self.cached_prompt_tokens,
+                             batch=billable.batch_id is not None)
 
     @property
     def cost(self) -> str:
@@ -107,6 +109,7 @@ class Meter:
             finished_at=billable.started_at + dt.timedelta(seconds=duration), ttft_ms=ttft_ms,
             duration_ms=round(duration * 1000), adapter_id=billable.adapter_id, cost_pico_usd=self.cost_pico,
             price_id=billable.price.id if billable.price else None, cached_prompt_tokens=self.cached_prompt_tokens,
+            batch_id=billable.batch_id,
         )
         self._ledger.record(row)
         self._metrics.observe_completion(outcome, self.prompt_tokens, self.completion_tokens, billable.base_model_id)

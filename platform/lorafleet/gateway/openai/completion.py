@@ -19,7 +19,7 @@ from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.metering.admission import Demand
 from lorafleet.billing.ledger_row import Endpoint, Outcome
 from lorafleet.gateway.metering.meter import Billable, Meter
-from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
+from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body, with_priority
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
 from lorafleet.gateway.openai.schemas import _Sampling
 from lorafleet.gateway.error_specs import API_KEY, error_responses
@@ -54,12 +54,13 @@ async def run_admitted(endpoint: Endpoint, public_model: str, stream: bool, body
     context.model = public_model
     started_at = dt.datetime.now(dt.UTC)
     price = services.catalog.prices.at(resolved.base.id, started_at)
+    batch_id = context.batch.batch_id if context.batch is not None else None
     billable = Billable(started_at=started_at, request_id=context.request_id, tenant_id=principal.tenant_id,
                         api_key_id=principal.key_id, base_model_id=resolved.base.id, base_model_name=resolved.base.name,
                         model=public_model, adapter_id=resolved.adapter_id, endpoint=endpoint, streamed=stream,
-                        price=price)
+                        price=price, batch_id=batch_id)
     admitted = await services.admission.admit(principal, context.request_id, demand, price,
-                                              adapter=resolved.adapter_id is not None)
+                                              adapter=resolved.adapter_id is not None, batch=batch_id is not None)
     meter = Meter(billable, services.ledger, services.metrics)
     meter.on_finish(admitted.release)
     meter.on_finish(lambda: _settle(context, meter))
@@ -72,6 +73,8 @@ async def run_admitted(endpoint: Endpoint, public_model: str, stream: bool, body
         except BaseException:
             meter.finish(Outcome.UPSTREAM_ERROR, 500)
             raise
+    if batch_id is not None:
+        body = with_priority(body, services.settings.batch_engine_priority)
     call = UpstreamCall(context=context, meter=meter, path=WORKER_PATHS[endpoint], body=body, stream=stream,
                         public_model=public_model, shaping=shaping)
     try:

@@ -5,6 +5,7 @@
 - OpenAI fields the engine does not serve are left out (schemas.DROPPED);
 - a stream always asks for usage on every chunk (``include_usage`` + ``continuous_usage_stats``),
   so a stream cut anywhere is still metered exactly; the client sees the shape it asked for;
+- a batch line carries a larger ``priority`` than interactive requests (:func:`with_priority`);
 - ``cache_salt`` is the tenant's: vLLM salts its prefix cache with it, so one tenant cannot learn
   from timing whether another sent the same prompt. It is a keyed hash of the tenant id (HMAC with
   a secret only the gateways hold), stable across gateways and restarts, never guessable.
@@ -49,6 +50,12 @@ def upstream_body(request: _Sampling, served_model: str, cache_salt: bytes, drop
     if request.stream:
         changes["stream_options"] = _UPSTREAM_STREAM_OPTIONS
     return salted(_encode(msgspec.structs.replace(request, **changes)), cache_salt)
+
+
+def with_priority(body: bytes, priority: int) -> bytes:
+    """``body`` (a JSON object) with vLLM's scheduling ``priority`` (larger runs later; the engine runs with
+    ``--scheduling-policy priority``): how batch lines yield to interactive requests inside the engine."""
+    return body[:-1] + b',"priority":' + str(int(priority)).encode() + b"}"
 
 
 def salted(body: bytes, cache_salt: bytes) -> bytes:

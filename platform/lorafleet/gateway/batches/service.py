@@ -1,0 +1,110 @@
+"""The Batch API's side in the gateway: create, read, list, cancel — always within one tenant.
+
+A batch is created ``validating``; a dispatcher (dispatcher.py, in any gateway) validates its file, runs
+its lines and ends it. Another tenant's batch is answered exactly like one that never existed (404).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import asyncpg
+from lorafleet.core import ids
+from lorafleet.core.errors import InvalidRequest, NotFound, RateLimited
+from lorafleet.db import queries
+from lorafleet.files.service import FileService
+from lorafleet.gateway.batches.schemas import (
+    Batch,
+    BatchCreate,
+    BatchError,
+    BatchErrors,
+    BatchPage,
+    BatchUsage,
+    InputTokensDetails,
+    OutputTokensDetails,
+    RequestCounts,
+    stamp,
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def batch_view(row: asyncpg.Record) -> Batch:
+    errors = _json(row["errors"])
+    usage = BatchUsage(input_tokens=row["input_tokens"],
+                       input_tokens_details=InputTokensDetails(cached_tokens=row["cached_tokens"]),
+                       output_tokens=row["output_tokens"], output_tokens_details=OutputTokensDetails(),
+                       total_tokens=row["input_tokens"] + row["output_tokens"])
+    return Batch(
+        id=row["id"], endpoint=row["endpoint"], input_file_id=row["input_file_id"],
+        completion_window=row["completion_window"], status=row["status"], created_at=stamp(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=stamp(row["expires_at"]),
+        request_counts=RequestCounts(total=row["total"], completed=row["completed"], failed=row["failed"]),
+        usage=usage, errors=BatchErrors(data=[BatchError(**e) for e in errors]) if errors else None,
+        output_file_id=row["output_file_id"], error_file_id=row["error_file_id"],
+        in_progress_at=stamp(row["in_progress_at"]), finalizing_at=stamp(row["finalizing_at"]),
+        completed_at=stamp(row["completed_at"]), failed_at=stamp(row["failed_at"]),
+        expired_at=stamp(row["expired_at"]), cancelling_at=stamp(row["cancelling_at"]),
+        cancelled_at=stamp(row["cancelled_at"]), metadata=_json(row["metadata"]))
+
+
+def not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch {batch_id[:100]!r}", param="batch_id")
+
+
+class Batches:
+    def __init__(self, pool: asyncpg.Pool, files: FileService, *, max_file_bytes: int, window_seconds: int,
+                 max_open: int) -> None:
+        self._pool = pool
+        self._files = files
+        self._max_file_bytes = max_file_bytes
+        self._window = window_seconds
+        self._max_open = max_open
+
+    async def create(self, tenant_id: str, key_id: str, data: BatchCreate) -> Batch:
+        stored = await self._files.find(tenant_id, data.input_file_id)
+        if stored is None:
+            raise InvalidRequest(f"input_file_id {data.input_file_id[:64]!r} is not one of your files",
+                                 param="input_file_id", code="invalid_file")
+        if stored.view.purpose != "batch":
+            raise InvalidRequest(f"input_file_id {data.input_file_id[:64]!r} was uploaded with purpose "
+                                 f"{stored.view.purpose!r}, not 'batch'", param="input_file_id",
+                                 code="invalid_file_purpose")
+        if stored.view.bytes > self._max_file_bytes:
+            raise InvalidRequest(f"the input file has {stored.view.bytes} bytes, more than the {self._max_file_bytes} "
+                                 "a batch may have; split it", param="input_file_id", code="file_too_large")
+        open_batches = await self._pool.fetchval(queries.count_open_batches, tenant_id)
+        if open_batches >= self._max_open:
+            raise RateLimited(f"this account has {open_batches} batches not finished, its limit; wait for one to "
+                              "finish or cancel one", code="too_many_batches", headers={"Retry-After": "60"})
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._window)
+        output_expiry = data.output_expires_after.seconds if data.output_expires_after else None
+        row = await self._pool.fetchrow(queries.insert_batch, ids.batch_id(), tenant_id, key_id, data.endpoint,
+                                        data.input_file_id, data.completion_window, data.metadata, expires_at,
+                                        output_expiry)
+        return batch_view(row)
+
+    async def get(self, tenant_id: str, batch_id: str) -> Batch:
+        row = await self._pool.fetchrow(queries.get_batch, batch_id, tenant_id)
+        if row is None:
+            raise not_found(batch_id)
+        return batch_view(row)
+
+    async def list(self, tenant_id: str, *, after: str | None, limit: int) -> BatchPage:
+        rows = await self._pool.fetch(queries.list_batches, tenant_id, after, limit + 1)
+        data = [batch_view(row) for row in rows[:limit]]
+        return BatchPage(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
+                         last_id=data[-1].id if data else None)
+
+    async def cancel(self, tenant_id: str, batch_id: str) -> Batch:
+        if await self._pool.fetchval(queries.cancel_batch, batch_id, tenant_id) is None:
+            batch = await self.get(tenant_id, batch_id)  # 404, or a batch already ending or ended
+            if batch.status not in ("cancelling", "cancelled"):
+                raise InvalidRequest(f"the batch is {batch.status}; only a batch validating or in progress can be "
+                                     "cancelled", param="batch_id", code="batch_not_cancellable")
+            return batch
+        return await self.get(tenant_id, batch_id)

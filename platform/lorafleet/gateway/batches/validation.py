@@ -1,0 +1,145 @@
+"""An input file, line by line, before any line runs: every refusal names its line.
+
+Each line is a JSON object ``{custom_id, method, url, body}``: ``custom_id`` present and unique in the
+file, ``method`` POST, ``url`` the batch's endpoint, ``body`` a JSON object that decodes into the
+synchronous route's own request type (the same strict schema, so a field the route refuses is refused
+here, with the same message), not streamed, and naming a model the tenant may call for that endpoint.
+A file with any refused line fails as a whole (OpenAI's behaviour): nothing runs, nothing is billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from lorafleet.core.errors import LoraFleetError
+from lorafleet.gateway.batches.schemas import BatchError, InputLine
+from lorafleet.gateway.body import decode
+from lorafleet.gateway.embeddings.schemas import EmbeddingRequest
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
+from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
+
+REQUEST_TYPES: dict[str, tuple[type[Any], str]] = {   # endpoint → (the route's body type, the model's task)
+    "/v1/chat/completions": (ChatCompletionRequest, "generate"),
+    "/v1/completions": (CompletionRequest, "generate"),
+    "/v1/responses": (ResponseCreateRequest, "generate"),
+    "/v1/embeddings": (EmbeddingRequest, "embed"),
+}
+MAX_LISTED_ERRORS = 100  # a file with thousands of bad lines lists the first hundred (and says so)
+
+_decode_line = msgspec.json.Decoder(InputLine).decode
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; a refusal quoting the file must still be stored."""
+    return text.replace("\x00", "\\u0000")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidLine:
+    line: int
+    custom_id: str
+    base_model_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_lines: int
+    max_body_bytes: int
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.errors: list[BatchError] = []
+        self.count = 0
+
+    def add(self, line: int | None, code: str, message: str, param: str | None = None) -> None:
+        self.count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            where = f"line {line}: " if line is not None else ""
+            self.errors.append(BatchError(code=code, message=_storable(f"{where}{message}"), line=line,
+                                          param=_storable(param) if param else None))
+
+    def listed(self) -> list[BatchError]:
+        if self.count > len(self.errors):
+            return [*self.errors, BatchError(code="too_many_errors",
+                                             message=f"{self.count - len(self.errors)} more lines were refused")]
+        return self.errors
+
+
+async def validate_lines(lines: Iterable[bytes], endpoint: str, limits: Limits,
+                         resolve: Callable[[str], Awaitable[ResolvedModel]]) -> tuple[list[ValidLine], list[BatchError]]:
+    """The file's lines (``resolve``: a model name → the tenant's model, raising its 404): the valid lines,
+    or the refusals (then the lines are of no use)."""
+    request_type, task = REQUEST_TYPES[endpoint]
+    refusals = Refusals()
+    valid: list[ValidLine] = []
+    seen: set[str] = set()
+    models: dict[str, ResolvedModel | LoraFleetError] = {}
+    requests = 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue  # a blank line (an editor's trailing newline) is no request; line numbers still count it
+        requests += 1
+        if requests > limits.max_lines:
+            refusals.add(None, "too_many_lines", f"the file has more than {limits.max_lines} lines, the limit "
+                                                 "of one batch; split it")
+            break
+        try:
+            item = _decode_line(raw)
+        except msgspec.ValidationError as exc:
+            refusals.add(number, "invalid_request", f"not a request line ({str(exc)[:200]}); each line is "
+                                                    '{"custom_id", "method", "url", "body"}')
+            continue
+        except msgspec.DecodeError:
+            refusals.add(number, "invalid_json_line", "not valid JSON")
+            continue
+        if "\x00" in item.custom_id:
+            refusals.add(number, "invalid_custom_id", "custom_id may not contain NUL (\\u0000) characters", "custom_id")
+            continue
+        if item.custom_id in seen:
+            refusals.add(number, "duplicate_custom_id", f"custom_id {item.custom_id[:100]!r} was already used "
+                                                        "by an earlier line", "custom_id")
+            continue
+        seen.add(item.custom_id)
+        if item.method != "POST":
+            refusals.add(number, "invalid_method", f"method {item.method[:20]!r} is not POST", "method")
+            continue
+        if item.url != endpoint:
+            refusals.add(number, "invalid_url", f"url {item.url[:100]!r} is not this batch's endpoint {endpoint!r}",
+                         "url")
+            continue
+        body = bytes(item.body)
+        if len(body) > limits.max_body_bytes:
+            refusals.add(number, "request_too_large", f"the body is {len(body)} bytes, more than the "
+                                                      f"{limits.max_body_bytes} a request may have", "body")
+            continue
+        try:
+            request = decode(body, request_type)
+        except LoraFleetError as error:
+            refusals.add(number, error.code or "invalid_request", error.message,
+                         f"body.{error.param}" if error.param else "body")
+            continue
+        if getattr(request, "stream", False):
+            refusals.add(number, "invalid_request", "stream: true is not supported in a batch", "body.stream")
+            continue
+        model = models.get(request.model)
+        if model is None:
+            try:
+                model = await resolve(request.model)
+                require_task(model, task, request.model)
+            except LoraFleetError as error:
+                model = error
+            models[request.model] = model
+        if isinstance(model, LoraFleetError):
+            refusals.add(number, "model_not_found" if model.status_code == 404 else (model.code or "invalid_model"),
+                         model.message, "body.model")
+            continue
+        valid.append(ValidLine(number, item.custom_id, model.base.id, body))
+    if requests == 0:
+        refusals.add(None, "empty_file", "the input file has no lines")
+    return valid, refusals.listed()

@@ -1,0 +1,348 @@
+"""The Batch API against the real gateway app and PostgreSQL, in front of stub workers (the real engine:
+tests/integration/test_batches.py): OpenAI's shapes through the official SDK, validation that names the
+line, the discount to the pico-dollar, cancel, expiry, a budget that runs out mid-batch, a dispatcher
+that dies holding lines, and another tenant who sees nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+from lorafleet.core import ids
+from lorafleet.db import queries
+
+from tests.helpers import TenantKey, dashboard, eventually, expected_cost, set_price
+from tests.inprocess.conftest import STUB_MODEL
+
+PROMPT, COMPLETION, DISCOUNT_BPS = 1_000_003, 2_000_001, 5000   # µUSD per million tokens; half price
+
+
+def _sdk(url: str, tenant: TenantKey) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url + "/v1", api_key=tenant.secret, max_retries=0)
+
+
+def _line(custom_id: str, content: str = "hi", *, url: str = "/v1/chat/completions", **body: object) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": url,
+            "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **body}}
+
+
+def _jsonl(lines: list[object]) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+async def _finished(sdk: openai.AsyncOpenAI, batch_id: str, timeout: float = 30.0):
+    return await eventually(lambda: sdk.batches.retrieve(batch_id),
+                            lambda b: b.status in ("completed", "failed", "expired", "cancelled"),
+                            timeout=timeout, what=f"batch {batch_id} to end")
+
+
+async def _lines_of(sdk: openai.AsyncOpenAI, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in (await sdk.files.content(file_id)).content.splitlines()]
+
+
+async def _submit(sdk: openai.AsyncOpenAI, lines: list[object], endpoint: str = "/v1/chat/completions", **extra):
+    file = await sdk.files.create(file=("batch.jsonl", _jsonl(lines)), purpose="batch")
+    return await sdk.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h", **extra)
+
+
+async def test_a_batch_runs_every_line_once_at_the_discount(platform, db, tenant):
+    await set_price(platform, platform.env, STUB_MODEL, PROMPT, COMPLETION, batch_discount_bps=DISCOUNT_BPS)
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line(f"req-{i}", f"question {i}") for i in range(12)],
+                              metadata={"purpose": "nightly"})
+        assert (batch.object, batch.status, batch.endpoint, batch.completion_window) == (
+            "batch", "validating", "/v1/chat/completions", "24h")
+        assert batch.id.startswith("batch_") and batch.metadata == {"purpose": "nightly"}
+        assert batch.expires_at == pytest.approx(batch.created_at + 24 * 3600, abs=2)
+        done = await _finished(sdk, batch.id)
+        assert done.status == "completed", done
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 12, 0)
+        assert done.in_progress_at and done.finalizing_at and done.completed_at and done.error_file_id is None
+        output = await _lines_of(sdk, done.output_file_id)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(12))
+        output_file = await sdk.files.retrieve(done.output_file_id)
+        assert output_file.purpose == "batch_output"
+
+        # Each body is exactly what the synchronous route answers (the stub's answer, our model name).
+        sync = await sdk.chat.completions.with_raw_response.create(
+            model=STUB_MODEL, messages=[{"role": "user", "content": "question 0"}], max_tokens=4)
+        first = next(line for line in output if line["custom_id"] == "req-0")
+        body = first["response"]["body"]
+        assert first["error"] is None and first["response"]["status_code"] == 200
+        assert first["id"].startswith("batch_req_")
+        expected = json.loads(sync.http_response.text)
+        for volatile in ("id", "created"):
+            body.pop(volatile), expected.pop(volatile)
+        for document in (body, expected):  # the cost is the one field a batch changes: it is discounted
+            document["usage"].pop("cost_micro_usd", None)
+        assert body == expected
+
+    # The ledger: one row per line, under the line's derived request id, at the discount exactly.
+    rows = await eventually(lambda: db.fetch("SELECT * FROM usage_ledger WHERE batch_id = $1", batch.id),
+                            lambda rows: len(rows) == 12, what="the batch's ledger rows")
+    assert {row["request_id"] for row in rows} == {line["response"]["request_id"] for line in output}
+    assert {row["request_id"] for row in rows} == {ids.batch_line_request_id(batch.id, n) for n in range(1, 13)}
+    for row in rows:
+        full = expected_cost(row["prompt_tokens"], row["completion_tokens"], PROMPT, COMPLETION)
+        assert row["cost_pico_usd"] == (full * (10_000 - DISCOUNT_BPS) + 5_000) // 10_000
+    assert done.usage.input_tokens == sum(r["prompt_tokens"] for r in rows)
+    assert done.usage.output_tokens == sum(r["completion_tokens"] for r in rows)
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+
+    # Every upstream request was scheduled after interactive ones (vLLM priority).
+    received = [body for worker in platform.workers for body in worker.behaviour.received]
+    batch_bodies = [body for body in received if body["messages"][0]["content"].startswith("question ")
+                    and "priority" in body]
+    assert len(batch_bodies) == 12 and {body["priority"] for body in batch_bodies} == {100}
+    assert all("priority" not in body for body in received if body not in batch_bodies)
+
+    # /v1/usage shows the batch as its own line.
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        usage = await eventually(lambda: http.get("/v1/usage", params={"bucket": "day"}),
+                                 lambda answer: len(answer.json()["data"]) == 2, what="both kinds of usage")
+    kinds = {row["kind"]: row for row in usage.json()["data"]}
+    assert kinds["batch"]["requests"] == 12 and kinds["requests"]["requests"] == 1
+    assert kinds["batch"]["cost_pico_usd"] == sum(row["cost_pico_usd"] for row in rows)
+
+
+async def test_every_refused_line_is_named_and_nothing_runs(platform, db, tenant):
+    lines: list[object] = [
+        _line("ok-1"),
+        b"{not json",
+        _line("ok-1"),                                             # the same custom_id again
+        {**_line("wrong-url"), "url": "/v1/completions"},
+        {**_line("wrong-method"), "method": "GET"},
+        _line("streamed", stream=True),
+        _line("unknown-model") | {"body": {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}},
+        _line("bad-field", temperature="hot"),
+        _line("extra-field", wizard=True),
+        {"method": "POST", "url": "/v1/chat/completions", "body": {}},  # no custom_id
+    ]
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, lines)
+        done = await _finished(sdk, batch.id)
+    assert done.status == "failed" and done.failed_at and done.output_file_id is None
+    errors = {error.line: error for error in done.errors.data}
+    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert errors[2].code == "invalid_json_line" and errors[2].message.startswith("line 2: ")
+    assert errors[3].code == "duplicate_custom_id" and errors[3].param == "custom_id"
+    assert errors[4].code == "invalid_url" and "/v1/completions" in errors[4].message
+    assert errors[5].code == "invalid_method"
+    assert errors[6].param == "body.stream"
+    assert errors[7].code == "model_not_found" and errors[7].param == "body.model"
+    assert errors[8].param == "body.temperature"
+    assert errors[9].param == "body.wizard"
+    assert errors[10].message.startswith("line 10: ")
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM batch_lines WHERE batch_id = $1", batch.id) == 0
+
+
+async def test_a_file_that_is_not_a_batch_file_is_refused_at_once(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        tune = await sdk.files.create(file=("t.jsonl", _jsonl([_line("a")])), purpose="fine-tune")
+        with pytest.raises(openai.BadRequestError) as refused:
+            await sdk.batches.create(input_file_id=tune.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert refused.value.code == "invalid_file_purpose" and refused.value.param == "input_file_id"
+        with pytest.raises(openai.BadRequestError) as missing:
+            await sdk.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
+                                     completion_window="24h")
+        assert missing.value.param == "input_file_id"
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+        for body, param in (({"input_file_id": "file-x", "endpoint": "/v1/images", "completion_window": "24h"},
+                             "endpoint"),
+                            ({"input_file_id": "file-x", "endpoint": "/v1/completions", "completion_window": "1h"},
+                             "completion_window")):
+            answer = await http.post("/v1/batches", json=body)
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+
+
+async def test_an_empty_file_fails_validation(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [b"", b"  "])
+        done = await _finished(sdk, batch.id)
+    assert done.status == "failed" and [e.code for e in done.errors.data] == ["empty_file"]
+
+
+async def test_cancel_stops_new_lines_and_bills_only_what_ran(platform, db, tenant):
+    for worker in platform.workers:
+        worker.behaviour.delay_seconds = 0.3
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line(f"c-{i}") for i in range(60)])
+        await eventually(lambda: sdk.batches.retrieve(batch.id), lambda b: b.request_counts.completed >= 3,
+                         timeout=20, what="a few lines done")
+        cancelling = await sdk.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+        done = await _finished(sdk, batch.id)
+        assert done.status == "cancelled" and done.cancelled_at
+        output = await _lines_of(sdk, done.output_file_id)
+        errors = await _lines_of(sdk, done.error_file_id)
+        again = await sdk.batches.cancel(batch.id)  # cancelling a cancelled batch changes nothing
+        assert again.status == "cancelled"
+    ran = len(output)
+    assert 3 <= ran < 60
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(f"c-{i}" for i in range(60))
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    assert all(line["response"] is None for line in errors)
+    assert (done.request_counts.completed, done.request_counts.failed) == (ran, 60 - ran)
+    rows = await eventually(lambda: db.fetch("SELECT request_id FROM usage_ledger WHERE batch_id = $1", batch.id),
+                            lambda rows: len(rows) == ran, what="one ledger row per line that ran")
+    assert {row["request_id"] for row in rows} == {line["response"]["request_id"] for line in output}
+
+
+async def test_a_batch_past_its_window_expires_with_what_finished(start_gateway, db, tenant, platform):
+    for worker in platform.workers:
+        worker.behaviour.delay_seconds = 0.5
+    # The same blob store as the session's gateway (whose dispatcher may write this batch's files).
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    gateway = await start_gateway(BATCH_COMPLETION_WINDOW_SECONDS="3", BATCH_LINES_PER_WORKER="1", BLOB_DIR=blobs)
+    async with _sdk(gateway.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line(f"e-{i}") for i in range(100)])
+        done = await _finished(sdk, batch.id, timeout=30)
+        assert done.status == "expired" and done.expired_at
+        output = await _lines_of(sdk, done.output_file_id)
+        errors = await _lines_of(sdk, done.error_file_id)
+    assert output, "lines that finished before the window closed are kept"
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(f"e-{i}" for i in range(100))
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id) == len(output)
+
+
+async def test_a_budget_that_runs_out_fails_the_remaining_lines_and_is_never_passed(platform, db, tenant):
+    await set_price(platform, platform.env, STUB_MODEL, PROMPT, COMPLETION, batch_discount_bps=DISCOUNT_BPS)
+    # A line's worst case (its body's bytes and allowance as prompt tokens, 4 completion tokens) is a few
+    # hundred micro-USD at these prices; what it costs (the stub's 12 + 8 tokens, discounted) about 14.
+    limit = 400
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as api:
+        answer = await api.patch(f"/admin/tenants/{tenant.tenant_id}", json={"monthly_spend_limit_micro_usd": limit})
+        assert answer.status_code == 200, answer.text
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line(f"b-{i}") for i in range(60)])
+        done = await _finished(sdk, batch.id, timeout=60)
+        output = await _lines_of(sdk, done.output_file_id)
+        errors = await _lines_of(sdk, done.error_file_id)
+    assert done.status == "completed"
+    assert output and errors
+    refused = [line for line in errors if line["response"]["status_code"] == 402]
+    assert refused and {line["error"]["code"] for line in refused} == {"insufficient_quota"}
+    spent = await db.fetchval("SELECT period_spent_micro_usd FROM tenant_accounts WHERE tenant_id = $1",
+                              tenant.tenant_id)
+    assert spent <= limit
+
+
+async def test_lines_of_a_dispatcher_that_died_run_once_more_and_are_billed_once(platform, db, tenant):
+    """A dispatcher claims lines and dies; one of them had even run (its ledger row is in). After the
+    leases run out another dispatcher runs them: each custom_id once in the output, one ledger row each."""
+    dispatcher = platform.app.state.services.dispatcher
+    await dispatcher.close()  # the session gateway's own rounds stop: the test takes them
+    try:
+        async with _sdk(platform.url, tenant) as sdk:
+            batch = await _submit(sdk, [_line(f"d-{i}") for i in range(6)])
+            assert await dispatcher.validate_one()
+            dead = await db.fetch(queries.claim_batch_lines, "gw_dead", platform.base_model_id, 3, 0.5)
+            assert len(dead) == 3
+            # One of them ran before its dispatcher died: the route answered and the ledger has its row.
+            from lorafleet.gateway.batches.inprocess import call_route
+            from lorafleet.gateway.context import BatchOrigin
+            ran = dead[0]
+            answer = await call_route(platform.app, ran["endpoint"], bytes(ran["body"]), BatchOrigin(
+                ran["batch_id"], ran["line"], ran["request_id"], ran["tenant_id"], ran["api_key_id"]))
+            assert answer.status == 200
+            await eventually(lambda: db.fetchval("SELECT count(*) FROM usage_ledger WHERE request_id = $1",
+                                                 ran["request_id"]), lambda n: n == 1, what="the first run's row")
+            await asyncio.sleep(0.6)  # the dead dispatcher's leases run out
+            for _ in range(200):
+                await dispatcher.step()
+                if (await sdk.batches.retrieve(batch.id)).status == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            done = await sdk.batches.retrieve(batch.id)
+            assert done.status == "completed" and done.request_counts.completed == 6
+            output = await _lines_of(sdk, done.output_file_id)
+        assert sorted(line["custom_id"] for line in output) == sorted(f"d-{i}" for i in range(6))
+        await eventually(lambda: db.fetch("SELECT request_id FROM usage_ledger WHERE batch_id = $1", batch.id),
+                         lambda rows: len(rows) == 6, what="six rows")
+        await asyncio.sleep(0.3)
+        counts = await db.fetch("SELECT request_id, count(*) FROM usage_ledger WHERE batch_id = $1 GROUP BY 1",
+                                batch.id)
+        assert len(counts) == 6 and {row["count"] for row in counts} == {1}
+    finally:
+        dispatcher.start()
+
+
+async def test_another_tenant_sees_nothing_of_a_batch(platform, tenant, other_tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line("mine")])
+        done = await _finished(sdk, batch.id)
+    async with httpx.AsyncClient(base_url=platform.url, headers=other_tenant.headers) as theirs:
+        missing = "batch_" + "x" * 20
+        for method, path in (("GET", "/v1/batches/{}"), ("POST", "/v1/batches/{}/cancel")):
+            answers = [await theirs.request(method, path.format(i)) for i in (batch.id, missing)]
+            assert [a.status_code for a in answers] == [404, 404]
+            assert answers[0].json() == httpx.Response(404, text=answers[1].text.replace(missing, batch.id)).json()
+        assert (await theirs.get("/v1/batches")).json()["data"] == []
+        for file_id in (done.output_file_id, batch.input_file_id):
+            assert (await theirs.get(f"/v1/files/{file_id}/content")).status_code == 404
+        # Their batch cannot name my file either.
+        refused = await theirs.post("/v1/batches", json={"input_file_id": batch.input_file_id,
+                                                         "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_file"
+
+
+async def test_list_pages_newest_first(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        made = [(await _submit(sdk, [_line("x")])).id for _ in range(3)]
+        first = await sdk.batches.list(limit=2)
+        assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+        assert [b.id async for b in sdk.batches.list(limit=2)] == made[::-1]
+
+
+async def test_text_the_database_cannot_hold_is_refused_or_named(platform, tenant):
+    """NUL (U+0000) in metadata is the request's fault (400); in a line's custom_id or a field name, the
+    line is refused by name — never a 500, never a batch stuck validating."""
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("b.jsonl", _jsonl([_line("a")])), purpose="batch")
+        async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers) as http:
+            answer = await http.post("/v1/batches", json={"input_file_id": file.id, "endpoint": "/v1/chat/completions",
+                                                          "completion_window": "24h", "metadata": {"k": "a\x00b"}})
+            assert answer.status_code == 400, answer.text
+            tune = await sdk.files.create(file=("t.jsonl", b"{}\n"), purpose="fine-tune")
+            answer = await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": tune.id,
+                                                                   "metadata": {"k": "a\x00b"}})
+            assert answer.status_code == 400, answer.text
+        batch = await _submit(sdk, [_line("a\x00b"), _line("ok", **{"x\x00y": 1})])
+        done = await _finished(sdk, batch.id)
+    assert done.status == "failed"
+    assert [(e.line, e.code) for e in done.errors.data] == [(1, "invalid_custom_id"), (2, "invalid_request")]
+    assert "\\u0000" in done.errors.data[1].message
+
+
+async def test_the_dashboard_shows_downloads_and_cancels_batches(platform, tenant):
+    async with _sdk(platform.url, tenant) as sdk:
+        done = await _finished(sdk, (await _submit(sdk, [_line("page-1"), _line("page-2")])).id)
+        for worker in platform.workers:
+            worker.behaviour.delay_seconds = 0.3
+        slow = await _submit(sdk, [_line(f"slow-{i}") for i in range(40)])
+    async with dashboard(platform.url, tenant.secret) as (http, csrf):
+        listing = await http.get("/dashboard/batches")
+        assert listing.status_code == 200 and done.id in listing.text and slow.id in listing.text
+        page = await http.get(f"/dashboard/batches/{done.id}")
+        assert "2 done, 0 failed, of 2" in page.text and f"/dashboard/batches/{done.id}/output" in page.text
+        assert f"/dashboard/batches/{done.id}/errors" not in page.text  # no error file: no link
+        output = await http.get(f"/dashboard/batches/{done.id}/output")
+        assert output.status_code == 200 and f'filename="{done.id}.output.jsonl"' in output.headers["content-disposition"]
+        assert sorted(json.loads(line)["custom_id"] for line in output.text.splitlines()) == ["page-1", "page-2"]
+        assert (await http.get(f"/dashboard/batches/{done.id}/errors")).status_code == 404
+        assert 'action="/dashboard/batches/{}/cancel"'.format(slow.id) in (await http.get(f"/dashboard/batches/{slow.id}")).text
+        cancelled = await http.post(f"/dashboard/batches/{slow.id}/cancel", data={"csrf": csrf})
+        assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/dashboard/batches/{slow.id}"
+        refused = await http.post(f"/dashboard/batches/{slow.id}/cancel", data={"csrf": "wrong"})
+        assert refused.status_code == 403
+    async with _sdk(platform.url, tenant) as sdk:
+        ended = await _finished(sdk, slow.id)
+    assert ended.status == "cancelled"
