@@ -4,7 +4,6 @@ token ids the worker would send (the served template)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from lorafleet.finetune import Hyperparameters, JobSpec, Renderer, train
