@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -60,7 +61,9 @@ def _run_batch(lines: Path, model_path: Path, settings: WorkerSettings) -> float
     subprocess.run([sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(lines), "-o", str(out),
                     "--model", str(model_path), "--served-model-name", MODEL,
                     "--max-model-len", str(settings.max_model_len)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   # The worker's own KV cache size, so both engines run alike (vLLM's default takes far more).
+                   env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(settings.kv_cache_gib)))
     elapsed = time.perf_counter() - started
     answered = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(line["response"]["status_code"] == 200 for line in answered), "run_batch failed lines"

@@ -346,3 +346,39 @@ async def test_the_dashboard_shows_downloads_and_cancels_batches(platform, tenan
     async with _sdk(platform.url, tenant) as sdk:
         ended = await _finished(sdk, slow.id)
     assert ended.status == "cancelled"
+
+
+async def test_a_gateway_stopping_sends_its_lines_back_and_none_is_billed_twice(platform, db, tenant, start_gateway):
+    """SIGTERM's path: lines still running after the drain are cut (their rows say what ran) and go back
+    under their own request ids; another dispatcher answers them; each line has one ledger row."""
+    session = platform.app.state.services.dispatcher
+    await session.close()  # only the stopping gateway takes lines at first
+    try:
+        for worker in platform.workers:
+            worker.behaviour.delay_seconds = 2.0
+        blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+        stopping = await start_gateway(BLOB_DIR=blobs)
+        async with _sdk(stopping.url, tenant) as sdk:
+            batch = await _submit(sdk, [_line(f"s-{i}") for i in range(4)])
+        running = await eventually(
+            lambda: db.fetch("SELECT line, request_id FROM batch_lines WHERE batch_id = $1 AND state = 'running'",
+                             batch.id), lambda rows: len(rows) == 4, what="every line running")
+        dispatcher = stopping.services.dispatcher
+        dispatcher.drain_seconds = 0.2
+        await dispatcher.close()
+        back = await db.fetch("SELECT line, request_id, state FROM batch_lines WHERE batch_id = $1", batch.id)
+        assert {row["state"] for row in back} == {"pending"}
+        assert {(r["line"], r["request_id"]) for r in back} == {(r["line"], r["request_id"]) for r in running}
+        for worker in platform.workers:
+            worker.behaviour.delay_seconds = 0.0
+        session.start()
+        async with _sdk(platform.url, tenant) as sdk:
+            done = await _finished(sdk, batch.id)
+            output = await _lines_of(sdk, done.output_file_id)
+        assert done.status == "completed" and sorted(line["custom_id"] for line in output) == [f"s-{i}" for i in range(4)]
+        rows = await eventually(lambda: db.fetch("SELECT request_id, outcome FROM usage_ledger WHERE batch_id = $1",
+                                                 batch.id), lambda found: len(found) == 4, what="four rows")
+        assert {row["request_id"] for row in rows} == {r["request_id"] for r in running}
+        assert {row["outcome"] for row in rows} == {"client_disconnect"}  # billed once, for what ran before the cut
+    finally:
+        session.start()  # a no-op when it already runs

@@ -111,10 +111,11 @@ FROM done WHERE b.id = done.batch_id
 RETURNING b.id;
 
 -- name: release_batch_line
--- A line that did not run (rate limited, no worker woke in time): back in the queue, not before $5
--- seconds, under a new request id $6 (the try's own row says nothing ran); the try does not count.
+-- A line back in the queue, not before $5 seconds: one that did not run (rate limited, no worker woke
+-- in time) under a new request id $6 (the try's own row says nothing ran); one cut by a shutdown under
+-- its own ($6 NULL: billed once). The try does not count.
 UPDATE batch_lines SET state = 'pending', claimed_by = NULL, lease_until = NULL, attempts = attempts - 1,
-    not_before = now() + make_interval(secs => $5), request_id = $6
+    not_before = now() + make_interval(secs => $5), request_id = coalesce($6, request_id)
 WHERE batch_id = $1 AND line = $2 AND claimed_by = $3 AND attempts = $4 AND state = 'running';
 
 -- name: claim_batch_ending
