@@ -6,6 +6,7 @@ trains and serves for real."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 
@@ -209,13 +210,10 @@ async def test_a_price_version_carries_a_training_price(platform):
     assert [p["training_micro_usd_per_mtok"] for p in listed if p["id"] == answer.json()["id"]] == [3_000_000]
 
 
-async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db):
-    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
-    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted."""
-    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
-        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
-        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
-                                 json={"amount_micro_usd": 1_000_000})).status_code == 201
+@pytest.fixture
+async def training_price(platform, db):
+    """1 USD per million trained tokens for the tier's base model while the test runs (the other
+    tests' training price stays 0)."""
     price = await db.fetchrow(queries.training_price, platform.base_model_id, dt.datetime.now(dt.UTC))
     current = await db.fetchrow("SELECT * FROM prices WHERE id = $1", price["id"]) if price else None
     await db.execute(
@@ -226,21 +224,126 @@ async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenan
         current["completion_micro_usd_per_mtok"] if current else 0,
         current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000,
         current["cached_prompt_micro_usd_per_mtok"] if current else None)
+    yield 1_000_000
+    await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
+                     platform.base_model_id)
+
+
+async def _prepaid(platform, tenant, micro_usd: int) -> None:
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
+        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
+                                 json={"amount_micro_usd": micro_usd})).status_code == 201
+
+
+def _bytes(size: int) -> bytes:
     row = json.dumps(GOOD) + "\n"
-    body = (row * (100_000 // len(row) + 1)).encode()[:100_000]
-    try:
-        async with _sdk(platform.url, tenant) as sdk:
-            file = await sdk.files.create(file=("big.jsonl", body), purpose="fine-tune")
-            with pytest.raises(openai.APIStatusError) as refused:
-                await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
-            assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
-            assert "2000000 micro-USD" in refused.value.message
-            assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
-            job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
-            await sdk.fine_tuning.jobs.cancel(job.id)
-    finally:  # the other tests' training price stays 0
-        await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
-                         platform.base_model_id)
+    return (row * (size // len(row) + 1)).encode()[:size]
+
+
+async def _reserved(db, tenant) -> tuple[int, int, list]:
+    account = await db.fetchrow("SELECT reserved_micro_usd, in_flight FROM tenant_accounts WHERE tenant_id = $1",
+                                tenant.tenant_id)
+    held = await db.fetch("SELECT request_id, amount_micro_usd FROM reservations WHERE tenant_id = $1 "
+                          "ORDER BY created_at", tenant.tenant_id)
+    return account["reserved_micro_usd"], account["in_flight"], [(r["request_id"], r["amount_micro_usd"]) for r in held]
+
+
+async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db, training_price):
+    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
+    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted, and its
+    worst case is held in the account (not as a request in flight) until the cancel gives it back."""
+    await _prepaid(platform, tenant, 1_000_000)
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("big.jsonl", _bytes(100_000)), purpose="fine-tune")
+        with pytest.raises(openai.APIStatusError) as refused:
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
+        assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
+        assert "2000000 micro-USD" in refused.value.message
+        assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
+        assert await _reserved(db, tenant) == (0, 0, [])
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
+        assert await _reserved(db, tenant) == (500_000, 0, [(job.id, 500_000)])
+        await sdk.fine_tuning.jobs.cancel(job.id)
+        assert await _reserved(db, tenant) == (0, 0, [])
+        # What was given back can be reserved again.
+        again = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 10})
+        assert await _reserved(db, tenant) == (1_000_000, 0, [(again.id, 1_000_000)])
+        await sdk.fine_tuning.jobs.cancel(again.id)
+
+
+async def test_open_jobs_together_never_reserve_past_the_limit(platform, tenant, db, training_price):
+    """A spend limit of 1 USD and two jobs of 0.6 USD each: each alone fits, both do not — one after the
+    other, and also sent at once (the account row is locked while a create reserves)."""
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}",
+                                  json={"monthly_spend_limit_micro_usd": 1_000_000})).status_code == 200
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _bytes(200_000)), purpose="fine-tune")
+        first = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 3})
+        with pytest.raises(openai.APIStatusError) as refused:
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 3})
+        assert refused.value.status_code == 402 and "spend limit" in refused.value.message
+        await sdk.fine_tuning.jobs.cancel(first.id)
+        assert await _reserved(db, tenant) == (0, 0, [])
+
+        async def create():
+            try:
+                return await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id,
+                                                         hyperparameters={"n_epochs": 3})
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+        answers = await asyncio.gather(*(create() for _ in range(4)))
+        created = [a for a in answers if not isinstance(a, int)]
+        assert len(created) == 1 and sorted(a for a in answers if isinstance(a, int)) == [402, 402, 402], answers
+        assert await _reserved(db, tenant) == (600_000, 0, [(created[0].id, 600_000)])
+        await sdk.fine_tuning.jobs.cancel(created[0].id)
+
+
+async def test_every_ending_releases_the_reservation_once_and_the_sweeper_keeps_it_meanwhile(
+        platform, tenant, trainer, db, training_price):
+    """A file the trainer refuses fails the job and gives its reservation back; a job whose trainer died
+    after ending it (reservation left behind) is released by the sweeper, but never while the job is
+    open, however old the reservation; a running job's cancel leaves its reservation to the trainer,
+    which bills the trained steps and releases it in one transaction."""
+    await _prepaid(platform, tenant, 10_000_000)
+    sweep = lambda: db.fetchval(queries.sweep_reservations, 0.0, 0.0)  # noqa: E731 - every gateway "dead", every reservation "too old"
+    async with _sdk(platform.url, tenant) as sdk:
+        bad = await sdk.files.create(file=("bad.jsonl", _jsonl(["{not json", *[GOOD] * 11])), purpose="fine-tune")
+        refused = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=bad.id, hyperparameters={"n_epochs": 1})
+        trained = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=bad.id, hyperparameters={"n_epochs": 2})
+        size = (await sdk.files.retrieve(bad.id)).bytes
+        assert await _reserved(db, tenant) == (3 * size, 0, [(refused.id, size), (trained.id, 2 * size)])
+        await sweep()
+        assert (await _reserved(db, tenant))[0] == 3 * size  # open jobs: kept
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = $1", trained.id)  # set aside
+        await _drain_validation(trainer)
+        assert (await sdk.fine_tuning.jobs.retrieve(refused.id)).status == "failed"
+        assert await _reserved(db, tenant) == (2 * size, 0, [(trained.id, 2 * size)])
+        await trainer._bill({"id": refused.id}, 0)  # a second release gives nothing back twice
+        assert (await _reserved(db, tenant))[0] == 2 * size
+        # Running, then cancelled: the canceller leaves the reservation to the trainer, and the sweeper
+        # gives the trainer its grace period ($1 seconds after the end) to bill and release it.
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'running', trainer_id = 'trn_x', heartbeat_at = now(), "
+                         "started_at = now() WHERE id = $1", trained.id)
+        await sdk.fine_tuning.jobs.cancel(trained.id)
+    assert (await _reserved(db, tenant))[0] == 2 * size
+    await db.fetchval(queries.sweep_reservations, 60.0, 0.0)
+    assert (await _reserved(db, tenant))[0] == 2 * size
+    job = await db.fetchrow("SELECT * FROM fine_tuning_jobs WHERE id = $1", trained.id)
+    await trainer._bill(job, 1234)  # the trainer's end: 1234 tokens trained at 1 USD/M
+    account = await db.fetchrow("SELECT reserved_micro_usd, spent_total_micro_usd, in_flight FROM tenant_accounts "
+                                "WHERE tenant_id = $1", tenant.tenant_id)
+    assert (account["reserved_micro_usd"], account["spent_total_micro_usd"], account["in_flight"]) == (0, 1234, 0)
+    assert await db.fetchval("SELECT prompt_tokens FROM usage_ledger WHERE request_id = $1", trained.id) == 1234
+    # The trainer died after ending a job: the sweeper gives its reservation back, once.
+    await db.execute("INSERT INTO reservations (request_id, tenant_id, gateway_id, amount_micro_usd) "
+                     "VALUES ($1, $2, 'fine-tuning', 77)", refused.id, tenant.tenant_id)
+    await db.execute("UPDATE tenant_accounts SET reserved_micro_usd = reserved_micro_usd + 77 WHERE tenant_id = $1",
+                     tenant.tenant_id)
+    await sweep()
+    assert await _reserved(db, tenant) == (0, 0, [])
 
 
 async def test_training_is_its_own_invoice_line(platform, tenant, db):

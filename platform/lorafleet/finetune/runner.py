@@ -15,7 +15,9 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
 - a taken job resumes from its last checkpoint (on this disk, else fetched from the blob store), so
   no step is trained twice in the result, and trained tokens are billed once per job: one ledger row
   whose request id is the job id (``ON CONFLICT DO NOTHING``), written when the job ends
-  (succeeded, failed or cancelled: the steps completed);
+  (succeeded, failed or cancelled: the steps completed), in the transaction that releases the
+  worst case the job reserved at create (every ending releases it; a cancel before training
+  releases it in the gateway);
 - the result passes the same validation as an uploaded adapter (AdapterService.create) and is
   registered for the tenant as ``ft:<base>:<suffix>:<job id>``, servable at once; so is each
   checkpoint, as ``ft:<base>:<suffix>:<job id>:ckpt-step-<n>`` (adapter name ``<job id>-step-<n>``).
@@ -222,6 +224,7 @@ class Trainer:
         except LoraFleetError as exc:
             if await self._finish(job_id, "failed", error={"code": exc.code or "invalid_file", "message": exc.message,
                                                            "param": exc.param}):
+                await self._bill(job, 0)
                 await self.event(job_id, f"Validation failed: {exc.message}", level="error")
             return True
         finally:
@@ -243,6 +246,7 @@ class Trainer:
         settings = self.settings
         for failed in await self.pool.fetch(queries.fail_exhausted_fine_tuning_jobs, self.base_model_id,
                                             settings.trainer_stale_seconds, settings.trainer_max_attempts):
+            await self.pool.execute(queries.release_fine_tuning_reservation, failed["id"])
             await self.event(failed["id"], "The job failed: its trainer stopped too many times.", level="error")
         job = await self.pool.fetchrow(queries.claim_fine_tuning_job, self.base_model_id, self.trainer_id,
                                        settings.trainer_stale_seconds, settings.trainer_max_attempts)
@@ -255,6 +259,7 @@ class Trainer:
             message = exc.message if isinstance(exc, LoraFleetError) else f"{type(exc).__name__}: {str(exc)[:300]}"
             code = exc.code if isinstance(exc, LoraFleetError) else "training_failed"
             if await self._finish(job["id"], "failed", error={"code": code, "message": message, "param": None}):
+                await self._bill(job, 0)
                 await self.event(job["id"], f"The job failed: {message}", level="error")
         return True
 
@@ -430,23 +435,33 @@ class Trainer:
             await self.event(job_id, f"New fine-tuned model created: {fine_tuned_model}")
             await self.event(job_id, "The job has successfully completed")
             await self._cleanup(job_id, output)
+        elif await self.pool.fetchval(queries.fine_tuning_job_status, job_id) == "cancelled":
+            # Cancelled in the last moment: the steps were trained all the same, and are billed once.
+            await self.pool.execute(queries.record_trained_tokens, job_id, trained_tokens)
+            await self._bill(job, trained_tokens)
+            await self._cleanup(job_id, output)
 
-    async def _bill(self, job: asyncpg.Record, trained_tokens: int) -> None:
-        """One ledger row per job (its id is the request id: a second write changes nothing)."""
-        if trained_tokens <= 0:
-            return
-        now = dt.datetime.now(dt.UTC)
-        price = await self.pool.fetchrow(queries.training_price, job["base_model_id"], now)
-        cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
-        started = job["started_at"] or now
-        row = LedgerRow(
-            request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
-            base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING, outcome=Outcome.SUCCESS,
-            http_status=200, streamed=False, prompt_tokens=trained_tokens, completion_tokens=0, worker_url=None,
-            started_at=started, finished_at=now, ttft_ms=None,
-            duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
-            cost_pico_usd=cost, price_id=price["id"] if price else None)
-        await self.pool.execute(queries.insert_usage_rows, *column_arrays([row]))
+    async def _bill(self, job: asyncpg.Record | dict[str, Any], trained_tokens: int) -> None:
+        """The job's end in money: its worst-case reservation (made at create) is released and, when it
+        trained anything, one ledger row is written (its id is the request id: a second write changes
+        nothing), in one transaction so the cost is never neither reserved nor spent. Every ending calls
+        this; releasing is a DELETE, so a second call gives nothing back twice."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(queries.release_fine_tuning_reservation, job["id"])
+            if trained_tokens <= 0:
+                return
+            now = dt.datetime.now(dt.UTC)
+            price = await connection.fetchrow(queries.training_price, job["base_model_id"], now)
+            cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
+            started = job["started_at"] or now
+            row = LedgerRow(
+                request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
+                base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING,
+                outcome=Outcome.SUCCESS, http_status=200, streamed=False, prompt_tokens=trained_tokens,
+                completion_tokens=0, worker_url=None, started_at=started, finished_at=now, ttft_ms=None,
+                duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
+                cost_pico_usd=cost, price_id=price["id"] if price else None)
+            await connection.execute(queries.insert_usage_rows, *column_arrays([row]))
 
     async def _cleanup(self, job_id: str, output: Path) -> None:
         """The job is over: its local folder and its checkpoints' resume state go."""

@@ -25,9 +25,12 @@ ORDER BY created_at DESC, id DESC LIMIT $3;
 
 -- name: cancel_fine_tuning_job
 -- A job not finished yet becomes cancelled at once; its trainer sees that on its next heartbeat.
-UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = now()
-WHERE id = $1 AND tenant_id = $2 AND status IN ('validating_files', 'queued', 'running')
-RETURNING *;
+-- was_running: whether a trainer was training it (that trainer bills the steps done and releases the
+-- job's reservation; otherwise the canceller releases it).
+UPDATE fine_tuning_jobs j SET status = 'cancelled', finished_at = now()
+FROM (SELECT id, status FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE) before
+WHERE j.id = before.id AND j.status IN ('validating_files', 'queued', 'running')
+RETURNING j.*, before.status = 'running' AS was_running;
 
 -- name: list_fine_tuning_events
 -- Newest first; $3: the id of the last event of the previous page.
@@ -144,8 +147,38 @@ SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
 
 -- name: fine_tuning_headroom
 -- What a job's worst case is checked against at create: the month's spend and limit, prepaid credit.
+-- The row stays locked until the job's reservation is written: two creates cannot both pass one limit.
 SELECT billing_mode, monthly_spend_limit_micro_usd, reserved_micro_usd, credit_granted_micro_usd,
        spent_total_micro_usd,
        CASE WHEN period_start = date_trunc('month', now(), 'UTC')::date THEN period_spent_micro_usd ELSE 0 END
            AS period_spent_micro_usd
-FROM tenant_accounts WHERE tenant_id = $1;
+FROM tenant_accounts WHERE tenant_id = $1
+FOR UPDATE;
+
+-- name: reserve_fine_tuning_job
+-- A job's worst case ($3 micro-USD) held against the tenant's limits while the job lives, keyed by the
+-- job id (the request id of its ledger row). gateway_id 'fine-tuning' marks it as a job's: the sweeper
+-- keeps it while the job is open (admission.sql, sweep_reservations). in_flight is left alone: a job
+-- is not a request in flight (max_concurrent_requests), and release_fine_tuning_reservation matches.
+WITH held AS (
+    INSERT INTO reservations (request_id, tenant_id, gateway_id, amount_micro_usd)
+    VALUES ($1, $2, 'fine-tuning', $3)
+    RETURNING tenant_id, amount_micro_usd
+)
+UPDATE tenant_accounts a
+SET reserved_micro_usd = a.reserved_micro_usd + h.amount_micro_usd,
+    period_spent_micro_usd = CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date
+                                  THEN a.period_spent_micro_usd ELSE 0 END,
+    period_start = date_trunc('month', now(), 'UTC')::date, updated_at = now()
+FROM held h WHERE a.tenant_id = h.tenant_id;
+
+-- name: release_fine_tuning_reservation
+-- The job ended: its reservation goes (once: whoever deletes the row gives the amount back). Run in the
+-- transaction that writes the job's ledger row, so its cost is never neither reserved nor spent.
+WITH released AS (
+    DELETE FROM reservations WHERE request_id = $1 AND gateway_id = 'fine-tuning'
+    RETURNING tenant_id, amount_micro_usd
+)
+UPDATE tenant_accounts a SET reserved_micro_usd = a.reserved_micro_usd - r.amount_micro_usd, updated_at = now()
+FROM released r WHERE a.tenant_id = r.tenant_id
+RETURNING r.amount_micro_usd;
