@@ -403,3 +403,72 @@ async def test_the_dashboard_lists_a_job_shows_its_loss_curve_and_cancels_it(pla
         missing = await http.get(f"/dashboard/fine-tuning/{ids.fine_tuning_job_id()}")
         assert theirs.status_code == missing.status_code == 404
         assert job.id not in (await http.get("/dashboard/fine-tuning")).text
+
+
+async def test_a_trainer_touches_its_alive_file_while_its_loop_runs(trainer):
+    """The Kubernetes probes of a trainer (no port) read this file's age (infra/kustomize/trainer)."""
+    from lorafleet.finetune.runner import ALIVE_FILE
+
+    path = trainer.settings.data_path / ALIVE_FILE
+    path.unlink(missing_ok=True)
+    task = asyncio.create_task(trainer._alive_loop())
+    try:
+        await asyncio.sleep(0.2)
+        first = path.stat().st_mtime
+        await asyncio.sleep(trainer.settings.trainer_heartbeat_seconds + 0.3)
+        assert path.stat().st_mtime > first
+    finally:
+        task.cancel()
+    await asyncio.sleep(trainer.settings.trainer_heartbeat_seconds + 0.3)
+    assert path.stat().st_mtime < dt.datetime.now().timestamp() - trainer.settings.trainer_heartbeat_seconds
+
+
+async def test_a_validation_that_keeps_crashing_fails_after_the_attempts_cap(platform, tenant, trainer, db,
+                                                                             training_price, monkeypatch):
+    """Checking the files crashes (an internal error, not a refused line): each take is given back at once
+    and counted; after trainer_max_attempts (3) takes the job fails with validation_attempts_exhausted
+    and its reservation is released. A take whose trainer died counts the same once its heartbeat is
+    stale. A file that passes afterwards starts training with its attempts back at 0."""
+    await _prepaid(platform, tenant, 10_000_000)
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 12)), purpose="fine-tune")
+        crashing = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        dying = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+    ours = [crashing.id, dying.id]
+    others = [r["id"] for r in await db.fetch(  # only this test's jobs are in play meanwhile
+        "UPDATE fine_tuning_jobs SET status = 'cancelled' WHERE base_model_id = $1 AND id <> ALL($2) "
+        "AND status IN ('queued', 'running', 'validating_files') RETURNING id", platform.base_model_id, ours)]
+    try:
+        # The second job's third take died with its trainer: heartbeat stale, no answer.
+        await db.execute("UPDATE fine_tuning_jobs SET attempts = 3, trainer_id = 'trn_dead', "
+                         "heartbeat_at = now() - interval '1 hour' WHERE id = $1", dying.id)
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("tokenizer exploded")
+
+        monkeypatch.setattr(trainer, "renderer", crash)
+        for attempt in (1, 2, 3):
+            assert await trainer.validate_next()
+            row = await db.fetchrow("SELECT status, attempts, trainer_id FROM fine_tuning_jobs WHERE id = $1", crashing.id)
+            assert (row["status"], row["attempts"], row["trainer_id"]) == ("validating_files", attempt, None)
+        assert await trainer.validate_next() is False  # nothing left to take: both are out of attempts
+        async with _sdk(platform.url, tenant) as sdk:
+            for job_id in ours:
+                failed = await sdk.fine_tuning.jobs.retrieve(job_id)
+                assert failed.status == "failed" and failed.error.code == "validation_attempts_exhausted", failed
+                assert "3 times" in failed.error.message
+            events = [e.message async for e in sdk.fine_tuning.jobs.list_events(crashing.id)]
+        assert sum("RuntimeError: tokenizer exploded" in m for m in events) == 3, events
+        assert events[0] == "The job failed: checking its files failed too many times."
+        assert await _reserved(db, tenant) == (0, 0, [])
+        # A take that works restarts the count for training.
+        monkeypatch.undo()
+        async with _sdk(platform.url, tenant) as sdk:
+            good = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        assert await trainer.validate_next()
+        assert tuple(await db.fetchrow("SELECT status, attempts FROM fine_tuning_jobs WHERE id = $1", good.id)) == (
+            "queued", 0)
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'cancelled' WHERE id = $1", good.id)
+    finally:
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'validating_files' WHERE id = ANY($1)", others)
+

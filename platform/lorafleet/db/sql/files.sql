@@ -19,3 +19,16 @@ UPDATE files SET status = 'deleted', deleted_at = now()
 WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'
 RETURNING id, blob_key, bytes;
 
+
+-- name: expire_files
+-- Up to $1 files past their expires_at, deleted (as DELETE /v1/files does), oldest expiry first; not a
+-- file an open fine-tuning job still reads (it would fail the job: the file goes once the job ends).
+-- SKIP LOCKED: gateways sweeping at once take different files.
+UPDATE files f SET status = 'deleted', deleted_at = now()
+WHERE f.id IN (SELECT id FROM files x
+               WHERE x.status <> 'deleted' AND x.expires_at <= now()
+                 AND NOT EXISTS (SELECT 1 FROM fine_tuning_jobs j
+                                 WHERE j.tenant_id = x.tenant_id AND x.id IN (j.training_file, j.validation_file)
+                                   AND j.status IN ('validating_files', 'queued', 'running'))
+               ORDER BY x.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING f.id, f.tenant_id, f.blob_key, f.bytes;

@@ -61,18 +61,38 @@ SELECT step_number, sha256 FROM fine_tuning_checkpoints WHERE job_id = $1 ORDER 
 
 -- name: claim_validation
 -- The oldest job of this base model ($1) waiting for its files to be checked, not being checked by
--- a live trainer ($3 seconds of heartbeat); taken by trainer $2.
-UPDATE fine_tuning_jobs j SET trainer_id = $2, heartbeat_at = now()
+-- a live trainer ($3 seconds of heartbeat), with takes left ($4); taken by trainer $2. attempts counts
+-- validation takes here (a take that crashed, or whose trainer died), then restarts at 0 for training.
+UPDATE fine_tuning_jobs j SET trainer_id = $2, heartbeat_at = now(), attempts = j.attempts + 1
 WHERE j.id = (SELECT id FROM fine_tuning_jobs
-              WHERE base_model_id = $1 AND status = 'validating_files'
+              WHERE base_model_id = $1 AND status = 'validating_files' AND attempts < $4
                 AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $3))
               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING j.*;
 
+-- name: release_validation
+-- Checking the files crashed (not a refusal): the take ends now, so the next one need not wait for
+-- the heartbeat to go stale; its attempt stays counted.
+UPDATE fine_tuning_jobs SET trainer_id = NULL, heartbeat_at = NULL
+WHERE id = $1 AND trainer_id = $2 AND status = 'validating_files'
+RETURNING attempts;
+
+-- name: fail_exhausted_validations
+-- Jobs of base model $1 whose validation was taken $3 times without an answer (each crashed, or its
+-- trainer died: heartbeat stale for $2 seconds): failed, with a clear code.
+UPDATE fine_tuning_jobs SET status = 'failed', finished_at = now(), trainer_id = NULL, heartbeat_at = NULL,
+    error = jsonb_build_object('code', 'validation_attempts_exhausted', 'param', NULL,
+                               'message', 'Checking the files failed ' || attempts || ' times without an answer '
+                                          '(an internal error, not a refusal of the file); giving up.')
+WHERE base_model_id = $1 AND status = 'validating_files' AND attempts >= $3
+  AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $2))
+RETURNING id, tenant_id;
+
 -- name: validated_fine_tuning_job
--- The files passed: queued with the resolved hyperparameters (only if nobody cancelled it meanwhile).
+-- The files passed: queued with the resolved hyperparameters (only if nobody cancelled it meanwhile);
+-- attempts restart for training's takes.
 UPDATE fine_tuning_jobs SET status = 'queued', resolved = $2, n_examples = $3, file_tokens = $4,
-                            trainer_id = NULL, heartbeat_at = NULL
+                            trainer_id = NULL, heartbeat_at = NULL, attempts = 0
 WHERE id = $1 AND status = 'validating_files'
 RETURNING id;
 
@@ -182,3 +202,10 @@ WITH released AS (
 UPDATE tenant_accounts a SET reserved_micro_usd = a.reserved_micro_usd - r.amount_micro_usd, updated_at = now()
 FROM released r WHERE a.tenant_id = r.tenant_id
 RETURNING r.amount_micro_usd;
+
+-- name: ready_workers_of_base_model
+-- Where a trainer pre-warms the model it trained: the base model's ($1) workers that are ready and
+-- beat within $2 seconds.
+SELECT url FROM workers
+WHERE base_model_id = $1 AND state = 'ready' AND heartbeat_at > now() - make_interval(secs => $2)
+ORDER BY url;
