@@ -18,6 +18,7 @@ from lorafleet.core import ids
 from lorafleet.core.settings import GatewaySettings, get_settings
 from lorafleet.dashboard import (
     DashboardController,
+    DashboardFileUploadController,
     DashboardUploadController,
     static_files,
 )
@@ -154,7 +155,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
                    request_max_body_size=settings.max_upload_bytes),
-            Router("/", route_handlers=[FilesController],
+            Router("/", route_handlers=[FilesController, DashboardFileUploadController],
                    request_max_body_size=settings.max_file_bytes + MULTIPART_OVERHEAD_BYTES),
         ],
         lifespan=[lifespan],

@@ -472,3 +472,46 @@ async def test_a_validation_that_keeps_crashing_fails_after_the_attempts_cap(pla
     finally:
         await db.execute("UPDATE fine_tuning_jobs SET status = 'validating_files' WHERE id = ANY($1)", others)
 
+
+async def test_the_dashboard_uploads_a_training_file_and_starts_a_job_from_it(platform, tenant, other_tenant):
+    """The fine-tuning page's two forms over HTTP (tests/integration/test_dashboard.py drives them, and the
+    upload's progress, in a browser): the XHR upload stores a `fine-tune` file, the start form makes a job
+    of it; bad input gets a precise refusal, another tenant's file is one that does not exist."""
+    from tests.helpers import dashboard
+
+    async with dashboard(platform.url, tenant.secret) as (http, csrf):
+        page = await http.get("/dashboard/fine-tuning")
+        assert 'id="training-upload"' in page.text and "Upload a training file first" in page.text
+        upload = {"files": [("file", ("zorblax.jsonl", _jsonl([GOOD] * 10)))], "data": {"purpose": "fine-tune"}}
+        stored = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": csrf}, **upload)
+        assert stored.status_code == 201, stored.text
+        file_id = stored.json()["id"]
+        assert stored.json() == {"id": file_id, "filename": "zorblax.jsonl", "bytes": len(_jsonl([GOOD] * 10))}
+        forged = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": "wrong"}, **upload)
+        assert forged.status_code == 403
+        batch = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": csrf},
+                                files=upload["files"], data={"purpose": "batch"})
+        assert (batch.status_code, batch.json()["error"]["param"]) == (400, "purpose")
+        assert f'<option value="{file_id}">zorblax.jsonl' in (await http.get("/dashboard/fine-tuning")).text
+
+        async def start(**fields):
+            return await http.post("/dashboard/fine-tuning", data={"csrf": csrf, "model": STUB_MODEL,
+                                                                   "training_file": file_id, **fields})
+
+        bad_suffix, bad_epochs, no_model = await start(suffix="a:b"), await start(n_epochs="0"), await start(model="x")
+        assert bad_suffix.status_code == 400 and "suffix" in bad_suffix.text
+        assert bad_epochs.status_code == 400 and "n_epochs" in bad_epochs.text
+        assert no_model.status_code == 404
+        started = await start(suffix="dash", n_epochs="2")
+        assert started.status_code == 303, started.text
+        job_id = started.headers["location"].rsplit("/", 1)[1]
+    async with _sdk(platform.url, tenant) as sdk:
+        assert [f.id async for f in sdk.files.list(purpose="fine-tune")] == [file_id]
+        job = await sdk.fine_tuning.jobs.retrieve(job_id)
+        assert (job.training_file, job.suffix, job.status, job.hyperparameters.n_epochs) == (
+            file_id, "dash", "validating_files", 2)
+        await sdk.fine_tuning.jobs.cancel(job_id)
+    async with dashboard(platform.url, other_tenant.secret) as (http, csrf):
+        theirs = await http.post("/dashboard/fine-tuning", data={"csrf": csrf, "model": STUB_MODEL,
+                                                                 "training_file": file_id})
+        assert theirs.status_code == 400 and "is not one of your files" in theirs.text
