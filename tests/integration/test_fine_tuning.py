@@ -202,6 +202,9 @@ async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, work
     row = await db.fetchrow("SELECT endpoint, prompt_tokens, cost_pico_usd FROM usage_ledger WHERE request_id = $1", job.id)
     assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", done.trained_tokens)
     assert row["cost_pico_usd"] == done.trained_tokens * TRAINING_PRICE
+    # The worst case reserved at create went back with the ledger row.
+    assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
+    assert await db.fetchval("SELECT reserved_micro_usd FROM tenant_accounts WHERE tenant_id = $1", owner.tenant_id) == 0
 
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=stranger.secret, max_retries=0) as theirs:
         with pytest.raises(openai.NotFoundError):
@@ -228,6 +231,8 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
         job = await sdk.fine_tuning.jobs.create(
             model=model_name, training_file=file.id, suffix="stopped",
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
+        # Held while the job lives (the training price of the test above is still in effect).
+        assert await db.fetchval("SELECT amount_micro_usd FROM reservations WHERE request_id = $1", job.id) > 0
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until training has made progress
             events = (await sdk.fine_tuning.jobs.list_events(job.id, limit=5)).data
@@ -256,6 +261,8 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
     row = await db.fetchrow("SELECT endpoint, prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
     assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", final.trained_tokens)
     assert await db.fetchval("SELECT count(*) FROM adapters WHERE name = $1", job.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
+    assert await db.fetchval("SELECT reserved_micro_usd FROM tenant_accounts WHERE tenant_id = $1", owner.tenant_id) == 0
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
