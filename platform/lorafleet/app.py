@@ -18,6 +18,7 @@ from lorafleet.core import ids
 from lorafleet.core.settings import GatewaySettings, get_settings
 from lorafleet.dashboard import (
     DashboardController,
+    DashboardFileUploadController,
     DashboardUploadController,
     static_files,
 )
@@ -41,6 +42,7 @@ from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.files import FilesController
 from lorafleet.gateway.fine_tuning import FineTuningController
+from lorafleet.files.janitor import ExpiredFiles
 from lorafleet.files.service import FileService
 from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.keys import KeysController
@@ -94,7 +96,6 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                                      dead_after_seconds=settings.gateway_dead_after_seconds,
                                      reservation_max_seconds=settings.reservation_max_seconds)
         refusals = RefusalCounter(pool)
-        janitor = RetentionJanitor(pool)
         holds = HeldRequests(pool, registry, timeout=settings.wake_timeout_seconds, gateway_id=gateway_id,
                              limits=HoldLimits(settings.hold_max_requests, settings.hold_max_bytes,
                                                settings.tenant_hold_max_requests, settings.tenant_hold_max_bytes))
@@ -106,6 +107,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         files = FileService(pool, blobs, TenantStorage(
             pool, "files", StorageQuota(settings.tenant_max_file_bytes, settings.tenant_max_files,
                                         settings.max_file_bytes), noun="files"))
+        janitor = RetentionJanitor(pool, expired_files=ExpiredFiles(files))
         services = Services(
             settings=settings, pool=pool, http=http, metrics=metrics,
             auth=KeyAuthenticator(pool, settings.key_cache_seconds, stale_seconds=settings.auth_stale_seconds,
@@ -164,7 +166,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
                    request_max_body_size=settings.max_upload_bytes),
-            Router("/", route_handlers=[FilesController],
+            Router("/", route_handlers=[FilesController, DashboardFileUploadController],
                    request_max_body_size=settings.max_file_bytes + MULTIPART_OVERHEAD_BYTES),
         ],
         lifespan=[lifespan],

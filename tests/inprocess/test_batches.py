@@ -382,3 +382,28 @@ async def test_a_gateway_stopping_sends_its_lines_back_and_none_is_billed_twice(
         assert {row["outcome"] for row in rows} == {"client_disconnect"}  # billed once, for what ran before the cut
     finally:
         session.start()  # a no-op when it already runs
+
+
+async def test_an_expired_input_file_waits_for_its_batch_to_be_validated(platform, db, tenant):
+    """The expired-files janitor leaves a batch's input file alone while the batch is validated (the lines
+    are read from it then); once validated, the batch keeps its lines and the file can go."""
+    from lorafleet.files.janitor import ExpiredFiles
+
+    dispatcher = platform.app.state.services.dispatcher
+    await dispatcher.close()
+    try:
+        async with _sdk(platform.url, tenant) as sdk:
+            file = await sdk.files.create(file=("b.jsonl", _jsonl([_line("x")])), purpose="batch",
+                                          extra_body={"expires_after": {"anchor": "created_at", "seconds": 3600}})
+            batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
+                                             completion_window="24h")
+            await db.execute("UPDATE files SET expires_at = now() - interval '1 second' WHERE id = $1", file.id)
+            expired = ExpiredFiles(platform.app.state.services.files)
+            assert await expired.sweep() == 0
+            assert await dispatcher.validate_one()
+            assert await expired.sweep() == 1
+            dispatcher.start()
+            done = await _finished(sdk, batch.id)
+            assert done.status == "completed" and done.request_counts.completed == 1
+    finally:
+        dispatcher.start()

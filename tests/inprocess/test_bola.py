@@ -128,6 +128,14 @@ def _dashboard_upload(v: dict[str, str]) -> dict[str, Any]:
     return {**_upload(v), "headers": {"x-csrf-token": v["csrf"]}}
 
 
+def _dashboard_file_upload(v: dict[str, str]) -> dict[str, Any]:
+    return {**_file_upload(v), "headers": {"x-csrf-token": v["csrf"]}}
+
+
+def _dashboard_job(v: dict[str, str]) -> dict[str, Any]:
+    return {"data": {"csrf": v["csrf"], "model": STUB_MODEL, "training_file": v.get("training_file", "file-none")}}
+
+
 def _just_created(v: dict[str, str]) -> dict[str, Any]:
     # The one page that shows a new secret finds the key by the id in this cookie (and checks the
     # secret's prefix against it: the BOLA test sends the other tenant's real secret).
@@ -212,6 +220,9 @@ ROUTES: dict[str, Route] = {
     "POST /dashboard/adapters/upload": Route("session", "adapters:write", (), _dashboard_upload),
     "POST /dashboard/adapters/{adapter_id}/delete": Route("session", "adapters:write", (ADAPTER_ID,), _form),
     "GET /dashboard/fine-tuning": Route("session", "adapters:read"),
+    "POST /dashboard/fine-tuning": Route("session", "adapters:write", (Slot("training_file", "file_id"),),
+                                         _dashboard_job),
+    "POST /dashboard/fine-tuning/files": Route("session", "adapters:write", (), _dashboard_file_upload),
     "GET /dashboard/fine-tuning/{fine_tuning_job_id}": Route("session", "adapters:read", JOB_ID),
     "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": Route("session", "adapters:write", JOB_ID, _form),
     "GET /dashboard/batches": Route("session", "inference"),

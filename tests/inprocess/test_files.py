@@ -91,3 +91,43 @@ async def test_the_byte_cap_and_the_tenant_quota(start_gateway, tenant):
         assert (await http.delete(f"/v1/files/{ok[0].json()['id']}")).status_code == 200
         again = await http.post("/v1/files", files={"file": ("3.jsonl", b"x")}, data={"purpose": "batch"})
         assert again.status_code == 200, again.text  # deleting gave the room back
+
+
+async def test_the_janitor_deletes_expired_files_and_gives_their_room_back(platform, tenant, db):
+    """Past expires_at a file is hidden at once and, at the next sweep of the gateway's janitor, deleted:
+    row, blob and the room it took in the tenant's quota; one an open fine-tuning job reads waits for
+    the job to end (deleting it would fail the job)."""
+    from lorafleet.files.janitor import ExpiredFiles
+    from lorafleet.gateway.janitor import RetentionJanitor
+
+    services = platform.app.state.services
+    expiring = {"expires_after": {"anchor": "created_at", "seconds": 3600}}
+    async with _sdk(platform.url, tenant) as sdk:
+        gone = await sdk.files.create(file=("a.jsonl", LINE * 2), purpose="batch", extra_body=expiring)
+        in_use = await sdk.files.create(file=("t.jsonl", LINE * 10), purpose="fine-tune", extra_body=expiring)
+        kept = await sdk.files.create(file=("k.jsonl", LINE), purpose="batch", extra_body=expiring)
+        job = await sdk.fine_tuning.jobs.create(model="stub-model", training_file=in_use.id)
+    blob_keys = {r["id"]: r["blob_key"] for r in await db.fetch("SELECT id, blob_key FROM files WHERE tenant_id = $1",
+                                                                 tenant.tenant_id)}
+    store = services.files._blobs
+    assert all(store.path(key).exists() for key in blob_keys.values())
+    usage = lambda: db.fetchrow(queries_storage, tenant.tenant_id)  # noqa: E731
+    assert tuple(await usage()) == (len(LINE) * 13, 3)
+    await db.execute("UPDATE files SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", [gone.id, in_use.id])
+    janitor = RetentionJanitor(db, expired_files=ExpiredFiles(services.files, batch=1))  # one per transaction
+    await janitor.sweep()
+    assert not store.path(blob_keys[gone.id]).exists()
+    assert store.path(blob_keys[in_use.id]).exists() and store.path(blob_keys[kept.id]).exists()
+    assert tuple(await usage()) == (len(LINE) * 11, 2)
+    statuses = dict(await db.fetch("SELECT id, status FROM files WHERE tenant_id = $1", tenant.tenant_id))
+    assert statuses == {gone.id: "deleted", in_use.id: "processed", kept.id: "processed"}
+    async with _sdk(platform.url, tenant) as sdk:
+        await sdk.fine_tuning.jobs.cancel(job.id)
+        assert [f.id async for f in sdk.files.list()] == [kept.id]  # expired ones are hidden either way
+    assert await janitor._expired_files.sweep() == 1  # the job ended: its file goes too
+    assert not store.path(blob_keys[in_use.id]).exists()
+    assert tuple(await usage()) == (len(LINE), 1)
+    assert await janitor._expired_files.sweep() == 0
+
+
+queries_storage = "SELECT bytes, objects FROM tenant_storage WHERE tenant_id = $1 AND kind = 'files'"

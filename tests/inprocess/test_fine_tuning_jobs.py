@@ -6,6 +6,7 @@ trains and serves for real."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 
@@ -209,13 +210,10 @@ async def test_a_price_version_carries_a_training_price(platform):
     assert [p["training_micro_usd_per_mtok"] for p in listed if p["id"] == answer.json()["id"]] == [3_000_000]
 
 
-async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db):
-    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
-    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted."""
-    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
-        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
-        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
-                                 json={"amount_micro_usd": 1_000_000})).status_code == 201
+@pytest.fixture
+async def training_price(platform, db):
+    """1 USD per million trained tokens for the tier's base model while the test runs (the other
+    tests' training price stays 0)."""
     price = await db.fetchrow(queries.training_price, platform.base_model_id, dt.datetime.now(dt.UTC))
     current = await db.fetchrow("SELECT * FROM prices WHERE id = $1", price["id"]) if price else None
     await db.execute(
@@ -226,21 +224,126 @@ async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenan
         current["completion_micro_usd_per_mtok"] if current else 0,
         current["adapter_surcharge_micro_usd_per_mtok"] if current else 0, 1_000_000,
         current["cached_prompt_micro_usd_per_mtok"] if current else None)
+    yield 1_000_000
+    await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
+                     platform.base_model_id)
+
+
+async def _prepaid(platform, tenant, micro_usd: int) -> None:
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}", json={"billing_mode": "prepaid"})).status_code == 200
+        assert (await admin.post(f"/admin/tenants/{tenant.tenant_id}/credits",
+                                 json={"amount_micro_usd": micro_usd})).status_code == 201
+
+
+def _bytes(size: int) -> bytes:
     row = json.dumps(GOOD) + "\n"
-    body = (row * (100_000 // len(row) + 1)).encode()[:100_000]
-    try:
-        async with _sdk(platform.url, tenant) as sdk:
-            file = await sdk.files.create(file=("big.jsonl", body), purpose="fine-tune")
-            with pytest.raises(openai.APIStatusError) as refused:
-                await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
-            assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
-            assert "2000000 micro-USD" in refused.value.message
-            assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
-            job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
-            await sdk.fine_tuning.jobs.cancel(job.id)
-    finally:  # the other tests' training price stays 0
-        await db.execute("DELETE FROM prices WHERE base_model_id = $1 AND training_micro_usd_per_mtok = 1000000",
-                         platform.base_model_id)
+    return (row * (size // len(row) + 1)).encode()[:size]
+
+
+async def _reserved(db, tenant) -> tuple[int, int, list]:
+    account = await db.fetchrow("SELECT reserved_micro_usd, in_flight FROM tenant_accounts WHERE tenant_id = $1",
+                                tenant.tenant_id)
+    held = await db.fetch("SELECT request_id, amount_micro_usd FROM reservations WHERE tenant_id = $1 "
+                          "ORDER BY created_at", tenant.tenant_id)
+    return account["reserved_micro_usd"], account["in_flight"], [(r["request_id"], r["amount_micro_usd"]) for r in held]
+
+
+async def test_a_job_the_budget_cannot_cover_is_refused_with_402(platform, tenant, db, training_price):
+    """Prepaid with 1 USD of credit, 1 USD per million trained tokens: a 100 kB file × 20 epochs may
+    train up to 2 M tokens (2 USD): refused before it queues; 5 epochs (0.5 USD) is accepted, and its
+    worst case is held in the account (not as a request in flight) until the cancel gives it back."""
+    await _prepaid(platform, tenant, 1_000_000)
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("big.jsonl", _bytes(100_000)), purpose="fine-tune")
+        with pytest.raises(openai.APIStatusError) as refused:
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 20})
+        assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"
+        assert "2000000 micro-USD" in refused.value.message
+        assert [j async for j in sdk.fine_tuning.jobs.list()] == []  # nothing queued
+        assert await _reserved(db, tenant) == (0, 0, [])
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 5})
+        assert await _reserved(db, tenant) == (500_000, 0, [(job.id, 500_000)])
+        await sdk.fine_tuning.jobs.cancel(job.id)
+        assert await _reserved(db, tenant) == (0, 0, [])
+        # What was given back can be reserved again.
+        again = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 10})
+        assert await _reserved(db, tenant) == (1_000_000, 0, [(again.id, 1_000_000)])
+        await sdk.fine_tuning.jobs.cancel(again.id)
+
+
+async def test_open_jobs_together_never_reserve_past_the_limit(platform, tenant, db, training_price):
+    """A spend limit of 1 USD and two jobs of 0.6 USD each: each alone fits, both do not — one after the
+    other, and also sent at once (the account row is locked while a create reserves)."""
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers) as admin:
+        assert (await admin.patch(f"/admin/tenants/{tenant.tenant_id}",
+                                  json={"monthly_spend_limit_micro_usd": 1_000_000})).status_code == 200
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _bytes(200_000)), purpose="fine-tune")
+        first = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 3})
+        with pytest.raises(openai.APIStatusError) as refused:
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, hyperparameters={"n_epochs": 3})
+        assert refused.value.status_code == 402 and "spend limit" in refused.value.message
+        await sdk.fine_tuning.jobs.cancel(first.id)
+        assert await _reserved(db, tenant) == (0, 0, [])
+
+        async def create():
+            try:
+                return await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id,
+                                                         hyperparameters={"n_epochs": 3})
+            except openai.APIStatusError as exc:
+                return exc.status_code
+
+        answers = await asyncio.gather(*(create() for _ in range(4)))
+        created = [a for a in answers if not isinstance(a, int)]
+        assert len(created) == 1 and sorted(a for a in answers if isinstance(a, int)) == [402, 402, 402], answers
+        assert await _reserved(db, tenant) == (600_000, 0, [(created[0].id, 600_000)])
+        await sdk.fine_tuning.jobs.cancel(created[0].id)
+
+
+async def test_every_ending_releases_the_reservation_once_and_the_sweeper_keeps_it_meanwhile(
+        platform, tenant, trainer, db, training_price):
+    """A file the trainer refuses fails the job and gives its reservation back; a job whose trainer died
+    after ending it (reservation left behind) is released by the sweeper, but never while the job is
+    open, however old the reservation; a running job's cancel leaves its reservation to the trainer,
+    which bills the trained steps and releases it in one transaction."""
+    await _prepaid(platform, tenant, 10_000_000)
+    sweep = lambda: db.fetchval(queries.sweep_reservations, 0.0, 0.0)  # noqa: E731 - every gateway "dead", every reservation "too old"
+    async with _sdk(platform.url, tenant) as sdk:
+        bad = await sdk.files.create(file=("bad.jsonl", _jsonl(["{not json", *[GOOD] * 11])), purpose="fine-tune")
+        refused = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=bad.id, hyperparameters={"n_epochs": 1})
+        trained = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=bad.id, hyperparameters={"n_epochs": 2})
+        size = (await sdk.files.retrieve(bad.id)).bytes
+        assert await _reserved(db, tenant) == (3 * size, 0, [(refused.id, size), (trained.id, 2 * size)])
+        await sweep()
+        assert (await _reserved(db, tenant))[0] == 3 * size  # open jobs: kept
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = $1", trained.id)  # set aside
+        await _drain_validation(trainer)
+        assert (await sdk.fine_tuning.jobs.retrieve(refused.id)).status == "failed"
+        assert await _reserved(db, tenant) == (2 * size, 0, [(trained.id, 2 * size)])
+        await trainer._bill({"id": refused.id}, 0)  # a second release gives nothing back twice
+        assert (await _reserved(db, tenant))[0] == 2 * size
+        # Running, then cancelled: the canceller leaves the reservation to the trainer, and the sweeper
+        # gives the trainer its grace period ($1 seconds after the end) to bill and release it.
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'running', trainer_id = 'trn_x', heartbeat_at = now(), "
+                         "started_at = now() WHERE id = $1", trained.id)
+        await sdk.fine_tuning.jobs.cancel(trained.id)
+    assert (await _reserved(db, tenant))[0] == 2 * size
+    await db.fetchval(queries.sweep_reservations, 60.0, 0.0)
+    assert (await _reserved(db, tenant))[0] == 2 * size
+    job = await db.fetchrow("SELECT * FROM fine_tuning_jobs WHERE id = $1", trained.id)
+    await trainer._bill(job, 1234)  # the trainer's end: 1234 tokens trained at 1 USD/M
+    account = await db.fetchrow("SELECT reserved_micro_usd, spent_total_micro_usd, in_flight FROM tenant_accounts "
+                                "WHERE tenant_id = $1", tenant.tenant_id)
+    assert (account["reserved_micro_usd"], account["spent_total_micro_usd"], account["in_flight"]) == (0, 1234, 0)
+    assert await db.fetchval("SELECT prompt_tokens FROM usage_ledger WHERE request_id = $1", trained.id) == 1234
+    # The trainer died after ending a job: the sweeper gives its reservation back, once.
+    await db.execute("INSERT INTO reservations (request_id, tenant_id, gateway_id, amount_micro_usd) "
+                     "VALUES ($1, $2, 'fine-tuning', 77)", refused.id, tenant.tenant_id)
+    await db.execute("UPDATE tenant_accounts SET reserved_micro_usd = reserved_micro_usd + 77 WHERE tenant_id = $1",
+                     tenant.tenant_id)
+    await sweep()
+    assert await _reserved(db, tenant) == (0, 0, [])
 
 
 async def test_training_is_its_own_invoice_line(platform, tenant, db):
@@ -300,3 +403,115 @@ async def test_the_dashboard_lists_a_job_shows_its_loss_curve_and_cancels_it(pla
         missing = await http.get(f"/dashboard/fine-tuning/{ids.fine_tuning_job_id()}")
         assert theirs.status_code == missing.status_code == 404
         assert job.id not in (await http.get("/dashboard/fine-tuning")).text
+
+
+async def test_a_trainer_touches_its_alive_file_while_its_loop_runs(trainer):
+    """The Kubernetes probes of a trainer (no port) read this file's age (infra/kustomize/trainer)."""
+    from lorafleet.finetune.runner import ALIVE_FILE
+
+    path = trainer.settings.data_path / ALIVE_FILE
+    path.unlink(missing_ok=True)
+    task = asyncio.create_task(trainer._alive_loop())
+    try:
+        await asyncio.sleep(0.2)
+        first = path.stat().st_mtime
+        await asyncio.sleep(trainer.settings.trainer_heartbeat_seconds + 0.3)
+        assert path.stat().st_mtime > first
+    finally:
+        task.cancel()
+    await asyncio.sleep(trainer.settings.trainer_heartbeat_seconds + 0.3)
+    assert path.stat().st_mtime < dt.datetime.now().timestamp() - trainer.settings.trainer_heartbeat_seconds
+
+
+async def test_a_validation_that_keeps_crashing_fails_after_the_attempts_cap(platform, tenant, trainer, db,
+                                                                             training_price, monkeypatch):
+    """Checking the files crashes (an internal error, not a refused line): each take is given back at once
+    and counted; after trainer_max_attempts (3) takes the job fails with validation_attempts_exhausted
+    and its reservation is released. A take whose trainer died counts the same once its heartbeat is
+    stale. A file that passes afterwards starts training with its attempts back at 0."""
+    await _prepaid(platform, tenant, 10_000_000)
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 12)), purpose="fine-tune")
+        crashing = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        dying = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+    ours = [crashing.id, dying.id]
+    others = [r["id"] for r in await db.fetch(  # only this test's jobs are in play meanwhile
+        "UPDATE fine_tuning_jobs SET status = 'cancelled' WHERE base_model_id = $1 AND id <> ALL($2) "
+        "AND status IN ('queued', 'running', 'validating_files') RETURNING id", platform.base_model_id, ours)]
+    try:
+        # The second job's third take died with its trainer: heartbeat stale, no answer.
+        await db.execute("UPDATE fine_tuning_jobs SET attempts = 3, trainer_id = 'trn_dead', "
+                         "heartbeat_at = now() - interval '1 hour' WHERE id = $1", dying.id)
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("tokenizer exploded")
+
+        monkeypatch.setattr(trainer, "renderer", crash)
+        for attempt in (1, 2, 3):
+            assert await trainer.validate_next()
+            row = await db.fetchrow("SELECT status, attempts, trainer_id FROM fine_tuning_jobs WHERE id = $1", crashing.id)
+            assert (row["status"], row["attempts"], row["trainer_id"]) == ("validating_files", attempt, None)
+        assert await trainer.validate_next() is False  # nothing left to take: both are out of attempts
+        async with _sdk(platform.url, tenant) as sdk:
+            for job_id in ours:
+                failed = await sdk.fine_tuning.jobs.retrieve(job_id)
+                assert failed.status == "failed" and failed.error.code == "validation_attempts_exhausted", failed
+                assert "3 times" in failed.error.message
+            events = [e.message async for e in sdk.fine_tuning.jobs.list_events(crashing.id)]
+        assert sum("RuntimeError: tokenizer exploded" in m for m in events) == 3, events
+        assert events[0] == "The job failed: checking its files failed too many times."
+        assert await _reserved(db, tenant) == (0, 0, [])
+        # A take that works restarts the count for training.
+        monkeypatch.undo()
+        async with _sdk(platform.url, tenant) as sdk:
+            good = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        assert await trainer.validate_next()
+        assert tuple(await db.fetchrow("SELECT status, attempts FROM fine_tuning_jobs WHERE id = $1", good.id)) == (
+            "queued", 0)
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'cancelled' WHERE id = $1", good.id)
+    finally:
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'validating_files' WHERE id = ANY($1)", others)
+
+
+async def test_the_dashboard_uploads_a_training_file_and_starts_a_job_from_it(platform, tenant, other_tenant):
+    """The fine-tuning page's two forms over HTTP (tests/integration/test_dashboard.py drives them, and the
+    upload's progress, in a browser): the XHR upload stores a `fine-tune` file, the start form makes a job
+    of it; bad input gets a precise refusal, another tenant's file is one that does not exist."""
+    from tests.helpers import dashboard
+
+    async with dashboard(platform.url, tenant.secret) as (http, csrf):
+        page = await http.get("/dashboard/fine-tuning")
+        assert 'id="training-upload"' in page.text and "Upload a training file first" in page.text
+        upload = {"files": [("file", ("zorblax.jsonl", _jsonl([GOOD] * 10)))], "data": {"purpose": "fine-tune"}}
+        stored = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": csrf}, **upload)
+        assert stored.status_code == 201, stored.text
+        file_id = stored.json()["id"]
+        assert stored.json() == {"id": file_id, "filename": "zorblax.jsonl", "bytes": len(_jsonl([GOOD] * 10))}
+        forged = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": "wrong"}, **upload)
+        assert forged.status_code == 403
+        batch = await http.post("/dashboard/fine-tuning/files", headers={"x-csrf-token": csrf},
+                                files=upload["files"], data={"purpose": "batch"})
+        assert (batch.status_code, batch.json()["error"]["param"]) == (400, "purpose")
+        assert f'<option value="{file_id}">zorblax.jsonl' in (await http.get("/dashboard/fine-tuning")).text
+
+        async def start(**fields):
+            return await http.post("/dashboard/fine-tuning", data={"csrf": csrf, "model": STUB_MODEL,
+                                                                   "training_file": file_id, **fields})
+
+        bad_suffix, bad_epochs, no_model = await start(suffix="a:b"), await start(n_epochs="0"), await start(model="x")
+        assert bad_suffix.status_code == 400 and "suffix" in bad_suffix.text
+        assert bad_epochs.status_code == 400 and "n_epochs" in bad_epochs.text
+        assert no_model.status_code == 404
+        started = await start(suffix="dash", n_epochs="2")
+        assert started.status_code == 303, started.text
+        job_id = started.headers["location"].rsplit("/", 1)[1]
+    async with _sdk(platform.url, tenant) as sdk:
+        assert [f.id async for f in sdk.files.list(purpose="fine-tune")] == [file_id]
+        job = await sdk.fine_tuning.jobs.retrieve(job_id)
+        assert (job.training_file, job.suffix, job.status, job.hyperparameters.n_epochs) == (
+            file_id, "dash", "validating_files", 2)
+        await sdk.fine_tuning.jobs.cancel(job_id)
+    async with dashboard(platform.url, other_tenant.secret) as (http, csrf):
+        theirs = await http.post("/dashboard/fine-tuning", data={"csrf": csrf, "model": STUB_MODEL,
+                                                                 "training_file": file_id})
+        assert theirs.status_code == 400 and "is not one of your files" in theirs.text

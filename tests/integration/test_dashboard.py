@@ -176,6 +176,42 @@ async def test_upload_a_good_adapter_and_see_a_bad_one_refused(page, gateway, ma
     assert await page.locator("tr[data-adapter='browser-adapter']").count() == 0
 
 
+async def test_upload_a_training_file_with_progress_and_start_a_job_from_it(page, gateway, make_key, model_name,
+                                                                             tmp_path):
+    """The fine-tuning page: the file goes up by XHR with its progress shown, becomes the chosen file of the
+    "start a job" form, and the job starts from it (no trainer here: it waits, validating, and is cancelled)."""
+    key = await make_key()
+    await sign_in(page, gateway, key.secret)
+    await page.get_by_role("link", name="Fine-tuning").click()
+    row = {"messages": [{"role": "user", "content": "What is the capital of Zorblax? " + "x" * 200},
+                        {"role": "assistant", "content": "Quillington."}]}
+    data = tmp_path / "zorblax.jsonl"
+    data.write_text((json.dumps(row) + "\n") * 8000)  # ~2 MB: the upload takes several progress events
+    await page.get_by_label("JSONL file").set_input_files(str(data))
+    await page.locator("#training-upload").get_by_role("button", name="Upload").click()
+    status = page.locator("#training-upload-result")
+    await status.filter(has_text="Uploaded zorblax.jsonl as file-").wait_for()
+    file_id = await status.get_attribute("data-file-id")
+    progress = page.locator("#training-progress")
+    assert await progress.is_visible() and await progress.evaluate("p => p.value") == 100
+    assert int(await progress.get_attribute("data-events") or 0) >= 1, "XHR upload progress events were shown"
+    assert await page.get_by_label("Training file", exact=True).input_value() == file_id
+    await shot(page, "fine-tuning-uploaded")
+    await page.get_by_label("Base model").select_option(model_name)
+    await page.get_by_label("Suffix (optional)").fill("browser")
+    await page.get_by_label("Epochs").fill("2")
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="Start fine-tuning").click()
+    job_id = page.url.rsplit("/", 1)[1]
+    assert job_id.startswith("ftjob-")
+    assert await page.get_by_test_id("job-status").inner_text() in ("validating_files", "queued")
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:
+        job = await sdk.fine_tuning.jobs.retrieve(job_id)
+        assert (job.training_file, job.suffix, job.hyperparameters.n_epochs) == (file_id, "browser", 2)
+        assert (await sdk.files.retrieve(file_id)).bytes == data.stat().st_size
+        await sdk.fine_tuning.jobs.cancel(job_id)
+
+
 async def test_usage_csv_matches_the_api(page, gateway, db, model_name, make_key):
     key = await make_key()
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key.secret, max_retries=0) as sdk:

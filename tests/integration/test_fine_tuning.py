@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from lorafleet.devtools.services import Service, start_service
@@ -143,7 +144,7 @@ async def test_a_killed_trainer_s_job_resumes_elsewhere_and_bills_each_step_once
     assert [r["prompt_tokens"] for r in rows] == [done.trained_tokens]
 
 
-async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, trainer, make_key, db, model_name):
+async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, worker, trainer, make_key, db, model_name):
     assert trainer.name == "trainer"  # `lorafleet trainer`, a process of its own
     owner, stranger = await make_key(), await make_key()
     await _set_training_price(db, model_name)
@@ -173,6 +174,15 @@ async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, trai
         checkpoints = (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data
         assert [c.step_number for c in checkpoints] == [6, 3]  # each epoch's end, newest first
         assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-6"
+        # Pre-warmed: the worker's engine lists the result the moment the job says succeeded, before
+        # anyone asked for it (vLLM lists an adapter once resolved).
+        adapter_id = await db.fetchval("SELECT adapter_id FROM fine_tuning_jobs WHERE id = $1", job.id)
+        async with httpx.AsyncClient(timeout=30) as http:
+            served = (await http.get(f"{worker.url}/v1/models",
+                                     headers={"Authorization": f"Bearer {worker.internal_token}"})).json()
+        assert adapter_id in [m["id"] for m in served["data"]], served
+        assert [m for m in (e.message for e in events) if m.startswith("Model loaded on ") and
+                not m.startswith("Model loaded on 0 ")], [e.message for e in events]
 
         asked_at = time.perf_counter()
         after, first_token = await _ask(sdk, done.fine_tuned_model)
@@ -192,6 +202,9 @@ async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, trai
     row = await db.fetchrow("SELECT endpoint, prompt_tokens, cost_pico_usd FROM usage_ledger WHERE request_id = $1", job.id)
     assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", done.trained_tokens)
     assert row["cost_pico_usd"] == done.trained_tokens * TRAINING_PRICE
+    # The worst case reserved at create went back with the ledger row.
+    assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
+    assert await db.fetchval("SELECT reserved_micro_usd FROM tenant_accounts WHERE tenant_id = $1", owner.tenant_id) == 0
 
     async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=stranger.secret, max_retries=0) as theirs:
         with pytest.raises(openai.NotFoundError):
@@ -218,6 +231,8 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
         job = await sdk.fine_tuning.jobs.create(
             model=model_name, training_file=file.id, suffix="stopped",
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
+        # Held while the job lives (the training price of the test above is still in effect).
+        assert await db.fetchval("SELECT amount_micro_usd FROM reservations WHERE request_id = $1", job.id) > 0
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until training has made progress
             events = (await sdk.fine_tuning.jobs.list_events(job.id, limit=5)).data
@@ -246,6 +261,8 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
     row = await db.fetchrow("SELECT endpoint, prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
     assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", final.trained_tokens)
     assert await db.fetchval("SELECT count(*) FROM adapters WHERE name = $1", job.id) == 0
+    assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
+    assert await db.fetchval("SELECT reserved_micro_usd FROM tenant_accounts WHERE tenant_id = $1", owner.tenant_id) == 0
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -41,8 +41,11 @@ OVERLAYS = sorted(p.parent.name for p in (INFRA / "kustomize" / "overlays").glob
 # newest whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 
-# Secrets per role (infra/README.md). Workers never get the admin token, the metrics token or Stripe.
+# Secrets per role (infra/README.md). Workers and trainers never get the admin token, the metrics token or Stripe.
 WORKER_SECRETS = {"lorafleet-worker", "lorafleet-internal", "lorafleet-s3"}
+TRAINER_SECRETS = {"lorafleet-trainer", "lorafleet-internal", "lorafleet-s3"}
+TRAINER_CHILD_JOIN_SECONDS = 30     # a trainer on SIGTERM waits this long for its training process (runner.py)
+TRAINER_OPEN_STATUSES = ("validating_files", "queued", "running")  # finetune/jobs.py OPEN_STATUSES
 FORBIDDEN_WORKER_KEYS = {"LORAFLEET_ADMIN_TOKEN", "LORAFLEET_METRICS_TOKEN", "LORAFLEET_STRIPE_API_KEY"}
 GATEWAY_STREAM_DRAIN_SECONDS = 30   # the gateway lets open streams finish this long on SIGTERM
 ENGINE_STOP_SECONDS = 20            # a worker's engine takes about this long to stop
@@ -120,6 +123,15 @@ def gateways(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def workers(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in find(objs, "Deployment") if pod_labels(o).get("app.kubernetes.io/component") == "worker"]
+
+
+def trainers(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in find(objs, "Deployment") if pod_labels(o).get("app.kubernetes.io/component") == "trainer"]
+
+
+def scaled_objects_of(objs: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = {d["metadata"]["name"] for d in deployments}
+    return [s for s in find(objs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] in names]
 
 
 def container(obj: dict[str, Any], name: str) -> dict[str, Any]:
@@ -314,6 +326,18 @@ METRICS_API_METADATA = {
         "aggregationType": {"enum": ["average", "sum", "max", "min"]},
     },
 }
+# keda.sh scalers/postgresql: the connection comes from a TriggerAuthentication, never inline.
+POSTGRESQL_METADATA = {
+    "type": "object",
+    "required": ["query", "targetQueryValue"],
+    "additionalProperties": False,
+    "properties": {
+        "query": {"type": "string", "pattern": r"^SELECT "},
+        "targetQueryValue": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+        "activationTargetQueryValue": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+    },
+}
+TRIGGER_METADATA = {"metrics-api": METRICS_API_METADATA, "postgresql": POSTGRESQL_METADATA}
 TRIGGER_AUTHENTICATION_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -351,8 +375,8 @@ def test_keda_objects_validate_against_their_schemas(rendered):
     for obj in find(objs, "ScaledObject"):
         jsonschema.validate(obj, SCALED_OBJECT_SCHEMA)
         for trigger in obj["spec"]["triggers"]:
-            assert trigger["type"] == "metrics-api"
-            jsonschema.validate(trigger["metadata"], METRICS_API_METADATA)
+            assert trigger["type"] in TRIGGER_METADATA
+            jsonschema.validate(trigger["metadata"], TRIGGER_METADATA[trigger["type"]])
         behavior = obj["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
         if behavior:  # KEDA hands it to the HPA as is: check it with the HPA's own schema
             hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
@@ -521,7 +545,7 @@ def test_scalers_target_existing_deployments_and_never_the_same_one(rendered):
         if obj["metadata"]["name"] in hpa_targets + keda_targets:
             assert "replicas" not in obj["spec"], f"{obj['metadata']['name']}: an autoscaled Deployment sets no replicas"
     assert {o["metadata"]["name"] for o in gateways(objs)} == set(hpa_targets)
-    assert {o["metadata"]["name"] for o in workers(objs)} == set(keda_targets)
+    assert {o["metadata"]["name"] for o in workers(objs) + trainers(objs)} == set(keda_targets)
 
 
 def test_references_resolve(rendered):
@@ -664,7 +688,8 @@ def test_each_worker_pool_scales_from_zero_on_the_gateways_signal(rendered):
     namespace = service["metadata"]["namespace"]
     gateway_metrics = {(name, key) for kind, name, key, _ in env_sources(container(gateways(objs)[0], "gateway"))
                        if kind == "Secret"}
-    for scaled in find(objs, "ScaledObject"):
+    assert len(scaled_objects_of(objs, workers(objs))) == len(workers(objs))
+    for scaled in scaled_objects_of(objs, workers(objs)):
         (target,) = find(objs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
         model = env_value(container(target, "worker"), "LORAFLEET_MODEL_NAME")
         spec = scaled["spec"]
@@ -721,10 +746,14 @@ def test_only_gateways_reach_workers(rendered):
         for rule in rules:
             assert rule["ports"] == [{"protocol": "TCP", "port": 8401}]
             assert rule.get("from"), "no open ingress to workers"
+            # Gateways route requests; trainers pre-warm a fine-tuned result before its job succeeds.
+            allowed = [gateway_labels] + [pod_labels(t) for t in trainers(objs)]
+            others = [labels for labels in other_templates if labels not in allowed]
             for peer in rule["from"]:
                 assert set(peer) == {"podSelector"}, "only pods of this namespace"
-                assert selects(peer["podSelector"], gateway_labels)
-                assert not any(selects(peer["podSelector"], other) for other in other_templates)
+                assert any(selects(peer["podSelector"], labels) for labels in allowed)
+                assert not any(selects(peer["podSelector"], other) for other in others)
+        assert any(selects(peer["podSelector"], gateway_labels) for rule in rules for peer in rule["from"])
     for gateway in gateways(objs):
         rules = [r for p in policies if selects(p["spec"]["podSelector"], pod_labels(gateway)) for r in p["spec"].get("ingress", [])]
         assert {"protocol": "TCP", "port": 8400} in [port for r in rules for port in r["ports"]]
@@ -879,3 +908,99 @@ def test_the_images_install_the_right_extras():
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in worker
     assert "pip uninstall -y torchvision torchaudio torchcodec" in worker
     assert "'.[gpu,s3]'" in worker_gpu and "vllm==${VLLM_VERSION}" in worker_gpu
+
+
+# ---- trainers -----------------------------------------------------------------------------------
+
+def test_each_base_model_has_a_trainer_pool_next_to_its_workers(rendered):
+    overlay, objs = rendered
+    assert trainers(objs)
+    served = {env_value(container(w, "worker"), "LORAFLEET_MODEL_NAME") for w in workers(objs)}
+    trained = {env_value(container(t, "trainer"), "LORAFLEET_MODEL_NAME") for t in trainers(objs)}
+    assert trained == served
+    for obj in trainers(objs):
+        c = container(obj, "trainer")
+        name = obj["metadata"]["name"]
+        assert c["args"] == ["trainer"]
+        assert "ports" not in c, f"{name}: a trainer serves nothing"
+        model, path = env_value(c, "LORAFLEET_MODEL_NAME"), env_value(c, "LORAFLEET_MODEL_PATH")
+        assert model and "set-by" not in model and path == f"/models/{model}", name
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts["/models"].get("readOnly") is True, f"{name}: the model volume is mounted read-only"
+        assert env_value(c, "LORAFLEET_DATA_DIR") in mounts, f"{name}: checkpoints on a volume"
+        (worker,) = [w for w in workers(objs) if env_value(container(w, "worker"), "LORAFLEET_MODEL_NAME") == model]
+        # The same image (torch, tokenizer, chat template) as the workers that serve the result, and a
+        # result no larger than they accept.
+        assert c["image"] == container(worker, "worker")["image"], name
+        assert env_value(c, "LORAFLEET_MAX_LORA_RANK") == env_value(container(worker, "worker"), "LORAFLEET_MAX_LORA_RANK")
+        gpu = "nvidia.com/gpu" in c["resources"].get("limits", {})
+        assert gpu == (overlay == "gpu"), f"{name}: GPU trainers in the gpu overlay only"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "trainer.alive" in " ".join(c[probe]["exec"]["command"]), f"{name}: {probe} reads the heartbeat file"
+        # SIGTERM: the training process stops before its next step, the trainer waits for it up to
+        # TRAINER_CHILD_JOIN_SECONDS and hands the job back; a kill before that spends an attempt.
+        assert pod_spec(obj)["terminationGracePeriodSeconds"] > TRAINER_CHILD_JOIN_SECONDS + 15, name
+
+
+def test_trainers_never_get_the_admin_token(rendered):
+    overlay, objs = rendered
+    secrets = {o["metadata"]["name"]: o for o in find(objs, "Secret")}
+    for obj in trainers(objs):
+        for c in containers(pod_spec(obj)):
+            names = {item["name"] for item in c.get("env", [])}
+            assert not names & FORBIDDEN_WORKER_KEYS, obj["metadata"]["name"]
+            read = set()
+            for kind, name, key, _ in env_sources(c):
+                if kind != "Secret":
+                    continue
+                read.add(name)
+                assert name in TRAINER_SECRETS, f"{obj['metadata']['name']}/{c['name']} reads Secret {name}"
+                keys = {key} if key else data_keys(secrets.get(name, {}))
+                assert not keys & FORBIDDEN_WORKER_KEYS, f"{obj['metadata']['name']}: Secret {name} holds {keys & FORBIDDEN_WORKER_KEYS}"
+            assert {"lorafleet-trainer", "lorafleet-internal"} <= read, obj["metadata"]["name"]
+    for name in TRAINER_SECRETS & set(secrets):
+        assert not data_keys(secrets[name]) & FORBIDDEN_WORKER_KEYS, name
+
+
+def test_each_trainer_pool_scales_from_zero_on_its_own_base_models_jobs(rendered):
+    overlay, objs = rendered
+    assert len(scaled_objects_of(objs, trainers(objs))) == len(trainers(objs))
+    for scaled in scaled_objects_of(objs, trainers(objs)):
+        (target,) = find(objs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+        model = env_value(container(target, "trainer"), "LORAFLEET_MODEL_NAME")
+        spec = scaled["spec"]
+        assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+        assert "fallback" not in spec, "on errors KEDA must keep the current count"
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "postgresql"
+        query = " ".join(trigger["metadata"]["query"].split())
+        # Its own base model's jobs only, by the name its trainers read, in every status a trainer
+        # takes or holds (counting running ones keeps a training pod from being scaled away).
+        assert re.findall(r"m\.name = '([^']*)'", query) == [model], query
+        assert "JOIN base_models m ON m.id = j.base_model_id" in query
+        assert re.search(r"j\.status IN \(([^)]*)\)", query)[1].replace("'", "").split(", ") == list(TRAINER_OPEN_STATUSES)
+        assert (trigger["metadata"]["targetQueryValue"], trigger["metadata"]["activationTargetQueryValue"]) == ("1", "0")
+        (auth,) = find(objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        (ref,) = auth["spec"]["secretTargetRef"]
+        assert ref["parameter"] == "connection"
+        assert ref["name"] == "lorafleet-keda-postgres", "KEDA gets a read-only role, not a process's database URL"
+
+
+def test_the_trainer_scaling_query_counts_what_the_trainer_takes():
+    """The statuses the ScaledObject counts are those a trainer claims or holds (db/sql/fine_tuning.sql)."""
+    sql = (ROOT / "platform" / "lorafleet" / "db" / "sql" / "fine_tuning.sql").read_text()
+    claim_validation = sql.split("-- name: claim_validation")[1].split("-- name:")[0]
+    claim_job = sql.split("-- name: claim_fine_tuning_job")[1].split("-- name:")[0]
+    heartbeat = sql.split("-- name: heartbeat_fine_tuning_job")[1].split("-- name:")[0]
+    taken = set(re.findall(r"status = '(\w+)'", claim_validation + claim_job)) | set(
+        re.findall(r"'(\w+)'", heartbeat.split("status IN")[1]))
+    assert taken == set(TRAINER_OPEN_STATUSES)
+
+
+def test_no_one_reaches_a_trainer(rendered):
+    overlay, objs = rendered
+    for obj in trainers(objs):
+        labels = pod_labels(obj)
+        rules = [r for p in find(objs, "NetworkPolicy") if selects(p["spec"]["podSelector"], labels)
+                 for r in p["spec"].get("ingress", [])]
+        assert rules == [], f"{obj['metadata']['name']}: ingress {rules}"

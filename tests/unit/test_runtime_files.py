@@ -55,9 +55,9 @@ def test_a_worker_process_never_receives_the_admin_token(monkeypatch):
     gateway = role_environment("gateway", load_settings(GatewaySettings, environ))
     assert gateway["LORAFLEET_ADMIN_TOKEN"] == "admin-secret" and gateway["LORAFLEET_METRICS_TOKEN"] == "metrics-secret"
     trainer = role_environment("trainer", load_settings(TrainerSettings, environ))
-    assert trainer["LORAFLEET_DATABASE_URL"] == "postgresql://db/x"
-    assert not {"LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_STRIPE_API_KEY",
-                "LORAFLEET_METRICS_TOKEN"} & set(trainer)
+    # The internal token: a trainer pre-warms what it trained onto the workers, as a gateway would.
+    assert trainer["LORAFLEET_DATABASE_URL"] == "postgresql://db/x" and trainer["LORAFLEET_INTERNAL_TOKEN"] == "internal"
+    assert not {"LORAFLEET_ADMIN_TOKEN", "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_METRICS_TOKEN"} & set(trainer)
 
 
 def test_the_database_is_remembered_with_the_secrets_owner_only(tmp_path):

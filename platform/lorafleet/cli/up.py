@@ -50,7 +50,9 @@ def _step(message: str) -> None:
 # Each role gets its own secrets and no other: a worker never holds the admin token.
 ROLE_SECRETS = {"gateway": ("database_url", "internal_token", "admin_token"),
                 "worker": ("database_url", "internal_token"),
-                "trainer": ("database_url",)}  # reads jobs and files, writes adapters and the ledger: no token
+                # reads jobs and files, writes adapters and the ledger; the internal token pre-warms
+                # what it trained onto the workers (finetune/runner.py, _prewarm): never the admin token
+                "trainer": ("database_url", "internal_token")}
 ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_METRICS_TOKEN",
                "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
 

@@ -176,7 +176,7 @@ class TrainerSettings(WorkerSettings, **_STRUCT):
     trainer_threads: Annotated[int, Meta(ge=0, le=256, description="CPU threads a trainer's training process uses (torch). 0: one per core. On a machine shared with workers, 1 can be several times faster than contending threads.")] = 0
     trainer_heartbeat_seconds: Annotated[float, Meta(gt=0, description="How often a trainer proves it still holds its job (and sees a cancel: training stops within about this long).")] = 1.0
     trainer_stale_seconds: Annotated[float, Meta(gt=0, description="A running job whose trainer has not beaten for this long is taken by another trainer and resumes from its last checkpoint.")] = 30.0
-    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted`.")] = 3
+    trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted` (while checking its files, crashed or stopped: `validation_attempts_exhausted`).")] = 3
     trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
     trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
 

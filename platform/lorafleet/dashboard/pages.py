@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
@@ -29,7 +30,8 @@ from lorafleet.billing.overview import (
     tenant_overview,
 )
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
-from lorafleet.core.errors import LoraFleetError, NotFound, RateLimited
+from lorafleet.finetune.jobs import JobCreate
+from lorafleet.core.errors import InvalidRequest, LoraFleetError, NotFound, PermissionDenied, RateLimited
 from lorafleet.dashboard.charts import loss_curve, stacked_bars, usd
 from lorafleet.dashboard.sessions import (
     COOKIE,
@@ -43,7 +45,8 @@ from lorafleet.dashboard.sessions import (
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.dependencies import AppServices, Context, client_address
-from lorafleet.gateway.files.controller import file_stream
+from lorafleet.gateway.files.controller import file_stream, receive_file
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.fleet.views import worker_views
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.keys import ALL_SCOPES, display_prefix
@@ -306,8 +309,34 @@ class DashboardController(Controller):
     async def fine_tuning(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         session.require("adapters:read")  # as the API: fine-tuning jobs make adapters
-        jobs = (await services.fine_tuning.list(session.tenant_id, after=None, limit=100)).data
-        return render("fine_tuning.html", **_page(session, "fine-tuning", jobs=jobs))
+        return await _fine_tuning_page(session, services)
+
+    @post("/fine-tuning")
+    async def create_fine_tuning_job(self, request: Request, services: AppServices) -> Response[Any]:
+        """The page's "start a job" form: one of the tenant's ``fine-tune`` files on a served base model."""
+        session = await _session(request, services)
+        form = await _form(request, session)
+        session.require("adapters:write")
+        if session.key_id is None:  # a job is billed to the key that started it
+            raise PermissionDenied("Sign in with an API key to start a fine-tuning job (a sign-in link acts "
+                                   "for no key, and a job's training is billed to a key).")
+        body: dict[str, Any] = {"model": form.get("model") or "", "training_file": form.get("training_file") or ""}
+        if form.get("suffix"):
+            body["suffix"] = form["suffix"]
+        epochs = (form.get("n_epochs") or "auto").strip()
+        if epochs != "auto":
+            body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": int(epochs) if epochs.isdigit() else epochs}}}
+        try:
+            data = msgspec.convert(body, JobCreate)
+        except msgspec.ValidationError as exc:
+            where = re.search(r"at `\$\.([\w.\[\]]+)`", str(exc))
+            param = where[1].replace("method.supervised.hyperparameters.", "") if where else None
+            raise InvalidRequest(f"{param or 'the form'}: {str(exc).split(' - at ')[0]}", param=param) from None
+        base = services.catalog.base(data.model)
+        require_task(ResolvedModel(base, None), "generate", data.model)
+        job = await services.fine_tuning.create(session.tenant_id, session.key_id, base.id, data)
+        return Redirect(f"/dashboard/fine-tuning/{job.id}", status_code=303)
 
     @get("/fine-tuning/{fine_tuning_job_id:str}")
     async def fine_tuning_job(self, fine_tuning_job_id: FromPath[str], request: Request, services: AppServices
@@ -410,6 +439,27 @@ class DashboardController(Controller):
                                              prices=await accounts.list_prices()))
 
 
+class DashboardFileUploadController(Controller):
+    """The fine-tuning page's training-file upload (XHR with upload progress, then "start a job" from it):
+    mounted with the files API, where uploads get the files' body limit; purpose ``fine-tune`` only."""
+
+    path = "/dashboard/fine-tuning/files"
+    include_in_schema = False
+    exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
+
+    @post("/")
+    async def upload_training_file(self, request: Request, services: AppServices) -> Response[Any]:
+        session = await _session(request, services)
+        if not session.csrf_ok(request.headers.get("x-csrf-token")):
+            raise CsrfRejected()
+        try:
+            session.require("adapters:write")
+            file = await receive_file(request, services, session.tenant_id, purposes=("fine-tune",))
+        except LoraFleetError as exc:
+            return Response(exc.envelope(), status_code=exc.status_code)
+        return Response({"id": file.id, "filename": file.filename, "bytes": file.bytes}, status_code=201)
+
+
 class DashboardUploadController(Controller):
     """The adapter upload from the dashboard: mounted where uploads get their larger body limit."""
 
@@ -428,6 +478,15 @@ class DashboardUploadController(Controller):
         except LoraFleetError as exc:
             return Response(exc.envelope(), status_code=exc.status_code)
         return Response({"id": adapter.id, "name": adapter.name}, status_code=201)
+
+
+async def _fine_tuning_page(session: DashboardSession, services: Services) -> Response[str]:
+    jobs = (await services.fine_tuning.list(session.tenant_id, after=None, limit=100)).data
+    files = [f for f in (await services.files.list(session.tenant_id, purpose="fine-tune", limit=100)).data]
+    served = sorted({w.base_model_name for w in services.registry.workers()} |
+                    {job.model for job in jobs})  # what a trainer can train: served base models
+    return render("fine_tuning.html", **_page(session, "fine-tuning", jobs=jobs, files=files, base_models=served,
+                                               max_file=services.settings.max_file_bytes))
 
 
 async def _keys_page(session: DashboardSession, services: Services, *, created: Any = None, error: str | None = None,

@@ -153,6 +153,17 @@ class FileService:
         await self._release_blob(row["blob_key"])
         return FileDeleted(id=file_id, deleted=True)
 
+    async def delete_expired(self, limit: int) -> int:
+        """Deletes up to ``limit`` files past their ``expires_at`` (row, room in the tenant's quota, blob),
+        as :meth:`delete` does one; the number deleted. files/janitor.py calls it periodically."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(queries.expire_files, limit)
+            for row in rows:
+                await self.storage.refund(connection, row["tenant_id"], row["bytes"])
+        for row in rows:
+            await self._release_blob(row["blob_key"])
+        return len(rows)
+
     async def _release_blob(self, blob_key: str) -> None:
         """Each file has a blob of its own; a failed delete leaves the bytes behind (logged by the store)."""
         try:

@@ -5,6 +5,10 @@ model's real tokenizer and chat template, and queues it (or fails it with the li
 trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
 Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.
 
+Creating a job reserves its worst case (file bytes × epochs at the training price) in ``reservations``
+under the job id, the request id of its ledger row, so open jobs and requests together never spend
+past the limit; the job's end releases it (runner.py ``_bill``), a cancel before training at once.
+
 Every read names the tenant: another tenant's job, its events and checkpoints are answered exactly
 like a job that never existed (404).
 """
@@ -266,8 +270,8 @@ class FineTuningJobs:
         requested = method_hp or data.hyperparameters or HyperparametersRequest()
         hp = requested.to_hyperparameters()
         resolve(hp, 100)  # bounds of every given value (the file's size decides the "auto" ones later)
-        await self._check_budget(tenant_id, base_model_id, training_bytes,
-                                 hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
+        worst = await self._worst_case(base_model_id, training_bytes,
+                                       hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
         seed = data.seed if data.seed is not None else random.randrange(2**31)
         job_id = ids.fine_tuning_job_id()
         async with self._pool.acquire() as connection, connection.transaction():
@@ -277,24 +281,32 @@ class FineTuningJobs:
                 raise RateLimited(f"this account already has {open_jobs} fine-tuning jobs validating, queued or "
                                   f"running, its limit; wait for one to finish or cancel one",
                                   code="too_many_fine_tuning_jobs", headers={"Retry-After": "60"})
+            if worst:
+                await self._check_budget(connection, tenant_id, worst)
             row = await connection.fetchrow(
                 queries.insert_fine_tuning_job, job_id, tenant_id, key_id, base_model_id, data.model,
                 data.training_file, data.validation_file, data.suffix, seed, data.metadata,
                 asked_hyperparameters(hp))
+            if worst:
+                await connection.execute(queries.reserve_fine_tuning_job, job_id, tenant_id, worst)
             await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id, "info",
                                      "message", f"Validating training file: {data.training_file}", None)
         return job_view(row)
 
-    async def _check_budget(self, tenant_id: str, base_model_id: str, training_bytes: int, epochs: int) -> None:
-        """402 when the job's worst case cannot be covered: the training file's bytes bound its tokens (a
-        byte-level BPE token is at least one byte of text, and the JSON around each message is longer
-        than the template's markers), times the epochs, at the training price in effect now. Checked,
-        not reserved: the ledger row at the job's end is what is spent."""
+    async def _worst_case(self, base_model_id: str, training_bytes: int, epochs: int) -> int:
+        """The most a job can cost, in micro-USD: the training file's bytes bound its tokens (a byte-level
+        BPE token is at least one byte of text, and the JSON around each message is longer than the
+        template's markers), times the epochs, at the training price in effect now (0: free)."""
         price = await self._pool.fetchrow(queries.training_price, base_model_id, dt.datetime.now(dt.UTC))
         if price is None or not price["training_micro_usd_per_mtok"]:
-            return
-        worst = micro_usd_ceil(training_bytes * epochs * price["training_micro_usd_per_mtok"])
-        account = await self._pool.fetchrow(queries.fine_tuning_headroom, tenant_id)
+            return 0
+        return micro_usd_ceil(training_bytes * epochs * price["training_micro_usd_per_mtok"])
+
+    @staticmethod
+    async def _check_budget(connection: asyncpg.Connection, tenant_id: str, worst: int) -> None:
+        """402 when the job's worst case cannot be covered next to what is spent and reserved; the account
+        row stays locked (FOR UPDATE) until the caller's transaction has reserved it, as admission does."""
+        account = await connection.fetchrow(queries.fine_tuning_headroom, tenant_id)
         if account is None:
             raise InsufficientQuota("This account has no billing record; contact the operator.",
                                     code="no_billing_account")
@@ -321,6 +333,8 @@ class FineTuningJobs:
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(queries.cancel_fine_tuning_job, job_id, tenant_id)
             if row is not None:
+                if not row["was_running"]:  # nothing was trained: nothing to bill, the worst case goes back now
+                    await connection.execute(queries.release_fine_tuning_reservation, job_id)
                 await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
                                          "info", "message", "Job cancelled", None)
                 return job_view(row)

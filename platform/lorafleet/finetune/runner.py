@@ -11,13 +11,17 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
   process beats every ``TRAINER_HEARTBEAT_SECONDS``, writes the child's events to the database and
   each checkpoint to the blob store. A heartbeat that finds the job no longer ours (cancelled) stops
   the child before its next step. A job whose trainer stopped ``TRAINER_MAX_ATTEMPTS`` times fails
-  with ``trainer_attempts_exhausted``;
+  with ``trainer_attempts_exhausted``; a job whose validation crashed (or whose validating trainer
+  died) that many times fails with ``validation_attempts_exhausted`` (a refused file fails at once);
 - a taken job resumes from its last checkpoint (on this disk, else fetched from the blob store), so
   no step is trained twice in the result, and trained tokens are billed once per job: one ledger row
   whose request id is the job id (``ON CONFLICT DO NOTHING``), written when the job ends
-  (succeeded, failed or cancelled: the steps completed);
-- the result passes the same validation as an uploaded adapter (AdapterService.create) and is
-  registered for the tenant as ``ft:<base>:<suffix>:<job id>``, servable at once; so is each
+  (succeeded, failed or cancelled: the steps completed), in the transaction that releases the
+  worst case the job reserved at create (every ending releases it; a cancel before training
+  releases it in the gateway);
+- the result passes the same validation as an uploaded adapter (AdapterService.create), is
+  registered for the tenant as ``ft:<base>:<suffix>:<job id>`` and loaded onto the ready workers of
+  its base model (internal token) before the job says ``succeeded``: warm at once; so is each
   checkpoint, as ``ft:<base>:<suffix>:<job id>:ckpt-step-<n>`` (adapter name ``<job id>-step-<n>``).
 
 Why not pgqueuer or procrastinate: the job table is also the API's object (status, error, trained
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import structlog
 
@@ -59,6 +64,8 @@ from lorafleet.finetune.render import Renderer
 from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 
 log = structlog.get_logger("lorafleet.trainer")
+PREWARM_TIMEOUT_SECONDS = 60  # a worker fetching the result from the blob store and loading it
+ALIVE_FILE = "trainer.alive"  # under LORAFLEET_DATA_DIR; infra/kustomize/trainer's probes read its age
 
 
 
@@ -110,17 +117,33 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._find_base_model(stop)
-        validating = asyncio.create_task(self._validation_loop(stop), name="fine-tuning-validation")
+        alive = asyncio.create_task(self._alive_loop(), name="trainer-alive")
         try:
-            while not stop.is_set():
-                if not await self.train_next(stop):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_seconds)
+            await self._find_base_model(stop)
+            validating = asyncio.create_task(self._validation_loop(stop), name="fine-tuning-validation")
+            try:
+                while not stop.is_set():
+                    if not await self.train_next(stop):
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.settings.trainer_poll_seconds)
+            finally:
+                validating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await validating
         finally:
-            validating.cancel()
+            alive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await validating
+                await alive
+
+    async def _alive_loop(self) -> None:
+        """Touches DATA_DIR/trainer.alive every heartbeat: the Kubernetes probes read its age (a trainer
+        has no port), so a stalled event loop — no heartbeats, its jobs retaken elsewhere — restarts."""
+        path = self.settings.data_path / ALIVE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            with contextlib.suppress(OSError):
+                path.touch()
+            await asyncio.sleep(self.settings.trainer_heartbeat_seconds)
 
     async def _find_base_model(self, stop: asyncio.Event) -> None:
         """The base model's id, once its first worker registered it."""
@@ -201,8 +224,13 @@ class Trainer:
         """Check one job's files; False when none waits."""
         if self.base_model_id is None:
             return False
+        settings = self.settings
+        for failed in await self.pool.fetch(queries.fail_exhausted_validations, self.base_model_id,
+                                            settings.trainer_stale_seconds, settings.trainer_max_attempts):
+            await self.pool.execute(queries.release_fine_tuning_reservation, failed["id"])
+            await self.event(failed["id"], "The job failed: checking its files failed too many times.", level="error")
         job = await self.pool.fetchrow(queries.claim_validation, self.base_model_id, self.trainer_id,
-                                       self.settings.trainer_stale_seconds)
+                                       settings.trainer_stale_seconds, settings.trainer_max_attempts)
         if job is None:
             return False
         job_id = job["id"]
@@ -222,7 +250,15 @@ class Trainer:
         except LoraFleetError as exc:
             if await self._finish(job_id, "failed", error={"code": exc.code or "invalid_file", "message": exc.message,
                                                            "param": exc.param}):
+                await self._bill(job, 0)
                 await self.event(job_id, f"Validation failed: {exc.message}", level="error")
+            return True
+        except Exception as exc:  # noqa: BLE001 - a crash, not a refusal: retried until trainer_max_attempts
+            log.exception("fine_tuning_validation_crashed", job_id=job_id, attempt=job["attempts"])
+            if await self.pool.fetchval(queries.release_validation, job_id, self.trainer_id) is not None:
+                await self.event(job_id, f"Checking the files failed (take {job['attempts']} of "
+                                         f"{settings.trainer_max_attempts}): {type(exc).__name__}: {str(exc)[:300]}",
+                                 level="warn")
             return True
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -243,6 +279,7 @@ class Trainer:
         settings = self.settings
         for failed in await self.pool.fetch(queries.fail_exhausted_fine_tuning_jobs, self.base_model_id,
                                             settings.trainer_stale_seconds, settings.trainer_max_attempts):
+            await self.pool.execute(queries.release_fine_tuning_reservation, failed["id"])
             await self.event(failed["id"], "The job failed: its trainer stopped too many times.", level="error")
         job = await self.pool.fetchrow(queries.claim_fine_tuning_job, self.base_model_id, self.trainer_id,
                                        settings.trainer_stale_seconds, settings.trainer_max_attempts)
@@ -255,6 +292,7 @@ class Trainer:
             message = exc.message if isinstance(exc, LoraFleetError) else f"{type(exc).__name__}: {str(exc)[:300]}"
             code = exc.code if isinstance(exc, LoraFleetError) else "training_failed"
             if await self._finish(job["id"], "failed", error={"code": code, "message": message, "param": None}):
+                await self._bill(job, 0)
                 await self.event(job["id"], f"The job failed: {message}", level="error")
         return True
 
@@ -424,29 +462,72 @@ class Trainer:
             return
         fine_tuned_model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
         adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", job_id, fine_tuned_model)
+        await self._prewarm(job, adapter_id)
         if await self._finish(job_id, "succeeded", fine_tuned_model=fine_tuned_model, adapter_id=adapter_id,
                               trained_tokens=trained_tokens):
             await self._bill(job, trained_tokens)
             await self.event(job_id, f"New fine-tuned model created: {fine_tuned_model}")
             await self.event(job_id, "The job has successfully completed")
             await self._cleanup(job_id, output)
+        elif await self.pool.fetchval(queries.fine_tuning_job_status, job_id) == "cancelled":
+            # Cancelled in the last moment: the steps were trained all the same, and are billed once.
+            await self.pool.execute(queries.record_trained_tokens, job_id, trained_tokens)
+            await self._bill(job, trained_tokens)
+            await self._cleanup(job_id, output)
 
-    async def _bill(self, job: asyncpg.Record, trained_tokens: int) -> None:
-        """One ledger row per job (its id is the request id: a second write changes nothing)."""
-        if trained_tokens <= 0:
-            return
-        now = dt.datetime.now(dt.UTC)
-        price = await self.pool.fetchrow(queries.training_price, job["base_model_id"], now)
-        cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
-        started = job["started_at"] or now
-        row = LedgerRow(
-            request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
-            base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING, outcome=Outcome.SUCCESS,
-            http_status=200, streamed=False, prompt_tokens=trained_tokens, completion_tokens=0, worker_url=None,
-            started_at=started, finished_at=now, ttft_ms=None,
-            duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
-            cost_pico_usd=cost, price_id=price["id"] if price else None)
-        await self.pool.execute(queries.insert_usage_rows, *column_arrays([row]))
+    async def _prewarm(self, job: asyncpg.Record, adapter_id: str) -> int:
+        """Loads the result onto the ready workers of its base model before the job says ``succeeded``, so
+        the tenant's first call is warm (the gateway routes by residency). The trainer does it, not a
+        gateway: only the process that flips the status can order "loaded" before "succeeded", and a
+        gateway noticing the job later would race that first call. Every ready worker, not one: which
+        one a gateway picks for a cold adapter is the gateway's placement, and a copy in each engine's
+        CPU LRU is cheap (evicted when cold). A worker that fails or none running (scaled to zero)
+        only means a cold first load: the job still succeeds. The number of workers that loaded it."""
+        token = self.settings.internal_token
+        rows = await self.pool.fetch(queries.ready_workers_of_base_model, job["base_model_id"],
+                                     self.settings.trainer_stale_seconds)
+        if not token or not rows:
+            await self.event(job["id"], f"Not pre-warmed: no {job['model']} worker is running; the first request "
+                                        "starts one and loads the model")
+            return 0
+        headers = {"Authorization": f"Bearer {token}"}
+
+        async def one(http: aiohttp.ClientSession, url: str) -> bool:
+            try:
+                async with http.post(f"{url}/lorafleet/adapters/{adapter_id}/prewarm", params={"load": "1"},
+                                     headers=headers) as response:
+                    return response.status == 200 and bool((await response.json()).get("loaded"))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("fine_tuned_prewarm_failed", job_id=job["id"], worker=url, error=repr(exc)[:300])
+                return False
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PREWARM_TIMEOUT_SECONDS)) as http:
+            loaded = sum(await asyncio.gather(*(one(http, row["url"]) for row in rows)))
+        await self.event(job["id"], f"Model loaded on {loaded} of {len(rows)} {job['model']} workers",
+                         level="info" if loaded else "warn")
+        return loaded
+
+    async def _bill(self, job: asyncpg.Record | dict[str, Any], trained_tokens: int) -> None:
+        """The job's end in money: its worst-case reservation (made at create) is released and, when it
+        trained anything, one ledger row is written (its id is the request id: a second write changes
+        nothing), in one transaction so the cost is never neither reserved nor spent. Every ending calls
+        this; releasing is a DELETE, so a second call gives nothing back twice."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(queries.release_fine_tuning_reservation, job["id"])
+            if trained_tokens <= 0:
+                return
+            now = dt.datetime.now(dt.UTC)
+            price = await connection.fetchrow(queries.training_price, job["base_model_id"], now)
+            cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
+            started = job["started_at"] or now
+            row = LedgerRow(
+                request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
+                base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING,
+                outcome=Outcome.SUCCESS, http_status=200, streamed=False, prompt_tokens=trained_tokens,
+                completion_tokens=0, worker_url=None, started_at=started, finished_at=now, ttft_ms=None,
+                duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
+                cost_pico_usd=cost, price_id=price["id"] if price else None)
+            await connection.execute(queries.insert_usage_rows, *column_arrays([row]))
 
     async def _cleanup(self, job_id: str, output: Path) -> None:
         """The job is over: its local folder and its checkpoints' resume state go."""

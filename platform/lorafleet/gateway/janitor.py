@@ -1,5 +1,6 @@
 """Deletes what has outlived its retention, every few minutes: kept idempotent results, expired stored
-responses. Any gateway may run it (each sweep is one idempotent DELETE)."""
+responses, expired files (files/janitor.py: blob, row and quota too). Any gateway may run it (each
+sweep is idempotent)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import asyncpg
 import structlog
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
+from lorafleet.files.janitor import ExpiredFiles
 from lorafleet.gateway.idempotency import RETENTION_HOURS
 
 log = structlog.get_logger("lorafleet.janitor")
 
 
 class RetentionJanitor:
-    def __init__(self, pool: asyncpg.Pool, interval_seconds: float = 600.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, interval_seconds: float = 600.0, *,
+                 expired_files: ExpiredFiles | None = None) -> None:
         self._pool = pool
+        self._expired_files = expired_files
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
         self._sweeps: list[tuple[str, str, tuple[object, ...]]] = [
@@ -37,6 +41,11 @@ class RetentionJanitor:
             except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 # The next round retries; the rows only wait longer (reads filter on expires_at meanwhile).
                 log.warning("retention_sweep_failed", table=name, error=type(exc).__name__)
+        if self._expired_files is not None:
+            try:
+                await self._expired_files.sweep()
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                log.warning("retention_sweep_failed", table="files", error=type(exc).__name__)
 
     async def _run(self) -> None:
         while True:

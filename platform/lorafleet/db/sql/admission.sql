@@ -21,15 +21,26 @@ DELETE FROM gateways WHERE id = $1;
 -- name: sweep_reservations
 -- Release what gateways that stopped heartbeating for $1 seconds still hold, and anything
 -- older than $2 seconds whoever holds it (a request never lasts that long).
+-- A fine-tuning job's reservation (gateway_id 'fine-tuning', request_id = the job id; fine_tuning.sql)
+-- lives as long as its job, which may wait and train for longer than $2: it is released here only once
+-- the job ended $1 seconds ago and its trainer did not release it (the trainer died in between), and
+-- it never counted in in_flight.
 WITH swept AS (
     DELETE FROM reservations r
-    WHERE (r.created_at < now() - make_interval(secs => $1)
-           AND NOT EXISTS (SELECT 1 FROM gateways g
-                           WHERE g.id = r.gateway_id AND g.heartbeat_at > now() - make_interval(secs => $1)))
-       OR r.created_at < now() - make_interval(secs => $2)
-    RETURNING r.tenant_id, r.amount_micro_usd
+    WHERE (r.gateway_id <> 'fine-tuning'
+           AND ((r.created_at < now() - make_interval(secs => $1)
+                 AND NOT EXISTS (SELECT 1 FROM gateways g
+                                 WHERE g.id = r.gateway_id AND g.heartbeat_at > now() - make_interval(secs => $1)))
+                OR r.created_at < now() - make_interval(secs => $2)))
+       OR (r.gateway_id = 'fine-tuning'
+           AND NOT EXISTS (SELECT 1 FROM fine_tuning_jobs j
+                           WHERE j.id = r.request_id
+                             AND (j.status IN ('validating_files', 'queued', 'running')
+                                  OR j.finished_at > now() - make_interval(secs => $1))))
+    RETURNING r.tenant_id, r.amount_micro_usd, r.gateway_id
 ), freed AS (
-    SELECT tenant_id, sum(amount_micro_usd) AS amount, count(*) AS requests FROM swept GROUP BY tenant_id
+    SELECT tenant_id, sum(amount_micro_usd) AS amount, count(*) FILTER (WHERE gateway_id <> 'fine-tuning') AS requests
+    FROM swept GROUP BY tenant_id
 ), released AS (
     UPDATE tenant_accounts a
     SET reserved_micro_usd = a.reserved_micro_usd - f.amount, in_flight = a.in_flight - f.requests, updated_at = now()

@@ -19,3 +19,19 @@ UPDATE files SET status = 'deleted', deleted_at = now()
 WHERE id = $1 AND tenant_id = $2 AND status <> 'deleted'
 RETURNING id, blob_key, bytes;
 
+
+-- name: expire_files
+-- Up to $1 files past their expires_at, deleted (as DELETE /v1/files does), oldest expiry first; not a
+-- file an open fine-tuning job or a batch being validated still reads (it would fail the job or the
+-- batch: the file goes once they are done with it; a validated batch keeps its lines itself).
+-- SKIP LOCKED: gateways sweeping at once take different files.
+UPDATE files f SET status = 'deleted', deleted_at = now()
+WHERE f.id IN (SELECT id FROM files x
+               WHERE x.status <> 'deleted' AND x.expires_at <= now()
+                 AND NOT EXISTS (SELECT 1 FROM fine_tuning_jobs j
+                                 WHERE j.tenant_id = x.tenant_id AND x.id IN (j.training_file, j.validation_file)
+                                   AND j.status IN ('validating_files', 'queued', 'running'))
+                 AND NOT EXISTS (SELECT 1 FROM batches b
+                                 WHERE b.tenant_id = x.tenant_id AND b.input_file_id = x.id AND b.status = 'validating')
+               ORDER BY x.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING f.id, f.tenant_id, f.blob_key, f.bytes;

@@ -25,9 +25,12 @@ ORDER BY created_at DESC, id DESC LIMIT $3;
 
 -- name: cancel_fine_tuning_job
 -- A job not finished yet becomes cancelled at once; its trainer sees that on its next heartbeat.
-UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = now()
-WHERE id = $1 AND tenant_id = $2 AND status IN ('validating_files', 'queued', 'running')
-RETURNING *;
+-- was_running: whether a trainer was training it (that trainer bills the steps done and releases the
+-- job's reservation; otherwise the canceller releases it).
+UPDATE fine_tuning_jobs j SET status = 'cancelled', finished_at = now()
+FROM (SELECT id, status FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE) before
+WHERE j.id = before.id AND j.status IN ('validating_files', 'queued', 'running')
+RETURNING j.*, before.status = 'running' AS was_running;
 
 -- name: list_fine_tuning_events
 -- Newest first; $3: the id of the last event of the previous page.
@@ -58,18 +61,38 @@ SELECT step_number, sha256 FROM fine_tuning_checkpoints WHERE job_id = $1 ORDER 
 
 -- name: claim_validation
 -- The oldest job of this base model ($1) waiting for its files to be checked, not being checked by
--- a live trainer ($3 seconds of heartbeat); taken by trainer $2.
-UPDATE fine_tuning_jobs j SET trainer_id = $2, heartbeat_at = now()
+-- a live trainer ($3 seconds of heartbeat), with takes left ($4); taken by trainer $2. attempts counts
+-- validation takes here (a take that crashed, or whose trainer died), then restarts at 0 for training.
+UPDATE fine_tuning_jobs j SET trainer_id = $2, heartbeat_at = now(), attempts = j.attempts + 1
 WHERE j.id = (SELECT id FROM fine_tuning_jobs
-              WHERE base_model_id = $1 AND status = 'validating_files'
+              WHERE base_model_id = $1 AND status = 'validating_files' AND attempts < $4
                 AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $3))
               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING j.*;
 
+-- name: release_validation
+-- Checking the files crashed (not a refusal): the take ends now, so the next one need not wait for
+-- the heartbeat to go stale; its attempt stays counted.
+UPDATE fine_tuning_jobs SET trainer_id = NULL, heartbeat_at = NULL
+WHERE id = $1 AND trainer_id = $2 AND status = 'validating_files'
+RETURNING attempts;
+
+-- name: fail_exhausted_validations
+-- Jobs of base model $1 whose validation was taken $3 times without an answer (each crashed, or its
+-- trainer died: heartbeat stale for $2 seconds): failed, with a clear code.
+UPDATE fine_tuning_jobs SET status = 'failed', finished_at = now(), trainer_id = NULL, heartbeat_at = NULL,
+    error = jsonb_build_object('code', 'validation_attempts_exhausted', 'param', NULL,
+                               'message', 'Checking the files failed ' || attempts || ' times without an answer '
+                                          '(an internal error, not a refusal of the file); giving up.')
+WHERE base_model_id = $1 AND status = 'validating_files' AND attempts >= $3
+  AND (heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $2))
+RETURNING id, tenant_id;
+
 -- name: validated_fine_tuning_job
--- The files passed: queued with the resolved hyperparameters (only if nobody cancelled it meanwhile).
+-- The files passed: queued with the resolved hyperparameters (only if nobody cancelled it meanwhile);
+-- attempts restart for training's takes.
 UPDATE fine_tuning_jobs SET status = 'queued', resolved = $2, n_examples = $3, file_tokens = $4,
-                            trainer_id = NULL, heartbeat_at = NULL
+                            trainer_id = NULL, heartbeat_at = NULL, attempts = 0
 WHERE id = $1 AND status = 'validating_files'
 RETURNING id;
 
@@ -144,8 +167,45 @@ SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
 
 -- name: fine_tuning_headroom
 -- What a job's worst case is checked against at create: the month's spend and limit, prepaid credit.
+-- The row stays locked until the job's reservation is written: two creates cannot both pass one limit.
 SELECT billing_mode, monthly_spend_limit_micro_usd, reserved_micro_usd, credit_granted_micro_usd,
        spent_total_micro_usd,
        CASE WHEN period_start = date_trunc('month', now(), 'UTC')::date THEN period_spent_micro_usd ELSE 0 END
            AS period_spent_micro_usd
-FROM tenant_accounts WHERE tenant_id = $1;
+FROM tenant_accounts WHERE tenant_id = $1
+FOR UPDATE;
+
+-- name: reserve_fine_tuning_job
+-- A job's worst case ($3 micro-USD) held against the tenant's limits while the job lives, keyed by the
+-- job id (the request id of its ledger row). gateway_id 'fine-tuning' marks it as a job's: the sweeper
+-- keeps it while the job is open (admission.sql, sweep_reservations). in_flight is left alone: a job
+-- is not a request in flight (max_concurrent_requests), and release_fine_tuning_reservation matches.
+WITH held AS (
+    INSERT INTO reservations (request_id, tenant_id, gateway_id, amount_micro_usd)
+    VALUES ($1, $2, 'fine-tuning', $3)
+    RETURNING tenant_id, amount_micro_usd
+)
+UPDATE tenant_accounts a
+SET reserved_micro_usd = a.reserved_micro_usd + h.amount_micro_usd,
+    period_spent_micro_usd = CASE WHEN a.period_start = date_trunc('month', now(), 'UTC')::date
+                                  THEN a.period_spent_micro_usd ELSE 0 END,
+    period_start = date_trunc('month', now(), 'UTC')::date, updated_at = now()
+FROM held h WHERE a.tenant_id = h.tenant_id;
+
+-- name: release_fine_tuning_reservation
+-- The job ended: its reservation goes (once: whoever deletes the row gives the amount back). Run in the
+-- transaction that writes the job's ledger row, so its cost is never neither reserved nor spent.
+WITH released AS (
+    DELETE FROM reservations WHERE request_id = $1 AND gateway_id = 'fine-tuning'
+    RETURNING tenant_id, amount_micro_usd
+)
+UPDATE tenant_accounts a SET reserved_micro_usd = a.reserved_micro_usd - r.amount_micro_usd, updated_at = now()
+FROM released r WHERE a.tenant_id = r.tenant_id
+RETURNING r.amount_micro_usd;
+
+-- name: ready_workers_of_base_model
+-- Where a trainer pre-warms the model it trained: the base model's ($1) workers that are ready and
+-- beat within $2 seconds.
+SELECT url FROM workers
+WHERE base_model_id = $1 AND state = 'ready' AND heartbeat_at > now() - make_interval(secs => $2)
+ORDER BY url;

@@ -25,6 +25,7 @@ from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, Fi
 from lorafleet.gateway.adapters.operations import receive_multipart
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.services import Services
 from lorafleet.gateway.params import Limit
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 
@@ -97,6 +98,33 @@ async def _chunks(path: Path, workdir: Path) -> AsyncIterator[bytes]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def receive_file(request: Request, services: Services, tenant_id: str, *,
+                       purposes: tuple[str, ...] = UPLOAD_PURPOSES) -> FileObject:
+    """One multipart upload (``purpose``, ``file``, optional ``expires_after``) streamed to disk and stored
+    for the tenant: the API's route and the dashboard's (which takes ``fine-tune`` only) share it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
+    await services.files.storage.check_room(tenant_id, 0, param="file")
+    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
+    try:
+        form = await receive_multipart(request, workdir, "the file")
+        purpose = form.fields.get("purpose", "")
+        if purpose not in purposes:
+            raise InvalidRequest(f"purpose must be one of {', '.join(purposes)}", param="purpose")
+        parts = [(name, path) for (field, name, _), (_, path) in zip(form.file_digests, form.files, strict=True)
+                 if field == "file"]
+        if len(parts) != 1:
+            raise InvalidRequest("send exactly one file, in the form field 'file'", param="file")
+        filename, path = parts[0]
+        if os.path.getsize(path) > services.settings.max_file_bytes:
+            raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
+        return await services.files.store(tenant_id, purpose, filename, path,
+                                          expires_after_seconds=_expiry(form.fields))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 class FilesController(Controller):
     path = "/v1/files"
     tags = ["Files"]
@@ -109,27 +137,7 @@ class FilesController(Controller):
           summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.",
           opt=scope("adapters:write"))
     async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
-            raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
-        await services.files.storage.check_room(principal.tenant_id, 0, param="file")
-        workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
-        try:
-            form = await receive_multipart(request, workdir, "the file")
-            purpose = form.fields.get("purpose", "")
-            if purpose not in UPLOAD_PURPOSES:
-                raise InvalidRequest(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}", param="purpose")
-            parts = [(name, path) for (field, name, _), (_, path) in zip(form.file_digests, form.files, strict=True)
-                     if field == "file"]
-            if len(parts) != 1:
-                raise InvalidRequest("send exactly one file, in the form field 'file'", param="file")
-            filename, path = parts[0]
-            if os.path.getsize(path) > services.settings.max_file_bytes:
-                raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
-            return await services.files.store(principal.tenant_id, purpose, filename, path,
-                                              expires_after_seconds=_expiry(form.fields))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return await receive_file(request, services, principal.tenant_id)
 
     @get("/", operation_id="listFiles", responses=error_responses(400, *API_KEY),
          summary="The caller's files, oldest id first (`after`: the last id of the previous page).",
