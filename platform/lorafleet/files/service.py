@@ -130,8 +130,10 @@ class FileService:
         return FilePage(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
                         last_id=data[-1].id if data else None)
 
-    async def find(self, tenant_id: str, file_id: str) -> StoredFile | None:
-        row = await self._pool.fetchrow(queries.get_file, file_id, tenant_id)
+    async def find(self, tenant_id: str, file_id: str, *, expired_too: bool = False) -> StoredFile | None:
+        """One of the tenant's files; ``expired_too``: also one past its expiry not yet deleted (for a job
+        that took it while it was live: the janitor waits for the job)."""
+        row = await self._pool.fetchrow(queries.get_file, file_id, tenant_id, expired_too)
         return StoredFile(_view(row), row["blob_key"]) if row else None
 
     async def get(self, tenant_id: str, file_id: str, *, param: str = "file_id") -> StoredFile:

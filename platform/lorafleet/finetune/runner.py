@@ -214,7 +214,7 @@ class Trainer:
         return self._renderer
 
     async def _fetch_file(self, job: asyncpg.Record, param: str, target: Path) -> Path:
-        row = await self.pool.fetchrow(queries.get_file, job[param], job["tenant_id"])
+        row = await self.pool.fetchrow(queries.get_file, job[param], job["tenant_id"], True)
         if row is None:
             raise TrainingFileInvalid(f"the file {job[param]} no longer exists", code="invalid_file", param=param)
         await asyncio.to_thread(self.blobs.fetch, row["blob_key"], target)

@@ -168,7 +168,7 @@ class BatchDispatcher:
         if batch is None:
             return False
         batch_id = batch["id"]
-        stored = await self._files.find(batch["tenant_id"], batch["input_file_id"])
+        stored = await self._files.find(batch["tenant_id"], batch["input_file_id"], expired_too=True)
         if stored is None:
             await self._refuse(batch_id, [BatchError(code="invalid_file", message="the input file was deleted before "
                                                      "the batch was validated", param="input_file_id")])
