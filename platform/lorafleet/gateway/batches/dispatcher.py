@@ -16,9 +16,9 @@ holding it only). A line sent back without running (rate limited, no worker woke
 request id: its first try's row says nothing ran, and the next try must be billed.
 
 Headroom: a base model's lines are fed only while its ready workers have room — at most
-``batch_lines_per_worker`` in flight per worker with no more than ``batch_max_waiting`` requests
-waiting in its engine and its KV cache at most ``batch_max_kv_cache_usage`` full (the registry's
-view of each worker). In the engine, batch lines run at a larger ``priority`` (scheduled after
+``batch_lines_per_worker`` in flight per worker (``batch_lines_per_worker_busy`` while interactive
+requests run through this gateway) with no more than ``batch_max_waiting`` requests waiting in its
+engine and its KV cache at most ``batch_max_kv_cache_usage`` full (the registry's view of each worker). In the engine, batch lines run at a larger ``priority`` (scheduled after
 interactive requests); vLLM preempts only when KV blocks run out, so this backpressure is what keeps
 interactive latency. With no ready worker, one line is sent: the gateway holds it while the model
 wakes, as it would a synchronous request.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ UNFINISHED = {"expired": ("batch_expired", "This request was not run before the 
               "cancelled": ("batch_cancelled", "This request was not run: the batch was cancelled."),
               "completed": ("batch_line_not_run", "This request was not run.")}
 PAGE = 1000
+INTERACTIVE_MEMORY_SECONDS = 1.0  # interactive traffic seen this recently still counts as running
 DRAIN_SECONDS = 15.0          # on shutdown, lines in flight get this long (the gateway pod: 5 + 30 + 15 + flush < 60 s)
 _encode = msgspec.json.Encoder().encode
 _error_body = msgspec.json.Decoder(dict[str, Any]).decode
@@ -97,6 +99,7 @@ class BatchDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
         self.drain_seconds = DRAIN_SECONDS
+        self._interactive_until: dict[str, float] = {}  # base model → interactive traffic seen until then
 
     def start(self) -> None:
         """Start its rounds (again after :meth:`close`); a second start while running does nothing."""
@@ -211,14 +214,22 @@ class BatchDispatcher:
     # ---- lines ---------------------------------------------------------------------------------
 
     def headroom(self, base_model_id: str) -> int:
-        """Lines this gateway may start now for the model: its ready workers' room, less what it runs."""
+        """Lines this gateway may start now for the model: its ready workers' room, less what it runs.
+
+        While interactive requests run through this gateway on the model (or did within the last
+        second), each worker takes only ``batch_lines_per_worker_busy`` lines: on a CPU every line in an
+        engine step slows that step for everyone, so batch lines trickle while people wait."""
         settings = self._settings
         workers = [w for w in self._registry.workers() if w.base_model_id == base_model_id and w.routable]
         if not workers:
-            room = 1  # one line: held by the gateway while the model wakes, like a synchronous request
-        else:
-            room = sum(settings.batch_lines_per_worker for w in workers
-                       if w.waiting <= settings.batch_max_waiting and w.kv_cache_usage <= settings.batch_max_kv_cache_usage)
+            return max(0, 1 - self._in_flight[base_model_id])  # one line, held while the model wakes
+        now = time.monotonic()
+        if sum(w.in_flight for w in workers) > self._in_flight[base_model_id]:  # someone else's requests
+            self._interactive_until[base_model_id] = now + INTERACTIVE_MEMORY_SECONDS
+        per_worker = (settings.batch_lines_per_worker_busy if self._interactive_until.get(base_model_id, 0) > now
+                      else settings.batch_lines_per_worker)
+        room = sum(per_worker for w in workers
+                   if w.waiting <= settings.batch_max_waiting and w.kv_cache_usage <= settings.batch_max_kv_cache_usage)
         return max(0, room - self._in_flight[base_model_id])
 
     async def feed(self) -> bool:
