@@ -57,6 +57,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/fleet_simulation.py
 	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/money.py
+	$(BIN)/python benchmarks/batches.py
 	$(BIN)/python benchmarks/report.py
 
 # The platform as `lorafleet up` starts it, under mixed traffic and injected faults for SOAK_MINUTES (default 30),

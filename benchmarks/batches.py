@@ -3,15 +3,15 @@ against vLLM's own `run-batch`, and what a shared system prompt saves.
 
 1. vLLM's `run_batch` (an offline process with its own engine, same model, same settings) over N lines,
    and over 1 line: its lines/s is (N − 1) / (time(N) − time(1)), so its engine start is not counted.
-2. A platform of its own (embedded PostgreSQL, one worker, one gateway with its dispatcher): the same N
-   lines as a batch with no other traffic; lines/s from the batch's `in_progress_at` to its
-   `completed_at` (finalization included).
-3. Interactive p95 time to first token, M streamed chat requests one after another, without and then
-   with a 2,000-line batch running (same run, same worker); the batch is cancelled afterwards.
+2. A platform of its own (embedded PostgreSQL, one worker, a gateway running no dispatcher) and, per
+   dispatcher setting compared, a gateway that dispatches: the same N lines as a batch with no other
+   traffic (lines/s from the batch's `in_progress_at` to its `completed_at`, finalization included);
+3. then through that gateway, interactive p95 time to first token, M streamed chat requests one after
+   another, without and then with a 2,000-line batch running (same worker); the batch is cancelled.
 4. A chat workload with one long shared system prompt: the share of prompt tokens served from the
    prefix cache, and the cost with a cached-prompt price against the cost without one.
 
-    PYTHONPATH=platform .venv/bin/python benchmarks/batches.py [--lines 200] [--interactive 40]
+    PYTHONPATH=platform .venv/bin/python benchmarks/batches.py [--lines 600] [--interactive 40] [--settings 4:1,64:1]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 from lorafleet.core.settings import WorkerSettings, load_settings  # noqa: E402
 from lorafleet.devtools.bench import MODEL, publish, running_platform  # noqa: E402
+from lorafleet.devtools.services import start_gateway  # noqa: E402
 from lorafleet.models.prepare import prepare_smollm2  # noqa: E402
 
 MAX_TOKENS = 16
@@ -99,7 +100,70 @@ async def _wait(sdk: openai.AsyncOpenAI, batch_id: str, until: tuple[str, ...], 
         await asyncio.sleep(0.5)
 
 
-async def main(lines: int, interactive: int, lines_per_worker: int) -> None:
+async def _one_setting(bench, workdir: Path, lines: int, interactive: int, per_worker: int, busy: int) -> dict:
+    """A dispatching gateway with these settings (the platform's own runs none): the N-line batch alone,
+    then interactive TTFT without and with a big batch running, through that gateway."""
+    gateway = await asyncio.to_thread(start_gateway, dict(bench.env, LORAFLEET_BATCH_DISPATCH="true",
+                                                           LORAFLEET_BATCH_LINES_PER_WORKER=str(per_worker),
+                                                           LORAFLEET_BATCH_LINES_PER_WORKER_BUSY=str(busy)),
+                                      workdir)
+    try:
+        url = gateway.url
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=bench.secret, max_retries=0, timeout=300) as sdk:
+            print(f"{per_worker}/{busy} lines per worker: a batch of {lines} lines …", flush=True)
+            file = await sdk.files.create(file=("n.jsonl", (workdir / "n.jsonl").read_bytes()), purpose="batch")
+            batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
+                                             completion_window="24h")
+            done = await _wait(sdk, batch.id, ("completed", "failed", "expired", "cancelled"))
+            assert done.status == "completed" and done.request_counts.completed == lines, done
+            rate = lines / max(1e-9, done.completed_at - done.in_progress_at)
+            await _interactive(url, bench.secret, 3)  # warm
+            quiet = await _interactive(url, bench.secret, interactive)
+            big = await sdk.files.create(file=("big.jsonl", _batch_file(workdir / "big.jsonl", BIG_BATCH, 20_000)
+                                               .read_bytes()), purpose="batch")
+            running = await sdk.batches.create(input_file_id=big.id, endpoint="/v1/chat/completions",
+                                               completion_window="24h")
+            while (await sdk.batches.retrieve(running.id)).request_counts.completed < 5:
+                await asyncio.sleep(0.5)
+            busy_ttft = await _interactive(url, bench.secret, interactive)
+            during = await sdk.batches.retrieve(running.id)
+            await sdk.batches.cancel(running.id)
+            cancelled = await _wait(sdk, running.id, ("cancelled",))
+    finally:
+        gateway.stop()
+    return {"per_worker": per_worker, "busy": busy, "rate": rate, "quiet": quiet, "busy_ttft": busy_ttft,
+            "during": during.request_counts.completed, "billed": cancelled.request_counts.completed}
+
+
+async def _cached_share(bench) -> tuple[int, int, float, float]:
+    async with httpx.AsyncClient(base_url=bench.gateway.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {bench.env['LORAFLEET_ADMIN_TOKEN']}"}) as api:
+        answer = await api.post("/admin/prices", json={
+            "base_model": MODEL, "prompt_micro_usd_per_mtok": PROMPT, "completion_micro_usd_per_mtok": COMPLETION,
+            "cached_prompt_micro_usd_per_mtok": CACHED})
+        answer.raise_for_status()
+    await asyncio.sleep(1.5)  # the gateway's catalog refresh
+    system = ("You are the help desk of a harbour. " + " ".join(
+        f"Rule {i}: ships of class {i} dock at pier {i % 7} and pay {i * 3} credits." for i in range(40)))
+    prompt_tokens = cached_tokens = 0
+    cost = without_cache = 0.0
+    async with openai.AsyncOpenAI(base_url=bench.gateway.url + "/v1", api_key=bench.secret, max_retries=0,
+                                  timeout=300) as sdk:
+        for i in range(20):
+            reply = await sdk.chat.completions.with_raw_response.create(
+                model=MODEL, temperature=0, max_tokens=8,
+                messages=[{"role": "system", "content": system},
+                          {"role": "user", "content": f"Where does a class {i} ship dock?"}])
+            parsed = reply.parse()
+            details = parsed.usage.prompt_tokens_details
+            cached_tokens += (details.cached_tokens or 0) if details else 0
+            prompt_tokens += parsed.usage.prompt_tokens
+            cost += float(reply.headers["x-lorafleet-cost-micro-usd"])
+            without_cache += (parsed.usage.prompt_tokens * PROMPT + parsed.usage.completion_tokens * COMPLETION) / 1e6
+    return prompt_tokens, cached_tokens, cost, without_cache
+
+
+async def main(lines: int, interactive: int, settings_to_try: list[tuple[int, int]]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-batch-bench-"))
     model_path = prepare_smollm2(Path.home() / ".cache" / "lorafleet" / "models" / MODEL, progress=lambda _: None)
     settings = load_settings(WorkerSettings, {})
@@ -108,83 +172,45 @@ async def main(lines: int, interactive: int, lines_per_worker: int) -> None:
     reference_1 = _run_batch(_batch_file(workdir / "one.jsonl", 1), model_path, settings)
     reference_rate = (lines - 1) / max(1e-9, reference_n - reference_1)
 
-    async with running_platform("lorafleet-batch-bench-", LORAFLEET_BATCH_LINES_PER_WORKER=str(lines_per_worker)
-                                ) as bench:
-        url = bench.gateway.url
-        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=bench.secret, max_retries=0, timeout=300) as sdk:
-            print(f"the platform's batch over {lines} lines …", flush=True)
-            file = await sdk.files.create(file=("n.jsonl", (workdir / "n.jsonl").read_bytes()), purpose="batch")
-            batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                             completion_window="24h")
-            done = await _wait(sdk, batch.id, ("completed", "failed", "expired", "cancelled"))
-            assert done.status == "completed" and done.request_counts.completed == lines, done
-            ours_rate = lines / max(1e-9, done.completed_at - done.in_progress_at)
+    async with running_platform("lorafleet-batch-bench-", LORAFLEET_BATCH_DISPATCH="false") as bench:
+        results = [await _one_setting(bench, workdir, lines, interactive, per_worker, busy)
+                   for per_worker, busy in settings_to_try]
+        print("cached prompt tokens with a shared system prompt …", flush=True)
+        prompt_tokens, cached_tokens, cost, without_cache = await _cached_share(bench)
 
-            print(f"interactive TTFT, {interactive} requests without a batch …", flush=True)
-            await _interactive(url, bench.secret, 3)  # warm
-            quiet = await _interactive(url, bench.secret, interactive)
-            print(f"… and with a {BIG_BATCH}-line batch running …", flush=True)
-            big = await sdk.files.create(file=("big.jsonl", _batch_file(workdir / "big.jsonl", BIG_BATCH, 20_000)
-                                               .read_bytes()), purpose="batch")
-            running = await sdk.batches.create(input_file_id=big.id, endpoint="/v1/chat/completions",
-                                               completion_window="24h")
-            while (await sdk.batches.retrieve(running.id)).request_counts.completed < 5:
-                await asyncio.sleep(0.5)
-            busy = await _interactive(url, bench.secret, interactive)
-            during = await sdk.batches.retrieve(running.id)
-            await sdk.batches.cancel(running.id)
-            cancelled = await _wait(sdk, running.id, ("cancelled",))
-
-            print("cached prompt tokens with a shared system prompt …", flush=True)
-            async with httpx.AsyncClient(base_url=url, timeout=60,
-                                         headers={"Authorization": f"Bearer {bench.env['LORAFLEET_ADMIN_TOKEN']}"}) as api:
-                answer = await api.post("/admin/prices", json={
-                    "base_model": MODEL, "prompt_micro_usd_per_mtok": PROMPT, "completion_micro_usd_per_mtok": COMPLETION,
-                    "cached_prompt_micro_usd_per_mtok": CACHED})
-                answer.raise_for_status()
-            await asyncio.sleep(1.5)  # the gateway's catalog refresh
-            system = ("You are the help desk of a harbour. " + " ".join(
-                f"Rule {i}: ships of class {i} dock at pier {i % 7} and pay {i * 3} credits." for i in range(40)))
-            prompt_tokens = cached_tokens = 0
-            cost = without_cache = 0.0
-            for i in range(20):
-                reply = await sdk.chat.completions.with_raw_response.create(
-                    model=MODEL, temperature=0, max_tokens=8,
-                    messages=[{"role": "system", "content": system},
-                              {"role": "user", "content": f"Where does a class {i} ship dock?"}])
-                parsed = reply.parse()
-                details = parsed.usage.prompt_tokens_details
-                cached = (details.cached_tokens or 0) if details else 0
-                prompt_tokens += parsed.usage.prompt_tokens
-                cached_tokens += cached
-                cost += float(reply.headers["x-lorafleet-cost-micro-usd"])
-                without_cache += (parsed.usage.prompt_tokens * PROMPT + parsed.usage.completion_tokens * COMPLETION) / 1e6
-
-    quiet_p95, busy_p95 = _p95(quiet), _p95(busy)
+    throughput = "\n".join(
+        f"| LoraFleet batch, {r['per_worker']} lines in flight per worker (in_progress → completed) | {lines} | "
+        f"{r['rate']:.2f} | **{r['rate'] / reference_rate:.2f}×** |" for r in results)
+    latency = "\n".join(
+        f"| {r['per_worker']} per worker, {r['busy']} while interactive | {statistics.median(r['quiet']) * 1000:.0f} / "
+        f"{_p95(r['quiet']) * 1000:.0f} ms | {statistics.median(r['busy_ttft']) * 1000:.0f} / "
+        f"{_p95(r['busy_ttft']) * 1000:.0f} ms | **{_p95(r['busy_ttft']) / _p95(r['quiet']):.2f}×** | {r['during']} |"
+        for r in results)
     report = f"""# Batches and cached tokens
 
-`benchmarks/batches.py` on {platform.machine()} ({platform.processor() or 'cpu'}), {MODEL}, one CPU worker,
-chat lines of {MAX_TOKENS} output tokens (temperature 0), on a machine shared with other work.
+`benchmarks/batches.py` on {platform.machine()} ({platform.processor() or 'cpu'}), {MODEL}, one CPU worker
+(KV cache {settings.kv_cache_gib} GiB, the same for `run_batch`), chat lines of {MAX_TOKENS} output tokens
+(temperature 0), on a machine shared with other work. Every figure below is from one run.
 
-## Batch throughput, no other traffic
+## Batch throughput, no other traffic (target ≥ 0.8× `run_batch`)
 
-| runner | lines | lines/s |
-|---|---|---|
-| vLLM `run_batch` (own engine; start excluded: (N − 1) / (t(N) − t(1)), t(N) = {reference_n:.1f} s, t(1) = {reference_1:.1f} s) | {lines} | {reference_rate:.2f} |
-| LoraFleet batch (dispatcher, {lines_per_worker} lines in flight per worker; in_progress → completed) | {lines} | {ours_rate:.2f} |
-| ratio | | **{ours_rate / reference_rate:.2f}×** (target ≥ 0.8×) |
+vLLM's `run_batch` is an offline process with its own engine; its start is excluded: (N − 1) / (t(N) − t(1)),
+t(N) = {reference_n:.1f} s, t(1) = {reference_1:.1f} s (the engine start varies by several seconds, so this
+reference is rough).
 
-## Interactive time to first token, with and without a batch
+| runner | lines | lines/s | against `run_batch` |
+|---|---|---|---|
+| vLLM `run_batch` (every line submitted at once) | {lines} | {reference_rate:.2f} | 1× |
+{throughput}
 
-{interactive} streamed chat requests one after another, before and while a {BIG_BATCH}-line batch ran
-({during.request_counts.completed} of its lines done when the second series ended; then cancelled: {cancelled.status},
-{cancelled.request_counts.completed} lines billed).
+## Interactive time to first token, with and without a batch (target ≤ 1.2×)
 
-| | median | p95 |
-|---|---|---|
-| no batch | {statistics.median(quiet) * 1000:.0f} ms | {quiet_p95 * 1000:.0f} ms |
-| batch running | {statistics.median(busy) * 1000:.0f} ms | {busy_p95 * 1000:.0f} ms |
-| ratio | | **{busy_p95 / quiet_p95:.2f}×** (target ≤ 1.2×) |
+{interactive} streamed chat requests one after another through the dispatching gateway, before and while a
+{BIG_BATCH}-line batch ran (then cancelled).
+
+| dispatcher | no batch: median / p95 | batch running: median / p95 | p95 ratio | batch lines done meanwhile |
+|---|---|---|---|---|
+{latency}
 
 ## Cached prompt tokens, one shared system prompt
 
@@ -198,8 +224,10 @@ priced without the cache (**{100 * (1 - cost / max(1e-9, without_cache)):.0f}% l
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=200)
+    parser.add_argument("--lines", type=int, default=600)
     parser.add_argument("--interactive", type=int, default=40)
-    parser.add_argument("--lines-per-worker", type=int, default=4)
+    parser.add_argument("--settings", default="4:1,64:1",
+                        help="Dispatcher settings to compare: LINES_PER_WORKER:LINES_PER_WORKER_BUSY, comma-separated.")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.lines, arguments.interactive, arguments.lines_per_worker))
+    tried = [tuple(int(n) for n in pair.split(":")) for pair in arguments.settings.split(",")]
+    asyncio.run(main(arguments.lines, arguments.interactive, tried))  # type: ignore[arg-type]
