@@ -130,7 +130,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
             batches=Batches(pool, files, max_file_bytes=settings.batch_max_file_bytes,
                             window_seconds=settings.batch_completion_window_seconds,
-                            max_open=settings.tenant_max_open_batches),
+                            max_open=settings.tenant_max_open_batches,
+                            max_open_bytes=settings.tenant_max_file_bytes),
         )
         services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id)
         ledger.start()

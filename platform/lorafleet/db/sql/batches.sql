@@ -30,22 +30,33 @@ WHERE b.tenant_id = $1
   AND ($2::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM batches WHERE id = $2 AND tenant_id = $1))
 ORDER BY b.created_at DESC, b.id DESC LIMIT $3;
 
--- name: count_open_batches
-SELECT count(*) FROM batches WHERE tenant_id = $1 AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling');
+-- name: lock_tenant_batches
+-- Creates of one tenant's batches one at a time: its limits are checked and taken together.
+SELECT pg_advisory_xact_lock(hashtextextended('lorafleet batches ' || $1, 0));
+
+-- name: open_batches_of_tenant
+-- The tenant's batches not finished, and the bytes of their input files (their lines live in the
+-- database until the batch ends).
+SELECT count(*) AS batches, coalesce(sum(f.bytes), 0)::bigint AS bytes
+FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
+WHERE b.tenant_id = $1 AND b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling');
 
 -- name: cancel_batch
--- No new lines start; running ones finish; the finalizer then ends it `cancelled` with what ran.
+-- No new lines start; running ones finish; the finalizer then ends it `cancelled` with what ran. Not a
+-- batch past its window or one a finalizer holds: that one is already ending as it says.
 UPDATE batches SET status = 'cancelling', cancelling_at = now(), ending = 'cancelled'
-WHERE id = $1 AND tenant_id = $2 AND status IN ('validating', 'in_progress')
+WHERE id = $1 AND tenant_id = $2 AND expires_at > now()
+  AND (status = 'validating' OR status = 'in_progress' AND claimed_by IS NULL)
 RETURNING id;
 
 -- name: claim_batch_validation
 -- A batch to validate: one not leased, or whose gateway's lease ran out (it died validating).
-UPDATE batches SET claimed_by = $1, lease_until = now() + make_interval(secs => $2)
+UPDATE batches SET claimed_by = $1, lease_until = now() + make_interval(secs => $2),
+    validation_attempts = validation_attempts + 1
 WHERE id = (SELECT id FROM batches
             WHERE status = 'validating' AND expires_at > now() AND (lease_until IS NULL OR lease_until < now())
             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING id, tenant_id, api_key_id, endpoint, input_file_id;
+RETURNING id, tenant_id, api_key_id, endpoint, input_file_id, validation_attempts;
 
 -- name: batch_validated
 -- Its lines are in: it runs (cancelled meanwhile: the finalizer ends it, every line unrun).
@@ -67,23 +78,31 @@ WHERE b.status = 'in_progress' AND b.expires_at > now() AND l.state <> 'done'
   AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now()) OR l.lease_until < now());
 
 -- name: claim_batch_lines
--- Up to $3 lines of base model $2 for gateway $1, taken in turn from the oldest open batches (so one
--- tenant's large batch does not hold back every other batch): pending ones, and running ones whose
--- dispatcher's lease ran out (it died). SKIP LOCKED: concurrent dispatchers never take the same line.
-WITH open AS (
-    SELECT id, created_at FROM batches
-    WHERE status = 'in_progress' AND expires_at > now()
-    ORDER BY created_at LIMIT 64
+-- Up to $3 lines of base model $2 for gateway $1, pending ones and running ones whose dispatcher's lease
+-- ran out (it died). Fair: among the batches with lines of this model ready, each tenant's oldest first,
+-- and within those, line by line in turn — so neither a tenant with many batches nor a batch with many
+-- lines holds back the others. SKIP LOCKED: concurrent dispatchers never take the same line.
+WITH ready AS (
+    SELECT b.id, b.created_at, row_number() OVER (PARTITION BY b.tenant_id ORDER BY b.created_at, b.id) AS tenant_turn
+    FROM batches b
+    WHERE b.status = 'in_progress' AND b.expires_at > now()
+      AND EXISTS (SELECT 1 FROM batch_lines l
+                  WHERE l.base_model_id = $2 AND l.batch_id = b.id AND l.state <> 'done'
+                    AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now())
+                         OR l.lease_until < now()))
+), chosen AS (
+    SELECT id, created_at, tenant_turn FROM ready ORDER BY tenant_turn, created_at LIMIT 64
 ), candidates AS (
-    SELECT x.batch_id, x.line, row_number() OVER (PARTITION BY x.batch_id ORDER BY x.line) AS turn, o.created_at
-    FROM open o CROSS JOIN LATERAL (
+    SELECT x.batch_id, x.line, row_number() OVER (PARTITION BY x.batch_id ORDER BY x.line) AS turn,
+           c.tenant_turn, c.created_at
+    FROM chosen c CROSS JOIN LATERAL (
         SELECT l.batch_id, l.line FROM batch_lines l
-        WHERE l.batch_id = o.id AND l.base_model_id = $2 AND l.state <> 'done'
+        WHERE l.base_model_id = $2 AND l.batch_id = c.id AND l.state <> 'done'
           AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now()) OR l.lease_until < now())
         ORDER BY l.line LIMIT $3 FOR UPDATE SKIP LOCKED
     ) x
 ), picked AS (
-    SELECT batch_id, line FROM candidates ORDER BY turn, created_at, batch_id LIMIT $3
+    SELECT batch_id, line FROM candidates ORDER BY tenant_turn, turn, created_at, batch_id LIMIT $3
 )
 UPDATE batch_lines l SET state = 'running', claimed_by = $1, lease_until = now() + make_interval(secs => $4),
     attempts = l.attempts + 1, not_before = NULL
@@ -103,6 +122,7 @@ WITH done AS (
     UPDATE batch_lines SET state = 'done', status_code = $5, response = $6, error_code = $7, error_message = $8,
         finished_at = now(), lease_until = NULL
     WHERE batch_id = $1 AND line = $2 AND claimed_by = $3 AND attempts = $4 AND state = 'running'
+      AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status IN ('in_progress', 'cancelling', 'finalizing'))
     RETURNING batch_id
 )
 UPDATE batches b SET completed = b.completed + (CASE WHEN $5::int BETWEEN 200 AND 299 THEN 1 ELSE 0 END),
@@ -143,13 +163,17 @@ SELECT line, custom_id, state, request_id, status_code, response, error_code, er
 FROM batch_lines WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3;
 
 -- name: end_batch
--- The files are written: the batch ends as its ending says, its counts final.
+-- The files are written: the batch ends as its finalizer claimed it ($7), its counts final.
 UPDATE batches SET
-    status = ending,
+    status = $7, ending = $7,
     output_file_id = $3, error_file_id = $4, completed = $5, failed = $6,
-    completed_at = CASE WHEN ending = 'completed' THEN now() END,
-    expired_at = CASE WHEN ending = 'expired' THEN now() END,
-    cancelled_at = CASE WHEN ending = 'cancelled' THEN now() END,
+    completed_at = CASE WHEN $7 = 'completed' THEN now() END,
+    expired_at = CASE WHEN $7 = 'expired' THEN now() END,
+    cancelled_at = CASE WHEN $7 = 'cancelled' THEN now() END,
     claimed_by = NULL, lease_until = NULL
 WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
 RETURNING id;
+
+-- name: forget_batch_lines
+-- An ended batch's lines: its files hold every answer now, and prompts are kept no longer than that.
+DELETE FROM batch_lines WHERE batch_id = $1;

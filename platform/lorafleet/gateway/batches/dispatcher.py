@@ -47,7 +47,7 @@ from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.files.service import FileService
 from lorafleet.gateway.batches.inprocess import Answer, call_route
 from lorafleet.gateway.batches.schemas import BatchError, LineError, LineResponse, OutputLine
-from lorafleet.gateway.batches.validation import Limits, validate_lines
+from lorafleet.gateway.batches.validation import Limits, ValidLine, read_lines, validate_lines
 from lorafleet.gateway.context import BatchOrigin
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.registry import WorkerRegistry
@@ -63,7 +63,9 @@ RETRYABLE_429 = frozenset({"rate_limit_exceeded", "concurrency_limit_exceeded", 
 UNFINISHED = {"expired": ("batch_expired", "This request was not run before the batch expired."),
               "cancelled": ("batch_cancelled", "This request was not run: the batch was cancelled."),
               "completed": ("batch_line_not_run", "This request was not run.")}
-PAGE = 1000
+PAGE = 50                     # lines per read when writing the files: a line's answer may be megabytes
+LINE_OVERHEAD_BYTES = 64 * 1024  # a line's custom_id, method, url and JSON around its body
+MAX_VALIDATION_ATTEMPTS = 3   # takes of one batch's validation (a gateway that died on it): then it fails
 INTERACTIVE_MEMORY_SECONDS = 1.0  # interactive traffic seen this recently still counts as running
 DRAIN_SECONDS = 15.0          # on shutdown, lines in flight get this long (the gateway pod: 5 + 30 + 15 + flush < 60 s)
 _encode = msgspec.json.Encoder().encode
@@ -171,6 +173,10 @@ class BatchDispatcher:
         if batch is None:
             return False
         batch_id = batch["id"]
+        if batch["validation_attempts"] > MAX_VALIDATION_ATTEMPTS:
+            await self._refuse(batch_id, [BatchError(code="validation_attempts_exhausted", message=(
+                f"validating the input file stopped {MAX_VALIDATION_ATTEMPTS} gateways before it ended"))])
+            return True
         stored = await self._files.find(batch["tenant_id"], batch["input_file_id"], expired_too=True)
         if stored is None:
             await self._refuse(batch_id, [BatchError(code="invalid_file", message="the input file was deleted before "
@@ -186,8 +192,24 @@ class BatchDispatcher:
                 return await self._catalog.resolve(batch["tenant_id"], model)
 
             try:
-                valid, errors = await validate_lines(_lines(path), batch["endpoint"], limits, resolve)
-            except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable):
+                # One transaction: the valid lines go in chunk by chunk as they are read, and all of them
+                # roll back when any line is refused (or this gateway loses the batch meanwhile).
+                async with self._pool.acquire() as connection, connection.transaction():
+                    async def keep(chunk: list[ValidLine]) -> None:
+                        await connection.copy_records_to_table("batch_lines", records=[
+                            (batch_id, v.line, v.custom_id, v.base_model_id, v.body,
+                             ids.batch_line_request_id(batch_id, v.line)) for v in chunk],
+                            columns=["batch_id", "line", "custom_id", "base_model_id", "body", "request_id"])
+
+                    lines = read_lines(path, settings.max_request_bytes + LINE_OVERHEAD_BYTES)
+                    count, errors = await validate_lines(lines, batch["endpoint"], limits, resolve, keep)
+                    if errors:
+                        raise _Refused(errors)
+                    if await connection.fetchval(queries.batch_validated, batch_id, self._gateway_id, count) is None:
+                        raise _LeaseLost(batch_id)  # another gateway ended it meanwhile: roll the lines back
+            except _Refused as refused:
+                errors = refused.errors
+            except (*DATABASE_UNAVAILABLE, BlobStoreUnavailable, _LeaseLost):
                 raise  # the lease runs out and a later round tries again
             except Exception as exc:  # noqa: BLE001 - a file that breaks the validator fails, not loops
                 log.error("batch_validation_crashed", batch_id=batch_id, error=repr(exc)[:500])
@@ -195,15 +217,7 @@ class BatchDispatcher:
         if errors:
             await self._refuse(batch_id, errors)
             return True
-        records = [(batch_id, v.line, v.custom_id, v.base_model_id, v.body, ids.batch_line_request_id(batch_id, v.line))
-                   for v in valid]
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.copy_records_to_table(
-                "batch_lines", records=records,
-                columns=["batch_id", "line", "custom_id", "base_model_id", "body", "request_id"])
-            if await connection.fetchval(queries.batch_validated, batch_id, self._gateway_id, len(records)) is None:
-                raise _LeaseLost(batch_id)  # another gateway ended it meanwhile: roll the lines back
-        log.info("batch_validated", batch_id=batch_id, lines=len(records))
+        log.info("batch_validated", batch_id=batch_id, lines=count)
         return True
 
     async def _refuse(self, batch_id: str, errors: list[BatchError]) -> None:
@@ -319,8 +333,9 @@ class BatchDispatcher:
                                                         within_quota=False)
                         recorded[name] = view.id
                     if await connection.fetchval(queries.end_batch, batch_id, self._gateway_id, recorded.get("output"),
-                                                 recorded.get("error"), completed, failed) is None:
+                                                 recorded.get("error"), completed, failed, ending) is None:
                         raise _LeaseLost(batch_id)
+                    await connection.execute(queries.forget_batch_lines, batch_id)
             except BaseException:
                 for _, _, blob_key, _ in blobs:
                     await self._files.forget_blob(blob_key)
@@ -346,14 +361,15 @@ class BatchDispatcher:
                 after = rows[-1]["line"]
 
 
+class _Refused(Exception):
+    def __init__(self, errors: list[BatchError]) -> None:
+        super().__init__(f"{len(errors)} refusals")
+        self.errors = errors
+
+
 class _LeaseLost(Exception):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"batch {batch_id}: another gateway holds it now")
-
-
-def _lines(path: Path):  # noqa: ANN202 - an iterator of the file's lines
-    with open(path, "rb") as handle:
-        yield from handle
 
 
 def _output_line(batch_id: str, row: asyncpg.Record, ending: str) -> OutputLine:

@@ -58,12 +58,13 @@ def not_found(batch_id: str) -> NotFound:
 
 class Batches:
     def __init__(self, pool: asyncpg.Pool, files: FileService, *, max_file_bytes: int, window_seconds: int,
-                 max_open: int) -> None:
+                 max_open: int, max_open_bytes: int) -> None:
         self._pool = pool
         self._files = files
         self._max_file_bytes = max_file_bytes
         self._window = window_seconds
         self._max_open = max_open
+        self._max_open_bytes = max_open_bytes
 
     async def create(self, tenant_id: str, key_id: str, data: BatchCreate) -> Batch:
         stored = await self._files.find(tenant_id, data.input_file_id)
@@ -77,15 +78,24 @@ class Batches:
         if stored.view.bytes > self._max_file_bytes:
             raise InvalidRequest(f"the input file has {stored.view.bytes} bytes, more than the {self._max_file_bytes} "
                                  "a batch may have; split it", param="input_file_id", code="file_too_large")
-        open_batches = await self._pool.fetchval(queries.count_open_batches, tenant_id)
-        if open_batches >= self._max_open:
-            raise RateLimited(f"this account has {open_batches} batches not finished, its limit; wait for one to "
-                              "finish or cancel one", code="too_many_batches", headers={"Retry-After": "60"})
         expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._window)
         output_expiry = data.output_expires_after.seconds if data.output_expires_after else None
-        row = await self._pool.fetchrow(queries.insert_batch, ids.batch_id(), tenant_id, key_id, data.endpoint,
-                                        data.input_file_id, data.completion_window, data.metadata, expires_at,
-                                        output_expiry)
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(queries.lock_tenant_batches, tenant_id)
+            open_now = await connection.fetchrow(queries.open_batches_of_tenant, tenant_id)
+            if open_now["batches"] >= self._max_open:
+                raise RateLimited(f"this account has {open_now['batches']} batches not finished, its limit; wait "
+                                  "for one to finish or cancel one", code="too_many_batches",
+                                  headers={"Retry-After": "60"})
+            # Each open batch keeps its lines in the database until it ends: their bytes count against the
+            # tenant's file quota, so one file cannot back a hundred batches' worth of copies.
+            if open_now["bytes"] + stored.view.bytes > self._max_open_bytes:
+                raise RateLimited(f"the input files of this account's unfinished batches would pass "
+                                  f"{self._max_open_bytes} bytes; wait for one to finish or cancel one",
+                                  code="too_many_batches", headers={"Retry-After": "60"})
+            row = await connection.fetchrow(queries.insert_batch, ids.batch_id(), tenant_id, key_id, data.endpoint,
+                                            data.input_file_id, data.completion_window, data.metadata, expires_at,
+                                            output_expiry)
         return batch_view(row)
 
     async def get(self, tenant_id: str, batch_id: str) -> Batch:
@@ -103,6 +113,9 @@ class Batches:
     async def cancel(self, tenant_id: str, batch_id: str) -> Batch:
         if await self._pool.fetchval(queries.cancel_batch, batch_id, tenant_id) is None:
             batch = await self.get(tenant_id, batch_id)  # 404, or a batch already ending or ended
+            if batch.status in ("validating", "in_progress"):  # its window is over, or a gateway is ending it
+                raise InvalidRequest("the batch is ending (its window is over, or its last lines are done); it "
+                                     "cannot be cancelled any more", param="batch_id", code="batch_not_cancellable")
             if batch.status not in ("cancelling", "cancelled"):
                 raise InvalidRequest(f"the batch is {batch.status}; only a batch validating or in progress can be "
                                      "cancelled", param="batch_id", code="batch_not_cancellable")

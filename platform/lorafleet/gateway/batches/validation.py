@@ -9,8 +9,10 @@ A file with any refused line fails as a whole (OpenAI's behaviour): nothing runs
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,6 +31,8 @@ REQUEST_TYPES: dict[str, tuple[type[Any], str]] = {   # endpoint → (the route'
     "/v1/embeddings": (EmbeddingRequest, "embed"),
 }
 MAX_LISTED_ERRORS = 100  # a file with thousands of bad lines lists the first hundred (and says so)
+YIELD_EVERY = 100        # lines between two yields to the event loop: the gateway keeps serving meanwhile
+KEEP_EVERY = 1000        # valid lines handed on at once: a file is never held whole in memory
 
 _decode_line = msgspec.json.Decoder(InputLine).decode
 
@@ -56,6 +60,7 @@ class Refusals:
     def __init__(self) -> None:
         self.errors: list[BatchError] = []
         self.count = 0
+        self.stopped = False  # at MAX_LISTED_ERRORS: the rest of the file was not read
 
     def add(self, line: int | None, code: str, message: str, param: str | None = None) -> None:
         self.count += 1
@@ -65,24 +70,62 @@ class Refusals:
                                           param=_storable(param) if param else None))
 
     def listed(self) -> list[BatchError]:
-        if self.count > len(self.errors):
-            return [*self.errors, BatchError(code="too_many_errors",
-                                             message=f"{self.count - len(self.errors)} more lines were refused")]
+        if self.stopped:
+            return [*self.errors, BatchError(code="too_many_errors", message=f"validation stopped after "
+                                             f"{MAX_LISTED_ERRORS} refused lines; fix them and upload the file again")]
         return self.errors
 
 
-async def validate_lines(lines: Iterable[bytes], endpoint: str, limits: Limits,
-                         resolve: Callable[[str], Awaitable[ResolvedModel]]) -> tuple[list[ValidLine], list[BatchError]]:
-    """The file's lines (``resolve``: a model name → the tenant's model, raising its 404): the valid lines,
-    or the refusals (then the lines are of no use)."""
+class TooLong:
+    """A line longer than any request may be: refused by its length, never read whole."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+
+def read_lines(path: Path, max_line_bytes: int) -> Iterator[bytes | TooLong]:
+    """The file's lines, each read at most ``max_line_bytes`` + 1 bytes at a time: a 200 MB line is
+    skipped in pieces, never held in memory."""
+    with open(path, "rb") as handle:
+        while line := handle.readline(max_line_bytes + 1):
+            if len(line) <= max_line_bytes or line.endswith(b"\n"):
+                yield line
+                continue
+            length = len(line)
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                length += len(rest)
+            yield TooLong(length + len(rest))
+
+
+async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits: Limits,
+                         resolve: Callable[[str], Awaitable[ResolvedModel]],
+                         keep: Callable[[list[ValidLine]], Awaitable[None]]) -> tuple[int, list[BatchError]]:
+    """The file's lines (``resolve``: a model name → the tenant's model, raising its 404): the valid ones
+    are handed to ``keep`` in chunks while no line has been refused; returns how many were valid and the
+    refusals (then what ``keep`` got is of no use). It yields to the event loop every few lines, so the
+    gateway running it keeps serving, and stops once it has as many refusals as it lists."""
     request_type, task = REQUEST_TYPES[endpoint]
     refusals = Refusals()
-    valid: list[ValidLine] = []
+    chunk: list[ValidLine] = []
+    kept = 0
     seen: set[str] = set()
     models: dict[str, ResolvedModel | LoraFleetError] = {}
     requests = 0
     for number, raw in enumerate(lines, start=1):
+        if number % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        if len(refusals.errors) >= MAX_LISTED_ERRORS:
+            refusals.stopped = True
+            break
+        if isinstance(raw, TooLong):
+            refusals.add(number, "request_too_large", f"the line is {raw.length} bytes, more than a request may "
+                                                      f"have ({limits.max_body_bytes} bytes of body)")
+            requests += 1
+            continue
         if not raw.strip():
+            if number > limits.max_lines * 2:  # blank lines are no requests, but they are not free to read
+                refusals.add(None, "too_many_lines", f"the file has more than {limits.max_lines * 2} lines")
+                break
             continue  # a blank line (an editor's trailing newline) is no request; line numbers still count it
         requests += 1
         if requests > limits.max_lines:
@@ -97,6 +140,9 @@ async def validate_lines(lines: Iterable[bytes], endpoint: str, limits: Limits,
             continue
         except msgspec.DecodeError:
             refusals.add(number, "invalid_json_line", "not valid JSON")
+            continue
+        except RecursionError:
+            refusals.add(number, "invalid_json_line", "the JSON is nested too deeply")
             continue
         if "\x00" in item.custom_id:
             refusals.add(number, "invalid_custom_id", "custom_id may not contain NUL (\\u0000) characters", "custom_id")
@@ -124,6 +170,9 @@ async def validate_lines(lines: Iterable[bytes], endpoint: str, limits: Limits,
             refusals.add(number, error.code or "invalid_request", error.message,
                          f"body.{error.param}" if error.param else "body")
             continue
+        except RecursionError:
+            refusals.add(number, "invalid_request", "the body is nested too deeply", "body")
+            continue
         if getattr(request, "stream", False):
             refusals.add(number, "invalid_request", "stream: true is not supported in a batch", "body.stream")
             continue
@@ -139,7 +188,16 @@ async def validate_lines(lines: Iterable[bytes], endpoint: str, limits: Limits,
             refusals.add(number, "model_not_found" if model.status_code == 404 else (model.code or "invalid_model"),
                          model.message, "body.model")
             continue
-        valid.append(ValidLine(number, item.custom_id, model.base.id, body))
+        if refusals.count:
+            continue  # a refused file keeps nothing: only its refusals are still of use
+        chunk.append(ValidLine(number, item.custom_id, model.base.id, body))
+        if len(chunk) >= KEEP_EVERY:
+            await keep(chunk)
+            kept += len(chunk)
+            chunk = []
     if requests == 0:
         refusals.add(None, "empty_file", "the input file has no lines")
-    return valid, refusals.listed()
+    if chunk and not refusals.count:
+        await keep(chunk)
+        kept += len(chunk)
+    return kept, refusals.listed()
