@@ -29,6 +29,43 @@ from lorafleet.devtools.services import start_service  # noqa: E402
 from benchmarks.finetune import write_data  # noqa: E402
 
 TARGET_SECONDS = 300
+# The GPU estimate's assumptions (README of the section it writes): a step of a 135M model is bound by
+# kernel launches, not arithmetic, on any current GPU; the arithmetic is checked against an L4's bf16 peak
+# at a low utilisation; loading the model onto the GPU is assumed to take a few seconds.
+GPU_STEP_FLOOR_SECONDS = 0.025   # forward + backward + optimizer of ~30 layers: ~1,500 kernel launches
+GPU_PEAK_FLOPS, GPU_UTILISATION = 121e12, 0.25  # NVIDIA L4, bf16 dense
+GPU_MODEL_LOAD_SECONDS = 5.0
+PARAMETERS = 135e6
+
+
+def gpu_estimate(steps: int, trained_tokens: int, cpu_tokens_per_second: float, queued: float, running: float,
+                 succeeded: float, first_token: float) -> str:
+    """The same job's time on a GPU, estimated from this run's measured phases: every phase but training
+    as measured here (validation, queueing, registration and pre-warm are not GPU work), training from
+    the per-step cost a GPU would have. An estimate, never a measurement."""
+    cpu_training = trained_tokens / max(cpu_tokens_per_second, 1e-9)
+    flops_per_step = 6 * PARAMETERS * trained_tokens / max(steps, 1)
+    gpu_step = max(GPU_STEP_FLOOR_SECONDS, flops_per_step / (GPU_PEAK_FLOPS * GPU_UTILISATION))
+    gpu_training = steps * gpu_step
+    bound = (f", so a step is bound by kernel launches instead (assumed {GPU_STEP_FLOOR_SECONDS * 1000:.0f} ms)"
+             if gpu_step == GPU_STEP_FLOOR_SECONDS else ", the step's cost")
+    other = first_token - cpu_training  # validation, queue, model load, registration, pre-warm, first token
+    total = other + GPU_MODEL_LOAD_SECONDS + gpu_training
+    return f"""
+## Estimate for a GPU (not measured)
+
+From this run's figures: training took {cpu_training:.0f} s of the {first_token:.0f} s ({steps} steps,
+{cpu_training / max(steps, 1) * 1000:.0f} ms each on one CPU thread); everything else — validation and queueing
+({queued:.0f} s to `queued`, {running:.0f} s to `running`), registration, pre-warm and the first token — took
+{other:.0f} s and is not GPU work, so it is kept as measured. A step of this 135M model is
+{flops_per_step / 1e9:.0f} GFLOP, {flops_per_step / (GPU_PEAK_FLOPS * GPU_UTILISATION) * 1000:.1f} ms at 25% of an
+L4's bf16 peak{bound}:
+{steps} steps ≈ {gpu_training:.0f} s, plus {GPU_MODEL_LOAD_SECONDS:.0f} s assumed to load the model onto the GPU.
+
+**Estimated `jobs.create` → first token on a GPU: about {total:.0f} s** (against {first_token:.0f} s measured
+here), dominated by what is not training: validation with the real tokenizer, the queue's poll, the adapter's
+upload validation and the pre-warm.
+"""
 
 
 async def main(examples: int, epochs: int) -> None:
@@ -83,7 +120,7 @@ async def main(examples: int, epochs: int) -> None:
 | first token served by `fine_tuned_model` | **{total:.1f}** (target < {TARGET_SECONDS}) |
 
 Training: {rate:.0f} tokens/s (the trainer's own figure over the job). The answer: {''.join(answer)!r}.
-"""
+{gpu_estimate(steps, job.trained_tokens, rate, seen.get('queued', 0.0), seen.get('running', 0.0), seen['succeeded'], total)}"""
     publish("finetune_platform", report)
 
 
