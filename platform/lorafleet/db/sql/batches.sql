@@ -4,8 +4,9 @@ INSERT INTO batches (id, tenant_id, api_key_id, endpoint, input_file_id, complet
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 RETURNING *, 0::bigint AS input_tokens, 0::bigint AS cached_tokens, 0::bigint AS output_tokens;
 
--- name: get_batch
--- One of the tenant's batches, with its usage summed from the ledger (the one record of what ran).
+-- name: tenant_batches
+-- The tenant's batches, newest first, each with its usage summed from the ledger (the one record of what
+-- ran): one batch ($2), or a page of them ($3: the id of the last one of the previous page; $4 rows).
 SELECT b.*, u.input_tokens, u.cached_tokens, u.output_tokens
 FROM batches b
 CROSS JOIN LATERAL (
@@ -14,21 +15,9 @@ CROSS JOIN LATERAL (
            coalesce(sum(l.completion_tokens), 0)::bigint AS output_tokens
     FROM usage_ledger l WHERE l.batch_id = b.id AND l.tenant_id = b.tenant_id
 ) u
-WHERE b.id = $1 AND b.tenant_id = $2;
-
--- name: list_batches
--- The tenant's batches, newest first; $2: the id of the last one of the previous page.
-SELECT b.*, u.input_tokens, u.cached_tokens, u.output_tokens
-FROM batches b
-CROSS JOIN LATERAL (
-    SELECT coalesce(sum(l.prompt_tokens), 0)::bigint AS input_tokens,
-           coalesce(sum(l.cached_prompt_tokens), 0)::bigint AS cached_tokens,
-           coalesce(sum(l.completion_tokens), 0)::bigint AS output_tokens
-    FROM usage_ledger l WHERE l.batch_id = b.id AND l.tenant_id = b.tenant_id
-) u
-WHERE b.tenant_id = $1
-  AND ($2::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM batches WHERE id = $2 AND tenant_id = $1))
-ORDER BY b.created_at DESC, b.id DESC LIMIT $3;
+WHERE b.tenant_id = $1 AND ($2::text IS NULL OR b.id = $2)
+  AND ($3::text IS NULL OR (b.created_at, b.id) < (SELECT created_at, id FROM batches WHERE id = $3 AND tenant_id = $1))
+ORDER BY b.created_at DESC, b.id DESC LIMIT $4;
 
 -- name: lock_tenant_batches
 -- Creates of one tenant's batches one at a time: its limits are checked and taken together.

@@ -99,13 +99,13 @@ class Batches:
         return batch_view(row)
 
     async def get(self, tenant_id: str, batch_id: str) -> Batch:
-        row = await self._pool.fetchrow(queries.get_batch, batch_id, tenant_id)
+        row = await self._pool.fetchrow(queries.tenant_batches, tenant_id, batch_id, None, 1)
         if row is None:
             raise not_found(batch_id)
         return batch_view(row)
 
     async def list(self, tenant_id: str, *, after: str | None, limit: int) -> BatchPage:
-        rows = await self._pool.fetch(queries.list_batches, tenant_id, after, limit + 1)
+        rows = await self._pool.fetch(queries.tenant_batches, tenant_id, None, after, limit + 1)
         data = [batch_view(row) for row in rows[:limit]]
         return BatchPage(data=data, has_more=len(rows) > limit, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
