@@ -41,6 +41,7 @@ from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.files import FilesController
+from lorafleet.gateway.downloads import DownloadSlots
 from lorafleet.gateway.fine_tuning import FineTuningController
 from lorafleet.files.janitor import ExpiredFiles
 from lorafleet.files.service import FileService
@@ -132,6 +133,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                             window_seconds=settings.batch_completion_window_seconds,
                             max_open=settings.tenant_max_open_batches,
                             max_open_bytes=settings.tenant_max_file_bytes),
+            downloads=DownloadSlots(max_downloads=settings.max_downloads,
+                                    tenant_max_downloads=settings.tenant_max_downloads),
         )
         services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id)
         ledger.start()

@@ -43,5 +43,8 @@ def test_put_fetch_delete_round_trip(s3_endpoint, tmp_path: Path):
     fetched = tmp_path / "fetched"
     store.fetch(sha, fetched)
     assert fetched.read_bytes() == source.read_bytes()
+    with store.open(sha) as reader:  # a download's stream: the body as it arrives, in pieces
+        pieces = list(iter(lambda: reader.read(256 * 1024), b""))
+    assert len(pieces) > 1 and b"".join(pieces) == source.read_bytes()
     store.delete(sha)
     assert store._s3.list_objects_v2(Bucket="adapters").get("KeyCount", 0) == 0

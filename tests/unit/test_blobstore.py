@@ -46,3 +46,19 @@ def test_a_missing_blob_is_unavailable_not_a_crash(tmp_path):
     with pytest.raises(BlobStoreUnavailable):
         store.fetch("0" * 64, tmp_path / "copy.bin")
     assert not list((tmp_path / "blobs").glob("**/*.partial"))
+
+
+def test_open_reads_a_blob_in_pieces_and_survives_its_deletion(tmp_path):
+    """A download streams from the store: the blob is read piece by piece, and a delete meanwhile (the
+    tenant deleted the file) does not cut a reader that already has it open."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 4096  # 1 MiB
+    sha, source = _source(tmp_path, data)
+    store.put(sha, source)
+    with store.open(sha) as reader:
+        first = reader.read(1000)
+        store.delete(sha)
+        rest = b"".join(iter(lambda: reader.read(64 * 1024), b""))
+    assert first + rest == data
+    with pytest.raises(BlobStoreUnavailable):
+        store.open(sha)

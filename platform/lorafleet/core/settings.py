@@ -101,6 +101,9 @@ class GatewaySettings(FleetSettings, **_STRUCT):
     max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest file uploaded to /v1/files, in bytes, enforced while streaming (413 above).")] = 256 * 1024 * 1024
     tenant_max_files: Annotated[int, Meta(ge=1, description="Files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 1000
     tenant_max_file_bytes: Annotated[int, Meta(ge=1024, description="Bytes of files (/v1/files) one tenant may keep (409 `storage_quota_exceeded` beyond).")] = 10 * 1024**3
+    max_downloads: Annotated[int, Meta(ge=1, description="File downloads (/v1/files/{id}/content, the dashboard's batch files) one gateway process streams at once (503 `download_capacity_exhausted` with Retry-After beyond).")] = 64
+    tenant_max_downloads: Annotated[int, Meta(ge=1, description="File downloads one tenant may have in progress through one gateway process (429 `rate_limit_exceeded` with Retry-After beyond).")] = 4
+    download_stall_seconds: Annotated[float, Meta(gt=0, description="A download whose client takes no bytes for this long is cut (the connection is closed, its slot freed).")] = 30.0
     tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
     batch_max_lines: Annotated[int, Meta(ge=1, description="Most request lines one /v1/batches input file may hold (the batch fails validation above).")] = 50_000
     batch_max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest /v1/batches input file, in bytes (the batch is refused above).")] = 200 * 1024 * 1024
