@@ -132,7 +132,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             batches=Batches(pool, files, max_file_bytes=settings.batch_max_file_bytes,
                             window_seconds=settings.batch_completion_window_seconds,
                             max_open=settings.tenant_max_open_batches,
-                            max_open_bytes=settings.tenant_max_file_bytes),
+                            max_open_bytes=settings.tenant_max_file_bytes,
+                            min_delay_seconds=settings.batch_min_delay_seconds),
             downloads=DownloadSlots(max_downloads=settings.max_downloads,
                                     tenant_max_downloads=settings.tenant_max_downloads),
         )

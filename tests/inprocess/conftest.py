@@ -128,6 +128,7 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+        "LORAFLEET_BATCH_MIN_DELAY_SECONDS": "0",  # batch tests run their lines at once (one holds the default)
         # Short enough for the relay's tests to wait out (a stream silent this long is cut), longer than
         # any other test's stub delay.
         "LORAFLEET_UPSTREAM_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT_SECONDS),
@@ -210,7 +211,7 @@ async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: st
             "LORAFLEET_DATABASE_URL": inprocess_database_url, "LORAFLEET_INTERNAL_TOKEN": inprocess.internal_token,
             "LORAFLEET_ADMIN_TOKEN": inprocess.admin_token, "LORAFLEET_DATA_DIR": str(tmp_path / f"gateway{len(running)}"),
             "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
-            "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+            "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0", "LORAFLEET_BATCH_MIN_DELAY_SECONDS": "0",
         }
         environ.update({f"LORAFLEET_{name}": value for name, value in overrides.items()})
         settings = load_settings(GatewaySettings, environ)

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from lorafleet.core import ids
+from lorafleet.core.settings import GatewaySettings
 from lorafleet.db import queries
 from lorafleet.gateway.batches.inprocess import call_route
 from lorafleet.gateway.context import BatchOrigin
@@ -633,3 +634,28 @@ async def test_open_batches_are_bounded_by_the_file_quota(start_gateway, tenant,
             await sdk.batches.cancel(second.id)
     finally:
         dispatcher.start()
+
+
+async def test_a_one_line_batch_waits_out_the_minimum_deferral(start_gateway, platform, db, tenant):
+    """The batch discount pays for deferral (issue 28, finding 7): under the default
+    LORAFLEET_BATCH_MIN_DELAY_SECONDS a one-line batch is validated at once, but no dispatcher starts its
+    line before the delay — it cannot buy an interactive answer at half price."""
+    default = GatewaySettings().batch_min_delay_seconds
+    assert default == 60
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    gateway = await start_gateway(BATCH_MIN_DELAY_SECONDS=str(default), BLOB_DIR=blobs)
+    async with _sdk(gateway.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line("now-please", "deferred question")])
+        await eventually(lambda: sdk.batches.retrieve(batch.id), lambda b: b.status == "in_progress",
+                         what="the batch validated")
+        for dispatcher in (gateway.services.dispatcher, platform.app.state.services.dispatcher):
+            await dispatcher.feed()  # a round with room on every worker
+        line = await db.fetchrow("SELECT state, attempts FROM batch_lines WHERE batch_id = $1", batch.id)
+        row = await db.fetchrow("SELECT run_after - created_at AS delay FROM batches WHERE id = $1", batch.id)
+        still = await sdk.batches.retrieve(batch.id)
+        await sdk.batches.cancel(batch.id)
+    assert (line["state"], line["attempts"]) == ("pending", 0), dict(line)
+    assert still.status == "in_progress" and still.request_counts.completed == 0
+    assert row["delay"].total_seconds() == pytest.approx(default, abs=1)
+    received = [body for worker in platform.workers for body in worker.behaviour.received]
+    assert not any(body["messages"][0]["content"] == "deferred question" for body in received if "messages" in body)

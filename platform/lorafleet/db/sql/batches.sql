@@ -1,7 +1,8 @@
 -- name: insert_batch
+-- $10: seconds before its lines may be dispatched (the minimum deferral).
 INSERT INTO batches (id, tenant_id, api_key_id, endpoint, input_file_id, completion_window, metadata, expires_at,
-                     output_expires_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     output_expires_seconds, run_after)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))
 RETURNING *, 0::bigint AS input_tokens, 0::bigint AS cached_tokens, 0::bigint AS output_tokens;
 
 -- name: tenant_batches
@@ -60,21 +61,22 @@ WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'cancelling')
 RETURNING id;
 
 -- name: batch_models_open
--- Base models with lines waiting to run, and how many of those lines this gateway runs now.
+-- Base models with lines ready to run (their batch's deferral over).
 SELECT DISTINCT l.base_model_id
 FROM batches b JOIN batch_lines l ON l.batch_id = b.id
-WHERE b.status = 'in_progress' AND b.expires_at > now() AND l.state <> 'done'
+WHERE b.status = 'in_progress' AND b.expires_at > now() AND b.run_after <= now() AND l.state <> 'done'
   AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now()) OR l.lease_until < now());
 
 -- name: claim_batch_lines
 -- Up to $3 lines of base model $2 for gateway $1, pending ones and running ones whose dispatcher's lease
 -- ran out (it died). Fair: among the batches with lines of this model ready, each tenant's oldest first,
 -- and within those, line by line in turn — so neither a tenant with many batches nor a batch with many
--- lines holds back the others. SKIP LOCKED: concurrent dispatchers never take the same line.
+-- lines holds back the others. SKIP LOCKED: concurrent dispatchers never take the same line. No line of a
+-- batch still within its deferral (run_after).
 WITH ready AS (
     SELECT b.id, b.created_at, row_number() OVER (PARTITION BY b.tenant_id ORDER BY b.created_at, b.id) AS tenant_turn
     FROM batches b
-    WHERE b.status = 'in_progress' AND b.expires_at > now()
+    WHERE b.status = 'in_progress' AND b.expires_at > now() AND b.run_after <= now()
       AND EXISTS (SELECT 1 FROM batch_lines l
                   WHERE l.base_model_id = $2 AND l.batch_id = b.id AND l.state <> 'done'
                     AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now())

@@ -58,11 +58,12 @@ def not_found(batch_id: str) -> NotFound:
 
 class Batches:
     def __init__(self, pool: asyncpg.Pool, files: FileService, *, max_file_bytes: int, window_seconds: int,
-                 max_open: int, max_open_bytes: int) -> None:
+                 max_open: int, max_open_bytes: int, min_delay_seconds: float) -> None:
         self._pool = pool
         self._files = files
         self._max_file_bytes = max_file_bytes
         self._window = window_seconds
+        self._min_delay = min_delay_seconds
         self._max_open = max_open
         self._max_open_bytes = max_open_bytes
 
@@ -95,7 +96,7 @@ class Batches:
                                   code="too_many_batches", headers={"Retry-After": "60"})
             row = await connection.fetchrow(queries.insert_batch, ids.batch_id(), tenant_id, key_id, data.endpoint,
                                             data.input_file_id, data.completion_window, data.metadata, expires_at,
-                                            output_expiry)
+                                            output_expiry, self._min_delay)
         return batch_view(row)
 
     async def get(self, tenant_id: str, batch_id: str) -> Batch:
