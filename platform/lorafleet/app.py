@@ -30,6 +30,7 @@ from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
 from lorafleet.gateway.batches.dispatcher import BatchDispatcher
 from lorafleet.gateway.batches.service import Batches
+from lorafleet.gateway.batches.spool import make_answer_spool
 from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
@@ -129,15 +130,12 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             holds=holds,
             files=files,
             fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
-            batches=Batches(pool, files, max_file_bytes=settings.batch_max_file_bytes,
-                            window_seconds=settings.batch_completion_window_seconds,
-                            max_open=settings.tenant_max_open_batches,
-                            max_open_bytes=settings.tenant_max_file_bytes,
-                            min_delay_seconds=settings.batch_min_delay_seconds),
+            batches=Batches(pool, files, catalog, settings),
             downloads=DownloadSlots(max_downloads=settings.max_downloads,
                                     tenant_max_downloads=settings.tenant_max_downloads),
         )
-        services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id)
+        services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id,
+                                              make_answer_spool(settings))
         ledger.start()
         refusals.start()
         janitor.start()

@@ -272,3 +272,20 @@ async def sleeping_model(inprocess: InProcessPlatform, db: asyncpg.Pool) -> Asyn
         beating.cancel()
         await db.execute(queries.delete_worker, worker.url)
         await runner.cleanup()
+
+
+VOCAB_SIZE = 1000
+
+
+@pytest.fixture(scope="session")
+async def vocab_model(inprocess: InProcessPlatform, db: asyncpg.Pool) -> str:
+    """A base model whose workers said their vocabulary (1,000 tokens) and hidden size; no worker runs it:
+    what the gateway refuses of it is refused before any worker is chosen. Its context is the stub model's."""
+    name = f"vocab-{random_token(8).lower()}"
+    architecture = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
+                    "head_dim": 16, "num_hidden_layers": 2, "vocab_size": VOCAB_SIZE}
+    await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), name, 4096, architecture, 16, "generate")
+    catalog = inprocess.app.state.services.catalog
+    while name not in {model.name for model in catalog.all()}:
+        await asyncio.sleep(0.05)
+    return name

@@ -62,3 +62,23 @@ def test_open_reads_a_blob_in_pieces_and_survives_its_deletion(tmp_path):
     assert first + rest == data
     with pytest.raises(BlobStoreUnavailable):
         store.open(sha)
+
+
+def test_the_answer_spool_keeps_a_batch_under_its_own_prefix_and_deletes_it_whole(tmp_path):
+    from lorafleet.gateway.batches.spool import LocalAnswerSpool, answer_key
+
+    spool = LocalAnswerSpool(tmp_path / "batch-answers")
+    spool.put(answer_key("batch_a", 1, 1), b"one")
+    spool.put(answer_key("batch_a", 1, 1), b"again")  # the same attempt run again after a send-back: replaced
+    spool.put(answer_key("batch_a", 2, 3), b"two")
+    spool.put(answer_key("batch_b", 1, 1), b"other")
+    assert spool.get(answer_key("batch_a", 1, 1)) == b"again"
+    spool.delete(answer_key("batch_a", 2, 3))
+    spool.delete(answer_key("batch_a", 2, 3))
+    with pytest.raises(BlobStoreUnavailable):
+        spool.get(answer_key("batch_a", 2, 3))
+    spool.delete_batch("batch_a")
+    spool.delete_batch("batch_a")
+    assert not (tmp_path / "batch-answers" / "batch_a").exists()
+    assert spool.get(answer_key("batch_b", 1, 1)) == b"other"
+    assert not list((tmp_path / "batch-answers").glob("**/*.partial"))

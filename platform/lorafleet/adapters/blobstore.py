@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 @contextmanager
-def _store_errors(operation: str, sha256: str, *transient: type[BaseException]) -> Iterator[None]:
+def store_errors(operation: str, sha256: str, *transient: type[BaseException]) -> Iterator[None]:
     """Any failure of the store itself (a disk, permissions, the network) as BlobStoreUnavailable:
     callers answer a clear 503 and store nothing; the cause goes to the log, never to a client."""
     try:
@@ -54,7 +54,7 @@ class StoreErrorsWhileReading(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        with _store_errors("read", self._sha256, *self._transient):
+        with store_errors("read", self._sha256, *self._transient):
             data = self._raw.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
@@ -75,7 +75,7 @@ class LocalBlobStore:
 
     def put(self, sha256: str, source: Path) -> None:
         final = self.path(sha256)
-        with _store_errors("put", sha256):
+        with store_errors("put", sha256):
             if final.exists():
                 return  # same bytes, already stored
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -87,17 +87,17 @@ class LocalBlobStore:
                 partial.unlink(missing_ok=True)
 
     def fetch(self, sha256: str, target: Path) -> None:
-        with _store_errors("fetch", sha256):
+        with store_errors("fetch", sha256):
             shutil.copyfile(self.path(sha256), target)
 
     def open(self, sha256: str) -> BinaryIO:
         """The blob's bytes as a buffered stream (reading stays valid if the blob is deleted meanwhile)."""
-        with _store_errors("open", sha256):
+        with store_errors("open", sha256):
             raw = open(self.path(sha256), "rb", buffering=0)  # noqa: SIM115 - the caller closes it
         return io.BufferedReader(StoreErrorsWhileReading(raw, sha256))  # type: ignore[return-value]
 
     def delete(self, sha256: str) -> None:
-        with _store_errors("delete", sha256):
+        with store_errors("delete", sha256):
             self.path(sha256).unlink(missing_ok=True)
 
 
@@ -119,7 +119,7 @@ class S3BlobStore:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        return _store_errors(operation, sha256, BotoCoreError, ClientError, Boto3Error)
+        return store_errors(operation, sha256, BotoCoreError, ClientError, Boto3Error)
 
     def put(self, sha256: str, source: Path) -> None:
         from botocore.exceptions import ClientError
