@@ -10,6 +10,7 @@ import tempfile
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.helpers import TenantKey, eventually
@@ -187,22 +188,37 @@ async def test_downloads_stream_without_copies_within_their_bounds_and_a_stalled
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the gateway would copy a download
     path = "/v1/files/{}/content"
-    readers = [await _stalled_reader(gateway.url, path.format(my_file.id), tenant.secret) for _ in range(2)]
-    readers.append(await _stalled_reader(gateway.url, path.format(their_file.id), other_tenant.secret))
-    assert all(first.startswith(b"HTTP/1.1 200") for _, first in readers), [first[:40] for _, first in readers]
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
-        over_tenant = await http.get(path.format(my_file.id), headers=tenant.headers)
-        over_gateway = await http.get(path.format(their_file.id), headers=other_tenant.headers)
-    assert (over_tenant.status_code, over_tenant.json()["error"]["code"]) == (429, "rate_limit_exceeded")
-    assert (over_gateway.status_code, over_gateway.json()["error"]["code"]) == (503, "download_capacity_exhausted")
-    assert int(over_tenant.headers["retry-after"]) > 0 and int(over_gateway.headers["retry-after"]) > 0
-    assert list(temporary.iterdir()) == [], "a download copied the file to a temporary folder"
-    assert gateway.services.downloads.count == 3
+    readers: list[tuple[socket.socket, bytes]] = []
+    try:
+        readers += [await _stalled_reader(gateway.url, path.format(my_file.id), tenant.secret) for _ in range(2)]
+        readers.append(await _stalled_reader(gateway.url, path.format(their_file.id), other_tenant.secret))
+        assert all(first.startswith(b"HTTP/1.1 200") for _, first in readers), [first[:40] for _, first in readers]
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http:
+            over_tenant = await http.get(path.format(my_file.id), headers=tenant.headers)
+            over_gateway = await http.get(path.format(their_file.id), headers=other_tenant.headers)
+        assert (over_tenant.status_code, over_tenant.json()["error"]["code"]) == (429, "rate_limit_exceeded")
+        assert (over_gateway.status_code, over_gateway.json()["error"]["code"]) == (503, "download_capacity_exhausted")
+        assert int(over_tenant.headers["retry-after"]) > 0 and int(over_gateway.headers["retry-after"]) > 0
+        assert list(temporary.iterdir()) == [], "a download copied the file to a temporary folder"
+        assert gateway.services.downloads.count == 3
 
-    # The stalled readers are cut: their slots come back, and a reader that resumes gets the end of the stream.
-    await eventually(lambda: asyncio.sleep(0, gateway.services.downloads.count), lambda held: held == 0,
-                     timeout=15, what="the stalled downloads to be cut")
-    received = [await _drain(sock) for sock, _ in readers]
-    assert all(total < BIG for total in received), received
-    async with _sdk(gateway.url, tenant) as mine:
-        assert (await mine.files.content(my_file.id)).content == content  # a reader that reads gets it all
+        # The stalled readers are cut: their slots come back, the server keeps no socket of theirs (nor the bytes
+        # they did not take), and a reader that resumes gets what was sent, then the end of the stream.
+        await eventually(lambda: asyncio.sleep(0, gateway.services.downloads.count), lambda held: held == 0,
+                         timeout=15, what="the stalled downloads to be cut")
+        clients = {sock.getsockname()[1] for sock, _ in readers}
+        server = int(gateway.url.rsplit(":", 1)[1])
+
+        async def server_sockets() -> list:  # this process is the gateway: its sockets to the stalled readers
+            return [c for c in psutil.Process().net_connections("tcp")
+                    if c.raddr and c.raddr.port in clients and c.laddr.port == server]
+
+        await eventually(server_sockets, lambda found: found == [], timeout=5,
+                         what="the server to drop the stalled connections")
+        received = [await _drain(sock) for sock, _ in readers]
+        assert all(total < BIG for total in received), received
+        async with _sdk(gateway.url, tenant) as mine:
+            assert (await mine.files.content(my_file.id)).content == content  # a reader that reads gets it all
+    finally:
+        for sock, _ in readers:
+            sock.close()  # a failure must not leave the gateway waiting on them at shutdown

@@ -9,8 +9,9 @@ store as they are read, a bounded number at a time, and cut when the reader stop
   (429 ``rate_limit_exceeded``), both with ``Retry-After``; a slot is taken before the blob is opened and
   given back however the response ends.
 - **Stalls are cut**: a piece the client does not take within ``LORAFLEET_DOWNLOAD_STALL_SECONDS`` (the
-  server's send waits on the socket's back-pressure) ends the response: the connection is closed and the
-  slot freed, so a reader that stops reading cannot hold a slot, a blob handle or a buffer for long.
+  server's send waits on the socket's back-pressure) ends the response: the connection is dropped (not
+  closed: a close would keep the socket and its unsent bytes until the reader takes them) and the slot
+  freed, so a reader that stops reading cannot hold a slot, a blob handle, a socket or a buffer for long.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import HTTPResponseBodyEvent, Receive, Scope, Send
 from lorafleet.core.errors import RateLimited, ServiceUnavailable
+from lorafleet.gateway.context import context_of
 
 log = structlog.get_logger("lorafleet.downloads")
 
@@ -101,6 +103,12 @@ class _ASGIDownload(ASGIStreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except* ReaderStalled:  # (from within the response's task group)
+            # Closing would wait, holding the unsent bytes and the socket, until the reader takes them:
+            # drop the connection instead. Nothing more can be sent either way.
+            abort = context_of(scope).abort_connection
+            if abort is not None:
+                abort()
         finally:
             self._slot.release()
             with contextlib.suppress(Exception):
