@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -62,6 +63,10 @@ def batch_view(row: asyncpg.Record) -> Batch:
         cancelled_at=stamp(row["cancelled_at"]), metadata=_json(row["metadata"]))
 
 
+SCANS_AT_ONCE = 2            # input files read at once by one gateway's creates (each about a core while it runs)
+REMEMBERED_BOUNDS = 1024     # files whose output bound a gateway remembers
+
+
 def not_found(batch_id: str) -> NotFound:
     return NotFound(f"No batch {batch_id[:100]!r}", param="batch_id")
 
@@ -79,6 +84,8 @@ class Batches:
         # Each open batch keeps a copy of its lines in the database until it ends: the input bytes of a
         # tenant's open batches stay within its file quota.
         self._max_open_bytes = settings.tenant_max_file_bytes
+        self._scans = asyncio.Semaphore(SCANS_AT_ONCE)
+        self._bounds: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
 
     def _widest_model(self, endpoint: str) -> BaseModel | None:
         """The largest context and hidden size among the models that serve ``endpoint``'s task: a line's
@@ -92,14 +99,25 @@ class Batches:
                          task=task, hidden_size=None if None in hidden else max(hidden))  # type: ignore[type-var]
 
     async def output_bound(self, stored: StoredFile, endpoint: str) -> int:
-        """The most bytes a batch of this file can write into its output and error files (read from the blob
-        store as it streams, off the event loop)."""
+        """The most bytes a batch of this file can write into its output and error files: its lines read from
+        the blob store as it streams, off the event loop (about 17 µs a line: under a second for the most
+        lines a batch may have), a few files at a time per gateway, and remembered (a file never changes)."""
         widest = self._widest_model(endpoint)
-        reader = await self._files.open(stored)
-        try:
-            return await asyncio.to_thread(output_bound_of_file, reader, endpoint, widest, self._settings)
-        finally:
-            await asyncio.to_thread(reader.close)
+        key = (stored.view.id, endpoint, widest.max_model_len if widest else 0, widest.hidden_size if widest else 0)
+        async with self._scans:
+            known = self._bounds.get(key)
+            if known is not None:
+                self._bounds.move_to_end(key)
+                return known
+            reader = await self._files.open(stored)
+            try:
+                bound = await asyncio.to_thread(output_bound_of_file, reader, endpoint, widest, self._settings)
+            finally:
+                await asyncio.to_thread(reader.close)
+        self._bounds[key] = bound
+        while len(self._bounds) > REMEMBERED_BOUNDS:
+            self._bounds.popitem(last=False)
+        return bound
 
     async def create(self, tenant_id: str, key_id: str, data: BatchCreate) -> Batch:
         stored = await self._files.find(tenant_id, data.input_file_id)
