@@ -42,7 +42,7 @@ from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.files import FilesController
-from lorafleet.gateway.downloads import DownloadSlots
+from lorafleet.gateway.downloads import TransferSlots
 from lorafleet.gateway.fine_tuning import FineTuningController
 from lorafleet.files.janitor import ExpiredFiles
 from lorafleet.files.service import FileService
@@ -131,8 +131,10 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             files=files,
             fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
             batches=Batches(pool, files, catalog, settings),
-            downloads=DownloadSlots(max_downloads=settings.max_downloads,
-                                    tenant_max_downloads=settings.tenant_max_downloads),
+            downloads=TransferSlots(max_transfers=settings.max_downloads,
+                                    tenant_max_transfers=settings.tenant_max_downloads),
+            uploads=TransferSlots(max_transfers=settings.max_uploads, tenant_max_transfers=settings.tenant_max_uploads,
+                                  noun="uploads"),
         )
         services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id,
                                               make_answer_spool(settings))

@@ -222,3 +222,47 @@ async def test_downloads_stream_without_copies_within_their_bounds_and_a_stalled
     finally:
         for sock, _ in readers:
             sock.close()  # a failure must not leave the gateway waiting on them at shutdown
+
+
+async def _stalled_uploader(url: str, secret: str) -> socket.socket:
+    """A client that starts a 1 MB multipart upload, sends its first kilobyte and then nothing."""
+    loop = asyncio.get_running_loop()
+    host, port = url.removeprefix("http://").split(":")
+    boundary = "b0undary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.jsonl"\r\n\r\n').encode()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, (f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n"
+                                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                                   f"Content-Length: 1000000\r\n\r\n").encode() + head + b"x" * 1000)
+    return sock
+
+
+async def test_uploads_are_bounded_per_tenant_and_a_stalled_one_is_answered_408(start_gateway, tenant, tmp_path,
+                                                                                 monkeypatch):
+    """An upload holds a temporary file until it is whole: a tenant has a bounded number in progress (429 with
+    Retry-After beyond), and one whose client stops sending is answered 408 and its partial file deleted."""
+    gateway = await start_gateway(TENANT_MAX_UPLOADS="2", UPLOAD_STALL_SECONDS="1.5")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where uploads stream to
+    uploaders: list[socket.socket] = []
+    try:
+        uploaders += [await _stalled_uploader(gateway.url, tenant.secret) for _ in range(2)]
+        await eventually(lambda: asyncio.sleep(0, gateway.services.uploads.count), lambda held: held == 2,
+                         what="both uploads in progress")
+        async with httpx.AsyncClient(base_url=gateway.url, headers=tenant.headers, timeout=10) as http:
+            refused = await http.post("/v1/files", files={"file": ("a.jsonl", LINE)}, data={"purpose": "batch"})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limit_exceeded")
+        assert int(refused.headers["retry-after"]) > 0
+        loop = asyncio.get_running_loop()
+        answers = [await asyncio.wait_for(loop.sock_recv(sock, 4096), 15) for sock in uploaders]
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers
+        assert gateway.services.uploads.count == 0 and list(temporary.iterdir()) == []
+        async with _sdk(gateway.url, tenant) as sdk:  # their slots serve the next uploads
+            assert (await sdk.files.create(file=("b.jsonl", LINE), purpose="batch")).bytes == len(LINE)
+    finally:
+        for sock in uploaders:
+            sock.close()

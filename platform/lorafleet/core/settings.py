@@ -104,6 +104,9 @@ class GatewaySettings(FleetSettings, **_STRUCT):
     max_downloads: Annotated[int, Meta(ge=1, description="File downloads (/v1/files/{id}/content, the dashboard's batch files) one gateway process streams at once (503 `download_capacity_exhausted` with Retry-After beyond).")] = 64
     tenant_max_downloads: Annotated[int, Meta(ge=1, description="File downloads one tenant may have in progress through one gateway process (429 `rate_limit_exceeded` with Retry-After beyond).")] = 4
     download_stall_seconds: Annotated[float, Meta(gt=0, description="A download whose client takes no bytes for this long is cut (the connection is closed, its slot freed).")] = 30.0
+    max_uploads: Annotated[int, Meta(ge=1, description="File uploads (/v1/files, the dashboard's) one gateway process receives at once, each a temporary file of up to MAX_FILE_BYTES (503 `upload_capacity_exhausted` with Retry-After beyond).")] = 32
+    tenant_max_uploads: Annotated[int, Meta(ge=1, description="File uploads one tenant may have in progress through one gateway process (429 `rate_limit_exceeded` with Retry-After beyond).")] = 4
+    upload_stall_seconds: Annotated[float, Meta(gt=0, description="An upload (a file, an adapter) whose client sends nothing for this long is answered 408 `request_timeout` and its partial file deleted.")] = 30.0
     tenant_max_fine_tuning_jobs: Annotated[int, Meta(ge=1, description="Fine-tuning jobs one tenant may have open (validating, queued or running) at once (429 `too_many_fine_tuning_jobs` beyond).")] = 3
     batch_max_lines: Annotated[int, Meta(ge=1, description="Most request lines one /v1/batches input file may hold (the batch fails validation above).")] = 50_000
     batch_max_file_bytes: Annotated[int, Meta(ge=1024, description="Largest /v1/batches input file, in bytes (the batch is refused above).")] = 200 * 1024 * 1024

@@ -1,5 +1,6 @@
 """File downloads (``GET /v1/files/{id}/content``, the dashboard's batch files): streamed from the blob
-store as they are read, a bounded number at a time, and cut when the reader stops reading.
+store as they are read, a bounded number at a time, and cut when the reader stops reading. File uploads
+take slots of their own the same way (gateway/files/controller.py).
 
 - **Streamed**: the blob is read in :data:`CHUNK_BYTES` pieces (a local file's handle, or S3's response
   body) and each piece is sent before the next is read: a download holds one piece and the server's
@@ -35,10 +36,10 @@ CHUNK_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = 5
 
 
-class DownloadSlot:
-    """One download's place in its gateway's and its tenant's count; released once, however it ends."""
+class TransferSlot:
+    """One transfer's place in its gateway's and its tenant's count; released once, however it ends."""
 
-    def __init__(self, slots: DownloadSlots, tenant_id: str) -> None:
+    def __init__(self, slots: TransferSlots, tenant_id: str) -> None:
         self._slots = slots
         self._tenant_id = tenant_id
         self._held = True
@@ -49,28 +50,29 @@ class DownloadSlot:
             self._slots._release(self._tenant_id)
 
 
-class DownloadSlots:
-    """Downloads in flight in this gateway process, in all and per tenant."""
+class TransferSlots:
+    """Transfers (downloads, or uploads) in flight in this gateway process, in all and per tenant."""
 
-    def __init__(self, *, max_downloads: int, tenant_max_downloads: int) -> None:
-        self.max_downloads = max_downloads
-        self.tenant_max_downloads = tenant_max_downloads
+    def __init__(self, *, max_transfers: int, tenant_max_transfers: int, noun: str = "downloads") -> None:
+        self.max_transfers = max_transfers
+        self.tenant_max_transfers = tenant_max_transfers
         self.count = 0
         self._per_tenant: Counter[str] = Counter()
+        self._noun = noun
 
-    def acquire(self, tenant_id: str) -> DownloadSlot:
+    def acquire(self, tenant_id: str) -> TransferSlot:
         """A slot, or the refusal naming which bound is full (nothing is taken then)."""
         held = self._per_tenant[tenant_id]
-        if held >= self.tenant_max_downloads:
-            raise RateLimited(f"this account has {held} downloads in progress through this gateway, its limit; "
+        if held >= self.tenant_max_transfers:
+            raise RateLimited(f"this account has {held} {self._noun} in progress through this gateway, its limit; "
                               "retry when one has finished", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if self.count >= self.max_downloads:
-            raise ServiceUnavailable("this gateway serves as many downloads as it may; retry shortly",
-                                     code="download_capacity_exhausted",
+        if self.count >= self.max_transfers:
+            raise ServiceUnavailable(f"this gateway serves as many {self._noun} as it may; retry shortly",
+                                     code=f"{self._noun[:-1]}_capacity_exhausted",
                                      headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         self._per_tenant[tenant_id] = held + 1
         self.count += 1
-        return DownloadSlot(self, tenant_id)
+        return TransferSlot(self, tenant_id)
 
     def held_by(self, tenant_id: str) -> int:
         return self._per_tenant[tenant_id]
@@ -94,7 +96,7 @@ async def _pieces(reader: BinaryIO) -> Any:
 class _ASGIDownload(ASGIStreamingResponse):
     __slots__ = ("_reader", "_slot", "_stall_seconds")
 
-    def __init__(self, *, reader: BinaryIO, slot: DownloadSlot, stall_seconds: float, **kwargs: Any) -> None:
+    def __init__(self, *, reader: BinaryIO, slot: TransferSlot, stall_seconds: float, **kwargs: Any) -> None:
         super().__init__(iterator=_pieces(reader), **kwargs)
         self._reader = reader
         self._slot = slot
@@ -131,7 +133,7 @@ class _ASGIDownload(ASGIStreamingResponse):
 class Download(Stream):
     """A blob's bytes as a streamed response that holds ``slot`` until it ends (and closes ``reader``)."""
 
-    def __init__(self, reader: BinaryIO, slot: DownloadSlot, *, stall_seconds: float, headers: dict[str, str]) -> None:
+    def __init__(self, reader: BinaryIO, slot: TransferSlot, *, stall_seconds: float, headers: dict[str, str]) -> None:
         super().__init__((), media_type="application/octet-stream", headers=headers)
         self._reader = reader
         self._slot = slot

@@ -99,9 +99,12 @@ async def receive_file(request: Request, services: Services, tenant_id: str, *,
     if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
         raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
     await services.files.storage.check_room(tenant_id, 0, param="file")
+    # A bounded number at a time per tenant and gateway, each cut when its client stops sending: uploads
+    # in progress hold a temporary file of up to LORAFLEET_MAX_FILE_BYTES each.
+    slot = services.uploads.acquire(tenant_id)
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
     try:
-        form = await receive_multipart(request, workdir, "the file")
+        form = await receive_multipart(request, workdir, "the file", stall_seconds=services.settings.upload_stall_seconds)
         purpose = form.fields.get("purpose", "")
         if purpose not in purposes:
             raise InvalidRequest(f"purpose must be one of {', '.join(purposes)}", param="purpose")
@@ -116,6 +119,7 @@ async def receive_file(request: Request, services: Services, tenant_id: str, *,
                                           expires_after_seconds=_expiry(form.fields))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        slot.release()
 
 
 class FilesController(Controller):
@@ -126,8 +130,10 @@ class FilesController(Controller):
     dependencies = TENANT_DEPENDENCIES
 
     @post("/", operation_id="createFile", status_code=200, operation_class=FileUploadOperation,
-          responses=error_responses(400, 409, 413, 415, *API_KEY),
-          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.",
+          responses=error_responses(400, 408, 409, 413, 415, 429, 503, *API_KEY),
+          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches "
+                  "(a bounded number at a time per account and per gateway: 429 or 503 with Retry-After beyond; "
+                  "an upload that sends nothing for `LORAFLEET_UPLOAD_STALL_SECONDS` gets a 408).",
           opt=scope("adapters:write"))
     async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
         return await receive_file(request, services, principal.tenant_id)
