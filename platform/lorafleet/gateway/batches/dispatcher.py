@@ -329,7 +329,7 @@ class BatchDispatcher:
                 await self._release(claimed, retry_after)
                 return
             await self._finish(claimed, answer, None, None)
-        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, BlobStoreUnavailable) as exc:
             # Its lease runs out and another round runs it again (the ledger keeps one row).
             log.warning("batch_line_not_stored", batch_id=claimed.batch_id, line=claimed.line, error=repr(exc)[:300])
         finally:
