@@ -23,13 +23,13 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from lorafleet.adapters.blobstore import LocalBlobStore
 from lorafleet.core import ids
 from lorafleet.core.settings import GatewaySettings
 from lorafleet.db import queries
 from lorafleet.devtools.bench import MODEL, publish, running_platform
 from lorafleet.gateway import preflight
 from lorafleet.gateway.batches.answer_bound import answer_bound
+from lorafleet.gateway.batches.spool import LocalAnswerSpool, answer_key
 from lorafleet.gateway.body import decode
 from lorafleet.gateway.fleet.catalog import BaseModel, ResolvedModel
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
@@ -121,7 +121,7 @@ async def _storage(bench) -> tuple[list[dict], dict]:
                          "PRIMARY KEY (batch_id, line))")
         hot = await _batch(db, tenant_id, key_id, base_model_id, 2000)
         claim = {"empty": await _claim_ms(db, base_model_id)}
-        blobs = LocalBlobStore(Path(tempfile.mkdtemp(prefix="lorafleet-answers-")))
+        spool = LocalAnswerSpool(Path(tempfile.mkdtemp(prefix="lorafleet-answers-")))
         rows = []
         for size, count in STORE_SIZES:
             answer = os.urandom(size // 2).hex().encode()  # incompressible, as logprob JSON nearly is not: a worst case
@@ -133,16 +133,18 @@ async def _storage(bench) -> tuple[list[dict], dict]:
                 for line in range(1, count + 1):
                     started = time.perf_counter()
                     if way == "inline":
-                        await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, answer, None, None)
+                        await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, answer, None, None,
+                                         None)
                     elif way == "side table":
                         async with db.transaction():
                             await db.execute("INSERT INTO bench_answers VALUES ($1, $2, $3)", batch_id, line, answer)
-                            await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, None, None, None)
-                    else:
-                        key = f"{batch_id}-{line}"
-                        await asyncio.to_thread(_put, blobs, key, answer)
-                        await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, key.encode(), None,
-                                         None)
+                            await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, None, None,
+                                             None, None)
+                    else:  # as the dispatcher does (gateway/batches/spool.py)
+                        key = answer_key(batch_id, line, 1)
+                        await asyncio.to_thread(spool.put, key, answer)
+                        await db.execute(queries.finish_batch_line, batch_id, line, "gw_x", 1, 200, None, None, None,
+                                         key)
                     timings.append(time.perf_counter() - started)
                 wal = (await _wal(db) - before) / count
                 rows.append({"size": size, "count": count, "way": way, "ms": statistics.median(timings) * 1000,
@@ -151,18 +153,11 @@ async def _storage(bench) -> tuple[list[dict], dict]:
                     claim["inline"] = await _claim_ms(db, base_model_id)
                 await db.execute("DELETE FROM batch_lines WHERE batch_id = $1", batch_id)
                 await db.execute("DELETE FROM bench_answers WHERE batch_id = $1", batch_id)
+                spool.delete_batch(batch_id)
         await db.execute("DELETE FROM batch_lines WHERE batch_id = $1", hot)
         return rows, claim
     finally:
         await db.close()
-
-
-def _put(store: LocalBlobStore, key: str, data: bytes) -> None:
-    path = store.root / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 async def main() -> None:
@@ -197,8 +192,10 @@ the bound is `answer_bound` for the same request before the answer cap (`LORAFLE
 ## Keeping a finished line's answer until the batch ends
 
 Per answer: the median time to store it as a dispatcher does when the line finishes, and the WAL written
-(incompressible answers, a worst case; JSON with logprobs compresses somewhat). "blob store": the answer
-written to the local blob folder, the row keeps its key.
+(incompressible answers, a worst case; JSON with logprobs compresses somewhat). "inline": in its
+`batch_lines` row (before issue 28); "side table": in a table of answers written once, the row updated
+as inline; "blob store": the answer written by `LocalAnswerSpool` to the local blob folder, the row keeps
+its key (what the dispatcher now does above 16 KiB).
 
 | answer | where | answers | ms per answer (median) | WAL per answer |
 |---|---|---|---|---|
