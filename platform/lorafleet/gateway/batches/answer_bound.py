@@ -7,11 +7,11 @@ so the output files can never pass what was reserved: the bound is a limit, not 
 
 It grows with what makes answers large: output tokens × choices, logprobs (each token's entry and each
 alternative's), prompt logprobs and echo (per prompt token), token ids, an embedding's dimensions. The
-figures per token are about four times the largest measured on the real engine
-(benchmarks/results/batch_answers.md: 15 B of text per output token with token ids, 67 B per logprob
-entry, 1,965 B per prompt token with echo, logprobs 20 and prompt_logprobs 20 against 5,408 here), so a
-real answer meets its bound only when it is pathological (every token a long run of escaped control
-characters). Every bound is capped by ``LORAFLEET_BATCH_MAX_ANSWER_BYTES``.
+figures per token are several times the largest measured on the real engine
+(benchmarks/results/batch_answers.md: 13 B per output token with token ids, about 65 B per logprob
+entry, 1,965 B per prompt token with echo, logprobs 20 and prompt_logprobs 20 — every bound there is
+3.2 to 29 times its answer), so a real answer meets its bound only when it is pathological (every token a
+long run of escaped control characters). Every bound is capped by ``LORAFLEET_BATCH_MAX_ANSWER_BYTES``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from lorafleet.gateway.preflight import Prepared
 
 ENVELOPE = 4096             # an answer's id, model, usage and error envelope
 PER_CHOICE = 512            # a choice's index, role, finish reason and keys
-TEXT_PER_TOKEN = 32         # one generated token's text, JSON-escaped (measured at most 15 with token ids)
-LOGPROB_ENTRY = 256         # one token's or one alternative's logprob entry (measured about 67)
+TEXT_PER_TOKEN = 32         # one generated token's text, JSON-escaped (measured at most 13 with token ids)
+LOGPROB_ENTRY = 256         # one token's or one alternative's logprob entry (measured about 65)
 TOKEN_ID = 8                # one token id in a list
 EMBEDDING_FLOAT = 24        # one float written as JSON
 EMBEDDING_OVERHEAD = 64     # one embedding's index and keys

@@ -2,10 +2,10 @@
 
 A finished line's answer up to :data:`INLINE_ANSWER_BYTES` stays in its ``batch_lines`` row; a larger one is
 written here, under the batch's own prefix, and the row keeps only its key. Measured
-(benchmarks/results/batch_answers.md): a 1 MiB answer stored in the row costs about 45 ms and 1.1 MiB of
-WAL (replicated, archived, backed up) for bytes that live a few hours at most; in the blob store 2 ms and
+(benchmarks/results/batch_answers.md): a 1 MiB answer stored in the row costs about 73 ms and 1.1 MiB of
+WAL (replicated, archived, backed up) for bytes that live a few hours at most; in the blob store 4 ms and
 1 KiB of WAL; a side table written once costs what the row does. Small answers are faster in the row
-(4 KiB: 0.7 ms against 0.9 ms) and are most answers (200 plain tokens are about 1.5 KB).
+(4 KiB: 3.4 ms against 4.0 ms) and are most answers (200 plain tokens are about 1.5 KB).
 
 Keys are ``<batch id>/<line>-<attempt>``, unique to the dispatcher holding that attempt: a dispatcher whose
 answer is not stored after all (it lost the line, the batch ended) deletes its own; once the batch's files
