@@ -100,8 +100,8 @@ class Batches:
 
     async def output_bound(self, stored: StoredFile, endpoint: str) -> int:
         """The most bytes a batch of this file can write into its output and error files: its lines read from
-        the blob store as it streams, off the event loop (about 17 µs a line: under a second for the most
-        lines a batch may have), a few files at a time per gateway, and remembered (a file never changes)."""
+        the blob store as it streams and checked as validation checks them, off the event loop, a few files
+        at a time per gateway, and remembered (a file never changes)."""
         widest = self._widest_model(endpoint)
         key = (stored.view.id, endpoint, widest.max_model_len if widest else 0, widest.hidden_size if widest else 0)
         async with self._scans:
