@@ -782,3 +782,36 @@ async def test_three_thousand_lines_the_engine_would_refuse_make_no_worker_call(
     await platform.app.state.services.ledger.drain()
     assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id) == 0
     assert not any(worker.behaviour.received for worker in platform.workers)
+
+
+async def test_validation_holds_the_lines_own_bound_and_refuses_what_no_longer_fits(start_gateway, platform, db,
+                                                                                     tenant):
+    """Validation replaces the create's estimate with the lines' own bounds. A batch that held less than
+    its lines need (as one created before outputs were held: simulated by giving its room back) takes the
+    difference then, or — the quota full meanwhile — fails validation naming input_file_id, and every byte
+    it held goes back."""
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    quota = 200_000
+    gateway = await start_gateway(TENANT_MAX_FILE_BYTES=str(quota), BATCH_DISPATCH="false", BLOB_DIR=blobs)
+    usage = "SELECT bytes, objects FROM tenant_storage WHERE tenant_id = $1 AND kind = 'files'"
+    dispatcher = platform.app.state.services.dispatcher
+    await dispatcher.close()
+    try:
+        async with _sdk(gateway.url, tenant) as sdk:
+            batch = await _submit(sdk, [_line(f"v-{i}") for i in range(3)])
+            reserved = await db.fetchval("SELECT output_reserved_bytes FROM batches WHERE id = $1", batch.id)
+            await db.execute("UPDATE batches SET output_reserved_bytes = 0 WHERE id = $1", batch.id)
+            await db.execute("UPDATE tenant_storage SET bytes = bytes - $2 WHERE tenant_id = $1 AND kind = 'files'",
+                             tenant.tenant_id, reserved)
+            files_only = await db.fetchrow(usage, tenant.tenant_id)
+            await sdk.files.create(file=("filler.jsonl", b"x" * (quota - files_only["bytes"] - reserved // 2)),
+                                   purpose="batch")
+            filled = await db.fetchrow(usage, tenant.tenant_id)
+            assert await gateway.services.dispatcher.validate_one()  # a dispatcher under the same quota
+            done = await sdk.batches.retrieve(batch.id)
+        after = await db.fetchrow(usage, tenant.tenant_id)
+    finally:
+        dispatcher.start()
+    assert done.status == "failed" and [(e.code, e.param) for e in done.errors.data] == [
+        ("storage_quota_exceeded", "input_file_id")], done.errors
+    assert (after["bytes"], after["objects"]) == (filled["bytes"], filled["objects"] - 2)  # its two files' room back
