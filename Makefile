@@ -58,6 +58,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/cold_start.py
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/batches.py
+	$(BIN)/python benchmarks/batch_answers.py
 	$(BIN)/python benchmarks/report.py
 
 # The platform as `lorafleet up` starts it, under mixed traffic and injected faults for SOAK_MINUTES (default 30),

@@ -103,7 +103,9 @@ async def _wait(sdk: openai.AsyncOpenAI, batch_id: str, until: tuple[str, ...], 
 async def _one_setting(bench, workdir: Path, lines: int, interactive: int, per_worker: int, busy: int) -> dict:
     """A dispatching gateway with these settings (the platform's own runs none): the N-line batch alone,
     then interactive TTFT without and with a big batch running, through that gateway."""
+    # No minimum deferral: this measures how fast lines run once they may.
     gateway = await asyncio.to_thread(start_gateway, dict(bench.env, LORAFLEET_BATCH_DISPATCH="true",
+                                                           LORAFLEET_BATCH_MIN_DELAY_SECONDS="0",
                                                            LORAFLEET_BATCH_LINES_PER_WORKER=str(per_worker),
                                                            LORAFLEET_BATCH_LINES_PER_WORKER_BUSY=str(busy)),
                                       workdir)

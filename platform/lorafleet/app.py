@@ -30,6 +30,7 @@ from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
 from lorafleet.gateway.batches.dispatcher import BatchDispatcher
 from lorafleet.gateway.batches.service import Batches
+from lorafleet.gateway.batches.spool import make_answer_spool
 from lorafleet.gateway.body import StrictStructSchema
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
@@ -41,6 +42,7 @@ from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
 from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.files import FilesController
+from lorafleet.gateway.downloads import TransferSlots
 from lorafleet.gateway.fine_tuning import FineTuningController
 from lorafleet.files.janitor import ExpiredFiles
 from lorafleet.files.service import FileService
@@ -128,12 +130,14 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             holds=holds,
             files=files,
             fine_tuning=FineTuningJobs(pool, files, max_open_jobs=settings.tenant_max_fine_tuning_jobs),
-            batches=Batches(pool, files, max_file_bytes=settings.batch_max_file_bytes,
-                            window_seconds=settings.batch_completion_window_seconds,
-                            max_open=settings.tenant_max_open_batches,
-                            max_open_bytes=settings.tenant_max_file_bytes),
+            batches=Batches(pool, files, catalog, settings),
+            downloads=TransferSlots(max_transfers=settings.max_downloads,
+                                    tenant_max_transfers=settings.tenant_max_downloads),
+            uploads=TransferSlots(max_transfers=settings.max_uploads, tenant_max_transfers=settings.tenant_max_uploads,
+                                  noun="uploads"),
         )
-        services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id)
+        services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id,
+                                              make_answer_spool(settings))
         ledger.start()
         refusals.start()
         janitor.start()

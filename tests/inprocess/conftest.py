@@ -128,6 +128,7 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_ADMIN_TOKEN": admin_token, "LORAFLEET_DATA_DIR": str(data_dir),
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+        "LORAFLEET_BATCH_MIN_DELAY_SECONDS": "0",  # batch tests run their lines at once (one holds the default)
         # Short enough for the relay's tests to wait out (a stream silent this long is cut), longer than
         # any other test's stub delay.
         "LORAFLEET_UPSTREAM_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT_SECONDS),
@@ -210,7 +211,7 @@ async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: st
             "LORAFLEET_DATABASE_URL": inprocess_database_url, "LORAFLEET_INTERNAL_TOKEN": inprocess.internal_token,
             "LORAFLEET_ADMIN_TOKEN": inprocess.admin_token, "LORAFLEET_DATA_DIR": str(tmp_path / f"gateway{len(running)}"),
             "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
-            "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
+            "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0", "LORAFLEET_BATCH_MIN_DELAY_SECONDS": "0",
         }
         environ.update({f"LORAFLEET_{name}": value for name, value in overrides.items()})
         settings = load_settings(GatewaySettings, environ)
@@ -271,3 +272,20 @@ async def sleeping_model(inprocess: InProcessPlatform, db: asyncpg.Pool) -> Asyn
         beating.cancel()
         await db.execute(queries.delete_worker, worker.url)
         await runner.cleanup()
+
+
+VOCAB_SIZE = 1000
+
+
+@pytest.fixture(scope="session")
+async def vocab_model(inprocess: InProcessPlatform, db: asyncpg.Pool) -> str:
+    """A base model whose workers said their vocabulary (1,000 tokens) and hidden size; no worker runs it:
+    what the gateway refuses of it is refused before any worker is chosen. Its context is the stub model's."""
+    name = f"vocab-{random_token(8).lower()}"
+    architecture = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
+                    "head_dim": 16, "num_hidden_layers": 2, "vocab_size": VOCAB_SIZE}
+    await db.fetchrow(queries.upsert_base_model, ids.base_model_id(), name, 4096, architecture, 16, "generate")
+    catalog = inprocess.app.state.services.catalog
+    while name not in {model.name for model in catalog.all()}:
+        await asyncio.sleep(0.05)
+    return name

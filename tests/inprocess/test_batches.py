@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from lorafleet.core import ids
+from lorafleet.core.settings import GatewaySettings
 from lorafleet.db import queries
 from lorafleet.gateway.batches.inprocess import call_route
 from lorafleet.gateway.context import BatchOrigin
@@ -555,7 +556,7 @@ async def test_an_answer_arriving_after_its_batch_ended_is_not_stored(platform, 
             answer = await call_route(platform.app, ran["endpoint"], bytes(ran["body"]), BatchOrigin(
                 ran["batch_id"], ran["line"], ran["request_id"], ran["tenant_id"], ran["api_key_id"]))
             stored = await db.fetchval(queries.finish_batch_line, ran["batch_id"], ran["line"], "gw_slow",
-                                       ran["attempts"], answer.status, answer.body, None, None)
+                                       ran["attempts"], answer.status, answer.body, None, None, None)
             done = await sdk.batches.retrieve(batch.id)
             errors = await _lines_of(sdk, done.error_file_id)
         rows = await eventually(lambda: db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id),
@@ -613,14 +614,15 @@ async def test_open_batches_are_bounded_by_the_file_quota(start_gateway, tenant,
     """Each open batch keeps a copy of its lines in the database until it ends: the bytes of the input
     files of a tenant's unfinished batches stay within its file quota (429 `too_many_batches` beyond)."""
     blobs = str(platform.app.state.services.settings.resolved_blob_dir)
-    gateway = await start_gateway(TENANT_MAX_FILE_BYTES="20000", BATCH_DISPATCH="false", BLOB_DIR=blobs)
+    # Long prompts and short answers: the input copies, not the outputs' room (next tests), are the bound here.
+    gateway = await start_gateway(TENANT_MAX_FILE_BYTES="450000", BATCH_DISPATCH="false", BLOB_DIR=blobs)
     dispatcher = platform.app.state.services.dispatcher
     await dispatcher.close()  # the batches stay open meanwhile
     try:
         async with _sdk(gateway.url, tenant) as sdk:
-            file = await sdk.files.create(file=("b.jsonl", _jsonl([_line(f"q-{i}", "x" * 600) for i in range(9)])),
+            file = await sdk.files.create(file=("b.jsonl", _jsonl([_line(f"q-{i}", "x" * 20_000) for i in range(9)])),
                                           purpose="batch")
-            assert 6000 < file.bytes < 10_000
+            assert 180_000 < file.bytes < 190_000
             first = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                              completion_window="24h")
             second = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
@@ -633,3 +635,183 @@ async def test_open_batches_are_bounded_by_the_file_quota(start_gateway, tenant,
             await sdk.batches.cancel(second.id)
     finally:
         dispatcher.start()
+
+
+async def test_a_one_line_batch_waits_out_the_minimum_deferral(start_gateway, platform, db, tenant):
+    """The batch discount pays for deferral (issue 28, finding 7): under the default
+    LORAFLEET_BATCH_MIN_DELAY_SECONDS a one-line batch is validated at once, but no dispatcher starts its
+    line before the delay — it cannot buy an interactive answer at half price."""
+    default = GatewaySettings().batch_min_delay_seconds
+    assert default == 60
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    gateway = await start_gateway(BATCH_MIN_DELAY_SECONDS=str(default), BLOB_DIR=blobs)
+    async with _sdk(gateway.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line("now-please", "deferred question")])
+        await eventually(lambda: sdk.batches.retrieve(batch.id), lambda b: b.status == "in_progress",
+                         what="the batch validated")
+        for dispatcher in (gateway.services.dispatcher, platform.app.state.services.dispatcher):
+            await dispatcher.feed()  # a round with room on every worker
+        line = await db.fetchrow("SELECT state, attempts FROM batch_lines WHERE batch_id = $1", batch.id)
+        row = await db.fetchrow("SELECT run_after - created_at AS delay FROM batches WHERE id = $1", batch.id)
+        still = await sdk.batches.retrieve(batch.id)
+        await sdk.batches.cancel(batch.id)
+    assert (line["state"], line["attempts"]) == ("pending", 0), dict(line)
+    assert still.status == "in_progress" and still.request_counts.completed == 0
+    assert row["delay"].total_seconds() == pytest.approx(default, abs=1)
+    received = [body for worker in platform.workers for body in worker.behaviour.received]
+    assert not any(body["messages"][0]["content"] == "deferred question" for body in received if "messages" in body)
+
+
+# ---- output bounds (issue 28, finding 6) -----------------------------------------------------------
+
+async def test_an_answer_over_its_bound_is_the_lines_error_and_its_tokens_are_billed(platform, db, tenant):
+    """Each line's answer is kept up to its bound (from max_tokens, n, logprobs, echo); the stub answers
+    8,000 tokens (24 KB) whatever it is asked: a line that asked for 4 tokens gets `response_too_large`
+    (billed: the tokens ran), one that asked for 2,000 keeps its answer — held in the blob store until the
+    files are written, not in the database — and nothing of the batch is left in the blob store after."""
+    await set_price(platform, platform.env, STUB_MODEL, PROMPT, COMPLETION, batch_discount_bps=DISCOUNT_BPS)
+    spool = platform.app.state.services.settings.resolved_blob_dir / "batch-answers"
+    for worker in platform.workers:
+        worker.behaviour.chunks = 8000
+    try:
+        async with _sdk(platform.url, tenant) as sdk:
+            batch = await _submit(sdk, [_line("small", max_tokens=4), _line("large", max_tokens=2000)])
+            await eventually(lambda: db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 "
+                                                 "AND custom_id = 'large' AND state = 'done'", batch.id),
+                             lambda row: row is not None, what="the large line answered")
+            kept = await db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 AND "
+                                     "custom_id = 'large'", batch.id)
+            done = await _finished(sdk, batch.id)
+            output = await _lines_of(sdk, done.output_file_id)
+            errors = await _lines_of(sdk, done.error_file_id)
+    finally:
+        for worker in platform.workers:
+            worker.behaviour.chunks = 8
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    assert [line["custom_id"] for line in output] == ["large"]
+    assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == "ok " * 8000
+    assert kept["response"] is None and kept["answer_blob"], "a large answer waits in the blob store"
+    [refused] = errors
+    assert refused["custom_id"] == "small" and refused["response"] is None
+    assert refused["error"]["code"] == "response_too_large" and "billed" in refused["error"]["message"]
+    rows = await eventually(lambda: db.fetch("SELECT request_id, completion_tokens, cost_pico_usd FROM usage_ledger "
+                                             "WHERE batch_id = $1", batch.id), lambda rows: len(rows) == 2,
+                            what="both lines' rows")
+    assert all(row["completion_tokens"] == 8000 and row["cost_pico_usd"] > 0 for row in rows), rows
+    assert not (spool / batch.id).exists(), "the batch's spooled answers were not deleted"
+
+
+PROBE = {"model": STUB_MODEL, "prompt": "The quick brown fox jumps over the lazy dog. " * 5, "max_tokens": 16,
+         "echo": True, "logprobs": 20, "prompt_logprobs": 20}  # issue 28's probe: ~1,000 times its input in output
+
+
+async def test_a_batch_whose_output_cannot_fit_the_file_quota_is_refused_at_create(start_gateway, platform, db,
+                                                                                 tenant):
+    """A batch holds room for its worst-case output in the tenant's file quota from create until it ends:
+    the issue's probe (echo, logprobs and prompt logprobs: up to the answer cap per line) is refused at once
+    with a 409 naming input_file_id; an ordinary batch is created, holds its room while it runs, and gives
+    it back for its files' actual size when it ends."""
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    gateway = await start_gateway(TENANT_MAX_FILE_BYTES=str(4 * 1024 * 1024), BLOB_DIR=blobs)
+    usage = "SELECT bytes, objects FROM tenant_storage WHERE tenant_id = $1 AND kind = 'files'"
+    async with _sdk(gateway.url, tenant) as sdk:
+        probe = await sdk.files.create(file=("probe.jsonl", _jsonl([
+            {"custom_id": f"p-{i}", "method": "POST", "url": "/v1/completions", "body": PROBE} for i in range(20)])),
+            purpose="batch")
+        with pytest.raises(openai.ConflictError) as refused:
+            await sdk.batches.create(input_file_id=probe.id, endpoint="/v1/completions", completion_window="24h")
+        assert refused.value.code == "storage_quota_exceeded" and refused.value.param == "input_file_id"
+        assert await db.fetchval("SELECT count(*) FROM batches WHERE tenant_id = $1", tenant.tenant_id) == 0
+        before = await db.fetchrow(usage, tenant.tenant_id)
+        batch = await _submit(sdk, [_line(f"o-{i}") for i in range(3)])
+        held = await db.fetchrow("SELECT s.bytes, s.objects, b.output_reserved_bytes FROM tenant_storage s, batches b "
+                                 "WHERE s.tenant_id = $1 AND s.kind = 'files' AND b.id = $2", tenant.tenant_id, batch.id)
+        reserved = held["output_reserved_bytes"]  # read with the usage: validation may adjust it meanwhile
+        input_bytes = (await sdk.files.retrieve(batch.input_file_id)).bytes
+        done = await _finished(sdk, batch.id)
+        output = await sdk.files.retrieve(done.output_file_id)
+    after = await db.fetchrow(usage, tenant.tenant_id)
+    assert reserved > 0 and held["bytes"] == before["bytes"] + input_bytes + reserved
+    assert held["objects"] == before["objects"] + 1 + 2  # the input file, and room for two result files
+    assert done.status == "completed" and done.error_file_id is None and output.bytes <= reserved
+    assert (after["bytes"], after["objects"]) == (held["bytes"] - reserved + output.bytes, held["objects"] - 2 + 1)
+
+
+# ---- lines the engine would refuse (issue 28, finding 9) --------------------------------------------
+
+async def test_lines_the_engine_would_refuse_are_named_at_validation_and_cost_nothing(platform, db, tenant,
+                                                                                    vocab_model):
+    """The synchronous routes' own checks before admission run on every line: an output cap past the
+    context, greedy sampling with n > 1, an empty stop, top_logprobs without logprobs, min_tokens past the
+    output cap, token ids outside the model's vocabulary … each named by line, and nothing reaches a worker
+    or the ledger."""
+    vocab = {"model": vocab_model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    lines: list[object] = [
+        _line("ok"),
+        _line("too-long", max_tokens=5000),
+        _line("greedy-n", n=2, temperature=0),
+        _line("empty-stop", stop=[""]),
+        _line("top-logprobs", top_logprobs=3),
+        _line("min-over-max", max_tokens=2, min_tokens=10),
+        {"custom_id": "vocab", "method": "POST", "url": "/v1/chat/completions",
+         "body": {**vocab, "stop_token_ids": [5000]}},
+    ]
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, lines)
+        done = await _finished(sdk, batch.id)
+    assert done.status == "failed", done
+    errors = {error.line: error for error in done.errors.data}
+    assert {line: error.param for line, error in errors.items()} == {
+        2: "body.max_tokens", 3: "body.n", 4: "body.stop", 5: "body.top_logprobs", 6: "body.min_tokens",
+        7: "body.stop_token_ids"}, done.errors.data
+    assert errors[2].code == "context_length_exceeded" and errors[2].message.startswith("line 2: max_tokens is 5000")
+    assert await db.fetchval("SELECT count(*) FROM batch_lines WHERE batch_id = $1", batch.id) == 0
+    await platform.app.state.services.ledger.drain()
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id) == 0
+    assert not any(worker.behaviour.received for worker in platform.workers)
+
+
+async def test_three_thousand_lines_the_engine_would_refuse_make_no_worker_call(platform, db, tenant):
+    """The issue's probe: 3,000 lines asking for more output than the model's context. They cost nothing
+    before either, but made 3,000 worker calls and ledger rows; now validation refuses the file."""
+    async with _sdk(platform.url, tenant) as sdk:
+        batch = await _submit(sdk, [_line(f"r-{i}", max_tokens=5000) for i in range(3000)])
+        done = await _finished(sdk, batch.id)
+    assert done.status == "failed" and done.errors.data[-1].code == "too_many_errors"
+    assert {error.param for error in done.errors.data[:-1]} == {"body.max_tokens"}
+    await platform.app.state.services.ledger.drain()
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE batch_id = $1", batch.id) == 0
+    assert not any(worker.behaviour.received for worker in platform.workers)
+
+
+async def test_validation_holds_the_lines_own_bound_and_refuses_what_no_longer_fits(start_gateway, platform, db,
+                                                                                     tenant):
+    """Validation replaces the create's estimate with the lines' own bounds. A batch that held less than
+    its lines need (as one created before outputs were held: simulated by giving its room back) takes the
+    difference then, or — the quota full meanwhile — fails validation naming input_file_id, and every byte
+    it held goes back."""
+    blobs = str(platform.app.state.services.settings.resolved_blob_dir)
+    quota = 200_000
+    gateway = await start_gateway(TENANT_MAX_FILE_BYTES=str(quota), BATCH_DISPATCH="false", BLOB_DIR=blobs)
+    usage = "SELECT bytes, objects FROM tenant_storage WHERE tenant_id = $1 AND kind = 'files'"
+    dispatcher = platform.app.state.services.dispatcher
+    await dispatcher.close()
+    try:
+        async with _sdk(gateway.url, tenant) as sdk:
+            batch = await _submit(sdk, [_line(f"v-{i}") for i in range(3)])
+            reserved = await db.fetchval("SELECT output_reserved_bytes FROM batches WHERE id = $1", batch.id)
+            await db.execute("UPDATE batches SET output_reserved_bytes = 0 WHERE id = $1", batch.id)
+            await db.execute("UPDATE tenant_storage SET bytes = bytes - $2 WHERE tenant_id = $1 AND kind = 'files'",
+                             tenant.tenant_id, reserved)
+            files_only = await db.fetchrow(usage, tenant.tenant_id)
+            await sdk.files.create(file=("filler.jsonl", b"x" * (quota - files_only["bytes"] - reserved // 2)),
+                                   purpose="batch")
+            filled = await db.fetchrow(usage, tenant.tenant_id)
+            assert await gateway.services.dispatcher.validate_one()  # a dispatcher under the same quota
+            done = await sdk.batches.retrieve(batch.id)
+        after = await db.fetchrow(usage, tenant.tenant_id)
+    finally:
+        dispatcher.start()
+    assert done.status == "failed" and [(e.code, e.param) for e in done.errors.data] == [
+        ("storage_quota_exceeded", "input_file_id")], done.errors
+    assert (after["bytes"], after["objects"]) == (filled["bytes"], filled["objects"] - 2)  # its two files' room back

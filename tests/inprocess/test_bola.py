@@ -357,21 +357,26 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert file.status_code == 200, file.text
         job = await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.json()["id"]})
         assert job.status_code == 200, job.text
-        # Two lines: one answered, one the route refuses when it runs (a replayed tool call whose arguments
-        # are not JSON), so the batch has an output file and an error file.
-        call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+        # Two lines: one answered, one whose answer (the stubs answer 2,000 tokens whatever is asked) is more
+        # than its bound from max_tokens 1 allows, so the batch has an output file and an error file.
         lines = [{"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-                  "body": {"model": STUB_MODEL, "messages": messages, "max_tokens": 1}}
-                 for custom_id, messages in (("a", [{"role": "user", "content": "x"}]),
-                                             ("b", [{"role": "assistant", "tool_calls": [call]}]))]
+                  "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": tokens}}
+                 for custom_id, tokens in (("a", 2000), ("b", 1))]
         batch_file = await http.post("/v1/files", files={"file": ("b.jsonl", "\n".join(map(json.dumps, lines)))},
                                      data={"purpose": "batch"})
         assert batch_file.status_code == 200, batch_file.text
-        batch = await http.post("/v1/batches", json={"input_file_id": batch_file.json()["id"],
-                                                     "endpoint": "/v1/chat/completions", "completion_window": "24h"})
-        assert batch.status_code == 200, batch.text
-        await eventually(lambda: http.get(f"/v1/batches/{batch.json()['id']}"),
-                         lambda answer: answer.json()["status"] == "completed", what="the batch done")
+        for worker in platform.workers:
+            worker.behaviour.chunks = 2000
+        try:
+            batch = await http.post("/v1/batches", json={"input_file_id": batch_file.json()["id"],
+                                                         "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+            assert batch.status_code == 200, batch.text
+            done = await eventually(lambda: http.get(f"/v1/batches/{batch.json()['id']}"),
+                                    lambda answer: answer.json()["status"] == "completed", what="the batch done")
+        finally:
+            for worker in platform.workers:
+                worker.behaviour.chunks = 8
+        assert done.json()["output_file_id"] and done.json()["error_file_id"], done.text
     await wait_rows(db, created.id, 4)
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
                   stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"])

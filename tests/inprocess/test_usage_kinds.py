@@ -74,10 +74,12 @@ async def test_each_kind_of_usage_is_its_own_line(platform, db, tenant):
 
 
 async def test_a_batch_whose_every_line_fails_has_no_output_file(platform, tenant):
-    bad_call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    """Every line refused when it runs (the engine answers 400: what no check before admission can know)."""
+    for worker in platform.workers:
+        worker.behaviour.fail_next, worker.behaviour.fail_status = 3, 400
     async with openai.AsyncOpenAI(base_url=platform.url + "/v1", api_key=tenant.secret, max_retries=0) as sdk:
         file = await sdk.files.create(file=("b.jsonl", b"".join(
-            _batch_line(f"f-{i}", [{"role": "assistant", "tool_calls": [bad_call]}]) for i in range(3))), purpose="batch")
+            _batch_line(f"f-{i}", [{"role": "user", "content": "x"}]) for i in range(3))), purpose="batch")
         batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                          completion_window="24h")
         done = await eventually(lambda: sdk.batches.retrieve(batch.id), lambda b: b.status == "completed",
@@ -87,5 +89,5 @@ async def test_a_batch_whose_every_line_fails_has_no_output_file(platform, tenan
         errors = [json.loads(line) for line in (await sdk.files.content(done.error_file_id)).content.splitlines()]
     assert sorted(line["custom_id"] for line in errors) == ["f-0", "f-1", "f-2"]
     for line in errors:
-        assert line["response"]["status_code"] == 400 and line["error"]["code"] == line["response"]["body"]["error"]["code"]
-        assert "arguments" in line["response"]["body"]["error"]["param"]
+        assert line["response"]["status_code"] == 400 and line["response"]["body"]["error"]["message"]
+        assert line["error"]["message"] == line["response"]["body"]["error"]["message"]

@@ -30,6 +30,7 @@ def base_env(database_url: str, model_path: Path, tmp_path_factory: pytest.TempP
     env = platform_env(database_url, model_path, tmp_path_factory.mktemp("data"))
     # Batch lines run only on the gateways a batch test starts for them (tests/integration/test_batches.py).
     env["LORAFLEET_BATCH_DISPATCH"] = "false"
+    env["LORAFLEET_BATCH_MIN_DELAY_SECONDS"] = "0"  # no deferral: the tests wait for their batches' lines
     return env
 
 

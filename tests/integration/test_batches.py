@@ -166,3 +166,38 @@ async def test_batch_commands(gateway, gateways, base_env, make_key, model_name,
     assert failed.returncode == 1 and "invalid_json_line: line 1: not valid JSON" in failed.stdout
     usage = await asyncio.to_thread(_cli, env, "batches", "create", str(data), "--metadata", "nokey")
     assert usage.returncode == 2 and "KEY=VALUE" in usage.stderr
+
+
+async def test_real_answers_stay_within_their_bounds_and_the_real_vocabulary_is_checked(gateway, gateways, db,
+                                                                                        make_key, model_name):  # noqa: ARG001
+    """On the real engine (issue 28): answers with logprobs and echo are kept (each within the bound its line
+    was given), the output files fit the room the batch held, and a line with a token id outside SmolLM2's
+    vocabulary (its worker reported 49,152) is refused at validation, by line, before any worker call."""
+    dispatching = gateways.start(LORAFLEET_BATCH_DISPATCH="true")
+    owner = await make_key()
+    heavy = [{"custom_id": "echo-logprobs", "method": "POST", "url": "/v1/completions",
+              "body": {"model": model_name, "prompt": "Once upon a time", "max_tokens": 16, "logprobs": 20,
+                       "echo": True, "prompt_logprobs": 5}},
+             {"custom_id": "plain", "method": "POST", "url": "/v1/completions",
+              "body": {"model": model_name, "prompt": "Hello", "max_tokens": 8}}]
+    async with openai.AsyncOpenAI(base_url=f"{dispatching.url}/v1", api_key=owner.secret, max_retries=0) as sdk:
+        file = await sdk.files.create(file=("heavy.jsonl", _jsonl(heavy)), purpose="batch")
+        batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/completions", completion_window="24h")
+        bounds = await eventually(lambda: db.fetch("SELECT custom_id, answer_bound FROM batch_lines WHERE batch_id = $1",
+                                                   batch.id), lambda rows: len(rows) == 2, what="the lines validated")
+        reserved = await db.fetchval("SELECT output_reserved_bytes FROM batches WHERE id = $1", batch.id)
+        done = await _ended(sdk, batch.id, timeout=240)
+        assert done.status == "completed" and done.request_counts.completed == 2, done
+        output_file = await sdk.files.retrieve(done.output_file_id)
+        output = await _output(sdk, done.output_file_id)
+        bad = [dict(heavy[1], custom_id="out-of-vocabulary",
+                    body={**heavy[1]["body"], "stop_token_ids": [49152]})]
+        refused_file = await sdk.files.create(file=("bad.jsonl", _jsonl(bad)), purpose="batch")
+        refused = await sdk.batches.create(input_file_id=refused_file.id, endpoint="/v1/completions",
+                                           completion_window="24h")
+        refused = await _ended(sdk, refused.id, timeout=60)
+    bound_of = {row["custom_id"]: row["answer_bound"] for row in bounds}
+    for line in output:
+        assert len(json.dumps(line["response"]["body"]).encode()) <= bound_of[line["custom_id"]]
+    assert output_file.bytes <= reserved
+    assert refused.status == "failed" and [(e.line, e.param) for e in refused.errors.data] == [(1, "body.stop_token_ids")]

@@ -102,8 +102,11 @@ async def test_completions_plain_and_streaming(client, db, model_name):
 
 
 async def test_engine_rejection_is_a_client_error_and_is_metered(client, db, model_name):
+    """What only the engine can know (a prompt longer than the context: the gateway does not tokenize);
+    what the gateway can know it refuses itself (tests/inprocess/test_engine_bounds.py)."""
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.chat.completions.with_raw_response.create(model=model_name, messages=MESSAGES, max_tokens=100_000)
+        await client.chat.completions.with_raw_response.create(
+            model=model_name, messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=4)
     error = caught.value
     assert error.body["type"] == "invalid_request_error" and "max" in error.body["message"]
     row = await ledger_row(db, error.response.headers["x-request-id"])

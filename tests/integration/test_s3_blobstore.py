@@ -43,5 +43,25 @@ def test_put_fetch_delete_round_trip(s3_endpoint, tmp_path: Path):
     fetched = tmp_path / "fetched"
     store.fetch(sha, fetched)
     assert fetched.read_bytes() == source.read_bytes()
+    with store.open(sha) as reader:  # a download's stream: the body as it arrives, in pieces
+        pieces = list(iter(lambda: reader.read(256 * 1024), b""))
+    assert len(pieces) > 1 and b"".join(pieces) == source.read_bytes()
     store.delete(sha)
     assert store._s3.list_objects_v2(Bucket="adapters").get("KeyCount", 0) == 0
+
+
+def test_the_answer_spool_in_the_bucket(s3_endpoint):
+    """A batch's large answers under their own prefix; deleting the batch takes every one (pages of 1,000)."""
+    import boto3
+    from lorafleet.gateway.batches.spool import S3AnswerSpool, answer_key
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="answers")
+    spool = S3AnswerSpool("answers", endpoint_url=s3_endpoint)
+    for line in range(1, 1203):
+        spool.put(answer_key("batch_a", line, 1), b"x")
+    spool.put(answer_key("batch_b", 1, 1), b"kept")
+    assert spool.get(answer_key("batch_a", 7, 1)) == b"x"
+    spool.delete(answer_key("batch_a", 7, 1))
+    spool.delete_batch("batch_a")
+    keys = [o["Key"] for o in spool._s3.list_objects_v2(Bucket="answers").get("Contents", [])]
+    assert keys == ["blobs/batch-answers/batch_b/1-1"]

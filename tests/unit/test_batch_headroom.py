@@ -24,7 +24,7 @@ class Registry:
 def _dispatcher(workers: list[WorkerState], **settings: str) -> BatchDispatcher:
     env = {"LORAFLEET_DATABASE_URL": "postgresql://unused/unused", **{f"LORAFLEET_{k}": v for k, v in settings.items()}}
     return BatchDispatcher(None, None, None, None, Registry(workers), None,  # type: ignore[arg-type]
-                           load_settings(GatewaySettings, env), "gw_test")
+                           load_settings(GatewaySettings, env), "gw_test", None)  # type: ignore[arg-type]
 
 
 def _worker(url: str, **state: object) -> WorkerState:

@@ -46,3 +46,39 @@ def test_a_missing_blob_is_unavailable_not_a_crash(tmp_path):
     with pytest.raises(BlobStoreUnavailable):
         store.fetch("0" * 64, tmp_path / "copy.bin")
     assert not list((tmp_path / "blobs").glob("**/*.partial"))
+
+
+def test_open_reads_a_blob_in_pieces_and_survives_its_deletion(tmp_path):
+    """A download streams from the store: the blob is read piece by piece, and a delete meanwhile (the
+    tenant deleted the file) does not cut a reader that already has it open."""
+    store = LocalBlobStore(tmp_path / "blobs")
+    data = bytes(range(256)) * 4096  # 1 MiB
+    sha, source = _source(tmp_path, data)
+    store.put(sha, source)
+    with store.open(sha) as reader:
+        first = reader.read(1000)
+        store.delete(sha)
+        rest = b"".join(iter(lambda: reader.read(64 * 1024), b""))
+    assert first + rest == data
+    with pytest.raises(BlobStoreUnavailable):
+        store.open(sha)
+
+
+def test_the_answer_spool_keeps_a_batch_under_its_own_prefix_and_deletes_it_whole(tmp_path):
+    from lorafleet.gateway.batches.spool import LocalAnswerSpool, answer_key
+
+    spool = LocalAnswerSpool(tmp_path / "batch-answers")
+    spool.put(answer_key("batch_a", 1, 1), b"one")
+    spool.put(answer_key("batch_a", 1, 1), b"again")  # the same attempt run again after a send-back: replaced
+    spool.put(answer_key("batch_a", 2, 3), b"two")
+    spool.put(answer_key("batch_b", 1, 1), b"other")
+    assert spool.get(answer_key("batch_a", 1, 1)) == b"again"
+    spool.delete(answer_key("batch_a", 2, 3))
+    spool.delete(answer_key("batch_a", 2, 3))
+    with pytest.raises(BlobStoreUnavailable):
+        spool.get(answer_key("batch_a", 2, 3))
+    spool.delete_batch("batch_a")
+    spool.delete_batch("batch_a")
+    assert not (tmp_path / "batch-answers" / "batch_a").exists()
+    assert spool.get(answer_key("batch_b", 1, 1)) == b"other"
+    assert not list((tmp_path / "batch-answers").glob("**/*.partial"))

@@ -22,6 +22,7 @@ class Architecture(msgspec.Struct, frozen=True, kw_only=True):
     num_key_value_heads: int
     head_dim: int
     num_hidden_layers: int
+    vocab_size: int | None = None  # the gateway refuses token ids outside it (gateway/openai/bounds.py)
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> Architecture:
@@ -34,6 +35,7 @@ class Architecture(msgspec.Struct, frozen=True, kw_only=True):
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
             num_hidden_layers=int(config["num_hidden_layers"]),
+            vocab_size=int(config["vocab_size"]) if config.get("vocab_size") else None,
         )
 
     def in_out(self, module: str) -> tuple[int, int]:

@@ -3,16 +3,19 @@
 ``LocalBlobStore`` keeps them in a folder (the default, and what one machine needs);
 ``S3BlobStore`` in an S3-compatible bucket (the `s3` extra, boto3), for fleets whose gateways and
 workers do not share a disk. Both are content-addressed: putting the same bytes twice stores once.
+:meth:`BlobStore.open` reads a blob as a stream (a local file's handle; S3's response body), so a
+download is sent as it is read, never copied whole first.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 import structlog
 from lorafleet.core.errors import BlobStoreUnavailable
@@ -22,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 
 @contextmanager
-def _store_errors(operation: str, sha256: str, *transient: type[BaseException]) -> Iterator[None]:
+def store_errors(operation: str, sha256: str, *transient: type[BaseException]) -> Iterator[None]:
     """Any failure of the store itself (a disk, permissions, the network) as BlobStoreUnavailable:
     callers answer a clear 503 and store nothing; the cause goes to the log, never to a client."""
     try:
@@ -35,7 +38,32 @@ def _store_errors(operation: str, sha256: str, *transient: type[BaseException]) 
 class BlobStore(Protocol):
     def put(self, sha256: str, source: Path) -> None: ...
     def fetch(self, sha256: str, target: Path) -> None: ...
+    def open(self, sha256: str) -> BinaryIO: ...
     def delete(self, sha256: str) -> None: ...
+
+
+class StoreErrorsWhileReading(io.RawIOBase):
+    """A readable stream whose read errors become BlobStoreUnavailable (the store failed mid-read)."""
+
+    def __init__(self, raw: Any, sha256: str, *transient: type[BaseException]) -> None:
+        self._raw = raw
+        self._sha256 = sha256
+        self._transient = transient
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with store_errors("read", self._sha256, *self._transient):
+            data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
 
 
 class LocalBlobStore:
@@ -47,7 +75,7 @@ class LocalBlobStore:
 
     def put(self, sha256: str, source: Path) -> None:
         final = self.path(sha256)
-        with _store_errors("put", sha256):
+        with store_errors("put", sha256):
             if final.exists():
                 return  # same bytes, already stored
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +87,17 @@ class LocalBlobStore:
                 partial.unlink(missing_ok=True)
 
     def fetch(self, sha256: str, target: Path) -> None:
-        with _store_errors("fetch", sha256):
+        with store_errors("fetch", sha256):
             shutil.copyfile(self.path(sha256), target)
 
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob's bytes as a buffered stream (reading stays valid if the blob is deleted meanwhile)."""
+        with store_errors("open", sha256):
+            raw = open(self.path(sha256), "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        return io.BufferedReader(StoreErrorsWhileReading(raw, sha256))  # type: ignore[return-value]
+
     def delete(self, sha256: str) -> None:
-        with _store_errors("delete", sha256):
+        with store_errors("delete", sha256):
             self.path(sha256).unlink(missing_ok=True)
 
 
@@ -85,7 +119,7 @@ class S3BlobStore:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
-        return _store_errors(operation, sha256, BotoCoreError, ClientError, Boto3Error)
+        return store_errors(operation, sha256, BotoCoreError, ClientError, Boto3Error)
 
     def put(self, sha256: str, source: Path) -> None:
         from botocore.exceptions import ClientError
@@ -103,6 +137,16 @@ class S3BlobStore:
     def fetch(self, sha256: str, target: Path) -> None:
         with self._errors("fetch", sha256):
             self._s3.download_file(self.bucket, self._key(sha256), str(target))
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The object's body as it arrives (one GET, read in chunks), never downloaded whole first."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with self._errors("open", sha256):
+            body = self._s3.get_object(Bucket=self.bucket, Key=self._key(sha256))["Body"]
+        raw = StoreErrorsWhileReading(body, sha256, BotoCoreError, ClientError, Boto3Error)
+        return io.BufferedReader(raw)  # type: ignore[return-value]
 
     def delete(self, sha256: str) -> None:
         with self._errors("delete", sha256):

@@ -61,6 +61,13 @@ class MethodNotAllowed(ClientError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(ClientError):
+    """The client stopped sending its request body (nothing for the route's stall timeout)."""
+
+    status_code = 408
+    default_code = "request_timeout"
+
+
 class Conflict(ClientError):
     status_code = 409
     default_code = "conflict"

@@ -150,7 +150,7 @@ async def _batch_file(request: Request, services: Services, batch_id: str, kind:
     file_id = batch.output_file_id if kind == "output" else batch.error_file_id
     if file_id is None:
         raise NotFound(f"batch {batch.id} has no {kind} file", param="batch_id")
-    return await file_stream(services.files, session.tenant_id, file_id, filename=f"{batch.id}.{kind}.jsonl")
+    return await file_stream(services, session.tenant_id, file_id, filename=f"{batch.id}.{kind}.jsonl")
 
 
 class DashboardController(Controller):

@@ -82,15 +82,25 @@ def start_worker(env: dict[str, str], log_dir: Path) -> Service:
     service = start_service("worker", dict(worker_env, LORAFLEET_WORKER_PORT=str(port)), log_dir,
                             f"http://127.0.0.1:{port}")
     service.internal_token = env.get("LORAFLEET_INTERNAL_TOKEN", "")
-    wait_for(service, "/health", ENGINE_START_TIMEOUT)
+    _ready_or_stopped(service, "/health", ENGINE_START_TIMEOUT)
     return service
 
 
 def start_gateway(env: dict[str, str], log_dir: Path, ready_path: str = "/readyz?workers=1") -> Service:
     port = free_port()
     service = start_service("gateway", dict(env, LORAFLEET_GATEWAY_PORT=str(port)), log_dir, f"http://127.0.0.1:{port}")
-    wait_for(service, ready_path, 120)
+    _ready_or_stopped(service, ready_path, 120)
     return service
+
+
+def _ready_or_stopped(service: Service, path: str, timeout: float) -> None:
+    """Wait until ready; one that is not in time is stopped before the error (nobody else holds it to stop:
+    a worker left behind kept restarting its engine, and the machine's cores, after its test had failed)."""
+    try:
+        wait_for(service, path, timeout)
+    except BaseException:
+        service.stop()
+        raise
 
 
 def platform_env(database_url: str, model_path: Path, data_dir: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import asyncpg
 import msgspec
@@ -145,6 +145,10 @@ class FileService:
     async def fetch(self, stored: StoredFile, target: Path) -> None:
         """The file's bytes into ``target`` (a local path)."""
         await asyncio.to_thread(self._blobs.fetch, stored.blob_key, target)
+
+    async def open(self, stored: StoredFile) -> BinaryIO:
+        """The file's bytes as a stream from the blob store (the caller reads it off the event loop and closes it)."""
+        return await asyncio.to_thread(self._blobs.open, stored.blob_key)
 
     async def delete(self, tenant_id: str, file_id: str) -> FileDeleted:
         async with self._pool.acquire() as connection, connection.transaction():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -53,7 +54,8 @@ class RequestContext:
 
     __slots__ = ("request_id", "method", "path", "client", "started", "status", "client_gone",
                  "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
-                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive", "batch")
+                 "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive", "batch",
+                 "abort_connection")
 
     def __init__(self, request_id: str, method: str, path: str, client: str) -> None:
         self.request_id = request_id
@@ -77,6 +79,7 @@ class RequestContext:
         self.dropped_fields: tuple[str, ...] = ()  # OpenAI fields the engine does not serve: not forwarded
         self.response_headers: list[tuple[bytes, bytes]] = []  # added to whatever answers
         self.receive: Receive | None = None        # the request's ASGI receive, for wait_client_gone
+        self.abort_connection: Callable[[], None] | None = None  # drop the connection and what it buffers
         self.batch: BatchOrigin | None = None      # a batch line (dispatched in-process), else None
 
     async def wait_client_gone(self) -> None:
@@ -115,6 +118,15 @@ class RequestContext:
         return fields
 
 
+def _connection_abort(receive: Receive) -> Callable[[], None] | None:
+    """The server connection's ``abort`` (uvicorn's request cycle keeps its asyncio transport; ASGI has no
+    way to say "drop this connection"): for a response that must end now, its unsent bytes discarded —
+    a plain close waits, holding them, until a client that stopped reading takes them. None elsewhere."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    return abort if callable(abort) else None
+
+
 def context_of(scope: Scope) -> RequestContext:
     return scope[_SCOPE_KEY]  # type: ignore[literal-required]
 
@@ -147,6 +159,7 @@ def context_middleware(metrics: GatewayMetrics):
                 return message
 
             context.receive = receive_watching
+            context.abort_connection = _connection_abort(receive)
             try:
                 await app(scope, receive_watching, send_with_id)
             finally:

@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     402: "The tenant's budget or prepaid credit does not cover the request's worst case.",
     403: "The API key lacks the scope this route needs (or the key it acts on holds scopes it lacks).",
     404: "No such object for this caller; another tenant's is answered exactly like a missing one.",
+    408: "The client stopped sending the request body; send it again.",
     409: "A conflict: a name in use, a quota reached, or an Idempotency-Key reused for another request.",
     413: "The request body is larger than this route accepts.",
     415: "The request body has a media type this route does not accept.",

@@ -13,6 +13,7 @@ from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.dispatcher import BatchDispatcher
 from lorafleet.gateway.batches.service import Batches
+from lorafleet.gateway.downloads import TransferSlots
 from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests
@@ -47,4 +48,6 @@ class Services:
     files: FileService
     fine_tuning: FineTuningJobs
     batches: Batches
+    downloads: TransferSlots
+    uploads: TransferSlots
     dispatcher: BatchDispatcher | None = None  # set once the app exists (it calls the app's routes)

@@ -73,6 +73,15 @@ class TenantStorage:
                                         quota.max_objects if within_quota else unlimited)
         return row is not None
 
+    async def reserve(self, connection: asyncpg.Connection, tenant_id: str, object_bytes: int, objects: int) -> bool:
+        """Hold room for objects to be stored later (a batch's output files), in ``connection``'s transaction,
+        within the tenant's whole quota (one object's own limit does not apply: they are not stored yet);
+        False (nothing taken) past it. Given back with :meth:`refund`."""
+        quota = self.quota
+        row = await connection.fetchrow(queries.reserve_tenant_storage, tenant_id, self.kind, object_bytes, objects,
+                                        quota.max_bytes, quota.max_objects)
+        return row is not None
+
     async def refund(self, connection: asyncpg.Connection | asyncpg.Pool, tenant_id: str, object_bytes: int,
                      objects: int = 1) -> None:
         await connection.execute(queries.refund_tenant_storage, tenant_id, self.kind, object_bytes, objects)

@@ -1,7 +1,9 @@
 -- name: insert_batch
+-- $10: seconds before its lines may be dispatched (the minimum deferral); $11: the room its output may take,
+-- held in the tenant's file quota by the same transaction.
 INSERT INTO batches (id, tenant_id, api_key_id, endpoint, input_file_id, completion_window, metadata, expires_at,
-                     output_expires_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     output_expires_seconds, run_after, output_reserved_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10), $11)
 RETURNING *, 0::bigint AS input_tokens, 0::bigint AS cached_tokens, 0::bigint AS output_tokens;
 
 -- name: tenant_batches
@@ -45,36 +47,42 @@ UPDATE batches SET claimed_by = $1, lease_until = now() + make_interval(secs => 
 WHERE id = (SELECT id FROM batches
             WHERE status = 'validating' AND expires_at > now() AND (lease_until IS NULL OR lease_until < now())
             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING id, tenant_id, api_key_id, endpoint, input_file_id, validation_attempts;
+RETURNING id, tenant_id, api_key_id, endpoint, input_file_id, validation_attempts, output_reserved_bytes;
 
 -- name: batch_validated
--- Its lines are in: it runs (cancelled meanwhile: the finalizer ends it, every line unrun).
+-- Its lines are in: it runs (cancelled meanwhile: the finalizer ends it, every line unrun). $4: its output's
+-- room, now from its lines' own bounds (the transaction adjusts the tenant's quota by the difference).
 UPDATE batches SET status = CASE WHEN status = 'validating' THEN 'in_progress' ELSE status END,
-    in_progress_at = CASE WHEN status = 'validating' THEN now() END, total = $3, claimed_by = NULL, lease_until = NULL
+    in_progress_at = CASE WHEN status = 'validating' THEN now() END, total = $3, claimed_by = NULL, lease_until = NULL,
+    output_reserved_bytes = $4
 WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'cancelling')
 RETURNING id;
 
 -- name: batch_refused
-UPDATE batches SET status = 'failed', failed_at = now(), errors = $3, claimed_by = NULL, lease_until = NULL
-WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'cancelling')
-RETURNING id;
+-- Refused: the room held for its output, returned for the same transaction to give back.
+UPDATE batches b SET status = 'failed', failed_at = now(), errors = $3, claimed_by = NULL, lease_until = NULL,
+    output_reserved_bytes = 0
+FROM (SELECT id, output_reserved_bytes FROM batches WHERE id = $1 FOR UPDATE) held
+WHERE b.id = held.id AND b.claimed_by = $2 AND b.status IN ('validating', 'cancelling')
+RETURNING b.tenant_id, held.output_reserved_bytes AS released_bytes;
 
 -- name: batch_models_open
--- Base models with lines waiting to run, and how many of those lines this gateway runs now.
+-- Base models with lines ready to run (their batch's deferral over).
 SELECT DISTINCT l.base_model_id
 FROM batches b JOIN batch_lines l ON l.batch_id = b.id
-WHERE b.status = 'in_progress' AND b.expires_at > now() AND l.state <> 'done'
+WHERE b.status = 'in_progress' AND b.expires_at > now() AND b.run_after <= now() AND l.state <> 'done'
   AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now()) OR l.lease_until < now());
 
 -- name: claim_batch_lines
 -- Up to $3 lines of base model $2 for gateway $1, pending ones and running ones whose dispatcher's lease
 -- ran out (it died). Fair: among the batches with lines of this model ready, each tenant's oldest first,
 -- and within those, line by line in turn — so neither a tenant with many batches nor a batch with many
--- lines holds back the others. SKIP LOCKED: concurrent dispatchers never take the same line.
+-- lines holds back the others. SKIP LOCKED: concurrent dispatchers never take the same line. No line of a
+-- batch still within its deferral (run_after).
 WITH ready AS (
     SELECT b.id, b.created_at, row_number() OVER (PARTITION BY b.tenant_id ORDER BY b.created_at, b.id) AS tenant_turn
     FROM batches b
-    WHERE b.status = 'in_progress' AND b.expires_at > now()
+    WHERE b.status = 'in_progress' AND b.expires_at > now() AND b.run_after <= now()
       AND EXISTS (SELECT 1 FROM batch_lines l
                   WHERE l.base_model_id = $2 AND l.batch_id = b.id AND l.state <> 'done'
                     AND (l.state = 'pending' AND (l.not_before IS NULL OR l.not_before <= now())
@@ -97,7 +105,8 @@ UPDATE batch_lines l SET state = 'running', claimed_by = $1, lease_until = now()
     attempts = l.attempts + 1, not_before = NULL
 FROM picked p, batches b
 WHERE l.batch_id = p.batch_id AND l.line = p.line AND b.id = l.batch_id
-RETURNING l.batch_id, l.line, l.custom_id, l.body, l.attempts, l.request_id, b.tenant_id, b.api_key_id, b.endpoint;
+RETURNING l.batch_id, l.line, l.custom_id, l.body, l.attempts, l.request_id, l.answer_bound, b.tenant_id, b.api_key_id,
+          b.endpoint;
 
 -- name: renew_batch_lines
 -- The lines this gateway still runs keep their lease.
@@ -106,10 +115,11 @@ FROM unnest($2::text[], $3::int[]) AS t(batch_id, line)
 WHERE batch_lines.batch_id = t.batch_id AND batch_lines.line = t.line AND claimed_by = $1 AND state = 'running';
 
 -- name: finish_batch_line
--- A line's answer, once: only by the dispatcher that holds it, and counted on its batch.
+-- A line's answer, once: only by the dispatcher that holds it, and counted on its batch. The answer's body
+-- is in the row ($6) or, when large, in the blob store under the key $9 (gateway/batches/spool.py).
 WITH done AS (
     UPDATE batch_lines SET state = 'done', status_code = $5, response = $6, error_code = $7, error_message = $8,
-        finished_at = now(), lease_until = NULL
+        answer_blob = $9, finished_at = now(), lease_until = NULL
     WHERE batch_id = $1 AND line = $2 AND claimed_by = $3 AND attempts = $4 AND state = 'running'
       AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status IN ('in_progress', 'cancelling', 'finalizing'))
     RETURNING batch_id
@@ -148,20 +158,22 @@ RETURNING b.id, b.tenant_id, b.ending, b.status, b.output_expires_seconds;
 
 -- name: batch_lines_in_order
 -- Every line of a batch, for its output and error files ($2: lines after this one; $3 per page).
-SELECT line, custom_id, state, request_id, status_code, response, error_code, error_message
+SELECT line, custom_id, state, request_id, status_code, response, answer_blob, error_code, error_message
 FROM batch_lines WHERE batch_id = $1 AND line > $2 ORDER BY line LIMIT $3;
 
 -- name: end_batch
--- The files are written: the batch ends as its finalizer claimed it ($7), its counts final.
-UPDATE batches SET
+-- The files are written: the batch ends as its finalizer claimed it ($7), its counts final; the room held
+-- for its output is returned for the same transaction to give back (its files take their own room).
+UPDATE batches b SET
     status = $7, ending = $7,
     output_file_id = $3, error_file_id = $4, completed = $5, failed = $6,
     completed_at = CASE WHEN $7 = 'completed' THEN now() END,
     expired_at = CASE WHEN $7 = 'expired' THEN now() END,
     cancelled_at = CASE WHEN $7 = 'cancelled' THEN now() END,
-    claimed_by = NULL, lease_until = NULL
-WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
-RETURNING id;
+    claimed_by = NULL, lease_until = NULL, output_reserved_bytes = 0
+FROM (SELECT id, output_reserved_bytes FROM batches WHERE id = $1 FOR UPDATE) held
+WHERE b.id = held.id AND b.claimed_by = $2 AND b.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')
+RETURNING held.output_reserved_bytes AS released_bytes;
 
 -- name: forget_batch_lines
 -- An ended batch's lines: its files hold every answer now, and prompts are kept no longer than that.

@@ -5,7 +5,10 @@ ON CONFLICT (name) DO UPDATE SET max_model_len = excluded.max_model_len, archite
 RETURNING id, name, max_model_len;
 
 -- name: list_base_models
-SELECT id, name, max_model_len, task, created_at FROM base_models ORDER BY name;
+-- With what the workers' config.json said of the vocabulary and the hidden size (NULL when not said).
+SELECT id, name, max_model_len, task, created_at, (architecture ->> 'vocab_size')::int AS vocab_size,
+       (architecture ->> 'hidden_size')::int AS hidden_size
+FROM base_models ORDER BY name;
 
 -- name: upsert_worker
 -- Register a worker, or change its state ($3); gateways hear of it at once (NOTIFY).

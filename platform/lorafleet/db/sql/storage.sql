@@ -16,3 +16,13 @@ RETURNING bytes, objects;
 -- Give back $3 bytes and $4 objects of kind $2 (run in the transaction that deletes them).
 UPDATE tenant_storage SET bytes = greatest(0, bytes - $3), objects = greatest(0, objects - $4), updated_at = now()
 WHERE tenant_id = $1 AND kind = $2;
+
+-- name: reserve_tenant_storage
+-- Hold $3 bytes and $4 objects of kind $2 for tenant $1 — room something will take later (a batch's output
+-- files) — only while the tenant stays within $5 bytes and $6 objects; a row back means it fits.
+INSERT INTO tenant_storage AS s (tenant_id, kind, bytes, objects)
+SELECT $1::text, $2::text, $3::bigint, $4::bigint WHERE $3::bigint <= $5::bigint AND $4::bigint <= $6::bigint
+ON CONFLICT (tenant_id, kind) DO UPDATE
+SET bytes = s.bytes + excluded.bytes, objects = s.objects + excluded.objects, updated_at = now()
+WHERE s.bytes + excluded.bytes <= $5::bigint AND s.objects + excluded.objects <= $6::bigint
+RETURNING bytes, objects;

@@ -10,6 +10,7 @@ actually received (413 past it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from typing import BinaryIO
 
 from litestar import Request
 from lorafleet.adapters.service import AdapterView
-from lorafleet.core.errors import InvalidRequest, UnsupportedMediaType
+from lorafleet.core.errors import InvalidRequest, RequestTimeout, UnsupportedMediaType
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.idempotency import once
 from lorafleet.gateway.services import Services
@@ -122,14 +123,24 @@ class _FormReader:
             self.part.sink.close()
 
 
-async def receive_multipart(request: Request, into: Path, what: str = "the adapter") -> UploadedForm:
+async def receive_multipart(request: Request, into: Path, what: str = "the adapter", *,
+                            stall_seconds: float | None = None) -> UploadedForm:
+    """The multipart body, its files streamed into ``into`` as they arrive; a client that sends nothing for
+    ``stall_seconds`` gets a 408 (its partial files go with the caller's folder)."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
         raise UnsupportedMediaType(f"send {what} as multipart/form-data", param="content-type")
     reader = _FormReader(into)
     parser = MultipartParser(options[b"boundary"], callbacks=reader.callbacks())
+    chunks = aiter(request.stream())
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), stall_seconds)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout(f"nothing of {what} arrived for {stall_seconds:g} s; send it again") from None
             parser.write(chunk)
             if reader.error:
                 raise reader.error
@@ -156,7 +167,7 @@ async def upload_adapter(request: Request, context: RequestContext, services: Se
     """
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-upload-"))
     try:
-        form = await receive_multipart(request, workdir)
+        form = await receive_multipart(request, workdir, stall_seconds=services.settings.upload_stall_seconds)
         name = form.fields.get("name", "").strip()
         if not name:
             raise InvalidRequest("the adapter needs a name (form field 'name')", param="name")

@@ -27,7 +27,9 @@ class BatchesController(Controller):
     @post("/", operation_id="createBatch", status_code=200, dto=StrictBody[BatchCreate], return_dto=None,
           responses=error_responses(400, 413, 429, *API_KEY),
           summary="Run a `batch` file's requests within 24 hours, at the batch discount; each line is admitted, "
-                  "routed and billed like the same request made synchronously.",
+                  "routed and billed like the same request made synchronously. The discount pays for deferral: no "
+                  "line starts before `LORAFLEET_BATCH_MIN_DELAY_SECONDS` (60 s by default) after the create, and "
+                  "lines then run only while workers have headroom.",
           opt=scope("inference"))
     async def create_batch(self, data: JSONBody[BatchCreate], services: AppServices, principal: Caller) -> Batch:
         batch = await services.batches.create(principal.tenant_id, principal.key_id, data)

@@ -9,6 +9,12 @@ of any of them. Several dispatchers share the work through PostgreSQL:
 - **lines** are claimed with ``FOR UPDATE SKIP LOCKED`` and leased while they run (renewed every third
   of the lease); a dispatcher that dies leaves its lines to run again once their leases run out.
 
+Output: each line's answer may have at most its bound (answer_bound.py, set at validation); a larger
+answer is not kept — the line's error is ``response_too_large``, and its tokens, which ran, are billed.
+The sum of the bounds is held in the tenant's file quota while the batch runs (service.py takes it at
+create, validation sets it from the lines' own bounds, the ending gives it back as the files take their
+room). A large answer waits in the blob store, a small one in its row (spool.py).
+
 Exactly once: a line's request id is derived from the batch and the line, so when a line runs again
 after its dispatcher died, the ledger's idempotent insert keeps the first run's row — the line is
 billed once, and its output holds its ``custom_id`` once (a line's answer is stored by the dispatcher
@@ -45,9 +51,17 @@ from lorafleet.core.settings import GatewaySettings
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import DATABASE_UNAVAILABLE, queries
 from lorafleet.files.service import FileService
+from lorafleet.gateway.batches.answer_bound import OUTPUT_OBJECTS
 from lorafleet.gateway.batches.inprocess import Answer, call_route
 from lorafleet.gateway.batches.schemas import BatchError, LineError, LineResponse, OutputLine
-from lorafleet.gateway.batches.validation import Limits, ValidLine, read_lines, validate_lines
+from lorafleet.gateway.batches.spool import INLINE_ANSWER_BYTES, AnswerSpool, answer_key
+from lorafleet.gateway.batches.validation import (
+    LINE_OVERHEAD_BYTES,
+    ValidLine,
+    limits_of,
+    read_lines,
+    validate_lines,
+)
 from lorafleet.gateway.context import BatchOrigin
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.registry import WorkerRegistry
@@ -64,7 +78,6 @@ UNFINISHED = {"expired": ("batch_expired", "This request was not run before the 
               "cancelled": ("batch_cancelled", "This request was not run: the batch was cancelled."),
               "completed": ("batch_line_not_run", "This request was not run.")}
 PAGE = 50                     # lines per read when writing the files: a line's answer may be megabytes
-LINE_OVERHEAD_BYTES = 64 * 1024  # a line's custom_id, method, url and JSON around its body
 MAX_VALIDATION_ATTEMPTS = 3   # takes of one batch's validation (a gateway that died on it): then it fails
 INTERACTIVE_MEMORY_SECONDS = 1.0  # interactive traffic seen this recently still counts as running
 DRAIN_SECONDS = 15.0          # on shutdown, lines in flight get this long (the gateway pod: 5 + 30 + 15 + flush < 60 s)
@@ -83,14 +96,17 @@ class Claimed:
     endpoint: str
     body: bytes
     base_model_id: str
+    answer_bound: int  # the most bytes of its answer that are kept
 
 
 class BatchDispatcher:
     def __init__(self, app: ASGIApp, pool: asyncpg.Pool, files: FileService, catalog: ModelCatalog,
-                 registry: WorkerRegistry, ledger: LedgerWriter, settings: GatewaySettings, gateway_id: str) -> None:
+                 registry: WorkerRegistry, ledger: LedgerWriter, settings: GatewaySettings, gateway_id: str,
+                 spool: AnswerSpool) -> None:
         self._app = app
         self._pool = pool
         self._files = files
+        self._spool = spool
         self._catalog = catalog
         self._registry = registry
         self._ledger = ledger
@@ -186,11 +202,13 @@ class BatchDispatcher:
             path = Path(folder) / "input.jsonl"
             await self._files.fetch(stored, path)
             settings = self._settings
-            limits = Limits(max_lines=settings.batch_max_lines, max_body_bytes=settings.max_request_bytes)
+            limits = limits_of(settings)
+            storage = self._files.storage
 
             async def resolve(model: str):  # noqa: ANN202 - the catalog's ResolvedModel
                 return await self._catalog.resolve(batch["tenant_id"], model)
 
+            errors: list[BatchError] = []
             try:
                 # One transaction: the valid lines go in chunk by chunk as they are read, and all of them
                 # roll back when any line is refused (or this gateway loses the batch meanwhile).
@@ -198,14 +216,28 @@ class BatchDispatcher:
                     async def keep(chunk: list[ValidLine]) -> None:
                         await connection.copy_records_to_table("batch_lines", records=[
                             (batch_id, v.line, v.custom_id, v.base_model_id, v.body,
-                             ids.batch_line_request_id(batch_id, v.line)) for v in chunk],
-                            columns=["batch_id", "line", "custom_id", "base_model_id", "body", "request_id"])
+                             ids.batch_line_request_id(batch_id, v.line), v.answer_bound) for v in chunk],
+                            columns=["batch_id", "line", "custom_id", "base_model_id", "body", "request_id",
+                                     "answer_bound"])
 
-                    lines = read_lines(path, settings.max_request_bytes + LINE_OVERHEAD_BYTES)
-                    count, errors = await validate_lines(lines, batch["endpoint"], limits, resolve, keep)
-                    if errors:
-                        raise _Refused(errors)
-                    if await connection.fetchval(queries.batch_validated, batch_id, self._gateway_id, count) is None:
+                    with open(path, "rb") as handle:
+                        lines = read_lines(handle, settings.max_request_bytes + LINE_OVERHEAD_BYTES)
+                        validated = await validate_lines(lines, batch["endpoint"], limits, settings, resolve, keep)
+                    count = validated.count
+                    if validated.errors:
+                        raise _Refused(validated.errors)
+                    # The output's room, now from the lines' own bounds (for their models): the create's is
+                    # the same or more unless the settings or the models changed meanwhile.
+                    more = validated.output_bytes - batch["output_reserved_bytes"]
+                    if more > 0 and not await storage.reserve(connection, batch["tenant_id"], more, 0):
+                        raise _Refused([BatchError(
+                            code="storage_quota_exceeded", param="input_file_id",
+                            message=f"this batch's output may take {validated.output_bytes} bytes, more than this "
+                                    "account's file quota has room for; delete files or send fewer lines")])
+                    if more < 0:
+                        await storage.refund(connection, batch["tenant_id"], -more, 0)
+                    if await connection.fetchval(queries.batch_validated, batch_id, self._gateway_id, count,
+                                                 validated.output_bytes) is None:
                         raise _LeaseLost(batch_id)  # another gateway ended it meanwhile: roll the lines back
             except _Refused as refused:
                 errors = refused.errors
@@ -221,8 +253,12 @@ class BatchDispatcher:
         return True
 
     async def _refuse(self, batch_id: str, errors: list[BatchError]) -> None:
-        await self._pool.execute(queries.batch_refused, batch_id, self._gateway_id,
-                                 msgspec.to_builtins(errors))
+        async with self._pool.acquire() as connection, connection.transaction():
+            refused = await connection.fetchrow(queries.batch_refused, batch_id, self._gateway_id,
+                                                msgspec.to_builtins(errors))
+            if refused is not None:  # it writes no file: the room held for its output goes back
+                await self._files.storage.refund(connection, refused["tenant_id"], refused["released_bytes"],
+                                                 OUTPUT_OBJECTS)
         log.info("batch_refused", batch_id=batch_id, errors=len(errors))
 
     # ---- lines ---------------------------------------------------------------------------------
@@ -257,7 +293,8 @@ class BatchDispatcher:
                                           self._settings.batch_line_lease_seconds)
             for row in rows:
                 claimed = Claimed(row["batch_id"], row["line"], row["attempts"], row["request_id"], row["tenant_id"],
-                                  row["api_key_id"], row["endpoint"], bytes(row["body"]), model)
+                                  row["api_key_id"], row["endpoint"], bytes(row["body"]), model,
+                                  row["answer_bound"] or self._settings.batch_max_answer_bytes)
                 self._in_flight[model] += 1
                 task = asyncio.create_task(self._run_line(claimed), name=f"batch-line-{claimed.batch_id}-{claimed.line}")
                 self._running[(claimed.batch_id, claimed.line)] = (claimed, task)
@@ -274,17 +311,25 @@ class BatchDispatcher:
             origin = BatchOrigin(claimed.batch_id, claimed.line, claimed.request_id, claimed.tenant_id,
                                  claimed.api_key_id)
             try:
-                answer = await call_route(self._app, claimed.endpoint, claimed.body, origin)
+                answer = await call_route(self._app, claimed.endpoint, claimed.body, origin,
+                                          max_bytes=claimed.answer_bound)
             except Exception as exc:  # noqa: BLE001 - a bug in one line must not stop the others
                 log.error("batch_line_crashed", batch_id=claimed.batch_id, line=claimed.line, error=repr(exc)[:300])
                 await self._finish(claimed, None, "internal_error", "the gateway failed to run this request")
+                return
+            if answer.too_large:  # it ran (its row bills its tokens); its answer is not kept
+                await self._finish(claimed, None, "response_too_large", (
+                    f"the answer was {answer.size} bytes, more than the {claimed.answer_bound} this request may "
+                    "have in a batch (its bound from max_tokens, n, logprobs and echo, at most "
+                    f"{self._settings.batch_max_answer_bytes}); its tokens are billed. Ask for fewer tokens or "
+                    "logprobs, or send it synchronously"))
                 return
             retry_after = _retry_after(answer)
             if retry_after is not None:
                 await self._release(claimed, retry_after)
                 return
             await self._finish(claimed, answer, None, None)
-        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError, BlobStoreUnavailable) as exc:
             # Its lease runs out and another round runs it again (the ledger keeps one row).
             log.warning("batch_line_not_stored", batch_id=claimed.batch_id, line=claimed.line, error=repr(exc)[:300])
         finally:
@@ -298,8 +343,20 @@ class BatchDispatcher:
         status = answer.status if answer is not None else None
         if answer is not None and not 200 <= answer.status < 300:
             code, message = _error_of(answer)
-        await self._pool.fetchval(queries.finish_batch_line, claimed.batch_id, claimed.line, self._gateway_id,
-                                  claimed.attempts, status, answer.body if answer is not None else None, code, message)
+        body = answer.body if answer is not None else None
+        key = None
+        if body is not None and len(body) > INLINE_ANSWER_BYTES:  # large: to the blob store, the row keeps its key
+            key = answer_key(claimed.batch_id, claimed.line, claimed.attempts)
+            await asyncio.to_thread(self._spool.put, key, body)
+            body = None
+        stored = None
+        try:
+            stored = await self._pool.fetchval(queries.finish_batch_line, claimed.batch_id, claimed.line,
+                                               self._gateway_id, claimed.attempts, status, body, code, message, key)
+        finally:
+            if key is not None and stored is None:  # not this attempt's answer after all: nobody reads its key
+                with contextlib.suppress(BlobStoreUnavailable):
+                    await asyncio.to_thread(self._spool.delete, key)
 
     async def _release(self, claimed: Claimed, after_seconds: float, *, same_request_id: bool = False) -> None:
         """Back to the queue, by default under a new request id: this try's row (nothing ran) must not
@@ -314,6 +371,7 @@ class BatchDispatcher:
         if batch is None:
             return False
         batch_id, tenant_id, ending = batch["id"], batch["tenant_id"], batch["ending"]
+        storage = self._files.storage
         with contextlib.suppress(TimeoutError):  # this gateway's rows of the batch, in the ledger first
             await asyncio.wait_for(self._ledger.drain(), 10.0)
         with tempfile.TemporaryDirectory(prefix="lorafleet-batch-") as folder:
@@ -332,14 +390,21 @@ class BatchDispatcher:
                                                         file_id=file_id, expires_after_seconds=expiry,
                                                         within_quota=False)
                         recorded[name] = view.id
-                    if await connection.fetchval(queries.end_batch, batch_id, self._gateway_id, recorded.get("output"),
-                                                 recorded.get("error"), completed, failed, ending) is None:
+                    ended = await connection.fetchrow(queries.end_batch, batch_id, self._gateway_id,
+                                                      recorded.get("output"), recorded.get("error"), completed,
+                                                      failed, ending)
+                    if ended is None:
                         raise _LeaseLost(batch_id)
+                    # The room held for the output goes back as its files take theirs (never less: every answer
+                    # kept is within its line's bound, and the bounds are what was held).
+                    await storage.refund(connection, tenant_id, ended["released_bytes"], OUTPUT_OBJECTS)
                     await connection.execute(queries.forget_batch_lines, batch_id)
             except BaseException:
                 for _, _, blob_key, _ in blobs:
                     await self._files.forget_blob(blob_key)
                 raise
+        with contextlib.suppress(BlobStoreUnavailable):  # its files hold every answer now
+            await asyncio.to_thread(self._spool.delete_batch, batch_id)
         log.info("batch_ended", batch_id=batch_id, status=ending, completed=completed, failed=failed)
         return True
 
@@ -351,7 +416,9 @@ class BatchDispatcher:
             while True:
                 rows = await self._pool.fetch(queries.batch_lines_in_order, batch_id, after, PAGE)
                 for row in rows:
-                    line = _output_line(batch_id, row, ending)
+                    spooled = (await asyncio.to_thread(self._spool.get, row["answer_blob"])
+                               if row["answer_blob"] is not None else None)
+                    line = _output_line(batch_id, row, ending, spooled)
                     ok = line.response is not None and 200 <= line.response.status_code < 300
                     (out if ok else err).write(_encode(line) + b"\n")
                     completed += ok
@@ -372,15 +439,17 @@ class _LeaseLost(Exception):
         super().__init__(f"batch {batch_id}: another gateway holds it now")
 
 
-def _output_line(batch_id: str, row: asyncpg.Record, ending: str) -> OutputLine:
+def _output_line(batch_id: str, row: asyncpg.Record, ending: str, spooled: bytes | None = None) -> OutputLine:
+    """A line of the output or error file; ``spooled``: its answer's body, when it waited in the blob store."""
     line_id = ids.batch_line_output_id(batch_id, row["line"])
     if row["state"] != "done":
         code, message = UNFINISHED[ending]
         return OutputLine(id=line_id, custom_id=row["custom_id"], response=None, error=LineError(code=code, message=message))
     response = None
     if row["status_code"] is not None:
+        body = spooled if spooled is not None else bytes(row["response"] or b"")
         response = LineResponse(status_code=row["status_code"], request_id=row["request_id"],
-                                body=msgspec.Raw(bytes(row["response"]) or b"null"))
+                                body=msgspec.Raw(body or b"null"))
     error = None
     if row["error_code"] is not None:
         error = LineError(code=row["error_code"], message=row["error_message"] or "")
@@ -393,7 +462,8 @@ def _error_of(answer: Answer) -> tuple[str, str]:
         error = _error_body(answer.body).get("error") or {}
     except msgspec.DecodeError:
         error = {}
-    return str(error.get("code") or f"http_{answer.status}"), str(error.get("message") or "")[:1000]
+    # Bounded: with the line's custom_id, this is what an error line adds to its answer (LINE_WRAPPER).
+    return str(error.get("code") or f"http_{answer.status}")[:64], str(error.get("message") or "")[:500]
 
 
 def _retry_after(answer: Answer) -> float | None:

@@ -21,10 +21,14 @@ from lorafleet.gateway.context import BATCH_SCOPE_KEY, BatchOrigin
 class Answer:
     status: int
     body: bytes
+    size: int = 0            # of the whole answer, kept or not
+    too_large: bool = False  # more than ``max_bytes``: ``body`` is empty, nothing more of it was kept
 
 
-async def call_route(app: ASGIApp, path: str, body: bytes, origin: BatchOrigin) -> Answer:
-    """POST ``body`` to ``path`` of ``app`` as ``origin``; the whole answer (a batch line never streams)."""
+async def call_route(app: ASGIApp, path: str, body: bytes, origin: BatchOrigin, *,
+                     max_bytes: int | None = None) -> Answer:
+    """POST ``body`` to ``path`` of ``app`` as ``origin``; the whole answer (a batch line never streams), or —
+    past ``max_bytes`` — only its status and size: no more than ``max_bytes`` of it is ever held here."""
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
@@ -35,6 +39,7 @@ async def call_route(app: ASGIApp, path: str, body: bytes, origin: BatchOrigin) 
     sent = False
     status = 500
     chunks: list[bytes] = []
+    size = 0
 
     async def receive() -> Message:
         nonlocal sent
@@ -46,11 +51,18 @@ async def call_route(app: ASGIApp, path: str, body: bytes, origin: BatchOrigin) 
         raise AssertionError("unreachable")
 
     async def send(message: Message) -> None:
-        nonlocal status
+        nonlocal status, size
         if message["type"] == "http.response.start":
             status = message["status"]
         elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
+            piece = message.get("body", b"")
+            size += len(piece)
+            if max_bytes is not None and size > max_bytes:
+                chunks.clear()  # the rest is counted, not kept
+            else:
+                chunks.append(piece)
 
     await app(scope, receive, send)  # type: ignore[arg-type]
-    return Answer(status, b"".join(chunks))
+    if max_bytes is not None and size > max_bytes:
+        return Answer(status, b"", size, too_large=True)
+    return Answer(status, b"".join(chunks), size)

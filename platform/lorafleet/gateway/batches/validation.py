@@ -3,8 +3,12 @@
 Each line is a JSON object ``{custom_id, method, url, body}``: ``custom_id`` present and unique in the
 file, ``method`` POST, ``url`` the batch's endpoint, ``body`` a JSON object that decodes into the
 synchronous route's own request type (the same strict schema, so a field the route refuses is refused
-here, with the same message), not streamed, and naming a model the tenant may call for that endpoint.
-A file with any refused line fails as a whole (OpenAI's behaviour): nothing runs, nothing is billed.
+here, with the same message), not streamed, naming a model the tenant may call for that endpoint, and
+passing the route's own checks before admission (gateway/preflight.py: fan-out, structured-output
+budgets, and what the engine would refuse for that model — an output cap past its context, token ids
+outside its vocabulary …), so a line the synchronous call would refuse never costs a worker call or a
+ledger row. A file with any refused line fails as a whole (OpenAI's behaviour): nothing runs, nothing
+is billed. Each valid line gets the most bytes its answer may have (answer_bound.py).
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
-from lorafleet.core.errors import LoraFleetError
+from lorafleet.core.errors import InvalidRequest, LoraFleetError
+from lorafleet.core.settings import GatewaySettings
+from lorafleet.gateway import preflight
+from lorafleet.gateway.batches.answer_bound import LINE_WRAPPER, answer_bound
 from lorafleet.gateway.batches.schemas import BatchError, InputLine
 from lorafleet.gateway.body import decode
 from lorafleet.gateway.embeddings.schemas import EmbeddingRequest
-from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.fleet.catalog import BaseModel, ResolvedModel, require_task
 from lorafleet.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
 from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 
@@ -30,6 +36,8 @@ REQUEST_TYPES: dict[str, tuple[type[Any], str]] = {   # endpoint → (the route'
     "/v1/responses": (ResponseCreateRequest, "generate"),
     "/v1/embeddings": (EmbeddingRequest, "embed"),
 }
+RESPONSES = "/v1/responses"
+LINE_OVERHEAD_BYTES = 64 * 1024  # a line's custom_id, method, url and JSON around its body
 MAX_LISTED_ERRORS = 100  # a file with thousands of bad lines lists the first hundred (and says so)
 YIELD_EVERY = 100        # lines between two yields to the event loop: the gateway keeps serving meanwhile
 KEEP_EVERY = 1000        # valid lines handed on at once: a file is never held whole in memory
@@ -48,12 +56,26 @@ class ValidLine:
     custom_id: str
     base_model_id: str
     body: bytes
+    answer_bound: int  # the most bytes its answer may have (answer_bound.py), enforced when it runs
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_lines: int
     max_body_bytes: int
+    max_answer_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    count: int                  # valid lines (handed to ``keep``)
+    errors: list[BatchError]    # the refusals (then what ``keep`` got is of no use)
+    output_bytes: int           # the most the batch's output and error files can hold: each line's bound and wrapper
+
+
+def limits_of(settings: GatewaySettings) -> Limits:
+    return Limits(max_lines=settings.batch_max_lines, max_body_bytes=settings.max_request_bytes,
+                  max_answer_bytes=settings.batch_max_answer_bytes)
 
 
 class Refusals:
@@ -83,31 +105,68 @@ class TooLong:
         self.length = length
 
 
-def read_lines(path: Path, max_line_bytes: int) -> Iterator[bytes | TooLong]:
+def read_lines(handle: BinaryIO, max_line_bytes: int) -> Iterator[bytes | TooLong]:
     """The file's lines, each read at most ``max_line_bytes`` + 1 bytes at a time: a 200 MB line is
     skipped in pieces, never held in memory."""
-    with open(path, "rb") as handle:
-        while line := handle.readline(max_line_bytes + 1):
-            if len(line) <= max_line_bytes or line.endswith(b"\n"):
-                yield line
-                continue
-            length = len(line)
-            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
-                length += len(rest)
-            yield TooLong(length + len(rest))
+    while line := handle.readline(max_line_bytes + 1):
+        if len(line) <= max_line_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        length = len(line)
+        while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+            length += len(rest)
+        yield TooLong(length + len(rest))
 
 
-async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits: Limits,
+def line_request(body: bytes, request_type: type[Any]) -> tuple[Any, preflight.ResponsesInput | None]:
+    """A line's body as its route decodes and checks it before the model is known (a LoraFleetError, with
+    ``param`` inside the body, when the route would refuse it)."""
+    request = decode(body, request_type)
+    if getattr(request, "stream", False):
+        raise InvalidRequest("stream: true is not supported in a batch", param="stream")
+    return request, preflight.before_model(request)
+
+
+def output_bound_of_file(handle: BinaryIO, endpoint: str, widest: BaseModel | None, settings: GatewaySettings) -> int:
+    """The most bytes a batch of this file can write into its output and error files, as far as it can be
+    known before its models are resolved: each line bounded as for the widest model that serves the
+    endpoint (its largest context and hidden size). A line any model's route would refuse counts nothing: a
+    file with such a line fails validation and writes no file. Blocking: run it off the event loop."""
+    if widest is None:
+        return 0  # no model serves the endpoint: every line is refused
+    limits = limits_of(settings)
+    request_type, task = REQUEST_TYPES[endpoint]
+    resolved = ResolvedModel(base=widest, adapter_id=None)
+    total = 0
+    requests = 0
+    for raw in read_lines(handle, limits.max_body_bytes + LINE_OVERHEAD_BYTES):
+        if isinstance(raw, TooLong) or not raw.strip():
+            continue
+        requests += 1
+        if requests > limits.max_lines:
+            break  # the file fails validation
+        try:
+            body = bytes(_decode_line(raw).body)
+            request, read = line_request(body, request_type)
+            prepared = preflight.with_model(request, len(body), read, resolved, settings)
+        except (LoraFleetError, msgspec.MsgspecError, RecursionError):
+            continue
+        total += answer_bound(prepared, widest, len(body), limits.max_answer_bytes,
+                              repeats_request=endpoint == RESPONSES) + LINE_WRAPPER
+    return total
+
+
+async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits: Limits, settings: GatewaySettings,
                          resolve: Callable[[str], Awaitable[ResolvedModel]],
-                         keep: Callable[[list[ValidLine]], Awaitable[None]]) -> tuple[int, list[BatchError]]:
+                         keep: Callable[[list[ValidLine]], Awaitable[None]]) -> Validated:
     """The file's lines (``resolve``: a model name → the tenant's model, raising its 404): the valid ones
-    are handed to ``keep`` in chunks while no line has been refused; returns how many were valid and the
-    refusals (then what ``keep`` got is of no use). It yields to the event loop every few lines, so the
-    gateway running it keeps serving, and stops once it has as many refusals as it lists."""
+    are handed to ``keep`` in chunks while no line has been refused. It yields to the event loop every
+    few lines, so the gateway running it keeps serving, and stops once it has as many refusals as it lists."""
     request_type, task = REQUEST_TYPES[endpoint]
     refusals = Refusals()
     chunk: list[ValidLine] = []
     kept = 0
+    output_bytes = 0
     seen: set[str] = set()
     models: dict[str, ResolvedModel | LoraFleetError] = {}
     requests = 0
@@ -165,16 +224,13 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
                                                       f"{limits.max_body_bytes} a request may have", "body")
             continue
         try:
-            request = decode(body, request_type)
+            request, read = line_request(body, request_type)
         except LoraFleetError as error:
             refusals.add(number, error.code or "invalid_request", error.message,
                          f"body.{error.param}" if error.param else "body")
             continue
         except RecursionError:
             refusals.add(number, "invalid_request", "the body is nested too deeply", "body")
-            continue
-        if getattr(request, "stream", False):
-            refusals.add(number, "invalid_request", "stream: true is not supported in a batch", "body.stream")
             continue
         model = models.get(request.model)
         if model is None:
@@ -188,9 +244,18 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
             refusals.add(number, "model_not_found" if model.status_code == 404 else (model.code or "invalid_model"),
                          model.message, "body.model")
             continue
+        try:  # what the synchronous route checks before admission, for this model
+            prepared = preflight.with_model(request, len(body), read, model, settings)
+        except LoraFleetError as error:
+            refusals.add(number, error.code or "invalid_request", error.message,
+                         f"body.{error.param}" if error.param else "body")
+            continue
         if refusals.count:
             continue  # a refused file keeps nothing: only its refusals are still of use
-        chunk.append(ValidLine(number, item.custom_id, model.base.id, body))
+        bound = answer_bound(prepared, model.base, len(body), limits.max_answer_bytes,
+                             repeats_request=endpoint == RESPONSES)
+        output_bytes += bound + LINE_WRAPPER
+        chunk.append(ValidLine(number, item.custom_id, model.base.id, body, bound))
         if len(chunk) >= KEEP_EVERY:
             await keep(chunk)
             kept += len(chunk)
@@ -200,4 +265,4 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
     if chunk and not refusals.count:
         await keep(chunk)
         kept += len(chunk)
-    return kept, refusals.listed()
+    return Validated(kept, refusals.listed(), output_bytes)

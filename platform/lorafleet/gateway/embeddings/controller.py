@@ -10,13 +10,11 @@ import msgspec
 from litestar import Controller, Response, post
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
-from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway.embeddings.schemas import EmbeddingList, EmbeddingRequest
-from lorafleet.gateway.fleet.catalog import require_task
 from lorafleet.gateway.metering.meter import Meter
-from lorafleet.gateway.openai.bounds import embedding_demand
+from lorafleet.gateway import preflight
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_admitted
 from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
@@ -56,12 +54,7 @@ class EmbeddingsController(Controller):
           summary="Create embeddings (OpenAI-compatible) with an embedding base model.", opt=scope("inference"))
     async def create(self, data: JSONBody[EmbeddingRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
-        require_task(resolved, "embed", data.model)
-        if resolved.adapter_id is not None:
-            raise InvalidRequest("adapters are not served for embeddings; name the embedding base model",
-                                 param="model", code="unsupported_model")
-        demand = embedding_demand(data.input, resolved.base.max_model_len,
-                                  max_inputs=services.settings.max_prompts_per_request)
+        demand = preflight.embedding(data, resolved, services.settings).demand
         body = salted(_encode(msgspec.structs.replace(data, model=resolved.served_name)),
                       services.cache_salts.salt(principal.tenant_id))
         return await run_admitted(Endpoint.EMBEDDINGS, data.model, False, body, demand, resolved, context, services, principal,

@@ -2,8 +2,9 @@
 
 An upload streams to a temporary folder as it arrives (python-multipart, gateway/adapters/operations.py),
 within the route's body limit (``LORAFLEET_MAX_FILE_BYTES``, 413 beyond), then goes to the blob store
-under the tenant's file quota (files/service.py). Reads are the caller's files only: another
-tenant's file id is answered exactly like one that never existed (404).
+under the tenant's file quota (files/service.py). A download streams from the blob store within bounded
+slots (gateway/downloads.py). Reads are the caller's files only: another tenant's file id is answered exactly like
+one that never existed (404).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -21,8 +21,9 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from lorafleet.core.errors import InvalidRequest, PayloadTooLarge
-from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage, FileService
+from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage
 from lorafleet.gateway.adapters.operations import receive_multipart
+from lorafleet.gateway.downloads import Download
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.services import Services
@@ -58,19 +59,20 @@ After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
 PurposeFilter = Annotated[str | None, QueryParameter(max_length=32, description="Only files of this purpose.")]
 
 
-async def file_stream(files: FileService, tenant_id: str, file_id: str, *, filename: str | None = None) -> Stream:
-    """The bytes of one of the tenant's files as a response (404 for anyone else's), streamed from a local copy."""
-    stored = await files.get(tenant_id, file_id)
-    workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
+async def file_stream(services: Services, tenant_id: str, file_id: str, *, filename: str | None = None) -> Download:
+    """The bytes of one of the tenant's files as a response (404 for anyone else's), streamed from the blob
+    store as they are read, within the gateway's and the tenant's download slots (gateway/downloads.py)."""
+    stored = await services.files.get(tenant_id, file_id)
+    slot = services.downloads.acquire(tenant_id)
     try:
-        await files.fetch(stored, workdir / "content")
+        reader = await services.files.open(stored)
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        slot.release()
         raise
     headers = {"content-length": str(stored.view.bytes)}
     if filename:
         headers["content-disposition"] = f'attachment; filename="{filename}"'
-    return Stream(_chunks(workdir / "content", workdir), media_type="application/octet-stream", headers=headers)
+    return Download(reader, slot, stall_seconds=services.settings.download_stall_seconds, headers=headers)
 
 
 def _expiry(fields: dict[str, str]) -> int | None:
@@ -89,15 +91,6 @@ def _expiry(fields: dict[str, str]) -> int | None:
     return value
 
 
-async def _chunks(path: Path, workdir: Path) -> AsyncIterator[bytes]:
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 16):
-                yield chunk
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 async def receive_file(request: Request, services: Services, tenant_id: str, *,
                        purposes: tuple[str, ...] = UPLOAD_PURPOSES) -> FileObject:
     """One multipart upload (``purpose``, ``file``, optional ``expires_after``) streamed to disk and stored
@@ -106,9 +99,12 @@ async def receive_file(request: Request, services: Services, tenant_id: str, *,
     if declared and declared.isdigit() and int(declared) > services.settings.max_file_bytes + 64 * 1024:
         raise PayloadTooLarge(f"files are limited to {services.settings.max_file_bytes} bytes", param="file")
     await services.files.storage.check_room(tenant_id, 0, param="file")
+    # A bounded number at a time per tenant and gateway, each cut when its client stops sending: uploads
+    # in progress hold a temporary file of up to LORAFLEET_MAX_FILE_BYTES each.
+    slot = services.uploads.acquire(tenant_id)
     workdir = Path(tempfile.mkdtemp(prefix="lorafleet-file-"))
     try:
-        form = await receive_multipart(request, workdir, "the file")
+        form = await receive_multipart(request, workdir, "the file", stall_seconds=services.settings.upload_stall_seconds)
         purpose = form.fields.get("purpose", "")
         if purpose not in purposes:
             raise InvalidRequest(f"purpose must be one of {', '.join(purposes)}", param="purpose")
@@ -123,6 +119,7 @@ async def receive_file(request: Request, services: Services, tenant_id: str, *,
                                           expires_after_seconds=_expiry(form.fields))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        slot.release()
 
 
 class FilesController(Controller):
@@ -133,8 +130,10 @@ class FilesController(Controller):
     dependencies = TENANT_DEPENDENCIES
 
     @post("/", operation_id="createFile", status_code=200, operation_class=FileUploadOperation,
-          responses=error_responses(400, 409, 413, 415, *API_KEY),
-          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches.",
+          responses=error_responses(400, 408, 409, 413, 415, 429, 503, *API_KEY),
+          summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches "
+                  "(a bounded number at a time per account and per gateway: 429 or 503 with Retry-After beyond; "
+                  "an upload that sends nothing for `LORAFLEET_UPLOAD_STALL_SECONDS` gets a 408).",
           opt=scope("adapters:write"))
     async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
         return await receive_file(request, services, principal.tenant_id)
@@ -152,10 +151,13 @@ class FilesController(Controller):
         return (await services.files.get(principal.tenant_id, file_id)).view
 
     @get("/{file_id:str}/content", operation_id="downloadFile", media_type="application/octet-stream",
-         responses=error_responses(400, 404, *API_KEY), summary="The bytes of one of the caller's files.",
+         responses=error_responses(400, 404, 429, 503, *API_KEY),
+         summary="The bytes of one of the caller's files, streamed (a bounded number of downloads at a time per "
+                 "account and per gateway: 429 or 503 with Retry-After beyond; a reader that takes nothing for "
+                 "`LORAFLEET_DOWNLOAD_STALL_SECONDS` is cut).",
          opt=scope("adapters:read"))
     async def file_content(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> Stream:
-        return await file_stream(services.files, principal.tenant_id, file_id)
+        return await file_stream(services, principal.tenant_id, file_id)
 
     @delete("/{file_id:str}", operation_id="deleteFile", status_code=200, responses=error_responses(400, 404, *API_KEY),
             summary="Delete one of the caller's files (jobs already started keep their copy).",

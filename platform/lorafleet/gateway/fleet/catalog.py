@@ -37,6 +37,8 @@ class BaseModel:
     max_model_len: int
     created: int
     task: str = "generate"  # what its workers serve: "generate" (chat, completions, responses) or "embed"
+    vocab_size: int | None = None   # from its workers' config.json (None: a worker that did not say)
+    hidden_size: int | None = None  # an embedding model's dimensions
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ class ModelCatalog:
         rows = await self._pool.fetch(queries.list_base_models)
         self._by_name = {
             row["name"]: BaseModel(row["id"], row["name"], row["max_model_len"], int(row["created_at"].timestamp()),
-                                   row["task"])
+                                   row["task"], row["vocab_size"], row["hidden_size"])
             for row in rows
         }
         self.prices = PriceBook([price_from_row(row) for row in await self._pool.fetch(queries.list_prices)])

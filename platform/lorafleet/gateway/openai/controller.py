@@ -1,7 +1,8 @@
 """``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: the request path, in order.
 
 A completion goes: typed body (StrictBody) → principal (dependencies.py) → model resolved
-(fleet/catalog.py) → default output cap (output_cap.py) → worst case and fan-out (bounds.py) → admission (metering/admission.py) →
+(fleet/catalog.py) → default output cap (output_cap.py), what the engine would refuse, worst case and fan-out
+(gateway/preflight.py, bounds.py) → admission (metering/admission.py) →
 meter → worker chosen and called, with failover (relay.py) → ledger row (metering/meter.py).
 """
 
@@ -14,7 +15,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
-from lorafleet.gateway.openai.bounds import chat_demand, check_chat, check_completion, completion_demand
+from lorafleet.gateway import preflight
 from lorafleet.gateway.openai.models import (
     DeletedModel,
     Model,
@@ -30,7 +31,6 @@ from lorafleet.gateway.openai.schemas import (
     TextCompletion,
 )
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
-from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.billing.ledger_row import Endpoint
@@ -51,26 +51,22 @@ class OpenAIController(Controller):
           summary="Create a chat completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context, services: AppServices,
                                principal: Caller) -> Response[Any]:
-        check_chat(data)
-        settings = services.settings
+        preflight.before_model(data)
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
-        data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
-        demand = chat_demand(data, len(await request.body()), resolved.base.max_model_len,
-                             max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, Endpoint.CHAT_COMPLETIONS, resolved, context, services, principal)
+        prepared = preflight.chat(data, len(await request.body()), resolved, services.settings)
+        return await run_completion(prepared.request, prepared.demand, Endpoint.CHAT_COMPLETIONS, resolved, context,
+                                    services, principal)
 
     @post("/completions", operation_id="createCompletion", status_code=200,
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(TextCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
           summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
     async def completions(self, data: JSONBody[CompletionRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
-        check_completion(data)
-        settings = services.settings
+        preflight.before_model(data)
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
-        data = with_output_cap(data, default_max_tokens(settings.default_max_output_tokens, resolved.base.max_model_len))
-        demand = completion_demand(data, resolved.base.max_model_len, max_prompts=settings.max_prompts_per_request,
-                                   max_sequences=settings.max_sequences_per_request)
-        return await run_completion(data, demand, Endpoint.COMPLETIONS, resolved, context, services, principal)
+        prepared = preflight.completion(data, resolved, services.settings)
+        return await run_completion(prepared.request, prepared.demand, Endpoint.COMPLETIONS, resolved, context,
+                                    services, principal)
 
     @get("/models", operation_id="listModels", responses=error_responses(*API_KEY), summary="Models this key can call: base models and its adapters.", opt=scope("inference"))
     async def list_models(self, services: AppServices, principal: Caller) -> ModelList:

@@ -20,19 +20,12 @@ from lorafleet.gateway.auth import Principal, bearer_secret
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, Replayed, claim, fingerprint
-from lorafleet.gateway.openai.bounds import chat_demand
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.completion import run_admitted
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
 from lorafleet.gateway.openai.relay import COST_HEADER, SSE_HEADERS
-from lorafleet.gateway.responses_api.bridge import (
-    ResponseBuilder,
-    chat_request,
-    check_structured,
-    function_tools,
-    refuse_unsupported,
-)
-from lorafleet.gateway.responses_api.items import canonical_input
+from lorafleet.gateway import preflight
+from lorafleet.gateway.responses_api.bridge import ResponseBuilder, chat_request
 from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
 from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
@@ -66,12 +59,11 @@ class ResponsesShaping:
 
 async def create_response(data: ResponseCreateRequest, context: RequestContext, services: Services, principal: Principal, *,
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
-    refuse_unsupported(data)
-    tools = function_tools(data.tools)
-    check_structured(data, tools)  # before admission: what the engine's grammar compiler would read
+    read = preflight.before_model(data)  # before admission: what the engine's grammar compiler would read
+    assert read is not None
     resolved = await services.catalog.resolve(principal.tenant_id, data.model)
     require_task(resolved, "generate", data.model)
-    input_items = canonical_input(data.input)
+    tools, input_items = read.tools, read.items
     claimed: Claim | None = None
     if idempotency_key is not None:  # first: a retry is answered even once the first filled the quota
         begun = await claim(services.pool, owner=principal.key_id,
@@ -90,24 +82,24 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
         if data.store:  # a full account is refused before anything runs or is billed
             await store.check_room(principal.tenant_id, input_items,
                                    builder.document(status="in_progress", output=[], usage=None))
-        return await _run(data, tools, input_items, chain, builder, resolved, context, services, principal, claimed)
+        return await _run(data, read, chain, builder, resolved, context, services, principal, claimed)
     except BaseException:
         if claimed is not None:
             await claimed.release()
         raise
 
 
-async def _run(data: ResponseCreateRequest, tools, input_items: list[dict[str, Any]], chain: ChainHead | None,
+async def _run(data: ResponseCreateRequest, read: preflight.ResponsesInput, chain: ChainHead | None,
                builder: ResponseBuilder, resolved: ResolvedModel, context: RequestContext, services: Services, principal: Principal,
                claimed: Claim | None) -> Response[Any]:
+    tools, input_items = read.tools, read.items
     max_model_len = resolved.base.max_model_len
     cap = default_max_tokens(services.settings.default_max_output_tokens, max_model_len)
-    this_turn = with_output_cap(chat_request(data, input_items, tools), cap)
     # Bounded before admission from the chain's recorded size (store.py: each turn's turn_bytes bounds what
     # replaying it renders); a chain stored before sizes were kept is bounded by the whole context.
     history_bound = 0 if chain is None else (chain.history_bytes if chain.history_bytes is not None else max_model_len)
-    demand = chat_demand(this_turn, len(_encode(this_turn)) + history_bound, max_model_len,
-                         max_sequences=services.settings.max_sequences_per_request)
+    prepared = preflight.response_turn(data, read, resolved, services.settings, history_bound=history_bound)
+    this_turn, demand = prepared.request, prepared.demand
     dropped = dropped_fields(this_turn)
     context.dropped_fields = dropped
     salt = services.cache_salts.salt(principal.tenant_id)
