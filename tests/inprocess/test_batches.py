@@ -668,35 +668,43 @@ async def test_an_answer_over_its_bound_is_the_lines_error_and_its_tokens_are_bi
     """Each line's answer is kept up to its bound (from max_tokens, n, logprobs, echo); the stub answers
     8,000 tokens (24 KB) whatever it is asked: a line that asked for 4 tokens gets `response_too_large`
     (billed: the tokens ran), one that asked for 2,000 keeps its answer — held in the blob store until the
-    files are written, not in the database — and nothing of the batch is left in the blob store after."""
+    files are written, not in the database — and nothing of the batch is left in the blob store after.
+    A third line is held at the worker so the batch cannot end (and take its lines away) before the
+    running state is read."""
     await set_price(platform, platform.env, STUB_MODEL, PROMPT, COMPLETION, batch_discount_bps=DISCOUNT_BPS)
     spool = platform.app.state.services.settings.resolved_blob_dir / "batch-answers"
     for worker in platform.workers:
         worker.behaviour.chunks = 8000
+        worker.behaviour.hold_marker = "held question"
+        worker.behaviour.release.clear()
     try:
         async with _sdk(platform.url, tenant) as sdk:
-            batch = await _submit(sdk, [_line("small", max_tokens=4), _line("large", max_tokens=2000)])
-            await eventually(lambda: db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 "
-                                                 "AND custom_id = 'large' AND state = 'done'", batch.id),
-                             lambda row: row is not None, what="the large line answered")
-            kept = await db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 AND "
-                                     "custom_id = 'large'", batch.id)
+            batch = await _submit(sdk, [_line("small", max_tokens=4), _line("large", max_tokens=2000),
+                                        _line("held", "held question", max_tokens=2000)])
+            kept = await eventually(lambda: db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE "
+                                                        "batch_id = $1 AND custom_id = 'large' AND state = 'done'",
+                                                        batch.id),
+                                    lambda row: row is not None, what="the large line answered")
+            for worker in platform.workers:
+                worker.behaviour.release.set()
             done = await _finished(sdk, batch.id)
             output = await _lines_of(sdk, done.output_file_id)
             errors = await _lines_of(sdk, done.error_file_id)
     finally:
         for worker in platform.workers:
             worker.behaviour.chunks = 8
-    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
-    assert [line["custom_id"] for line in output] == ["large"]
-    assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == "ok " * 8000
+            worker.behaviour.hold_marker = None
+            worker.behaviour.release.set()
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    assert sorted(line["custom_id"] for line in output) == ["held", "large"]
+    assert all(line["response"]["body"]["choices"][0]["message"]["content"] == "ok " * 8000 for line in output)
     assert kept["response"] is None and kept["answer_blob"], "a large answer waits in the blob store"
     [refused] = errors
     assert refused["custom_id"] == "small" and refused["response"] is None
     assert refused["error"]["code"] == "response_too_large" and "billed" in refused["error"]["message"]
     rows = await eventually(lambda: db.fetch("SELECT request_id, completion_tokens, cost_pico_usd FROM usage_ledger "
-                                             "WHERE batch_id = $1", batch.id), lambda rows: len(rows) == 2,
-                            what="both lines' rows")
+                                             "WHERE batch_id = $1", batch.id), lambda rows: len(rows) == 3,
+                            what="every line's row")
     assert all(row["completion_tokens"] == 8000 and row["cost_pico_usd"] > 0 for row in rows), rows
     assert not (spool / batch.id).exists(), "the batch's spooled answers were not deleted"
 
