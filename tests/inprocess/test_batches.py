@@ -67,6 +67,7 @@ async def test_a_batch_runs_every_line_once_at_the_discount(platform, db, tenant
         assert done.status == "completed", done
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 12, 0)
         assert done.in_progress_at and done.finalizing_at and done.completed_at and done.error_file_id is None
+        assert done.model == STUB_MODEL, "the model its lines name, as OpenAI's Batch.model"
         output = await _lines_of(sdk, done.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(12))
         output_file = await sdk.files.retrieve(done.output_file_id)
@@ -192,7 +193,8 @@ async def test_cancel_stops_new_lines_and_bills_only_what_ran(platform, db, tena
     assert sorted(line["custom_id"] for line in output + errors) == sorted(f"c-{i}" for i in range(60))
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert all(line["response"] is None for line in errors)
-    assert (done.request_counts.completed, done.request_counts.failed) == (ran, 60 - ran)
+    # Lines the cancel stopped are in the error file, but they did not fail (as OpenAI counts a cancel).
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (60, ran, 0)
     rows = await eventually(lambda: db.fetch("SELECT request_id FROM usage_ledger WHERE batch_id = $1", batch.id),
                             lambda rows: len(rows) == ran, what="one ledger row per line that ran")
     assert {row["request_id"] for row in rows} == {line["response"]["request_id"] for line in output}
@@ -660,6 +662,26 @@ async def test_a_one_line_batch_waits_out_the_minimum_deferral(start_gateway, pl
     assert row["delay"].total_seconds() == pytest.approx(default, abs=1)
     received = [body for worker in platform.workers for body in worker.behaviour.received]
     assert not any(body["messages"][0]["content"] == "deferred question" for body in received if "messages" in body)
+
+
+async def test_a_line_the_engine_refuses_carries_the_routes_own_code(platform, tenant):
+    """A line answered 4xx by the engine has the same error code as the synchronous route would answer
+    (``invalid_request``), never a made-up ``http_400``; its response is the route's error envelope."""
+    for worker in platform.workers:
+        worker.behaviour.hold_marker = None
+    async with _sdk(platform.url, tenant) as sdk:
+        for worker in platform.workers:
+            worker.behaviour.fail_next, worker.behaviour.fail_status = 1, 400
+        try:
+            batch = await _submit(sdk, [_line("refused")])
+            done = await _finished(sdk, batch.id)
+        finally:
+            for worker in platform.workers:
+                worker.behaviour.fail_next, worker.behaviour.fail_status = 0, 500
+        [line] = await _lines_of(sdk, done.error_file_id)
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    assert line["response"]["status_code"] == 400
+    assert line["error"]["code"] == line["response"]["body"]["error"]["code"] == "invalid_request", line
 
 
 # ---- output bounds (issue 28, finding 6) -----------------------------------------------------------
