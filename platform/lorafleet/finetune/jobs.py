@@ -1,6 +1,6 @@
 """Fine-tuning jobs as the API shows them (OpenAI's shapes), and what the gateway does to them.
 
-A job is created ``validating_files``; a trainer (finetune/runner.py) checks its files with the base
+A job is created ``validating_files``; a trainer (trainer/runner.py) checks its files with the base
 model's real tokenizer and chat template, and queues it (or fails it with the line at fault), then a
 trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
 Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.

@@ -56,11 +56,11 @@ from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, LoraFleetError
 from lorafleet.core.settings import TrainerSettings
 from lorafleet.db import queries
-from lorafleet.finetune import trainer as training
-from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, validate_file
+from lorafleet.trainer import training
+from lorafleet.trainer.dataset import Limits, TrainingFileInvalid, validate_file
 from lorafleet.finetune.hyperparameters import resolve
 from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
-from lorafleet.finetune.render import Renderer
+from lorafleet.trainer.render import Renderer
 from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 
 log = structlog.get_logger("lorafleet.trainer")

@@ -3,7 +3,7 @@
 The route checks what it can without the model's tokenizer (the files are the caller's and of purpose
 ``fine-tune``, the model is a served base model, the hyperparameters are in bounds, the tenant is
 under its cap of open jobs) and stores the job ``validating_files``; a trainer of that base model
-validates the file line by line with the real tokenizer and chat template (finetune/runner.py).
+validates the file line by line with the real tokenizer and chat template (trainer/runner.py).
 """
 
 from __future__ import annotations
