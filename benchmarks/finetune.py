@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorafleet.devtools.bench import publish  # noqa: E402
 from lorafleet.finetune import Hyperparameters  # noqa: E402
-from lorafleet.trainer import JobSpec, Renderer, load_examples, train, validate_file  # noqa: E402
 from lorafleet.finetune.hyperparameters import resolve  # noqa: E402
+from lorafleet.trainer import JobSpec, Renderer, load_examples, train, validate_file  # noqa: E402
 
 MODEL = Path.home() / ".cache" / "lorafleet" / "models" / "SmolLM2-135M-Instruct"
 SUBJECTS = ["Zorblax", "Quennia", "Marvolo", "Tessaly", "Brindle", "Okavar", "Pellucid", "Syrinx", "Vantor", "Ulmere"]

@@ -5,7 +5,6 @@ token ids the worker would send (the served template)."""
 from __future__ import annotations
 
 import pytest
-
 from lorafleet.finetune import Hyperparameters
 from lorafleet.trainer import JobSpec, Renderer, train
 from lorafleet.trainer.render import Message

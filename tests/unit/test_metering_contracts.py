@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lorafleet.billing.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 from lorafleet.db import queries
 from lorafleet.gateway.metering.admission import Verdict
-from lorafleet.billing.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 

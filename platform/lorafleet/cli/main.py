@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from lorafleet.cli.adapters import adapters
+from lorafleet.cli.batches import batches
 from lorafleet.cli.common import (
     call_database,
     check_database,
@@ -20,11 +22,12 @@ from lorafleet.cli.common import (
     run_async,
 )
 from lorafleet.cli.errors import LoraFleetGroup
+from lorafleet.cli.fine_tune import fine_tune
 from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
+from lorafleet.cli.plugins import add_plugin_commands
 from lorafleet.core.logging import configure_logging
 from lorafleet.core.settings import GatewaySettings
 from lorafleet.tenancy.keys import ALL_SCOPES
-
 
 # Processes that run in the foreground and log as servers do (to stdout, LORAFLEET_LOG_FORMAT).
 SERVER_COMMANDS = ("gateway", "worker")
@@ -193,11 +196,6 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     revoked = call_database(lambda db: TenancyService(db).revoke_key(key_id))
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
-
-from lorafleet.cli.adapters import adapters  # noqa: E402 - groups of their own modules
-from lorafleet.cli.batches import batches
-from lorafleet.cli.fine_tune import fine_tune
-from lorafleet.cli.plugins import add_plugin_commands
 
 cli.add_command(adapters)
 cli.add_command(fine_tune)

@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click

@@ -22,11 +22,9 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from msgspec import Meta
-
 from lorafleet.adapters.architecture import SUPPORTED_MODULES
-from lorafleet.core import ids
 from lorafleet.billing.pricing import micro_usd_ceil
+from lorafleet.core import ids
 from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
 from lorafleet.db import queries
 from lorafleet.finetune.hyperparameters import (
@@ -40,6 +38,7 @@ from lorafleet.finetune.hyperparameters import (
     Hyperparameters,
     resolve,
 )
+from msgspec import Meta
 
 SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,40}$"
 Auto = Literal["auto"]

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.core.errors import LoraFleetError
-from lorafleet.trainer.dataset import Limits, load_examples
 from lorafleet.finetune.hyperparameters import Hyperparameters, resolve
+from lorafleet.trainer.dataset import Limits, load_examples
 from lorafleet.trainer.render import IGNORE_INDEX, Rendered, Renderer
 
 CONTEXT = multiprocessing.get_context("spawn")  # fork would copy a caller's threads and event loop

@@ -15,11 +15,10 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
-from lorafleet.gateway.fleet.catalog import require_task
-from lorafleet.gateway.fleet.catalog import ResolvedModel
+from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.error_specs import API_KEY, error_responses
 
 After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
                                              description="The id of the last object of the previous page.")]
