@@ -299,7 +299,8 @@ def run_up(switch_database: bool = False) -> None:
     if not worker.model_path:
         # Model preparation is lorafleet-workers' (`lorafleet models prepare`); a command, not an import,
         # so the platform's CLI needs nothing of the engine side. Its progress goes to stderr as it comes.
-        prepared = subprocess.run([_bin("lorafleet"), "models", "prepare"], stdin=subprocess.DEVNULL, check=False)
+        prepared = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "models", "prepare"],
+                                  stdin=subprocess.DEVNULL, check=False)
         if prepared.returncode:
             raise click.ClickException(f"`lorafleet models prepare` failed (exit status {prepared.returncode})")
 
