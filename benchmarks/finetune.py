@@ -1,6 +1,6 @@
 """Fine-tuning: the trainer's tokens/s against a bare PEFT loop, and the time of a 60 × 3 job.
 
-1. The trainer (lorafleet.finetune.train: served-template mask, events, accuracy, checkpoint at the
+1. The trainer (lorafleet.trainer.train: served-template mask, events, accuracy, checkpoint at the
    epoch end) and a bare PEFT loop (the same model, LoRA config, AdamW, batches and padding; the
    model's own ``labels=`` loss, nothing else) train the same steps on the same data, alternately
    (trainer, bare, trainer, bare) so a busy machine slows both alike. tokens/s = tokens of steps
@@ -13,7 +13,7 @@
    (121 TFLOPS bf16 dense) at 30% utilisation, with a 25 ms floor per step (kernel launches of a
    30-layer model forward and backward at batch 4), plus a 5 s model load.
 
-    PYTHONPATH=platform .venv/bin/python benchmarks/finetune.py [--steps 6] [--rounds 2] [--full]
+    PYTHONPATH=platform:billing:workers:tests/support .venv/bin/python benchmarks/finetune.py [--steps 6] [--rounds 2] [--full]
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorafleet.devtools.bench import publish  # noqa: E402
-from lorafleet.finetune import Hyperparameters, JobSpec, Renderer, load_examples, train, validate_file  # noqa: E402
+from lorafleet.finetune import Hyperparameters  # noqa: E402
 from lorafleet.finetune.hyperparameters import resolve  # noqa: E402
+from lorafleet.trainer import JobSpec, Renderer, load_examples, train, validate_file  # noqa: E402
 
 MODEL = Path.home() / ".cache" / "lorafleet" / "models" / "SmolLM2-135M-Instruct"
 SUBJECTS = ["Zorblax", "Quennia", "Marvolo", "Tessaly", "Brindle", "Okavar", "Pellucid", "Syrinx", "Vantor", "Ulmere"]
@@ -149,7 +150,7 @@ def main() -> None:
     report = "\n".join([
         "# Fine-tuning",
         "",
-        f"`PYTHONPATH=platform .venv/bin/python benchmarks/finetune.py --steps {args.steps} "
+        f"`PYTHONPATH=platform:billing:workers:tests/support .venv/bin/python benchmarks/finetune.py --steps {args.steps} "
         f"--rounds {args.rounds}{' --full' if args.full else ''}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, shared machine "
         "(other jobs running: absolute numbers vary run to run; the ratio is from alternated runs).",

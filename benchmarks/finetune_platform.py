@@ -7,7 +7,7 @@ one chat completion from `fine_tuned_model`. Reported: each phase's wall time (v
 training, registration) from the job's events, training tokens/s, and the total against the
 issue's target (under 5 minutes on this machine).
 
-    PYTHONPATH=platform .venv/bin/python benchmarks/finetune_platform.py [--examples 60] [--epochs 3]
+    PYTHONPATH=platform:billing:workers:tests/support .venv/bin/python benchmarks/finetune_platform.py [--examples 60] [--epochs 3]
 """
 
 from __future__ import annotations

@@ -34,9 +34,10 @@ from lorafleet.adapters.architecture import model_architecture  # noqa: E402
 from lorafleet.db.migrate import migrate  # noqa: E402
 from lorafleet.devtools.bench import MODEL, publish, timed_completion_stream  # noqa: E402
 from lorafleet.devtools.database import DatabaseFactory, server_dsn  # noqa: E402
-from lorafleet.models.prepare import prepare_smollm2  # noqa: E402
 from lorafleet.devtools.services import platform_env, start_gateway, start_worker  # noqa: E402
+from lorafleet.models.prepare import prepare_smollm2  # noqa: E402
 from lorafleet.tenancy import TenancyService  # noqa: E402
+
 from tests.adapter_factory import lora_tensors, write_adapter  # noqa: E402
 
 STRATEGIES = ("residency", "round_robin", "rendezvous")

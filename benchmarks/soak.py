@@ -235,7 +235,7 @@ def _log_setting(word: str) -> tuple[str, int] | None:
     import msgspec
     from lorafleet.core import settings
 
-    kind = getattr(settings, "LauncherSettings", None) or getattr(settings, "Settings")  # older trees: one struct
+    kind = getattr(settings, "LauncherSettings", None) or settings.Settings  # older trees: one struct
     for f in msgspec.structs.fields(kind):
         if f.name.startswith("log") and word in f.name and isinstance(f.default, int):
             return f"LORAFLEET_{f.name.upper()}", f.default

@@ -5,7 +5,6 @@ dashboard's routes, errors, OpenAPI — built above both, so neither package imp
 from __future__ import annotations
 
 import gc
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +23,10 @@ from lorafleet.dashboard import (
 )
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
+from lorafleet.files.janitor import ExpiredFiles
+from lorafleet.files.service import FileService
+from lorafleet.finetune.jobs import FineTuningJobs
+from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
@@ -32,26 +35,22 @@ from lorafleet.gateway.batches.dispatcher import BatchDispatcher
 from lorafleet.gateway.batches.service import Batches
 from lorafleet.gateway.batches.spool import make_answer_spool
 from lorafleet.gateway.body import StrictStructSchema
-from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.context import context_middleware
 from lorafleet.gateway.dependencies import APP_DEPENDENCIES
+from lorafleet.gateway.downloads import TransferSlots
+from lorafleet.gateway.embeddings.controller import EmbeddingsController
 from lorafleet.gateway.errors import EXCEPTION_HANDLERS
+from lorafleet.gateway.files import FilesController
+from lorafleet.gateway.fine_tuning import FineTuningController
 from lorafleet.gateway.fleet.adapter_calls import AdapterCalls
 from lorafleet.gateway.fleet.catalog import ModelCatalog
 from lorafleet.gateway.fleet.holding import HeldRequests, HoldLimits
 from lorafleet.gateway.fleet.registry import WorkerRegistry
-from lorafleet.gateway.embeddings.controller import EmbeddingsController
-from lorafleet.gateway.files import FilesController
-from lorafleet.gateway.downloads import TransferSlots
-from lorafleet.gateway.fine_tuning import FineTuningController
-from lorafleet.files.janitor import ExpiredFiles
-from lorafleet.files.service import FileService
-from lorafleet.finetune.jobs import FineTuningJobs
+from lorafleet.gateway.janitor import RetentionJanitor
 from lorafleet.gateway.keys import KeysController
 from lorafleet.gateway.metering.admission import Admission
 from lorafleet.gateway.metering.refusals import RefusalCounter
 from lorafleet.gateway.metering.spool import LedgerSpool
-from lorafleet.gateway.janitor import RetentionJanitor
 from lorafleet.gateway.metering.sweeper import ReservationSweeper
 from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
@@ -65,7 +64,6 @@ from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
 from lorafleet.tenancy.storage import StorageQuota, TenantStorage
-
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # a file upload's form fields and framing, beside the file itself
 

@@ -5,9 +5,9 @@ token ids the worker would send (the served template)."""
 from __future__ import annotations
 
 import pytest
-
-from lorafleet.finetune import Hyperparameters, JobSpec, Renderer, train
-from lorafleet.finetune.render import Message
+from lorafleet.finetune import Hyperparameters
+from lorafleet.trainer import JobSpec, Renderer, train
+from lorafleet.trainer.render import Message
 
 from tests.finetune.data import write_jsonl
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.adapters.validation import BaseModelSpec, validate_files
-from lorafleet.finetune import CONTEXT, Hyperparameters, JobSpec, Renderer, load_examples, run_in_child, train
+from lorafleet.finetune import Hyperparameters
+from lorafleet.trainer import CONTEXT, JobSpec, Renderer, load_examples, run_in_child, train
 from safetensors.torch import load_file
 
 from tests.finetune.data import qa_rows, write_jsonl

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import uvicorn
 from aiohttp import web
+from lorafleet.app import create_app
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
 from lorafleet.core.settings import GatewaySettings, load_settings
@@ -26,7 +27,6 @@ from lorafleet.db import create_pool, queries
 from lorafleet.db.migrate import migrate
 from lorafleet.devtools.database import DatabaseFactory
 from lorafleet.devtools.stub_worker import StubBehaviour, build_app
-from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 
 from tests.helpers import TenantKey
@@ -230,9 +230,9 @@ async def start_gateway(inprocess: InProcessPlatform, inprocess_database_url: st
         return ExtraGateway(f"http://127.0.0.1:{port}", app)
 
     yield start
-    for server, serving in running:
+    for server, _ in running:
         server.should_exit = True
-    for server, serving in running:
+    for _, serving in running:
         await serving
 
 

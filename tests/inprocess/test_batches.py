@@ -341,7 +341,7 @@ async def test_the_dashboard_shows_downloads_and_cancels_batches(platform, tenan
         assert output.status_code == 200 and f'filename="{done.id}.output.jsonl"' in output.headers["content-disposition"]
         assert sorted(json.loads(line)["custom_id"] for line in output.text.splitlines()) == ["page-1", "page-2"]
         assert (await http.get(f"/dashboard/batches/{done.id}/errors")).status_code == 404
-        assert 'action="/dashboard/batches/{}/cancel"'.format(slow.id) in (await http.get(f"/dashboard/batches/{slow.id}")).text
+        assert f'action="/dashboard/batches/{slow.id}/cancel"' in (await http.get(f"/dashboard/batches/{slow.id}")).text
         cancelled = await http.post(f"/dashboard/batches/{slow.id}/cancel", data={"csrf": csrf})
         assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/dashboard/batches/{slow.id}"
         refused = await http.post(f"/dashboard/batches/{slow.id}/cancel", data={"csrf": "wrong"})

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import httpx
 import pytest
+from lorafleet.app import create_app
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
 from lorafleet.core.settings import GatewaySettings, load_settings
-from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 from lorafleet.core.settings import TrainerSettings, load_settings
 from lorafleet.db import queries
-from lorafleet.finetune.runner import Trainer
+from lorafleet.trainer.runner import Trainer
 
 from tests.helpers import TenantKey
 from tests.inprocess.conftest import STUB_MODEL
@@ -428,7 +428,7 @@ async def test_the_dashboard_lists_a_job_shows_its_loss_curve_and_cancels_it(pla
 
 async def test_a_trainer_touches_its_alive_file_while_its_loop_runs(trainer):
     """The Kubernetes probes of a trainer (no port) read this file's age (infra/kustomize/trainer)."""
-    from lorafleet.finetune.runner import ALIVE_FILE
+    from lorafleet.trainer.runner import ALIVE_FILE
 
     path = trainer.settings.data_path / ALIVE_FILE
     path.unlink(missing_ok=True)

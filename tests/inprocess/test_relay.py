@@ -11,9 +11,8 @@ import json
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
-
 from lorafleet.db import queries
+from structlog.testing import capture_logs
 
 from tests.helpers import eventually, ledger_row, wait_rows
 from tests.inprocess.conftest import IDLE_TIMEOUT_SECONDS, STUB_MODEL

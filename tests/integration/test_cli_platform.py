@@ -264,8 +264,8 @@ def localstripe(tmp_path) -> Iterator[str]:
 
 async def _last_month_rows(db, key, base_env) -> tuple[str, int]:
     """Three priced ledger rows in the previous month, through the ledger's own writer; (month, their total)."""
-    from lorafleet.db import queries
     from lorafleet.billing.ledger_row import LedgerRow
+    from lorafleet.db import queries
     from lorafleet.gateway.metering.writer import LedgerWriter
 
     model = f"cli-billing-{ids.random_token(6)}"

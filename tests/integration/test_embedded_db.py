@@ -57,7 +57,7 @@ def _unavailable(what: str) -> None:
 
 
 def _source_path(*extra: str) -> str:
-    return os.pathsep.join([str(REPO / "platform"), *extra])
+    return os.pathsep.join([*(str(REPO / root) for root in ("platform", "billing", "workers")), *extra])
 
 
 def _as_root() -> list[str]:

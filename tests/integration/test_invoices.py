@@ -17,11 +17,11 @@ import openai
 import pytest
 import stripe
 from lorafleet.billing.invoices import close_period, get_invoice
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.billing.rollups import rebuild_rollups
 from lorafleet.billing.stripe_export import StripeExporter, cents_half_up, make_client
 from lorafleet.core import ids
 from lorafleet.devtools.services import free_port
-from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 from tests.conftest import REPO_ROOT
@@ -106,8 +106,8 @@ async def test_ledger_rollups_invoice_and_stripe_agree(gateway, base_env, db, mo
     usage_lines = [line for line in invoice.lines if line.kind == "usage"]
     assert sorted((line.prompt_micro_usd_per_mtok, line.completion_micro_usd_per_mtok) for line in usage_lines) == \
            sorted([FIRST_PRICE, SECOND_PRICE])
-    assert [line.requests for line in sorted(usage_lines, key=lambda l: l.price_id)] == [3, 2]
-    assert [(line.amount_pico_usd, line.amount_micro_usd) for line in sorted(usage_lines, key=lambda l: l.price_id)] == \
+    assert [line.requests for line in sorted(usage_lines, key=lambda u: u.price_id)] == [3, 2]
+    assert [(line.amount_pico_usd, line.amount_micro_usd) for line in sorted(usage_lines, key=lambda u: u.price_id)] == \
            [(amount, half_up(amount)) for amount in by_price]
     assert invoice.subtotal_micro_usd == invoice_total == sum(line.amount_micro_usd for line in usage_lines)
     assert invoice.total_micro_usd == invoice_total and invoice.credit_applied_micro_usd == 0

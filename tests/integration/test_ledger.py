@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.core import ids
 from lorafleet.db import queries
-from lorafleet.billing.ledger_row import LedgerRow
 from lorafleet.gateway.metering.writer import LedgerWriter
 
 

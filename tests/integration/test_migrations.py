@@ -14,7 +14,7 @@ async def test_every_named_query_prepares_against_the_migrated_schema(databases)
     assert await migrate(dsn) == [m.version for m in discover()]
     connection = await asyncpg.connect(dsn)
     try:
-        for name, sql in queries.items():
+        for _name, sql in queries.items():
             # Preparing makes PostgreSQL resolve every table, column and parameter type.
             await connection.prepare(sql)
         tables = {r["tablename"] for r in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

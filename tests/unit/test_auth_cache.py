@@ -4,10 +4,9 @@ import asyncio
 import datetime as dt
 
 import pytest
-from lorafleet.core.errors import AuthenticationFailed, ServiceUnavailable
+from lorafleet.core.errors import AuthenticationFailed, RateLimited, ServiceUnavailable
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.throttle import FailureThrottle
-from lorafleet.core.errors import RateLimited
 from lorafleet.tenancy.keys import generate_secret, hash_secret
 
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, load_examples, validate_file
-from lorafleet.finetune.render import Renderer
+from lorafleet.trainer.dataset import Limits, TrainingFileInvalid, load_examples, validate_file
+from lorafleet.trainer.render import Renderer
 
 
 @pytest.fixture(scope="module")

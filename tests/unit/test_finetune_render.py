@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from lorafleet.core.settings import WorkerSettings
-from lorafleet.finetune.render import IGNORE_INDEX, ChatExample, CompletionExample, Message, Renderer
+from lorafleet.trainer.render import IGNORE_INDEX, ChatExample, CompletionExample, Message, Renderer
 from lorafleet.worker.engine import engine_command
 from lorafleet.worker.tools import CHATML_TOOLS_TEMPLATE
 

@@ -4,7 +4,6 @@ has no public equivalent): pinned here, so a Litestar upgrade that moves or chan
 import msgspec
 from litestar import Litestar, post
 from litestar.params import JSONBody
-
 from lorafleet.gateway.body import StrictBody, StrictStructSchema
 
 

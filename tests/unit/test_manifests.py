@@ -896,18 +896,25 @@ def test_the_linters_catch_a_bad_containerfile(tmp_path: Path):
 
 
 def test_the_images_install_the_right_extras():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    cpu_extra = pyproject["project"]["optional-dependencies"]["cpu"]
+    """Each image installs its own distributions (tests/integration/test_distributions.py holds the sets)."""
+    workers_project = tomllib.loads((ROOT / "workers" / "pyproject.toml").read_text())
+    cpu_extra = workers_project["project"]["optional-dependencies"]["cpu"]
     (torch_pin,) = [req for req in cpu_extra if req.replace(" ", "").startswith("torch==")]
     gateway = (CONTAINERS / "gateway.Containerfile").read_text()
     worker = (CONTAINERS / "worker.Containerfile").read_text()
     worker_gpu = (CONTAINERS / "worker-gpu.Containerfile").read_text()
-    assert "pip install '.[s3]'" in gateway and "[cpu" not in gateway and "[gpu" not in gateway
-    assert "'.[cpu,s3]'" in worker
+    assert "pip install -c constraints.txt './platform[gateway,s3]' './billing[stripe]'" in gateway
+    def built(text: str) -> str:
+        return " ".join(args for name, args in instructions(text) if name in ("COPY", "RUN"))
+
+    assert "workers" not in built(gateway) and "embedded" not in built(gateway)
+    assert "pip install -c constraints.txt './workers[cpu]' './platform[s3]' './billing'" in worker
     assert f"ARG TORCH_VERSION={torch_pin.split('==')[1]}" in worker, "the image's torch must be the cpu extra's pin"
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in worker
     assert "pip uninstall -y torchvision torchaudio torchcodec" in worker
-    assert "'.[gpu,s3]'" in worker_gpu and "vllm==${VLLM_VERSION}" in worker_gpu
+    assert "'./workers[gpu]' './platform[s3]' './billing'" in worker_gpu and "vllm==${VLLM_VERSION}" in worker_gpu
+    for text in (worker, worker_gpu):
+        assert "gateway" not in built(text) and "stripe" not in built(text)
 
 
 # ---- trainers -----------------------------------------------------------------------------------

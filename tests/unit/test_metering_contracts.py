@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from lorafleet.billing.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 from lorafleet.db import queries
 from lorafleet.gateway.metering.admission import Verdict
-from lorafleet.billing.ledger_row import COLUMNS, Endpoint, LedgerRow, Outcome
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -62,6 +62,7 @@ def test_admission_functions_admit_one_request_and_no_lease_function_survives():
 
 def test_every_named_query_is_called_by_the_code():
     """A named query nothing calls is dead SQL: the migrations test would keep preparing it forever."""
-    source = "\n".join(path.read_text() for path in (MIGRATIONS.parent / "platform").rglob("*.py"))
+    source = "\n".join(path.read_text() for root in ("platform", "billing", "workers")
+                       for path in (MIGRATIONS.parent / root).rglob("*.py"))
     unused = [name for name, _ in queries.items() if not re.search(rf"\bqueries\.{name}\b", source)]
     assert not unused, f"named queries nothing calls: {unused}"

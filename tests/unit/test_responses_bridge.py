@@ -165,7 +165,7 @@ async def test_a_stream_cut_mid_way_ends_with_response_failed_and_is_not_stored(
 def test_a_chains_recorded_size_bounds_the_chat_request_it_becomes():
     """Admission bounds a chained request before reading its chain: this turn's chat request plus the
     chain's summed turn_bytes must never be smaller than the chat request with the history in it."""
-    from lorafleet.gateway.responses_api.bridge import message_item, function_call_item
+    from lorafleet.gateway.responses_api.bridge import function_call_item, message_item
     from lorafleet.gateway.responses_api.store import turn_bytes
 
     turns = [

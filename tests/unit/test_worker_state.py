@@ -3,7 +3,6 @@ read, and a missing or renamed key is an error, never a silent 0 or []."""
 
 import msgspec
 import pytest
-
 from lorafleet.core.worker_state import AdapterResidency, WorkerStateReport, decode_report, encode_report
 
 REPORT = WorkerStateReport(in_flight=2, served=7, idle_seconds=0.5, running=1.0, waiting=3.0, kv_cache_usage=0.25,

@@ -94,7 +94,7 @@ class LocalBlobStore:
         """The blob's bytes as a buffered stream (reading stays valid if the blob is deleted meanwhile)."""
         with store_errors("open", sha256):
             raw = open(self.path(sha256), "rb", buffering=0)  # noqa: SIM115 - the caller closes it
-        return io.BufferedReader(StoreErrorsWhileReading(raw, sha256))  # type: ignore[return-value]
+        return io.BufferedReader(StoreErrorsWhileReading(raw, sha256))
 
     def delete(self, sha256: str) -> None:
         with store_errors("delete", sha256):
@@ -146,7 +146,7 @@ class S3BlobStore:
         with self._errors("open", sha256):
             body = self._s3.get_object(Bucket=self.bucket, Key=self._key(sha256))["Body"]
         raw = StoreErrorsWhileReading(body, sha256, BotoCoreError, ClientError, Boto3Error)
-        return io.BufferedReader(raw)  # type: ignore[return-value]
+        return io.BufferedReader(raw)
 
     def delete(self, sha256: str) -> None:
         with self._errors("delete", sha256):

@@ -118,7 +118,7 @@ class AdapterService:
                     queries.insert_adapter, adapter_id, tenant_id, name, base_id, valid.rank, valid.lora_alpha,
                     valid.target_modules, valid.config, valid.sha256, valid.size_bytes,
                 )
-                if fine_tuned_model is not None:  # a fine-tuning job's result (finetune/runner.py)
+                if fine_tuned_model is not None:  # a fine-tuning job's result (trainer/runner.py)
                     await connection.execute(queries.set_adapter_fine_tuned_model, adapter_id, tenant_id,
                                              fine_tuned_model)
         except asyncpg.UniqueViolationError:

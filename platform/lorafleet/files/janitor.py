@@ -6,7 +6,6 @@ RetentionJanitor (gateway/janitor.py); idempotent, so every gateway may run it a
 from __future__ import annotations
 
 import structlog
-
 from lorafleet.files.service import FileService
 
 log = structlog.get_logger("lorafleet.janitor")

@@ -1,6 +1,6 @@
 """Fine-tuning jobs as the API shows them (OpenAI's shapes), and what the gateway does to them.
 
-A job is created ``validating_files``; a trainer (finetune/runner.py) checks its files with the base
+A job is created ``validating_files``; a trainer (trainer/runner.py) checks its files with the base
 model's real tokenizer and chat template, and queues it (or fails it with the line at fault), then a
 trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
 Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.
@@ -22,11 +22,9 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from msgspec import Meta
-
 from lorafleet.adapters.architecture import SUPPORTED_MODULES
-from lorafleet.core import ids
 from lorafleet.billing.pricing import micro_usd_ceil
+from lorafleet.core import ids
 from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
 from lorafleet.db import queries
 from lorafleet.finetune.hyperparameters import (
@@ -40,6 +38,7 @@ from lorafleet.finetune.hyperparameters import (
     Hyperparameters,
     resolve,
 )
+from msgspec import Meta
 
 SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,40}$"
 Auto = Literal["auto"]

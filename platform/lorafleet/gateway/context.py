@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from lorafleet.core.logging import redact_url
 from lorafleet.core.ids import request_id as new_request_id
+from lorafleet.core.logging import redact_url
 from lorafleet.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ from typing import Annotated
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.handlers import BaseRouteHandler
 from litestar.datastructures import State
 from litestar.di import Dependency, Provide
+from litestar.handlers import BaseRouteHandler
 from litestar.params import SkipValidationMarker
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.context import RequestContext, context_of

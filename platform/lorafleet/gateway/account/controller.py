@@ -14,10 +14,10 @@ from lorafleet.billing.accounts import AccountService, Balance
 from lorafleet.billing.invoices import Invoice, get_invoice, list_invoices
 from lorafleet.billing.usage import UsageReport, parse_query, usage_csv, usage_report
 from lorafleet.core.types import Page
-from lorafleet.gateway.dependencies import AppServices, Caller, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
-from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
 
 Time = Annotated[str | None, Parameter(description="RFC 3339 with a timezone (2026-11-01T00:00:00Z) or Unix seconds.")]
 Filter = Annotated[str | None, Parameter(max_length=256)]

@@ -16,11 +16,11 @@ from litestar.params import FromPath
 from lorafleet.adapters.service import AdapterView
 from lorafleet.core.types import ADAPTER_NAME_PATTERN, Page
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
-from lorafleet.gateway.idempotency import IdempotencyKey
-from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
 from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
 
 _UPLOAD_SCHEMA = Schema(
     type=OpenAPIType.OBJECT, required=["name", "file"],

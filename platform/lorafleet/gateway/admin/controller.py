@@ -35,13 +35,13 @@ from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.context import context_of
 from lorafleet.gateway.dependencies import AppServices, Context, Operator
+from lorafleet.gateway.error_specs import ADMIN_TOKEN, error_responses
 from lorafleet.gateway.fleet.views import WorkerList, worker_views
 from lorafleet.gateway.idempotency import IdempotencyKey, once
-from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.error_specs import ADMIN_TOKEN, error_responses
-from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
 from lorafleet.gateway.openapi import ADMIN_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.services import Services
+from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
 
 OPERATOR = "operator"  # the owner of the operator's idempotency keys
 

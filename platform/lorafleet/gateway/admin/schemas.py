@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
+from lorafleet.billing.accounts import MAX_KEY_LIMIT
 from lorafleet.core.types import (
     BaseModelName,
     KeyName,
@@ -12,7 +13,6 @@ from lorafleet.core.types import (
     TenantName,
     Timestamp,
 )
-from lorafleet.billing.accounts import MAX_KEY_LIMIT
 from lorafleet.tenancy.keys import Scope
 from msgspec import UNSET, Meta, UnsetType
 

@@ -23,9 +23,6 @@ from lorafleet.core.settings import GatewaySettings
 from lorafleet.db import queries
 from lorafleet.files.service import FileService, StoredFile
 from lorafleet.gateway.batches.answer_bound import OUTPUT_OBJECTS
-from lorafleet.gateway.batches.validation import REQUEST_TYPES, output_bound_of_file
-from lorafleet.gateway.fleet.catalog import BaseModel, ModelCatalog
-from lorafleet.tenancy.storage import QUOTA_EXCEEDED
 from lorafleet.gateway.batches.schemas import (
     Batch,
     BatchCreate,
@@ -38,6 +35,9 @@ from lorafleet.gateway.batches.schemas import (
     RequestCounts,
     stamp,
 )
+from lorafleet.gateway.batches.validation import REQUEST_TYPES, output_bound_of_file
+from lorafleet.gateway.fleet.catalog import BaseModel, ModelCatalog
+from lorafleet.tenancy.storage import QUOTA_EXCEEDED
 
 
 def _json(value: Any) -> Any:

@@ -10,17 +10,17 @@ import msgspec
 from litestar import Controller, Response, post
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
+from lorafleet.billing.ledger_row import Endpoint
+from lorafleet.gateway import preflight
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
 from lorafleet.gateway.embeddings.schemas import EmbeddingList, EmbeddingRequest
 from lorafleet.gateway.metering.meter import Meter
-from lorafleet.gateway import preflight
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_admitted
 from lorafleet.gateway.openai.forwarding import salted
 from lorafleet.gateway.openai.relay import COST_HEADER
 from lorafleet.gateway.openai.sse import tidy
 from lorafleet.gateway.openapi import TENANT_SECURITY
-from lorafleet.billing.ledger_row import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 

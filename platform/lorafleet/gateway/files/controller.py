@@ -23,12 +23,12 @@ from litestar.response import Stream
 from lorafleet.core.errors import InvalidRequest, PayloadTooLarge
 from lorafleet.files.service import UPLOAD_PURPOSES, FileDeleted, FileObject, FilePage
 from lorafleet.gateway.adapters.operations import receive_multipart
-from lorafleet.gateway.downloads import Download
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
-from lorafleet.gateway.openapi import TENANT_SECURITY
-from lorafleet.gateway.services import Services
-from lorafleet.gateway.params import Limit
+from lorafleet.gateway.downloads import Download
 from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit
+from lorafleet.gateway.services import Services
 
 MIN_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS = 3600, 30 * 24 * 3600  # OpenAI's bounds for expires_after
 

@@ -3,7 +3,7 @@
 The route checks what it can without the model's tokenizer (the files are the caller's and of purpose
 ``fine-tune``, the model is a served base model, the hyperparameters are in bounds, the tenant is
 under its cap of open jobs) and stores the job ``validating_files``; a trainer of that base model
-validates the file line by line with the real tokenizer and chat template (finetune/runner.py).
+validates the file line by line with the real tokenizer and chat template (trainer/runner.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
-from lorafleet.gateway.fleet.catalog import require_task
-from lorafleet.gateway.fleet.catalog import ResolvedModel
+from lorafleet.gateway.error_specs import API_KEY, error_responses
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.error_specs import API_KEY, error_responses
 
 After = Annotated[str | None, QueryParameter(min_length=1, max_length=64,
                                              description="The id of the last object of the previous page.")]

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import asyncpg
 import structlog
-from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.core.errors import ServiceUnavailable
 from lorafleet.core.tasks import stop_task
+from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.db import is_unavailable, queries
 from lorafleet.gateway.fleet.placement import DEFAULT_POLICY, PlacementPolicy, rank_with
 

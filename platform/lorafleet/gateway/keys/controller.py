@@ -6,13 +6,13 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, JSONBody
 from lorafleet.core.types import Page
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.keys.schemas import KeyCreate
-from lorafleet.gateway.params import Limit, StartingAfter
-from lorafleet.gateway.error_specs import API_KEY, error_responses
-from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.tenancy.service import ApiKeyView, CreatedApiKey, TenancyService
 
 
 class KeysController(Controller):

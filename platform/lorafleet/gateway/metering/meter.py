@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorafleet.billing.pricing import Price, cost_pico_usd, micro_usd_text
 from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome
+from lorafleet.billing.pricing import Price, cost_pico_usd, micro_usd_text
 from lorafleet.gateway.metering.writer import LedgerWriter
 from lorafleet.gateway.metrics import GatewayMetrics
 

@@ -20,7 +20,6 @@ import msgspec
 from lorafleet.billing.ledger_row import LedgerRow
 
 
-
 class _SpooledRow(LedgerRow, frozen=True, kw_only=True):
     cost_micro_usd: int | None = None  # a row spooled before migration 0012: its cost, whole micro-USD
 

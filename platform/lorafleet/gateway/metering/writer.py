@@ -21,9 +21,9 @@ import asyncio
 
 import asyncpg
 import structlog
+from lorafleet.billing.ledger_row import LedgerRow, column_arrays
 from lorafleet.core.tasks import stop_task
 from lorafleet.db import is_unavailable, queries
-from lorafleet.billing.ledger_row import LedgerRow, column_arrays
 from lorafleet.gateway.metering.spool import LedgerSpool
 
 log = structlog.get_logger("lorafleet.ledger")

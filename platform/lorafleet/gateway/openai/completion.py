@@ -12,17 +12,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Response
+from lorafleet.billing.ledger_row import Endpoint, Outcome
 from lorafleet.core.errors import LoraFleetError
 from lorafleet.gateway.auth import Principal
 from lorafleet.gateway.context import RequestContext
+from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.metering.admission import Demand
-from lorafleet.billing.ledger_row import Endpoint, Outcome
 from lorafleet.gateway.metering.meter import Billable, Meter
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body, with_priority
 from lorafleet.gateway.openai.relay import ChatShaping, Shaping, UpstreamCall
 from lorafleet.gateway.openai.schemas import _Sampling
-from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.services import Services
 
 COMPLETION_ERRORS = error_responses(400, 402, 404, 413, 429, 502, 503, *API_KEY)

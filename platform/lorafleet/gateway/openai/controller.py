@@ -13,9 +13,12 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
+from lorafleet.billing.ledger_row import Endpoint
 from lorafleet.gateway import preflight
+from lorafleet.gateway.body import StrictBody
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
+from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
 from lorafleet.gateway.openai.models import (
     DeletedModel,
     Model,
@@ -30,10 +33,7 @@ from lorafleet.gateway.openai.schemas import (
     CompletionRequest,
     TextCompletion,
 )
-from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
-from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
-from lorafleet.billing.ledger_row import Endpoint
 
 STREAMS = "The completion; with `stream: true`, server-sent events instead."
 

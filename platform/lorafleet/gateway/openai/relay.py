@@ -36,6 +36,7 @@ import structlog
 from litestar import Response
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
+from lorafleet.billing.ledger_row import Outcome
 from lorafleet.core.errors import (
     ADAPTER_UNAVAILABLE_STATUS,
     AdapterUnavailable,
@@ -51,7 +52,6 @@ from lorafleet.gateway.fleet.catalog import not_found
 from lorafleet.gateway.fleet.holding import RETRY_AFTER_SECONDS, HeldRequests, Hold
 from lorafleet.gateway.fleet.placement import residency
 from lorafleet.gateway.fleet.registry import WorkerRegistry, WorkerState
-from lorafleet.billing.ledger_row import Outcome
 from lorafleet.gateway.metering.meter import Meter
 from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.sse import ChatChunks, ChunkShaper, SseRelay, tidy

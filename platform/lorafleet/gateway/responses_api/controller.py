@@ -13,11 +13,12 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
+from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
+from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.idempotency import IdempotencyKey
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS
+from lorafleet.gateway.openapi import TENANT_SECURITY
 from lorafleet.gateway.params import Limit
-from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
 from lorafleet.gateway.responses_api.create import create_response
 from lorafleet.gateway.responses_api.schemas import (
     DeletedResponse,
@@ -25,7 +26,6 @@ from lorafleet.gateway.responses_api.schemas import (
     ResponseCreateRequest,
     ResponseObject,
 )
-from lorafleet.gateway.openapi import TENANT_SECURITY
 
 ResponseIdPath = FromPath[str]
 

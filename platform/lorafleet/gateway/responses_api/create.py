@@ -16,21 +16,21 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Response
+from lorafleet.billing.ledger_row import Endpoint
+from lorafleet.gateway import preflight
 from lorafleet.gateway.auth import Principal, bearer_secret
 from lorafleet.gateway.context import RequestContext
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, Replayed, claim, fingerprint
-from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.completion import run_admitted
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
+from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.relay import COST_HEADER, SSE_HEADERS
-from lorafleet.gateway import preflight
 from lorafleet.gateway.responses_api.bridge import ResponseBuilder, chat_request
 from lorafleet.gateway.responses_api.schemas import ResponseCreateRequest
 from lorafleet.gateway.responses_api.store import ChainHead
 from lorafleet.gateway.responses_api.stream import ResponseEvents, replayed_events
 from lorafleet.gateway.services import Services
-from lorafleet.billing.ledger_row import Endpoint
 
 log = structlog.get_logger("lorafleet.responses")
 _encode = msgspec.json.Encoder().encode

@@ -17,7 +17,6 @@ from lorafleet.gateway.openapi import METRICS_SECURITY
 from lorafleet.gateway.services import Services
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-
 # Litestar appends "; charset=utf-8" to text/* types itself: the exposition format's type without it.
 _METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 

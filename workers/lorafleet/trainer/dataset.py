@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.core.errors import InvalidRequest
-from lorafleet.finetune.render import (
+from lorafleet.trainer.render import (
     ChatExample,
     CompletionExample,
     Example,

@@ -10,8 +10,8 @@ import datetime as dt
 
 import asyncpg
 import msgspec
-from lorafleet.billing.pricing import micro_usd_ceil
 from lorafleet.billing.accounts import AccountService, Balance
+from lorafleet.billing.pricing import micro_usd_ceil
 from lorafleet.tenancy import TenancyService
 
 

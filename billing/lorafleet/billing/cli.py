@@ -12,7 +12,6 @@ import click
 import msgspec
 from lorafleet.cli.common import call_database, database_settings, emit, json_option
 from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
-from lorafleet.core.settings import BillingSettings
 from lorafleet.cli.params import (
     CLEARED,
     CONCURRENCY,
@@ -26,6 +25,7 @@ from lorafleet.cli.params import (
     TIMESTAMP,
     format_micro_usd,
 )
+from lorafleet.core.settings import BillingSettings
 
 _UNSET = msgspec.UNSET
 

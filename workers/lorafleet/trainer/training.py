@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet.core.errors import LoraFleetError
-from lorafleet.finetune.dataset import Limits, load_examples
 from lorafleet.finetune.hyperparameters import Hyperparameters, resolve
-from lorafleet.finetune.render import IGNORE_INDEX, Rendered, Renderer
+from lorafleet.trainer.dataset import Limits, load_examples
+from lorafleet.trainer.render import IGNORE_INDEX, Rendered, Renderer
 
 CONTEXT = multiprocessing.get_context("spawn")  # fork would copy a caller's threads and event loop
 STATE_FILE = "trainer_state.pt"

@@ -31,9 +31,9 @@ import structlog
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.core import ids
 from lorafleet.core.settings import WorkerSettings
+from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.db import create_pool, is_unavailable, queries
 from lorafleet.db.migrate import migrate
-from lorafleet.core.worker_state import WorkerStateReport, decode_report
 from lorafleet.worker.engine import engine_command, engine_environment
 
 log = structlog.get_logger("lorafleet.worker")

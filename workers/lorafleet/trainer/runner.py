@@ -48,20 +48,19 @@ from typing import Any
 import aiohttp
 import asyncpg
 import structlog
-
 from lorafleet.adapters.blobstore import BlobStore, make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
+from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, LoraFleetError
 from lorafleet.core.settings import TrainerSettings
 from lorafleet.db import queries
-from lorafleet.finetune import trainer as training
-from lorafleet.finetune.dataset import Limits, TrainingFileInvalid, validate_file
 from lorafleet.finetune.hyperparameters import resolve
 from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
-from lorafleet.finetune.render import Renderer
-from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+from lorafleet.trainer import training
+from lorafleet.trainer.dataset import Limits, TrainingFileInvalid, validate_file
+from lorafleet.trainer.render import Renderer
 
 log = structlog.get_logger("lorafleet.trainer")
 PREWARM_TIMEOUT_SECONDS = 60  # a worker fetching the result from the blob store and loading it
