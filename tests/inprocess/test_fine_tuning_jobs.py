@@ -148,6 +148,31 @@ async def test_what_openai_offers_and_we_do_not_is_refused_in_words(platform, te
         assert not (await sdk.fine_tuning.jobs.list()).data, "nothing was created"
 
 
+async def test_jobs_list_filters_by_metadata_as_the_sdk_sends_it(platform, other_tenant):
+    """`jobs.list(metadata={...})` (the SDK sends metadata[k]=v) holds only jobs whose metadata contains every
+    pair; `metadata=null` only jobs without any; a malformed filter is a 400 naming metadata."""
+    async with _sdk(platform.url, other_tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        made = {}
+        for label, metadata in (("a", {"team": "a", "env": "prod"}), ("b", {"team": "b"}), ("none", None)):
+            extra = {"metadata": metadata} if metadata else {}
+            made[label] = (await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, **extra)).id
+        try:
+            async def ids_of(**query):
+                return {job.id async for job in sdk.fine_tuning.jobs.list(**query)} & set(made.values())
+            assert await ids_of(metadata={"team": "a"}) == {made["a"]}
+            assert await ids_of(metadata={"team": "a", "env": "prod"}) == {made["a"]}
+            assert await ids_of(metadata={"team": "a", "env": "dev"}) == set()
+            assert await ids_of() == set(made.values())
+            assert await ids_of(extra_query={"metadata": "null"}) == {made["none"]}
+            with pytest.raises(openai.BadRequestError) as caught:
+                await sdk.fine_tuning.jobs.list(extra_query={"metadata": "yes"})
+            assert caught.value.body["param"] == "metadata"
+        finally:
+            for job_id in made.values():
+                await sdk.fine_tuning.jobs.cancel(job_id)
+
+
 async def test_another_tenants_job_is_answered_like_a_missing_one(platform, tenant, other_tenant):
     async with _sdk(platform.url, tenant) as sdk:
         file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")

@@ -46,6 +46,33 @@ Status = Literal["validating_files", "queued", "running", "succeeded", "failed",
 OPEN_STATUSES = ("validating_files", "queued", "running")
 # "auto" epochs: 3, or enough for ~100 examples seen; a file has at least 10 examples, so at most 10.
 MAX_AUTO_EPOCHS = 10
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+NO_METADATA: dict[str, str] = {}  # the `metadata=null` filter (compared by identity)
+MetadataFilter = dict[str, str] | None
+
+
+def metadata_filter(query: Any) -> MetadataFilter:
+    """OpenAI's list filter from a query string: ``metadata[k]=v`` pairs (deep-object style), or the literal
+    ``metadata=null`` for jobs without metadata; None when absent. Bounded as metadata itself is."""
+    pairs: dict[str, str] = {}
+    plain = None
+    for name, value in query.multi_items():
+        if name == "metadata":
+            plain = value
+        elif name.startswith("metadata[") and name.endswith("]"):
+            key = name[len("metadata["):-1]
+            if not key or len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+                raise InvalidRequest(f"metadata filter keys are 1 to {MAX_METADATA_KEY} characters and values at "
+                                     f"most {MAX_METADATA_VALUE}", param="metadata")
+            pairs[key] = value
+    if plain is not None:
+        if plain != "null" or pairs:
+            raise InvalidRequest("metadata filters as metadata[key]=value, or metadata=null alone for jobs without "
+                                 "metadata", param="metadata")
+        return NO_METADATA
+    if len(pairs) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(f"at most {MAX_METADATA_PAIRS} metadata pairs in a filter", param="metadata")
+    return pairs or None
 
 
 # ---- request bodies ------------------------------------------------------------------------------
@@ -344,8 +371,12 @@ class FineTuningJobs:
             raise not_found(job_id)
         return job_view(row)
 
-    async def list(self, tenant_id: str, *, after: str | None, limit: int) -> JobPage:
-        rows = await self._pool.fetch(queries.list_fine_tuning_jobs, tenant_id, after, limit + 1)
+    async def list(self, tenant_id: str, *, after: str | None, limit: int,
+                   metadata: MetadataFilter = None) -> JobPage:
+        """``metadata``: pairs a job's metadata must hold, or ``NO_METADATA`` for jobs without any."""
+        wanted = None if metadata is None or metadata is NO_METADATA else metadata
+        rows = await self._pool.fetch(queries.list_fine_tuning_jobs, tenant_id, after, limit + 1, wanted,
+                                      metadata is NO_METADATA)
         return JobPage(data=[job_view(row) for row in rows[:limit]], has_more=len(rows) > limit)
 
     async def cancel(self, tenant_id: str, job_id: str) -> FineTuningJob:

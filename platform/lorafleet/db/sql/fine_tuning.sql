@@ -16,11 +16,14 @@ RETURNING *;
 SELECT * FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2;
 
 -- name: list_fine_tuning_jobs
--- Newest first (as OpenAI lists them); $2: the id of the last job of the previous page.
+-- Newest first (as OpenAI lists them); $2: the id of the last job of the previous page. $4: metadata the job's
+-- must contain (NULL: any); $5: only jobs without metadata (OpenAI's `metadata=null`).
 SELECT * FROM fine_tuning_jobs
 WHERE tenant_id = $1
   AND ($2::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM fine_tuning_jobs
                                                WHERE id = $2 AND tenant_id = $1))
+  AND ($4::jsonb IS NULL OR metadata @> $4::jsonb)
+  AND (NOT $5::boolean OR metadata IS NULL)
 ORDER BY created_at DESC, id DESC LIMIT $3;
 
 -- name: cancel_fine_tuning_job

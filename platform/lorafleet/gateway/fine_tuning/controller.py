@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
-from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage
+from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage, metadata_filter
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.error_specs import API_KEY, error_responses
@@ -44,8 +44,11 @@ class FineTuningController(Controller):
     @get("/", operation_id="listFineTuningJobs", responses=error_responses(400, *API_KEY),
          summary="The caller's fine-tuning jobs, newest first (`after`: the last id of the previous page).",
          opt=scope("adapters:read"))
-    async def list_jobs(self, services: AppServices, principal: Caller, limit: Limit = 20, after: After = None) -> JobPage:
-        return await services.fine_tuning.list(principal.tenant_id, after=after, limit=limit)
+    async def list_jobs(self, request: Request, services: AppServices, principal: Caller, limit: Limit = 20,
+                        after: After = None) -> JobPage:
+        # `metadata[k]=v` (OpenAI's deep-object filter) is read from the raw query: it has no fixed name.
+        return await services.fine_tuning.list(principal.tenant_id, after=after, limit=limit,
+                                               metadata=metadata_filter(request.query_params))
 
     @get("/{fine_tuning_job_id:str}", operation_id="retrieveFineTuningJob",
          responses=error_responses(400, 404, *API_KEY), summary="One of the caller's fine-tuning jobs.",
