@@ -377,6 +377,8 @@ class Trainer:
                                   trained_tokens=trained):
                 await self._bill(job, trained, Outcome.FAILED, validated)
                 await self.event(job["id"], f"The job failed: {message}", level="error")
+            elif await self.pool.fetchval(queries.fine_tuning_job_status, job["id"]) == "cancelled":
+                await self._bill(job, trained, Outcome.CANCELLED, validated)  # cancelled meanwhile: billed all the same
             if await self.pool.fetchval(queries.fine_tuning_job_status, job["id"]) != "running":
                 await self._cleanup(job["id"], self.root / job["id"])
         return True
