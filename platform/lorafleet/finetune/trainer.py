@@ -257,7 +257,8 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         for run in micro_batches(indices, examples):
             ids, labels, mask = batch(run, examples)
             loss_sum, n, right = loss_of(ids, labels, mask)
-            (loss_sum / in_loss).backward()
+            if loss_sum.requires_grad:  # a micro-batch with no position in the loss has nothing to give back
+                (loss_sum / in_loss).backward()
             loss_total, counted, correct = loss_total + loss_sum.item(), counted + n, correct + right
             tokens += int(mask.sum())
             del ids, labels, mask, loss_sum
