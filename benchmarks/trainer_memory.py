@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import subprocess
@@ -28,7 +29,7 @@ from lorafleet.finetune.hyperparameters import Hyperparameters
 from lorafleet.finetune.trainer import JobSpec, train
 from lorafleet.models.prepare import prepare_smollm2
 
-MODEL_CACHE = Path.home() / ".cache" / "lorafleet"
+MODEL_CACHE = Path(os.environ.get("LORAFLEET_TEST_MODEL_CACHE", Path.home() / ".cache" / "lorafleet" / "models"))  # the tests' cache
 
 
 def _commit() -> str:

@@ -298,9 +298,11 @@ class Trainer:
         try:
             async with self._beating(job_id):
                 hp = hyperparameters_of(job["hyperparameters"])
-                if hp.lora_r > settings.max_lora_rank:  # created before the gateway checked it
+                # As the gateway checks at create (a job created before it did, or a model whose workers changed).
+                max_rank = await self.pool.fetchval(queries.base_model_max_lora_rank, self.base_model_id)
+                if hp.lora_r > (max_rank or settings.max_lora_rank):
                     raise InvalidRequest(f"lora_r {hp.lora_r} is above the workers' max_lora_rank of "
-                                         f"{settings.max_lora_rank}", param="lora_r")
+                                         f"{max_rank or settings.max_lora_rank}", param="lora_r")
                 limits = Limits(**{**self.limits.__dict__, "max_seconds": settings.fine_tuning_validation_seconds})
                 training_path = await self._fetch_file(job, "training_file", folder / "training.jsonl")
                 summary = await asyncio.to_thread(validate_file, training_path, await asyncio.to_thread(self.renderer),
