@@ -4,7 +4,7 @@ One ~2,000-token example (under the 2,048 limit) took the trainer child to 6.6 G
 13.6 GB at 2, and the kernel's global OOM killer at 4. Training now runs a batch as micro-batches of at
 most ``LORAFLEET_TRAINER_TOKENS_PER_STEP`` tokens, with gradient checkpointing and a chunked loss, so the
 peak should follow tokens per step and not the batch size. This trains SmolLM2-135M-Instruct (fp32, CPU)
-for a few steps on ~1,900-token examples in a spawned child per setting and reports the child's peak
+for a few steps on ~1,550-token examples in a spawned child per setting and reports the child's peak
 resident memory (``ru_maxrss``) and seconds per step.
 
     PYTHONPATH=platform .venv/bin/python benchmarks/trainer_memory.py [--quick]
@@ -87,7 +87,7 @@ def main() -> None:
 
 `benchmarks/trainer_memory.py{' --quick' if args.quick else ''}` at commit `{_commit()}` on {platform.machine()},
 SmolLM2-135M-Instruct, fp32 on CPU, one thread, LoRA r 8 on every projection. Each setting trains one step of
-`batch size` examples of ~1,900 tokens (under the 2,048 limit) in a fresh spawned child; the peak is the
+`batch size` examples of ~1,550 tokens (under the 2,048 limit) in a fresh spawned child; the peak is the
 child's `ru_maxrss` (model load included), the time the whole child (load and step).
 
 Before (issue 28, measured on this machine): 6.6 GB at batch size 1, 13.6 GB at 2, the global OOM killer at 4.
