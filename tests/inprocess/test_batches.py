@@ -67,6 +67,7 @@ async def test_a_batch_runs_every_line_once_at_the_discount(platform, db, tenant
         assert done.status == "completed", done
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 12, 0)
         assert done.in_progress_at and done.finalizing_at and done.completed_at and done.error_file_id is None
+        assert done.model == STUB_MODEL, "the model its lines name, as OpenAI's Batch.model"
         output = await _lines_of(sdk, done.output_file_id)
         assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(12))
         output_file = await sdk.files.retrieve(done.output_file_id)
@@ -192,7 +193,8 @@ async def test_cancel_stops_new_lines_and_bills_only_what_ran(platform, db, tena
     assert sorted(line["custom_id"] for line in output + errors) == sorted(f"c-{i}" for i in range(60))
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert all(line["response"] is None for line in errors)
-    assert (done.request_counts.completed, done.request_counts.failed) == (ran, 60 - ran)
+    # Lines the cancel stopped are in the error file, but they did not fail (as OpenAI counts a cancel).
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (60, ran, 0)
     rows = await eventually(lambda: db.fetch("SELECT request_id FROM usage_ledger WHERE batch_id = $1", batch.id),
                             lambda rows: len(rows) == ran, what="one ledger row per line that ran")
     assert {row["request_id"] for row in rows} == {line["response"]["request_id"] for line in output}
@@ -662,41 +664,69 @@ async def test_a_one_line_batch_waits_out_the_minimum_deferral(start_gateway, pl
     assert not any(body["messages"][0]["content"] == "deferred question" for body in received if "messages" in body)
 
 
+async def test_a_line_the_engine_refuses_carries_the_routes_own_code(platform, tenant):
+    """A line answered 4xx by the engine has the same error code as the synchronous route would answer
+    (``invalid_request``), never a made-up ``http_400``; its response is the route's error envelope."""
+    for worker in platform.workers:
+        worker.behaviour.hold_marker = None
+    async with _sdk(platform.url, tenant) as sdk:
+        for worker in platform.workers:
+            worker.behaviour.fail_next, worker.behaviour.fail_status = 1, 400
+        try:
+            batch = await _submit(sdk, [_line("refused")])
+            done = await _finished(sdk, batch.id)
+        finally:
+            for worker in platform.workers:
+                worker.behaviour.fail_next, worker.behaviour.fail_status = 0, 500
+        [line] = await _lines_of(sdk, done.error_file_id)
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    assert line["response"]["status_code"] == 400
+    assert line["error"]["code"] == line["response"]["body"]["error"]["code"] == "invalid_request", line
+
+
 # ---- output bounds (issue 28, finding 6) -----------------------------------------------------------
 
 async def test_an_answer_over_its_bound_is_the_lines_error_and_its_tokens_are_billed(platform, db, tenant):
     """Each line's answer is kept up to its bound (from max_tokens, n, logprobs, echo); the stub answers
     8,000 tokens (24 KB) whatever it is asked: a line that asked for 4 tokens gets `response_too_large`
     (billed: the tokens ran), one that asked for 2,000 keeps its answer — held in the blob store until the
-    files are written, not in the database — and nothing of the batch is left in the blob store after."""
+    files are written, not in the database — and nothing of the batch is left in the blob store after.
+    A third line is held at the worker so the batch cannot end (and take its lines away) before the
+    running state is read."""
     await set_price(platform, platform.env, STUB_MODEL, PROMPT, COMPLETION, batch_discount_bps=DISCOUNT_BPS)
     spool = platform.app.state.services.settings.resolved_blob_dir / "batch-answers"
     for worker in platform.workers:
         worker.behaviour.chunks = 8000
+        worker.behaviour.hold_marker = "held question"
+        worker.behaviour.release.clear()
     try:
         async with _sdk(platform.url, tenant) as sdk:
-            batch = await _submit(sdk, [_line("small", max_tokens=4), _line("large", max_tokens=2000)])
-            await eventually(lambda: db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 "
-                                                 "AND custom_id = 'large' AND state = 'done'", batch.id),
-                             lambda row: row is not None, what="the large line answered")
-            kept = await db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE batch_id = $1 AND "
-                                     "custom_id = 'large'", batch.id)
+            batch = await _submit(sdk, [_line("small", max_tokens=4), _line("large", max_tokens=2000),
+                                        _line("held", "held question", max_tokens=2000)])
+            kept = await eventually(lambda: db.fetchrow("SELECT answer_blob, response FROM batch_lines WHERE "
+                                                        "batch_id = $1 AND custom_id = 'large' AND state = 'done'",
+                                                        batch.id),
+                                    lambda row: row is not None, what="the large line answered")
+            for worker in platform.workers:
+                worker.behaviour.release.set()
             done = await _finished(sdk, batch.id)
             output = await _lines_of(sdk, done.output_file_id)
             errors = await _lines_of(sdk, done.error_file_id)
     finally:
         for worker in platform.workers:
             worker.behaviour.chunks = 8
-    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
-    assert [line["custom_id"] for line in output] == ["large"]
-    assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == "ok " * 8000
+            worker.behaviour.hold_marker = None
+            worker.behaviour.release.set()
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    assert sorted(line["custom_id"] for line in output) == ["held", "large"]
+    assert all(line["response"]["body"]["choices"][0]["message"]["content"] == "ok " * 8000 for line in output)
     assert kept["response"] is None and kept["answer_blob"], "a large answer waits in the blob store"
     [refused] = errors
     assert refused["custom_id"] == "small" and refused["response"] is None
     assert refused["error"]["code"] == "response_too_large" and "billed" in refused["error"]["message"]
     rows = await eventually(lambda: db.fetch("SELECT request_id, completion_tokens, cost_pico_usd FROM usage_ledger "
-                                             "WHERE batch_id = $1", batch.id), lambda rows: len(rows) == 2,
-                            what="both lines' rows")
+                                             "WHERE batch_id = $1", batch.id), lambda rows: len(rows) == 3,
+                            what="every line's row")
     assert all(row["completion_tokens"] == 8000 and row["cost_pico_usd"] > 0 for row in rows), rows
     assert not (spool / batch.id).exists(), "the batch's spooled answers were not deleted"
 

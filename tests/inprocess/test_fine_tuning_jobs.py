@@ -127,6 +127,27 @@ async def test_refusals_at_create(platform, tenant, other_tenant):
     assert (answer.status_code, answer.json()["error"]["param"]) == (400, "training_file")
 
 
+async def test_what_openai_offers_and_we_do_not_is_refused_in_words(platform, tenant):
+    """Each OpenAI feature not offered here is a 400 naming its parameter and saying why, through the SDK
+    unchanged — never the validator's wording ("Expected `array` of length <= 0") and never a silent ignore."""
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        cases = {
+            "integrations": dict(integrations=[{"type": "wandb", "wandb": {"project": "mine"}}]),
+            "method.type": dict(method={"type": "reinforcement", "reinforcement": {
+                "grader": {"type": "string_check", "name": "g", "input": "{{sample.output_text}}",
+                           "reference": "{{item.answer}}", "operation": "eq"}}}),
+        }
+        words = {"integrations": "Weights & Biases", "method.type": "graders"}
+        for param, extra in cases.items():
+            with pytest.raises(openai.BadRequestError) as caught:
+                await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id, **extra)
+            error = caught.value.body
+            assert (error["param"], error["code"]) == (param, "unsupported_parameter"), error
+            assert words[param] in error["message"] and "Expected" not in error["message"], error
+        assert not (await sdk.fine_tuning.jobs.list()).data, "nothing was created"
+
+
 async def test_another_tenants_job_is_answered_like_a_missing_one(platform, tenant, other_tenant):
     async with _sdk(platform.url, tenant) as sdk:
         file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")

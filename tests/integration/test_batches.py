@@ -106,9 +106,11 @@ async def test_a_gateway_killed_holding_lines_leaves_them_to_another_and_each_is
             purpose="batch")
         batch = await sdk.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                          completion_window="24h")
-    await eventually(lambda: db.fetchval("SELECT count(*) FROM batch_lines WHERE batch_id = $1 AND state = 'running'",
-                                         batch.id), lambda running: running > 0, timeout=120, interval=0.1,
-                     what="lines running")
+    await eventually(lambda: db.fetchrow("SELECT b.status, b.errors, (SELECT count(*) FROM batch_lines l WHERE "
+                                         "l.batch_id = b.id AND l.state = 'running') AS running, (SELECT count(*) "
+                                         "FROM batch_lines l WHERE l.batch_id = b.id) AS lines FROM batches b "
+                                         "WHERE b.id = $1", batch.id),
+                     lambda row: row["running"] > 0, timeout=120, interval=0.1, what="lines running")
     doomed.stop(signal.SIGKILL)
     # What the dead gateway held: those lines can only be answered by running them again.
     held = {row["custom_id"] for row in await db.fetch(

@@ -109,6 +109,7 @@ async def test_engine_rejection_is_a_client_error_and_is_metered(client, db, mod
             model=model_name, messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=4)
     error = caught.value
     assert error.body["type"] == "invalid_request_error" and "max" in error.body["message"]
+    assert error.body["code"] == "context_length_exceeded", error.body  # OpenAI's code for it
     row = await ledger_row(db, error.response.headers["x-request-id"])
     assert (row["outcome"], row["http_status"], row["completion_tokens"]) == ("upstream_error", 400, 0)
 

@@ -2,8 +2,10 @@
 
 ``COVERED`` names, for each command path of the click tree, the tests that run it. Walking the tree
 finds a command without an entry (add a test, then the entry) and an entry whose command is gone.
-Each named test must exist as a top-level function of its file and mention the command by name
-(a string constant such as ``"limits"``), so an entry cannot point at an unrelated test. Test files
+Each named test must exist as a top-level function of its file and spell the command's whole path
+as one invocation's words (``run("keys", "limits", …)``, ``["billing", "close-period"]`` or
+``"lorafleet keys limits"``), so neither an unrelated test nor one that merely mentions the last word
+(``"limits"`` as a field name) counts. Test files
 are read, not imported: tests never import one another.
 """
 
@@ -81,12 +83,36 @@ def _functions(path: str) -> dict[str, ast.AST]:
     return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
-def _strings(node: ast.AST) -> set[str]:
-    words: set[str] = set()
-    for child in ast.walk(node):
-        if isinstance(child, ast.Constant) and isinstance(child.value, str):
-            words.update(child.value.split())
+def _words(node: ast.AST) -> list[str]:
+    """The words of the string constants directly in one call's arguments or one list/tuple, in order."""
+    items = (list(node.args) + [keyword.value for keyword in node.keywords]) if isinstance(node, ast.Call) \
+        else list(node.elts) if isinstance(node, ast.List | ast.Tuple) else [node]
+    words: list[str] = []
+    for item in items:
+        if isinstance(item, ast.Starred):
+            item = item.value
+        if isinstance(item, ast.Constant) and isinstance(item.value, str):
+            words += item.value.split()
     return words
+
+
+def runs_command(node: ast.AST, path: str) -> bool:
+    """Whether some invocation in ``node`` spells ``path``'s words one after another."""
+    wanted = path.split()
+    for child in ast.walk(node):
+        if isinstance(child, ast.Call | ast.List | ast.Tuple | ast.Constant):
+            words = _words(child)
+            if any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1)):
+                return True
+    return False
+
+
+def test_the_check_wants_the_whole_path():
+    mentions_the_leaf = ast.parse('def test_x():\n    run("keys", "list")\n    body = {"limits": 1}\n')
+    runs_it = ast.parse('def test_y():\n    run(*BASE, "keys", "limits", "--rpm", "5")\n')
+    assert not runs_command(mentions_the_leaf, "keys limits")
+    assert runs_command(runs_it, "keys limits")
+    assert runs_command(ast.parse('x = "lorafleet billing close-period --period 2026-01"'), "billing close-period")
 
 
 def test_the_walk_sees_nested_commands():
@@ -106,7 +132,6 @@ def test_every_command_has_a_test():
 def test_each_named_test_exists_and_runs_its_command():
     problems = []
     for path, tests in sorted(COVERED.items()):
-        leaf = path.split()[-1]
         assert tests, f"{path}: no test named"
         for reference in tests:
             file, _, function = reference.partition("::")
@@ -116,6 +141,6 @@ def test_each_named_test_exists_and_runs_its_command():
             node = _functions(file).get(function)
             if node is None or not function.startswith("test_"):
                 problems.append(f"{path}: {reference} is not a test function")
-            elif leaf not in _strings(node):
-                problems.append(f"{path}: {reference} never names the command {leaf!r}")
+            elif not runs_command(node, path):
+                problems.append(f"{path}: {reference} never runs `lorafleet {path}`")
     assert not problems, "\n".join(problems)

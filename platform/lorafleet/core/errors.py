@@ -107,9 +107,11 @@ class IdempotencyConflict(Conflict):
 
 
 class EngineRejected(InvalidRequest):
-    """The inference engine refused the request on its merits (its message is passed on)."""
+    """The inference engine refused the request on its merits (its message is passed on). Its code is ours:
+    ``context_length_exceeded`` for a prompt past the context (OpenAI's code), else ``invalid_request`` —
+    the same in a batch line's ``error`` as in the synchronous answer."""
 
-    default_code = None
+    default_code = "invalid_request"
 
 
 class ServiceUnavailable(LoraFleetError):

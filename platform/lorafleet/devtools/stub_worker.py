@@ -45,6 +45,8 @@ class StubBehaviour:
     received: list[dict[str, Any]] = field(default_factory=list)
     adapters_on_disk: list[str] = field(default_factory=list)
     cached_tokens: int | None = None      # report usage.prompt_tokens_details.cached_tokens (vLLM's prefix cache)
+    hold_marker: str | None = None        # a request whose body contains this text waits for `release`
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = None) -> web.Application:
@@ -87,6 +89,8 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
             behaviour.fail_next -= 1
             return web.json_response({"error": {"message": "failed", "type": "stub", "code": behaviour.fail_status}},
                                      status=behaviour.fail_status)
+        if behaviour.hold_marker is not None and behaviour.hold_marker in json.dumps(body):
+            await behaviour.release.wait()  # a test holds this one to look at what is in flight
         if behaviour.delay_seconds:
             await asyncio.sleep(behaviour.delay_seconds)
             if request.transport is None or request.transport.is_closing():

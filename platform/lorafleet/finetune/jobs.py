@@ -77,8 +77,22 @@ class SupervisedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 
 class MethodRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    type: Literal["supervised"]
+    """OpenAI's three method types parse, so the ones not offered get a 400 that says why (not the validator's
+    "Expected 'supervised'"); their own settings are not read."""
+
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedRequest | None = None
+    dpo: Annotated[dict[str, Any], Meta(max_length=16)] | None = None
+    reinforcement: Annotated[dict[str, Any], Meta(max_length=16)] | None = None
+
+
+# Why each method OpenAI offers and we do not is refused (a 400 naming method.type).
+UNOFFERED_METHODS = {
+    "dpo": "method.type 'dpo' is not offered yet: preference (DPO) training is planned; use 'supervised'",
+    "reinforcement": "method.type 'reinforcement' is not offered: reinforcement fine-tuning needs graders that call "
+                     "models or code on every step, which this platform's trainer does not run; use 'supervised'",
+}
+MAX_INTEGRATIONS = 16
 
 
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -92,7 +106,8 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                         Meta(max_length=16)] | None = None
     method: MethodRequest | None = None
     hyperparameters: HyperparametersRequest | None = None  # deprecated by OpenAI: method.supervised.hyperparameters
-    integrations: Annotated[list[Any], Meta(max_length=0, description="Not supported: empty or absent.")] | None = None
+    integrations: Annotated[list[Any], Meta(max_length=MAX_INTEGRATIONS,
+                                            description="Not offered: empty or absent.")] | None = None
 
 
 # ---- what the API answers -------------------------------------------------------------------------
@@ -252,7 +267,12 @@ class FineTuningJobs:
 
     async def create(self, tenant_id: str, key_id: str, base_model_id: str, data: JobCreate) -> FineTuningJob:
         if data.integrations:
-            raise InvalidRequest("integrations are not supported", param="integrations")
+            raise InvalidRequest("integrations are not offered: the trainer has no route to outside services such as "
+                                 "Weights & Biases; read the metrics from the job's events, checkpoints and result "
+                                 "file instead", param="integrations", code="unsupported_parameter")
+        if data.method is not None and data.method.type in UNOFFERED_METHODS:
+            raise InvalidRequest(UNOFFERED_METHODS[data.method.type], param="method.type",
+                                 code="unsupported_parameter")
         training_bytes = validation_bytes = 0
         for param in ("training_file", "validation_file"):
             file_id = getattr(data, param)

@@ -51,10 +51,11 @@ RETURNING id, tenant_id, api_key_id, endpoint, input_file_id, validation_attempt
 
 -- name: batch_validated
 -- Its lines are in: it runs (cancelled meanwhile: the finalizer ends it, every line unrun). $4: its output's
--- room, now from its lines' own bounds (the transaction adjusts the tenant's quota by the difference).
+-- room, now from its lines' own bounds (the transaction adjusts the tenant's quota by the difference). $5: the
+-- model every line names (NULL when they name several).
 UPDATE batches SET status = CASE WHEN status = 'validating' THEN 'in_progress' ELSE status END,
     in_progress_at = CASE WHEN status = 'validating' THEN now() END, total = $3, claimed_by = NULL, lease_until = NULL,
-    output_reserved_bytes = $4
+    output_reserved_bytes = $4, model = $5
 WHERE id = $1 AND claimed_by = $2 AND status IN ('validating', 'cancelling')
 RETURNING id;
 

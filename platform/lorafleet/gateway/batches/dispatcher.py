@@ -237,7 +237,7 @@ class BatchDispatcher:
                     if more < 0:
                         await storage.refund(connection, batch["tenant_id"], -more, 0)
                     if await connection.fetchval(queries.batch_validated, batch_id, self._gateway_id, count,
-                                                 validated.output_bytes) is None:
+                                                 validated.output_bytes, validated.model) is None:
                         raise _LeaseLost(batch_id)  # another gateway ended it meanwhile: roll the lines back
             except _Refused as refused:
                 errors = refused.errors
@@ -376,10 +376,10 @@ class BatchDispatcher:
             await asyncio.wait_for(self._ledger.drain(), 10.0)
         with tempfile.TemporaryDirectory(prefix="lorafleet-batch-") as folder:
             output, errors = Path(folder) / "output.jsonl", Path(folder) / "errors.jsonl"
-            completed, failed = await self._write_files(batch_id, ending, output, errors)
+            completed, failed, error_lines = await self._write_files(batch_id, ending, output, errors)
             expiry = batch["output_expires_seconds"]
             blobs = [(path, purpose_name, *await self._files.put_blob(path))
-                     for path, purpose_name, count in ((output, "output", completed), (errors, "error", failed))
+                     for path, purpose_name, count in ((output, "output", completed), (errors, "error", error_lines))
                      if count]
             try:
                 async with self._pool.acquire() as connection, connection.transaction():
@@ -408,9 +408,10 @@ class BatchDispatcher:
         log.info("batch_ended", batch_id=batch_id, status=ending, completed=completed, failed=failed)
         return True
 
-    async def _write_files(self, batch_id: str, ending: str, output: Path, errors: Path) -> tuple[int, int]:
-        """Every line once: answered 2xx into ``output``; any other answer, or none, into ``errors``."""
-        completed = failed = 0
+    async def _write_files(self, batch_id: str, ending: str, output: Path, errors: Path) -> tuple[int, int, int]:
+        """Every line once: answered 2xx into ``output``; any other answer, or none, into ``errors``. The lines
+        completed, failed, and written to ``errors``."""
+        completed = failed = error_lines = 0
         after = 0
         with open(output, "wb") as out, open(errors, "wb") as err:
             while True:
@@ -422,9 +423,12 @@ class BatchDispatcher:
                     ok = line.response is not None and 200 <= line.response.status_code < 300
                     (out if ok else err).write(_encode(line) + b"\n")
                     completed += ok
-                    failed += not ok
+                    error_lines += not ok
+                    # A line a cancel stopped before it ran did not fail: it is in the error file (batch_cancelled)
+                    # but not in request_counts.failed, as OpenAI counts a cancelled batch.
+                    failed += not ok and not (ending == "cancelled" and row["state"] != "done")
                 if len(rows) < PAGE:
-                    return completed, failed
+                    return completed, failed, error_lines
                 after = rows[-1]["line"]
 
 
@@ -463,7 +467,8 @@ def _error_of(answer: Answer) -> tuple[str, str]:
     except msgspec.DecodeError:
         error = {}
     # Bounded: with the line's custom_id, this is what an error line adds to its answer (LINE_WRAPPER).
-    return str(error.get("code") or f"http_{answer.status}")[:64], str(error.get("message") or "")[:500]
+    code = error.get("code") or error.get("type") or f"http_{answer.status}"  # the route's own words first
+    return str(code)[:64], str(error.get("message") or "")[:500]
 
 
 def _retry_after(answer: Answer) -> float | None:

@@ -84,6 +84,7 @@ class Batch(msgspec.Struct, kw_only=True):
     cancelling_at: int | None = None
     cancelled_at: int | None = None
     metadata: dict[str, str] | None = None
+    model: str | None = None   # the model its lines name, known once validated (None when they name several)
     object: Literal["batch"] = "batch"
 
 

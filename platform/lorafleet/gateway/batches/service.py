@@ -60,7 +60,7 @@ def batch_view(row: asyncpg.Record) -> Batch:
         in_progress_at=stamp(row["in_progress_at"]), finalizing_at=stamp(row["finalizing_at"]),
         completed_at=stamp(row["completed_at"]), failed_at=stamp(row["failed_at"]),
         expired_at=stamp(row["expired_at"]), cancelling_at=stamp(row["cancelling_at"]),
-        cancelled_at=stamp(row["cancelled_at"]), metadata=_json(row["metadata"]))
+        cancelled_at=stamp(row["cancelled_at"]), metadata=_json(row["metadata"]), model=row["model"])
 
 
 SCANS_AT_ONCE = 2            # input files read at once by one gateway's creates (each about a core while it runs)

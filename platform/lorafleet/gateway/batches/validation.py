@@ -71,6 +71,7 @@ class Validated:
     count: int                  # valid lines (handed to ``keep``)
     errors: list[BatchError]    # the refusals (then what ``keep`` got is of no use)
     output_bytes: int           # the most the batch's output and error files can hold: each line's bound and wrapper
+    model: str | None = None    # the model every line names (the Batch object's ``model``); None when they differ
 
 
 def limits_of(settings: GatewaySettings) -> Limits:
@@ -169,6 +170,7 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
     output_bytes = 0
     seen: set[str] = set()
     models: dict[str, ResolvedModel | LoraFleetError] = {}
+    named: set[str] = set()  # the models the lines name, as named
     requests = 0
     for number, raw in enumerate(lines, start=1):
         if number % YIELD_EVERY == 0:
@@ -232,6 +234,7 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
         except RecursionError:
             refusals.add(number, "invalid_request", "the body is nested too deeply", "body")
             continue
+        named.add(request.model)
         model = models.get(request.model)
         if model is None:
             try:
@@ -265,4 +268,4 @@ async def validate_lines(lines: Iterable[bytes | TooLong], endpoint: str, limits
     if chunk and not refusals.count:
         await keep(chunk)
         kept += len(chunk)
-    return Validated(kept, refusals.listed(), output_bytes)
+    return Validated(kept, refusals.listed(), output_bytes, next(iter(named)) if len(named) == 1 else None)

@@ -377,7 +377,8 @@ def engine_error(status: int, payload: bytes, public_model: str) -> LoraFleetErr
             param = error.get("param") if isinstance(error.get("param"), str) else None
         except (msgspec.DecodeError, AttributeError):
             message, param = "The engine rejected the request.", None
-        return EngineRejected(message, param=param)
+        code = "context_length_exceeded" if "maximum context length" in message.lower() else None
+        return EngineRejected(message, param=param, code=code)
     return UpstreamError("The inference worker failed to answer; retry the request.")
 
 
