@@ -88,6 +88,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/money.py
 	$(BIN)/python benchmarks/batches.py
 	$(BIN)/python benchmarks/batch_answers.py
+	$(BIN)/python benchmarks/trainer_memory.py
 	$(BIN)/python benchmarks/report.py
 
 # The platform as `lorafleet up` starts it, under mixed traffic and injected faults for SOAK_MINUTES (default 30),

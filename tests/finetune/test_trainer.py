@@ -137,3 +137,22 @@ def test_a_bad_file_in_the_child_is_an_error_naming_the_line(tmp_path, tiny_mode
     assert seen[-1] == {"type": "error", "error": {
         "code": "invalid_file_format", "param": "training_file",
         "message": "line 5: role 'wizard' is not one of system, user, assistant"}}
+
+
+def test_a_batch_split_into_micro_batches_by_tokens_trains_the_same_step(tmp_path, tiny_model):
+    """Issue 28, finding 2: memory follows tokens per pass, not the batch size. A batch of 4 run as micro-batches
+    of one example each (tokens_per_step below any example) takes the same optimizer steps as the batch run in
+    one pass: the same losses, token counts and adapter (up to float summation order)."""
+    import torch
+
+    data = write_jsonl(tmp_path / "train.jsonl", qa_rows(12))
+    hp = Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=5, lora_r=4, lora_alpha=8)
+    whole: list[dict] = []
+    one = train(spec(tiny_model, data, tmp_path / "a", hyperparameters=hp, tokens_per_step=100_000), whole.append)
+    split: list[dict] = []
+    other = train(spec(tiny_model, data, tmp_path / "b", hyperparameters=hp, tokens_per_step=16), split.append)
+    assert one.trained_tokens == other.trained_tokens and one.steps_completed == other.steps_completed == 3
+    assert [m["train_loss"] for m in metrics(split)] == pytest.approx([m["train_loss"] for m in metrics(whole)], rel=1e-4)
+    a = load_file(Path(one.adapter_dir) / "adapter_model.safetensors")
+    b = load_file(Path(other.adapter_dir) / "adapter_model.safetensors")
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)

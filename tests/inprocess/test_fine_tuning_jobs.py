@@ -548,6 +548,10 @@ async def test_the_dashboard_uploads_a_training_file_and_starts_a_job_from_it(pl
         assert bad_suffix.status_code == 400 and "suffix" in bad_suffix.text
         assert bad_epochs.status_code == 400 and "n_epochs" in bad_epochs.text
         assert no_model.status_code == 404
+        # Issue 28 finding 9: "²" passed str.isdigit() and 5,000 digits passed int()'s digit limit: both were 500s.
+        for epochs in ("²", "9" * 5000, "1e3", "-1", "٣", " 2.5 "):
+            odd = await start(n_epochs=epochs)
+            assert odd.status_code == 400 and "n_epochs" in odd.text, (epochs[:10], odd.status_code, odd.text[:300])
         started = await start(suffix="dash", n_epochs="2")
         assert started.status_code == 303, started.text
         job_id = started.headers["location"].rsplit("/", 1)[1]

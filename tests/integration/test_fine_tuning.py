@@ -199,8 +199,9 @@ async def test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once(gateway, work
               f"(first token {first_token:.2f} s after the request); {done.trained_tokens} trained tokens, "
               f"{steps[-1].data['tokens_per_second']:.0f} tokens/s in training")
 
-    row = await db.fetchrow("SELECT endpoint, prompt_tokens, cost_pico_usd FROM usage_ledger WHERE request_id = $1", job.id)
-    assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", done.trained_tokens)
+    row = await db.fetchrow("SELECT endpoint, outcome, prompt_tokens, cost_pico_usd FROM usage_ledger WHERE request_id = $1",
+                            job.id)
+    assert (row["endpoint"], row["outcome"], row["prompt_tokens"]) == ("fine_tuning", "success", done.trained_tokens)
     assert row["cost_pico_usd"] == done.trained_tokens * TRAINING_PRICE
     # The worst case reserved at create went back with the ledger row.
     assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
@@ -258,9 +259,10 @@ async def test_a_cancelled_job_stops_bills_its_steps_and_registers_nothing(gatew
         assert final.trained_tokens == max(e.data["trained_tokens"] for e in metrics)
         assert max(e.data["step"] for e in metrics) < 12 * 50
         assert not [m.id for m in (await sdk.models.list()).data if m.id.endswith(job.id)]  # (checkpoints may be)
-    row = await db.fetchrow("SELECT endpoint, prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
-    assert (row["endpoint"], row["prompt_tokens"]) == ("fine_tuning", final.trained_tokens)
-    assert await db.fetchval("SELECT count(*) FROM adapters WHERE name = $1", job.id) == 0
+    row = await db.fetchrow("SELECT endpoint, outcome, prompt_tokens FROM usage_ledger WHERE request_id = $1", job.id)
+    assert (row["endpoint"], row["outcome"], row["prompt_tokens"]) == ("fine_tuning", "cancelled", final.trained_tokens)
+    assert await db.fetchval("SELECT count(*) FROM adapters WHERE fine_tuned_model = $1",
+                             f"ft:{model_name}:stopped:{job.id}") == 0
     assert await db.fetchval("SELECT count(*) FROM reservations WHERE request_id = $1", job.id) == 0
     assert await db.fetchval("SELECT reserved_micro_usd FROM tenant_accounts WHERE tenant_id = $1", owner.tenant_id) == 0
 

@@ -131,3 +131,60 @@ def test_a_validation_file_names_its_own_param(tmp_path, renderer):
     with pytest.raises(TrainingFileInvalid) as caught:
         validate_file(write(tmp_path / "v.jsonl", [{"x": 1}]), renderer, param="validation_file")
     assert caught.value.param == "validation_file"
+
+
+# ---- issue 28, finding 5: bounded, linear validation that refuses by line instead of crashing ----------
+
+def test_a_lone_surrogate_and_deep_nesting_are_refused_by_line_not_crashes(tmp_path, renderer):
+    rows: list = [chat(i) for i in range(12)]
+    surrogate = '{"messages": [{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "a"}]}'
+    error = refused(write(tmp_path / "s.jsonl", rows, {3: surrogate}), renderer)
+    assert error.line == 3 and "lone surrogate" in error.message, error.message
+    completion = '{"prompt": "p", "completion": "\\udfff"}'
+    assert refused(write(tmp_path / "c.jsonl", rows, {5: completion}), renderer).line == 5
+    deep = "[" * 100_000 + "]" * 100_000
+    error = refused(write(tmp_path / "d.jsonl", rows, {7: deep}), renderer)
+    assert error.line == 7 and "nested" in error.message, error.message
+    inside = {"messages": [{"role": "user", "content": "[" * 500 + "{"}, {"role": "assistant", "content": "}"}]}
+    assert validate_file(write(tmp_path / "ok.jsonl", [inside] + rows[1:]), renderer).n_examples == 12  # brackets in text
+
+
+def test_more_than_256_messages_in_one_example_are_refused_by_line(tmp_path, renderer):
+    turns = [{"role": role, "content": "x"} for _ in range(129) for role in ("user", "assistant")]
+    rows: list = [chat(i) for i in range(12)]
+    rows[9] = {"messages": turns}  # 258 messages
+    error = refused(write(tmp_path / "a.jsonl", rows), renderer, Limits(max_example_tokens=100_000))
+    assert error.line == 10 and "258 messages; at most 256" in error.message
+    rows[9] = {"messages": turns[:256]}
+    assert validate_file(write(tmp_path / "b.jsonl", rows), renderer, Limits(max_example_tokens=100_000)).n_examples == 12
+
+
+def test_a_long_conversation_stops_at_the_token_limit_instead_of_rendering_every_turn(tmp_path, renderer, monkeypatch):
+    """4,000 turns held the validator 114 s: each assistant turn re-rendered its whole prefix, and the token
+    limit was checked only after all of them. Now the limit is checked as the tokens are counted, so an
+    example far past it costs a few prefix renders, not one per turn."""
+    turns = [{"role": role, "content": "word " * 40} for _ in range(120) for role in ("user", "assistant")]
+    rows: list = [chat(i) for i in range(12)]
+    rows[1] = {"messages": turns}
+    path = write(tmp_path / "a.jsonl", rows)
+    calls = {"n": 0}
+    original = Renderer._text
+
+    def counted(self, messages, *, generation_prompt):
+        calls["n"] += 1
+        return original(self, messages, generation_prompt=generation_prompt)
+
+    monkeypatch.setattr(Renderer, "_text", counted)
+    error = refused(path, renderer, Limits(max_example_tokens=300))
+    assert (error.line, error.code) == (2, "example_too_long") and "the limit is 300" in error.message
+    assert calls["n"] < 20, calls  # 2 renders per turn up to ~300 tokens, not 240 for the whole conversation
+
+
+def test_validation_has_a_time_budget_and_names_the_line_it_reached(tmp_path, renderer, monkeypatch):
+    import lorafleet.trainer.dataset as dataset
+
+    clock = iter(range(0, 1000, 10))  # every look at the clock: 10 s later
+    monkeypatch.setattr(dataset.time, "monotonic", lambda: next(clock))
+    error = refused(write(tmp_path / "a.jsonl", [chat(i) for i in range(12)]), renderer, Limits(max_seconds=25))
+    assert (error.code, error.line) == ("validation_timeout", 3), error.message
+    assert "more than 25 seconds" in error.message

@@ -215,3 +215,14 @@ def test_reset_durations_look_like_openais():
     assert duration_text(20) == "20ms"
     assert duration_text(1500) == "1.5s"
     assert duration_text(360_000) == "6m0s"
+
+
+def test_a_fine_tuning_job_is_priced_for_its_trained_and_validation_tokens():
+    """Issue 28, findings 1 and 4: one price for every token the trainer ran, and a worst case that holds the
+    validation file once per epoch next to the training file."""
+    from lorafleet.billing.pricing import training_cost_pico_usd, training_worst_case_micro_usd
+
+    assert training_cost_pico_usd(2_000_000, 100, 50) == 150 * 2_000_000
+    assert training_cost_pico_usd(2_000_000, 100) == 100 * 2_000_000
+    assert training_worst_case_micro_usd(1_000_000, 1000, 500, 3) == 4500
+    assert training_worst_case_micro_usd(1, 1, 0, 1) == 1  # rounded up: a budget is never passed by a fraction

@@ -33,6 +33,8 @@ class Outcome(enum.StrEnum):
     UPSTREAM_ERROR = "upstream_error"        # the engine refused it, or its worker failed it
     CLIENT_DISCONNECT = "client_disconnect"  # the client left first
     UNAVAILABLE = "unavailable"              # no worker could take it (nothing ran)
+    CANCELLED = "cancelled"                  # a fine-tuning job the tenant cancelled: the steps trained are billed
+    FAILED = "failed"                        # a fine-tuning job that failed: the steps trained before it are billed
 
 
 class LedgerRow(msgspec.Struct, kw_only=True, frozen=True):

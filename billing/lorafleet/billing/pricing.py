@@ -148,3 +148,22 @@ class PriceBook:
         times, versions = entry
         index = bisect.bisect_right(times, when) - 1
         return versions[index] if index >= 0 else None
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------------
+
+def training_cost_pico_usd(training_price: int, trained_tokens: int, validation_tokens: int = 0) -> int:
+    """A fine-tuning job's exact cost: every token the trainer ran, trained or validated, at the price
+    version's training price (micro-USD per million tokens). Validation passes take the trainer's time
+    as training does (issue 28, finding 4), so they are priced alike."""
+    return (max(trained_tokens, 0) + max(validation_tokens, 0)) * max(training_price, 0)
+
+
+def training_worst_case_micro_usd(training_price: int, training_bytes: int, validation_bytes: int,
+                                  epochs: int) -> int:
+    """The most a job can cost, in whole micro-USD rounded up (what its create reserves). A file's bytes
+    bound its tokens (a byte-level BPE token is at least one byte of text, and the JSON around each
+    message is longer than the template's markers). Training runs the training file ``epochs`` times;
+    validation runs at most one pass per epoch (sampled passes at epoch ends, the full pass at the end),
+    each at most the validation file."""
+    return micro_usd_ceil(training_cost_pico_usd(training_price, training_bytes * epochs, validation_bytes * epochs))

@@ -93,7 +93,10 @@ class AdapterService:
         Cheap checks first (the name), then unpacking and validation in a resource-limited child
         process (adapters/sandbox.py), a few at a time, then the blob and the row.
         """
-        if not ADAPTER_NAME.match(name):
+        # A fine-tuning job's result or checkpoint is named by its public ft: name, which no upload can take
+        # (the pattern has no ':'): a tenant cannot make its job's registration fail after training.
+        fine_tuned = fine_tuned_model is not None and name == fine_tuned_model and name.startswith("ft:")
+        if not fine_tuned and not ADAPTER_NAME.match(name):
             raise InvalidRequest(f"invalid adapter name {shown(name)}: {NAME_RULE}", param="name")
         check_parts(parts, max_files=self._limits.max_files, max_bytes=self._limits.max_bytes)  # before a sandbox starts
         specs = await self._base_specs()

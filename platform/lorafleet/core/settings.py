@@ -188,6 +188,12 @@ class TrainerSettings(WorkerSettings, **_STRUCT):
     trainer_max_attempts: Annotated[int, Meta(ge=1, le=100, description="Takes of one job by trainers; a job whose trainer stopped this many times fails with `trainer_attempts_exhausted` (while checking its files, crashed or stopped: `validation_attempts_exhausted`).")] = 3
     trainer_checkpoint_steps: Annotated[int, Meta(ge=0, description="A trainer saves a checkpoint every this many steps (and at the end of every epoch). 0: only at epoch ends.")] = 0
     trainer_poll_seconds: Annotated[float, Meta(gt=0, description="How often an idle trainer looks for a job.")] = 1.0
+    trainer_max_memory_bytes: Annotated[int, Meta(ge=256 * 1024**2, description="Memory a trainer's training process may hold (resident, watched by the trainer; its address space is capped at this plus LORAFLEET_TRAINER_ADDRESS_SLACK_BYTES). Past it the process is stopped and the job fails with `training_out_of_memory`; a job whose longest example cannot fit is refused while its files are checked.")] = 6 * 1024**3
+    trainer_address_slack_bytes: Annotated[int, Meta(ge=0, description="Address space a training process may map beyond LORAFLEET_TRAINER_MAX_MEMORY_BYTES (libraries and thread stacks map more than they touch); its RLIMIT_AS is the sum.")] = 4 * 1024**3
+    trainer_tokens_per_step: Annotated[int, Meta(ge=16, description="Tokens one forward/backward pass holds at most (a batch is split into micro-batches of about this many tokens, gradients accumulated): memory follows this, not the batch size. One example longer than this is its own micro-batch.")] = 2048
+    trainer_validation_sample: Annotated[int, Meta(ge=1, description="Examples of the validation file a sampled validation pass runs (at the end of each epoch but the last; the end of the job runs the whole file).")] = 32
+    fine_tuning_validation_seconds: Annotated[float, Meta(gt=0, description="Time budget for checking one job's files; a file not checked in time is refused (`validation_timeout`, naming the line reached).")] = 300.0
+    tenant_max_checkpoint_bytes: Annotated[int, Meta(ge=1024, description="Bytes of fine-tuning checkpoints (resume state in the blob store) one tenant's open jobs may hold at once; a checkpoint past it fails its job with `checkpoint_quota_exceeded`. Only a job's latest checkpoint is kept.")] = 10 * 1024**3
 
 
 class BillingSettings(CommonSettings, **_STRUCT):

@@ -325,8 +325,10 @@ class DashboardController(Controller):
             body["suffix"] = form["suffix"]
         epochs = (form.get("n_epochs") or "auto").strip()
         if epochs != "auto":
+            # ASCII digits only, and few: str.isdigit() accepts "²" (int() then raises) and int() refuses
+            # past 4,300 digits; anything else goes to msgspec as text and is refused naming n_epochs.
             body["method"] = {"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": int(epochs) if epochs.isdigit() else epochs}}}
+                "n_epochs": int(epochs) if re.fullmatch(r"[0-9]{1,9}", epochs) else epochs[:40]}}}
         try:
             data = msgspec.convert(body, JobCreate)
         except msgspec.ValidationError as exc:

@@ -5,7 +5,8 @@ model's real tokenizer and chat template, and queues it (or fails it with the li
 trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
 Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.
 
-Creating a job reserves its worst case (file bytes × epochs at the training price) in ``reservations``
+Creating a job reserves its worst case ((training + validation file bytes) × epochs at the training
+price, billing/pricing.py ``training_worst_case_micro_usd``) in ``reservations``
 under the job id, the request id of its ledger row, so open jobs and requests together never spend
 past the limit; the job's end releases it (runner.py ``_bill``), a cancel before training at once.
 
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 from lorafleet.adapters.architecture import SUPPORTED_MODULES
-from lorafleet.billing.pricing import micro_usd_ceil
+from lorafleet.billing.pricing import training_worst_case_micro_usd
 from lorafleet.core import ids
 from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
 from lorafleet.db import queries
@@ -298,7 +299,7 @@ class FineTuningJobs:
         if data.method is not None and data.method.type in UNOFFERED_METHODS:
             raise InvalidRequest(UNOFFERED_METHODS[data.method.type], param="method.type",
                                  code="unsupported_parameter")
-        training_bytes = 0
+        training_bytes = validation_bytes = 0
         for param in ("training_file", "validation_file"):
             file_id = getattr(data, param)
             if file_id is None:
@@ -312,11 +313,25 @@ class FineTuningJobs:
                                      "not 'fine-tune'", param=param, code="invalid_file_purpose")
             if param == "training_file":
                 training_bytes = stored.view.bytes
+            else:
+                validation_bytes = stored.view.bytes
+        if validation_bytes > training_bytes:
+            # Validation passes are bounded by the training file (issue 28, finding 4): the trainer refuses a
+            # validation file of more tokens than the training file's; bytes are what is known here.
+            raise InvalidRequest(f"validation_file has {validation_bytes} bytes, more than the training file's "
+                                 f"{training_bytes}; a validation file may be at most as large",
+                                 param="validation_file", code="validation_file_too_large")
         method_hp = data.method.supervised.hyperparameters if data.method and data.method.supervised else None
         requested = method_hp or data.hyperparameters or HyperparametersRequest()
         hp = requested.to_hyperparameters()
         resolve(hp, 100)  # bounds of every given value (the file's size decides the "auto" ones later)
-        worst = await self._worst_case(base_model_id, training_bytes,
+        max_rank = await self._pool.fetchval(queries.base_model_max_lora_rank, base_model_id)
+        if max_rank is not None and hp.lora_r > max_rank:
+            # A rank the workers cannot serve would train in full and then fail to register (issue 28, finding 1).
+            where = "method.supervised.hyperparameters" if method_hp is not None else "hyperparameters"
+            raise InvalidRequest(f"lora_r {hp.lora_r} is above {max_rank}, the largest rank this model's workers "
+                                 "serve", param=f"{where}.lora_r")
+        worst = await self._worst_case(base_model_id, training_bytes, validation_bytes,
                                        hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
         seed = data.seed if data.seed is not None else random.randrange(2**31)
         job_id = ids.fine_tuning_job_id()
@@ -339,14 +354,14 @@ class FineTuningJobs:
                                      "message", f"Validating training file: {data.training_file}", None)
         return job_view(row)
 
-    async def _worst_case(self, base_model_id: str, training_bytes: int, epochs: int) -> int:
-        """The most a job can cost, in micro-USD: the training file's bytes bound its tokens (a byte-level
-        BPE token is at least one byte of text, and the JSON around each message is longer than the
-        template's markers), times the epochs, at the training price in effect now (0: free)."""
+    async def _worst_case(self, base_model_id: str, training_bytes: int, validation_bytes: int, epochs: int) -> int:
+        """The most a job can cost, in micro-USD, at the training price in effect now (0: free): its files'
+        bytes bound their tokens; training runs ``epochs`` times, validation at most once per epoch."""
         price = await self._pool.fetchrow(queries.training_price, base_model_id, dt.datetime.now(dt.UTC))
         if price is None or not price["training_micro_usd_per_mtok"]:
             return 0
-        return micro_usd_ceil(training_bytes * epochs * price["training_micro_usd_per_mtok"])
+        return training_worst_case_micro_usd(price["training_micro_usd_per_mtok"], training_bytes, validation_bytes,
+                                             epochs)
 
     @staticmethod
     async def _check_budget(connection: asyncpg.Connection, tenant_id: str, worst: int) -> None:

@@ -12,6 +12,7 @@ one of system, user, assistant"``) with an OpenAI-style ``code`` and ``param="tr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,12 @@ from lorafleet.trainer.render import (
     Rendered,
     Renderer,
     TemplateMismatch,
+    TooLong,
 )
 
 ROLES = ("system", "user", "assistant")
+MAX_MESSAGES = 256  # per example: each assistant turn renders its prefix, so turns bound the work per line
+MAX_JSON_DEPTH = 64  # a line's nesting: the chat format needs 3; json.loads recurses per level
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
 CLIP = 60  # characters of an uploader-chosen value a message shows
 
@@ -51,6 +55,7 @@ class Limits:
     max_total_tokens: int = 5_000_000  # one epoch of the file
     max_line_bytes: int = 1 << 20
     max_file_bytes: int = 256 << 20
+    max_seconds: float = 0.0  # a file's validation time budget (0: none); past it the file is refused
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,14 @@ def parse_example(text: str, line: int, param: str = "training_file") -> Example
     def fail(message: str) -> TrainingFileInvalid:
         return TrainingFileInvalid(message, line=line, param=param)
 
+    brackets = text.count("[") + text.count("{")  # counted in C: most lines never need the scan below
+    depth = _nesting(text) if brackets > MAX_JSON_DEPTH else brackets
+    if depth > MAX_JSON_DEPTH:  # refused before json.loads, which would recurse once per level
+        raise fail(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise fail(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as exc:
         raise fail(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
     if not isinstance(data, dict):
@@ -113,15 +124,54 @@ def parse_example(text: str, line: int, param: str = "training_file") -> Example
         prompt, completion = data["prompt"], data["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise fail("`prompt` and `completion` must be strings")
+        _text_ok(prompt, "`prompt`", fail)
+        _text_ok(completion, "`completion`", fail)
         if not completion:
             raise fail("`completion` is empty")
         return CompletionExample(prompt, completion)
     raise fail("expected `messages`, or `prompt` and `completion`")
 
 
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings left out: linear, no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _text_ok(value: str, where: str, fail: Any) -> str:
+    """A JSON string may carry a lone UTF-16 surrogate (``"\\ud800"``): valid JSON, but no text a tokenizer can
+    encode; refused here with its line instead of crashing the tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(f"{where} holds a lone surrogate (an unpaired \\ud800-\\udfff escape): not text") from None
+    return value
+
+
 def _messages(value: Any, fail: Any) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise fail("`messages` must be a non-empty list")
+    if len(value) > MAX_MESSAGES:
+        raise fail(f"{len(value)} messages; at most {MAX_MESSAGES} are allowed in one example")
     messages = []
     for index, item in enumerate(value):
         where = f"messages[{index}]"
@@ -140,6 +190,7 @@ def _messages(value: Any, fail: Any) -> tuple[Message, ...]:
         content = item.get("content")
         if not isinstance(content, str):
             raise fail(f"{where}.content must be a string")
+        _text_ok(content, f"{where}.content", fail)
         weight = item.get("weight", 1)
         if "weight" in item and role != "assistant":
             raise fail(f"{where}: `weight` is only allowed on assistant messages")
@@ -158,12 +209,27 @@ def _messages(value: Any, fail: Any) -> tuple[Message, ...]:
 def iter_rendered(path: Path, renderer: Renderer, limits: Limits = Limits(), *, train_on_inputs: bool = False,
                   param: str = "training_file") -> Iterator[tuple[int, Rendered]]:
     """(line, rendered example) for every example, each checked against the per-example limit."""
+    deadline = time.monotonic() + limits.max_seconds if limits.max_seconds else None
     for line, text in read_lines(path, limits, param):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrainingFileInvalid(f"checking the file took more than {limits.max_seconds:g} seconds (reached "
+                                      f"line {line}); split it or shorten its examples", line=line,
+                                      code="validation_timeout", param=param)
         example = parse_example(text, line, param)
         try:
-            rendered = renderer.render(example, train_on_inputs=train_on_inputs)
+            rendered = renderer.render(example, train_on_inputs=train_on_inputs,
+                                       max_tokens=limits.max_example_tokens)
         except TemplateMismatch as exc:
             raise TrainingFileInvalid(str(exc), line=line, param=param) from None
+        except TooLong as exc:
+            raise TrainingFileInvalid(
+                f"the example has over {exc.tokens} tokens by {exc.where}; the limit is {limits.max_example_tokens}",
+                line=line, code="example_too_long", param=param) from None
+        except (ValueError, TypeError, RecursionError, OverflowError, UnicodeError) as exc:
+            # Whatever the tokenizer or template cannot take is this line's fault, never a crash of the
+            # validator (a crash is retried, then ends as validation_attempts_exhausted, no line named).
+            raise TrainingFileInvalid(f"the example cannot be rendered ({type(exc).__name__}: {str(exc)[:120]})",
+                                      line=line, param=param) from None
         if len(rendered.input_ids) > limits.max_example_tokens:
             raise TrainingFileInvalid(
                 f"the example has {len(rendered.input_ids)} tokens; the limit is {limits.max_example_tokens}",

@@ -36,6 +36,15 @@ class TemplateMismatch(ValueError):
     """The template does not render a conversation as a growing prefix: no exact mask can be built."""
 
 
+class TooLong(ValueError):
+    """Rendering stopped as soon as the example passed its token limit (``tokens`` counted so far)."""
+
+    def __init__(self, tokens: int, where: str) -> None:
+        super().__init__(f"over {tokens} tokens by {where}")
+        self.tokens = tokens
+        self.where = where
+
+
 @dataclass(frozen=True)
 class Message:
     role: str
@@ -95,11 +104,13 @@ class Renderer:
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         return cls(tokenizer, served_chat_template(model_path, configured_template))
 
-    def render(self, example: Example, *, train_on_inputs: bool = False) -> Rendered:
+    def render(self, example: Example, *, train_on_inputs: bool = False, max_tokens: int | None = None) -> Rendered:
+        """``max_tokens``: stop with :class:`TooLong` as soon as the tokens counted so far pass it, before
+        rendering the next turn's prefix (the per-turn renders are what grows with the conversation)."""
         if isinstance(example, CompletionExample):
             rendered = self._render_completion(example)
         else:
-            rendered = self._render_chat(example.messages)
+            rendered = self._render_chat(example.messages, max_tokens)
         if train_on_inputs:
             return Rendered(rendered.input_ids, list(rendered.input_ids))
         return rendered
@@ -114,14 +125,20 @@ class Renderer:
         completion = self._encode(example.completion) + [self.eos_token_id]
         return Rendered(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)
 
-    def _render_chat(self, messages: tuple[Message, ...]) -> Rendered:
+    def _render_chat(self, messages: tuple[Message, ...], max_tokens: int | None = None) -> Rendered:
         full = self._text(list(messages), generation_prompt=False)
         input_ids: list[int] = []
         labels: list[int] = []
         done = 0  # characters of `full` already tokenized
+        last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
         for index, message in enumerate(messages):
             if message.role != "assistant":
                 continue
+            # Tokens are counted as we go: every piece is tokenized once, and a conversation already past
+            # the limit stops here instead of rendering one more prefix per remaining turn (issue 28,
+            # finding 5). The last turn is let through so a refusal can give the example's exact count.
+            if max_tokens is not None and len(input_ids) > max_tokens and index < last:
+                raise TooLong(len(input_ids), f"messages[{index}]")
             before = self._text(list(messages[:index]), generation_prompt=True)
             through = self._text(list(messages[: index + 1]), generation_prompt=False)
             if not (full.startswith(through) and through.startswith(before) and len(before) >= done):

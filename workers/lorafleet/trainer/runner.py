@@ -3,11 +3,11 @@
 The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR UPDATE SKIP LOCKED``:
 
 - a job ``validating_files`` is claimed (heartbeat-guarded), its files checked line by line with the
-  base model's real tokenizer and chat template (finetune/dataset.py), then ``queued`` with its
+  base model's real tokenizer and chat template (trainer/dataset.py), then ``queued`` with its
   hyperparameters resolved, or ``failed`` with the line at fault and ``param: "training_file"``.
   Validation runs on its own task, so a bad file fails at once even while this trainer trains;
 - a ``queued`` job (or a ``running`` one whose trainer stopped beating for ``TRAINER_STALE_SECONDS``)
-  is taken, ``attempts`` + 1, and trained in a spawned child process (finetune/trainer.py) while this
+  is taken, ``attempts`` + 1, and trained in a spawned child process (trainer/training.py) while this
   process beats every ``TRAINER_HEARTBEAT_SECONDS``, writes the child's events to the database and
   each checkpoint to the blob store. A heartbeat that finds the job no longer ours (cancelled) stops
   the child before its next step. A job whose trainer stopped ``TRAINER_MAX_ATTEMPTS`` times fails
@@ -24,6 +24,21 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
   its base model (internal token) before the job says ``succeeded``: warm at once; so is each
   checkpoint, as ``ft:<base>:<suffix>:<job id>:ckpt-step-<n>`` (adapter name ``<job id>-step-<n>``).
 
+What a tenant cannot take without paying, or from other tenants (issue 28, findings 1-5):
+
+- every ending after training bills what was trained, through one :meth:`Trainer._bill` with the
+  ledger outcome ``success``, ``cancelled`` or ``failed``; trained and validation tokens are recorded on
+  the job as they are reported, so a failure anywhere after a step (registration, a crash of this
+  process's job code, attempts exhausted) still bills them. Results and checkpoints are registered
+  under their ``ft:`` names, which no upload can take (adapter names have no ``:``), and a rank the
+  workers cannot serve is refused before a step is trained;
+- the training child runs under RLIMIT_AS (``LORAFLEET_TRAINER_MAX_MEMORY_BYTES`` plus
+  ``LORAFLEET_TRAINER_ADDRESS_SLACK_BYTES``) and a resident-memory watchdog here: past the limit it is
+  stopped and the job fails with ``training_out_of_memory``, the host untouched;
+- every ending removes the job's folder here and its checkpoints' blobs; only a job's latest checkpoint
+  is kept, and a tenant's open jobs' checkpoints count against ``LORAFLEET_TENANT_MAX_CHECKPOINT_BYTES``;
+  the child deletes this trainer's copies of the files once it holds them in memory.
+
 Why not pgqueuer or procrastinate: the job table is also the API's object (status, error, trained
 tokens, events), the heartbeat must stop training when the API cancels, and a stale take must resume
 from a checkpoint; with a library the job would live twice (its table and ours) and the re-pick
@@ -38,6 +53,7 @@ import datetime as dt
 import hashlib
 import os
 import queue
+import resource
 import shutil
 import tarfile
 import threading
@@ -47,13 +63,15 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import structlog
 from lorafleet.adapters.blobstore import BlobStore, make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
 from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+from lorafleet.billing.pricing import training_cost_pico_usd
 from lorafleet.core import ids
-from lorafleet.core.errors import Conflict, LoraFleetError
+from lorafleet.core.errors import Conflict, InvalidRequest, LoraFleetError
 from lorafleet.core.settings import TrainerSettings
 from lorafleet.db import queries
 from lorafleet.finetune.hyperparameters import resolve
@@ -76,23 +94,63 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _guarded_child(spec: training.JobSpec, events: Any, cancel: Any, parent: int) -> None:
+def _guarded_child(target: Any, spec: training.JobSpec, events: Any, cancel: Any, parent: int,
+                   address_limit: int) -> None:
     """The trainer's child, which stops training when its parent dies (a killed trainer must not leave
-    an orphan training on: the job's next take resumes from the checkpoint instead)."""
+    an orphan training on: the job's next take resumes from the checkpoint instead), under an address
+    space limit: an allocation past it fails in the child (MemoryError: ``training_out_of_memory``)
+    instead of waking the kernel's OOM killer, which could pick the worker or PostgreSQL."""
+    if address_limit:
+        resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         cancel.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    training._child(spec, events, cancel)
+    target(spec, events, cancel)
 
 
-def start_child(spec: training.JobSpec, events: Any, cancel: Any) -> Any:
-    process = training.CONTEXT.Process(target=_guarded_child, args=(spec, events, cancel, os.getpid()),
-                                       name="lorafleet-finetune", daemon=True)
+def start_child(spec: training.JobSpec, events: Any, cancel: Any, *, target: Any = None,
+                address_limit: int = 0) -> Any:
+    process = training.CONTEXT.Process(
+        target=_guarded_child, args=(target or training._child, spec, events, cancel, os.getpid(), address_limit),
+        name="lorafleet-finetune", daemon=True)
     process.start()
     return process
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def training_memory_bytes(architecture: dict[str, Any] | None, tokens: int, longest: int, lora_r: int) -> int:
+    """What training one micro-batch of ``tokens`` needs, roughly and on the high side (fp32): the frozen
+    weights, the LoRA weights with their gradients and two Adam moments, each decoder layer's input kept
+    for the checkpointed backward pass, one layer's intermediates (attention scores of every head, the
+    MLP) and one loss chunk's logits. Used to refuse a job that cannot fit before it is queued; the
+    watchdog and RLIMIT_AS enforce the limit whatever this says."""
+    if not architecture:
+        return 0
+    hidden, inter = architecture["hidden_size"], architecture["intermediate_size"]
+    layers, heads = architecture["num_hidden_layers"], architecture["num_attention_heads"]
+    kv = architecture["num_key_value_heads"] * architecture["head_dim"]
+    vocab = architecture.get("vocab_size") or 0
+    weights = layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter) + 2 * vocab * hidden
+    lora = layers * lora_r * (6 * hidden + 2 * kv + 3 * (hidden + inter))
+    kept = layers * tokens * hidden
+    one_layer = tokens * (12 * hidden + 6 * inter) + 3 * heads * tokens * longest  # rows × longest² scores
+    loss = 4 * training.LOSS_CHUNK * vocab
+    return 4 * (weights + 4 * lora + kept + one_layer + loss) + 512 * 1024**2  # + the interpreter and torch
 
 
 class Trainer:
@@ -109,6 +167,7 @@ class Trainer:
         self.root = settings.data_path / "fine-tuning"
         self.limits = Limits(max_example_tokens=settings.fine_tuning_max_example_tokens,
                              max_total_tokens=settings.fine_tuning_max_file_tokens)
+        self.child_target: Any = training._child  # what the spawned child runs (a test gives a memory hog)
         self._renderer: Renderer | None = None
         self.base_model_id: str | None = None
         self.base_model: str = settings.model_name
@@ -226,7 +285,7 @@ class Trainer:
         settings = self.settings
         for failed in await self.pool.fetch(queries.fail_exhausted_validations, self.base_model_id,
                                             settings.trainer_stale_seconds, settings.trainer_max_attempts):
-            await self.pool.execute(queries.release_fine_tuning_reservation, failed["id"])
+            await self._bill(failed, 0, Outcome.FAILED)  # nothing trained: the reservation goes back
             await self.event(failed["id"], "The job failed: checking its files failed too many times.", level="error")
         job = await self.pool.fetchrow(queries.claim_validation, self.base_model_id, self.trainer_id,
                                        settings.trainer_stale_seconds, settings.trainer_max_attempts)
@@ -237,19 +296,38 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             async with self._beating(job_id):
+                hp = hyperparameters_of(job["hyperparameters"])
+                # As the gateway checks at create (a job created before it did, or a model whose workers changed).
+                max_rank = await self.pool.fetchval(queries.base_model_max_lora_rank, self.base_model_id)
+                if hp.lora_r > (max_rank or settings.max_lora_rank):
+                    raise InvalidRequest(f"lora_r {hp.lora_r} is above the workers' max_lora_rank of "
+                                         f"{max_rank or settings.max_lora_rank}", param="lora_r")
+                limits = Limits(**{**self.limits.__dict__, "max_seconds": settings.fine_tuning_validation_seconds})
                 training_path = await self._fetch_file(job, "training_file", folder / "training.jsonl")
                 summary = await asyncio.to_thread(validate_file, training_path, await asyncio.to_thread(self.renderer),
-                                                  self.limits, train_on_inputs=job["hyperparameters"]["train_on_inputs"])
+                                                  limits, train_on_inputs=hp.train_on_inputs)
                 if job["validation_file"]:
                     valid_path = await self._fetch_file(job, "validation_file", folder / "validation.jsonl")
-                    await asyncio.to_thread(validate_file, valid_path, self.renderer(),
-                                            Limits(**{**self.limits.__dict__, "min_examples": 1}),
-                                            param="validation_file")
-                resolved = resolve(hyperparameters_of(job["hyperparameters"]), summary.n_examples)
+                    # At most the training file's tokens: its passes are bounded by it (issue 28, finding 4).
+                    valid = await asyncio.to_thread(
+                        validate_file, valid_path, self.renderer(),
+                        Limits(**{**limits.__dict__, "min_examples": 1, "max_total_tokens": summary.total_tokens}),
+                        param="validation_file")
+                    summary_longest = max(summary.longest_example_tokens, valid.longest_example_tokens)
+                else:
+                    summary_longest = summary.longest_example_tokens
+                need = await self._memory_needed(max(settings.trainer_tokens_per_step, summary_longest),
+                                                 summary_longest, hp.lora_r)
+                if need > settings.trainer_max_memory_bytes:
+                    raise TrainingFileInvalid(
+                        f"training its longest example ({summary_longest} tokens) at lora_r {hp.lora_r} needs about "
+                        f"{need >> 20} MiB, more than the {settings.trainer_max_memory_bytes >> 20} MiB a job may use; "
+                        "shorten the longest examples or lower lora_r", code="exceeds_trainer_memory")
+                resolved = resolve(hp, summary.n_examples)
         except LoraFleetError as exc:
             if await self._finish(job_id, "failed", error={"code": exc.code or "invalid_file", "message": exc.message,
                                                            "param": exc.param}):
-                await self._bill(job, 0)
+                await self._bill(job, 0, Outcome.FAILED)
                 await self.event(job_id, f"Validation failed: {exc.message}", level="error")
             return True
         except Exception as exc:  # noqa: BLE001 - a crash, not a refusal: retried until trainer_max_attempts
@@ -278,8 +356,10 @@ class Trainer:
         settings = self.settings
         for failed in await self.pool.fetch(queries.fail_exhausted_fine_tuning_jobs, self.base_model_id,
                                             settings.trainer_stale_seconds, settings.trainer_max_attempts):
-            await self.pool.execute(queries.release_fine_tuning_reservation, failed["id"])
+            # What its takes trained (recorded as reported) is billed; its checkpoints and folder go.
+            await self._bill(failed, failed["trained_tokens"] or 0, Outcome.FAILED, failed["validation_tokens"] or 0)
             await self.event(failed["id"], "The job failed: its trainer stopped too many times.", level="error")
+            await self._cleanup(failed["id"], self.root / failed["id"])
         job = await self.pool.fetchrow(queries.claim_fine_tuning_job, self.base_model_id, self.trainer_id,
                                        settings.trainer_stale_seconds, settings.trainer_max_attempts)
         if job is None:
@@ -290,10 +370,29 @@ class Trainer:
             log.exception("fine_tuning_job_failed", job_id=job["id"])
             message = exc.message if isinstance(exc, LoraFleetError) else f"{type(exc).__name__}: {str(exc)[:300]}"
             code = exc.code if isinstance(exc, LoraFleetError) else "training_failed"
-            if await self._finish(job["id"], "failed", error={"code": code, "message": message, "param": None}):
-                await self._bill(job, 0)
+            # Whatever failed, the steps already trained are billed (recorded on the job as they were reported):
+            # a failure after training, e.g. at registration, must not make the training free.
+            progress = await self.pool.fetchrow(queries.fine_tuning_progress, job["id"])
+            trained, validated = (progress["trained_tokens"] or 0, progress["validation_tokens"] or 0) if progress else (0, 0)
+            if await self._finish(job["id"], "failed", error={"code": code, "message": message, "param": None},
+                                  trained_tokens=trained):
+                await self._bill(job, trained, Outcome.FAILED, validated)
                 await self.event(job["id"], f"The job failed: {message}", level="error")
+            elif await self.pool.fetchval(queries.fine_tuning_job_status, job["id"]) == "cancelled":
+                await self._bill(job, trained, Outcome.CANCELLED, validated)  # cancelled meanwhile: billed all the same
+            if await self.pool.fetchval(queries.fine_tuning_job_status, job["id"]) != "running":
+                await self._cleanup(job["id"], self.root / job["id"])
         return True
+
+    async def _memory_needed(self, tokens: int, longest: int, lora_r: int) -> int:
+        row = await self.pool.fetchrow(queries.base_model_architecture, self.base_model_id)
+        architecture = row["architecture"] if row is not None else None
+        if architecture is None:  # the base model's workers did not say: the trainer's own copy does
+            from lorafleet.adapters.architecture import model_architecture
+
+            with contextlib.suppress(Exception):
+                architecture = msgspec.to_builtins(await asyncio.to_thread(model_architecture, self.model_path))
+        return training_memory_bytes(architecture, tokens, longest, lora_r)
 
     async def _restore_checkpoint(self, job_id: str, output: Path) -> None:
         """The last checkpoint from the blob store, when this disk has none (another trainer's machine)."""
@@ -324,20 +423,37 @@ class Trainer:
             return _sha256(archive)
 
         sha256 = await asyncio.to_thread(pack)
-        await asyncio.to_thread(self.blobs.put, sha256, archive)
         size = archive.stat().st_size
-        archive.unlink(missing_ok=True)
+        try:
+            # The tenant's open jobs' checkpoints (their latest only, see below) against its own quota, before
+            # the bytes are stored: a many-epoch rank-64 job must not fill the disk the database is on.
+            held = await self.pool.fetchval(queries.tenant_checkpoint_bytes, job["tenant_id"], job["id"])
+            if held + size > self.settings.tenant_max_checkpoint_bytes:
+                raise LoraFleetError(f"this checkpoint ({size} bytes) would take the account's fine-tuning checkpoints "
+                                     f"past its limit of {self.settings.tenant_max_checkpoint_bytes} bytes",
+                                     code="checkpoint_quota_exceeded")
+            await asyncio.to_thread(self.blobs.put, sha256, archive)
+        finally:
+            archive.unlink(missing_ok=True)
         name = f"{fine_tuned_model_name(job['model'], job['suffix'], job['id'])}:ckpt-step-{step}"
         shown = {key: metrics[key] for key in ("train_loss", "train_mean_token_accuracy", "valid_loss") if key in metrics}
         await self.pool.execute(queries.insert_fine_tuning_checkpoint, ids.fine_tuning_checkpoint_id(), job["id"], step,
                                 {"step": step, **shown}, name, sha256, size)
-        await self._register(job, folder, output / f"register-{step}", f"{job['id']}-step-{step}", name,
-                             checkpoint=True)
+        # A resume needs only the latest checkpoint: the earlier ones' resume state goes, here and in the store.
+        for row in await self.pool.fetch(queries.retire_checkpoint_blobs, job["id"], step):
+            with contextlib.suppress(LoraFleetError, OSError):
+                await asyncio.to_thread(self.blobs.delete, row["sha256"])
+        for older in (output / training.CHECKPOINTS).glob("step-*"):
+            if older.name < folder.name:
+                await asyncio.to_thread(shutil.rmtree, older, True)
+        await self._register(job, folder, output / f"register-{step}", name, name, checkpoint=True)
 
     async def _register(self, job: asyncpg.Record, adapter_dir: Path, workdir: Path, adapter_name: str,
                         fine_tuned_model: str, *, checkpoint: bool = False) -> str | None:
         """The adapter in ``adapter_dir`` through the upload's validation into the blob store, registered
-        for the tenant as ``fine_tuned_model``; its adapter id (an earlier take's, if it registered it)."""
+        for the tenant as ``fine_tuned_model``; its adapter id (an earlier take's, if it registered it).
+        ``adapter_name`` is the ``ft:`` name itself: no upload can take it (adapter names have no ``:``),
+        so a tenant cannot make its own job's registration fail after training (issue 28, finding 1)."""
         workdir.mkdir(parents=True, exist_ok=True)
         parts = []  # the upload path's files, in its work folder: the same validation as an upload
         for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -378,10 +494,13 @@ class Trainer:
             hyperparameters=hyperparameters_of(job["hyperparameters"]),
             validation_file=str(validation_path) if validation_path else None, seed=job["seed"],
             checkpoint_every=settings.trainer_checkpoint_steps, limits=self.limits,
-            chat_template=settings.chat_template, threads=settings.trainer_threads)
+            chat_template=settings.chat_template, threads=settings.trainer_threads,
+            tokens_per_step=settings.trainer_tokens_per_step, validation_sample=settings.trainer_validation_sample,
+            remove_inputs=True)
         events, cancel = training.CONTEXT.Queue(), training.CONTEXT.Event()
-        process = start_child(spec, events, cancel)
-        trained_tokens, metrics = 0, {}
+        process = start_child(spec, events, cancel, target=self.child_target,
+                              address_limit=settings.trainer_max_memory_bytes + settings.trainer_address_slack_bytes)
+        trained_tokens, validation_tokens, metrics = 0, 0, {}
         outcome: dict[str, Any] | None = None
         lost = stopping = False
         next_beat = time.monotonic() + settings.trainer_heartbeat_seconds
@@ -401,6 +520,10 @@ class Trainer:
                     if kind == "metrics":
                         metrics = data
                         trained_tokens = int(data.get("trained_tokens", trained_tokens))
+                        validation_tokens = int(data.get("validation_tokens", validation_tokens))
+                        # On the job as it trains: whatever ends it later (even this process), this is billed.
+                        await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens,
+                                                validation_tokens)
                         if data.get("eta_seconds") is not None:
                             estimated_finish = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=data["eta_seconds"])
                     elif "step" in data and event.get("message", "").startswith("Checkpoint saved"):
@@ -415,6 +538,14 @@ class Trainer:
                 if stop.is_set() and not stopping:
                     stopping = True
                     cancel.set()
+                if resident_bytes(process.pid) > settings.trainer_max_memory_bytes:
+                    process.kill()  # the job's limit, enforced before the kernel's OOM killer picks anyone
+                    await asyncio.to_thread(process.join, 10)
+                    outcome = {"type": "error", "error": {
+                        "code": training.OUT_OF_MEMORY, "param": None,
+                        "message": f"training needed more than the {settings.trainer_max_memory_bytes >> 20} MiB "
+                                   "of memory a job may use; shorten the longest examples or lower lora_r"}}
+                    break
                 if event is None and not process.is_alive():
                     with contextlib.suppress(queue.Empty):
                         outcome = events.get(timeout=1)
@@ -429,21 +560,26 @@ class Trainer:
                 await asyncio.to_thread(process.join, 30)
                 if process.is_alive():
                     process.kill()
-        await self._conclude(job, output, outcome, trained_tokens, lost=lost, stopping=stopping)
+        await self._conclude(job, output, outcome, trained_tokens, lost=lost, stopping=stopping,
+                             validation_tokens=validation_tokens)
 
     async def _conclude(self, job: asyncpg.Record, output: Path, outcome: dict[str, Any], trained_tokens: int, *,
-                        lost: bool, stopping: bool) -> None:
+                        lost: bool, stopping: bool, validation_tokens: int = 0) -> None:
         job_id = job["id"]
         if outcome["type"] == "result":
             trained_tokens = int(outcome["data"]["trained_tokens"])
+            validation_tokens = int(outcome["data"].get("validation_tokens", validation_tokens))
+            await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens, validation_tokens)
         status = await self.pool.fetchval(queries.fine_tuning_job_status, job_id)
         if lost:
             if status == "cancelled":  # the tenant cancelled: the steps completed are billed, no model
-                await self.pool.execute(queries.record_trained_tokens, job_id, trained_tokens)
-                await self._bill(job, trained_tokens)
+                await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens, validation_tokens)
+                await self._bill(job, trained_tokens, Outcome.CANCELLED, validation_tokens)
                 await self.event(job_id, f"Training stopped after cancellation: {trained_tokens} tokens trained")
                 await self._cleanup(job_id, output)
-            return  # otherwise another trainer holds it now
+            else:  # another trainer holds it now (its checkpoints are in the blob store): only this disk's copy goes
+                await asyncio.to_thread(shutil.rmtree, output, True)
+            return
         if stopping and (outcome["type"] != "result" or outcome["data"]["status"] != "succeeded"):
             if await self.pool.fetchval(queries.requeue_fine_tuning_job, job_id, self.trainer_id) is not None:
                 await self.event(job_id, "The trainer stopped; the job is queued again and resumes from its last "
@@ -452,26 +588,26 @@ class Trainer:
         if outcome["type"] == "error":
             error = outcome["error"]
             if await self._finish(job_id, "failed", error=error, trained_tokens=trained_tokens):
-                await self._bill(job, trained_tokens)
+                await self._bill(job, trained_tokens, Outcome.FAILED, validation_tokens)
                 await self.event(job_id, f"The job failed: {error['message']}", level="error")
-                await self._cleanup(job_id, output)
+            await self._cleanup(job_id, output)
             return
         result = outcome["data"]
         if result["status"] != "succeeded":
             return
         fine_tuned_model = fine_tuned_model_name(job["model"], job["suffix"], job_id)
-        adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", job_id, fine_tuned_model)
+        adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", fine_tuned_model,
+                                          fine_tuned_model)
         await self._prewarm(job, adapter_id)
         if await self._finish(job_id, "succeeded", fine_tuned_model=fine_tuned_model, adapter_id=adapter_id,
                               trained_tokens=trained_tokens):
-            await self._bill(job, trained_tokens)
+            await self._bill(job, trained_tokens, Outcome.SUCCESS, validation_tokens)
             await self.event(job_id, f"New fine-tuned model created: {fine_tuned_model}")
             await self.event(job_id, "The job has successfully completed")
             await self._cleanup(job_id, output)
         elif await self.pool.fetchval(queries.fine_tuning_job_status, job_id) == "cancelled":
             # Cancelled in the last moment: the steps were trained all the same, and are billed once.
-            await self.pool.execute(queries.record_trained_tokens, job_id, trained_tokens)
-            await self._bill(job, trained_tokens)
+            await self._bill(job, trained_tokens, Outcome.CANCELLED, validation_tokens)
             await self._cleanup(job_id, output)
 
     async def _prewarm(self, job: asyncpg.Record, adapter_id: str) -> int:
@@ -506,32 +642,39 @@ class Trainer:
                          level="info" if loaded else "warn")
         return loaded
 
-    async def _bill(self, job: asyncpg.Record | dict[str, Any], trained_tokens: int) -> None:
-        """The job's end in money: its worst-case reservation (made at create) is released and, when it
-        trained anything, one ledger row is written (its id is the request id: a second write changes
-        nothing), in one transaction so the cost is never neither reserved nor spent. Every ending calls
-        this; releasing is a DELETE, so a second call gives nothing back twice."""
+    async def _bill(self, job: asyncpg.Record | dict[str, Any], trained_tokens: int,
+                    outcome: Outcome = Outcome.SUCCESS, validation_tokens: int = 0) -> None:
+        """The job's end in money, whatever the ending (``outcome``: success, cancelled or failed): its
+        worst-case reservation (made at create) is released and, when it ran anything, one ledger row is
+        written (its id is the request id: a second write changes nothing), in one transaction so the cost
+        is never neither reserved nor spent. Its tokens (``prompt_tokens``) are the trained tokens plus the
+        validation passes' tokens, priced in billing/pricing.py. Every ending calls this; releasing is a
+        DELETE, so a second call gives nothing back twice."""
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute(queries.release_fine_tuning_reservation, job["id"])
-            if trained_tokens <= 0:
+            if trained_tokens + validation_tokens <= 0:
                 return
             now = dt.datetime.now(dt.UTC)
             price = await connection.fetchrow(queries.training_price, job["base_model_id"], now)
-            cost = trained_tokens * price["training_micro_usd_per_mtok"] if price else 0
+            cost = training_cost_pico_usd(price["training_micro_usd_per_mtok"] if price else 0, trained_tokens,
+                                          validation_tokens)
             started = job["started_at"] or now
             row = LedgerRow(
                 request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
                 base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING,
-                outcome=Outcome.SUCCESS, http_status=200, streamed=False, prompt_tokens=trained_tokens,
+                outcome=outcome, http_status={Outcome.CANCELLED: 499, Outcome.FAILED: 500}.get(outcome, 200),
+                streamed=False, prompt_tokens=trained_tokens + validation_tokens,
                 completion_tokens=0, worker_url=None, started_at=started, finished_at=now, ttft_ms=None,
                 duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
                 cost_pico_usd=cost, price_id=price["id"] if price else None)
             await connection.execute(queries.insert_usage_rows, *column_arrays([row]))
 
     async def _cleanup(self, job_id: str, output: Path) -> None:
-        """The job is over: its local folder and its checkpoints' resume state go."""
-        for row in await self.pool.fetch(queries.job_checkpoint_blobs, job_id):
-            with contextlib.suppress(LoraFleetError):
+        """The job is over (every ending: succeeded, failed, cancelled): its local folder (the copies of its
+        files, checkpoints, the final adapter) and its checkpoints' resume state in the blob store go. What
+        the tenant keeps is registered adapters, counted in its adapter quota."""
+        for row in await self.pool.fetch(queries.retire_checkpoint_blobs, job_id, 2**31 - 1):
+            with contextlib.suppress(LoraFleetError, OSError):
                 await asyncio.to_thread(self.blobs.delete, row["sha256"])
         await asyncio.to_thread(shutil.rmtree, output, True)
 

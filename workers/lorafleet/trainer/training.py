@@ -12,6 +12,19 @@ fp32 on a CPU, bf16 on a GPU. Loss: mean cross-entropy over the label tokens of 
 ``trained_tokens`` counts every token of every example the optimizer has seen (masked or not), so
 a full job trains ``tokens in the file × n_epochs`` — what OpenAI bills: all tokens of the example.
 
+Memory is bounded by construction (issue 28, finding 2), whatever the batch size: a batch (one
+optimizer step) is run as micro-batches of at most ``tokens_per_step`` padded tokens (an example
+longer than that alone), gradients accumulated; the decoder layers are gradient-checkpointed (only
+each layer's input is kept for the backward pass, not its attention and MLP intermediates); and the
+loss is computed over the vocabulary in chunks of positions, each chunk's logits recomputed in the
+backward pass instead of kept (SmolLM2's 49,152-wide logits of 2,048 positions are 400 MB a copy).
+The caller enforces a limit on top (runner.py: RLIMIT_AS and a resident-memory watchdog).
+
+Validation (issue 28, finding 4) is bounded and counted: at the end of each epoch but the last, a
+sampled pass over ``validation_sample`` examples of the validation file (the same ones on a resume);
+at the end of the job, one full pass. ``validation_tokens`` counts every token those passes ran; it
+is billed with the trained tokens (billing/pricing.py).
+
 :func:`run_in_child` runs :func:`train` in a spawned process (a caller's event loop keeps beating
 its queue heartbeats) and reports events, then one ``result`` or ``error``, on a queue.
 """
@@ -39,6 +52,8 @@ STATE_FILE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 GRADIENT_CLIP = 1.0
+LOSS_CHUNK = 512  # positions whose logits exist at once in the loss (× the vocabulary × 4 bytes)
+OUT_OF_MEMORY = "training_out_of_memory"
 
 Event = dict[str, Any]
 
@@ -57,6 +72,9 @@ class JobSpec:
     # torch CPU threads; 0: torch's default (one per core). On a machine shared with other busy
     # processes, 1 was ~8x faster per step than 2 here (OpenMP threads spin against each other).
     threads: int = 0
+    tokens_per_step: int = 2048  # padded tokens of one forward/backward pass (a longer example: its own)
+    validation_sample: int = 32  # examples of a sampled validation pass
+    remove_inputs: bool = False  # delete the data files once loaded (the runner's copies: a deleted file leaves)
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class TrainResult:
     resumed_from_step: int
     adapter_dir: str | None  # the final adapter (None when cancelled)
     hyperparameters: dict[str, Any]
+    validation_tokens: int = 0  # every token the validation passes ran
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -82,6 +101,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
           should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     import torch
+    import torch.utils.checkpoint
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -96,6 +116,10 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
     if spec.validation_file:
         valid = load_examples(Path(spec.validation_file), renderer, Limits(**{**asdict(spec.limits), "min_examples": 1}),
                               train_on_inputs=train_on_inputs, param="validation_file")
+    if spec.remove_inputs:  # in memory now; a resume fetches the file again (and fails if it was deleted)
+        for name in (spec.training_file, spec.validation_file):
+            if name:
+                Path(name).unlink(missing_ok=True)
     hp = resolve(spec.hyperparameters, len(examples))
     steps_per_epoch = math.ceil(len(examples) / hp.batch_size)
     total_steps = hp.n_epochs * steps_per_epoch
@@ -104,6 +128,10 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
 
     torch.manual_seed(spec.seed)
     base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.bfloat16 if gpu else torch.float32)
+    base.config.use_cache = False
+    # Only each decoder layer's input is kept for backward; its intermediates are recomputed (non-reentrant:
+    # the frozen embeddings' output needs no grad for the LoRA weights inside the layer to get theirs).
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                       target_modules=list(hp.target_modules), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(base, lora).to(device)
@@ -114,7 +142,7 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total_steps)
     pad_id = renderer.tokenizer.pad_token_id if renderer.tokenizer.pad_token_id is not None else 0
 
-    step, trained_tokens = 0, 0
+    step, trained_tokens, validation_tokens = 0, 0, 0
     checkpoint = latest_checkpoint(output)
     if checkpoint is not None:
         state = torch.load(checkpoint / STATE_FILE, weights_only=True)
@@ -126,6 +154,7 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step, trained_tokens = int(state["step"]), int(state["trained_tokens"])
+        validation_tokens = int(state.get("validation_tokens", 0))
         on_event(_message(f"Resuming from the checkpoint at step {step}"))
     resumed_from = step
     on_event(_message(f"Training {len(examples)} examples for {hp.n_epochs} epochs: {total_steps} steps"))
@@ -142,26 +171,62 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
             mask[row, :n] = 1
         return ids.to(device), labels.to(device), mask.to(device)
 
-    def loss_of(ids: Any, labels: Any, mask: Any) -> tuple[Any, int, int]:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=IGNORE_INDEX, reduction="sum")
-        counted = target != IGNORE_INDEX
-        correct = int((logits.argmax(-1)[counted] == target[counted]).sum())
-        return loss, int(counted.sum()), correct
+    causal = model.get_base_model()
+    decoder, lm_head = causal.model, causal.get_output_embeddings()
 
-    def validation_loss() -> float | None:
-        if not valid:
+    def chunk_loss(hidden: Any, target: Any) -> tuple[Any, Any]:
+        logits = lm_head(hidden).float()
+        loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, (logits.argmax(-1) == target).sum()
+
+    def loss_of(ids: Any, labels: Any, mask: Any) -> tuple[Any, int, int]:
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        target = labels[:, 1:]
+        counted = target != IGNORE_INDEX
+        hidden, target = hidden[counted], target[counted]  # only positions in the loss reach the vocabulary
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        correct = 0
+        for start in range(0, target.shape[0], LOSS_CHUNK):
+            part = (hidden[start:start + LOSS_CHUNK], target[start:start + LOSS_CHUNK])
+            if torch.is_grad_enabled():  # the chunk's logits are recomputed in backward, not kept
+                piece, right = torch.utils.checkpoint.checkpoint(chunk_loss, *part, use_reentrant=False)
+            else:
+                piece, right = chunk_loss(*part)
+            loss, correct = loss + piece, correct + int(right)
+        return loss, int(target.shape[0]), correct
+
+    def micro_batches(indices: list[int], data: list[Rendered]) -> list[list[int]]:
+        """``indices`` split into runs whose padded size (rows × longest) stays within tokens_per_step."""
+        runs: list[list[int]] = []
+        for i in sorted(indices, key=lambda i: len(data[i].input_ids)):  # similar lengths pad less
+            longest = len(data[i].input_ids)
+            if runs and (len(runs[-1]) + 1) * longest <= spec.tokens_per_step:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+
+    def counted_positions(indices: list[int], data: list[Rendered]) -> int:
+        return sum(sum(1 for label in data[i].labels[1:] if label != IGNORE_INDEX) for i in indices)
+
+    def validation_loss(indices: list[int]) -> float | None:
+        nonlocal validation_tokens
+        if not indices:
             return None
         model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(valid), hp.batch_size):
-                loss, n, _ = loss_of(*batch(list(range(start, min(start + hp.batch_size, len(valid)))), valid))
+            for run in micro_batches(indices, valid):
+                loss, n, _ = loss_of(*batch(run, valid))
                 total, count = total + loss.item(), count + n
+                validation_tokens += sum(len(valid[i].input_ids) for i in run)
         model.train()
         return total / max(count, 1)
+
+    def sampled(epoch: int) -> list[int]:
+        """The sampled pass of an epoch's end: the same examples on a resume (seeded by the epoch)."""
+        order = torch.randperm(len(valid), generator=torch.Generator().manual_seed(spec.seed + 7919 * (epoch + 1)))
+        return order[:spec.validation_sample].tolist()
 
     def save_checkpoint(at: int) -> None:
         folder = output / CHECKPOINTS / f"step-{at:06d}"
@@ -169,6 +234,7 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         shutil.rmtree(temporary, ignore_errors=True)
         model.save_pretrained(str(temporary), safe_serialization=True)
         torch.save({"step": at, "total_steps": total_steps, "trained_tokens": trained_tokens,
+                    "validation_tokens": validation_tokens,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, temporary / STATE_FILE)
         shutil.rmtree(folder, ignore_errors=True)
@@ -179,36 +245,44 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
     while step < total_steps:
         if should_stop():
             on_event(_message(f"Cancelled after step {step}"))
-            return TrainResult("cancelled", step, total_steps, trained_tokens, resumed_from, None, asdict(hp))
+            return TrainResult("cancelled", step, total_steps, trained_tokens, resumed_from, None, asdict(hp),
+                               validation_tokens)
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(spec.seed + epoch)).tolist()
             order_epoch = epoch
         indices = order[position * hp.batch_size:(position + 1) * hp.batch_size]
-        ids, labels, mask = batch(indices, examples)
-        loss_sum, counted, correct = loss_of(ids, labels, mask)
-        (loss_sum / max(counted, 1)).backward()
+        in_loss = max(counted_positions(indices, examples), 1)  # the batch's mean, over all its micro-batches
+        loss_total, counted, correct, tokens = 0.0, 0, 0, 0
+        for run in micro_batches(indices, examples):
+            ids, labels, mask = batch(run, examples)
+            loss_sum, n, right = loss_of(ids, labels, mask)
+            if loss_sum.requires_grad:  # a micro-batch with no position in the loss has nothing to give back
+                (loss_sum / in_loss).backward()
+            loss_total, counted, correct = loss_total + loss_sum.item(), counted + n, correct + right
+            tokens += int(mask.sum())
+            del ids, labels, mask, loss_sum
         torch.nn.utils.clip_grad_norm_(parameters, GRADIENT_CLIP)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        tokens = int(mask.sum())
         trained_tokens += tokens
         elapsed = time.monotonic() - started
         data: dict[str, Any] = {
             "step": step, "total_steps": total_steps, "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / max(counted, 1),
+            "train_loss": loss_total / max(counted, 1),
             "train_mean_token_accuracy": correct / max(counted, 1),
             "trained_tokens": trained_tokens,
             "tokens_per_second": (trained_tokens - first_tokens) / elapsed if elapsed > 0 else 0.0,
             "eta_seconds": elapsed / (step - first_step) * (total_steps - step),
         }
         epoch_end = step % steps_per_epoch == 0
-        if epoch_end or (spec.checkpoint_every and step % spec.checkpoint_every == 0):
-            valid_loss = validation_loss()
-            if valid_loss is not None:
-                data["valid_loss"] = valid_loss
+        if valid and step == total_steps:  # the end: one full pass
+            data["valid_loss"] = data["full_valid_loss"] = validation_loss(list(range(len(valid))))
+        elif valid and epoch_end:  # the end of an epoch: a sampled pass
+            data["valid_loss"] = validation_loss(sampled(epoch))
+        data["validation_tokens"] = validation_tokens
         on_event({"type": "metrics", "level": "info",
                   "message": f"Step {step}/{total_steps}: training loss={data['train_loss']:.4f}", "data": data})
         if epoch_end or (spec.checkpoint_every and step % spec.checkpoint_every == 0):
@@ -218,7 +292,8 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(str(final), safe_serialization=True)
     on_event(_message(f"Training finished: {trained_tokens} trained tokens"))
-    return TrainResult("succeeded", step, total_steps, trained_tokens, resumed_from, str(final), asdict(hp))
+    return TrainResult("succeeded", step, total_steps, trained_tokens, resumed_from, str(final), asdict(hp),
+                       validation_tokens)
 
 
 def _message(text: str, **data: Any) -> Event:
@@ -235,11 +310,21 @@ def run_in_child(spec: JobSpec, events: Any, cancel: Any) -> BaseProcess:
     return process
 
 
-def _child(spec: JobSpec, events: Any, cancel: Any) -> None:
+def _child(spec: JobSpec, events: Any, cancel: Any, work: Callable[..., TrainResult] = train) -> None:
     try:
-        result = train(spec, events.put, cancel.is_set)
+        result = work(spec, events.put, cancel.is_set)
     except LoraFleetError as exc:
         events.put({"type": "error", "error": {"code": exc.code, "message": exc.message, "param": exc.param}})
+    except MemoryError:  # RLIMIT_AS refused an allocation (runner.py): the job's own limit, not the host's
+        events.put({"type": "error", "error": {"code": OUT_OF_MEMORY, "param": None,
+                                               "message": "training needed more memory than a job may use"}})
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc) and "DefaultCPUAllocator" not in str(exc):
+            events.put({"type": "error", "error": {"code": "training_failed", "param": None,
+                                                   "message": f"{type(exc).__name__}: {str(exc)[:500]}"}})
+        else:  # torch's allocator says it with a RuntimeError
+            events.put({"type": "error", "error": {"code": OUT_OF_MEMORY, "param": None,
+                                                   "message": "training needed more memory than a job may use"}})
     except Exception as exc:  # the job fails with a message; the caller's process lives on
         events.put({"type": "error", "error": {"code": "training_failed", "param": None,
                                                "message": f"{type(exc).__name__}: {str(exc)[:500]}"}})

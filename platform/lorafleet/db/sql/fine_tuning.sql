@@ -106,7 +106,7 @@ UPDATE fine_tuning_jobs SET status = 'failed', finished_at = now(),
                                'message', 'The job''s trainer stopped ' || attempts || ' times; giving up.')
 WHERE base_model_id = $1 AND status = 'running' AND attempts >= $3
   AND heartbeat_at < now() - make_interval(secs => $2)
-RETURNING id, tenant_id;
+RETURNING *;
 
 -- name: claim_fine_tuning_job
 -- The oldest queued job of this base model ($1), or a running one whose trainer stopped beating for
@@ -133,9 +133,24 @@ UPDATE fine_tuning_jobs SET status = $3, error = $4, fine_tuned_model = $5, adap
 WHERE id = $1 AND trainer_id = $2 AND status IN ('running', 'validating_files')
 RETURNING id;
 
--- name: record_trained_tokens
--- A cancelled job keeps its status; what it trained is still shown.
-UPDATE fine_tuning_jobs SET trained_tokens = $2 WHERE id = $1;
+-- name: record_fine_tuning_progress
+-- What a job has run so far ($2 trained, $3 validation tokens), written as its trainer reports it: every
+-- ending bills it, even one whose trainer's job code failed. A cancelled job keeps its status.
+UPDATE fine_tuning_jobs SET trained_tokens = $2, validation_tokens = $3 WHERE id = $1;
+
+-- name: fine_tuning_progress
+SELECT trained_tokens, validation_tokens FROM fine_tuning_jobs WHERE id = $1;
+
+-- name: base_model_architecture
+SELECT nullif(architecture, '{}'::jsonb) AS architecture FROM base_models WHERE id = $1;
+
+-- name: tenant_checkpoint_bytes
+-- The resume state the tenant's ($1) open jobs hold in the blob store, job $2's own earlier checkpoints
+-- left out (they go once its next one is stored).
+SELECT coalesce(sum(c.size_bytes), 0)::bigint
+FROM fine_tuning_checkpoints c JOIN fine_tuning_jobs j ON j.id = c.job_id
+WHERE j.tenant_id = $1 AND c.blob_live AND j.id <> $2
+  AND j.status IN ('validating_files', 'queued', 'running');
 
 -- name: base_model_for_trainer
 SELECT id, name FROM base_models WHERE name = $1;
@@ -165,8 +180,11 @@ RETURNING id;
 -- name: fine_tuning_job_status
 SELECT status FROM fine_tuning_jobs WHERE id = $1;
 
--- name: job_checkpoint_blobs
-SELECT sha256 FROM fine_tuning_checkpoints WHERE job_id = $1;
+-- name: retire_checkpoint_blobs
+-- Job $1's checkpoints before step $2 no longer hold resume state: their blobs are deleted by the caller.
+UPDATE fine_tuning_checkpoints SET blob_live = false
+WHERE job_id = $1 AND step_number < $2 AND blob_live
+RETURNING sha256;
 
 -- name: fine_tuning_headroom
 -- What a job's worst case is checked against at create: the month's spend and limit, prepaid credit.
@@ -212,3 +230,7 @@ RETURNING r.amount_micro_usd;
 SELECT url FROM workers
 WHERE base_model_id = $1 AND state = 'ready' AND heartbeat_at > now() - make_interval(secs => $2)
 ORDER BY url;
+
+-- name: base_model_max_lora_rank
+-- The largest adapter rank base model $1's workers serve (vLLM --max-lora-rank, as they registered it).
+SELECT max_lora_rank FROM base_models WHERE id = $1;
