@@ -437,10 +437,13 @@ class Trainer:
             archive.unlink(missing_ok=True)
         name = f"{fine_tuned_model_name(job['model'], job['suffix'], job['id'])}:ckpt-step-{step}"
         shown = {key: metrics[key] for key in ("train_loss", "train_mean_token_accuracy", "valid_loss") if key in metrics}
-        await self.pool.execute(queries.insert_fine_tuning_checkpoint, ids.fine_tuning_checkpoint_id(), job["id"], step,
-                                {"step": step, **shown}, name, sha256, size)
         # A resume needs only the latest checkpoint: the earlier ones' resume state goes, here and in the store.
-        for row in await self.pool.fetch(queries.retire_checkpoint_blobs, job["id"], step):
+        # One transaction: nobody ever sees two live checkpoints of a job (nor none).
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(queries.insert_fine_tuning_checkpoint, ids.fine_tuning_checkpoint_id(), job["id"],
+                                     step, {"step": step, **shown}, name, sha256, size)
+            retired = await connection.fetch(queries.retire_checkpoint_blobs, job["id"], step)
+        for row in retired:
             with contextlib.suppress(LoraFleetError, OSError):
                 await asyncio.to_thread(self.blobs.delete, row["sha256"])
         for older in (output / training.CHECKPOINTS).glob("step-*"):
