@@ -13,6 +13,7 @@ import aiohttp
 from litestar import Litestar, Router
 from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
+from lorafleet.adapters.aliases import AliasService
 from lorafleet.adapters.service import AdapterQuota, AdapterService
 from lorafleet.core import ids
 from lorafleet.core.settings import GatewaySettings, get_settings
@@ -25,6 +26,7 @@ from lorafleet.dashboard import (
 from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
 from lorafleet.gateway.adapters import AdaptersController
+from lorafleet.gateway.adapters.releases import AdapterReleasesController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
@@ -122,6 +124,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                 pool, blobs,
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
+            aliases=AliasService(pool),
             cache_salts=CacheSalts(settings.internal_token),
             responses=ResponseStore(pool, settings.responses_retention_days, TenantStorage(
                 pool, "responses", StorageQuota(settings.tenant_max_stored_response_bytes,
@@ -166,7 +169,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
-            KeysController, AccountController, AdminController, SystemController,
+            AdapterReleasesController, KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

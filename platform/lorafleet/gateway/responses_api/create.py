@@ -61,7 +61,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
     read = preflight.before_model(data)  # before admission: what the engine's grammar compiler would read
     assert read is not None
-    resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+    resolved = await services.catalog.resolve(principal.tenant_id, data.model, data.user)  # user: the sticky key
     require_task(resolved, "generate", data.model)
     tools, input_items = read.tools, read.items
     claimed: Claim | None = None
