@@ -288,3 +288,24 @@ async def test_uploading_under_an_existing_name_adds_a_version_whose_archive_hol
         for reference in (f"{name}@v1", second.json()["id"], name):
             theirs = await http.get(f"/v1/adapters/{reference}/content")
             assert theirs.status_code == 404 and theirs.json()["error"]["param"] == "adapter_id", theirs.text
+
+
+async def test_the_dashboard_shows_versions_and_aliases_and_rolls_an_alias_back(platform, tenant, two_versions):
+    from tests.helpers import dashboard
+
+    name, _, _ = two_versions
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        for version in (1, 2):
+            moved = await http.put(f"/v1/adapters/{name}/aliases/prod", json={"versions": [{"version": version}]})
+            assert moved.status_code == 200
+        async with dashboard(platform.url, tenant.secret) as (session, csrf):
+            page = await session.get("/dashboard/adapters")
+            assert page.status_code == 200
+            assert f"{name}@v1" in page.text and f"{name}@v2" in page.text and f"{name}@prod" in page.text
+            rolled = await session.post(f"/dashboard/adapters/{name}/aliases/prod/rollback", data={"csrf": csrf})
+            assert rolled.status_code == 303, rolled.text
+            forged = await session.post(f"/dashboard/adapters/{name}/aliases/prod/rollback", data={"csrf": "forged"})
+            assert forged.status_code == 403
+        alias = (await http.get(f"/v1/adapters/{name}/aliases/prod")).json()
+        assert [t["version"] for t in alias["targets"]] == [1]
+        assert alias["history"][0]["action"] == "rollback"

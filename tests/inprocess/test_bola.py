@@ -236,6 +236,8 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/adapters": Route("session", "adapters:read"),
     "POST /dashboard/adapters/upload": Route("session", "adapters:write", (), _dashboard_upload),
     "POST /dashboard/adapters/{adapter_id}/delete": Route("session", "adapters:write", (ADAPTER_ID,), _form),
+    "POST /dashboard/adapters/{adapter_name}/aliases/{alias}/rollback": Route("session", "adapters:write", ALIAS_NAME,
+                                                                              _form),
     "GET /dashboard/fine-tuning": Route("session", "adapters:read"),
     "POST /dashboard/fine-tuning": Route("session", "adapters:write", (Slot("training_file", "file_id"),),
                                          _dashboard_job),
