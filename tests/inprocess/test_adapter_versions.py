@@ -309,3 +309,37 @@ async def test_the_dashboard_shows_versions_and_aliases_and_rolls_an_alias_back(
         alias = (await http.get(f"/v1/adapters/{name}/aliases/prod")).json()
         assert [t["version"] for t in alias["targets"]] == [1]
         assert alias["history"][0]["action"] == "rollback"
+
+
+async def test_per_version_numbers_equal_the_ledgers_counts(platform, db, tenant, two_versions):
+    from tests.helpers import wait_rows
+
+    name, v1, v2 = two_versions
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        for model, times in ((f"{name}@v1", 5), (f"{name}@v2", 3)):
+            for _ in range(times):
+                assert (await _complete(http, model, uuid.uuid4().hex)).status_code == 200
+        for worker in platform.workers:
+            worker.behaviour.fail_next = 10  # every attempt fails: one request that ends in an upstream error
+        failed = await _complete(http, f"{name}@v2", uuid.uuid4().hex)
+        assert failed.status_code >= 500, failed.text
+        for worker in platform.workers:
+            worker.behaviour.fail_next = 0
+    await wait_rows(db, tenant.tenant_id, 9)
+    async with httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers, timeout=30) as admin:
+        answer = await admin.get("/admin/adapters/stats", params={"tenant_id": tenant.tenant_id, "name": name})
+        assert answer.status_code == 200, answer.text
+        bad = await admin.get("/admin/adapters/stats", params={"hours": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "hours", bad.text
+    stats = {row["version"]: row for row in answer.json()["data"]}
+    assert (stats[1]["requests"], stats[1]["errors"], stats[2]["requests"], stats[2]["errors"]) == (5, 0, 4, 1)
+    for version, adapter_id in ((1, v1), (2, v2)):
+        ledger = await db.fetchrow(
+            "SELECT count(*) AS requests, sum(completion_tokens) AS completion, sum(prompt_tokens) AS prompt, "
+            "percentile_disc(0.5) WITHIN GROUP (ORDER BY ttft_ms) AS p50, "
+            "percentile_disc(0.95) WITHIN GROUP (ORDER BY ttft_ms) AS p95 FROM usage_ledger WHERE adapter_id = $1",
+            adapter_id)
+        row = stats[version]
+        assert (row["requests"], row["completion_tokens"], row["prompt_tokens"], row["ttft_ms_p50"], row["ttft_ms_p95"]) \
+            == (ledger["requests"], ledger["completion"], ledger["prompt"], ledger["p50"], ledger["p95"]), version
+        assert row["ttft_ms_p50"] is not None

@@ -224,6 +224,7 @@ ROUTES: dict[str, Route] = {
                                                         "completion_micro_usd_per_mtok": 0})),
     "GET /admin/invoices/{invoice_id}": Route("admin"),
     "GET /admin/workers": Route("admin"),
+    "GET /admin/adapters/stats": Route("admin"),
     "POST /admin/adapters/{adapter_id}/pin": Route("admin"),
     "DELETE /admin/adapters/{adapter_id}/pin": Route("admin"),
     # ---- the dashboard (a session acts with exactly its key's scopes) -----------------------

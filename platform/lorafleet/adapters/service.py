@@ -54,6 +54,24 @@ class AdapterPin(msgspec.Struct, frozen=True, kw_only=True):
     object: str = "adapter_pin"
 
 
+class AdapterVersionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One adapter version's numbers from the ledger over a window (the operator's and the dashboard's)."""
+
+    adapter_id: str
+    tenant_id: str
+    name: str
+    version: int
+    status: str
+    requests: int
+    errors: int  # the platform's failures: upstream errors and unavailable (client disconnects apart)
+    client_disconnects: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms_p50: int | None
+    ttft_ms_p95: int | None
+    object: str = "adapter.version_stats"
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterQuota:
     """What one tenant may keep: adapters and bytes of weights (checked in the insert's transaction)."""
@@ -150,6 +168,12 @@ class AdapterService:
         if row is None:
             raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
         return AdapterPin(**dict(row))
+
+    async def version_stats(self, since: dt.datetime, *, tenant_id: str | None = None, name: str | None = None,
+                            limit: int = 1000) -> list[AdapterVersionStats]:
+        """Requests, failures, tokens and TTFT p50/p95 per adapter version since ``since``, from the ledger."""
+        rows = await self._pool.fetch(queries.adapter_version_stats, tenant_id, name, since, limit)
+        return [AdapterVersionStats(**dict(row)) for row in rows]
 
     async def labels(self, adapter_ids: list[str]) -> dict[str, str]:
         """``name (tenant)`` for each id, for the operator's view of what workers hold."""

@@ -295,8 +295,11 @@ class DashboardController(Controller):
         activity = await adapter_activity(services.pool, session.tenant_id, month_start(dt.datetime.now(dt.UTC)))
         served = sorted({w.base_model_name for w in services.registry.workers()})  # what a worker can serve
         aliases = await services.aliases.list_all(session.tenant_id)
+        day = await services.adapters.version_stats(dt.datetime.now(dt.UTC) - dt.timedelta(hours=24),
+                                                    tenant_id=session.tenant_id, limit=len(adapters) + 1)
         return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
-                                                aliases=aliases, base_models=served,
+                                                aliases=aliases, day={s.adapter_id: s for s in day},
+                                                base_models=served,
                                                 max_upload=services.settings.max_upload_bytes))
 
     @post("/adapters/{adapter_name:str}/aliases/{alias:str}/rollback")

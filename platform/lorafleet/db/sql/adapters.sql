@@ -150,3 +150,22 @@ SELECT a.id FROM fine_tuning_checkpoints c
 JOIN fine_tuning_jobs j ON j.id = c.job_id
 JOIN adapters a ON a.tenant_id = j.tenant_id AND a.fine_tuned_model = c.fine_tuned_model_checkpoint AND a.status = 'ready'
 WHERE j.tenant_id = $1 AND c.job_id = $2 AND c.id = $3;
+
+-- name: adapter_version_stats
+-- Per adapter version, from the ledger since $3: requests, failures (the platform's: upstream errors and
+-- unavailable; client disconnects apart), tokens, time to first token. $1 tenant (NULL: all), $2 name (NULL: all).
+SELECT a.id AS adapter_id, a.tenant_id, a.name, a.version, a.status,
+       count(l.request_id)::bigint AS requests,
+       count(l.request_id) FILTER (WHERE l.outcome IN ('upstream_error', 'unavailable'))::bigint AS errors,
+       count(l.request_id) FILTER (WHERE l.outcome = 'client_disconnect')::bigint AS client_disconnects,
+       coalesce(sum(l.prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(l.completion_tokens), 0)::bigint AS completion_tokens,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY l.ttft_ms) AS ttft_ms_p50,
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY l.ttft_ms) AS ttft_ms_p95
+FROM adapters a
+LEFT JOIN usage_ledger l ON l.adapter_id = a.id AND l.started_at >= $3
+WHERE ($1::text IS NULL OR a.tenant_id = $1) AND ($2::text IS NULL OR a.name = $2)
+  AND (a.status = 'ready' OR l.request_id IS NOT NULL)
+GROUP BY a.id
+ORDER BY a.tenant_id, a.name, a.version
+LIMIT $4;
