@@ -176,6 +176,8 @@ async def test_rollback_restores_the_previous_target_and_a_second_rollback_undoe
         listed = (await http.get(f"/v1/adapters/{name}/aliases")).json()
         assert [(a["alias"], a["model"]) for a in listed["data"]] == [("prod", f"{name}@prod")]
         # A version an alias sends traffic to cannot be deleted out from under it.
+        by_alias = await http.delete(f"/v1/models/{name}@prod")
+        assert by_alias.status_code == 400 and by_alias.json()["error"]["code"] == "alias_not_deletable", by_alias.text
         refused = await http.delete(f"/v1/adapters/{v2}")
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "adapter_version_in_use", refused.text
         assert (await http.delete(alias)).status_code == 200
@@ -331,6 +333,8 @@ async def test_per_version_numbers_equal_the_ledgers_counts(platform, db, tenant
         assert answer.status_code == 200, answer.text
         bad = await admin.get("/admin/adapters/stats", params={"hours": 0})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "hours", bad.text
+        misspelt = await admin.get("/admin/adapters/stats", params={"tenant": tenant.tenant_id})
+        assert misspelt.status_code == 400 and misspelt.json()["error"]["param"] == "tenant", misspelt.text
     stats = {row["version"]: row for row in answer.json()["data"]}
     assert (stats[1]["requests"], stats[1]["errors"], stats[2]["requests"], stats[2]["errors"]) == (5, 0, 4, 1)
     for version, adapter_id in ((1, v1), (2, v2)):

@@ -18,7 +18,6 @@ test_every_route_is_classified, so a new route cannot skip the checks below:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -35,7 +34,8 @@ from lorafleet.app import create_app
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
 
-from tests.helpers import TenantKey, close_this_month, dashboard, eventually, insert_adapter, wait_rows
+from tests.helpers import (TenantKey, close_this_month, dashboard, eventually, give_weights, insert_adapter,
+                           wait_rows)
 
 STUB_MODEL = "stub-model"  # the in-process tier's base model (conftest)
 NEW_KEY_COOKIE = "lf_new_key"  # the dashboard's just-created-key cookie (pages.py)
@@ -367,7 +367,7 @@ async def _tenant(platform, db, label: str) -> Tenant:
     owner = TenantKey(created.id, key.id, key.secret)
     adapter_name = f"{label}-adapter-{random_token(6)}"
     adapter_id = await insert_adapter(db, created.id, platform.base_model_id, adapter_name)
-    await _with_weights(platform, db, adapter_id)  # its archive can be downloaded
+    await give_weights(platform, db, adapter_id)  # its archive can be downloaded
     idempotency_key = str(uuid.uuid4())
     async with httpx.AsyncClient(base_url=platform.url, headers=owner.headers, timeout=30) as http:
         for model in (STUB_MODEL, adapter_name):
@@ -411,20 +411,6 @@ async def _tenant(platform, db, label: str) -> Tenant:
                   checkpoint_id)
 
 
-async def _with_weights(platform, db, adapter_id: str) -> None:
-    """Real bytes in the gateway's blob store for the adapter (insert_adapter writes a row only)."""
-    from lorafleet.adapters.blobstore import LocalBlobStore
-
-    weights = f"weights of {adapter_id}".encode()
-    sha256 = hashlib.sha256(weights).hexdigest()
-    source = platform.app.state.services.settings.data_path / f"{adapter_id}.weights"
-    source.write_bytes(weights)
-    LocalBlobStore(platform.app.state.services.settings.resolved_blob_dir).put(sha256, source)
-    await db.execute("INSERT INTO blobs (sha256, size_bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", sha256,
-                     len(weights))
-    await db.execute("UPDATE adapters SET sha256 = $2, size_bytes = $3 WHERE id = $1", adapter_id, sha256, len(weights))
-
-
 async def _checkpoint(platform, db, tenant_id: str, job_id: str, label: str) -> str:
     """A checkpoint of the job, registered as a servable adapter as the trainer does (finetune/runner.py)."""
     checkpoint_id = ids.fine_tuning_checkpoint_id()
@@ -432,7 +418,7 @@ async def _checkpoint(platform, db, tenant_id: str, job_id: str, label: str) -> 
     await db.execute(queries.insert_fine_tuning_checkpoint, checkpoint_id, job_id, 1, {"step": 1}, name, "0" * 64, 1)
     adapter_id = await insert_adapter(db, tenant_id, platform.base_model_id, f"{job_id}-step-1")
     await db.execute("UPDATE adapters SET fine_tuned_model = $2 WHERE id = $1", adapter_id, name)
-    await _with_weights(platform, db, adapter_id)
+    await give_weights(platform, db, adapter_id)
     return checkpoint_id
 
 

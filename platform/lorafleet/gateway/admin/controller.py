@@ -25,6 +25,7 @@ from lorafleet.billing.accounts import (
     PriceView,
 )
 from lorafleet.billing.invoices import Invoice, get_invoice
+from lorafleet.core.errors import InvalidRequest
 from lorafleet.core.types import Page
 from lorafleet.gateway.admin.schemas import (
     AccountUpdate,
@@ -166,12 +167,15 @@ class AdminController(Controller):
 
     @get("/adapters/stats", operation_id="adminAdapterStats", responses=error_responses(400, *ADMIN_TOKEN),
          summary="Per adapter version: requests, failures, tokens, time to first token p50/p95, from the ledger.")
-    async def adapter_stats(self, services: AppServices, admin: Operator,
+    async def adapter_stats(self, request: Request, services: AppServices, admin: Operator,
                             tenant_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
                             name: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
                             hours: Annotated[int, QueryParameter(ge=1, le=24 * 90, description="The window.")] = 24,
                             limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
                             ) -> AdapterStatsList:
+        unknown = sorted(set(request.query_params) - {"tenant_id", "name", "hours", "limit"})
+        if unknown:  # a misspelt filter must not silently widen the answer to every tenant
+            raise InvalidRequest(f"unknown query parameter {unknown[0][:64]!r}", param=unknown[0][:64])
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
         stats = await services.adapters.version_stats(since, tenant_id=tenant_id, name=name, limit=limit)
         return AdapterStatsList(data=stats, since=since)
