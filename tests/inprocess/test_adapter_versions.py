@@ -62,7 +62,8 @@ async def _complete(http: httpx.AsyncClient, model: str, marker: str, **extra) -
 async def test_a_name_resolves_to_its_latest_version_and_name_at_v_to_exactly_that_one(platform, tenant, two_versions):
     name, v1, v2 = two_versions
     async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
-        for model, expected in ((name, v2), (f"{name}@v1", v1), (f"{name}@v2", v2), (f"{STUB_MODEL}:{name}@v1", v1)):
+        for model, expected in ((name, v2), (f"{name}@v1", v1), (f"{name}@v2", v2), (f"{STUB_MODEL}:{name}@v1", v1),
+                                (f"{name}@latest", v2)):
             marker = uuid.uuid4().hex
             answer = await _complete(http, model, marker)
             assert answer.status_code == 200, (model, answer.text)

@@ -174,9 +174,10 @@ class ModelCatalog:
         rows = await self._pool.fetch(queries.resolve_adapter_alias, tenant_id, name, selector or LATEST)
         if rows:
             return tuple(Target(row["id"], row["base_model"], row["version"], row["weight"]) for row in rows)
-        if selector:
+        if selector and selector != LATEST:
             return ()
-        row = await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name)  # no `latest` alias
+        # No `latest` alias: the bare name (and name@latest) is the highest ready version.
+        row = await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name)
         return (Target(row["id"], row["base_model"], row["version"]),) if row else ()
 
 
