@@ -68,9 +68,18 @@ async def test_a_name_resolves_to_its_latest_version_and_name_at_v_to_exactly_th
             answer = await _complete(http, model, marker)
             assert answer.status_code == 200, (model, answer.text)
             assert _served(platform, marker) == expected, model
+            assert answer.headers["x-lorafleet-adapter-id"] == expected
+            assert answer.headers["x-lorafleet-adapter-version"] == ("1" if expected == v1 else "2")
         for model in (f"{name}@v3", f"{name}@", f"{name}@V1", f"{name}@nope", f"other-base:{name}@v1"):
             missing = await _complete(http, model, uuid.uuid4().hex)
             assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found", (model, missing.text)
+        chat = await http.post("/v1/chat/completions", json={"model": f"{name}@v1", "max_tokens": 2,
+                                                             "messages": [{"role": "user", "content": "x"}]})
+        assert chat.status_code == 200 and chat.headers["x-lorafleet-adapter-version"] == "1"
+        response = await http.post("/v1/responses", json={"model": f"{name}@v1", "input": "x", "max_output_tokens": 2})
+        assert response.status_code == 200 and response.headers["x-lorafleet-adapter-id"] == v1
+        base = await _complete(http, STUB_MODEL, uuid.uuid4().hex)
+        assert "x-lorafleet-adapter-id" not in base.headers
         listed = {m["id"] for m in (await http.get("/v1/models")).json()["data"]}
         assert {name, f"{name}@v1", f"{name}@v2"} <= listed
         assert (await http.get(f"/v1/models/{name}@v1")).json()["id"] == f"{name}@v1"

@@ -184,6 +184,14 @@ class ModelCatalog:
 STICKY_HEADER = "X-LoraFleet-Sticky-Key"
 
 
+def version_headers(resolved: ResolvedModel) -> list[tuple[bytes, bytes]]:
+    """Which adapter version answers (a canary's caller can tell): its id and its version number."""
+    if resolved.adapter_id is None:
+        return []
+    return [(b"x-lorafleet-adapter-id", resolved.adapter_id.encode()),
+            (b"x-lorafleet-adapter-version", str(resolved.version).encode())]
+
+
 def sticky_key(request: Any, user: str | None) -> str | None:
     """What keeps one caller on one version of a split alias: the request's ``user``, else the header."""
     return user or request.headers.get(STICKY_HEADER) or None

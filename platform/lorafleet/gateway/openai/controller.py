@@ -14,7 +14,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
-from lorafleet.gateway.fleet.catalog import sticky_key
+from lorafleet.gateway.fleet.catalog import sticky_key, version_headers
 from lorafleet.gateway.dependencies import AppServices, Caller, Context, TENANT_DEPENDENCIES, TENANT_GUARDS, scope
 from lorafleet.gateway import preflight
 from lorafleet.gateway.openai.models import (
@@ -54,6 +54,7 @@ class OpenAIController(Controller):
                                principal: Caller) -> Response[Any]:
         preflight.before_model(data)
         resolved = await services.catalog.resolve(principal.tenant_id, data.model, sticky_key(request, data.user))
+        context.response_headers += version_headers(resolved)
         prepared = preflight.chat(data, len(await request.body()), resolved, services.settings)
         return await run_completion(prepared.request, prepared.demand, Endpoint.CHAT_COMPLETIONS, resolved, context,
                                     services, principal)
@@ -66,6 +67,7 @@ class OpenAIController(Controller):
                           principal: Caller) -> Response[Any]:
         preflight.before_model(data)
         resolved = await services.catalog.resolve(principal.tenant_id, data.model, sticky_key(request, data.user))
+        context.response_headers += version_headers(resolved)
         prepared = preflight.completion(data, resolved, services.settings)
         return await run_completion(prepared.request, prepared.demand, Endpoint.COMPLETIONS, resolved, context,
                                     services, principal)

@@ -18,7 +18,7 @@ import structlog
 from litestar import Response
 from lorafleet.gateway.auth import Principal, bearer_secret
 from lorafleet.gateway.context import RequestContext
-from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task, version_headers
 from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, Replayed, claim, fingerprint
 from lorafleet.gateway.openai.output_cap import default_max_tokens, with_output_cap
 from lorafleet.gateway.openai.completion import run_admitted
@@ -73,6 +73,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
         if isinstance(begun, Replayed):
             return await _replay(begun.result, data.stream, context, services, principal)
         claimed = begun
+    context.response_headers += version_headers(resolved)  # not on a replay: that answer may be another version's
     try:
         store = services.responses
         # The turn this one continues, from its row alone: the chain itself is read once admitted.
