@@ -296,7 +296,7 @@ class DashboardController(Controller):
         served = sorted({w.base_model_name for w in services.registry.workers()})  # what a worker can serve
         aliases = await services.aliases.list_all(session.tenant_id)
         day = await services.adapters.version_stats(dt.datetime.now(dt.UTC) - dt.timedelta(hours=24),
-                                                    tenant_id=session.tenant_id, limit=len(adapters) + 1)
+                                                    tenant_id=session.tenant_id, limit=100_000)
         return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
                                                 aliases=aliases, day={s.adapter_id: s for s in day},
                                                 base_models=served,
