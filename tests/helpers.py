@@ -141,6 +141,22 @@ async def insert_adapter(db: asyncpg.Pool, tenant_id: str, base_model_id: str, n
     return adapter_id
 
 
+async def give_weights(platform, db: asyncpg.Pool, adapter_id: str) -> None:
+    """Real bytes in the gateway's blob store for the adapter (insert_adapter writes a row only)."""
+    import hashlib
+
+    from lorafleet.adapters.blobstore import LocalBlobStore
+
+    weights = f"weights of {adapter_id}".encode()
+    sha256 = hashlib.sha256(weights).hexdigest()
+    source = platform.app.state.services.settings.data_path / f"{adapter_id}.weights"
+    source.write_bytes(weights)
+    LocalBlobStore(platform.app.state.services.settings.resolved_blob_dir).put(sha256, source)
+    await db.execute("INSERT INTO blobs (sha256, size_bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", sha256,
+                     len(weights))
+    await db.execute("UPDATE adapters SET sha256 = $2, size_bytes = $3 WHERE id = $1", adapter_id, sha256, len(weights))
+
+
 async def close_this_month(db: asyncpg.Pool, tenant_id: str) -> str:
     """The tenant's invoice for the current month, closed now; its id."""
 

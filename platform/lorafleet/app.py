@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from litestar import Litestar, Router
+from lorafleet.adapters.aliases import AliasService
 from lorafleet.adapters.blobstore import make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
@@ -28,6 +29,7 @@ from lorafleet.files.service import FileService
 from lorafleet.finetune.jobs import FineTuningJobs
 from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.adapters import AdaptersController
+from lorafleet.gateway.adapters.releases import AdapterReleasesController
 from lorafleet.gateway.admin import AdminController
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
@@ -120,6 +122,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                 pool, blobs,
                 SandboxLimits(max_files=settings.max_adapter_files, max_bytes=settings.max_upload_bytes),
                 quota=AdapterQuota(settings.tenant_max_adapters, settings.tenant_max_adapter_bytes)),
+            aliases=AliasService(pool),
             cache_salts=CacheSalts(settings.internal_token),
             responses=ResponseStore(pool, settings.responses_retention_days, TenantStorage(
                 pool, "responses", StorageQuota(settings.tenant_max_stored_response_bytes,
@@ -164,7 +167,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
-            KeysController, AccountController, AdminController, SystemController,
+            AdapterReleasesController, KeysController, AccountController, AdminController, SystemController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

@@ -30,10 +30,11 @@ from lorafleet.app import create_app
 from lorafleet.core import ids
 from lorafleet.core.ids import random_token
 from lorafleet.core.settings import GatewaySettings, load_settings
+from lorafleet.db import queries
 from lorafleet.tenancy import TenancyService
 from lorafleet.tenancy.keys import ALL_SCOPES, generate_secret
 
-from tests.helpers import TenantKey, close_this_month, dashboard, eventually, insert_adapter, wait_rows
+from tests.helpers import TenantKey, close_this_month, dashboard, eventually, give_weights, insert_adapter, wait_rows
 
 STUB_MODEL = "stub-model"  # the in-process tier's base model (conftest)
 NEW_KEY_COOKIE = "lf_new_key"  # the dashboard's just-created-key cookie (pages.py)
@@ -43,7 +44,7 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
-               "cursor_job", "batch_id", "cursor_batch", "batch_file_id"]
+               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "adapter_version", "checkpoint_id"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,12 @@ MODEL_SLOTS = (Slot("model", "adapter_name"), Slot("model", "qualified_model"))
 RESPONSE_ID = (Slot("response_id", "response_id"),)
 FILE_ID, JOB_ID = (Slot("file_id", "file_id"),), (Slot("fine_tuning_job_id", "job_id"),)
 BATCH_ID = (Slot("batch_id", "batch_id"),)
+ADAPTER_REF = (ADAPTER_ID, Slot("adapter_id", "adapter_name"), Slot("adapter_id", "adapter_version"))
+ALIAS_NAME = (Slot("adapter_name", "adapter_name"),)
+CHECKPOINT = (Slot("fine_tuning_job_id", "job_id"), Slot("checkpoint_id", "checkpoint_id"))
+# Path parameters a route takes that name nothing of a tenant's by themselves (used when a test gives none).
+PATH_DEFAULTS = {"alias": "prod", "adapter_name": "no-such-adapter", "checkpoint_id": "ftckpt-none",
+                 "fine_tuning_job_id": "ftjob-none"}
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -178,6 +185,8 @@ ROUTES: dict[str, Route] = {
     "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route("key", "adapters:write", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route("key", "adapters:read", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route("key", "adapters:read", JOB_ID),
+    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints/{checkpoint_id}/content": Route(
+        "key", "adapters:read", CHECKPOINT),
     "POST /v1/batches": Route("key", "inference", (Slot("input_file_id", "batch_file_id"),), _batch),
     "GET /v1/batches": Route("key", "inference", (Slot("after", "cursor_batch"),), _after),
     "GET /v1/batches/{batch_id}": Route("key", "inference", BATCH_ID),
@@ -190,6 +199,13 @@ ROUTES: dict[str, Route] = {
     "POST /v1/adapters": Route("key", "adapters:write", (), _upload),
     "GET /v1/adapters/{adapter_id}": Route("key", "adapters:read", (ADAPTER_ID,)),
     "DELETE /v1/adapters/{adapter_id}": Route("key", "adapters:write", (ADAPTER_ID,)),
+    "GET /v1/adapters/{adapter_id}/content": Route("key", "adapters:read", ADAPTER_REF),
+    "GET /v1/adapters/{adapter_name}/aliases": Route("key", "adapters:read", ALIAS_NAME),
+    "GET /v1/adapters/{adapter_name}/aliases/{alias}": Route("key", "adapters:read", ALIAS_NAME),
+    "PUT /v1/adapters/{adapter_name}/aliases/{alias}": Route("key", "adapters:write", ALIAS_NAME,
+                                                             _json({"versions": [{"version": 1}]})),
+    "DELETE /v1/adapters/{adapter_name}/aliases/{alias}": Route("key", "adapters:write", ALIAS_NAME),
+    "POST /v1/adapters/{adapter_name}/aliases/{alias}/rollback": Route("key", "adapters:write", ALIAS_NAME),
     "GET /v1/usage": Route("key", "usage:read", USAGE_SLOTS, _usage),
     "GET /v1/balance": Route("key", "billing:read"),
     "GET /v1/invoices": Route("key", "billing:read", (Slot("starting_after", "cursor_invoice"),), _cursor),
@@ -207,6 +223,7 @@ ROUTES: dict[str, Route] = {
                                                         "completion_micro_usd_per_mtok": 0})),
     "GET /admin/invoices/{invoice_id}": Route("admin"),
     "GET /admin/workers": Route("admin"),
+    "GET /admin/adapters/stats": Route("admin"),
     "POST /admin/adapters/{adapter_id}/pin": Route("admin"),
     "DELETE /admin/adapters/{adapter_id}/pin": Route("admin"),
     # ---- the dashboard (a session acts with exactly its key's scopes) -----------------------
@@ -219,6 +236,8 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/adapters": Route("session", "adapters:read"),
     "POST /dashboard/adapters/upload": Route("session", "adapters:write", (), _dashboard_upload),
     "POST /dashboard/adapters/{adapter_id}/delete": Route("session", "adapters:write", (ADAPTER_ID,), _form),
+    "POST /dashboard/adapters/{adapter_name}/aliases/{alias}/rollback": Route("session", "adapters:write", ALIAS_NAME,
+                                                                              _form),
     "GET /dashboard/fine-tuning": Route("session", "adapters:read"),
     "POST /dashboard/fine-tuning": Route("session", "adapters:write", (Slot("training_file", "file_id"),),
                                          _dashboard_job),
@@ -309,6 +328,7 @@ class Tenant:
     job_id: str
     batch_id: str
     batch_file_id: str
+    checkpoint_id: str
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -318,7 +338,8 @@ class Tenant:
                 "cursor_invoice": self.invoice_id, "idempotency_key": self.idempotency_key,
                 "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
                 "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
-                "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id}[kind]
+                "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id,
+                "adapter_version": f"{self.adapter_name}@v1", "checkpoint_id": self.checkpoint_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -328,6 +349,8 @@ def _missing(kind: Kind, theirs: str) -> str:
         return theirs + "0"
     if kind in ("adapter_name", "qualified_model"):
         return theirs[:-6] + random_token(6)
+    if kind == "adapter_version":
+        return theirs[:-9] + random_token(6) + "@v1"
     if kind == "idempotency_key":
         return str(uuid.uuid4())
     if "-" in theirs:  # OpenAI's spelling: file-…, ftjob-…
@@ -343,6 +366,7 @@ async def _tenant(platform, db, label: str) -> Tenant:
     owner = TenantKey(created.id, key.id, key.secret)
     adapter_name = f"{label}-adapter-{random_token(6)}"
     adapter_id = await insert_adapter(db, created.id, platform.base_model_id, adapter_name)
+    await give_weights(platform, db, adapter_id)  # its archive can be downloaded
     idempotency_key = str(uuid.uuid4())
     async with httpx.AsyncClient(base_url=platform.url, headers=owner.headers, timeout=30) as http:
         for model in (STUB_MODEL, adapter_name):
@@ -357,6 +381,9 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert file.status_code == 200, file.text
         job = await http.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": file.json()["id"]})
         assert job.status_code == 200, job.text
+        checkpoint_id = await _checkpoint(platform, db, created.id, job.json()["id"], label)
+        alias = await http.put(f"/v1/adapters/{adapter_name}/aliases/prod", json={"versions": [{"version": 1}]})
+        assert alias.status_code == 200, alias.text
         # Two lines: one answered, one whose answer (the stubs answer 2,000 tokens whatever is asked) is more
         # than its bound from max_tokens 1 allows, so the batch has an output file and an error file.
         lines = [{"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
@@ -379,7 +406,19 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert done.json()["output_file_id"] and done.json()["error_file_id"], done.text
     await wait_rows(db, created.id, 4)
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
-                  stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"])
+                  stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"],
+                  checkpoint_id)
+
+
+async def _checkpoint(platform, db, tenant_id: str, job_id: str, label: str) -> str:
+    """A checkpoint of the job, registered as a servable adapter as the trainer does (finetune/runner.py)."""
+    checkpoint_id = ids.fine_tuning_checkpoint_id()
+    name = f"ft:{STUB_MODEL}:{label}:{job_id}:ckpt-step-1"
+    await db.execute(queries.insert_fine_tuning_checkpoint, checkpoint_id, job_id, 1, {"step": 1}, name, "0" * 64, 1)
+    adapter_id = await insert_adapter(db, tenant_id, platform.base_model_id, f"{job_id}-step-1")
+    await db.execute("UPDATE adapters SET fine_tuned_model = $2 WHERE id = $1", adapter_id, name)
+    await give_weights(platform, db, adapter_id)
+    return checkpoint_id
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -393,11 +432,15 @@ async def _state(db, tenant: Tenant) -> tuple:
             await db.fetchval("SELECT status FROM fine_tuning_jobs WHERE id = $1", tenant.job_id),
             await db.fetchval("SELECT count(*) FROM fine_tuning_jobs WHERE tenant_id = $1", tenant.key.tenant_id),
             await db.fetchval("SELECT count(*) FROM batches WHERE tenant_id = $1", tenant.key.tenant_id),
-            await db.fetchval("SELECT cancelling_at FROM batches WHERE id = $1", tenant.batch_id))
+            await db.fetchval("SELECT cancelling_at FROM batches WHERE id = $1", tenant.batch_id),
+            await db.fetchval("SELECT targets::text FROM adapter_aliases WHERE tenant_id = $1 AND name = $2",
+                              tenant.key.tenant_id, tenant.adapter_name),
+            await db.fetchval("SELECT count(*) FROM adapter_alias_history WHERE tenant_id = $1", tenant.key.tenant_id))
 
 
 def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
     method, template = name.split(" ", 1)
+    values = {**PATH_DEFAULTS, **values}
     path_values = {key: value for key, value in values.items() if "{" + key + "}" in template}
     return method, template.format(**path_values), route.request(values)
 
@@ -476,6 +519,7 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
                 continue
             http = api if route.guard == "key" else session
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
+                      "adapter_name": mine.adapter_name, "checkpoint_id": mine.checkpoint_id,
                       "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
                       "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id}
             answer = await _send(http, name, route, values)

@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import TenantKey, close_this_month, insert_adapter, wait_rows
+from tests.helpers import TenantKey, close_this_month, give_weights, insert_adapter, wait_rows
 
 EXAMPLES = int(os.environ.get("LORAFLEET_FUZZ_EXAMPLES", "8"))
 SEED = int(os.environ["LORAFLEET_FUZZ_SEED"]) if os.environ.get("LORAFLEET_FUZZ_SEED") else None
@@ -192,6 +192,7 @@ async def _seed_tenant(platform, tenant: TenantKey, db) -> Target:
     """The tenant's real objects: an adapter, a spare key, usage and an invoice."""
     adapter_name = "fuzz-adapter"
     adapter_id = await insert_adapter(db, tenant.tenant_id, platform.base_model_id, adapter_name)
+    await give_weights(platform, db, adapter_id)  # its archive can be downloaded
     spare = await TenancyService(db).create_key(tenant.tenant_id, name="spare", scopes=["inference"])
     async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
         for model in (STUB_MODEL, adapter_name):
@@ -272,6 +273,7 @@ MINIMAL_BODIES: dict[str, dict[str, Any]] = {
     "createKey": {}, "adminCreateKey": {}, "adminCreateTenant": {"name": "n"}, "adminUpdateTenant": {},
     "adminGrantCredit": {"amount_micro_usd": 1}, "adminUpdateKeyLimits": {},
     "createFineTuningJob": {"model": STUB_MODEL, "training_file": "file-x"},
+    "setAdapterAlias": {"versions": [{"version": 1}]},
     "createBatch": {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
     "adminSetPrice": {"base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
                       "effective_at": "2999-01-01T00:00:00Z"},

@@ -105,3 +105,45 @@ async def test_two_hundred_adapters_round_robin_through_a_small_disk_cache(gatew
     evicted = re.search(r"^lorafleet_adapter_disk_cache_evictions_total ([0-9.]+)$", metrics, re.MULTILINE)
     assert cold and float(cold.group(1)) >= 200 + 20, "every first use and every use after eviction is a cold load"
     assert evicted and float(evicted.group(1)) >= 150
+
+
+async def test_versions_aliases_rollback_and_the_downloaded_archive_through_peft(gateway, gateway_http, tenant_key,
+                                                                                 tiny_model_path, tmp_path):
+    """Two versions of one name answer differently; an alias moved to v2 and rolled back answers as v1 again;
+    each version's downloaded archive, loaded as is by PEFT on the base model, gives the served answer."""
+    import hashlib
+    import io
+    import tarfile
+
+    name = "released"
+    folders = []
+    for version, seed in ((1, 11), (2, 12)):
+        folder = await asyncio.to_thread(build_peft_adapter, tiny_model_path, tmp_path / f"v{version}", seed)
+        made = await upload(gateway, tenant_key.secret, name, folder, base_model=TINY_NAME)
+        assert made.status_code == 201 and made.json()["version"] == version, made.text
+        folders.append(folder)
+    prompt = PROMPTS[0]
+    served = {version: await _complete(gateway_http, f"{name}@v{version}", prompt) for version in (1, 2)}
+    assert served[1] != served[2], "the two versions must answer differently for this test to mean anything"
+    assert await _complete(gateway_http, name, prompt) == served[2]  # the bare name: the latest version
+
+    alias = f"/v1/adapters/{name}/aliases/prod"
+    assert (await gateway_http.put(alias, json={"versions": [{"version": 1}]})).status_code == 200
+    assert await _complete(gateway_http, f"{name}@prod", prompt) == served[1]
+    assert (await gateway_http.put(alias, json={"versions": [{"version": 2}]})).status_code == 200
+    assert await _complete(gateway_http, f"{name}@prod", prompt) == served[2]
+    rolled = await gateway_http.post(f"{alias}/rollback")
+    assert rolled.status_code == 200, rolled.text
+    assert await _complete(gateway_http, f"{name}@prod", prompt) == served[1]
+
+    for version, folder in zip((1, 2), folders, strict=True):
+        download = await gateway_http.get(f"/v1/adapters/{name}@v{version}/content")
+        assert download.status_code == 200, download.text
+        assert download.headers["x-lorafleet-sha256"] == hashlib.sha256(download.content).hexdigest()
+        target = tmp_path / f"out{version}"
+        with tarfile.open(fileobj=io.BytesIO(download.content)) as tar:
+            tar.extractall(target, filter="data")
+        unpacked = target / f"{name}-v{version}"
+        assert (unpacked / "adapter_model.safetensors").read_bytes() == (folder / "adapter_model.safetensors").read_bytes()
+        through_peft = await asyncio.to_thread(reference_greedy, tiny_model_path, unpacked, prompt, MAX_TOKENS)
+        assert through_peft == served[version], f"v{version}: PEFT on the downloaded archive differs from the served answer"

@@ -129,13 +129,13 @@ async def test_bad_uploads_store_nothing(gateway, tenant_key, db, tmp_path, arch
     assert await db.fetchval("SELECT count(*) FROM adapters") == adapters_before
 
 
-async def test_same_bytes_are_stored_once_and_names_are_unique(gateway, tenant_key, adapter_dirs, db):
+async def test_same_bytes_are_stored_once_and_a_name_again_is_its_next_version(gateway, tenant_key, adapter_dirs, db):
     first = (await upload(gateway, tenant_key.secret, "twin-a", adapter_dirs[2])).json()
     second = (await upload(gateway, tenant_key.secret, "twin-b", adapter_dirs[2])).json()
     assert first["sha256"] == second["sha256"]
     assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", first["sha256"]) == 1
-    clash = await upload(gateway, tenant_key.secret, "twin-a", adapter_dirs[3])
-    assert clash.status_code == 409 and clash.json()["error"]["param"] == "name"
+    again = await upload(gateway, tenant_key.secret, "twin-a", adapter_dirs[3])
+    assert again.status_code == 201 and (again.json()["name"], again.json()["version"]) == ("twin-a", 2), again.text
 
 
 async def test_delete_stops_serving_and_frees_the_blob(gateway, client, tenant_key, adapter_dirs, db, base_env):
@@ -150,9 +150,9 @@ async def test_delete_stops_serving_and_frees_the_blob(gateway, client, tenant_k
     assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", adapter["sha256"]) == 0
     blob = Path(base_env["LORAFLEET_DATA_DIR"]) / "blobs" / adapter["sha256"][:2] / adapter["sha256"]
     assert not blob.exists()
-    # The name is free again.
+    # The name can be used again; its version number is not reused (short-lived@v1 named the deleted weights).
     again = await upload(gateway, tenant_key.secret, "short-lived", adapter_dirs[4])
-    assert again.status_code == 201
+    assert again.status_code == 201 and again.json()["version"] == 2
 
 
 async def _generate(client, model: str) -> tuple[list[int], list[float]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -218,6 +219,37 @@ async def test_adapter_commands(gateway, base_env, make_key, model_path, model_n
     assert down["type"] == "server_error" and "cannot reach the gateway" in down["message"]
     unset = _failure(await _acli(base_env, "adapters", "list", "--json"), "not_configured")
     assert unset["param"] == "--base-url"
+
+
+async def test_adapter_release_commands(gateway, base_env, make_key, model_path, model_name, tmp_path):
+    """Versions, an alias set, listed, rolled back and deleted, and the weights downloaded, from the CLI."""
+    key = await make_key()
+    client = dict(base_env, LORAFLEET_BASE_URL=gateway.url, LORAFLEET_API_KEY=key.secret)
+    folders = [write_adapter(tmp_path / f"release-{seed}", arch=model_architecture(model_path), rank=8, seed=seed)
+               for seed in (21, 22)]
+    versions = [_json(await _acli(client, "adapters", "upload", str(folder), "--name", "release", "--base-model",
+                                  model_name, "--json"))["version"] for folder in folders]
+    assert versions == [1, 2]
+    moved = _json(await _acli(client, "adapters", "alias", "set", "release", "prod", "1:90", "2:10", "--json"))
+    assert [(t["version"], t["weight"]) for t in moved["targets"]] == [(1, 90), (2, 10)]
+    assert _json(await _acli(client, "adapters", "alias", "set", "release", "prod", "2", "--json"))["targets"][0]["version"] == 2
+    listed = await _acli(client, "adapters", "alias", "list", "release")
+    assert listed.returncode == 0 and "release@prod" in listed.stdout and "v2" in listed.stdout, listed.stdout
+    rolled = await _acli(client, "adapters", "alias", "rollback", "release", "prod")
+    assert rolled.returncode == 0 and "v1 (90), v2 (10)" in rolled.stdout, rolled.stdout
+    bad = _failure(await _acli(client, "adapters", "alias", "set", "release", "prod", "7", "--json"), "version_not_found")
+    assert bad["param"] == "versions[0].version"
+    deleted = await _acli(client, "adapters", "alias", "delete", "release", "prod")
+    assert deleted.returncode == 0 and "release@prod" in deleted.stdout
+    assert _json(await _acli(client, "adapters", "alias", "list", "release", "--json"))["data"] == []
+    target = tmp_path / "out.tar"
+    fetched = await _acli(client, "adapters", "download", "release@v1", "--output", str(target))
+    assert fetched.returncode == 0, fetched.stderr
+    with tarfile.open(target) as tar:
+        weights = tar.extractfile("release-v1/adapter_model.safetensors").read()
+    assert weights == (folders[0] / "adapter_model.safetensors").read_bytes()
+    assert hashlib.sha256(target.read_bytes()).hexdigest() in fetched.stdout
+    _failure(await _acli(client, "adapters", "download", "release@v9", "--json"), "not_found")
 
 
 async def test_dashboard_link_signs_in_once(gateway, base_env, make_key):

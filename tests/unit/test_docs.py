@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = ["README.md", "SECURITY.md", "BENCHMARKS.md", "docs/architecture.md", "infra/README.md"]
+DOCUMENTS = ["README.md", "SECURITY.md", "BENCHMARKS.md", "docs/architecture.md", "docs/adapters.md", "infra/README.md"]
 
 
 def test_markdown_links_stay_inside_the_repository_and_resolve():

@@ -18,6 +18,7 @@ import msgspec
 from lorafleet.adapters.architecture import Architecture
 from lorafleet.adapters.archive import check_parts
 from lorafleet.adapters.blobstore import BlobStore
+from lorafleet.adapters.export import AdapterArchive, peft_config
 from lorafleet.adapters.sandbox import SandboxLimits, inspect_upload
 from lorafleet.adapters.validation import BaseModelSpec, shown
 from lorafleet.core import ids
@@ -33,6 +34,7 @@ NAME_RULE = ADAPTER_NAME_RULE
 class AdapterView(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
+    version: int  # immutable versions of one name: 1, 2, …; `name@v2` names this one in a request's `model`
     base_model: str
     rank: int
     target_modules: list[str]
@@ -50,6 +52,24 @@ class AdapterPin(msgspec.Struct, frozen=True, kw_only=True):
     base_model: str
     pinned: bool
     object: str = "adapter_pin"
+
+
+class AdapterVersionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One adapter version's numbers from the ledger over a window (the operator's and the dashboard's)."""
+
+    adapter_id: str
+    tenant_id: str
+    name: str
+    version: int
+    status: str
+    requests: int
+    errors: int  # the platform's failures: upstream errors and unavailable (client disconnects apart)
+    client_disconnects: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms_p50: int | None
+    ttft_ms_p95: int | None
+    object: str = "adapter.version_stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +122,6 @@ class AdapterService:
         specs = await self._base_specs()
         if name in specs:
             raise InvalidRequest("an adapter cannot take a base model's name", param="name")
-        if await self._pool.fetchval(queries.resolve_adapter_by_name, tenant_id, name) is not None:
-            raise Conflict(f"an adapter named {name!r} already exists; delete it first or pick another name", param="name")
         async with self._inspections:
             inspection = await inspect_upload(parts, workdir, [spec for _, spec in specs.values()], base_model,
                                               self._limits)
@@ -117,6 +135,7 @@ class AdapterService:
                 self._quota.check(usage["adapters"], usage["bytes"], valid.size_bytes)
                 await connection.execute(queries.insert_blob, valid.sha256, valid.size_bytes)
                 adapter_id = ids.new_id("adp")
+                # An existing name gets its next version (insert_adapter numbers it under the tenant's lock).
                 await connection.fetchrow(
                     queries.insert_adapter, adapter_id, tenant_id, name, base_id, valid.rank, valid.lora_alpha,
                     valid.target_modules, valid.config, valid.sha256, valid.size_bytes,
@@ -130,10 +149,7 @@ class AdapterService:
         except BaseException:
             await self._release_blob(valid.sha256)
             raise
-        return await self.get(tenant_id, await self._id_by_name(tenant_id, name))
-
-    async def _id_by_name(self, tenant_id: str, name: str) -> str:
-        return (await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name))["id"]
+        return await self.get(tenant_id, adapter_id)
 
     async def list(self, tenant_id: str, *, after: str | None = None, limit: int = 100) -> Page[AdapterView]:
         rows = await self._pool.fetch(queries.list_adapters, tenant_id, after, limit + 1)
@@ -156,6 +172,12 @@ class AdapterService:
             raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
         return AdapterPin(**dict(row))
 
+    async def version_stats(self, since: dt.datetime, *, tenant_id: str | None = None, name: str | None = None,
+                            limit: int = 1000) -> list[AdapterVersionStats]:
+        """Requests, failures, tokens and TTFT p50/p95 per adapter version since ``since``, from the ledger."""
+        rows = await self._pool.fetch(queries.adapter_version_stats, tenant_id, name, since, limit)
+        return [AdapterVersionStats(**dict(row)) for row in rows]
+
     async def labels(self, adapter_ids: list[str]) -> dict[str, str]:
         """``name (tenant)`` for each id, for the operator's view of what workers hold."""
         rows = await self._pool.fetch(queries.adapter_names, adapter_ids)
@@ -171,8 +193,30 @@ class AdapterService:
             raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
         return AdapterView(**dict(row))
 
+    async def archive(self, tenant_id: str, adapter_id: str) -> AdapterArchive:
+        """The owner's adapter version as a PEFT-loadable tar (adapters/export.py); another tenant's: 404."""
+        row = await self._pool.fetchrow(queries.adapter_export, adapter_id, tenant_id)
+        if row is None:
+            raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")
+        return AdapterArchive(f"{row['name']}-v{row['version']}", peft_config(row["config"], row["base_model"]),
+                              row["size_bytes"], row["sha256"], int(row["created_at"].timestamp()),
+                              lambda: self._blobs.open(row["sha256"]))
+
+    async def checkpoint_adapter(self, tenant_id: str, job_id: str, checkpoint_id: str) -> str:
+        """The adapter id a fine-tuning checkpoint of the tenant's job was registered as."""
+        found = await self._pool.fetchval(queries.checkpoint_adapter, tenant_id, job_id, checkpoint_id)
+        if found is None:
+            raise NotFound(f"no checkpoint {checkpoint_id!r} with servable weights in job {job_id!r}",
+                           param="checkpoint_id")
+        return found
+
     async def delete(self, tenant_id: str, adapter_id: str) -> AdapterView:
         view = await self.get(tenant_id, adapter_id)
+        aliases = await self._pool.fetch(queries.aliases_targeting, tenant_id, adapter_id)
+        if aliases:  # its callers would silently move to another version: move the alias first
+            names = ", ".join(f"{row['name']}@{row['alias']}" for row in aliases)
+            raise Conflict(f"version {view.version} of {view.name!r} is a target of {names}; move or delete "
+                           "the alias first", param="adapter_id", code="adapter_version_in_use")
         row = await self._pool.fetchrow(queries.delete_adapter, adapter_id, tenant_id)
         if row is None:
             raise NotFound(f"no adapter {adapter_id!r}", param="adapter_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ class Gateway:
         if response.status_code >= 400:
             self.call("GET", path)  # raises the envelope's error (a GET that failed fails again alike)
         return response.content
+
+    @contextlib.contextmanager
+    def stream(self, path: str) -> Iterator[httpx.Response]:
+        """A GET whose body is read as it arrives (a download); unreachable as for :meth:`call`."""
+        try:
+            with self.http.stream("GET", path) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the gateway at {self.base_url}: {exc or type(exc).__name__}",
+                              code="gateway_unavailable") from None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -154,3 +165,115 @@ def delete(adapter_id: str, as_json: bool, base_url: str | None, api_key: str | 
     with Gateway(base_url, api_key) as gateway:
         deleted = gateway.call("DELETE", f"/v1/adapters/{adapter_id}")
     click.echo(msgspec.json.encode(deleted).decode() if as_json else f"deleted {deleted['id']}")
+
+
+def _target(text: str) -> dict[str, int]:
+    """``2`` or ``2:90`` (version, weight)."""
+    version, _, weight = text.removeprefix("v").partition(":")
+    try:
+        return {"version": int(version), **({"weight": int(weight)} if weight else {})}
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write VERSION or VERSION:WEIGHT, e.g. 2 or 2:10",
+                                 param_hint="'TARGETS'") from None
+
+
+def _alias_line(alias: dict[str, Any]) -> str:
+    targets = ", ".join(f"v{t['version']} ({t['weight']})" if len(alias["targets"]) > 1 else f"v{t['version']}"
+                        for t in alias["targets"])
+    return f"{alias['model']:<32} → {targets}"
+
+
+@adapters.group("alias")
+def alias() -> None:
+    """Aliases of an adapter name (NAME@ALIAS in `model`): one version, or weighted versions."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("targets", nargs=-1, required=True)
+@json_option
+@gateway_options
+def alias_set(name: str, alias_name: str, targets: tuple[str, ...], as_json: bool, base_url: str | None,
+              api_key: str | None) -> None:
+    """Point NAME@ALIAS at TARGETS: `2` (all to version 2) or `1:90 2:10` (a canary). Atomic."""
+    body = {"versions": [_target(text) for text in targets]}
+    with Gateway(base_url, api_key) as gateway:
+        moved = gateway.call("PUT", f"/v1/adapters/{name}/aliases/{alias_name}", json=body)
+    click.echo(msgspec.json.encode(moved).decode() if as_json else _alias_line(moved))
+
+
+@alias.command("list")
+@click.argument("name")
+@json_option
+@gateway_options
+def alias_list(name: str, as_json: bool, base_url: str | None, api_key: str | None) -> None:
+    """NAME's aliases and where each sends requests."""
+    with Gateway(base_url, api_key) as gateway:
+        listing = gateway.call("GET", f"/v1/adapters/{name}/aliases")
+    if as_json:
+        click.echo(msgspec.json.encode(listing).decode())
+        return
+    if not listing["data"]:
+        click.echo("no aliases")
+    for one in listing["data"]:
+        click.echo(_alias_line(one))
+
+
+@alias.command("rollback")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@json_option
+@gateway_options
+def alias_rollback(name: str, alias_name: str, as_json: bool, base_url: str | None, api_key: str | None) -> None:
+    """Put NAME@ALIAS back where it was before its latest move (one step; again undoes it)."""
+    with Gateway(base_url, api_key) as gateway:
+        # One key per invocation: a retry inside this command cannot roll back twice.
+        moved = gateway.call("POST", f"/v1/adapters/{name}/aliases/{alias_name}/rollback",
+                             headers={"Idempotency-Key": str(uuid.uuid4())})
+    click.echo(msgspec.json.encode(moved).decode() if as_json else f"rolled back: {_alias_line(moved)}")
+
+
+@alias.command("delete")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@json_option
+@gateway_options
+def alias_delete(name: str, alias_name: str, as_json: bool, base_url: str | None, api_key: str | None) -> None:
+    """Delete NAME@ALIAS (its history stays, so a rollback brings it back)."""
+    with Gateway(base_url, api_key) as gateway:
+        deleted = gateway.call("DELETE", f"/v1/adapters/{name}/aliases/{alias_name}")
+    click.echo(msgspec.json.encode(deleted).decode() if as_json else f"deleted {deleted['model']}")
+
+
+@adapters.command("download")
+@click.argument("reference")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Where to write the tar (default: <name>-v<version>.tar here).")
+@json_option
+@gateway_options
+def download(reference: str, output: Path | None, as_json: bool, base_url: str | None, api_key: str | None) -> None:
+    """Download REFERENCE (adp_… id, NAME@v<n>, NAME or ft:…) as a PEFT-loadable tar, checking its sha256."""
+    import hashlib
+    import re
+
+    with Gateway(base_url, api_key) as gateway, gateway.stream(f"/v1/adapters/{reference}/content") as answer:
+        if answer.status_code >= 400:
+            answer.read()
+            gateway.call("GET", f"/v1/adapters/{reference}/content")  # raises the API's envelope
+        found = re.search(r'filename="([^"/\\]+)"', answer.headers.get("content-disposition", ""))
+        target = output or Path(found.group(1) if found else "adapter.tar")
+        digest = hashlib.sha256()
+        partial = target.with_name(target.name + ".part")
+        with open(partial, "wb") as sink:
+            for block in answer.iter_bytes(CHUNK):
+                digest.update(block)
+                sink.write(block)
+    expected = answer.headers.get("x-lorafleet-sha256")
+    if expected != digest.hexdigest():
+        partial.unlink(missing_ok=True)
+        raise CliError(f"the download's sha256 {digest.hexdigest()} is not the announced {expected}; try again",
+                       error_type="server_error", code="download_corrupt")
+    partial.replace(target)
+    click.echo(msgspec.json.encode({"path": str(target), "sha256": expected}).decode() if as_json
+               else f"{target}  sha256 {expected}")

@@ -294,8 +294,24 @@ class DashboardController(Controller):
         adapters = await services.adapters.list_all(session.tenant_id)
         activity = await adapter_activity(services.pool, session.tenant_id, month_start(dt.datetime.now(dt.UTC)))
         served = sorted({w.base_model_name for w in services.registry.workers()})  # what a worker can serve
+        aliases = await services.aliases.list_all(session.tenant_id)
+        day = await services.adapters.version_stats(dt.datetime.now(dt.UTC) - dt.timedelta(hours=24),
+                                                    tenant_id=session.tenant_id, limit=100_000)
         return render("adapters.html", **_page(session, "adapters", adapters=adapters, activity=activity,
-                                                base_models=served, max_upload=services.settings.max_upload_bytes))
+                                                aliases=aliases, day={s.adapter_id: s for s in day},
+                                                base_models=served,
+                                                max_upload=services.settings.max_upload_bytes))
+
+    @post("/adapters/{adapter_name:str}/aliases/{alias:str}/rollback")
+    async def rollback_alias(self, adapter_name: FromPath[str], alias: FromPath[str], request: Request,
+                             services: AppServices) -> Response[Any]:
+        """The alias back where it was before its latest move (as POST /v1/adapters/{name}/aliases/{alias}/rollback)."""
+        session = await _session(request, services)
+        await _form(request, session)
+        session.require("adapters:write")
+        await services.aliases.rollback(session.tenant_id, adapter_name, alias, key_id=session.key_id)
+        services.catalog.forget_adapter(session.tenant_id, adapter_name)
+        return Redirect("/dashboard/adapters", status_code=303)
 
     @post("/adapters/{adapter_id:str}/delete")
     async def delete_adapter(self, adapter_id: FromPath[str], request: Request, context: Context, services: AppServices) -> Response[Any]:

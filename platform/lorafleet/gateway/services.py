@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
+from lorafleet.adapters.aliases import AliasService
 from lorafleet.adapters.service import AdapterService
 from lorafleet.core.settings import GatewaySettings
 from lorafleet.files.service import FileService
@@ -42,6 +43,7 @@ class Services:
     ledger: LedgerWriter
     relay: Relay
     adapters: AdapterService
+    aliases: AliasService
     cache_salts: CacheSalts
     responses: ResponseStore
     holds: HeldRequests

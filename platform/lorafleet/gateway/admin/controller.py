@@ -6,14 +6,16 @@ grants once.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
+import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.handlers import BaseRouteHandler
-from litestar.params import FromPath, JSONBody, Parameter
-from lorafleet.adapters.service import AdapterPin
+from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+from lorafleet.adapters.service import AdapterPin, AdapterVersionStats
 from lorafleet.billing.accounts import (
     AccountService,
     Balance,
@@ -22,6 +24,7 @@ from lorafleet.billing.accounts import (
     PriceView,
 )
 from lorafleet.billing.invoices import Invoice, get_invoice
+from lorafleet.core.errors import InvalidRequest
 from lorafleet.core.types import Page
 from lorafleet.gateway.admin.schemas import (
     AccountUpdate,
@@ -161,6 +164,21 @@ class AdminController(Controller):
     async def list_workers(self, services: AppServices, admin: Operator) -> WorkerList:
         return await worker_views(services.registry.workers(), services.adapters)
 
+    @get("/adapters/stats", operation_id="adminAdapterStats", responses=error_responses(400, *ADMIN_TOKEN),
+         summary="Per adapter version: requests, failures, tokens, time to first token p50/p95, from the ledger.")
+    async def adapter_stats(self, request: Request, services: AppServices, admin: Operator,
+                            tenant_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+                            name: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+                            hours: Annotated[int, QueryParameter(ge=1, le=24 * 90, description="The window.")] = 24,
+                            limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+                            ) -> AdapterStatsList:
+        unknown = sorted(set(request.query_params) - {"tenant_id", "name", "hours", "limit"})
+        if unknown:  # a misspelt filter must not silently widen the answer to every tenant
+            raise InvalidRequest(f"unknown query parameter {unknown[0][:64]!r}", param=unknown[0][:64])
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+        stats = await services.adapters.version_stats(since, tenant_id=tenant_id, name=name, limit=limit)
+        return AdapterStatsList(data=stats, since=since)
+
     @post("/adapters/{adapter_id:str}/pin", operation_id="adminPinAdapter", status_code=200,
           responses=error_responses(400, 404, *ADMIN_TOKEN),
           summary="Keep an adapter in CPU memory and on disk on every worker of its base model (never evicted).")
@@ -177,6 +195,12 @@ class AdminController(Controller):
          summary="Any tenant's invoice.")
     async def invoice(self, invoice_id: FromPath[str], services: AppServices, admin: Operator) -> Invoice:
         return await get_invoice(services.pool, invoice_id, None)
+
+
+class AdapterStatsList(msgspec.Struct, kw_only=True):
+    data: list[AdapterVersionStats]
+    since: dt.datetime
+    object: str = "list"
 
 
 def _accounts(services: Services) -> AccountService:

@@ -13,8 +13,10 @@ from typing import Annotated
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from lorafleet.finetune.jobs import CheckpointPage, EventPage, FineTuningJob, JobCreate, JobPage, metadata_filter
+from lorafleet.gateway.adapters.releases import adapter_download
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
+from lorafleet.gateway.downloads import Download
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
 from lorafleet.gateway.openapi import TENANT_SECURITY
@@ -81,3 +83,13 @@ class FineTuningController(Controller):
                                limit: Limit = 10, after: After = None) -> CheckpointPage:
         return await services.fine_tuning.checkpoints(principal.tenant_id, fine_tuning_job_id, after=after,
                                                               limit=limit)
+
+    @get("/{fine_tuning_job_id:str}/checkpoints/{checkpoint_id:str}/content",
+         operation_id="downloadFineTuningCheckpoint", media_type="application/octet-stream",
+         responses=error_responses(400, 404, 429, 503, *API_KEY),
+         summary="A checkpoint's adapter as a PEFT-loadable tar (as GET /v1/adapters/{id}/content); its sha256 in "
+                 "X-LoraFleet-Sha256.", opt=scope("adapters:read"))
+    async def download_checkpoint(self, fine_tuning_job_id: FromPath[str], checkpoint_id: FromPath[str],
+                                  services: AppServices, principal: Caller) -> Download:
+        adapter_id = await services.adapters.checkpoint_adapter(principal.tenant_id, fine_tuning_job_id, checkpoint_id)
+        return await adapter_download(services, services.adapters, principal.tenant_id, adapter_id)

@@ -1,5 +1,11 @@
 """What a request's ``model`` names: a base model, or one of the caller's adapters; and their prices.
 
+An adapter is named ``name`` (the ``latest`` alias if the tenant set one, else the highest version),
+``name@v<n>`` (exactly that version) or ``name@<alias>`` (one version or weighted versions; a sticky key
+keeps one caller on one of them), each optionally after ``<base>:``. The choice among an alias's
+versions is made here, once per request: retries and failover reuse it, so a request that started on a
+version finishes on it however the alias moves meanwhile.
+
 Base models and price versions are few: the catalog keeps them in memory and re-reads them on its
 own loop every ``refresh_seconds`` (a new price applies within that). An adapter name is looked
 up in the database and the answer kept for :data:`ADAPTER_CACHE_SECONDS`; that is safe because
@@ -14,9 +20,11 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
+from lorafleet.adapters.aliases import ALIAS, LATEST, VERSION, choose
 from lorafleet.adapters.service import ADAPTER_NAME
 from lorafleet.billing.pricing import PriceBook, price_from_row
 from lorafleet.core.errors import InvalidRequest, ModelNotFound
@@ -42,9 +50,20 @@ class BaseModel:
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """One adapter version a name can resolve to, with its share of an alias's traffic."""
+
+    adapter_id: str
+    base_model: str
+    version: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedModel:
     base: BaseModel
     adapter_id: str | None
+    version: int | None = None  # the adapter version chosen (None: the base model)
 
     @property
     def served_name(self) -> str:
@@ -57,7 +76,8 @@ class ModelCatalog:
         self._pool = pool
         self._refresh_seconds = refresh_seconds
         self._by_name: dict[str, BaseModel] = {}
-        self._adapters: OrderedDict[tuple[str, str], tuple[float, tuple[str, str] | None]] = OrderedDict()
+        # (tenant, adapter name) → selector ("" for the bare name, "v2", "prod", an ft: name) → (expiry, targets)
+        self._adapters: OrderedDict[tuple[str, str], dict[str, tuple[float, tuple[Target, ...]]]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self.prices = PriceBook()
 
@@ -95,47 +115,86 @@ class ModelCatalog:
         return model
 
     def forget_adapter(self, tenant_id: str, name: str, fine_tuned_model: str | None = None) -> None:
-        """This gateway deleted it: stop resolving it here at once."""
+        """This gateway changed it (a new version, a deletion, an alias moved): stop using what it cached."""
         self._adapters.pop((tenant_id, name), None)
         if fine_tuned_model:
             self._adapters.pop((tenant_id, fine_tuned_model), None)
 
-    async def resolve(self, tenant_id: str, name: str) -> ResolvedModel:
-        """A base model by name, or one of the tenant's ready adapters as ``name`` or ``base:name``.
+    async def resolve(self, tenant_id: str, name: str, sticky_key: str | None = None) -> ResolvedModel:
+        """A base model by name, or one of the tenant's ready adapter versions: ``[base:]name[@v<n>|@alias]``.
 
-        Another tenant's adapter is not found, exactly like one that never existed.
+        Another tenant's adapter is not found, exactly like one that never existed. An alias over several
+        versions draws one by weight, or by ``sticky_key`` (the same key, the same version).
         """
         base = self._by_name.get(name)
         if base is not None:
             return ResolvedModel(base, None)
         if name.startswith(FINE_TUNED_PREFIX):  # ft:<base>:<suffix>:<job id>, a fine-tuning job's result
-            found = await self._adapter(tenant_id, name)
-            if found is None or found[1] not in self._by_name:
-                raise not_found(name)
-            return ResolvedModel(self._by_name[found[1]], found[0])
-        base_name, separator, adapter_name = name.rpartition(":")
-        if not ADAPTER_NAME.match(adapter_name):
-            raise not_found(name)  # cannot name an adapter: no need to ask the database
-        found = await self._adapter(tenant_id, adapter_name)
-        if found is None or (separator and found[1] != base_name) or found[1] not in self._by_name:
+            targets = await self._targets(tenant_id, name, name)
+            base_name, separator, salt = "", "", name
+        else:
+            base_name, separator, qualified = name.rpartition(":")
+            adapter_name, at, selector = qualified.partition("@")
+            if not ADAPTER_NAME.match(adapter_name) or (at and not (VERSION.match(selector) or ALIAS.match(selector))):
+                raise not_found(name)  # cannot name an adapter: no need to ask the database
+            targets = await self._targets(tenant_id, adapter_name, selector)
+            salt = f"{adapter_name}@{selector or LATEST}"  # one caller, one version, however the base is spelled
+        if not targets:
             raise not_found(name)
-        return ResolvedModel(self._by_name[found[1]], found[0])
+        target = targets[0]
+        if len(targets) > 1:
+            target = targets[choose([t.weight for t in targets], sticky_key, f"{tenant_id}\x00{salt}")]
+        if (separator and target.base_model != base_name) or target.base_model not in self._by_name:
+            raise not_found(name)
+        return ResolvedModel(self._by_name[target.base_model], target.adapter_id, target.version)
 
-    async def _adapter(self, tenant_id: str, name: str) -> tuple[str, str] | None:
-        """(adapter id, base model name) of the tenant's ready adapter ``name``, briefly cached."""
+    async def _targets(self, tenant_id: str, name: str, selector: str) -> tuple[Target, ...]:
+        """The ready versions ``name@selector`` resolves to, briefly cached."""
         key = (tenant_id, name)
-        cached = self._adapters.get(key)
+        entry = self._adapters.get(key)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if entry is not None and (cached := entry.get(selector)) is not None and cached[0] > now:
             return cached[1]
-        query = queries.resolve_fine_tuned_model if name.startswith(FINE_TUNED_PREFIX) else queries.resolve_adapter_by_name
-        row = await self._pool.fetchrow(query, tenant_id, name)
-        found = (row["id"], row["base_model"]) if row else None
-        self._adapters[key] = (now + ADAPTER_CACHE_SECONDS, found)
+        targets = await self._read_targets(tenant_id, name, selector)
+        if entry is None:
+            entry = self._adapters[key] = {}
+        entry[selector] = (now + ADAPTER_CACHE_SECONDS, targets)
         self._adapters.move_to_end(key)
         while len(self._adapters) > ADAPTER_CACHE_ENTRIES:
             self._adapters.popitem(last=False)
-        return found
+        return targets
+
+    async def _read_targets(self, tenant_id: str, name: str, selector: str) -> tuple[Target, ...]:
+        if name.startswith(FINE_TUNED_PREFIX):
+            row = await self._pool.fetchrow(queries.resolve_fine_tuned_target, tenant_id, name)
+            return (Target(row["id"], row["base_model"], row["version"]),) if row else ()
+        if version := VERSION.match(selector):
+            row = await self._pool.fetchrow(queries.resolve_adapter_version, tenant_id, name, int(version.group(1)))
+            return (Target(row["id"], row["base_model"], row["version"]),) if row else ()
+        rows = await self._pool.fetch(queries.resolve_adapter_alias, tenant_id, name, selector or LATEST)
+        if rows:
+            return tuple(Target(row["id"], row["base_model"], row["version"], row["weight"]) for row in rows)
+        if selector and selector != LATEST:
+            return ()
+        # No `latest` alias: the bare name (and name@latest) is the highest ready version.
+        row = await self._pool.fetchrow(queries.resolve_adapter_by_name, tenant_id, name)
+        return (Target(row["id"], row["base_model"], row["version"]),) if row else ()
+
+
+STICKY_HEADER = "X-LoraFleet-Sticky-Key"
+
+
+def version_headers(resolved: ResolvedModel) -> list[tuple[bytes, bytes]]:
+    """Which adapter version answers (a canary's caller can tell): its id and its version number."""
+    if resolved.adapter_id is None:
+        return []
+    return [(b"x-lorafleet-adapter-id", resolved.adapter_id.encode()),
+            (b"x-lorafleet-adapter-version", str(resolved.version).encode())]
+
+
+def sticky_key(request: Any, user: str | None) -> str | None:
+    """What keeps one caller on one version of a split alias: the request's ``user``, else the header."""
+    return user or request.headers.get(STICKY_HEADER) or None
 
 
 def not_found(name: str) -> ModelNotFound:

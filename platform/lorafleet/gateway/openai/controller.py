@@ -18,6 +18,7 @@ from lorafleet.gateway import preflight
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, Context, scope
 from lorafleet.gateway.error_specs import API_KEY, StreamingOperation, error_responses
+from lorafleet.gateway.fleet.catalog import sticky_key, version_headers
 from lorafleet.gateway.openai.completion import COMPLETION_ERRORS, run_completion
 from lorafleet.gateway.openai.models import (
     DeletedModel,
@@ -52,7 +53,8 @@ class OpenAIController(Controller):
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context, services: AppServices,
                                principal: Caller) -> Response[Any]:
         preflight.before_model(data)
-        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+        resolved = await services.catalog.resolve(principal.tenant_id, data.model, sticky_key(request, data.user))
+        context.response_headers += version_headers(resolved)
         prepared = preflight.chat(data, len(await request.body()), resolved, services.settings)
         return await run_completion(prepared.request, prepared.demand, Endpoint.CHAT_COMPLETIONS, resolved, context,
                                     services, principal)
@@ -61,9 +63,11 @@ class OpenAIController(Controller):
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(TextCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
           summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
-    async def completions(self, data: JSONBody[CompletionRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
+    async def completions(self, request: Request, data: JSONBody[CompletionRequest], context: Context, services: AppServices,
+                          principal: Caller) -> Response[Any]:
         preflight.before_model(data)
-        resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+        resolved = await services.catalog.resolve(principal.tenant_id, data.model, sticky_key(request, data.user))
+        context.response_headers += version_headers(resolved)
         prepared = preflight.completion(data, resolved, services.settings)
         return await run_completion(prepared.request, prepared.demand, Endpoint.COMPLETIONS, resolved, context,
                                     services, principal)

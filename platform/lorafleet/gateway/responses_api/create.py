@@ -20,7 +20,7 @@ from lorafleet.billing.ledger_row import Endpoint
 from lorafleet.gateway import preflight
 from lorafleet.gateway.auth import Principal, bearer_secret
 from lorafleet.gateway.context import RequestContext
-from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
+from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task, version_headers
 from lorafleet.gateway.idempotency import REPLAY_HEADER, Claim, Replayed, claim, fingerprint
 from lorafleet.gateway.openai.completion import run_admitted
 from lorafleet.gateway.openai.forwarding import dropped_fields, upstream_body
@@ -61,7 +61,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
                           authorization: str | None, idempotency_key: str | None) -> Response[Any]:
     read = preflight.before_model(data)  # before admission: what the engine's grammar compiler would read
     assert read is not None
-    resolved = await services.catalog.resolve(principal.tenant_id, data.model)
+    resolved = await services.catalog.resolve(principal.tenant_id, data.model, data.user)  # user: the sticky key
     require_task(resolved, "generate", data.model)
     tools, input_items = read.tools, read.items
     claimed: Claim | None = None
@@ -73,6 +73,7 @@ async def create_response(data: ResponseCreateRequest, context: RequestContext, 
         if isinstance(begun, Replayed):
             return await _replay(begun.result, data.stream, context, services, principal)
         claimed = begun
+    context.response_headers += version_headers(resolved)  # not on a replay: that answer may be another version's
     try:
         store = services.responses
         # The turn this one continues, from its row alone: the chain itself is read once admitted.
