@@ -26,6 +26,8 @@ from lorafleet.db import create_pool
 from lorafleet.db.migrate import migrate
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.admin import AdminController
+from lorafleet.gateway.audit.controller import AuditLogsController, OperatorAuditLogsController
+from lorafleet.gateway.audit.recorder import audit_layer
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
 from lorafleet.gateway.batches.dispatcher import BatchDispatcher
@@ -166,7 +168,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
-            KeysController, AccountController, AdminController, SystemController,
+            KeysController, AccountController, AdminController, SystemController, AuditLogsController,
+            OperatorAuditLogsController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
@@ -185,5 +188,6 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     )
     # Outside Litestar's router and its exception handling, so every request has its context, its
     # x-request-id and its log line — those no route matches (404, 405) or whose body is too large (413) too.
-    app.asgi_handler = context_middleware(metrics)(app.asgi_handler)
+    # The audit layer inside it: it needs the request's context (who acts) and the route Litestar matched.
+    app.asgi_handler = context_middleware(metrics)(audit_layer(app.asgi_handler, lambda: app.state.services))
     return app

@@ -43,7 +43,7 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
-               "cursor_job", "batch_id", "cursor_batch", "batch_file_id"]
+               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "cursor_audit"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,10 @@ def _file_upload(v: dict[str, str]) -> dict[str, Any]:
 
 def _after(v: dict[str, str]) -> dict[str, Any]:
     return {"params": {"after": v["after"]} if "after" in v else {}}
+
+
+def _audit_page(v: dict[str, str]) -> dict[str, Any]:
+    return {"params": {name: v[name] for name in ("after", "before") if name in v}}
 
 
 def _job(v: dict[str, str]) -> dict[str, Any]:
@@ -194,6 +198,8 @@ ROUTES: dict[str, Route] = {
     "GET /v1/balance": Route("key", "billing:read"),
     "GET /v1/invoices": Route("key", "billing:read", (Slot("starting_after", "cursor_invoice"),), _cursor),
     "GET /v1/invoices/{invoice_id}": Route("key", "billing:read", (INVOICE_ID,)),
+    "GET /v1/organization/audit_logs": Route("key", "audit_logs:read", (Slot("after", "cursor_audit"),
+                                                                        Slot("before", "cursor_audit")), _audit_page),
     # ---- the operator (any tenant's objects, by design) -------------------------------------
     "GET /admin/tenants": Route("admin"),
     "POST /admin/tenants": Route("admin", request=_json({"name": "matrix"})),
@@ -206,6 +212,7 @@ ROUTES: dict[str, Route] = {
     "POST /admin/prices": Route("admin", request=_json({"base_model": "no-such-model", "prompt_micro_usd_per_mtok": 0,
                                                         "completion_micro_usd_per_mtok": 0})),
     "GET /admin/invoices/{invoice_id}": Route("admin"),
+    "GET /admin/audit_logs": Route("admin"),
     "GET /admin/workers": Route("admin"),
     "POST /admin/adapters/{adapter_id}/pin": Route("admin"),
     "DELETE /admin/adapters/{adapter_id}/pin": Route("admin"),
@@ -231,6 +238,7 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/batches/{batch_id}/errors": Route("session", "inference", BATCH_ID),
     "POST /dashboard/batches/{batch_id}/cancel": Route("session", "inference", BATCH_ID, _form),
     "GET /dashboard/invoices": Route("session", "billing:read"),
+    "GET /dashboard/audit": Route("session", "audit_logs:read", (Slot("after", "cursor_audit"),), _after),
     "GET /dashboard/invoices/{invoice_id}": Route("session", "billing:read", (INVOICE_ID,)),
     "GET /dashboard/admin": Route("operator_session"),
 }
@@ -309,6 +317,7 @@ class Tenant:
     job_id: str
     batch_id: str
     batch_file_id: str
+    audit_id: str = ""  # one of its audit events
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -318,7 +327,8 @@ class Tenant:
                 "cursor_invoice": self.invoice_id, "idempotency_key": self.idempotency_key,
                 "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
                 "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
-                "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id}[kind]
+                "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id,
+                "cursor_audit": self.audit_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -378,8 +388,11 @@ async def _tenant(platform, db, label: str) -> Tenant:
                 worker.behaviour.chunks = 8
         assert done.json()["output_file_id"] and done.json()["error_file_id"], done.text
     await wait_rows(db, created.id, 4)
+    audit_id = await db.fetchval("SELECT id FROM audit_log WHERE tenant_id = $1 ORDER BY seq LIMIT 1", created.id)
+    assert audit_id, "the tenant's changes left no audit event"
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
-                  stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"])
+                  stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"],
+                  audit_id)
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -592,3 +605,231 @@ async def test_the_operator_api_answers_only_the_admin_token(platform, db, body)
                                                                                 **platform.admin_headers}})
             assert admitted.status_code != 401, (name, admitted.text[:300])
             assert admitted.status_code < 500, (name, admitted.text[:300])
+
+
+# ---- the audit log: every change leaves exactly one row, with its actor ----------------------------
+
+# Every route that is not a GET, and what it records when it succeeds (None: not a change the log
+# records — inference, whose record is the ledger). A route missing here fails the test below.
+AUDIT_EVENTS: dict[str, str | None] = {
+    "POST /v1/chat/completions": None, "POST /v1/completions": None, "POST /v1/embeddings": None,
+    "POST /v1/responses": None,
+    "DELETE /v1/responses/{response_id}": "response.deleted",
+    "DELETE /v1/models/{model_id}": "model.deleted",
+    "POST /v1/files": "file.created", "DELETE /v1/files/{file_id}": "file.deleted",
+    "POST /v1/fine_tuning/jobs": "fine_tuning.job.created",
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
+    "POST /v1/batches": "batch.created", "POST /v1/batches/{batch_id}/cancel": "batch.cancelled",
+    "POST /v1/keys": "api_key.created", "DELETE /v1/keys/{key_id}": "api_key.deleted",
+    "POST /v1/adapters": "adapter.created", "DELETE /v1/adapters/{adapter_id}": "adapter.deleted",
+    "POST /admin/tenants": "organization.created", "PATCH /admin/tenants/{tenant_id}": "organization.updated",
+    "POST /admin/tenants/{tenant_id}/keys": "api_key.created",
+    "POST /admin/tenants/{tenant_id}/credits": "credit.granted",
+    "PATCH /admin/keys/{key_id}": "rate_limit.updated", "POST /admin/prices": "price.created",
+    "POST /admin/adapters/{adapter_id}/pin": "adapter.pinned",
+    "DELETE /admin/adapters/{adapter_id}/pin": "adapter.unpinned",
+    "POST /dashboard/keys": "api_key.created", "POST /dashboard/keys/{key_id}/revoke": "api_key.deleted",
+    "POST /dashboard/adapters/upload": "adapter.created",
+    "POST /dashboard/adapters/{adapter_id}/delete": "adapter.deleted",
+    "POST /dashboard/fine-tuning": "fine_tuning.job.created",
+    "POST /dashboard/fine-tuning/files": "file.created",
+    "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
+    "POST /dashboard/batches/{batch_id}/cancel": "batch.cancelled",
+}
+HOLD = "audit-walk-hold"  # a batch line holding this text waits at the stub worker, so its batch can be cancelled
+
+
+def test_every_change_route_is_in_the_audit_walk():
+    changes = {name for name in ROUTES if not name.startswith("GET ")}
+    assert changes == AUDIT_EVENTS.keys(), sorted(changes ^ AUDIT_EVENTS.keys())
+    handlers = _app_handlers()
+    for name, event in AUDIT_EVENTS.items():
+        assert handlers[name].opt.get("audit") == (event or False), name  # what the recorder keys on
+
+
+async def _adapter_upload(db, tmp_path, label: str) -> tuple[str, list[tuple[str, tuple[str, bytes]]]]:
+    """A valid PEFT adapter for a base model of its own (so the upload passes validation): (base, files)."""
+    import msgspec
+    from lorafleet.db import queries
+
+    from tests.adapter_factory import TINY, lora_config, write_adapter
+
+    base = f"audit-tiny-{random_token(6)}"
+    await db.execute(queries.upsert_base_model, ids.base_model_id(), base, 2048, msgspec.to_builtins(TINY), 16,
+                     "generate")
+    folder = write_adapter(tmp_path / label, config=lora_config(8, ["q_proj", "v_proj"], base=base))
+    return base, [("file", (path.name, path.read_bytes())) for path in sorted(folder.iterdir())]
+
+
+async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tenant, tmp_path) -> dict[str, Any]:
+    """The values and request with which ``name`` succeeds on fresh objects of ``owner``'s."""
+    tenant_id = owner.key.tenant_id
+
+    async def file(purpose: str = "fine-tune", content: bytes = b"{}\n") -> str:
+        made = await api.post("/v1/files", files={"file": ("t.jsonl", content)}, data={"purpose": purpose})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def free_job_slots() -> None:  # a tenant may have only a few open jobs: cancel the earlier ones
+        for open_job in (await api.get("/v1/fine_tuning/jobs", params={"limit": 100})).json()["data"]:
+            if open_job["status"] in ("validating_files", "queued", "running"):
+                cancelled = await api.post(f"/v1/fine_tuning/jobs/{open_job['id']}/cancel")
+                assert cancelled.status_code == 200, cancelled.text
+
+    async def job() -> str:
+        await free_job_slots()
+        made = await api.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": await file()})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def batch() -> str:
+        line = {"custom_id": "held", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": HOLD}], "max_tokens": 2}}
+        made = await api.post("/v1/batches", json={"input_file_id": await file("batch", json.dumps(line).encode()),
+                                                   "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def adapter() -> str:
+        return await insert_adapter(db, tenant_id, platform.base_model_id, f"audit-{random_token(8)}")
+
+    async def key() -> str:
+        made = await api.post("/v1/keys", json={"name": "to-revoke", "scopes": ["inference"]})
+        assert made.status_code == 201, made.text
+        return made.json()["id"]
+
+    async def stored_response() -> str:
+        made = await api.post("/v1/responses", json={"model": STUB_MODEL, "input": "x", "max_output_tokens": 2})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    match name:
+        case "DELETE /v1/responses/{response_id}":
+            return {"values": {"response_id": await stored_response()}}
+        case "DELETE /v1/models/{model_id}":
+            adapter_id = await adapter()
+            return {"values": {"model_id": await db.fetchval("SELECT name FROM adapters WHERE id = $1", adapter_id)}}
+        case "DELETE /v1/files/{file_id}":
+            return {"values": {"file_id": await file()}}
+        case "POST /v1/fine_tuning/jobs" | "POST /dashboard/fine-tuning":
+            await free_job_slots()
+            return {"values": {"training_file": await file()}}
+        case "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel" | \
+                "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel":
+            return {"values": {"fine_tuning_job_id": await job()}}
+        case "POST /v1/batches":
+            return {"values": {"input_file_id": await file("batch", json.dumps({
+                "custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}}).encode())}}
+        case "POST /v1/batches/{batch_id}/cancel" | "POST /dashboard/batches/{batch_id}/cancel":
+            return {"values": {"batch_id": await batch()}}
+        case "DELETE /v1/keys/{key_id}" | "POST /dashboard/keys/{key_id}/revoke" | "PATCH /admin/keys/{key_id}":
+            return {"values": {"key_id": await key()}}
+        case "DELETE /v1/adapters/{adapter_id}" | "POST /dashboard/adapters/{adapter_id}/delete" | \
+                "POST /admin/adapters/{adapter_id}/pin" | "DELETE /admin/adapters/{adapter_id}/pin":
+            return {"values": {"adapter_id": await adapter()}}
+        case "POST /v1/adapters" | "POST /dashboard/adapters/upload":
+            base, files = await _adapter_upload(db, tmp_path, random_token(6))
+            request = {"files": files, "data": {"name": f"up-{random_token(6)}", "base_model": base}}
+            return {"values": {}, "request": request}
+        case "POST /admin/tenants/{tenant_id}/keys":
+            return {"values": {"tenant_id": tenant_id}, "request": {"json": {"scopes": ["inference"]}}}
+        case "PATCH /admin/tenants/{tenant_id}" | "POST /admin/tenants/{tenant_id}/credits":
+            return {"values": {"tenant_id": tenant_id}}
+        case "POST /admin/prices":
+            from lorafleet.db import queries
+
+            base = f"audit-priced-{random_token(6)}"
+            await db.execute(queries.upsert_base_model, ids.base_model_id(), base, 2048, {}, 16, "generate")
+            return {"values": {}, "request": {"json": {"base_model": base, "prompt_micro_usd_per_mtok": 1,
+                                                       "completion_micro_usd_per_mtok": 2}}}
+    return {"values": {}}
+
+
+async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform, db, tmp_path):
+    """Each route of the matrix that changes something, called so it succeeds: exactly one audit row, with
+    the request's id, the event type, the actor (the key, the dashboard session of a key, the operator)
+    and the tenant; inference leaves none; no secret a change handed out is anywhere in the table."""
+    owner = await _tenant(platform, db, "audited")
+    secrets_handed_out = [owner.key.secret]
+    for worker in platform.workers:
+        worker.behaviour.hold_marker = HOLD
+    try:
+        async with httpx.AsyncClient(base_url=platform.url, headers=owner.key.headers, timeout=60) as api, \
+                httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers, timeout=60) as operator, \
+                dashboard(platform.url, owner.key.secret) as (session, csrf):
+            for name, event in AUDIT_EVENTS.items():
+                route = ROUTES[name]
+                prepared = await _prepared(name, api, platform, db, owner, tmp_path)
+                values = {"csrf": csrf, **prepared["values"]}
+                method, path, kwargs = _call(name, route, values)
+                if "request" in prepared:
+                    kwargs = prepared["request"]
+                if route.guard == "session" and "files" in kwargs:
+                    kwargs = {**kwargs, "headers": {"x-csrf-token": csrf}}
+                if name == "POST /dashboard/keys":
+                    kwargs = {"data": {"csrf": csrf, "name": "from-the-dashboard"}}
+                http = {"key": api, "admin": operator, "session": session}[route.guard]
+                answer = await http.request(method, path, **kwargs)
+                if event is None:  # inference (the embeddings route refuses the stub's generative model: either way)
+                    assert await db.fetch("SELECT 1 FROM audit_log WHERE request_id = $1",
+                                          answer.headers["x-request-id"]) == [], name
+                    continue
+                assert answer.status_code < 400, (name, answer.status_code, answer.text[:300])
+                if answer.headers.get("content-type", "").startswith("application/json"):
+                    secret = answer.json().get("secret") if isinstance(answer.json(), dict) else None
+                    if secret:
+                        secrets_handed_out.append(secret)
+                if name == "POST /dashboard/keys":
+                    secrets_handed_out.append(http.cookies.get(NEW_KEY_COOKIE, path="/dashboard/keys/new") or "")
+                rows = await db.fetch("SELECT * FROM audit_log WHERE request_id = $1", answer.headers["x-request-id"])
+                assert len(rows) == 1, (name, rows)
+                row = rows[0]
+                assert row["type"] == event and row["status"] == answer.status_code, (name, dict(row))
+                expected_actor = {"key": ("api_key", owner.key.key_id, None),
+                                  "admin": ("operator", "operator", None),
+                                  "session": ("session", row["actor_id"], owner.key.key_id)}[route.guard]
+                assert (row["actor_kind"], row["actor_id"], row["actor_key_id"]) == expected_actor, (name, dict(row))
+                assert row["actor_id"], name
+                expected_tenant = None if name in ("POST /admin/prices",) else \
+                    answer.json()["id"] if name == "POST /admin/tenants" else tenant_id_of(owner)
+                assert row["tenant_id"] == expected_tenant, (name, dict(row))
+                in_path = [value for label, value in values.items() if "{" + label + "}" in name]
+                if answer.headers.get("content-type", "").startswith("application/json") and "id" in answer.json() \
+                        and event.endswith((".created", ".granted")):
+                    assert row["resource_id"] == str(answer.json()["id"]), (name, dict(row))
+                elif in_path:
+                    assert row["resource_id"] == in_path[0], (name, dict(row))
+                else:  # a dashboard form's redirect: the object it made
+                    assert row["resource_id"].startswith(("key_", "ftjob-")), (name, dict(row))
+                assert row["ip_address"] == "127.0.0.1" and row["user_agent"].startswith("python-httpx"), name
+    finally:
+        for worker in platform.workers:
+            worker.behaviour.hold_marker = None
+            worker.behaviour.release.set()
+    table = "\n".join(str(dict(row)) for row in await db.fetch("SELECT * FROM audit_log"))
+    leaked = [secret for secret in secrets_handed_out if secret and secret.split(":")[-1] in table]
+    assert not leaked, "a secret is in the audit log"
+
+
+def tenant_id_of(tenant: Tenant) -> str:
+    return tenant.key.tenant_id
+
+
+async def test_refused_operator_calls_are_recorded_and_refused_tenant_calls_are_not(platform, db):
+    owner = await _tenant(platform, db, "refused")
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as http:
+        wrong = await http.post(f"/admin/tenants/{owner.key.tenant_id}/credits", json={"amount_micro_usd": 1},
+                                headers={"Authorization": f"Bearer {random_token(32)}", "User-Agent": "probe/1"})
+        listing = await http.get("/admin/audit_logs", headers=owner.key.headers)  # a tenant's key: not the token
+        limited = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["inference"])
+        no_scope = await http.post("/v1/keys", json={"name": "x"}, headers={"Authorization": f"Bearer {limited.secret}"})
+    assert wrong.status_code == listing.status_code == 401 and no_scope.status_code == 403
+    for answer, path in ((wrong, f"/admin/tenants/{owner.key.tenant_id}/credits"), (listing, "/admin/audit_logs")):
+        rows = await db.fetch("SELECT * FROM audit_log WHERE request_id = $1", answer.headers["x-request-id"])
+        assert len(rows) == 1, rows
+        assert (rows[0]["type"], rows[0]["actor_kind"], rows[0]["tenant_id"], rows[0]["status"]) == \
+            ("admin.authorization_failed", "anonymous", None, 401), dict(rows[0])
+        assert rows[0]["details"]["path"] == path
+    assert await db.fetch("SELECT 1 FROM audit_log WHERE request_id = $1", no_scope.headers["x-request-id"]) == []
+    assert await db.fetchval("SELECT count(*) FROM credit_grants WHERE tenant_id = $1", owner.key.tenant_id) == 0

@@ -7,10 +7,12 @@ also when they fail (the API's error envelope). Exit codes and error output: cli
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import click
 from lorafleet.cli.common import (
+    call_audited,
     call_database,
     check_database,
     database_settings,
@@ -161,7 +163,8 @@ def tenants_create(name: str, as_json: bool) -> None:
     """Create a tenant called NAME."""
     from lorafleet.tenancy import TenancyService
 
-    tenant = call_database(lambda db: TenancyService(db).create_tenant(name))
+    tenant = call_audited(lambda db: TenancyService(db).create_tenant(name), event="organization.created",
+                          fields={"name": name}, resource=lambda t: t.id)
     emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
 
 
@@ -202,8 +205,10 @@ def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: b
     """Create an API key; its secret is printed this once."""
     from lorafleet.tenancy import TenancyService
 
-    created = call_database(lambda db: TenancyService(db).create_key(
-        tenant_id, name=name, scopes=list(scopes) or None, mode="test" if test_mode else "live"))
+    created = call_audited(lambda db: TenancyService(db).create_key(
+        tenant_id, name=name, scopes=list(scopes) or None, mode="test" if test_mode else "live"),
+        event="api_key.created", tenant_id=tenant_id, resource=lambda k: k.id,
+        fields={"name": name, "scopes": list(scopes) or None, "mode": "test" if test_mode else "live"})
 
     def human() -> None:
         click.echo(f"created key {created.id} for {created.tenant_id} (scopes: {', '.join(created.scopes)})")
@@ -243,7 +248,8 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke KEY_ID; every gateway refuses it within a second."""
     from lorafleet.tenancy import TenancyService
 
-    revoked = call_database(lambda db: TenancyService(db).revoke_key(key_id))
+    revoked = call_audited(lambda db: TenancyService(db).revoke_key(key_id), event="api_key.deleted",
+                           fields={}, resource=lambda k: k.id, key_id=key_id)
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
@@ -316,9 +322,47 @@ def dashboard_link(tenant_id: str, as_json: bool) -> None:
         await TenancyService(db).get_tenant(tenant_id)
         return await create_login_link(db, tenant_id)
 
-    token = call_database(action, settings=settings)
+    # A sign-in link is a credential handed out: recorded (never the link itself).
+    token = call_audited(action, event="login_link.created", fields={}, resource=lambda _: None,
+                         tenant_id=tenant_id, settings=settings)
     url = f"{gateway_base_url(settings)}/dashboard/login/{token}"
     emit({"url": url, "expires_in_seconds": LINK_SECONDS}, as_json, lambda: click.echo(url))
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log: every change, by whom, from where (append-only)."""
+
+
+@audit.command("list")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, default=None, help="Only this tenant's events (ten_…).")
+@click.option("--type", "event_types", multiple=True, help="Only events of this type (repeat for several).")
+@click.option("--actor", "actor_ids", multiple=True, help="Only events by this key, session or 'operator'.")
+@click.option("--after", default=None, help="The last id of the previous page (older events follow).")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@json_option
+def audit_list(tenant_id: str | None, event_types: tuple[str, ...], actor_ids: tuple[str, ...], after: str | None,
+               limit: int, as_json: bool) -> None:
+    """Audit events, newest first (every tenant's unless --tenant)."""
+    from lorafleet.gateway.audit.service import list_events
+
+    page = call_database(lambda db: list_events(
+        db, tenant_id=tenant_id, after=after, before=None, event_types=list(event_types) or None,
+        actor_ids=list(actor_ids) or None, resource_ids=None, since=None, until=None, limit=limit))
+
+    def human() -> None:
+        if not page.data:
+            click.echo("no events")
+        for event in page.data:
+            actor = event["actor"]
+            who = (actor.get("api_key") or actor.get("session") or actor.get("operator") or {}).get("id") or "anonymous"
+            when = dt.datetime.fromtimestamp(event["effective_at"], dt.UTC)
+            click.echo(f"{event['id']}  {when:%Y-%m-%d %H:%M:%S}  {event['type']:<26} {event[event['type']]['id'] or '-':<28} "
+                       f"{actor['type']}:{who}  {event['tenant_id'] or '-'}  {event['request_id']}")
+        if page.has_more:
+            click.echo(f"more: --after {page.last_id}")
+
+    emit(page, as_json, human)
 
 
 @cli.command("settings")

@@ -37,6 +37,7 @@ ALL_SCOPES: tuple[str, ...] = (
     "usage:read",
     "billing:read",
     "dashboard",
+    "audit_logs:read",  # the organization's audit log (/v1/organization/audit_logs)
 )
 Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]
 
