@@ -159,8 +159,16 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON document to stdout (an error too: the API's error envelope).")
 
 
+async def with_json_codec(db: Any) -> None:
+    """jsonb as Python values on this connection, as on the gateway's pool (the audit log's details are jsonb)."""
+    from lorafleet.db.pool import init_connection
+
+    if isinstance(db, asyncpg.Connection):
+        await init_connection(db)
+
+
 def call_audited(action: Callable[[Any], Awaitable[T]], *, event: str, fields: dict[str, Any],
-                 resource: Callable[[T], str | None], tenant_id: str | None = None,
+                 resource: Callable[[T], str | None], tenant_id: str | None | Callable[[T], str] = None,
                  key_id: str | None = None, settings: CommonSettings | None = None) -> T:
     """:func:`call_database` for a command that changes something: the change and its audit event
     (tenancy/audit.py) commit in one transaction, so neither exists without the other. The actor is
@@ -176,9 +184,11 @@ def call_audited(action: Callable[[Any], Awaitable[T]], *, event: str, fields: d
     actor = Actor("operator", f"cli:{user}"[:64], None, None, "lorafleet-cli")
 
     async def audited(db: Any) -> T:
+        await with_json_codec(db)
         async with db.transaction():
             result = await action(db)
-            await record_event(db, event=event, actor=actor, tenant_id=tenant_id, resource_id=resource(result),
+            tenant = tenant_id(result) if callable(tenant_id) else tenant_id
+            await record_event(db, event=event, actor=actor, tenant_id=tenant, resource_id=resource(result),
                                fields=fields, key_id=key_id)
         return result
 

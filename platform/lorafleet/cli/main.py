@@ -15,6 +15,7 @@ from lorafleet.cli.common import (
     call_audited,
     call_database,
     check_database,
+    with_json_codec,
     database_settings,
     emit,
     gateway_base_url,
@@ -164,7 +165,7 @@ def tenants_create(name: str, as_json: bool) -> None:
     from lorafleet.tenancy import TenancyService
 
     tenant = call_audited(lambda db: TenancyService(db).create_tenant(name), event="organization.created",
-                          fields={"name": name}, resource=lambda t: t.id)
+                          fields={"name": name}, resource=lambda t: t.id, tenant_id=lambda t: t.id)
     emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
 
 
@@ -346,9 +347,13 @@ def audit_list(tenant_id: str | None, event_types: tuple[str, ...], actor_ids: t
     """Audit events, newest first (every tenant's unless --tenant)."""
     from lorafleet.gateway.audit.service import list_events
 
-    page = call_database(lambda db: list_events(
-        db, tenant_id=tenant_id, after=after, before=None, event_types=list(event_types) or None,
-        actor_ids=list(actor_ids) or None, resource_ids=None, since=None, until=None, limit=limit))
+    async def action(db: Any) -> Any:
+        await with_json_codec(db)
+        return await list_events(db, tenant_id=tenant_id, after=after, before=None,
+                                 event_types=list(event_types) or None, actor_ids=list(actor_ids) or None,
+                                 resource_ids=None, since=None, until=None, limit=limit)
+
+    page = call_database(action)
 
     def human() -> None:
         if not page.data:

@@ -17,12 +17,23 @@ from lorafleet.gateway.error_specs import ADMIN_TOKEN, API_KEY, error_responses
 from lorafleet.gateway.openapi import ADMIN_SECURITY, TENANT_SECURITY
 
 Cursor = Annotated[str | None, QueryParameter(min_length=1, max_length=64, description="An event id (a cursor).")]
-Ids = Annotated[list[str] | None, QueryParameter(max_items=50, description="Repeat the parameter for several.")]
+
+
+def _ids(name: str, brackets: bool) -> object:
+    """A list filter as the SDK sends it (``name[]=a&name[]=b``) or plainly repeated (``name=a&name=b``)."""
+    return Annotated[list[str] | None, QueryParameter(name=f"{name}[]" if brackets else name, max_items=50,
+                                                      description="Repeat the parameter for several.")]
+
+
+TYPES, TYPES_ = _ids("event_types", True), _ids("event_types", False)
+ACTORS, ACTORS_ = _ids("actor_ids", True), _ids("actor_ids", False)
+RESOURCES, RESOURCES_ = _ids("resource_ids", True), _ids("resource_ids", False)
+EMAILS, EMAILS_ = _ids("actor_emails", True), _ids("actor_emails", False)
+PROJECTS, PROJECTS_ = _ids("project_ids", True), _ids("project_ids", False)
 GT, GTE, LT, LTE = (Annotated[int | None, QueryParameter(name=f"effective_at[{op}]", ge=0, le=2**40,
                                                       description=f"Only events with effective_at {op} (Unix seconds).")]
                     for op in ("gt", "gte", "lt", "lte"))
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Events per page (1–100, default 20).")]
-Unsupported = Annotated[list[str] | None, QueryParameter(max_items=50, description="Not supported yet: 400.")]
 
 
 def _window(gt: int | None, gte: int | None, lt: int | None, lte: int | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -33,8 +44,9 @@ def _window(gt: int | None, gte: int | None, lt: int | None, lte: int | None) ->
     return since, until
 
 
-def _check(ids: list[str] | None, param: str) -> list[str] | None:
-    for value in ids or ():
+def _check(bracketed: list[str] | None, plain: list[str] | None, param: str) -> list[str] | None:
+    ids = [*(bracketed or ()), *(plain or ())]
+    for value in ids:
         if not 1 <= len(value) <= 128:
             raise InvalidRequest(f"Each value of {param} must be 1 to 128 characters.", param=param)
     return ids or None
@@ -61,20 +73,22 @@ class AuditLogsController(Controller):
          summary="Changes made in this organization, newest first (OpenAI's audit log list, filters and cursor).")
     async def list_audit_logs(
             self, services: AppServices, principal: Caller, limit: AuditLimit = 20, after: Cursor = None,
-            before: Cursor = None, event_types: Ids = None, actor_ids: Ids = None, resource_ids: Ids = None,
-            actor_emails: Unsupported = None, project_ids: Unsupported = None,
+            before: Cursor = None, event_types: TYPES = None, event_types_: TYPES_ = None, actor_ids: ACTORS = None,
+            actor_ids_: ACTORS_ = None, resource_ids: RESOURCES = None, resource_ids_: RESOURCES_ = None,
+            actor_emails: EMAILS = None, actor_emails_: EMAILS_ = None, project_ids: PROJECTS = None,
+            project_ids_: PROJECTS_ = None,
             tenant_only: Annotated[bool | None, QueryParameter(description="Not supported yet: 400 if true.")] = None,
             gt: GT = None,
             gte: GTE = None,
             lt: LT = None,
             lte: LTE = None,
     ) -> AuditLogPage:
-        _unsupported(actor_emails, project_ids, tenant_only)
+        _unsupported(actor_emails or actor_emails_, project_ids or project_ids_, tenant_only)
         since, until = _window(gt, gte, lt, lte)
         return await list_events(services.pool, tenant_id=principal.tenant_id, after=after, before=before,
-                                 event_types=_check(event_types, "event_types"),
-                                 actor_ids=_check(actor_ids, "actor_ids"),
-                                 resource_ids=_check(resource_ids, "resource_ids"), since=since, until=until,
+                                 event_types=_check(event_types, event_types_, "event_types"),
+                                 actor_ids=_check(actor_ids, actor_ids_, "actor_ids"),
+                                 resource_ids=_check(resource_ids, resource_ids_, "resource_ids"), since=since, until=until,
                                  limit=limit)
 
 
@@ -90,7 +104,8 @@ class OperatorAuditLogsController(Controller):
     async def list_all(
             self, services: AppServices, limit: AuditLimit = 20, after: Cursor = None, before: Cursor = None,
             tenant_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
-            event_types: Ids = None, actor_ids: Ids = None, resource_ids: Ids = None,
+            event_types: TYPES = None, event_types_: TYPES_ = None, actor_ids: ACTORS = None,
+            actor_ids_: ACTORS_ = None, resource_ids: RESOURCES = None, resource_ids_: RESOURCES_ = None,
             gt: GT = None,
             gte: GTE = None,
             lt: LT = None,
@@ -98,7 +113,7 @@ class OperatorAuditLogsController(Controller):
     ) -> AuditLogPage:
         since, until = _window(gt, gte, lt, lte)
         return await list_events(services.pool, tenant_id=tenant_id, after=after, before=before,
-                                 event_types=_check(event_types, "event_types"),
-                                 actor_ids=_check(actor_ids, "actor_ids"),
-                                 resource_ids=_check(resource_ids, "resource_ids"), since=since, until=until,
+                                 event_types=_check(event_types, event_types_, "event_types"),
+                                 actor_ids=_check(actor_ids, actor_ids_, "actor_ids"),
+                                 resource_ids=_check(resource_ids, resource_ids_, "resource_ids"), since=since, until=until,
                                  limit=limit)
