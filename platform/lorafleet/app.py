@@ -65,6 +65,9 @@ from lorafleet.gateway.responses_api.controller import ResponsesController
 from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
+from lorafleet.gateway.webhooks.controller import WebhookEndpointsController, WebhookEventTypesController
+from lorafleet.gateway.webhooks.delivery import WebhookDeliverer, WebhookSender
+from lorafleet.gateway.webhooks.service import WebhookEndpoints
 from lorafleet.gateway.throttle import FailureThrottle
 from lorafleet.tenancy.storage import StorageQuota, TenantStorage
 
@@ -138,6 +141,10 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             uploads=TransferSlots(max_transfers=settings.max_uploads, tenant_max_transfers=settings.tenant_max_uploads,
                                   noun="uploads"),
         )
+        sender = WebhookSender(settings.webhook_allow_private, settings.webhook_timeout_seconds)
+        services.webhooks = WebhookEndpoints(pool, sender)
+        services.webhook_deliverer = WebhookDeliverer(pool, gateway_id, sender, poll_seconds=settings.webhook_poll_seconds,
+                                                      retry_base_seconds=settings.webhook_retry_base_seconds)
         services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id,
                                               make_answer_spool(settings))
         ledger.start()
@@ -147,6 +154,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         await catalog.start()
         await registry.start()
         app.state.services = services
+        if settings.webhook_dispatch:
+            services.webhook_deliverer.start()
         if settings.batch_dispatch:
             services.dispatcher.start()  # after the services: its lines go through the app's routes
         quiet_garbage_collector()
@@ -154,6 +163,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             yield
         finally:
             await services.dispatcher.close()  # lines in flight finish (or go back to the queue) before the rest
+            await services.webhook_deliverer.close()  # an attempt cut here is sent again once its lease expires
             await holds.close()
             await registry.close()
             await catalog.close()
@@ -169,7 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         route_handlers=[
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
             KeysController, AccountController, AdminController, SystemController, AuditLogsController,
-            OperatorAuditLogsController,
+            OperatorAuditLogsController, WebhookEndpointsController, WebhookEventTypesController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

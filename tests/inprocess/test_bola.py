@@ -17,8 +17,10 @@ test_every_route_is_classified, so a new route cannot skip the checks below:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +45,8 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
-               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "cursor_audit"]
+               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "cursor_audit",
+               "webhook_id", "cursor_webhook", "delivery_id"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ MODEL_SLOTS = (Slot("model", "adapter_name"), Slot("model", "qualified_model"))
 RESPONSE_ID = (Slot("response_id", "response_id"),)
 FILE_ID, JOB_ID = (Slot("file_id", "file_id"),), (Slot("fine_tuning_job_id", "job_id"),)
 BATCH_ID = (Slot("batch_id", "batch_id"),)
+WEBHOOK_ID = (Slot("webhook_endpoint_id", "webhook_id"),)
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -198,6 +202,21 @@ ROUTES: dict[str, Route] = {
     "GET /v1/balance": Route("key", "billing:read"),
     "GET /v1/invoices": Route("key", "billing:read", (Slot("starting_after", "cursor_invoice"),), _cursor),
     "GET /v1/invoices/{invoice_id}": Route("key", "billing:read", (INVOICE_ID,)),
+    "POST /v1/webhook_endpoints": Route("key", "webhooks:write", (), _json(
+        {"url": "https://hooks.example.com/in", "name": "matrix", "event_types": ["batch.completed"]})),
+    "GET /v1/webhook_endpoints": Route("key", "webhooks:read", (Slot("after", "cursor_webhook"),), _after),
+    "GET /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:read", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:write", WEBHOOK_ID,
+                                                               _json({"name": "renamed"})),
+    "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:write", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": Route("key", "webhooks:write", WEBHOOK_ID,
+                                                                             _json({})),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": Route("key", "webhooks:write", WEBHOOK_ID, _json(
+        {"event_type": "batch.completed"})),
+    "GET /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries": Route("key", "webhooks:read", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": Route(
+        "key", "webhooks:write", (*WEBHOOK_ID, Slot("delivery_id", "delivery_id"))),
+    "GET /v1/webhook_event_types": Route("key", "webhooks:read"),
     "GET /v1/organization/audit_logs": Route("key", "audit_logs:read", (Slot("after", "cursor_audit"),
                                                                         Slot("before", "cursor_audit")), _audit_page),
     # ---- the operator (any tenant's objects, by design) -------------------------------------
@@ -318,6 +337,8 @@ class Tenant:
     batch_id: str
     batch_file_id: str
     audit_id: str = ""  # one of its audit events
+    webhook_id: str = ""  # one of its webhook endpoints
+    delivery_id: str = ""  # one of that endpoint's deliveries
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -328,7 +349,8 @@ class Tenant:
                 "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
                 "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
                 "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id,
-                "cursor_audit": self.audit_id}[kind]
+                "cursor_audit": self.audit_id, "webhook_id": self.webhook_id, "cursor_webhook": self.webhook_id,
+                "delivery_id": self.delivery_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -361,6 +383,10 @@ async def _tenant(platform, db, label: str) -> Tenant:
         made = await http.post("/v1/keys", json={"name": "spare", "scopes": ["inference"]},
                                headers={"Idempotency-Key": idempotency_key})
         assert made.status_code == 201, made.text
+        # An endpoint no one answers at (so its delivery of the batch's end stays in the log, retried).
+        hook = await http.post("/v1/webhook_endpoints", json={"url": "https://unreachable.invalid/in", "name": label,
+                                                              "event_types": ["batch.completed"]})
+        assert hook.status_code == 200, hook.text
         stored = await http.post("/v1/responses", json={"model": adapter_name, "input": "x", "max_output_tokens": 2})
         assert stored.status_code == 200, stored.text
         file = await http.post("/v1/files", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
@@ -389,10 +415,12 @@ async def _tenant(platform, db, label: str) -> Tenant:
         assert done.json()["output_file_id"] and done.json()["error_file_id"], done.text
     await wait_rows(db, created.id, 4)
     audit_id = await db.fetchval("SELECT id FROM audit_log WHERE tenant_id = $1 ORDER BY seq LIMIT 1", created.id)
+    delivery_id = await db.fetchval("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1", hook.json()["id"])
+    assert delivery_id, "the batch's end made no delivery"
     assert audit_id, "the tenant's changes left no audit event"
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
                   stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"],
-                  audit_id)
+                  audit_id, hook.json()["id"], delivery_id)
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -412,7 +440,8 @@ async def _state(db, tenant: Tenant) -> tuple:
 def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
     method, template = name.split(" ", 1)
     path_values = {key: value for key, value in values.items() if "{" + key + "}" in template}
-    return method, template.format(**path_values), route.request(values)
+    # A route naming two objects (a webhook endpoint's delivery): the one the call does not vary is "none".
+    return method, template.format_map(collections.defaultdict(lambda: "none", path_values)), route.request(values)
 
 
 async def _send(http: httpx.AsyncClient, name: str, route: Route, values: dict[str, str]) -> httpx.Response:
@@ -473,15 +502,17 @@ async def test_another_tenants_objects_are_answered_like_missing_ones(platform, 
 SHOWS_NO_OBJECT = {"GET /dashboard", "GET /dashboard/keys/new", "GET /v1/models/{model_id}",
                    "GET /v1/responses/{response_id}/input_items", "GET /v1/files/{file_id}/content",
                    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
-                   "GET /dashboard/batches/{batch_id}/output", "GET /dashboard/batches/{batch_id}/errors"}
+                   "GET /dashboard/batches/{batch_id}/output", "GET /dashboard/batches/{batch_id}/errors",
+                   "GET /v1/webhook_event_types"}
 
 
 async def test_lists_never_show_another_tenants_objects(platform, db):
     theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
     secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
-                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id)
+                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id,
+                         theirs.webhook_id, theirs.delivery_id)
     secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
-                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id)
+                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id, mine.webhook_id, mine.delivery_id)
     async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
             dashboard(platform.url, mine.key.secret) as (session, csrf):
         for name, route in ROUTES.items():
@@ -490,7 +521,8 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
             http = api if route.guard == "key" else session
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
                       "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
-                      "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id}
+                      "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id,
+                      "webhook_endpoint_id": mine.webhook_id}
             answer = await _send(http, name, route, values)
             assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
             assert not [s for s in secrets_of_theirs if s in answer.text], name
@@ -530,7 +562,8 @@ async def test_every_scope_on_every_api_route(platform, db):
     target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
     values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
               "model_id": STUB_MODEL, "response_id": ids.new_id("resp"), "file_id": ids.file_id(),
-              "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id()}
+              "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id(),
+              "webhook_endpoint_id": ids.new_id("we"), "delivery_id": ids.new_id("whd")}
     routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
     for label, (key, scopes) in keys.items():
         async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:
@@ -635,6 +668,12 @@ AUDIT_EVENTS: dict[str, str | None] = {
     "POST /dashboard/fine-tuning/files": "file.created",
     "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
     "POST /dashboard/batches/{batch_id}/cancel": "batch.cancelled",
+    "POST /v1/webhook_endpoints": "webhook_endpoint.created",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.updated",
+    "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.deleted",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "webhook_endpoint.secret_rotated",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": "webhook_endpoint.tested",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": "webhook_delivery.replayed",
 }
 HOLD = "audit-walk-hold"  # a batch line holding this text waits at the stub worker, so its batch can be cancelled
 
@@ -703,7 +742,17 @@ async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tena
         assert made.status_code == 200, made.text
         return made.json()["id"]
 
+    async def endpoint() -> str:  # at a stub worker: the sample of /test gets an answer (whatever its status)
+        made = await api.post("/v1/webhook_endpoints", json={"url": platform.workers[0].url + "/hook", "name": "walk",
+                                                             "event_types": ["batch.failed"]})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
     match name:
+        case "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay":
+            return {"values": {"webhook_endpoint_id": owner.webhook_id, "delivery_id": owner.delivery_id}}
+        case name if "{webhook_endpoint_id}" in name:
+            return {"values": {"webhook_endpoint_id": await endpoint()}}
         case "DELETE /v1/responses/{response_id}":
             return {"values": {"response_id": await stored_response()}}
         case "DELETE /v1/models/{model_id}":
@@ -777,9 +826,10 @@ async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform
                     continue
                 assert answer.status_code < 400, (name, answer.status_code, answer.text[:300])
                 if answer.headers.get("content-type", "").startswith("application/json"):
-                    secret = answer.json().get("secret") if isinstance(answer.json(), dict) else None
-                    if secret:
-                        secrets_handed_out.append(secret)
+                    for field_name in ("secret", "signing_secret"):
+                        secret = answer.json().get(field_name) if isinstance(answer.json(), dict) else None
+                        if secret:
+                            secrets_handed_out.append(secret)
                 if name == "POST /dashboard/keys":
                     secrets_handed_out.append(http.cookies.get(NEW_KEY_COOKIE, path="/dashboard/keys/new") or "")
                 rows = await db.fetch("SELECT * FROM audit_log WHERE request_id = $1", answer.headers["x-request-id"])
@@ -794,7 +844,8 @@ async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform
                 expected_tenant = None if name in ("POST /admin/prices",) else \
                     answer.json()["id"] if name == "POST /admin/tenants" else tenant_id_of(owner)
                 assert row["tenant_id"] == expected_tenant, (name, dict(row))
-                in_path = [value for label, value in values.items() if "{" + label + "}" in name]
+                # The object a path names last is the one changed (a delivery of an endpoint: the delivery).
+                in_path = [values[label] for label in re.findall(r"{(\w+)}", name)][::-1]
                 if answer.headers.get("content-type", "").startswith("application/json") and "id" in answer.json() \
                         and event.endswith((".created", ".granted")):
                     assert row["resource_id"] == str(answer.json()["id"]), (name, dict(row))

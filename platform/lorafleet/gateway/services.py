@@ -25,6 +25,8 @@ from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay
 from lorafleet.gateway.responses_api.store import ResponseStore
+from lorafleet.gateway.webhooks.delivery import WebhookDeliverer
+from lorafleet.gateway.webhooks.service import WebhookEndpoints
 
 
 @dataclass
@@ -50,4 +52,6 @@ class Services:
     batches: Batches
     downloads: TransferSlots
     uploads: TransferSlots
+    webhooks: WebhookEndpoints | None = None  # type: ignore[assignment]
+    webhook_deliverer: WebhookDeliverer | None = None
     dispatcher: BatchDispatcher | None = None  # set once the app exists (it calls the app's routes)

@@ -38,6 +38,8 @@ ALL_SCOPES: tuple[str, ...] = (
     "billing:read",
     "dashboard",
     "audit_logs:read",  # the organization's audit log (/v1/organization/audit_logs)
+    "webhooks:read",    # /v1/webhook_endpoints and their delivery logs
+    "webhooks:write",
 )
 Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]
 

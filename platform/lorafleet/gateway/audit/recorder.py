@@ -31,7 +31,7 @@ AUTHORIZATION_FAILED = "admin.authorization_failed"
 
 MAX_CAPTURED_BYTES = 64 * 1024     # a JSON body or answer larger than this is not parsed for fields or ids
 # Path parameters that name the object a route changes, in order of preference.
-_RESOURCE_PARAMS = ("webhook_id", "key_id", "adapter_id", "file_id", "fine_tuning_job_id", "batch_id",
+_RESOURCE_PARAMS = ("delivery_id", "webhook_endpoint_id", "key_id", "adapter_id", "file_id", "fine_tuning_job_id", "batch_id",
                     "response_id", "model_id", "project_id", "tenant_id")
 _REFUSED = frozenset({401, 403, 429})
 
