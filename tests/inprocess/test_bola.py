@@ -803,6 +803,7 @@ async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform
     secrets_handed_out = [owner.key.secret]
     for worker in platform.workers:
         worker.behaviour.hold_marker = HOLD
+        worker.behaviour.release.clear()
     try:
         async with httpx.AsyncClient(base_url=platform.url, headers=owner.key.headers, timeout=60) as api, \
                 httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers, timeout=60) as operator, \

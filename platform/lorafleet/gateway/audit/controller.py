@@ -30,7 +30,7 @@ ACTORS, ACTORS_ = _ids("actor_ids", True), _ids("actor_ids", False)
 RESOURCES, RESOURCES_ = _ids("resource_ids", True), _ids("resource_ids", False)
 EMAILS, EMAILS_ = _ids("actor_emails", True), _ids("actor_emails", False)
 PROJECTS, PROJECTS_ = _ids("project_ids", True), _ids("project_ids", False)
-GT, GTE, LT, LTE = (Annotated[int | None, QueryParameter(name=f"effective_at[{op}]", ge=0, le=2**40,
+GT, GTE, LT, LTE = (Annotated[int | None, QueryParameter(name=f"effective_at[{op}]", ge=1, le=253_402_300_000,
                                                       description=f"Only events with effective_at {op} (Unix seconds).")]
                     for op in ("gt", "gte", "lt", "lte"))
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Events per page (1–100, default 20).")]
