@@ -24,7 +24,7 @@ def scrub(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if depth >= 3:
             return "[nested]"
-        return {k: scrub(v, depth + 1) for k, v in value.items()
+        return {k.replace("\x00", "")[:MAX_STRING]: scrub(v, depth + 1) for k, v in value.items()
                 if isinstance(k, str) and not _SECRET_FIELD.search(k)}
     if isinstance(value, (list, tuple)):
         return [scrub(v, depth + 1) for v in list(value)[:20]]
@@ -33,7 +33,7 @@ def scrub(value: Any, depth: int = 0) -> Any:
             scheme, _, rest = value.partition("://")
             host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
             value = f"{scheme}://{host}/…" if "/" in rest else redact_url(f"{scheme}://{host}")
-        return value[:MAX_STRING]
+        return value.replace("\x00", "")[:MAX_STRING]  # jsonb cannot hold NUL: the row must still be written
     return value
 
 
