@@ -59,3 +59,24 @@ async def test_every_changing_cli_command_leaves_one_event(inprocess_database_ur
     assert [e["type"] for e in listed["data"]] == [step[0] for step in reversed(steps) if step[2]]
     only = await run("audit", "list", "--type", "price.created", "--limit", "1")
     assert only["data"][0]["price.created"]["id"] == str(price["id"])
+
+
+async def test_webhook_delivery_log_and_replay(inprocess_database_url, db, platform, tenant):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=platform.url, headers=tenant.headers, timeout=30) as http:
+        made = await http.post("/v1/webhook_endpoints", json={"url": "https://unreachable.invalid/in", "name": "cli",
+                                                              "event_types": ["batch.failed"]})
+        assert made.status_code == 200, made.text
+    event_id = ids.new_id("evt")
+    await db.execute(queries.insert_webhook_event, event_id, tenant.tenant_id, "batch.failed", {"id": "batch_x"})
+    listed = await asyncio.to_thread(_run, inprocess_database_url, "webhooks", "deliveries", "--tenant",
+                                     tenant.tenant_id)
+    assert [(d["event_id"], d["endpoint_id"], d["event_type"]) for d in listed["data"]] == \
+        [(event_id, made.json()["id"], "batch.failed")]
+    delivery_id = listed["data"][0]["id"]
+    before = await db.fetchval("SELECT coalesce(max(seq), 0) FROM audit_log")
+    replayed = await asyncio.to_thread(_run, inprocess_database_url, "webhooks", "replay", delivery_id)
+    assert replayed == {"id": delivery_id, "tenant_id": tenant.tenant_id, "status": "pending"}
+    rows = await db.fetch("SELECT type, resource_id, tenant_id, actor_kind FROM audit_log WHERE seq > $1", before)
+    assert [tuple(r) for r in rows] == [("webhook_delivery.replayed", delivery_id, tenant.tenant_id, "operator")]

@@ -370,6 +370,54 @@ def audit_list(tenant_id: str | None, event_types: tuple[str, ...], actor_ids: t
     emit(page, as_json, human)
 
 
+@cli.group()
+def webhooks() -> None:
+    """Webhook deliveries: the log and replay (tenants manage endpoints through /v1/webhook_endpoints)."""
+
+
+@webhooks.command("deliveries")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, default=None, help="Only this tenant's (ten_…).")
+@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+def webhooks_deliveries(tenant_id: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Deliveries, newest first: status, attempts, the last status code or error."""
+    from lorafleet.db import queries
+
+    rows = call_database(lambda db: db.fetch(queries.operator_webhook_deliveries, tenant_id, status, limit))
+    found = [{**dict(row), **{k: row[k].isoformat() if row[k] else None
+                              for k in ("next_attempt_at", "delivered_at", "created_at")}} for row in rows]
+
+    def human() -> None:
+        if not found:
+            click.echo("no deliveries")
+        for d in found:
+            click.echo(f"{d['id']}  {d['created_at'][:19]}  {d['event_type']:<26} {d['status']:<9} "
+                       f"attempts {d['attempts']}  last {d['last_status_code'] or d['last_error'] or '-'}  "
+                       f"{d['endpoint_id']}  {d['tenant_id']}")
+
+    emit({"object": "list", "data": found, "has_more": len(found) == limit}, as_json, human)
+
+
+@webhooks.command("replay")
+@click.argument("delivery_id")
+@json_option
+def webhooks_replay(delivery_id: str, as_json: bool) -> None:
+    """Send DELIVERY_ID again now, with the same webhook-id (its event's id)."""
+    from lorafleet.db import queries
+
+    async def replay(db: Any) -> dict[str, str]:
+        row = await db.fetchrow(queries.operator_replay_webhook_delivery, delivery_id)
+        if row is None:
+            raise CliError(f"no delivery {delivery_id!r} of a live endpoint", error_type="invalid_request_error",
+                           code="not_found")
+        return {"id": row["id"], "tenant_id": row["tenant_id"], "status": "pending"}
+
+    replayed = call_audited(replay, event="webhook_delivery.replayed", fields={}, resource=lambda r: r["id"],
+                            tenant_id=lambda r: r["tenant_id"])
+    emit(replayed, as_json, lambda: click.echo(f"{delivery_id}: due again now"))
+
+
 @cli.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's settings table.")
 def show_settings(markdown: bool) -> None:

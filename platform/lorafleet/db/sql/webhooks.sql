@@ -90,3 +90,16 @@ UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(), lease
  WHERE id = $1 AND tenant_id = $2 AND endpoint_id = $3
    AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)
 RETURNING id;
+
+-- name: operator_webhook_deliveries
+-- The operator's view (the CLI): newest first, a tenant's or everyone's, optionally one status.
+SELECT d.id, d.tenant_id, d.endpoint_id, d.event_id, ev.type AS event_type, d.status, d.attempts,
+       d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at, d.created_at
+  FROM webhook_deliveries d JOIN webhook_events ev ON ev.id = d.event_id
+ WHERE ($1::text IS NULL OR d.tenant_id = $1) AND ($2::text IS NULL OR d.status = $2)
+ ORDER BY d.created_at DESC, d.id DESC LIMIT $3;
+
+-- name: operator_replay_webhook_delivery
+UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_until = NULL
+ WHERE id = $1 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)
+RETURNING id, tenant_id;
