@@ -64,6 +64,7 @@ from lorafleet.gateway.openapi import openapi_config
 from lorafleet.gateway.responses_api.controller import ResponsesController
 from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
+from lorafleet.gateway.projects.controller import ProjectsController
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.webhooks.controller import WebhookEndpointsController, WebhookEventTypesController
 from lorafleet.gateway.webhooks.delivery import WebhookDeliverer, WebhookSender
@@ -180,6 +181,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
             KeysController, AccountController, AdminController, SystemController, AuditLogsController,
             OperatorAuditLogsController, WebhookEndpointsController, WebhookEventTypesController,
+            ProjectsController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],

@@ -46,7 +46,7 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
                "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "cursor_audit",
-               "webhook_id", "cursor_webhook", "delivery_id"]
+               "webhook_id", "cursor_webhook", "delivery_id", "project_id", "cursor_project"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ RESPONSE_ID = (Slot("response_id", "response_id"),)
 FILE_ID, JOB_ID = (Slot("file_id", "file_id"),), (Slot("fine_tuning_job_id", "job_id"),)
 BATCH_ID = (Slot("batch_id", "batch_id"),)
 WEBHOOK_ID = (Slot("webhook_endpoint_id", "webhook_id"),)
+PROJECT_ID = (Slot("project_id", "project_id"),)
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -217,6 +218,12 @@ ROUTES: dict[str, Route] = {
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": Route(
         "key", "webhooks:write", (*WEBHOOK_ID, Slot("delivery_id", "delivery_id"))),
     "GET /v1/webhook_event_types": Route("key", "webhooks:read"),
+    "POST /v1/organization/projects": Route("key", "organization:admin", (), _json({"name": "matrix"})),
+    "GET /v1/organization/projects": Route("key", "organization:admin", (Slot("after", "cursor_project"),), _after),
+    "GET /v1/organization/projects/{project_id}": Route("key", "organization:admin", PROJECT_ID),
+    "POST /v1/organization/projects/{project_id}": Route("key", "organization:admin", PROJECT_ID,
+                                                         _json({"name": "renamed"})),
+    "POST /v1/organization/projects/{project_id}/archive": Route("key", "organization:admin", PROJECT_ID),
     "GET /v1/organization/audit_logs": Route("key", "audit_logs:read", (Slot("after", "cursor_audit"),
                                                                         Slot("before", "cursor_audit")), _audit_page),
     # ---- the operator (any tenant's objects, by design) -------------------------------------
@@ -339,6 +346,7 @@ class Tenant:
     audit_id: str = ""  # one of its audit events
     webhook_id: str = ""  # one of its webhook endpoints
     delivery_id: str = ""  # one of that endpoint's deliveries
+    project_id: str = ""  # a project of its own besides the default one
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -350,7 +358,8 @@ class Tenant:
                 "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
                 "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id,
                 "cursor_audit": self.audit_id, "webhook_id": self.webhook_id, "cursor_webhook": self.webhook_id,
-                "delivery_id": self.delivery_id}[kind]
+                "delivery_id": self.delivery_id, "project_id": self.project_id,
+                "cursor_project": self.project_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -383,6 +392,8 @@ async def _tenant(platform, db, label: str) -> Tenant:
         made = await http.post("/v1/keys", json={"name": "spare", "scopes": ["inference"]},
                                headers={"Idempotency-Key": idempotency_key})
         assert made.status_code == 201, made.text
+        project = await http.post("/v1/organization/projects", json={"name": f"{label} project"})
+        assert project.status_code == 200, project.text
         # An endpoint no one answers at (so its delivery of the batch's end stays in the log, retried).
         hook = await http.post("/v1/webhook_endpoints", json={"url": "https://unreachable.invalid/in", "name": label,
                                                               "event_types": ["batch.completed"]})
@@ -420,7 +431,7 @@ async def _tenant(platform, db, label: str) -> Tenant:
     assert audit_id, "the tenant's changes left no audit event"
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
                   stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"],
-                  audit_id, hook.json()["id"], delivery_id)
+                  audit_id, hook.json()["id"], delivery_id, project.json()["id"])
 
 
 async def _state(db, tenant: Tenant) -> tuple:
@@ -510,9 +521,10 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
     theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
     secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
                          theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id,
-                         theirs.webhook_id, theirs.delivery_id)
+                         theirs.webhook_id, theirs.delivery_id, theirs.project_id)
     secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
-                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id, mine.webhook_id, mine.delivery_id)
+                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id, mine.webhook_id, mine.delivery_id,
+                       mine.project_id)
     async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
             dashboard(platform.url, mine.key.secret) as (session, csrf):
         for name, route in ROUTES.items():
@@ -522,7 +534,7 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
                       "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
                       "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id,
-                      "webhook_endpoint_id": mine.webhook_id}
+                      "webhook_endpoint_id": mine.webhook_id, "project_id": mine.project_id}
             answer = await _send(http, name, route, values)
             assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
             assert not [s for s in secrets_of_theirs if s in answer.text], name
@@ -563,7 +575,8 @@ async def test_every_scope_on_every_api_route(platform, db):
     values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
               "model_id": STUB_MODEL, "response_id": ids.new_id("resp"), "file_id": ids.file_id(),
               "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id(),
-              "webhook_endpoint_id": ids.new_id("we"), "delivery_id": ids.new_id("whd")}
+              "webhook_endpoint_id": ids.new_id("we"), "delivery_id": ids.new_id("whd"),
+              "project_id": ids.new_id("proj")}
     routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
     for label, (key, scopes) in keys.items():
         async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:
@@ -669,6 +682,9 @@ AUDIT_EVENTS: dict[str, str | None] = {
     "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
     "POST /dashboard/batches/{batch_id}/cancel": "batch.cancelled",
     "POST /v1/webhook_endpoints": "webhook_endpoint.created",
+    "POST /v1/organization/projects": "project.created",
+    "POST /v1/organization/projects/{project_id}": "project.updated",
+    "POST /v1/organization/projects/{project_id}/archive": "project.archived",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.updated",
     "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.deleted",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "webhook_endpoint.secret_rotated",
@@ -748,7 +764,14 @@ async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tena
         assert made.status_code == 200, made.text
         return made.json()["id"]
 
+    async def project() -> str:
+        made = await api.post("/v1/organization/projects", json={"name": "walk"})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
     match name:
+        case "POST /v1/organization/projects/{project_id}" | "POST /v1/organization/projects/{project_id}/archive":
+            return {"values": {"project_id": await project()}}
         case "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay":
             return {"values": {"webhook_endpoint_id": owner.webhook_id, "delivery_id": owner.delivery_id}}
         case name if "{webhook_endpoint_id}" in name:

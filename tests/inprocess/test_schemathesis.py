@@ -276,6 +276,7 @@ MINIMAL_BODIES: dict[str, dict[str, Any]] = {
     "createWebhookEndpoint": {"url": "https://unreachable.invalid/x", "name": "n", "event_types": ["batch.failed"]},
     "updateWebhookEndpoint": {"name": "n"}, "rotateWebhookSecret": {},
     "testWebhookEndpoint": {"event_type": "batch.failed"},
+    "createProject": {"name": "n"}, "updateProject": {"name": "n"},
     "adminSetPrice": {"base_model": STUB_MODEL, "prompt_micro_usd_per_mtok": 0, "completion_micro_usd_per_mtok": 0,
                       "effective_at": "2999-01-01T00:00:00Z"},
 }
@@ -314,6 +315,7 @@ async def test_what_the_database_cannot_hold_is_refused_not_a_500(platform, tena
               ("POST", "/admin/prices", {"json": {**MINIMAL_BODIES["adminSetPrice"], "base_model": NUL}}),
               ("POST", "/v1/chat/completions", {"json": {**MINIMAL_BODIES["createChatCompletion"], "model": NUL}}),
               ("POST", "/v1/webhook_endpoints", {"json": {**MINIMAL_BODIES["createWebhookEndpoint"], "name": NUL}}),
+              ("POST", "/v1/organization/projects", {"json": {"name": NUL}}),
               ("POST", "/v1/webhook_endpoints", {"json": {**MINIMAL_BODIES["createWebhookEndpoint"],
                                                           "url": "https://unreachable.invalid/" + NUL}}),
               ("POST", "/v1/responses", {"json": {**MINIMAL_BODIES["createResponse"], "input": NUL,
