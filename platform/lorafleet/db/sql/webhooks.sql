@@ -45,9 +45,6 @@ UPDATE webhook_endpoints
  WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
 RETURNING *;
 
--- name: insert_webhook_event
-INSERT INTO webhook_events (id, tenant_id, type, data) VALUES ($1, $2, $3, $4);
-
 -- name: claim_webhook_deliveries
 -- Leases up to $3 due deliveries for gateway $1 for $2 seconds; several gateways never send one twice at once.
 UPDATE webhook_deliveries d
