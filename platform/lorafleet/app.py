@@ -31,6 +31,8 @@ from lorafleet.gateway.account import AccountController
 from lorafleet.gateway.adapters import AdaptersController
 from lorafleet.gateway.adapters.releases import AdapterReleasesController
 from lorafleet.gateway.admin import AdminController
+from lorafleet.gateway.audit.controller import AuditLogsController, OperatorAuditLogsController
+from lorafleet.gateway.audit.recorder import audit_layer
 from lorafleet.gateway.auth import KeyAuthenticator
 from lorafleet.gateway.batches.controller import BatchesController
 from lorafleet.gateway.batches.dispatcher import BatchDispatcher
@@ -60,11 +62,15 @@ from lorafleet.gateway.openai.controller import OpenAIController
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay, upstream_connector
 from lorafleet.gateway.openapi import openapi_config
+from lorafleet.gateway.projects.controller import ProjectsController
 from lorafleet.gateway.responses_api.controller import ResponsesController
 from lorafleet.gateway.responses_api.store import ResponseStore
 from lorafleet.gateway.services import Services
 from lorafleet.gateway.system import SystemController
 from lorafleet.gateway.throttle import FailureThrottle
+from lorafleet.gateway.webhooks.controller import WebhookEndpointsController, WebhookEventTypesController
+from lorafleet.gateway.webhooks.delivery import WebhookDeliverer, WebhookSender
+from lorafleet.gateway.webhooks.service import WebhookEndpoints
 from lorafleet.tenancy.storage import StorageQuota, TenantStorage
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # a file upload's form fields and framing, beside the file itself
@@ -137,6 +143,10 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             uploads=TransferSlots(max_transfers=settings.max_uploads, tenant_max_transfers=settings.tenant_max_uploads,
                                   noun="uploads"),
         )
+        sender = WebhookSender(settings.webhook_allow_private, settings.webhook_timeout_seconds)
+        services.webhooks = WebhookEndpoints(pool, sender)
+        services.webhook_deliverer = WebhookDeliverer(pool, gateway_id, sender, poll_seconds=settings.webhook_poll_seconds,
+                                                      retry_base_seconds=settings.webhook_retry_base_seconds)
         services.dispatcher = BatchDispatcher(app, pool, files, catalog, registry, ledger, settings, gateway_id,
                                               make_answer_spool(settings))
         ledger.start()
@@ -146,6 +156,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         await catalog.start()
         await registry.start()
         app.state.services = services
+        if settings.webhook_dispatch:
+            services.webhook_deliverer.start()
         if settings.batch_dispatch:
             services.dispatcher.start()  # after the services: its lines go through the app's routes
         quiet_garbage_collector()
@@ -153,6 +165,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             yield
         finally:
             await services.dispatcher.close()  # lines in flight finish (or go back to the queue) before the rest
+            await services.webhook_deliverer.close()  # an attempt cut here is sent again once its lease expires
             await holds.close()
             await registry.close()
             await catalog.close()
@@ -168,6 +181,9 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         route_handlers=[
             OpenAIController, ResponsesController, EmbeddingsController, FineTuningController, BatchesController,
             AdapterReleasesController, KeysController, AccountController, AdminController, SystemController,
+            AuditLogsController,
+            OperatorAuditLogsController, WebhookEndpointsController, WebhookEventTypesController,
+            ProjectsController,
             DashboardController, static_files,
             # Uploads get their own, larger body limit, enforced on the bytes as they stream in.
             Router("/", route_handlers=[AdaptersController, DashboardUploadController],
@@ -186,5 +202,6 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
     )
     # Outside Litestar's router and its exception handling, so every request has its context, its
     # x-request-id and its log line — those no route matches (404, 405) or whose body is too large (413) too.
-    app.asgi_handler = context_middleware(metrics)(app.asgi_handler)
+    # The audit layer inside it: it needs the request's context (who acts) and the route Litestar matched.
+    app.asgi_handler = context_middleware(metrics)(audit_layer(app.asgi_handler, lambda: app.state.services))
     return app

@@ -129,6 +129,10 @@ async def inprocess(inprocess_database_url: str, db: asyncpg.Pool, tmp_path_fact
         "LORAFLEET_WORKER_REFRESH_SECONDS": "0.2", "LORAFLEET_CATALOG_REFRESH_SECONDS": "0.2",
         "LORAFLEET_AUTH_FAILURES_PER_MINUTE": "0",
         "LORAFLEET_BATCH_MIN_DELAY_SECONDS": "0",  # batch tests run their lines at once (one holds the default)
+        # Webhook tests receive at 127.0.0.1 (a test with its own gateway checks the refusal without this) and
+        # see retries within seconds.
+        "LORAFLEET_WEBHOOK_ALLOW_PRIVATE": "true", "LORAFLEET_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+        "LORAFLEET_WEBHOOK_POLL_SECONDS": "0.1", "LORAFLEET_WEBHOOK_TIMEOUT_SECONDS": "3",
         # Short enough for the relay's tests to wait out (a stream silent this long is cut), longer than
         # any other test's stub delay.
         "LORAFLEET_UPSTREAM_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT_SECONDS),

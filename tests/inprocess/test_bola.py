@@ -17,8 +17,10 @@ test_every_route_is_classified, so a new route cannot skip the checks below:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +46,9 @@ USAGE_RANGE = {"start": START.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": END.strftim
 
 Kind = Literal["adapter_id", "adapter_name", "qualified_model", "key_id", "invoice_id", "cursor_adapter",
                "cursor_key", "cursor_invoice", "idempotency_key", "response_id", "file_id", "job_id", "cursor_file",
-               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "adapter_version", "checkpoint_id"]
+               "cursor_job", "batch_id", "cursor_batch", "batch_file_id", "adapter_version", "checkpoint_id",
+               "cursor_audit",
+               "webhook_id", "cursor_webhook", "delivery_id", "project_id", "cursor_project"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,10 @@ def _after(v: dict[str, str]) -> dict[str, Any]:
     return {"params": {"after": v["after"]} if "after" in v else {}}
 
 
+def _audit_page(v: dict[str, str]) -> dict[str, Any]:
+    return {"params": {name: v[name] for name in ("after", "before") if name in v}}
+
+
 def _job(v: dict[str, str]) -> dict[str, Any]:
     return {"json": {"model": STUB_MODEL, "training_file": v.get("training_file", "file-none")}}
 
@@ -159,6 +167,8 @@ CHECKPOINT = (Slot("fine_tuning_job_id", "job_id"), Slot("checkpoint_id", "check
 # Path parameters a route takes that name nothing of a tenant's by themselves (used when a test gives none).
 PATH_DEFAULTS = {"alias": "prod", "adapter_name": "no-such-adapter", "checkpoint_id": "ftckpt-none",
                  "fine_tuning_job_id": "ftjob-none"}
+WEBHOOK_ID = (Slot("webhook_endpoint_id", "webhook_id"),)
+PROJECT_ID = (Slot("project_id", "project_id"),)
 USAGE_SLOTS = (Slot("api_key_id", "key_id"), Slot("adapter", "adapter_id"), Slot("adapter", "adapter_name"))
 
 ROUTES: dict[str, Route] = {
@@ -210,6 +220,29 @@ ROUTES: dict[str, Route] = {
     "GET /v1/balance": Route("key", "billing:read"),
     "GET /v1/invoices": Route("key", "billing:read", (Slot("starting_after", "cursor_invoice"),), _cursor),
     "GET /v1/invoices/{invoice_id}": Route("key", "billing:read", (INVOICE_ID,)),
+    "POST /v1/webhook_endpoints": Route("key", "webhooks:write", (), _json(
+        {"url": "https://hooks.example.com/in", "name": "matrix", "event_types": ["batch.completed"]})),
+    "GET /v1/webhook_endpoints": Route("key", "webhooks:read", (Slot("after", "cursor_webhook"),), _after),
+    "GET /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:read", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:write", WEBHOOK_ID,
+                                                               _json({"name": "renamed"})),
+    "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": Route("key", "webhooks:write", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": Route("key", "webhooks:write", WEBHOOK_ID,
+                                                                             _json({})),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": Route("key", "webhooks:write", WEBHOOK_ID, _json(
+        {"event_type": "batch.completed"})),
+    "GET /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries": Route("key", "webhooks:read", WEBHOOK_ID),
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": Route(
+        "key", "webhooks:write", (*WEBHOOK_ID, Slot("delivery_id", "delivery_id"))),
+    "GET /v1/webhook_event_types": Route("key", "webhooks:read"),
+    "POST /v1/organization/projects": Route("key", "organization:admin", (), _json({"name": "matrix"})),
+    "GET /v1/organization/projects": Route("key", "organization:admin", (Slot("after", "cursor_project"),), _after),
+    "GET /v1/organization/projects/{project_id}": Route("key", "organization:admin", PROJECT_ID),
+    "POST /v1/organization/projects/{project_id}": Route("key", "organization:admin", PROJECT_ID,
+                                                         _json({"name": "renamed"})),
+    "POST /v1/organization/projects/{project_id}/archive": Route("key", "organization:admin", PROJECT_ID),
+    "GET /v1/organization/audit_logs": Route("key", "audit_logs:read", (Slot("after", "cursor_audit"),
+                                                                        Slot("before", "cursor_audit")), _audit_page),
     # ---- the operator (any tenant's objects, by design) -------------------------------------
     "GET /admin/tenants": Route("admin"),
     "POST /admin/tenants": Route("admin", request=_json({"name": "matrix"})),
@@ -222,6 +255,7 @@ ROUTES: dict[str, Route] = {
     "POST /admin/prices": Route("admin", request=_json({"base_model": "no-such-model", "prompt_micro_usd_per_mtok": 0,
                                                         "completion_micro_usd_per_mtok": 0})),
     "GET /admin/invoices/{invoice_id}": Route("admin"),
+    "GET /admin/audit_logs": Route("admin"),
     "GET /admin/workers": Route("admin"),
     "GET /admin/adapters/stats": Route("admin"),
     "POST /admin/adapters/{adapter_id}/pin": Route("admin"),
@@ -250,6 +284,7 @@ ROUTES: dict[str, Route] = {
     "GET /dashboard/batches/{batch_id}/errors": Route("session", "inference", BATCH_ID),
     "POST /dashboard/batches/{batch_id}/cancel": Route("session", "inference", BATCH_ID, _form),
     "GET /dashboard/invoices": Route("session", "billing:read"),
+    "GET /dashboard/audit": Route("session", "audit_logs:read", (Slot("after", "cursor_audit"),), _after),
     "GET /dashboard/invoices/{invoice_id}": Route("session", "billing:read", (INVOICE_ID,)),
     "GET /dashboard/admin": Route("operator_session"),
 }
@@ -329,6 +364,10 @@ class Tenant:
     batch_id: str
     batch_file_id: str
     checkpoint_id: str
+    audit_id: str = ""  # one of its audit events
+    webhook_id: str = ""  # one of its webhook endpoints
+    delivery_id: str = ""  # one of that endpoint's deliveries
+    project_id: str = ""  # a project of its own besides the default one
     keys: dict[str, TenantKey] = field(default_factory=dict)  # more keys, by label
 
     def value(self, kind: Kind) -> str:
@@ -339,7 +378,10 @@ class Tenant:
                 "response_id": self.response_id, "file_id": self.file_id, "job_id": self.job_id,
                 "cursor_file": self.file_id, "cursor_job": self.job_id, "batch_id": self.batch_id,
                 "cursor_batch": self.batch_id, "batch_file_id": self.batch_file_id,
-                "adapter_version": f"{self.adapter_name}@v1", "checkpoint_id": self.checkpoint_id}[kind]
+                "adapter_version": f"{self.adapter_name}@v1", "checkpoint_id": self.checkpoint_id,
+                "cursor_audit": self.audit_id, "webhook_id": self.webhook_id, "cursor_webhook": self.webhook_id,
+                "delivery_id": self.delivery_id, "project_id": self.project_id,
+                "cursor_project": self.project_id}[kind]
 
 
 def _missing(kind: Kind, theirs: str) -> str:
@@ -375,6 +417,12 @@ async def _tenant(platform, db, label: str) -> Tenant:
         made = await http.post("/v1/keys", json={"name": "spare", "scopes": ["inference"]},
                                headers={"Idempotency-Key": idempotency_key})
         assert made.status_code == 201, made.text
+        project = await http.post("/v1/organization/projects", json={"name": f"{label} project"})
+        assert project.status_code == 200, project.text
+        # An endpoint no one answers at (so its delivery of the batch's end stays in the log, retried).
+        hook = await http.post("/v1/webhook_endpoints", json={"url": "https://unreachable.invalid/in", "name": label,
+                                                              "event_types": ["batch.completed"]})
+        assert hook.status_code == 200, hook.text
         stored = await http.post("/v1/responses", json={"model": adapter_name, "input": "x", "max_output_tokens": 2})
         assert stored.status_code == 200, stored.text
         file = await http.post("/v1/files", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
@@ -405,9 +453,13 @@ async def _tenant(platform, db, label: str) -> Tenant:
                 worker.behaviour.chunks = 8
         assert done.json()["output_file_id"] and done.json()["error_file_id"], done.text
     await wait_rows(db, created.id, 4)
+    audit_id = await db.fetchval("SELECT id FROM audit_log WHERE tenant_id = $1 ORDER BY seq LIMIT 1", created.id)
+    delivery_id = await db.fetchval("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1", hook.json()["id"])
+    assert delivery_id, "the batch's end made no delivery"
+    assert audit_id, "the tenant's changes left no audit event"
     return Tenant(owner, adapter_id, adapter_name, await close_this_month(db, created.id), idempotency_key,
                   stored.json()["id"], file.json()["id"], job.json()["id"], batch.json()["id"], batch_file.json()["id"],
-                  checkpoint_id)
+                  checkpoint_id, audit_id, hook.json()["id"], delivery_id, project.json()["id"])
 
 
 async def _checkpoint(platform, db, tenant_id: str, job_id: str, label: str) -> str:
@@ -442,7 +494,8 @@ def _call(name: str, route: Route, values: dict[str, str]) -> tuple[str, str, di
     method, template = name.split(" ", 1)
     values = {**PATH_DEFAULTS, **values}
     path_values = {key: value for key, value in values.items() if "{" + key + "}" in template}
-    return method, template.format(**path_values), route.request(values)
+    # A route naming two objects (a webhook endpoint's delivery): the one the call does not vary is "none".
+    return method, template.format_map(collections.defaultdict(lambda: "none", path_values)), route.request(values)
 
 
 async def _send(http: httpx.AsyncClient, name: str, route: Route, values: dict[str, str]) -> httpx.Response:
@@ -503,15 +556,18 @@ async def test_another_tenants_objects_are_answered_like_missing_ones(platform, 
 SHOWS_NO_OBJECT = {"GET /dashboard", "GET /dashboard/keys/new", "GET /v1/models/{model_id}",
                    "GET /v1/responses/{response_id}/input_items", "GET /v1/files/{file_id}/content",
                    "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
-                   "GET /dashboard/batches/{batch_id}/output", "GET /dashboard/batches/{batch_id}/errors"}
+                   "GET /dashboard/batches/{batch_id}/output", "GET /dashboard/batches/{batch_id}/errors",
+                   "GET /v1/webhook_event_types"}
 
 
 async def test_lists_never_show_another_tenants_objects(platform, db):
     theirs, mine = await _tenant(platform, db, "alice"), await _tenant(platform, db, "bob")
     secrets_of_theirs = (theirs.key.tenant_id, theirs.key.key_id, theirs.adapter_id, theirs.adapter_name,
-                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id)
+                         theirs.invoice_id, theirs.response_id, theirs.file_id, theirs.job_id, theirs.batch_id,
+                         theirs.webhook_id, theirs.delivery_id, theirs.project_id)
     secrets_of_mine = (mine.key.tenant_id, mine.key.key_id, mine.adapter_id, mine.adapter_name, mine.invoice_id,
-                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id)
+                       mine.response_id, mine.file_id, mine.job_id, mine.batch_id, mine.webhook_id, mine.delivery_id,
+                       mine.project_id)
     async with httpx.AsyncClient(base_url=platform.url, headers=mine.key.headers, timeout=30) as api, \
             dashboard(platform.url, mine.key.secret) as (session, csrf):
         for name, route in ROUTES.items():
@@ -521,7 +577,8 @@ async def test_lists_never_show_another_tenants_objects(platform, db):
             values = {"csrf": csrf, "model_id": STUB_MODEL, "adapter_id": mine.adapter_id, "key_id": mine.key.key_id,
                       "adapter_name": mine.adapter_name, "checkpoint_id": mine.checkpoint_id,
                       "invoice_id": mine.invoice_id, "response_id": mine.response_id, "file_id": mine.file_id,
-                      "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id}
+                      "fine_tuning_job_id": mine.job_id, "batch_id": mine.batch_id,
+                      "webhook_endpoint_id": mine.webhook_id, "project_id": mine.project_id}
             answer = await _send(http, name, route, values)
             assert answer.status_code == 200, (name, answer.status_code, answer.text[:300])
             assert not [s for s in secrets_of_theirs if s in answer.text], name
@@ -561,7 +618,9 @@ async def test_every_scope_on_every_api_route(platform, db):
     target = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["keys:write"])
     values = {"key_id": target.id, "adapter_id": ids.new_id("adp"), "invoice_id": owner.invoice_id,
               "model_id": STUB_MODEL, "response_id": ids.new_id("resp"), "file_id": ids.file_id(),
-              "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id()}
+              "fine_tuning_job_id": ids.fine_tuning_job_id(), "batch_id": ids.batch_id(),
+              "webhook_endpoint_id": ids.new_id("we"), "delivery_id": ids.new_id("whd"),
+              "project_id": ids.new_id("proj")}
     routes = {name: route for name, route in ROUTES.items() if route.guard == "key"}
     for label, (key, scopes) in keys.items():
         async with httpx.AsyncClient(base_url=platform.url, headers=key.headers, timeout=30) as http:
@@ -636,3 +695,260 @@ async def test_the_operator_api_answers_only_the_admin_token(platform, db, body)
                                                                                 **platform.admin_headers}})
             assert admitted.status_code != 401, (name, admitted.text[:300])
             assert admitted.status_code < 500, (name, admitted.text[:300])
+
+
+# ---- the audit log: every change leaves exactly one row, with its actor ----------------------------
+
+# Every route that is not a GET, and what it records when it succeeds (None: not a change the log
+# records — inference, whose record is the ledger). A route missing here fails the test below.
+AUDIT_EVENTS: dict[str, str | None] = {
+    "POST /v1/chat/completions": None, "POST /v1/completions": None, "POST /v1/embeddings": None,
+    "POST /v1/responses": None,
+    "DELETE /v1/responses/{response_id}": "response.deleted",
+    "DELETE /v1/models/{model_id}": "model.deleted",
+    "POST /v1/files": "file.created", "DELETE /v1/files/{file_id}": "file.deleted",
+    "POST /v1/fine_tuning/jobs": "fine_tuning.job.created",
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
+    "POST /v1/batches": "batch.created", "POST /v1/batches/{batch_id}/cancel": "batch.cancelled",
+    "POST /v1/keys": "api_key.created", "DELETE /v1/keys/{key_id}": "api_key.deleted",
+    "POST /v1/adapters": "adapter.created", "DELETE /v1/adapters/{adapter_id}": "adapter.deleted",
+    "POST /admin/tenants": "organization.created", "PATCH /admin/tenants/{tenant_id}": "organization.updated",
+    "POST /admin/tenants/{tenant_id}/keys": "api_key.created",
+    "POST /admin/tenants/{tenant_id}/credits": "credit.granted",
+    "PATCH /admin/keys/{key_id}": "rate_limit.updated", "POST /admin/prices": "price.created",
+    "POST /admin/adapters/{adapter_id}/pin": "adapter.pinned",
+    "DELETE /admin/adapters/{adapter_id}/pin": "adapter.unpinned",
+    "POST /dashboard/keys": "api_key.created", "POST /dashboard/keys/{key_id}/revoke": "api_key.deleted",
+    "POST /dashboard/adapters/upload": "adapter.created",
+    "POST /dashboard/adapters/{adapter_id}/delete": "adapter.deleted",
+    "POST /dashboard/fine-tuning": "fine_tuning.job.created",
+    "POST /dashboard/fine-tuning/files": "file.created",
+    "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel": "fine_tuning.job.cancelled",
+    "POST /dashboard/batches/{batch_id}/cancel": "batch.cancelled",
+    "POST /v1/webhook_endpoints": "webhook_endpoint.created",
+    "POST /v1/organization/projects": "project.created",
+    "POST /v1/organization/projects/{project_id}": "project.updated",
+    "POST /v1/organization/projects/{project_id}/archive": "project.archived",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.updated",
+    "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": "webhook_endpoint.deleted",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "webhook_endpoint.secret_rotated",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": "webhook_endpoint.tested",
+    "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": "webhook_delivery.replayed",
+}
+HOLD = "audit-walk-hold"  # a batch line holding this text waits at the stub worker, so its batch can be cancelled
+
+
+def test_every_change_route_is_in_the_audit_walk():
+    changes = {name for name in ROUTES if not name.startswith("GET ")}
+    assert changes == AUDIT_EVENTS.keys(), sorted(changes ^ AUDIT_EVENTS.keys())
+    handlers = _app_handlers()
+    for name, event in AUDIT_EVENTS.items():
+        assert handlers[name].opt.get("audit") == (event or False), name  # what the recorder keys on
+
+
+async def _adapter_upload(db, tmp_path, label: str) -> tuple[str, list[tuple[str, tuple[str, bytes]]]]:
+    """A valid PEFT adapter for a base model of its own (so the upload passes validation): (base, files)."""
+    import msgspec
+    from lorafleet.db import queries
+
+    from tests.adapter_factory import TINY, lora_config, write_adapter
+
+    base = f"audit-tiny-{random_token(6)}"
+    await db.execute(queries.upsert_base_model, ids.base_model_id(), base, 2048, msgspec.to_builtins(TINY), 16,
+                     "generate")
+    folder = write_adapter(tmp_path / label, config=lora_config(8, ["q_proj", "v_proj"], base=base))
+    return base, [("file", (path.name, path.read_bytes())) for path in sorted(folder.iterdir())]
+
+
+async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tenant, tmp_path) -> dict[str, Any]:
+    """The values and request with which ``name`` succeeds on fresh objects of ``owner``'s."""
+    tenant_id = owner.key.tenant_id
+
+    async def file(purpose: str = "fine-tune", content: bytes = b"{}\n") -> str:
+        made = await api.post("/v1/files", files={"file": ("t.jsonl", content)}, data={"purpose": purpose})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def free_job_slots() -> None:  # a tenant may have only a few open jobs: cancel the earlier ones
+        for open_job in (await api.get("/v1/fine_tuning/jobs", params={"limit": 100})).json()["data"]:
+            if open_job["status"] in ("validating_files", "queued", "running"):
+                cancelled = await api.post(f"/v1/fine_tuning/jobs/{open_job['id']}/cancel")
+                assert cancelled.status_code == 200, cancelled.text
+
+    async def job() -> str:
+        await free_job_slots()
+        made = await api.post("/v1/fine_tuning/jobs", json={"model": STUB_MODEL, "training_file": await file()})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def batch() -> str:
+        line = {"custom_id": "held", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": HOLD}], "max_tokens": 2}}
+        made = await api.post("/v1/batches", json={"input_file_id": await file("batch", json.dumps(line).encode()),
+                                                   "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def adapter() -> str:
+        return await insert_adapter(db, tenant_id, platform.base_model_id, f"audit-{random_token(8)}")
+
+    async def key() -> str:
+        made = await api.post("/v1/keys", json={"name": "to-revoke", "scopes": ["inference"]})
+        assert made.status_code == 201, made.text
+        return made.json()["id"]
+
+    async def stored_response() -> str:
+        made = await api.post("/v1/responses", json={"model": STUB_MODEL, "input": "x", "max_output_tokens": 2})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def endpoint() -> str:  # at a stub worker: the sample of /test gets an answer (whatever its status)
+        made = await api.post("/v1/webhook_endpoints", json={"url": platform.workers[0].url + "/hook", "name": "walk",
+                                                             "event_types": ["batch.failed"]})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    async def project() -> str:
+        made = await api.post("/v1/organization/projects", json={"name": "walk"})
+        assert made.status_code == 200, made.text
+        return made.json()["id"]
+
+    match name:
+        case "POST /v1/organization/projects/{project_id}" | "POST /v1/organization/projects/{project_id}/archive":
+            return {"values": {"project_id": await project()}}
+        case "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay":
+            return {"values": {"webhook_endpoint_id": owner.webhook_id, "delivery_id": owner.delivery_id}}
+        case name if "{webhook_endpoint_id}" in name:
+            return {"values": {"webhook_endpoint_id": await endpoint()}}
+        case "DELETE /v1/responses/{response_id}":
+            return {"values": {"response_id": await stored_response()}}
+        case "DELETE /v1/models/{model_id}":
+            adapter_id = await adapter()
+            return {"values": {"model_id": await db.fetchval("SELECT name FROM adapters WHERE id = $1", adapter_id)}}
+        case "DELETE /v1/files/{file_id}":
+            return {"values": {"file_id": await file()}}
+        case "POST /v1/fine_tuning/jobs" | "POST /dashboard/fine-tuning":
+            await free_job_slots()
+            return {"values": {"training_file": await file()}}
+        case "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel" | \
+                "POST /dashboard/fine-tuning/{fine_tuning_job_id}/cancel":
+            return {"values": {"fine_tuning_job_id": await job()}}
+        case "POST /v1/batches":
+            return {"values": {"input_file_id": await file("batch", json.dumps({
+                "custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": STUB_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}}).encode())}}
+        case "POST /v1/batches/{batch_id}/cancel" | "POST /dashboard/batches/{batch_id}/cancel":
+            return {"values": {"batch_id": await batch()}}
+        case "DELETE /v1/keys/{key_id}" | "POST /dashboard/keys/{key_id}/revoke" | "PATCH /admin/keys/{key_id}":
+            return {"values": {"key_id": await key()}}
+        case "DELETE /v1/adapters/{adapter_id}" | "POST /dashboard/adapters/{adapter_id}/delete" | \
+                "POST /admin/adapters/{adapter_id}/pin" | "DELETE /admin/adapters/{adapter_id}/pin":
+            return {"values": {"adapter_id": await adapter()}}
+        case "POST /v1/adapters" | "POST /dashboard/adapters/upload":
+            base, files = await _adapter_upload(db, tmp_path, random_token(6))
+            request = {"files": files, "data": {"name": f"up-{random_token(6)}", "base_model": base}}
+            return {"values": {}, "request": request}
+        case "POST /admin/tenants/{tenant_id}/keys":
+            return {"values": {"tenant_id": tenant_id}, "request": {"json": {"scopes": ["inference"]}}}
+        case "PATCH /admin/tenants/{tenant_id}" | "POST /admin/tenants/{tenant_id}/credits":
+            return {"values": {"tenant_id": tenant_id}}
+        case "POST /admin/prices":
+            from lorafleet.db import queries
+
+            base = f"audit-priced-{random_token(6)}"
+            await db.execute(queries.upsert_base_model, ids.base_model_id(), base, 2048, {}, 16, "generate")
+            return {"values": {}, "request": {"json": {"base_model": base, "prompt_micro_usd_per_mtok": 1,
+                                                       "completion_micro_usd_per_mtok": 2}}}
+    return {"values": {}}
+
+
+async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform, db, tmp_path):
+    """Each route of the matrix that changes something, called so it succeeds: exactly one audit row, with
+    the request's id, the event type, the actor (the key, the dashboard session of a key, the operator)
+    and the tenant; inference leaves none; no secret a change handed out is anywhere in the table."""
+    owner = await _tenant(platform, db, "audited")
+    secrets_handed_out = [owner.key.secret]
+    for worker in platform.workers:
+        worker.behaviour.hold_marker = HOLD
+        worker.behaviour.release.clear()
+    try:
+        async with httpx.AsyncClient(base_url=platform.url, headers=owner.key.headers, timeout=60) as api, \
+                httpx.AsyncClient(base_url=platform.url, headers=platform.admin_headers, timeout=60) as operator, \
+                dashboard(platform.url, owner.key.secret) as (session, csrf):
+            for name, event in AUDIT_EVENTS.items():
+                route = ROUTES[name]
+                prepared = await _prepared(name, api, platform, db, owner, tmp_path)
+                values = {"csrf": csrf, **prepared["values"]}
+                method, path, kwargs = _call(name, route, values)
+                if "request" in prepared:
+                    kwargs = prepared["request"]
+                if route.guard == "session" and "files" in kwargs:
+                    kwargs = {**kwargs, "headers": {"x-csrf-token": csrf}}
+                if name == "POST /dashboard/keys":
+                    kwargs = {"data": {"csrf": csrf, "name": "from-the-dashboard"}}
+                http = {"key": api, "admin": operator, "session": session}[route.guard]
+                answer = await http.request(method, path, **kwargs)
+                if event is None:  # inference (the embeddings route refuses the stub's generative model: either way)
+                    assert await db.fetch("SELECT 1 FROM audit_log WHERE request_id = $1",
+                                          answer.headers["x-request-id"]) == [], name
+                    continue
+                assert answer.status_code < 400, (name, answer.status_code, answer.text[:300])
+                if answer.headers.get("content-type", "").startswith("application/json"):
+                    for field_name in ("secret", "signing_secret"):
+                        secret = answer.json().get(field_name) if isinstance(answer.json(), dict) else None
+                        if secret:
+                            secrets_handed_out.append(secret)
+                if name == "POST /dashboard/keys":
+                    secrets_handed_out.append(http.cookies.get(NEW_KEY_COOKIE, path="/dashboard/keys/new") or "")
+                rows = await db.fetch("SELECT * FROM audit_log WHERE request_id = $1", answer.headers["x-request-id"])
+                assert len(rows) == 1, (name, rows)
+                row = rows[0]
+                assert row["type"] == event and row["status"] == answer.status_code, (name, dict(row))
+                expected_actor = {"key": ("api_key", owner.key.key_id, None),
+                                  "admin": ("operator", "operator", None),
+                                  "session": ("session", row["actor_id"], owner.key.key_id)}[route.guard]
+                assert (row["actor_kind"], row["actor_id"], row["actor_key_id"]) == expected_actor, (name, dict(row))
+                assert row["actor_id"], name
+                expected_tenant = None if name in ("POST /admin/prices",) else \
+                    answer.json()["id"] if name == "POST /admin/tenants" else tenant_id_of(owner)
+                assert row["tenant_id"] == expected_tenant, (name, dict(row))
+                # The object a path names last is the one changed (a delivery of an endpoint: the delivery).
+                in_path = [values[label] for label in re.findall(r"{(\w+)}", name)][::-1]
+                if answer.headers.get("content-type", "").startswith("application/json") and "id" in answer.json() \
+                        and event.endswith((".created", ".granted")):
+                    assert row["resource_id"] == str(answer.json()["id"]), (name, dict(row))
+                elif in_path:
+                    assert row["resource_id"] == in_path[0], (name, dict(row))
+                else:  # a dashboard form's redirect: the object it made
+                    assert row["resource_id"].startswith(("key_", "ftjob-")), (name, dict(row))
+                assert row["ip_address"] == "127.0.0.1" and row["user_agent"].startswith("python-httpx"), name
+    finally:
+        for worker in platform.workers:
+            worker.behaviour.hold_marker = None
+            worker.behaviour.release.set()
+    table = "\n".join(str(dict(row)) for row in await db.fetch("SELECT * FROM audit_log"))
+    leaked = [secret for secret in secrets_handed_out if secret and secret.split(":")[-1] in table]
+    assert not leaked, "a secret is in the audit log"
+
+
+def tenant_id_of(tenant: Tenant) -> str:
+    return tenant.key.tenant_id
+
+
+async def test_refused_operator_calls_are_recorded_and_refused_tenant_calls_are_not(platform, db):
+    owner = await _tenant(platform, db, "refused")
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as http:
+        wrong = await http.post(f"/admin/tenants/{owner.key.tenant_id}/credits", json={"amount_micro_usd": 1},
+                                headers={"Authorization": f"Bearer {random_token(32)}", "User-Agent": "probe/1"})
+        listing = await http.get("/admin/audit_logs", headers=owner.key.headers)  # a tenant's key: not the token
+        limited = await TenancyService(db).create_key(owner.key.tenant_id, scopes=["inference"])
+        no_scope = await http.post("/v1/keys", json={"name": "x"}, headers={"Authorization": f"Bearer {limited.secret}"})
+    assert wrong.status_code == listing.status_code == 401 and no_scope.status_code == 403
+    for answer, path in ((wrong, f"/admin/tenants/{owner.key.tenant_id}/credits"), (listing, "/admin/audit_logs")):
+        rows = await db.fetch("SELECT * FROM audit_log WHERE request_id = $1", answer.headers["x-request-id"])
+        assert len(rows) == 1, rows
+        assert (rows[0]["type"], rows[0]["actor_kind"], rows[0]["tenant_id"], rows[0]["status"]) == \
+            ("admin.authorization_failed", "anonymous", None, 401), dict(rows[0])
+        assert rows[0]["details"]["path"] == path
+    assert await db.fetch("SELECT 1 FROM audit_log WHERE request_id = $1", no_scope.headers["x-request-id"]) == []
+    assert await db.fetchval("SELECT count(*) FROM credit_grants WHERE tenant_id = $1", owner.key.tenant_id) == 0

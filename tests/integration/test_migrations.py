@@ -93,3 +93,38 @@ async def test_exact_costs_are_backfilled_from_the_rounded_ones(databases, tmp_p
         assert account["exact_period_start"] == account["period_start"]
     finally:
         await connection.close()
+
+
+async def test_teams_migrations_give_what_exists_a_default_project_and_its_administrators_the_new_scopes(
+        databases, tmp_path: Path):
+    """0023 and 0024 on a database with data: each tenant gets a default project that owns its keys and
+    objects; keys that could manage keys gain audit_logs:read, webhooks:* and organization:admin; others not."""
+    dsn = await databases.create()
+    for migration in discover():
+        if migration.version < "0023":
+            (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+    await migrate(dsn, tmp_path)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("INSERT INTO tenants (id, name) VALUES ('ten_t', 't')")
+        for key_id, scopes in (("key_admin", ["inference", "keys:write"]), ("key_plain", ["inference"])):
+            await connection.execute(
+                "INSERT INTO api_keys (id, tenant_id, key_hash, display_prefix, mode, scopes) "
+                "VALUES ($1, 'ten_t', $2, 'sk_live_x', 'live', $3)", key_id, key_id.encode().ljust(32, b"0"), scopes)
+        await connection.execute("INSERT INTO files (id, tenant_id, purpose, filename, bytes, blob_key) "
+                                 "VALUES ('file-t', 'ten_t', 'fine-tune', 't.jsonl', 1, $1)", "0" * 64)
+        for migration in discover():
+            (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+        assert await migrate(dsn, tmp_path) == ["0023", "0024"]
+        default = await connection.fetchval("SELECT id FROM projects WHERE tenant_id = 'ten_t' AND is_default")
+        assert default is not None
+        assert {r["project_id"] for r in await connection.fetch("SELECT project_id FROM api_keys")} == {default}
+        assert await connection.fetchval("SELECT project_id FROM files WHERE id = 'file-t'") == default
+        scopes = {r["id"]: set(r["scopes"]) for r in await connection.fetch("SELECT id, scopes FROM api_keys")}
+        assert scopes["key_admin"] == {"inference", "keys:write", "audit_logs:read", "webhooks:read",
+                                       "webhooks:write", "organization:admin"}
+        assert scopes["key_plain"] == {"inference"}
+        await connection.execute("INSERT INTO tenants (id, name) VALUES ('ten_new', 'new')")
+        assert await connection.fetchval("SELECT count(*) FROM projects WHERE tenant_id = 'ten_new' AND is_default") == 1
+    finally:
+        await connection.close()

@@ -68,6 +68,9 @@ COVERED: dict[str, list[str]] = {
     "batches download": ["tests/integration/test_batches.py::test_batch_commands"],
     "trainer": ["tests/integration/test_fine_tuning.py::test_the_sdk_fine_tunes_a_model_and_it_is_served_at_once"],
     "dashboard link": [f"{PLATFORM}::test_dashboard_link_signs_in_once"],
+    "audit list": ["tests/inprocess/test_audit_cli.py::test_every_changing_cli_command_leaves_one_event"],
+    "webhooks deliveries": ["tests/inprocess/test_audit_cli.py::test_webhook_delivery_log_and_replay"],
+    "webhooks replay": ["tests/inprocess/test_audit_cli.py::test_webhook_delivery_log_and_replay"],
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 import msgspec
-from lorafleet.cli.common import call_database, database_settings, emit, json_option
+from lorafleet.cli.common import call_audited, call_database, database_settings, emit, json_option
 from lorafleet.cli.errors import CliError, NotConfigured, Unreachable
 from lorafleet.cli.params import (
     CLEARED,
@@ -65,9 +65,15 @@ def prices_set(base_model: str, prompt: int, completion: int, adapter_surcharge:
     """Add a price version for BASE_MODEL; earlier usage keeps the price it was recorded under."""
     from lorafleet.billing.accounts import AccountService
 
-    price = call_database(lambda db: AccountService(db).set_price(
+    price = call_audited(lambda db: AccountService(db).set_price(
         base_model, prompt=prompt, completion=completion, adapter_surcharge=adapter_surcharge, training=training,
-        cached_prompt=cached_prompt, batch_discount_bps=batch_discount_bps, effective_at=effective_at))
+        cached_prompt=cached_prompt, batch_discount_bps=batch_discount_bps, effective_at=effective_at),
+        event="price.created", resource=lambda p: str(p.id),
+        fields={"base_model": base_model, "prompt_micro_usd_per_mtok": prompt,
+                "completion_micro_usd_per_mtok": completion, "adapter_surcharge_micro_usd_per_mtok": adapter_surcharge,
+                "training_micro_usd_per_mtok": training, "cached_prompt_micro_usd_per_mtok": cached_prompt,
+                "batch_discount_bps": batch_discount_bps,
+                "effective_at": effective_at.isoformat() if effective_at else None})
     emit(price, as_json, lambda: click.echo(f"price {price.id} for {base_model} from {price.effective_at:%Y-%m-%d %H:%M:%S %Z}"))
 
 
@@ -103,7 +109,9 @@ def credits_grant(tenant_id: str, amount: int, reason: str, as_json: bool) -> No
     """Grant credits to a tenant."""
     from lorafleet.billing.accounts import AccountService
 
-    grant = call_database(lambda db: AccountService(db).grant_credit(tenant_id, amount, reason))
+    grant = call_audited(lambda db: AccountService(db).grant_credit(tenant_id, amount, reason), event="credit.granted",
+                         tenant_id=tenant_id, resource=lambda g: g.id,
+                         fields={"amount_micro_usd": amount, "reason": reason})
     emit(grant, as_json, lambda: click.echo(f"granted {format_micro_usd(amount)} to {tenant_id} ({grant.id})"))
 
 
@@ -119,9 +127,13 @@ def tenant_limits(tenant_id: str, mode: str | None, monthly_spend_limit: Any, ma
     from lorafleet.billing.accounts import AccountService
 
     settings = database_settings()
-    balance = call_database(lambda db: AccountService(db, settings.currency).set_limits(
+    changed = {name: None if value is CLEARED else value for name, value in
+               (("billing_mode", mode), ("monthly_spend_limit_micro_usd", monthly_spend_limit),
+                ("max_concurrent_requests", max_concurrent)) if value is not None}
+    balance = call_audited(lambda db: AccountService(db, settings.currency).set_limits(
         tenant_id, billing_mode=_UNSET if mode is None else mode,
         monthly_spend_limit_micro_usd=_change(monthly_spend_limit), max_concurrent_requests=_change(max_concurrent)),
+        event="organization.updated", tenant_id=tenant_id, resource=lambda _: tenant_id, fields=changed,
         settings=settings)
     emit(balance, as_json, lambda: click.echo(
         f"{tenant_id}: {balance.billing_mode}, limit {format_micro_usd(balance.monthly_spend_limit_micro_usd)}, "
@@ -138,8 +150,11 @@ def key_limits(key_id: str, rpm: Any, tpm: Any, as_json: bool) -> None:
     """Set KEY_ID's rate limits."""
     from lorafleet.billing.accounts import AccountService
 
-    limits = call_database(lambda db: AccountService(db).set_key_limits(
-        key_id, requests_per_minute=_change(rpm), tokens_per_minute=_change(tpm)))
+    changed = {name: None if value is CLEARED else value for name, value in
+               (("requests_per_minute", rpm), ("tokens_per_minute", tpm)) if value is not None}
+    limits = call_audited(lambda db: AccountService(db).set_key_limits(
+        key_id, requests_per_minute=_change(rpm), tokens_per_minute=_change(tpm)),
+        event="rate_limit.updated", key_id=key_id, resource=lambda _: key_id, fields=changed)
     emit(limits, as_json, lambda: click.echo(
         f"{key_id}: {limits.requests_per_minute or 'unlimited'} requests/min, {limits.tokens_per_minute or 'unlimited'} tokens/min"))
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import random
@@ -116,7 +117,7 @@ class AliasService:
             raise _no_adapter(name)
         return [_view(row) for row in rows]
 
-    async def list_all(self, tenant_id: str) -> list[AliasView]:
+    async def list_all(self, tenant_id: str) -> builtins.list[AliasView]:
         return [_view(row) for row in await self._pool.fetch(queries.list_tenant_aliases, tenant_id)]
 
     async def get(self, tenant_id: str, name: str, alias: str) -> AliasView:
@@ -151,7 +152,7 @@ class AliasService:
             raise InvalidRequest("an alias's versions must share one base model", param="versions")
         return await self._move(tenant_id, name, alias, targets, "set", key_id)
 
-    async def _move(self, tenant_id: str, name: str, alias: str, targets: list[AliasTarget] | None, action: str,
+    async def _move(self, tenant_id: str, name: str, alias: str, targets: builtins.list[AliasTarget] | None, action: str,
                     key_id: str | None, connection: asyncpg.Connection | None = None) -> AliasView:
         if connection is None:
             async with self._pool.acquire() as connection, connection.transaction():

@@ -94,7 +94,7 @@ class _ArchiveReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         size = CHUNK if size is None or size < 0 else size
         while self._pieces:
             piece = self._pieces[0]

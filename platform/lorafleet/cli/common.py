@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -156,3 +157,39 @@ def emit(document: Any, as_json: bool, human: Callable[[], None]) -> None:
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON document to stdout (an error too: the API's error envelope).")
+
+
+async def with_json_codec(db: Any) -> None:
+    """jsonb as Python values on this connection, as on the gateway's pool (the audit log's details are jsonb)."""
+    from lorafleet.db.pool import init_connection
+
+    if isinstance(db, asyncpg.Connection):
+        await init_connection(db)
+
+
+def call_audited(action: Callable[[Any], Awaitable[T]], *, event: str, fields: dict[str, Any],
+                 resource: Callable[[T], str | None], tenant_id: str | None | Callable[[T], str] = None,
+                 key_id: str | None = None, settings: CommonSettings | None = None) -> T:
+    """:func:`call_database` for a command that changes something: the change and its audit event
+    (tenancy/audit.py) commit in one transaction, so neither exists without the other. The actor is
+    the operator at this shell (``cli:<user>``): these commands reach the database directly."""
+    import getpass
+
+    from lorafleet.tenancy.audit import Actor, record_event
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    actor = Actor("operator", f"cli:{user}"[:64], None, None, "lorafleet-cli")
+
+    async def audited(db: Any) -> T:
+        await with_json_codec(db)
+        async with db.transaction():
+            result = await action(db)
+            tenant = tenant_id(result) if callable(tenant_id) else tenant_id
+            await record_event(db, event=event, actor=actor, tenant_id=tenant, resource_id=resource(result),
+                               fields=fields, key_id=key_id)
+        return result
+
+    return call_database(audited, settings=settings)

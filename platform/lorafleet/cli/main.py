@@ -6,12 +6,14 @@ also when they fail (the API's error envelope). Exit codes and error output: cli
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import click
 from lorafleet.cli.adapters import adapters
 from lorafleet.cli.batches import batches
 from lorafleet.cli.common import (
+    call_audited,
     call_database,
     check_database,
     database_settings,
@@ -20,8 +22,9 @@ from lorafleet.cli.common import (
     json_option,
     log_to_stderr,
     run_async,
+    with_json_codec,
 )
-from lorafleet.cli.errors import LoraFleetGroup
+from lorafleet.cli.errors import CliError, LoraFleetGroup
 from lorafleet.cli.fine_tune import fine_tune
 from lorafleet.cli.params import KEY_ID, TENANT_ID, format_micro_usd
 from lorafleet.cli.plugins import add_plugin_commands
@@ -111,7 +114,8 @@ def tenants_create(name: str, as_json: bool) -> None:
     """Create a tenant called NAME."""
     from lorafleet.tenancy import TenancyService
 
-    tenant = call_database(lambda db: TenancyService(db).create_tenant(name))
+    tenant = call_audited(lambda db: TenancyService(db).create_tenant(name), event="organization.created",
+                          fields={"name": name}, resource=lambda t: t.id, tenant_id=lambda t: t.id)
     emit(tenant, as_json, lambda: click.echo(f"created tenant {tenant.id} ({tenant.name})"))
 
 
@@ -152,8 +156,10 @@ def keys_create(tenant_id: str, name: str, scopes: tuple[str, ...], test_mode: b
     """Create an API key; its secret is printed this once."""
     from lorafleet.tenancy import TenancyService
 
-    created = call_database(lambda db: TenancyService(db).create_key(
-        tenant_id, name=name, scopes=list(scopes) or None, mode="test" if test_mode else "live"))
+    created = call_audited(lambda db: TenancyService(db).create_key(
+        tenant_id, name=name, scopes=list(scopes) or None, mode="test" if test_mode else "live"),
+        event="api_key.created", tenant_id=tenant_id, resource=lambda k: k.id,
+        fields={"name": name, "scopes": list(scopes) or None, "mode": "test" if test_mode else "live"})
 
     def human() -> None:
         click.echo(f"created key {created.id} for {created.tenant_id} (scopes: {', '.join(created.scopes)})")
@@ -193,7 +199,8 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke KEY_ID; every gateway refuses it within a second."""
     from lorafleet.tenancy import TenancyService
 
-    revoked = call_database(lambda db: TenancyService(db).revoke_key(key_id))
+    revoked = call_audited(lambda db: TenancyService(db).revoke_key(key_id), event="api_key.deleted",
+                           fields={}, resource=lambda k: k.id, key_id=key_id)
     emit(revoked, as_json, lambda: click.echo(f"revoked {revoked.id}"))
 
 
@@ -258,9 +265,99 @@ def dashboard_link(tenant_id: str, as_json: bool) -> None:
         await TenancyService(db).get_tenant(tenant_id)
         return await create_login_link(db, tenant_id)
 
-    token = call_database(action, settings=settings)
+    # A sign-in link is a credential handed out: recorded (never the link itself).
+    token = call_audited(action, event="login_link.created", fields={}, resource=lambda _: None,
+                         tenant_id=tenant_id, settings=settings)
     url = f"{gateway_base_url(settings)}/dashboard/login/{token}"
     emit({"url": url, "expires_in_seconds": LINK_SECONDS}, as_json, lambda: click.echo(url))
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log: every change, by whom, from where (append-only)."""
+
+
+@audit.command("list")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, default=None, help="Only this tenant's events (ten_…).")
+@click.option("--type", "event_types", multiple=True, help="Only events of this type (repeat for several).")
+@click.option("--actor", "actor_ids", multiple=True, help="Only events by this key, session or 'operator'.")
+@click.option("--after", default=None, help="The last id of the previous page (older events follow).")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@json_option
+def audit_list(tenant_id: str | None, event_types: tuple[str, ...], actor_ids: tuple[str, ...], after: str | None,
+               limit: int, as_json: bool) -> None:
+    """Audit events, newest first (every tenant's unless --tenant)."""
+    from lorafleet.gateway.audit.service import list_events
+
+    async def action(db: Any) -> Any:
+        await with_json_codec(db)
+        return await list_events(db, tenant_id=tenant_id, after=after, before=None,
+                                 event_types=list(event_types) or None, actor_ids=list(actor_ids) or None,
+                                 resource_ids=None, since=None, until=None, limit=limit)
+
+    page = call_database(action)
+
+    def human() -> None:
+        if not page.data:
+            click.echo("no events")
+        for event in page.data:
+            actor = event["actor"]
+            who = (actor.get("api_key") or actor.get("session") or actor.get("operator") or {}).get("id") or "anonymous"
+            when = dt.datetime.fromtimestamp(event["effective_at"], dt.UTC)
+            click.echo(f"{event['id']}  {when:%Y-%m-%d %H:%M:%S}  {event['type']:<26} {event[event['type']]['id'] or '-':<28} "
+                       f"{actor['type']}:{who}  {event['tenant_id'] or '-'}  {event['request_id']}")
+        if page.has_more:
+            click.echo(f"more: --after {page.last_id}")
+
+    emit(page, as_json, human)
+
+
+@cli.group()
+def webhooks() -> None:
+    """Webhook deliveries: the log and replay (tenants manage endpoints through /v1/webhook_endpoints)."""
+
+
+@webhooks.command("deliveries")
+@click.option("--tenant", "tenant_id", type=TENANT_ID, default=None, help="Only this tenant's (ten_…).")
+@click.option("--status", type=click.Choice(["pending", "delivered", "failed"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+def webhooks_deliveries(tenant_id: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Deliveries, newest first: status, attempts, the last status code or error."""
+    from lorafleet.db import queries
+
+    rows = call_database(lambda db: db.fetch(queries.operator_webhook_deliveries, tenant_id, status, limit))
+    found = [{**dict(row), **{k: row[k].isoformat() if row[k] else None
+                              for k in ("next_attempt_at", "delivered_at", "created_at")}} for row in rows]
+
+    def human() -> None:
+        if not found:
+            click.echo("no deliveries")
+        for d in found:
+            click.echo(f"{d['id']}  {d['created_at'][:19]}  {d['event_type']:<26} {d['status']:<9} "
+                       f"attempts {d['attempts']}  last {d['last_status_code'] or d['last_error'] or '-'}  "
+                       f"{d['endpoint_id']}  {d['tenant_id']}")
+
+    emit({"object": "list", "data": found, "has_more": len(found) == limit}, as_json, human)
+
+
+@webhooks.command("replay")
+@click.argument("delivery_id")
+@json_option
+def webhooks_replay(delivery_id: str, as_json: bool) -> None:
+    """Send DELIVERY_ID again now, with the same webhook-id (its event's id)."""
+    from lorafleet.db import queries
+
+    async def replay(db: Any) -> dict[str, str]:
+        row = await db.fetchrow(queries.operator_replay_webhook_delivery, delivery_id)
+        if row is None:
+            raise CliError(f"no delivery {delivery_id!r} of a live endpoint", error_type="invalid_request_error",
+                           code="not_found")
+        return {"id": row["id"], "tenant_id": row["tenant_id"], "status": "pending"}
+
+    replayed = call_audited(replay, event="webhook_delivery.replayed", fields={}, resource=lambda r: r["id"],
+                            tenant_id=lambda r: r["tenant_id"])
+    emit(replayed, as_json, lambda: click.echo(f"{delivery_id}: due again now"))
 
 
 @cli.command("settings")

@@ -125,8 +125,9 @@ class BlobStoreUnavailable(ServiceUnavailable):
 
     default_code = "blob_store_unavailable"
 
-    def __init__(self, message: str = "The adapter store is unavailable; retry later.") -> None:
-        super().__init__(message, headers={"Retry-After": "5"})
+    def __init__(self, message: str = "The adapter store is unavailable; retry later.", *,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": "5"})
 
 
 # What a worker answers for an adapter whose weights it cannot fetch (424 Failed Dependency; vLLM

@@ -43,7 +43,10 @@ from lorafleet.dashboard.sessions import (
 )
 from lorafleet.finetune.jobs import JobCreate
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
+from lorafleet.gateway.audit.recorder import audited
+from lorafleet.gateway.audit.service import list_events
 from lorafleet.gateway.auth import verify_admin_token
+from lorafleet.gateway.context import context_of
 from lorafleet.gateway.dependencies import AppServices, Context, client_address
 from lorafleet.gateway.files.controller import file_stream, receive_file
 from lorafleet.gateway.fleet.catalog import ResolvedModel, require_task
@@ -107,6 +110,9 @@ async def _session(request: Request, services: Services, *, operator: bool = Fal
     session = await find_session(services.pool, request.cookies.get(COOKIE))
     if session is None or session.operator != operator:
         raise NotSignedIn()
+    context = context_of(request.scope)  # who acts, for the audit log
+    context.session_id, context.operator = session.token_hash.hex()[:16], session.operator
+    context.tenant_id, context.key_id = session.tenant_id, session.key_id
     return session
 
 
@@ -122,6 +128,17 @@ def _signed_in(request: Request, token: FromPath[str], target: str) -> Response[
     response.set_cookie(Cookie(key=COOKIE, value=token, path="/dashboard", httponly=True, samesite="lax",
                                secure=_secure(request), max_age=SESSION_SECONDS))
     return response
+
+
+def _actor_label(actor: dict[str, Any]) -> str:
+    match actor["type"]:
+        case "api_key":
+            return f"key {actor['api_key']['id']}"
+        case "session":
+            return f"dashboard ({actor['session']['api_key_id'] or 'sign-in link'})"
+        case "operator":
+            return "the operator"
+    return "anonymous"
 
 
 def _page(session: DashboardSession, active: str, **context: Any) -> dict[str, Any]:
@@ -164,7 +181,7 @@ class DashboardController(Controller):
     async def login_form(self, request: Request) -> Response[str]:
         return _login_page(request, None)
 
-    @post("/login")
+    @post("/login", opt=audited(False))  # signing in changes nothing administered; the session is the actor after
     async def login(self, request: Request, services: AppServices) -> Response[Any]:
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
@@ -188,7 +205,7 @@ class DashboardController(Controller):
             return _login_page(request, "That sign-in link has expired or was already used.", status=401)
         return _signed_in(request, await open_session(services.pool, tenant_id, None), "/dashboard")
 
-    @post("/logout")
+    @post("/logout", opt=audited(False))
     async def logout(self, request: Request, services: AppServices) -> Response[Any]:
         session = await find_session(services.pool, request.cookies.get(COOKIE))
         if session is not None:
@@ -247,7 +264,7 @@ class DashboardController(Controller):
         session.require("keys:read")
         return await _keys_page(session, services)
 
-    @post("/keys")
+    @post("/keys", opt=audited("api_key.created"))
     async def create_key(self, request: Request, services: AppServices) -> Response[str]:
         session = await _session(request, services)
         form = await _form(request, session)
@@ -261,6 +278,7 @@ class DashboardController(Controller):
             return await _keys_page(session, services, error=exc.message, status=400)
         # Post/redirect/get, so reloading the page cannot create a second key. The secret rides to the
         # one page that shows it in a short-lived cookie only that page reads, and that page clears it.
+        context_of(request.scope).audit_resource = created.id
         response: Response[Any] = Redirect("/dashboard/keys/new", status_code=303)
         response.set_cookie(Cookie(key=NEW_KEY_COOKIE, value=f"{created.id}:{created.secret}", path="/dashboard/keys/new",
                                    httponly=True, samesite="strict", secure=_secure(request), max_age=300))
@@ -279,7 +297,7 @@ class DashboardController(Controller):
         response.delete_cookie(NEW_KEY_COOKIE, path="/dashboard/keys/new")
         return response
 
-    @post("/keys/{key_id:str}/revoke")
+    @post("/keys/{key_id:str}/revoke", opt=audited("api_key.deleted"))
     async def revoke_key(self, key_id: FromPath[str], request: Request, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
@@ -313,7 +331,7 @@ class DashboardController(Controller):
         services.catalog.forget_adapter(session.tenant_id, adapter_name)
         return Redirect("/dashboard/adapters", status_code=303)
 
-    @post("/adapters/{adapter_id:str}/delete")
+    @post("/adapters/{adapter_id:str}/delete", opt=audited("adapter.deleted"))
     async def delete_adapter(self, adapter_id: FromPath[str], request: Request, context: Context, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
@@ -327,7 +345,7 @@ class DashboardController(Controller):
         session.require("adapters:read")  # as the API: fine-tuning jobs make adapters
         return await _fine_tuning_page(session, services)
 
-    @post("/fine-tuning")
+    @post("/fine-tuning", opt=audited("fine_tuning.job.created"))
     async def create_fine_tuning_job(self, request: Request, services: AppServices) -> Response[Any]:
         """The page's "start a job" form: one of the tenant's ``fine-tune`` files on a served base model."""
         session = await _session(request, services)
@@ -354,6 +372,7 @@ class DashboardController(Controller):
         base = services.catalog.base(data.model)
         require_task(ResolvedModel(base, None), "generate", data.model)
         job = await services.fine_tuning.create(session.tenant_id, session.key_id, base.id, data)
+        context_of(request.scope).audit_resource = job.id
         return Redirect(f"/dashboard/fine-tuning/{job.id}", status_code=303)
 
     @get("/fine-tuning/{fine_tuning_job_id:str}")
@@ -370,7 +389,7 @@ class DashboardController(Controller):
             session, "fine-tuning", job=job, events=events, curve=loss_curve(points, f"Training loss of {job.id} by step"),
             cancellable=job.status in ("validating_files", "queued", "running")))
 
-    @post("/fine-tuning/{fine_tuning_job_id:str}/cancel")
+    @post("/fine-tuning/{fine_tuning_job_id:str}/cancel", opt=audited("fine_tuning.job.cancelled"))
     async def cancel_fine_tuning_job(self, fine_tuning_job_id: FromPath[str], request: Request, services: AppServices
                                      ) -> Response[Any]:
         job_id = fine_tuning_job_id
@@ -403,7 +422,7 @@ class DashboardController(Controller):
     async def batch_errors(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Stream:
         return await _batch_file(request, services, batch_id, "errors")
 
-    @post("/batches/{batch_id:str}/cancel")
+    @post("/batches/{batch_id:str}/cancel", opt=audited("batch.cancelled"))
     async def cancel_batch(self, batch_id: FromPath[str], request: Request, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         await _form(request, session)
@@ -412,6 +431,20 @@ class DashboardController(Controller):
         if services.dispatcher is not None:
             services.dispatcher.poke()
         return Redirect(f"/dashboard/batches/{batch_id}", status_code=303)
+
+    @get("/audit")
+    async def audit(self, request: Request, services: AppServices) -> Response[str]:
+        session = await _session(request, services)
+        session.require("audit_logs:read")
+        after = request.query_params.get("after") or None
+        page = await list_events(services.pool, tenant_id=session.tenant_id, after=after[:64] if after else None,
+                                 before=None, event_types=None, actor_ids=None, resource_ids=None, since=None,
+                                 until=None, limit=50)
+        events = [{"when": dt.datetime.fromtimestamp(e["effective_at"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                   "type": e["type"], "object": e[e["type"]]["id"], "ip_address": e["ip_address"],
+                   "request_id": e["request_id"], "actor": _actor_label(e["actor"])} for e in page.data]
+        return render("audit.html", **_page(session, "audit", events=events,
+                                             next_after=page.last_id if page.has_more else None))
 
     @get("/invoices")
     async def invoices(self, request: Request, services: AppServices) -> Response[str]:
@@ -433,7 +466,7 @@ class DashboardController(Controller):
     async def admin_login_form(self, request: Request) -> Response[str]:
         return _login_page(request, None, operator=True)
 
-    @post("/admin/login")
+    @post("/admin/login", opt=audited(False))
     async def admin_login(self, request: Request, services: AppServices) -> Response[Any]:
         form = await request.form()
         if not _login_csrf_ok(request, form.get("csrf")):
@@ -465,7 +498,7 @@ class DashboardFileUploadController(Controller):
     include_in_schema = False
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
 
-    @post("/")
+    @post("/", opt=audited("file.created"))
     async def upload_training_file(self, request: Request, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         if not session.csrf_ok(request.headers.get("x-csrf-token")):
@@ -485,7 +518,7 @@ class DashboardUploadController(Controller):
     include_in_schema = False
     exception_handlers = {NotSignedIn: _not_signed_in, CsrfRejected: _csrf_rejected}
 
-    @post("/")
+    @post("/", opt=audited("adapter.created"))
     async def upload_adapter(self, request: Request, context: Context, services: AppServices) -> Response[Any]:
         session = await _session(request, services)
         if not session.csrf_ok(request.headers.get("x-csrf-token")):

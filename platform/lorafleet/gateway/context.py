@@ -53,7 +53,7 @@ class RequestContext:
     """
 
     __slots__ = ("request_id", "method", "path", "client", "started", "status", "client_gone",
-                 "principal", "tenant_id", "key_id", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
+                 "principal", "tenant_id", "key_id", "session_id", "operator", "audit_resource", "model", "outcome", "error_code", "prompt_tokens", "completion_tokens",
                  "ttft_ms", "worker", "attempts", "dropped_fields", "response_headers", "receive", "batch",
                  "abort_connection")
 
@@ -68,6 +68,9 @@ class RequestContext:
         self.principal: Principal | None = None   # the API key's, once the tenant routes' guard has run
         self.tenant_id: str | None = None
         self.key_id: str | None = None
+        self.session_id: str | None = None        # a dashboard session's public handle (its digest's prefix)
+        self.operator = False                     # the admin token was checked (or the operator's session)
+        self.audit_resource: str | None = None    # the object a change made, when neither path nor answer names it
         self.model: str | None = None             # as the client named it
         self.outcome: str | None = None           # for completions: success, upstream_error, client_disconnect, …
         self.error_code: str | None = None

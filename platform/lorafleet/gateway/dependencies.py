@@ -47,9 +47,11 @@ async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> No
     context.key_id = principal.key_id
 
 
-def scope(name: str) -> dict[str, str]:
-    """A tenant route's ``opt``: the scope its key must carry (``@get(..., opt=scope("keys:read"))``)."""
-    return {"scope": name}
+def scope(name: str, audit: str | bool | None = None) -> dict[str, str | bool]:
+    """A tenant route's ``opt``: the scope its key must carry (``@get(..., opt=scope("keys:read"))``) and, for
+    a route that changes something, the audit event it records (``False``: none, the route changes nothing
+    administered; see gateway/audit/recorder.py)."""
+    return {"scope": name} if audit is None else {"scope": name, "audit": audit}
 
 
 async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

@@ -23,6 +23,16 @@ def _respond(request: Request, error: errors.LoraFleetError) -> Response[dict]:
     return Response(error.envelope(), status_code=error.status_code, headers=error.headers)
 
 
+def _wire_name(request: Request, param: str | None) -> str | None:
+    """A query parameter's name as the client spells it (``effective_at[gte]``), not the handler's argument's."""
+    handler = request.scope.get("route_handler")
+    try:
+        definition = handler.parsed_fn_signature.parameters[param].kwarg_definition  # type: ignore[index]
+    except (AttributeError, KeyError, TypeError):
+        return param
+    return getattr(definition, "name", None) or getattr(definition, "query", None) or param
+
+
 def translate(request: Request, exc: HTTPException) -> errors.LoraFleetError:
     """Litestar's exception as one of ours."""
     if context_of(request.scope).client_gone:
@@ -31,7 +41,7 @@ def translate(request: Request, exc: HTTPException) -> errors.LoraFleetError:
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
         first = extra[0] if extra and isinstance(extra[0], dict) else {}
-        param = first.get("key")
+        param = _wire_name(request, first.get("key"))
         if param == "data":  # a typed body that is not there at all
             return errors.InvalidRequest("The request body is empty; send a JSON object.")
         detail = first.get("message") or exc.detail or "Invalid request."

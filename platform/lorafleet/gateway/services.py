@@ -26,6 +26,8 @@ from lorafleet.gateway.metrics import GatewayMetrics
 from lorafleet.gateway.openai.forwarding import CacheSalts
 from lorafleet.gateway.openai.relay import Relay
 from lorafleet.gateway.responses_api.store import ResponseStore
+from lorafleet.gateway.webhooks.delivery import WebhookDeliverer
+from lorafleet.gateway.webhooks.service import WebhookEndpoints
 
 
 @dataclass
@@ -52,4 +54,6 @@ class Services:
     batches: Batches
     downloads: TransferSlots
     uploads: TransferSlots
+    webhooks: WebhookEndpoints | None = None
+    webhook_deliverer: WebhookDeliverer | None = None
     dispatcher: BatchDispatcher | None = None  # set once the app exists (it calls the app's routes)

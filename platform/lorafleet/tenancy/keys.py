@@ -37,6 +37,10 @@ ALL_SCOPES: tuple[str, ...] = (
     "usage:read",
     "billing:read",
     "dashboard",
+    "audit_logs:read",  # the organization's audit log (/v1/organization/audit_logs)
+    "webhooks:read",    # /v1/webhook_endpoints and their delivery logs
+    "webhooks:write",
+    "organization:admin",  # the organization's projects (/v1/organization/projects): OpenAI's Admin API key
 )
 Scope = Literal[ALL_SCOPES]  # type: ignore[valid-type]
 

@@ -53,7 +53,7 @@ class AdaptersController(Controller):
 
     @post("/", operation_id="createAdapter", status_code=201, operation_class=MultipartUploadOperation,
           responses=error_responses(400, 409, 413, 415, *API_KEY),
-          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).", opt=scope("adapters:write"))
+          summary="Upload a PEFT LoRA adapter (multipart: name, optional base_model and prewarm, files or one archive).", opt=scope("adapters:write", audit="adapter.created"))
     async def create_adapter(self, request: Request, context: Context, services: AppServices, principal: Caller,
                              idempotency_key: IdempotencyKey = None) -> AdapterView:
         return await upload_adapter(request, context, services, principal.tenant_id, owner=principal.key_id,
@@ -72,7 +72,7 @@ class AdaptersController(Controller):
 
     @delete("/{adapter_id:str}", operation_id="deleteAdapter", status_code=200,
             responses=error_responses(400, 404, *API_KEY),
-            summary="Delete an adapter: unloaded from every worker, never served again.", opt=scope("adapters:write"))
+            summary="Delete an adapter: unloaded from every worker, never served again.", opt=scope("adapters:write", audit="adapter.deleted"))
     async def delete_adapter(self, adapter_id: FromPath[str], context: Context, services: AppServices, principal: Caller) -> AdapterView:
         return await delete_adapter(context, services, principal.tenant_id, adapter_id)
 

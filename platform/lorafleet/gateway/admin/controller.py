@@ -34,6 +34,7 @@ from lorafleet.gateway.admin.schemas import (
     TenantCreate,
     TenantKeyCreate,
 )
+from lorafleet.gateway.audit.recorder import AUDIT_REFUSALS, audited
 from lorafleet.gateway.auth import verify_admin_token
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.context import context_of
@@ -56,6 +57,7 @@ async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None
     services: Services = connection.app.state.services
     verify_admin_token(services.settings.admin_token, services.auth.throttle, connection.headers.get("authorization"),
                        context.client)
+    context.operator = True
 
 
 async def _admin_checked(context: Context) -> None:
@@ -68,11 +70,12 @@ class AdminController(Controller):
     tags = ["Admin"]
     security = ADMIN_SECURITY
     guards = [require_admin]
+    opt = {AUDIT_REFUSALS: True}  # a refused token is recorded (gateway/audit)
     dependencies = {"admin": Provide(_admin_checked)}
 
     # ---- tenants and keys ----------------------------------------------------------------------
 
-    @post("/tenants", operation_id="adminCreateTenant", status_code=201, dto=StrictBody[TenantCreate], return_dto=None,
+    @post("/tenants", operation_id="adminCreateTenant", opt=audited("organization.created"), status_code=201, dto=StrictBody[TenantCreate], return_dto=None,
           responses=error_responses(400, 409, 413, *ADMIN_TOKEN),
           summary="Create a tenant (postpaid, no limits until set).")
     async def create_tenant(self, request: Request, data: JSONBody[TenantCreate], context: Context, services: AppServices, admin: Operator,
@@ -81,7 +84,7 @@ class AdminController(Controller):
                           body=data, action=lambda: TenancyService(services.pool).create_tenant(data.name),
                           result_type=Tenant)
 
-    @post("/tenants/{tenant_id:str}/keys", operation_id="adminCreateKey", status_code=201,
+    @post("/tenants/{tenant_id:str}/keys", operation_id="adminCreateKey", opt=audited("api_key.created"), status_code=201,
           dto=StrictBody[TenantKeyCreate], return_dto=None, responses=error_responses(400, 404, 409, 413, *ADMIN_TOKEN),
           summary="Create an API key for a tenant; the secret is in this response only.")
     async def create_key(self, tenant_id: FromPath[str], request: Request, data: JSONBody[TenantKeyCreate], context: Context, services: AppServices,
@@ -104,7 +107,7 @@ class AdminController(Controller):
     async def get_tenant(self, tenant_id: FromPath[str], services: AppServices, admin: Operator) -> Balance:
         return await _accounts(services).balance(tenant_id)
 
-    @patch("/tenants/{tenant_id:str}", operation_id="adminUpdateTenant", dto=StrictBody[AccountUpdate], return_dto=None,
+    @patch("/tenants/{tenant_id:str}", operation_id="adminUpdateTenant", opt=audited("organization.updated"), dto=StrictBody[AccountUpdate], return_dto=None,
            responses=error_responses(400, 404, 413, *ADMIN_TOKEN),
            summary="Billing mode, monthly spend limit, concurrency cap (null clears a limit).")
     async def update_tenant(self, tenant_id: FromPath[str], data: JSONBody[AccountUpdate], services: AppServices, admin: Operator) -> Balance:
@@ -112,7 +115,7 @@ class AdminController(Controller):
             tenant_id, billing_mode=data.billing_mode, monthly_spend_limit_micro_usd=data.monthly_spend_limit_micro_usd,
             max_concurrent_requests=data.max_concurrent_requests)
 
-    @patch("/keys/{key_id:str}", operation_id="adminUpdateKeyLimits", dto=StrictBody[KeyLimitsUpdate], return_dto=None,
+    @patch("/keys/{key_id:str}", operation_id="adminUpdateKeyLimits", opt=audited("rate_limit.updated"), dto=StrictBody[KeyLimitsUpdate], return_dto=None,
            responses=error_responses(400, 404, 413, *ADMIN_TOKEN),
            summary="A key's requests/min and tokens/min limits (null: unlimited).")
     async def update_key(self, key_id: FromPath[str], data: JSONBody[KeyLimitsUpdate], services: AppServices, admin: Operator) -> KeyLimits:
@@ -129,7 +132,7 @@ class AdminController(Controller):
                           ) -> Page[PriceView]:
         return await _accounts(services).page_prices(after=starting_after, limit=limit)
 
-    @post("/prices", operation_id="adminSetPrice", status_code=201, dto=StrictBody[PriceCreate], return_dto=None,
+    @post("/prices", operation_id="adminSetPrice", opt=audited("price.created"), status_code=201, dto=StrictBody[PriceCreate], return_dto=None,
           responses=error_responses(400, 404, 409, 413, *ADMIN_TOKEN),
           summary="Add a price version for a base model (effective now, or at effective_at).")
     async def set_price(self, request: Request, data: JSONBody[PriceCreate], context: Context, services: AppServices, admin: Operator,
@@ -147,7 +150,7 @@ class AdminController(Controller):
         return await once(context, services, request.headers.get("authorization"), owner=OPERATOR, key=idempotency_key,
                           body=data, action=set_price, result_type=PriceView)
 
-    @post("/tenants/{tenant_id:str}/credits", operation_id="adminGrantCredit", status_code=201,
+    @post("/tenants/{tenant_id:str}/credits", operation_id="adminGrantCredit", opt=audited("credit.granted"), status_code=201,
           dto=StrictBody[CreditCreate], return_dto=None, responses=error_responses(400, 404, 409, 413, *ADMIN_TOKEN),
           summary="Grant credits (a negative amount takes them back).")
     async def grant_credit(self, tenant_id: FromPath[str], request: Request, data: JSONBody[CreditCreate], context: Context, services: AppServices,
@@ -179,13 +182,13 @@ class AdminController(Controller):
         stats = await services.adapters.version_stats(since, tenant_id=tenant_id, name=name, limit=limit)
         return AdapterStatsList(data=stats, since=since)
 
-    @post("/adapters/{adapter_id:str}/pin", operation_id="adminPinAdapter", status_code=200,
+    @post("/adapters/{adapter_id:str}/pin", operation_id="adminPinAdapter", opt=audited("adapter.pinned"), status_code=200,
           responses=error_responses(400, 404, *ADMIN_TOKEN),
           summary="Keep an adapter in CPU memory and on disk on every worker of its base model (never evicted).")
     async def pin_adapter(self, adapter_id: FromPath[str], services: AppServices, admin: Operator) -> AdapterPin:
         return await _pin(services, adapter_id, True)
 
-    @delete("/adapters/{adapter_id:str}/pin", operation_id="adminUnpinAdapter", status_code=200,
+    @delete("/adapters/{adapter_id:str}/pin", operation_id="adminUnpinAdapter", opt=audited("adapter.unpinned"), status_code=200,
             responses=error_responses(400, 404, *ADMIN_TOKEN),
             summary="Let a pinned adapter be evicted again when it goes cold.")
     async def unpin_adapter(self, adapter_id: FromPath[str], services: AppServices, admin: Operator) -> AdapterPin:

@@ -30,7 +30,7 @@ class BatchesController(Controller):
                   "routed and billed like the same request made synchronously. The discount pays for deferral: no "
                   "line starts before `LORAFLEET_BATCH_MIN_DELAY_SECONDS` (60 s by default) after the create, and "
                   "lines then run only while workers have headroom.",
-          opt=scope("inference"))
+          opt=scope("inference", audit="batch.created"))
     async def create_batch(self, data: JSONBody[BatchCreate], services: AppServices, principal: Caller) -> Batch:
         batch = await services.batches.create(principal.tenant_id, principal.key_id, data)
         if services.dispatcher is not None:
@@ -54,7 +54,7 @@ class BatchesController(Controller):
           responses=error_responses(400, 404, *API_KEY),
           summary="Cancel a batch: no new line starts, running lines finish; it ends `cancelled` with what ran "
                   "(only that is billed).",
-          opt=scope("inference"))
+          opt=scope("inference", audit="batch.cancelled"))
     async def cancel_batch(self, batch_id: FromPath[str], services: AppServices, principal: Caller) -> Batch:
         batch = await services.batches.cancel(principal.tenant_id, batch_id)
         if services.dispatcher is not None:

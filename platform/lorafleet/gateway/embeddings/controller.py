@@ -51,7 +51,7 @@ class EmbeddingsController(Controller):
     @post("/", operation_id="createEmbedding", status_code=200, dto=StrictBody[EmbeddingRequest], return_dto=None,
           responses={200: ResponseSpec(EmbeddingList, generate_examples=False, description="One embedding per input."),
                      **COMPLETION_ERRORS},
-          summary="Create embeddings (OpenAI-compatible) with an embedding base model.", opt=scope("inference"))
+          summary="Create embeddings (OpenAI-compatible) with an embedding base model.", opt=scope("inference", audit=False))
     async def create(self, data: JSONBody[EmbeddingRequest], context: Context, services: AppServices, principal: Caller) -> Response[Any]:
         resolved = await services.catalog.resolve(principal.tenant_id, data.model)
         demand = preflight.embedding(data, resolved, services.settings).demand

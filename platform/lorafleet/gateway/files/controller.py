@@ -134,7 +134,7 @@ class FilesController(Controller):
           summary="Upload a file (multipart: purpose, file, optional expires_after) for fine-tuning or batches "
                   "(a bounded number at a time per account and per gateway: 429 or 503 with Retry-After beyond; "
                   "an upload that sends nothing for `LORAFLEET_UPLOAD_STALL_SECONDS` gets a 408).",
-          opt=scope("adapters:write"))
+          opt=scope("adapters:write", audit="file.created"))
     async def create_file(self, request: Request, services: AppServices, principal: Caller) -> FileObject:
         return await receive_file(request, services, principal.tenant_id)
 
@@ -161,6 +161,6 @@ class FilesController(Controller):
 
     @delete("/{file_id:str}", operation_id="deleteFile", status_code=200, responses=error_responses(400, 404, *API_KEY),
             summary="Delete one of the caller's files (jobs already started keep their copy).",
-            opt=scope("adapters:write"))
+            opt=scope("adapters:write", audit="file.deleted"))
     async def delete_file(self, file_id: FromPath[str], services: AppServices, principal: Caller) -> FileDeleted:
         return await services.files.delete(principal.tenant_id, file_id)

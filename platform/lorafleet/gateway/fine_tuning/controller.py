@@ -37,7 +37,7 @@ class FineTuningController(Controller):
     @post("/", operation_id="createFineTuningJob", status_code=200, dto=StrictBody[JobCreate], return_dto=None,
           responses=error_responses(400, 402, 404, 413, *API_KEY),
           summary="Start a fine-tuning job: a LoRA of a served base model, trained on one of your `fine-tune` files.",
-          opt=scope("adapters:write"))
+          opt=scope("adapters:write", audit="fine_tuning.job.created"))
     async def create_job(self, data: JSONBody[JobCreate], services: AppServices, principal: Caller) -> FineTuningJob:
         base = services.catalog.base(data.model)
         require_task(ResolvedModel(base, None), "generate", data.model)
@@ -62,7 +62,7 @@ class FineTuningController(Controller):
     @post("/{fine_tuning_job_id:str}/cancel", operation_id="cancelFineTuningJob", status_code=200,
           responses=error_responses(400, 404, *API_KEY),
           summary="Cancel a job not finished yet: training stops within seconds; the steps done are billed.",
-          opt=scope("adapters:write"))
+          opt=scope("adapters:write", audit="fine_tuning.job.cancelled"))
     async def cancel_job(self, fine_tuning_job_id: FromPath[str], services: AppServices,
                          principal: Caller) -> FineTuningJob:
         return await services.fine_tuning.cancel(principal.tenant_id, fine_tuning_job_id)

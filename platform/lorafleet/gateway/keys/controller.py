@@ -31,7 +31,7 @@ class KeysController(Controller):
 
     @post("/", operation_id="createKey", status_code=201, dto=StrictBody[KeyCreate], return_dto=None,
           responses=error_responses(400, 409, 413, *API_KEY),
-          summary="Create an API key within this key's scopes and expiry; the secret is in this response only.", opt=scope("keys:write"))
+          summary="Create an API key within this key's scopes and expiry; the secret is in this response only.", opt=scope("keys:write", audit="api_key.created"))
     async def create_key(self, request: Request, data: JSONBody[KeyCreate], context: Context, services: AppServices, principal: Caller,
                          idempotency_key: IdempotencyKey = None) -> CreatedApiKey:
         async def create() -> CreatedApiKey:
@@ -43,7 +43,7 @@ class KeysController(Controller):
                           body=data, action=create, result_type=CreatedApiKey)
 
     @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, responses=error_responses(400, 404, *API_KEY),
-            summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.", opt=scope("keys:write"))
+            summary="Revoke a key (one with scopes this key lacks: 403), effective within a second everywhere.", opt=scope("keys:write", audit="api_key.deleted"))
     async def revoke_key(self, key_id: FromPath[str], services: AppServices, principal: Caller) -> ApiKeyView:
         revoked = await TenancyService(services.pool).revoke_key(key_id, tenant_id=principal.tenant_id,
                                                                          authority=principal.authority)

@@ -49,7 +49,7 @@ class OpenAIController(Controller):
     @post("/chat/completions", operation_id="createChatCompletion", status_code=200,
           dto=StrictBody[ChatCompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(ChatCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
+          summary="Create a chat completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference", audit=False))
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest], context: Context, services: AppServices,
                                principal: Caller) -> Response[Any]:
         preflight.before_model(data)
@@ -62,7 +62,7 @@ class OpenAIController(Controller):
     @post("/completions", operation_id="createCompletion", status_code=200,
           dto=StrictBody[CompletionRequest], return_dto=None, operation_class=StreamingOperation,
           responses={200: ResponseSpec(TextCompletion, description=STREAMS, generate_examples=False), **COMPLETION_ERRORS},
-          summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference"))
+          summary="Create a text completion (OpenAI-compatible; streams with stream=true).", opt=scope("inference", audit=False))
     async def completions(self, request: Request, data: JSONBody[CompletionRequest], context: Context, services: AppServices,
                           principal: Caller) -> Response[Any]:
         preflight.before_model(data)
@@ -84,7 +84,7 @@ class OpenAIController(Controller):
     @delete("/models/{model_id:path}", operation_id="deleteModel", status_code=200,
             responses=error_responses(400, 404, *API_KEY),
             summary="Delete one of this key's models: a fine-tuned model (`ft:…`) or an adapter (base models: 404).",
-            opt=scope("adapters:write"))
+            opt=scope("adapters:write", audit="model.deleted"))
     async def delete_model(self, model_id: FromPath[str], context: Context, services: AppServices,
                            principal: Caller) -> DeletedModel:
         return await delete_model(context, services, principal.tenant_id, model_id.lstrip("/"))

@@ -42,7 +42,7 @@ class ResponsesController(Controller):
           responses={200: ResponseSpec(ResponseObject, generate_examples=False,
                                        description="The response; with `stream: true`, its typed events instead."),
                      **COMPLETION_ERRORS, **error_responses(409)},
-          summary="Create a model response (OpenAI Responses API; text and function tools, streams with stream=true).", opt=scope("inference"))
+          summary="Create a model response (OpenAI Responses API; text and function tools, streams with stream=true).", opt=scope("inference", audit=False))
     async def create(self, request: Request, data: JSONBody[ResponseCreateRequest], context: Context, services: AppServices,
                      principal: Caller, idempotency_key: IdempotencyKey = None) -> Response[Any]:
         return await create_response(data, context, services, principal, authorization=request.headers.get("authorization"),
@@ -70,7 +70,7 @@ class ResponsesController(Controller):
                         headers=headers)
 
     @delete("/{response_id:str}", operation_id="deleteResponse", status_code=200,
-            responses=error_responses(400, 404, *API_KEY), summary="Delete a stored response.", opt=scope("inference"))
+            responses=error_responses(400, 404, *API_KEY), summary="Delete a stored response.", opt=scope("inference", audit="response.deleted"))
     async def remove(self, response_id: ResponseIdPath, services: AppServices, principal: Caller) -> DeletedResponse:
         await services.responses.delete(principal.tenant_id, response_id)
         return DeletedResponse(id=response_id)

@@ -1,0 +1,1 @@
+"""Webhooks: endpoints (controller.py, service.py), Standard Webhooks signing, the delivery loop."""
