@@ -734,6 +734,10 @@ AUDIT_EVENTS: dict[str, str | None] = {
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "webhook_endpoint.secret_rotated",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": "webhook_endpoint.tested",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": "webhook_delivery.replayed",
+    "PUT /v1/adapters/{adapter_name}/aliases/{alias}": "adapter_alias.updated",
+    "DELETE /v1/adapters/{adapter_name}/aliases/{alias}": "adapter_alias.deleted",
+    "POST /v1/adapters/{adapter_name}/aliases/{alias}/rollback": "adapter_alias.rolled_back",
+    "POST /dashboard/adapters/{adapter_name}/aliases/{alias}/rollback": "adapter_alias.rolled_back",
 }
 HOLD = "audit-walk-hold"  # a batch line holding this text waits at the stub worker, so its batch can be cancelled
 
@@ -813,7 +817,21 @@ async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tena
         assert made.status_code == 200, made.text
         return made.json()["id"]
 
+    async def aliased(moves: int) -> str:  # an adapter whose `prod` alias was set `moves` times
+        name = f"audit-{random_token(8)}"
+        await insert_adapter(db, tenant_id, platform.base_model_id, name)
+        for _ in range(moves):
+            moved = await api.put(f"/v1/adapters/{name}/aliases/prod", json={"versions": [{"version": 1}]})
+            assert moved.status_code == 200, moved.text
+        return name
+
     match name:
+        case "PUT /v1/adapters/{adapter_name}/aliases/{alias}":
+            return {"values": {"adapter_name": await aliased(0), "alias": "prod"}}
+        case "DELETE /v1/adapters/{adapter_name}/aliases/{alias}":
+            return {"values": {"adapter_name": await aliased(1), "alias": "prod"}}
+        case name if name.endswith("/aliases/{alias}/rollback"):
+            return {"values": {"adapter_name": await aliased(2), "alias": "prod"}}
         case "POST /v1/organization/projects/{project_id}" | "POST /v1/organization/projects/{project_id}/archive":
             return {"values": {"project_id": await project()}}
         case "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay":
@@ -917,6 +935,8 @@ async def test_every_change_leaves_exactly_one_audit_row_with_its_actor(platform
                 if answer.headers.get("content-type", "").startswith("application/json") and "id" in answer.json() \
                         and event.endswith((".created", ".granted")):
                     assert row["resource_id"] == str(answer.json()["id"]), (name, dict(row))
+                elif "{alias}" in name:  # an alias is named with its adapter
+                    assert row["resource_id"] == f"{values['adapter_name']}@{values['alias']}", (name, dict(row))
                 elif in_path:
                     assert row["resource_id"] == in_path[0], (name, dict(row))
                 else:  # a dashboard form's redirect: the object it made

@@ -320,7 +320,7 @@ class DashboardController(Controller):
                                                 base_models=served,
                                                 max_upload=services.settings.max_upload_bytes))
 
-    @post("/adapters/{adapter_name:str}/aliases/{alias:str}/rollback")
+    @post("/adapters/{adapter_name:str}/aliases/{alias:str}/rollback", opt=audited("adapter_alias.rolled_back"))
     async def rollback_alias(self, adapter_name: FromPath[str], alias: FromPath[str], request: Request,
                              services: AppServices) -> Response[Any]:
         """The alias back where it was before its latest move (as POST /v1/adapters/{name}/aliases/{alias}/rollback)."""

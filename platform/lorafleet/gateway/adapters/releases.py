@@ -101,7 +101,7 @@ class AdapterReleasesController(Controller):
     @put("/{adapter_name:str}/aliases/{alias:str}", operation_id="setAdapterAlias", dto=StrictBody[AliasSet],
          return_dto=None, responses=error_responses(400, 404, 413, *API_KEY),
          summary="Point an alias at one version or weighted versions (atomic; requests in flight keep theirs).",
-         opt=scope("adapters:write"))
+         opt=scope("adapters:write", audit="adapter_alias.updated"))
     async def set_alias(self, adapter_name: FromPath[str], alias: FromPath[str], data: JSONBody[AliasSet],
                         services: AppServices, principal: Caller) -> AliasView:
         view = await services.aliases.set(principal.tenant_id, adapter_name, alias, data, key_id=principal.key_id)
@@ -110,7 +110,7 @@ class AdapterReleasesController(Controller):
 
     @delete("/{adapter_name:str}/aliases/{alias:str}", operation_id="deleteAdapterAlias", status_code=200,
             responses=error_responses(400, 404, *API_KEY), summary="Delete an alias (its history stays).",
-            opt=scope("adapters:write"))
+            opt=scope("adapters:write", audit="adapter_alias.deleted"))
     async def delete_alias(self, adapter_name: FromPath[str], alias: FromPath[str], services: AppServices,
                            principal: Caller) -> AliasView:
         view = await services.aliases.delete(principal.tenant_id, adapter_name, alias, key_id=principal.key_id)
@@ -120,7 +120,7 @@ class AdapterReleasesController(Controller):
     @post("/{adapter_name:str}/aliases/{alias:str}/rollback", operation_id="rollbackAdapterAlias", status_code=200,
           responses=error_responses(400, 404, *API_KEY),
           summary="Put the alias back where it was before its latest move (a second rollback undoes the first).",
-          opt=scope("adapters:write"))
+          opt=scope("adapters:write", audit="adapter_alias.rolled_back"))
     async def rollback_alias(self, request: Request, adapter_name: FromPath[str], alias: FromPath[str],
                              context: Context, services: AppServices, principal: Caller,
                              idempotency_key: IdempotencyKey = None) -> AliasView:

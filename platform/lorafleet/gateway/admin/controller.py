@@ -24,7 +24,6 @@ from lorafleet.billing.accounts import (
     PriceView,
 )
 from lorafleet.billing.invoices import Invoice, get_invoice
-from lorafleet.core.errors import InvalidRequest
 from lorafleet.core.types import Page
 from lorafleet.gateway.admin.schemas import (
     AccountUpdate,
@@ -43,7 +42,7 @@ from lorafleet.gateway.error_specs import ADMIN_TOKEN, error_responses
 from lorafleet.gateway.fleet.views import WorkerList, worker_views
 from lorafleet.gateway.idempotency import IdempotencyKey, once
 from lorafleet.gateway.openapi import ADMIN_SECURITY
-from lorafleet.gateway.params import Limit, StartingAfter
+from lorafleet.gateway.params import Limit, StartingAfter, refuse_unknown_query
 from lorafleet.gateway.services import Services
 from lorafleet.tenancy.service import CreatedApiKey, TenancyService, Tenant
 
@@ -175,9 +174,7 @@ class AdminController(Controller):
                             hours: Annotated[int, QueryParameter(ge=1, le=24 * 90, description="The window.")] = 24,
                             limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
                             ) -> AdapterStatsList:
-        unknown = sorted(set(request.query_params) - {"tenant_id", "name", "hours", "limit"})
-        if unknown:  # a misspelt filter must not silently widen the answer to every tenant
-            raise InvalidRequest(f"unknown query parameter {unknown[0][:64]!r}", param=unknown[0][:64])
+        refuse_unknown_query(request.query_params, ("tenant_id", "name", "hours", "limit"))
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
         stats = await services.adapters.version_stats(since, tenant_id=tenant_id, name=name, limit=limit)
         return AdapterStatsList(data=stats, since=since)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.params import QueryParameter
 from lorafleet.core.errors import InvalidRequest
 from lorafleet.gateway.admin.controller import require_admin
@@ -15,6 +15,7 @@ from lorafleet.gateway.audit.service import AuditLogPage, list_events
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.error_specs import ADMIN_TOKEN, API_KEY, error_responses
 from lorafleet.gateway.openapi import ADMIN_SECURITY, TENANT_SECURITY
+from lorafleet.gateway.params import refuse_unknown_query
 
 Cursor = Annotated[str | None, QueryParameter(min_length=1, max_length=64, description="An event id (a cursor).")]
 
@@ -33,6 +34,12 @@ PROJECTS, PROJECTS_ = _ids("project_ids", True), _ids("project_ids", False)
 GT, GTE, LT, LTE = (Annotated[int | None, QueryParameter(name=f"effective_at[{op}]", ge=1, le=253_402_300_000,
                                                       description=f"Only events with effective_at {op} (Unix seconds).")]
                     for op in ("gt", "gte", "lt", "lte"))
+_LISTS = ("event_types", "actor_ids", "resource_ids")
+_COMMON = ("limit", "after", "before", *_LISTS, *(f"{name}[]" for name in _LISTS),
+           *(f"effective_at[{op}]" for op in ("gt", "gte", "lt", "lte")))
+# Every query parameter each list knows (a misspelt filter is a 400, not a wider answer).
+TENANT_FILTERS = (*_COMMON, "actor_emails", "actor_emails[]", "project_ids", "project_ids[]", "tenant_only")
+OPERATOR_FILTERS = (*_COMMON, "tenant_id")
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Events per page (1–100, default 20).")]
 
 
@@ -72,7 +79,7 @@ class AuditLogsController(Controller):
     @get("/", operation_id="listAuditLogs", responses=error_responses(400, *API_KEY), opt=scope("audit_logs:read"),
          summary="Changes made in this organization, newest first (OpenAI's audit log list, filters and cursor).")
     async def list_audit_logs(
-            self, services: AppServices, principal: Caller, limit: AuditLimit = 20, after: Cursor = None,
+            self, request: Request, services: AppServices, principal: Caller, limit: AuditLimit = 20, after: Cursor = None,
             before: Cursor = None, event_types: TYPES = None, event_types_: TYPES_ = None, actor_ids: ACTORS = None,
             actor_ids_: ACTORS_ = None, resource_ids: RESOURCES = None, resource_ids_: RESOURCES_ = None,
             actor_emails: EMAILS = None, actor_emails_: EMAILS_ = None, project_ids: PROJECTS = None,
@@ -83,6 +90,7 @@ class AuditLogsController(Controller):
             lt: LT = None,
             lte: LTE = None,
     ) -> AuditLogPage:
+        refuse_unknown_query(request.query_params, TENANT_FILTERS)
         _unsupported(actor_emails or actor_emails_, project_ids or project_ids_, tenant_only)
         since, until = _window(gt, gte, lt, lte)
         return await list_events(services.pool, tenant_id=principal.tenant_id, after=after, before=before,
@@ -102,7 +110,7 @@ class OperatorAuditLogsController(Controller):
     @get("/", operation_id="adminListAuditLogs", responses=error_responses(400, *ADMIN_TOKEN),
          summary="Every tenant's audit events and the operator's own, newest first; tenant_id narrows to one.")
     async def list_all(
-            self, services: AppServices, limit: AuditLimit = 20, after: Cursor = None, before: Cursor = None,
+            self, request: Request, services: AppServices, limit: AuditLimit = 20, after: Cursor = None, before: Cursor = None,
             tenant_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
             event_types: TYPES = None, event_types_: TYPES_ = None, actor_ids: ACTORS = None,
             actor_ids_: ACTORS_ = None, resource_ids: RESOURCES = None, resource_ids_: RESOURCES_ = None,
@@ -111,6 +119,7 @@ class OperatorAuditLogsController(Controller):
             lt: LT = None,
             lte: LTE = None,
     ) -> AuditLogPage:
+        refuse_unknown_query(request.query_params, OPERATOR_FILTERS)
         since, until = _window(gt, gte, lt, lte)
         return await list_events(services.pool, tenant_id=tenant_id, after=after, before=before,
                                  event_types=_check(event_types, event_types_, "event_types"),

@@ -144,6 +144,8 @@ def audit_layer(app: ASGIApp, services_of: Any) -> ASGIApp:
             # The object changed: what a creation made (its answer's id: the path names its parent, if
             # anything), else the one the path names.
             named = next((str(params[name]).lstrip("/") for name in _RESOURCE_PARAMS if name in params), None)
+            if "alias" in params and "adapter_name" in params:  # an alias is its adapter's: `name@alias`
+                named = f"{params['adapter_name']}@{params['alias']}"
             made = None
             if status < 400 and event.endswith((".created", ".granted")):
                 answered = _json([p.get("body", b"") for p in parts], size)
