@@ -13,6 +13,7 @@ from lorafleet.devtools.services import (
     Service,
     platform_env,
     start_gateway,
+    start_service,
     start_worker,
 )
 from lorafleet.tenancy import TenancyService
@@ -93,6 +94,18 @@ def gateways(base_env: dict[str, str], log_dir: Path) -> Iterator[GatewayFactory
 @pytest.fixture(scope="session")
 def gateway(worker: Service, gateways: GatewayFactory) -> Service:
     return gateways.start()
+
+
+@pytest.fixture(scope="module")  # per module: a trainer holds its jobs' state
+def trainer(gateway: Service, base_env: dict[str, str], log_dir) -> Iterator[Service]:
+    """`lorafleet trainer` for the session's base model: one torch thread (the machine is shared)."""
+    env = dict(base_env, LORAFLEET_TRAINER_THREADS="1", LORAFLEET_TRAINER_POLL_SECONDS="0.5",
+               LORAFLEET_TRAINER_HEARTBEAT_SECONDS="1")
+    service = start_service("trainer", env, log_dir, "")
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from lorafleet.devtools.services import Service, start_service
+from lorafleet.devtools.services import start_service
 
 pytestmark = pytest.mark.engine
 
@@ -39,18 +38,6 @@ def _training_file() -> bytes:
     rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
                           {"role": "assistant", "content": ANSWER}]} for q in QUESTIONS * 2]
     return "".join(json.dumps(row) + "\n" for row in rows).encode()
-
-
-@pytest.fixture(scope="module")
-def trainer(gateway: Service, base_env: dict[str, str], log_dir) -> Iterator[Service]:
-    """`lorafleet trainer` for the session's base model: one torch thread (the machine is shared)."""
-    env = dict(base_env, LORAFLEET_TRAINER_THREADS="1", LORAFLEET_TRAINER_POLL_SECONDS="0.5",
-               LORAFLEET_TRAINER_HEARTBEAT_SECONDS="1")
-    service = start_service("trainer", env, log_dir, "")
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 async def _ask(sdk: openai.AsyncOpenAI, model: str) -> tuple[str, float]:

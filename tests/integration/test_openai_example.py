@@ -8,26 +8,13 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from lorafleet.devtools.services import Service, start_service
 
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.engine
 EXAMPLE = REPO_ROOT / "examples" / "openai_fine_tuning.py"
-
-
-@pytest.fixture(scope="module")
-def trainer(gateway: Service, base_env: dict[str, str], log_dir) -> Iterator[Service]:
-    env = dict(base_env, LORAFLEET_TRAINER_THREADS="1", LORAFLEET_TRAINER_POLL_SECONDS="0.5",
-               LORAFLEET_TRAINER_HEARTBEAT_SECONDS="1")
-    service = start_service("trainer", env, log_dir, "")
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 async def test_openais_documented_flow_runs_unchanged(gateways, worker, trainer, make_key, base_env,  # noqa: ARG001
