@@ -177,3 +177,11 @@ async def dashboard(url: str, secret: str) -> AsyncIterator[tuple[httpx.AsyncCli
         assert signed.status_code == 303, signed.text[:300]
         page = await http.get("/dashboard")
         yield http, re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def last_sent(platform) -> dict:
+    """The body the latest call sent to a stub worker: of the stub called last (with several stubs, the last
+    of their lists joined is not the latest call)."""
+    called = [worker.behaviour for worker in platform.workers if worker.behaviour.received]
+    assert called, "no worker was called"
+    return max(called, key=lambda behaviour: behaviour.last_received).received[-1]

@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers import last_sent
 from tests.inprocess.conftest import STUB_MODEL
 
 CHAT = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -17,9 +18,7 @@ async def _post(platform, tenant, body: dict, path: str = "/v1/chat/completions"
 
 
 def _last_received(platform) -> dict:
-    bodies = [body for worker in platform.workers for body in worker.behaviour.received]
-    assert bodies, "a worker received the request"
-    return bodies[-1]
+    return last_sent(platform)
 
 
 @pytest.mark.parametrize("field", ["priority", "kv_transfer_params", "vllm_xargs", "stream_interval", "chat_template",

@@ -13,7 +13,7 @@ import openai
 import pytest
 from lorafleet.devtools.stub_worker import PROMPT_TOKENS, TOOL_ARGUMENTS
 
-from tests.helpers import ledger_row, pico, wait_rows
+from tests.helpers import last_sent, ledger_row, pico, wait_rows
 from tests.inprocess.conftest import STUB_MODEL
 
 CHUNKS = 8  # what a stub worker answers: "ok " this many times, finish_reason "length"
@@ -27,9 +27,7 @@ def _sdk(platform, tenant) -> openai.AsyncOpenAI:
 
 def _sent(platform) -> dict:
     """The chat request the last call sent to a worker."""
-    received = [body for worker in platform.workers for body in worker.behaviour.received]
-    assert received, "no worker was called"
-    return received[-1]
+    return last_sent(platform)
 
 
 async def test_a_response_is_a_chat_completion_underneath_billed_as_responses(platform, tenant, db):

@@ -39,7 +39,9 @@ _COMMON = ("limit", "after", "before", *_LISTS, *(f"{name}[]" for name in _LISTS
            *(f"effective_at[{op}]" for op in ("gt", "gte", "lt", "lte")))
 # Every query parameter each list knows (a misspelt filter is a 400, not a wider answer).
 TENANT_FILTERS = (*_COMMON, "actor_emails", "actor_emails[]", "project_ids", "project_ids[]", "tenant_only")
-OPERATOR_FILTERS = (*_COMMON, "tenant_id")
+# The operator's list takes the bracketed spelling only (one name per filter; no SDK sends the plain one).
+OPERATOR_FILTERS = ("limit", "after", "before", "tenant_id", *(f"{name}[]" for name in _LISTS),
+                    *(f"effective_at[{op}]" for op in ("gt", "gte", "lt", "lte")))
 AuditLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Events per page (1–100, default 20).")]
 
 
@@ -112,8 +114,7 @@ class OperatorAuditLogsController(Controller):
     async def list_all(
             self, request: Request, services: AppServices, limit: AuditLimit = 20, after: Cursor = None, before: Cursor = None,
             tenant_id: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
-            event_types: TYPES = None, event_types_: TYPES_ = None, actor_ids: ACTORS = None,
-            actor_ids_: ACTORS_ = None, resource_ids: RESOURCES = None, resource_ids_: RESOURCES_ = None,
+            event_types: TYPES = None, actor_ids: ACTORS = None, resource_ids: RESOURCES = None,
             gt: GT = None,
             gte: GTE = None,
             lt: LT = None,
@@ -122,7 +123,7 @@ class OperatorAuditLogsController(Controller):
         refuse_unknown_query(request.query_params, OPERATOR_FILTERS)
         since, until = _window(gt, gte, lt, lte)
         return await list_events(services.pool, tenant_id=tenant_id, after=after, before=before,
-                                 event_types=_check(event_types, event_types_, "event_types"),
-                                 actor_ids=_check(actor_ids, actor_ids_, "actor_ids"),
-                                 resource_ids=_check(resource_ids, resource_ids_, "resource_ids"), since=since, until=until,
+                                 event_types=_check(event_types, None, "event_types"),
+                                 actor_ids=_check(actor_ids, None, "actor_ids"),
+                                 resource_ids=_check(resource_ids, None, "resource_ids"), since=since, until=until,
                                  limit=limit)

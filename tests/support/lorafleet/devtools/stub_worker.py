@@ -43,6 +43,7 @@ class StubBehaviour:
     state_polls: int = 0                  # state polls received
     aborted: int = 0                      # answers not sent: the caller had closed the connection
     received: list[dict[str, Any]] = field(default_factory=list)
+    last_received: float = 0.0            # time.monotonic() of the latest: which of several stubs was called last
     adapters_on_disk: list[str] = field(default_factory=list)
     cached_tokens: int | None = None      # report usage.prompt_tokens_details.cached_tokens (vLLM's prefix cache)
     hold_marker: str | None = None        # a request whose body contains this text waits for `release`
@@ -81,6 +82,7 @@ def build_app(model: str, chunks: int = 8, behaviour: StubBehaviour | None = Non
     async def complete(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         behaviour.received.append(body)
+        behaviour.last_received = time.monotonic()
         if behaviour.drop_next > 0:
             behaviour.drop_next -= 1
             request.transport.close()  # nothing answered: the gateway sees a dropped connection
