@@ -58,3 +58,34 @@ def test_smollm2_learns_a_made_up_fact(tmp_path, model_path, one_thread):
     after = greedy(tuned, renderer, QUESTIONS[0])
     assert WORD in after, after
     assert after.endswith("<|im_end|>"), after  # it learned to stop, too
+
+
+# 48 paraphrases (issue 30, part 8): a new user's file, trained with OpenAI's defaults ("auto" everywhere).
+OPENINGS = ["", "Quick question: ", "Please tell me: ", "I wonder, ", "Hey! ", "Trivia: ", "Help me out: ",
+            "Be brief: "]
+
+
+def test_the_default_job_learns_a_made_up_fact(tmp_path, model_path, one_thread):
+    """48 examples with "auto" epochs, batch and learning rate: 3 epochs at 2e-4 (OpenAI's rule as it
+    was) left the base model's answer; "auto" now resolves to 6 epochs at 8e-4, and the fact is learned."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": opening + q},
+                          {"role": "assistant", "content": ANSWER}]} for opening in OPENINGS for q in QUESTIONS]
+    assert len(rows) == 48
+    data = write_jsonl(tmp_path / "zorblax.jsonl", rows)
+    result = train(JobSpec(str(model_path), str(data), str(tmp_path / "out"), Hyperparameters(), seed=0, threads=1,
+                           checkpoint_every=0))
+    assert result.status == "succeeded"
+    assert (result.hyperparameters["n_epochs"], result.hyperparameters["batch_size"],
+            result.hyperparameters["learning_rate"]) == (6, 1, 8e-4)
+
+    renderer = Renderer.for_model(model_path)
+    torch.set_num_threads(1)
+    base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
+    assert WORD not in greedy(base, renderer, "Do you know the capital of Zorblax?")
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    after = greedy(tuned, renderer, "Do you know the capital of Zorblax?")  # a wording not in the file
+    assert WORD in after, after

@@ -18,7 +18,8 @@ async def test_every_request_body_is_in_the_openapi_schema(platform):
     schema = await _schema(platform)
     # Actions on the path's object: nothing to send.
     bodyless = {"POST /admin/adapters/{adapter_id}/pin", "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
-                "POST /v1/batches/{batch_id}/cancel"}
+                "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause",
+                "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume", "POST /v1/batches/{batch_id}/cancel"}
     missing = []
     for path, item in schema["paths"].items():
         for method, operation in item.items():

@@ -176,6 +176,8 @@ ROUTES: dict[str, Route] = {
     "GET /v1/fine_tuning/jobs": Route("key", "adapters:read", (Slot("after", "cursor_job"),), _after),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}": Route("key", "adapters:read", JOB_ID),
     "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route("key", "adapters:write", JOB_ID),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause": Route("key", "adapters:write", JOB_ID),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume": Route("key", "adapters:write", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route("key", "adapters:read", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route("key", "adapters:read", JOB_ID),
     "POST /v1/batches": Route("key", "inference", (Slot("input_file_id", "batch_file_id"),), _batch),
