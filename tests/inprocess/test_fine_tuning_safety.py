@@ -373,6 +373,7 @@ async def test_pause_checkpoints_and_frees_the_trainer_and_resume_trains_no_step
     assert steps == list(range(1, 25)), steps  # every step once: none trained twice, none skipped
     assert any(m.startswith(f"Job paused after step {stopped_at}") for m in events)
     assert any(m == f"Resuming from the checkpoint at step {stopped_at}" for m in events)
+    assert events.count("Fine-tuning job started") == 1 and "Fine-tuning job resumed (take 1)" in events
     row = await _job(db, job.id)
     tokens = row["file_tokens"]
     assert row["trained_tokens"] == 2 * tokens  # each example twice (2 epochs), not more

@@ -550,8 +550,10 @@ class Trainer:
         output = self.root / job_id
         output.mkdir(parents=True, exist_ok=True)
         (output / training.PAUSE_FILE).unlink(missing_ok=True)
-        await self.event(job_id, "Fine-tuning job started" if job["attempts"] == 1
-                         else f"Fine-tuning job resumed (take {job['attempts']})")
+        if job["attempts"] == 1 and not job["trained_tokens"]:
+            await self.event(job_id, "Fine-tuning job started")
+        else:  # a take after a stopped trainer, or after a pause (takes start over at resume)
+            await self.event(job_id, f"Fine-tuning job resumed (take {job['attempts']})")
         training_path = await self._fetch_file(job, "training_file", output / "training.jsonl")
         validation_path = (await self._fetch_file(job, "validation_file", output / "validation.jsonl")
                            if job["validation_file"] else None)
