@@ -136,7 +136,7 @@ def test_a_bad_file_in_the_child_is_an_error_naming_the_line(tmp_path, tiny_mode
     seen = _drain(events, process)
     assert seen[-1] == {"type": "error", "error": {
         "code": "invalid_file_format", "param": "training_file",
-        "message": "line 5: role 'wizard' is not one of system, user, assistant"}}
+        "message": "line 5: role 'wizard' is not one of system, user, assistant, tool"}}
 
 
 def test_a_batch_split_into_micro_batches_by_tokens_trains_the_same_step(tmp_path, tiny_model):

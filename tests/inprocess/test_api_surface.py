@@ -20,6 +20,8 @@ async def test_every_request_body_is_in_the_openapi_schema(platform):
     bodyless = {"POST /admin/adapters/{adapter_id}/pin", "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
                 "POST /v1/batches/{batch_id}/cancel", "POST /v1/adapters/{adapter_name}/aliases/{alias}/rollback",
                 "POST /v1/organization/projects/{project_id}/archive",
+                "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause",
+                "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume",
                 "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay"}
     missing = []
     for path, item in schema["paths"].items():

@@ -193,6 +193,8 @@ ROUTES: dict[str, Route] = {
     "GET /v1/fine_tuning/jobs": Route("key", "adapters:read", (Slot("after", "cursor_job"),), _after),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}": Route("key", "adapters:read", JOB_ID),
     "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": Route("key", "adapters:write", JOB_ID),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause": Route("key", "adapters:write", JOB_ID),
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume": Route("key", "adapters:write", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/events": Route("key", "adapters:read", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": Route("key", "adapters:read", JOB_ID),
     "GET /v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints/{checkpoint_id}/content": Route(
@@ -734,6 +736,8 @@ AUDIT_EVENTS: dict[str, str | None] = {
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": "webhook_endpoint.secret_rotated",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": "webhook_endpoint.tested",
     "POST /v1/webhook_endpoints/{webhook_endpoint_id}/deliveries/{delivery_id}/replay": "webhook_delivery.replayed",
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause": "fine_tuning.job.paused",
+    "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume": "fine_tuning.job.resumed",
     "PUT /v1/adapters/{adapter_name}/aliases/{alias}": "adapter_alias.updated",
     "DELETE /v1/adapters/{adapter_name}/aliases/{alias}": "adapter_alias.deleted",
     "POST /v1/adapters/{adapter_name}/aliases/{alias}/rollback": "adapter_alias.rolled_back",
@@ -825,7 +829,19 @@ async def _prepared(name: str, api: httpx.AsyncClient, platform, db, owner: Tena
             assert moved.status_code == 200, moved.text
         return name
 
+    async def queued_job() -> str:  # no trainer runs here: its validation is taken as done
+        job_id = await job()
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = $1", job_id)
+        return job_id
+
     match name:
+        case "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/pause":
+            return {"values": {"fine_tuning_job_id": await queued_job()}}
+        case "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/resume":
+            paused = await queued_job()
+            answer = await api.post(f"/v1/fine_tuning/jobs/{paused}/pause")
+            assert answer.status_code == 200, answer.text
+            return {"values": {"fine_tuning_job_id": paused}}
         case "PUT /v1/adapters/{adapter_name}/aliases/{alias}":
             return {"values": {"adapter_name": await aliased(0), "alias": "prod"}}
         case "DELETE /v1/adapters/{adapter_name}/aliases/{alias}":

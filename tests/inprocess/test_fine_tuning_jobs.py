@@ -64,9 +64,10 @@ async def test_create_retrieve_list_events_with_the_sdk(platform, tenant, traine
         queued = await sdk.fine_tuning.jobs.retrieve(job.id)
         assert queued.status == "queued" and queued.error is None
         assert queued.hyperparameters.batch_size == 1 and queued.hyperparameters.n_epochs == 2  # "auto" resolved
-        assert queued.hyperparameters.learning_rate_multiplier == 1.0
+        assert queued.hyperparameters.learning_rate_multiplier == 4.0
         events = [e async for e in sdk.fine_tuning.jobs.list_events(job.id)]
-        assert events[0].message.startswith("Files validated: 12 examples") and events[-1].message.startswith(
+        assert events[0].message == "Queued: position 1 of 1 for this base model (0 jobs ahead, 0 training now)"
+        assert events[1].message.startswith("Files validated: 12 examples") and events[-1].message.startswith(
             "Validating training file")
         assert [j.id async for j in sdk.fine_tuning.jobs.list()][0] == job.id
         assert (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data == []
@@ -428,16 +429,18 @@ async def test_the_dashboard_lists_a_job_shows_its_loss_curve_and_cancels_it(pla
         job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=uploaded.id)
     # What a trainer writes as it trains (tests/integration/test_fine_tuning.py trains for real).
     for step, loss in ((1, 2.5), (2, 1.75), (3, 1.25)):
+        data = {"step": step, "train_loss": loss, **({"valid_loss": 1.5} if step == 3 else {})}  # epoch's end
         await db.execute("INSERT INTO fine_tuning_events (id, job_id, level, type, message, data) "
                          "VALUES ($1, $2, 'info', 'metrics', $3, $4)", ids.new_id("ftevent"), job.id,
-                         f"Step {step}/3: training loss={loss}", {"step": step, "train_loss": loss})
+                         f"Step {step}/3: training loss={loss}", data)
     async with dashboard(platform.url, tenant.secret) as (http, csrf):
         listing = await http.get("/dashboard/fine-tuning")
         assert listing.status_code == 200 and job.id in listing.text and 'aria-current="page">Fine-tuning' in listing.text
         page = await http.get(f"/dashboard/fine-tuning/{job.id}")
         assert page.status_code == 200
         assert 'data-testid="job-status">validating_files<' in page.text or 'data-testid="job-status">queued<' in page.text
-        assert "Training loss of" in page.text and "<path d=\"M" in page.text  # the curve, from the metrics events
+        assert "Training and validation loss of" in page.text and "<path d=\"M" in page.text  # from the metrics events
+        assert 'class="valid-loss"' in page.text and "step 3: validation loss 1.5000" in page.text  # issue 30, part 5
         assert "Step 2/3: training loss=1.75" in page.text
         cancelled = await http.post(f"/dashboard/fine-tuning/{job.id}/cancel", data={"csrf": csrf})
         assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/dashboard/fine-tuning/{job.id}"
@@ -565,3 +568,85 @@ async def test_the_dashboard_uploads_a_training_file_and_starts_a_job_from_it(pl
         theirs = await http.post("/dashboard/fine-tuning", data={"csrf": csrf, "model": STUB_MODEL,
                                                                  "training_file": file_id})
         assert theirs.status_code == 400 and "is not one of your files" in theirs.text
+
+
+async def test_auto_epochs_reserve_a_bound_at_create_and_the_exact_worst_case_at_validation(
+        platform, tenant, trainer, db, training_price):
+    """Issue 30, part 8. 48 examples with "auto": the create holds bytes × 3 epochs (bytes × 10 refused
+    this job under a credit it fits many times over), validation replaces it by the validated tokens ×
+    the 6 resolved epochs, shown on the job and said in its events. A 10-example file fits the create's
+    bound but not its 25 "auto" epochs: validation fails it with insufficient_quota, saying why, and
+    gives everything back."""
+    async with _sdk(platform.url, tenant) as sdk:
+        file = await sdk.files.create(file=("t.jsonl", _jsonl([GOOD] * 48)), purpose="fine-tune")
+        size = file.bytes
+        await _prepaid(platform, tenant, 5 * size)  # bytes × 10 would be refused
+        job = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        assert await _reserved(db, tenant) == (3 * size, 0, [(job.id, 3 * size)])
+        await _drain_validation(trainer)
+        queued = await sdk.fine_tuning.jobs.retrieve(job.id)
+        assert queued.status == "queued"
+        assert (queued.hyperparameters.n_epochs, queued.hyperparameters.learning_rate_multiplier) == (6, 4.0)
+        tokens = await db.fetchval("SELECT file_tokens FROM fine_tuning_jobs WHERE id = $1", job.id)
+        assert 0 < tokens * 6 < 3 * size
+        assert await _reserved(db, tenant) == (tokens * 6, 0, [(job.id, tokens * 6)])  # 1 µUSD per token
+        events = [e async for e in sdk.fine_tuning.jobs.list_events(job.id)]
+        assert f"{tokens * 6} micro-USD reserved" in events[1].message and events[1].data["n_epochs"] == 6
+        await sdk.fine_tuning.jobs.cancel(job.id)
+        assert await _reserved(db, tenant) == (0, 0, [])
+
+        small = await sdk.files.create(file=("s.jsonl", _jsonl([GOOD] * 10)), purpose="fine-tune")
+        await db.execute("UPDATE tenant_accounts SET credit_granted_micro_usd = spent_total_micro_usd + $2 "
+                         "WHERE tenant_id = $1", tenant.tenant_id, 3 * small.bytes)  # left: the create's bound
+        refused = await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=small.id)
+        assert await _reserved(db, tenant) == (3 * small.bytes, 0, [(refused.id, 3 * small.bytes)])
+        await _drain_validation(trainer)
+        failed = await sdk.fine_tuning.jobs.retrieve(refused.id)
+        assert failed.status == "failed" and failed.error.code == "insufficient_quota"
+        assert "validated token counts × the resolved epochs" in failed.error.message
+        assert await _reserved(db, tenant) == (0, 0, [])
+        with pytest.raises(openai.APIStatusError) as over:  # over the create's bound: a 402 saying what follows
+            await sdk.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file.id)
+        assert over.value.status_code == 402
+        assert "validation replaces this by the token count × the resolved epochs" in over.value.message
+
+
+async def test_the_queue_is_fair_across_tenants_and_says_where_a_job_stands(platform, tenant, other_tenant, trainer, db):
+    """Issue 30, part 9: tenant A's two jobs were created before tenant B's one; B's is taken right after
+    A's first (arrival order made it wait behind A's second), and each queued job's events say where it
+    stands; with a measured speed (a job that trained 6000 tokens in 60 s), its estimated finish is
+    the work ahead and its own at that speed."""
+    # The queue is the base model's, shared with earlier tests: jobs they left open are set aside.
+    await db.execute("UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = now() WHERE base_model_id = $1 "
+                     "AND status IN ('validating_files', 'queued', 'running', 'paused')", platform.base_model_id)
+    await db.execute("UPDATE fine_tuning_jobs SET status = 'failed' WHERE base_model_id = $1 AND status = 'succeeded'",
+                     platform.base_model_id)  # and no speed measured before this test's
+    async with _sdk(platform.url, tenant) as a, _sdk(platform.url, other_tenant) as b:
+        file_a = await a.files.create(file=("a.jsonl", _jsonl([GOOD] * 12)), purpose="fine-tune")
+        file_b = await b.files.create(file=("b.jsonl", _jsonl([GOOD] * 12)), purpose="fine-tune")
+        a1 = await a.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file_a.id, hyperparameters={"n_epochs": 1})
+        a2 = await a.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file_a.id, hyperparameters={"n_epochs": 1})
+        b1 = await b.fine_tuning.jobs.create(model=STUB_MODEL, training_file=file_b.id, hyperparameters={"n_epochs": 2})
+        await _drain_validation(trainer)
+        a2_events = [e.message async for e in a.fine_tuning.jobs.list_events(a2.id)]
+        # Second of two, then third of three once B's first job (each tenant's first before anyone's second).
+        assert a2_events[0].startswith("Queued: position 3 of 3") and a2_events[1].startswith("Queued: position 2 of 2")
+        b1_events = [e async for e in b.fine_tuning.jobs.list_events(b1.id)]
+        assert b1_events[0].message.startswith("Queued: position 2 of 3")  # ahead of A's second
+        assert b1_events[0].data["queue_position"] == 2 and b1_events[0].data["estimated_finish"] is None
+        assert (await b.fine_tuning.jobs.retrieve(b1.id)).estimated_finish is None  # nothing measured yet
+
+        take = lambda: db.fetchrow(queries.claim_fine_tuning_job, platform.base_model_id, "trn_fair", 60, 3)  # noqa: E731
+        assert (await take())["id"] == a1.id
+        # A measured speed: a finished job of this base model trained 6000 tokens in 60 s (100 tokens/s).
+        await db.execute("UPDATE fine_tuning_jobs SET status = 'succeeded', trained_tokens = 6000, "
+                         "started_at = now() - interval '61 s', finished_at = now() - interval '1 s' WHERE id = $1", a1.id)
+        await trainer.refresh_queue()
+        b1_events = [e async for e in b.fine_tuning.jobs.list_events(b1.id)]
+        assert b1_events[0].message.startswith("Queued: position 1 of 2") and "100 tokens/s" in b1_events[0].message
+        tokens = await db.fetchval("SELECT file_tokens FROM fine_tuning_jobs WHERE id = $1", b1.id)
+        estimate = (await b.fine_tuning.jobs.retrieve(b1.id)).estimated_finish
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        assert now + 2 * tokens / 100 - 5 <= estimate <= now + 2 * tokens / 100 + 5
+        assert (await take())["id"] == b1.id  # B's job before A's second, which arrived first
+        assert (await take())["id"] == a2.id

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import openai
 import pytest
 from lorafleet.adapters.architecture import model_architecture
 from lorafleet.core import ids
@@ -289,8 +290,128 @@ async def test_validation_passes_are_reserved_and_billed(platform, tenant, db, m
                             job.id)
     validated = [e["data"] for e in events if "valid_loss" in e["data"]]
     assert [d["step"] for d in validated] == [3, 6, 9] and "full_valid_loss" in validated[-1]
+    # OpenAI's metrics (issue 30, part 5): accuracy beside each validation loss, the full pass's at the end.
+    assert all(0 <= d["valid_mean_token_accuracy"] <= 1 for d in validated)
+    assert (validated[-1]["full_valid_loss"], validated[-1]["full_valid_mean_token_accuracy"]) == (
+        validated[-1]["valid_loss"], validated[-1]["valid_mean_token_accuracy"])
+    assert not any("full_valid_mean_token_accuracy" in d for d in validated[:-1])
     assert 0 < validated[0]["validation_tokens"] < validated[1]["validation_tokens"] < validated[2]["validation_tokens"]
     assert row["validation_tokens"] == validated[-1]["validation_tokens"]
     ledger = await _ledger(db, job.id)
     assert ledger["prompt_tokens"] == row["trained_tokens"] + row["validation_tokens"]
     assert ledger["cost_pico_usd"] == ledger["prompt_tokens"] * price
+    # The step metrics as OpenAI's result file (issue 30, part 9): one row a step, validation where measured.
+    async with _sdk(platform.url, tenant) as sdk:
+        result_files = (await sdk.fine_tuning.jobs.retrieve(job.id)).result_files
+        assert len(result_files) == 1 and (await sdk.files.retrieve(result_files[0])).purpose == "fine-tune-results"
+        lines = (await sdk.files.content(result_files[0])).text.splitlines()
+        checkpoints = (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data
+    assert checkpoints and all(c.metrics.valid_mean_token_accuracy is not None for c in checkpoints)
+    assert checkpoints[0].step_number == 9 and checkpoints[0].metrics.full_valid_mean_token_accuracy == pytest.approx(
+        validated[-1]["full_valid_mean_token_accuracy"])
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    cells = [line.split(",") for line in lines[1:]]
+    assert [int(c[0]) for c in cells] == list(range(1, 10))
+    assert all(float(c[1]) > 0 and 0 <= float(c[2]) <= 1 for c in cells)
+    assert [int(c[0]) for c in cells if c[3]] == [int(c[0]) for c in cells if c[4]] == [3, 6, 9]
+    assert [(float(c[3]), float(c[4])) for c in cells if c[3]] == [
+        (pytest.approx(d["valid_loss"], rel=1e-5), pytest.approx(d["valid_mean_token_accuracy"], rel=1e-5))
+        for d in validated]
+
+
+async def _metrics_steps(db, job_id: str) -> list[int]:
+    rows = await db.fetch("SELECT data FROM fine_tuning_events WHERE job_id = $1 AND type = 'metrics' ORDER BY seq",
+                          job_id)
+    return [msgspec.json.decode(r["data"])["step"] if isinstance(r["data"], str) else r["data"]["step"] for r in rows]
+
+
+async def test_pause_checkpoints_and_frees_the_trainer_and_resume_trains_no_step_twice(
+        platform, tenant, other_tenant, db, make_trainer, price):
+    """Issue 30, part 4, with the official SDK: a job paused mid-training stops after a checkpoint of its last
+    step, lets its trainer go (the trainer takes the next job) and keeps its reservation, nothing billed yet;
+    resumed, it continues from that step: every step is trained once, and billed once when it ends.
+    Another tenant can neither pause nor resume it (404), and a finished job cannot be paused (400)."""
+    from tests.slow_child import slow_child
+
+    await _prepaid(platform, tenant, 10_000_000)
+    trainer = make_trainer()
+    trainer.child_target = slow_child
+    async with _sdk(platform.url, tenant) as sdk, _sdk(platform.url, other_tenant) as theirs:
+        train = await sdk.files.create(file=("t.jsonl", _jsonl(ROWS)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=trainer.base_model, training_file=train.id,
+                                                hyperparameters={"n_epochs": 2, "batch_size": 1})  # 24 steps
+        while await trainer.validate_next():
+            pass
+        reserved = (await _reserved(db, tenant))[0]
+        training = asyncio.create_task(trainer.train_next())
+        await eventually(lambda: _metrics_steps(db, job.id), lambda steps: len(steps) >= 3, timeout=120,
+                         what="three steps trained")
+        for other in (theirs.fine_tuning.jobs.pause, theirs.fine_tuning.jobs.resume):
+            with pytest.raises(openai.NotFoundError):
+                await other(job.id)
+        paused = await sdk.fine_tuning.jobs.pause(job.id)
+        assert paused.status == "paused"
+        assert await asyncio.wait_for(training, 60)  # the trainer let go of it
+        row = await _job(db, job.id)
+        first_take = await _metrics_steps(db, job.id)
+        stopped_at = first_take[-1]
+        assert (row["status"], row["trainer_id"]) == ("paused", None) and 3 <= stopped_at < 24
+        checkpoints = (await sdk.fine_tuning.jobs.checkpoints.list(job.id)).data
+        assert checkpoints[0].step_number == stopped_at  # the pause saved the last step done
+        assert await _ledger(db, job.id) is None and (await _reserved(db, tenant))[0] == reserved  # held, unbilled
+        assert not await trainer.train_next()  # a paused job is not taken
+        resumed = await sdk.fine_tuning.jobs.resume(job.id)
+        assert resumed.status == "queued"
+        assert await trainer.train_next()
+        done = await sdk.fine_tuning.jobs.retrieve(job.id)
+        assert done.status == "succeeded", done.error
+        with pytest.raises(openai.BadRequestError) as finished:
+            await sdk.fine_tuning.jobs.pause(job.id)
+        assert finished.value.code == "job_not_pausable"
+        events = [e.message async for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100)]
+    steps = await _metrics_steps(db, job.id)
+    assert steps == list(range(1, 25)), steps  # every step once: none trained twice, none skipped
+    assert any(m.startswith(f"Job paused after step {stopped_at}") for m in events)
+    assert any(m == f"Resuming from the checkpoint at step {stopped_at}" for m in events)
+    assert events.count("Fine-tuning job started") == 1 and "Fine-tuning job resumed (take 1)" in events
+    row = await _job(db, job.id)
+    tokens = row["file_tokens"]
+    assert row["trained_tokens"] == 2 * tokens  # each example twice (2 epochs), not more
+    ledger = await _ledger(db, job.id)
+    assert (ledger["outcome"], ledger["prompt_tokens"]) == ("success", 2 * tokens)
+    assert await db.fetchval("SELECT count(*) FROM usage_ledger WHERE request_id = $1", job.id) == 1
+    assert (await _reserved(db, tenant))[0] == 0
+
+
+async def test_a_paused_job_cancelled_bills_its_steps_once_and_its_checkpoints_go(platform, tenant, db, make_trainer,
+                                                                                   price):
+    """Cancelled while paused (no trainer holds it): the steps its takes trained are billed once, as cancelled,
+    its reservation goes back, and a trainer removes its checkpoints' blobs."""
+    from tests.slow_child import slow_child
+
+    await _prepaid(platform, tenant, 10_000_000)
+    trainer = make_trainer()
+    trainer.child_target = slow_child
+    async with _sdk(platform.url, tenant) as sdk:
+        train = await sdk.files.create(file=("t.jsonl", _jsonl(ROWS)), purpose="fine-tune")
+        job = await sdk.fine_tuning.jobs.create(model=trainer.base_model, training_file=train.id,
+                                                hyperparameters={"n_epochs": 2, "batch_size": 1})
+        while await trainer.validate_next():
+            pass
+        training = asyncio.create_task(trainer.train_next())
+        await eventually(lambda: _metrics_steps(db, job.id), lambda steps: len(steps) >= 2, timeout=120,
+                         what="two steps trained")
+        await sdk.fine_tuning.jobs.pause(job.id)
+        assert await asyncio.wait_for(training, 60)
+        row = await _job(db, job.id)
+        assert row["status"] == "paused" and row["trained_tokens"] > 0
+        assert await db.fetchval("SELECT count(*) FROM fine_tuning_checkpoints WHERE job_id = $1 AND blob_live",
+                                 job.id) == 1
+        cancelled = await sdk.fine_tuning.jobs.cancel(job.id)
+        assert cancelled.status == "cancelled"
+    ledger = await _ledger(db, job.id)
+    assert (ledger["outcome"], ledger["prompt_tokens"]) == ("cancelled", row["trained_tokens"])
+    assert (await _reserved(db, tenant))[0] == 0
+    assert not await trainer.train_next()  # nothing to take; the leftovers are swept
+    assert await db.fetchval("SELECT count(*) FROM fine_tuning_checkpoints WHERE job_id = $1 AND blob_live",
+                             job.id) == 0

@@ -48,7 +48,7 @@ def test_unknown_role_names_its_line(tmp_path, renderer):
     rows = [chat(i) for i in range(70)]
     rows[60]["messages"][0]["role"] = "wizard"
     error = refused(write(tmp_path / "a.jsonl", rows), renderer)
-    assert error.message == "line 61: role 'wizard' is not one of system, user, assistant"
+    assert error.message == "line 61: role 'wizard' is not one of system, user, assistant, tool"
     assert (error.line, error.code, error.status_code) == (61, "invalid_file_format", 400)
     assert error.envelope()["error"]["param"] == "training_file"
 
@@ -58,7 +58,15 @@ def test_unknown_role_names_its_line(tmp_path, renderer):
     (4, lambda row: [1, 2], "expected a JSON object"),
     (5, lambda row: {"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
     (6, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "x"}]},
-     "tool messages and tool calls are not supported"),
+     "messages[1].tool_call_id must name a call of an earlier assistant message"),
+    (6, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]},
+     "messages[1].tool_calls[0].function.arguments must be a string holding a JSON object"),
+    (6, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[1].tool_calls[0].id must be"),
+    (6, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
+     "messages[1].content must be a string (or null beside tool_calls)"),
+    (6, lambda row: {**row, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name must be"),
     (7, lambda row: {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
                                   {"role": "assistant", "content": "a"}]}, "messages[0].content must be a string"),
     (8, lambda row: {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 2}]},
@@ -69,7 +77,7 @@ def test_unknown_role_names_its_line(tmp_path, renderer):
      "every assistant message has weight 0"),
     (11, lambda row: {"messages": []}, "must be a non-empty list"),
     (12, lambda row: {"prompt": "p"}, "expected `messages`, or `prompt` and `completion`"),
-    (2, lambda row: {**row, "tools": []}, "tools and functions are not supported"),
+    (2, lambda row: {**row, "functions": []}, "unsupported key 'functions' (deprecated by OpenAI): use `tools`"),
     (3, lambda row: {"messages": [{"role": "assistant", "content": "a"}]}, "starts with an assistant message"),
     (4, lambda row: {"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]},
      "messages[0].role is missing"),
@@ -170,9 +178,9 @@ def test_a_long_conversation_stops_at_the_token_limit_instead_of_rendering_every
     calls = {"n": 0}
     original = Renderer._text
 
-    def counted(self, messages, *, generation_prompt):
+    def counted(self, messages, *, generation_prompt, tools=None):
         calls["n"] += 1
-        return original(self, messages, generation_prompt=generation_prompt)
+        return original(self, messages, generation_prompt=generation_prompt, tools=tools)
 
     monkeypatch.setattr(Renderer, "_text", counted)
     error = refused(path, renderer, Limits(max_example_tokens=300))

@@ -7,12 +7,13 @@ from lorafleet.core.errors import InvalidRequest
 from lorafleet.finetune.hyperparameters import BASE_LEARNING_RATE, Hyperparameters, resolve
 
 
-@pytest.mark.parametrize(("n", "epochs", "batch"), [(10, 10, 1), (20, 5, 1), (60, 3, 1), (1000, 3, 2),
-                                                      (20_000, 1, 40), (500_000, 1, 256)])
+@pytest.mark.parametrize(("n", "epochs", "batch"), [(10, 25, 1), (20, 13, 1), (48, 6, 1), (60, 5, 1), (84, 3, 1),
+                                                      (1000, 3, 2), (20_000, 1, 40), (500_000, 1, 256)])
 def test_auto_follows_the_dataset_size(n, epochs, batch):
+    """OpenAI's rule aiming at 250 examples seen (not 100: a LoRA learns less per step), 4× the LoRA rate."""
     resolved = resolve(Hyperparameters(), n)
     assert (resolved.n_epochs, resolved.batch_size) == (epochs, batch)
-    assert resolved.learning_rate == BASE_LEARNING_RATE
+    assert (resolved.learning_rate_multiplier, resolved.learning_rate) == (4.0, 4 * BASE_LEARNING_RATE)
 
 
 def test_explicit_values_are_kept():

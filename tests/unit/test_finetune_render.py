@@ -94,3 +94,47 @@ def test_prompt_completion_is_raw_text_ending_with_eos(renderer):
     assert rendered.input_ids[: len(prompt)] == prompt
     assert labelled_runs(rendered.labels) == [renderer.tokenizer.encode(" Quillington", add_special_tokens=False)
                                               + [renderer.eos_token_id]]
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+
+
+def test_tool_calls_render_as_vllm_serves_them(model_path, renderer, tmp_path):
+    """Issue 30, part 2: a line with `tools`, an assistant `tool_calls` and a `tool` answer is trained on the
+    token ids the worker sends (vLLM's renderer with the served template and the request's `tools`, the
+    call's `arguments` decoded to an object as vLLM does), and the call itself is trained."""
+    import json
+
+    from lorafleet.trainer.dataset import parse_example
+    from vllm.renderers.chat_utils import load_chat_template
+    from vllm.renderers.hf import safe_apply_chat_template
+    from vllm.tokenizers import get_tokenizer
+
+    line = {"tools": TOOLS, "parallel_tool_calls": False, "messages": [
+        {"role": "system", "content": "You check the weather."},
+        {"role": "user", "content": "Is it raining in Quillington?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                              "arguments": "{\"city\":\"Quillington\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"rain\": true}"},
+        {"role": "assistant", "content": "Yes, it is raining in Quillington."}]}
+    example = parse_example(json.dumps(line), 1)
+    rendered = renderer.render(example)
+    command = engine_command(WorkerSettings(model_path=str(model_path)))
+    template = load_chat_template(command[command.index("--chat-template") + 1])
+    tokenizer = get_tokenizer(str(model_path))
+    served = [dict(m) for m in line["messages"]]
+    served[2] = {**served[2], "tool_calls": [{**served[2]["tool_calls"][0], "function": {
+        "name": "get_weather", "arguments": {"city": "Quillington"}}}]}  # what vLLM's parser hands the template
+    for index in (2, 4):
+        prompt = safe_apply_chat_template(None, tokenizer, served[:index], tools=TOOLS, chat_template=template,
+                                          add_generation_prompt=True, tokenize=True)
+        assert rendered.input_ids[: len(prompt)] == prompt
+        assert renderer.prompt_ids(example.messages[:index], TOOLS) == prompt
+    whole = safe_apply_chat_template(None, tokenizer, served, tools=TOOLS, chat_template=template, tokenize=True)
+    assert rendered.input_ids == whole
+    trained = tokenizer.decode([t for t in rendered.labels if t != IGNORE_INDEX])
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Quillington"}}\n</tool_call><|im_end|>' in trained
+    assert "Yes, it is raining in Quillington.<|im_end|>" in trained and "rain\": true" not in trained

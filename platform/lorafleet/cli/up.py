@@ -209,7 +209,9 @@ async def _demo_key(settings: CommonSettings, files: RuntimeFiles) -> tuple[str,
         await connection.close()
 
 
-DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000}  # µUSD per million tokens
+# µUSD per million tokens; training: trained and validation tokens of fine-tuning jobs (a 48-example × 6-epoch
+# job of ~60 tokens an example costs ~0.02 USD at this price).
+DEMO_PRICE = {"prompt": 100_000, "completion": 200_000, "adapter_surcharge": 50_000, "training": 1_000_000}
 
 
 async def _demo_billing(settings: WorkerSettings, tenant_id: str) -> str:

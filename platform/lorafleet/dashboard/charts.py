@@ -54,19 +54,26 @@ def stacked_bars(days: list[dt.date], series: dict[str, dict[dt.date, int]], tit
     return "".join(parts) + f'<ul class="legend" aria-label="Legend">{legend}</ul>'
 
 
-def loss_curve(points: list[tuple[int, float]], title: str) -> str:
-    """Training loss by step as a line, with the values as a text table fallback in the page."""
+def loss_curve(points: list[tuple[int, float]], title: str, valid: list[tuple[int, float]] | None = None) -> str:
+    """Training loss by step as a line, and the validation loss (``valid``, measured at epochs' ends) as a
+    dashed line with a dot at each measure, on one scale, with a legend when both are shown; the values
+    are a text table fallback in the page."""
     if not points:
         return ""
+    valid = valid or []
     width, height, left, bottom = 720, 220, 70, 24
     plot_w, plot_h = width - left - 10, height - bottom - 10
-    steps = [step for step, _ in points]
-    low, high = min(loss for _, loss in points), max(loss for _, loss in points)
+    steps = [step for step, _ in points + valid]
+    losses = [loss for _, loss in points + valid]
+    low, high = min(losses), max(losses)
     span, first, last = (high - low) or 1.0, min(steps), max(steps)
     x = lambda step: left + (plot_w * (step - first) / ((last - first) or 1))  # noqa: E731
     y = lambda loss: 10 + plot_h * (high - loss) / span  # noqa: E731
-    path = " ".join(f"{'M' if i == 0 else 'L'}{x(step):.1f},{y(loss):.1f}" for i, (step, loss) in enumerate(points))
-    return "".join([
+
+    def line(series: list[tuple[int, float]]) -> str:
+        return " ".join(f"{'M' if i == 0 else 'L'}{x(step):.1f},{y(loss):.1f}" for i, (step, loss) in enumerate(series))
+
+    parts = [
         f'<svg viewBox="0 0 {width} {height}" role="img" aria-labelledby="loss-title" class="chart">',
         f'<title id="loss-title">{escape(title)}</title>',
         f'<line x1="{left}" y1="{10 + plot_h}" x2="{width - 10}" y2="{10 + plot_h}" stroke="#555"/>',
@@ -74,5 +81,16 @@ def loss_curve(points: list[tuple[int, float]], title: str) -> str:
         f'<text x="{left - 6}" y="{10 + plot_h}" text-anchor="end" font-size="11">{low:.3f}</text>',
         f'<text x="{left}" y="{height - 6}" font-size="11">step {first}</text>',
         f'<text x="{width - 10}" y="{height - 6}" text-anchor="end" font-size="11">step {last}</text>',
-        f'<path d="{path}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>',
-        "</svg>"])
+        f'<path d="{line(points)}" fill="none" stroke="{PALETTE[0]}" stroke-width="2" class="train-loss"/>']
+    if valid:
+        parts.append(f'<path d="{line(valid)}" fill="none" stroke="{PALETTE[1]}" stroke-width="2" '
+                     'stroke-dasharray="6 4" class="valid-loss"/>')
+        parts += [f'<circle cx="{x(step):.1f}" cy="{y(loss):.1f}" r="3" fill="{PALETTE[1]}" class="valid-point">'
+                  f'<title>step {step}: validation loss {loss:.4f}</title></circle>' for step, loss in valid]
+    parts.append("</svg>")
+    if not valid:
+        return "".join(parts)
+    legend = "".join(f'<li><svg class="swatch" width="12" height="12" aria-hidden="true"><rect width="12" height="12" '
+                     f'fill="{colour}"/></svg>{name}</li>' for name, colour in (("training loss", PALETTE[0]),
+                                                                             ("validation loss", PALETTE[1])))
+    return "".join(parts) + f'<ul class="legend" aria-label="Legend">{legend}</ul>'

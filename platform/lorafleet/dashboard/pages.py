@@ -41,7 +41,7 @@ from lorafleet.dashboard.sessions import (
     open_session,
     use_login_link,
 )
-from lorafleet.finetune.jobs import JobCreate
+from lorafleet.finetune.jobs import OPEN_STATUSES, JobCreate
 from lorafleet.gateway.adapters.operations import delete_adapter, upload_adapter
 from lorafleet.gateway.audit.recorder import audited
 from lorafleet.gateway.audit.service import list_events
@@ -383,11 +383,16 @@ class DashboardController(Controller):
         session.require("adapters:read")
         job = await services.fine_tuning.get(session.tenant_id, job_id)  # another tenant's: 404, like a missing one
         events = (await services.fine_tuning.events(session.tenant_id, job_id, after=None, limit=100)).data
-        points = sorted((event.data["step"], float(event.data["train_loss"])) for event in events
-                        if event.type == "metrics" and event.data and "step" in event.data and "train_loss" in event.data)
+        def series(name: str) -> list[tuple[int, float]]:
+            return sorted((event.data["step"], float(event.data[name])) for event in events
+                          if event.type == "metrics" and event.data and "step" in event.data
+                          and event.data.get(name) is not None)
+
+        valid = series("valid_loss")
+        title = f"Training{' and validation' if valid else ''} loss of {job.id} by step"
         return render("fine_tuning_job.html", **_page(
-            session, "fine-tuning", job=job, events=events, curve=loss_curve(points, f"Training loss of {job.id} by step"),
-            cancellable=job.status in ("validating_files", "queued", "running")))
+            session, "fine-tuning", job=job, events=events, curve=loss_curve(series("train_loss"), title, valid),
+            cancellable=job.status in OPEN_STATUSES))
 
     @post("/fine-tuning/{fine_tuning_job_id:str}/cancel", opt=audited("fine_tuning.job.cancelled"))
     async def cancel_fine_tuning_job(self, fine_tuning_job_id: FromPath[str], request: Request, services: AppServices

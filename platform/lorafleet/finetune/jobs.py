@@ -2,13 +2,18 @@
 
 A job is created ``validating_files``; a trainer (trainer/runner.py) checks its files with the base
 model's real tokenizer and chat template, and queues it (or fails it with the line at fault), then a
-trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``.
+trainer takes it from the queue (``running``) and ends it ``succeeded``, ``failed`` or ``cancelled``;
+a queued or running job can be ``paused`` (its trainer checkpoints and lets go) and resumed (queued).
 Cancelling is immediate here; the trainer sees it on its next heartbeat and stops training.
 
-Creating a job reserves its worst case ((training + validation file bytes) × epochs at the training
-price, billing/pricing.py ``training_worst_case_micro_usd``) in ``reservations``
-under the job id, the request id of its ledger row, so open jobs and requests together never spend
-past the limit; the job's end releases it (runner.py ``_bill``), a cancel before training at once.
+Creating a job reserves a bound ((training + validation file bytes) × epochs at the training price,
+billing/pricing.py ``training_worst_case_micro_usd``; ``"auto"`` epochs count as ``CREATE_AUTO_EPOCHS``)
+in ``reservations`` under the job id, the request id of its ledger row, so open jobs and requests
+together never spend past the limit. Validation replaces it by the exact worst case (the validated
+token counts × the resolved epochs, :func:`reserve_validated`) before the job is queued, failing the job
+with ``insufficient_quota`` when that does not fit: nothing is trained before then, so the create's
+bound need not cover "auto"'s largest epoch count (issue 30, part 8: bytes × 10 epochs refused jobs
+that fit many times over). The job's end releases it (runner.py ``_bill``), a cancel before training at once.
 
 Every read names the tenant: another tenant's job, its events and checkpoints are answered exactly
 like a job that never existed (404).
@@ -24,11 +29,13 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import msgspec
 from lorafleet.adapters.architecture import SUPPORTED_MODULES
-from lorafleet.billing.pricing import training_worst_case_micro_usd
+from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
+from lorafleet.billing.pricing import training_cost_pico_usd, training_worst_case_micro_usd
 from lorafleet.core import ids
-from lorafleet.core.errors import InsufficientQuota, InvalidRequest, NotFound, RateLimited
+from lorafleet.core.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, RateLimited
 from lorafleet.db import queries
 from lorafleet.finetune.hyperparameters import (
+    DEFAULT_EPOCHS,
     DEFAULT_TARGETS,
     MAX_ALPHA,
     MAX_BATCH_SIZE,
@@ -43,10 +50,12 @@ from msgspec import Meta
 
 SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,40}$"
 Auto = Literal["auto"]
-Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
-OPEN_STATUSES = ("validating_files", "queued", "running")
-# "auto" epochs: 3, or enough for ~100 examples seen; a file has at least 10 examples, so at most 10.
-MAX_AUTO_EPOCHS = 10
+Status = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+OPEN_STATUSES = ("validating_files", "queued", "running", "paused")
+# "auto" epochs at create, before the file's examples are counted: OpenAI's default. A file's bytes are
+# several times its tokens (JSON keys, quotes, the role names), so bytes × 3 also bounds a small file's
+# tokens × its 6-25 "auto" epochs in practice; validation reserves the exact figure before any step.
+CREATE_AUTO_EPOCHS = DEFAULT_EPOCHS
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 NO_METADATA: dict[str, str] = {}  # the `metadata=null` filter (compared by identity)
 MetadataFilter = dict[str, str] | None
@@ -214,6 +223,9 @@ class CheckpointMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
     train_loss: float | None = None
     train_mean_token_accuracy: float | None = None
     valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
 
 
 class JobCheckpoint(msgspec.Struct, kw_only=True):
@@ -254,7 +266,8 @@ def job_view(row: asyncpg.Record | dict[str, Any]) -> FineTuningJob:
     return FineTuningJob(
         id=row["id"], created_at=_stamp(row["created_at"]), error=JobError(**error) if error else None,  # type: ignore[arg-type]
         fine_tuned_model=row["fine_tuned_model"], finished_at=_stamp(row["finished_at"]),
-        hyperparameters=hyperparameters, model=row["model"], organization_id=row["tenant_id"], result_files=[],
+        hyperparameters=hyperparameters, model=row["model"], organization_id=row["tenant_id"],
+        result_files=[row["result_file"]] if row.get("result_file") else [],
         seed=row["seed"], status=row["status"], trained_tokens=row["trained_tokens"],
         training_file=row["training_file"], validation_file=row["validation_file"],
         estimated_finish=_stamp(row["estimated_finish"]), integrations=None, metadata=_json(row["metadata"]),
@@ -281,6 +294,75 @@ def fine_tuned_model_name(base: str, suffix: str | None, job_id: str) -> str:
 
 def not_found(job_id: str) -> NotFound:
     return NotFound(f"No fine-tuning job {job_id[:100]!r}", param="fine_tuning_job_id")
+
+
+async def check_budget(connection: asyncpg.Connection, tenant_id: str, worst: int, *, auto_epochs: bool = False,
+                       validated: bool = False) -> None:
+    """402 when a job's worst case cannot be covered next to what is spent and reserved; the account row
+    stays locked (FOR UPDATE) until the caller's transaction has reserved it, as admission does.
+    ``validated``: the figure is the validated token count × the resolved epochs, not the create's bound."""
+    account = await connection.fetchrow(queries.fine_tuning_headroom, tenant_id)
+    if account is None:
+        raise InsufficientQuota("This account has no billing record; contact the operator.",
+                                code="no_billing_account")
+    if validated:
+        what = (f"Its files validated, this job could cost up to {worst} micro-USD (the validated token counts × "
+                "the resolved epochs), ")
+        fix = "set a smaller n_epochs or use a smaller file."
+    else:
+        what = (f"This job could cost up to {worst} micro-USD (its files' bytes bound their tokens, × "
+                f"{CREATE_AUTO_EPOCHS if auto_epochs else 'the'} epochs"
+                f"{'; validation replaces this by the token count × the resolved epochs' if auto_epochs else ''}), ")
+        fix = "set n_epochs or use a smaller file."
+    limit = account["monthly_spend_limit_micro_usd"]
+    if limit is not None and account["period_spent_micro_usd"] + account["reserved_micro_usd"] + worst > limit:
+        raise InsufficientQuota(what + f"more than is left of your monthly spend limit; raise the limit, or {fix}")
+    if account["billing_mode"] == "prepaid" and (account["credit_granted_micro_usd"] - account["spent_total_micro_usd"]
+                                                 - account["reserved_micro_usd"]) < worst:
+        raise InsufficientQuota(what + f"more than your remaining credits; add credits, or {fix}")
+
+
+async def reserve_validated(connection: asyncpg.Connection, job: asyncpg.Record | dict[str, Any], training_tokens: int,
+                            validation_tokens: int, epochs: int) -> int:
+    """In the caller's transaction (the one that queues the job): the create's bound is replaced by the exact
+    worst case, the validated tokens × the resolved epochs (validation at most one pass per epoch), at the
+    training price in effect now. InsufficientQuota when that does not fit; the amount reserved otherwise."""
+    price = await connection.fetchrow(queries.training_price, job["base_model_id"], dt.datetime.now(dt.UTC))
+    worst = (training_worst_case_micro_usd(price["training_micro_usd_per_mtok"], training_tokens, validation_tokens,
+                                           epochs) if price is not None and price["training_micro_usd_per_mtok"] else 0)
+    await connection.execute(queries.release_fine_tuning_reservation, job["id"])
+    if worst:
+        await check_budget(connection, job["tenant_id"], worst, validated=True)
+        await connection.execute(queries.reserve_fine_tuning_job, job["id"], job["tenant_id"], worst)
+    return worst
+
+
+async def bill_job(pool: asyncpg.Pool, job: asyncpg.Record | dict[str, Any], trained_tokens: int,
+               outcome: Outcome = Outcome.SUCCESS, validation_tokens: int = 0) -> None:
+    """The job's end in money, whatever the ending (``outcome``: success, cancelled or failed): its
+    worst-case reservation (made at create) is released and, when it ran anything, one ledger row is
+    written (its id is the request id: a second write changes nothing), in one transaction so the cost
+    is never neither reserved nor spent. Its tokens (``prompt_tokens``) are the trained tokens plus the
+    validation passes' tokens, priced in billing/pricing.py. Every ending calls this (the trainer, or the gateway cancelling a paused job); releasing is a
+    DELETE, so a second call gives nothing back twice."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(queries.release_fine_tuning_reservation, job["id"])
+        if trained_tokens + validation_tokens <= 0:
+            return
+        now = dt.datetime.now(dt.UTC)
+        price = await connection.fetchrow(queries.training_price, job["base_model_id"], now)
+        cost = training_cost_pico_usd(price["training_micro_usd_per_mtok"] if price else 0, trained_tokens,
+                                      validation_tokens)
+        started = job["started_at"] or now
+        row = LedgerRow(
+            request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
+            base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING,
+            outcome=outcome, http_status={Outcome.CANCELLED: 499, Outcome.FAILED: 500}.get(outcome, 200),
+            streamed=False, prompt_tokens=trained_tokens + validation_tokens,
+            completion_tokens=0, worker_url=None, started_at=started, finished_at=now, ttft_ms=None,
+            duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
+            cost_pico_usd=cost, price_id=price["id"] if price else None)
+        await connection.execute(queries.insert_usage_rows, *column_arrays([row]))
 
 
 class FineTuningJobs:
@@ -332,7 +414,7 @@ class FineTuningJobs:
             raise InvalidRequest(f"lora_r {hp.lora_r} is above {max_rank}, the largest rank this model's workers "
                                  "serve", param=f"{where}.lora_r")
         worst = await self._worst_case(base_model_id, training_bytes, validation_bytes,
-                                       hp.n_epochs if isinstance(hp.n_epochs, int) else MAX_AUTO_EPOCHS)
+                                       hp.n_epochs if isinstance(hp.n_epochs, int) else CREATE_AUTO_EPOCHS)
         seed = data.seed if data.seed is not None else random.randrange(2**31)
         job_id = ids.fine_tuning_job_id()
         async with self._pool.acquire() as connection, connection.transaction():
@@ -343,7 +425,7 @@ class FineTuningJobs:
                                   f"running, its limit; wait for one to finish or cancel one",
                                   code="too_many_fine_tuning_jobs", headers={"Retry-After": "60"})
             if worst:
-                await self._check_budget(connection, tenant_id, worst)
+                await check_budget(connection, tenant_id, worst, auto_epochs=hp.n_epochs == "auto")
             row = await connection.fetchrow(
                 queries.insert_fine_tuning_job, job_id, tenant_id, key_id, base_model_id, data.model,
                 data.training_file, data.validation_file, data.suffix, seed, data.metadata,
@@ -363,23 +445,6 @@ class FineTuningJobs:
         return training_worst_case_micro_usd(price["training_micro_usd_per_mtok"], training_bytes, validation_bytes,
                                              epochs)
 
-    @staticmethod
-    async def _check_budget(connection: asyncpg.Connection, tenant_id: str, worst: int) -> None:
-        """402 when the job's worst case cannot be covered next to what is spent and reserved; the account
-        row stays locked (FOR UPDATE) until the caller's transaction has reserved it, as admission does."""
-        account = await connection.fetchrow(queries.fine_tuning_headroom, tenant_id)
-        if account is None:
-            raise InsufficientQuota("This account has no billing record; contact the operator.",
-                                    code="no_billing_account")
-        limit = account["monthly_spend_limit_micro_usd"]
-        if limit is not None and account["period_spent_micro_usd"] + account["reserved_micro_usd"] + worst > limit:
-            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than is left of your monthly "
-                                    "spend limit; raise the limit, or set n_epochs or a smaller file.")
-        if account["billing_mode"] == "prepaid" and (account["credit_granted_micro_usd"] - account["spent_total_micro_usd"]
-                                                     - account["reserved_micro_usd"]) < worst:
-            raise InsufficientQuota(f"This job could cost up to {worst} micro-USD, more than your remaining credits; "
-                                    "add credits, or set n_epochs or a smaller file.")
-
     async def get(self, tenant_id: str, job_id: str) -> FineTuningJob:
         row = await self._pool.fetchrow(queries.get_fine_tuning_job, job_id, tenant_id)
         if row is None:
@@ -398,14 +463,49 @@ class FineTuningJobs:
         async with self._pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(queries.cancel_fine_tuning_job, job_id, tenant_id)
             if row is not None:
-                if not row["was_running"]:  # nothing was trained: nothing to bill, the worst case goes back now
+                if not row["was_running"] and not row["was_paused"]:  # nothing trained: the worst case goes back now
                     await connection.execute(queries.release_fine_tuning_reservation, job_id)
                 await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
                                          "info", "message", "Job cancelled", None)
-                return job_view(row)
+        if row is not None:
+            if row["was_paused"]:
+                # Paused and let go by its trainer: the steps it trained (recorded as reported) are billed here,
+                # once, and the reservation released with it; a trainer removes its checkpoints' blobs.
+                await bill_job(self._pool, row, row["trained_tokens"] or 0, Outcome.CANCELLED,
+                               row["validation_tokens"] or 0)
+            return job_view(row)
         job = await self.get(tenant_id, job_id)  # 404, or a job already finished
         raise InvalidRequest(f"the job is already {job.status}; only a job not finished can be cancelled",
                              param="fine_tuning_job_id", code="job_not_cancellable")
+
+    async def pause(self, tenant_id: str, job_id: str) -> FineTuningJob:
+        """A queued or running job becomes ``paused``: its trainer (on its next heartbeat) checkpoints the steps
+        done and lets go; the job keeps its reservation and is billed when it ends, once."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(queries.pause_fine_tuning_job, job_id, tenant_id)
+            if row is not None:
+                await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
+                                         "info", "message", "Job paused", None)
+                return job_view(row)
+        job = await self.get(tenant_id, job_id)
+        raise InvalidRequest(f"the job is {job.status}; only a queued or running job can be paused",
+                             param="fine_tuning_job_id", code="job_not_pausable")
+
+    async def resume(self, tenant_id: str, job_id: str) -> FineTuningJob:
+        """A paused job is queued again; its next take continues from the checkpoint its pause saved."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(queries.resume_fine_tuning_job, job_id, tenant_id)
+            if row is not None:
+                await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
+                                         "info", "message", "Job resumed: queued again", None)
+                return job_view(row)
+        job = await self.get(tenant_id, job_id)
+        if job.status == "paused":  # its trainer has not let go yet: the checkpoint is being saved
+            raise Conflict("the job is still pausing (its trainer is saving the checkpoint); resume it in a few "
+                           "seconds", param="fine_tuning_job_id", code="job_still_pausing",
+                           headers={"Retry-After": "2"})
+        raise InvalidRequest(f"the job is {job.status}; only a paused job can be resumed",
+                             param="fine_tuning_job_id", code="job_not_resumable")
 
     async def events(self, tenant_id: str, job_id: str, *, after: str | None, limit: int) -> EventPage:
         await self.get(tenant_id, job_id)

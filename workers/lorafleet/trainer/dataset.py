@@ -1,7 +1,8 @@
 """Validation of a fine-tuning JSONL file, line by line, with the served model's tokenizer and template.
 
-Each line is one example: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (OpenAI's chat
-format; ``weight`` 0/1 on assistant messages) or ``{"prompt", "completion"}``. The file is read a
+Each line is one example: ``{"messages": [{"role", "content", "weight"?}, ...], "tools"?,
+"parallel_tool_calls"?}`` (OpenAI's chat format; ``weight`` 0/1 on assistant messages; assistant
+``tool_calls`` and ``tool`` messages answering them by ``tool_call_id``) or ``{"prompt", "completion"}``. The file is read a
 line at a time with a byte budget per line and per file, so memory never grows with the file.
 
 Every refusal is a :class:`TrainingFileInvalid` naming the line (``"line 61: role 'wizard' is not
@@ -27,13 +28,17 @@ from lorafleet.trainer.render import (
     Rendered,
     Renderer,
     TemplateMismatch,
+    ToolCall,
     TooLong,
 )
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MAX_TOOLS, MAX_TOOL_CALLS = 128, 32  # per line, per assistant message
 MAX_MESSAGES = 256  # per example: each assistant turn renders its prefix, so turns bound the work per line
 MAX_JSON_DEPTH = 64  # a line's nesting: the chat format needs 3; json.loads recurses per level
-MESSAGE_KEYS = frozenset({"role", "content", "weight"})
+MESSAGE_KEYS = {"system": frozenset({"role", "content"}), "user": frozenset({"role", "content"}),
+                "assistant": frozenset({"role", "content", "weight", "tool_calls"}),
+                "tool": frozenset({"role", "content", "tool_call_id"})}
 CLIP = 60  # characters of an uploader-chosen value a message shows
 
 
@@ -114,12 +119,13 @@ def parse_example(text: str, line: int, param: str = "training_file") -> Example
     if not isinstance(data, dict):
         raise fail("expected a JSON object with `messages`, or `prompt` and `completion`")
     if "messages" in data:
-        extra = sorted(set(data) - {"messages"})
+        extra = sorted(set(data) - {"messages", "tools", "parallel_tool_calls"})
         if extra:
-            raise fail(f"unsupported key {_shown(extra[0])} (tools and functions are not supported for fine-tuning yet)"
-                       if extra[0] in {"tools", "functions", "parallel_tool_calls"}
+            raise fail("unsupported key 'functions' (deprecated by OpenAI): use `tools`" if extra[0] == "functions"
                        else f"unexpected key {_shown(extra[0])} next to `messages`")
-        return ChatExample(_messages(data["messages"], fail))
+        if "parallel_tool_calls" in data and not isinstance(data["parallel_tool_calls"], bool):
+            raise fail("`parallel_tool_calls` must be true or false")
+        return ChatExample(_messages(data["messages"], fail), _tools(data.get("tools"), fail))
     if set(data) == {"prompt", "completion"}:
         prompt, completion = data["prompt"], data["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str):
@@ -167,36 +173,89 @@ def _text_ok(value: str, where: str, fail: Any) -> str:
     return value
 
 
+def _tools(value: Any, fail: Any) -> tuple[dict[str, Any], ...]:
+    """OpenAI's ``tools``: function definitions, rendered into the prompt exactly as a request's."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        raise fail(f"`tools` must be a list of at most {MAX_TOOLS} tools")
+    for index, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise fail(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\", ...}}}}")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise fail(f"tools[{index}].function.name must be a non-empty string")
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            raise fail(f"tools[{index}].function.parameters must be a JSON schema object")
+        _text_ok(json.dumps(tool, ensure_ascii=False), f"tools[{index}]", fail)
+    return tuple(value)
+
+
+def _tool_calls(value: Any, where: str, fail: Any) -> tuple[ToolCall, ...]:
+    if not isinstance(value, list) or not value or len(value) > MAX_TOOL_CALLS:
+        raise fail(f"{where}.tool_calls must be a list of 1 to {MAX_TOOL_CALLS} calls")
+    calls = []
+    for index, call in enumerate(value):
+        at = f"{where}.tool_calls[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or call.get("type", "function") != "function" or not isinstance(function, dict):
+            raise fail(f"{at} must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}")
+        if not isinstance(call.get("id"), str) or not call["id"]:
+            raise fail(f"{at}.id must be a non-empty string")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise fail(f"{at}.function.name must be a non-empty string")
+        arguments = function.get("arguments")
+        try:
+            decoded = json.loads(arguments) if isinstance(arguments, str) else None
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise fail(f"{at}.function.arguments must be a string holding a JSON object")
+        assert isinstance(arguments, str)  # it decoded to an object above
+        _text_ok(arguments, f"{at}.function.arguments", fail)
+        calls.append(ToolCall(call["id"], _text_ok(function["name"], f"{at}.function.name", fail), arguments))
+    return tuple(calls)
+
+
 def _messages(value: Any, fail: Any) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise fail("`messages` must be a non-empty list")
     if len(value) > MAX_MESSAGES:
         raise fail(f"{len(value)} messages; at most {MAX_MESSAGES} are allowed in one example")
-    messages = []
+    messages: list[Message] = []
     for index, item in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
             raise fail(f"{where} must be an object with `role` and `content`")
         role = item.get("role")
-        if role == "tool" or "tool_calls" in item or "function_call" in item:
-            raise fail(f"{where}: tool messages and tool calls are not supported for fine-tuning yet; "
-                       f"roles are {', '.join(ROLES)}")
+        if "function_call" in item or role == "function":
+            raise fail(f"{where}: `function_call` and role 'function' are deprecated by OpenAI; use `tool_calls` "
+                       "and role 'tool'")
         if role not in ROLES:
             raise fail(f"role {_shown(role)} is not one of {', '.join(ROLES)}" if isinstance(role, str)
                        else f"{where}.role is missing or not a string")
-        extra = sorted(set(item) - MESSAGE_KEYS)
+        extra = sorted(set(item) - MESSAGE_KEYS[role])
         if extra:
+            if extra[0] == "weight":
+                raise fail(f"{where}: `weight` is only allowed on assistant messages")
             raise fail(f"{where} has unexpected key {_shown(extra[0])}")
+        calls = _tool_calls(item["tool_calls"], where, fail) if "tool_calls" in item else ()
         content = item.get("content")
-        if not isinstance(content, str):
-            raise fail(f"{where}.content must be a string")
-        _text_ok(content, f"{where}.content", fail)
+        if not isinstance(content, str) and not (calls and content is None):
+            raise fail(f"{where}.content must be a string" + (" (or null beside tool_calls)" if role == "assistant"
+                                                               else ""))
+        if content is not None:
+            _text_ok(content, f"{where}.content", fail)
+        call_id = None
+        if role == "tool":
+            call_id = item.get("tool_call_id")
+            asked = {call.id for m in messages for call in m.tool_calls}
+            if not isinstance(call_id, str) or call_id not in asked:
+                raise fail(f"{where}.tool_call_id must name a call of an earlier assistant message")
         weight = item.get("weight", 1)
-        if "weight" in item and role != "assistant":
-            raise fail(f"{where}: `weight` is only allowed on assistant messages")
         if type(weight) is not int or weight not in (0, 1):
             raise fail(f"{where}.weight must be 0 or 1, not {_shown(weight)}")
-        messages.append(Message(role, content, weight))
+        messages.append(Message(role, content, weight, calls, call_id))
     if messages[0].role == "assistant":
         raise fail("the conversation starts with an assistant message; start with a system or user message")
     if not any(m.role == "assistant" for m in messages):

@@ -25,6 +25,7 @@ they are trained as raw text, the completion followed by the end-of-sequence tok
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,37 @@ class TooLong(ValueError):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object's text, as OpenAI's files and requests carry it
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
-    content: str
+    content: str | None
     weight: int = 1  # only meaningful on assistant messages: 0 = not trained
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message's answer to
+
+    def as_dict(self) -> dict[str, Any]:
+        """The message as vLLM hands it to the chat template: a call's arguments decoded to an object
+        (vllm/renderers/chat_utils.py ``_postprocess_messages``), so ``tojson`` writes them as served."""
+        data: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            data["tool_calls"] = [{"id": call.id, "type": "function",
+                                   "function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+                                  for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            data["tool_call_id"] = self.tool_call_id
+        return data
 
 
 @dataclass(frozen=True)
 class ChatExample:
     messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI's `tools` of the line: rendered as a request's are
 
 
 @dataclass(frozen=True)
@@ -110,14 +133,15 @@ class Renderer:
         if isinstance(example, CompletionExample):
             rendered = self._render_completion(example)
         else:
-            rendered = self._render_chat(example.messages, max_tokens)
+            rendered = self._render_chat(example.messages, max_tokens, list(example.tools) or None)
         if train_on_inputs:
             return Rendered(rendered.input_ids, list(rendered.input_ids))
         return rendered
 
-    def prompt_ids(self, messages: tuple[Message, ...] | list[Message]) -> list[int]:
+    def prompt_ids(self, messages: tuple[Message, ...] | list[Message],
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
         """What the worker sends the model for a conversation before the next assistant turn."""
-        return self._encode(self._text(list(messages), generation_prompt=True))
+        return self._encode(self._text(list(messages), generation_prompt=True, tools=tools))
 
     def _render_completion(self, example: CompletionExample) -> Rendered:
         # /v1/completions tokenizes the prompt with the tokenizer's special tokens, then generates.
@@ -125,8 +149,9 @@ class Renderer:
         completion = self._encode(example.completion) + [self.eos_token_id]
         return Rendered(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)
 
-    def _render_chat(self, messages: tuple[Message, ...], max_tokens: int | None = None) -> Rendered:
-        full = self._text(list(messages), generation_prompt=False)
+    def _render_chat(self, messages: tuple[Message, ...], max_tokens: int | None = None,
+                     tools: list[dict[str, Any]] | None = None) -> Rendered:
+        full = self._text(list(messages), generation_prompt=False, tools=tools)
         input_ids: list[int] = []
         labels: list[int] = []
         done = 0  # characters of `full` already tokenized
@@ -139,8 +164,8 @@ class Renderer:
             # finding 5). The last turn is let through so a refusal can give the example's exact count.
             if max_tokens is not None and len(input_ids) > max_tokens and index < last:
                 raise TooLong(len(input_ids), f"messages[{index}]")
-            before = self._text(list(messages[:index]), generation_prompt=True)
-            through = self._text(list(messages[: index + 1]), generation_prompt=False)
+            before = self._text(list(messages[:index]), generation_prompt=True, tools=tools)
+            through = self._text(list(messages[: index + 1]), generation_prompt=False, tools=tools)
             if not (full.startswith(through) and through.startswith(before) and len(before) >= done):
                 raise TemplateMismatch("the chat template does not render this conversation as a growing prefix")
             context = self._encode(full[done:len(before)])
@@ -159,11 +184,12 @@ class Renderer:
         last = len(turn) - 1 - turn[::-1].index(self.eos_token_id)
         return turn[: last + 1] + [IGNORE_INDEX] * (len(turn) - last - 1)
 
-    def _text(self, messages: list[Message], *, generation_prompt: bool) -> str:
+    def _text(self, messages: list[Message], *, generation_prompt: bool,
+              tools: list[dict[str, Any]] | None = None) -> str:
         if not messages:
             return ""
         return self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages], chat_template=self.chat_template,
+            [m.as_dict() for m in messages], chat_template=self.chat_template, tools=tools,
             tokenize=False, add_generation_prompt=generation_prompt,
         )
 

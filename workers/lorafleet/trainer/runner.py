@@ -7,7 +7,8 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
   hyperparameters resolved, or ``failed`` with the line at fault and ``param: "training_file"``.
   Validation runs on its own task, so a bad file fails at once even while this trainer trains;
 - a ``queued`` job (or a ``running`` one whose trainer stopped beating for ``TRAINER_STALE_SECONDS``)
-  is taken, ``attempts`` + 1, and trained in a spawned child process (trainer/training.py) while this
+  is taken — fairly across tenants (each tenant's oldest job before anyone's second; each queued job
+  told its place and an estimated finish from the measured speed, :meth:`Trainer.refresh_queue`) — ``attempts`` + 1, and trained in a spawned child process (trainer/training.py) while this
   process beats every ``TRAINER_HEARTBEAT_SECONDS``, writes the child's events to the database and
   each checkpoint to the blob store. A heartbeat that finds the job no longer ours (cancelled) stops
   the child before its next step. A job whose trainer stopped ``TRAINER_MAX_ATTEMPTS`` times fails
@@ -19,6 +20,9 @@ The queue is the ``fine_tuning_jobs`` table (migrations/0016), taken with ``FOR 
   (succeeded, failed or cancelled: the steps completed), in the transaction that releases the
   worst case the job reserved at create (every ending releases it; a cancel before training
   releases it in the gateway);
+- a job paused by its tenant (heartbeat: no longer ``running``) checkpoints its last step, keeps its
+  reservation and trained tokens, and is let go; resumed, it is queued and continues from there;
+- a succeeded job's step metrics become OpenAI's result CSV, a ``fine-tune-results`` file;
 - the result passes the same validation as an uploaded adapter (AdapterService.create), is
   registered for the tenant as ``ft:<base>:<suffix>:<job id>`` and loaded onto the ready workers of
   its base model (internal token) before the job says ``succeeded``: warm at once; so is each
@@ -68,20 +72,24 @@ import structlog
 from lorafleet.adapters.blobstore import BlobStore, make_blob_store
 from lorafleet.adapters.sandbox import SandboxLimits
 from lorafleet.adapters.service import AdapterQuota, AdapterService
-from lorafleet.billing.ledger_row import Endpoint, LedgerRow, Outcome, column_arrays
-from lorafleet.billing.pricing import training_cost_pico_usd
+from lorafleet.billing.ledger_row import Outcome
 from lorafleet.core import ids
-from lorafleet.core.errors import Conflict, InvalidRequest, LoraFleetError
+from lorafleet.core.errors import Conflict, InsufficientQuota, InvalidRequest, LoraFleetError
 from lorafleet.core.settings import TrainerSettings
 from lorafleet.db import queries
+from lorafleet.files.service import FileService
 from lorafleet.finetune.hyperparameters import resolve
-from lorafleet.finetune.jobs import fine_tuned_model_name, hyperparameters_of
+from lorafleet.finetune.jobs import bill_job, fine_tuned_model_name, hyperparameters_of, reserve_validated
+from lorafleet.tenancy.storage import StorageQuota, TenantStorage
 from lorafleet.trainer import training
 from lorafleet.trainer.dataset import Limits, TrainingFileInvalid, validate_file
 from lorafleet.trainer.render import Renderer
 
 log = structlog.get_logger("lorafleet.trainer")
 PREWARM_TIMEOUT_SECONDS = 60  # a worker fetching the result from the blob store and loading it
+# What a checkpoint's `metrics` show (OpenAI's names; the full_* ones on the last step's).
+CHECKPOINT_METRICS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                      "full_valid_loss", "full_valid_mean_token_accuracy")
 ALIVE_FILE = "trainer.alive"  # under LORAFLEET_DATA_DIR; infra/kustomize/trainer's probes read its age
 
 
@@ -167,6 +175,10 @@ class Trainer:
         self.root = settings.data_path / "fine-tuning"
         self.limits = Limits(max_example_tokens=settings.fine_tuning_max_example_tokens,
                              max_total_tokens=settings.fine_tuning_max_file_tokens)
+        # Result files are the tenant's files; what the platform writes is counted, never refused (within_quota
+        # False), so the quota's figures here only name the limits the gateway enforces on uploads.
+        self.files = FileService(pool, self.blobs, TenantStorage(pool, "files", StorageQuota(
+            2**62, 2**31 - 1, 2**62), noun="files"))
         self.child_target: Any = training._child  # what the spawned child runs (a test gives a memory hog)
         self._renderer: Renderer | None = None
         self.base_model_id: str | None = None
@@ -314,8 +326,9 @@ class Trainer:
                         Limits(**{**limits.__dict__, "min_examples": 1, "max_total_tokens": summary.total_tokens}),
                         param="validation_file")
                     summary_longest = max(summary.longest_example_tokens, valid.longest_example_tokens)
+                    validation_tokens = valid.total_tokens
                 else:
-                    summary_longest = summary.longest_example_tokens
+                    summary_longest, validation_tokens = summary.longest_example_tokens, 0
                 need = await self._memory_needed(max(settings.trainer_tokens_per_step, summary_longest),
                                                  summary_longest, hp.lora_r)
                 if need > settings.trainer_max_memory_bytes:
@@ -341,11 +354,60 @@ class Trainer:
             shutil.rmtree(folder, ignore_errors=True)
         shown = {"n_epochs": resolved.n_epochs, "batch_size": resolved.batch_size,
                  "learning_rate_multiplier": resolved.learning_rate_multiplier}
-        if await self.pool.fetchval(queries.validated_fine_tuning_job, job_id, shown, summary.n_examples,
-                                    summary.total_tokens) is not None:
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                # Queued only with the exact worst case reserved (issue 30, part 8): the create's bound is
+                # replaced by the validated tokens × the resolved epochs; a cancel meanwhile keeps it released.
+                queued = await connection.fetchval(queries.validated_fine_tuning_job, job_id, shown,
+                                                   summary.n_examples, summary.total_tokens) is not None
+                reserved = (await reserve_validated(connection, job, summary.total_tokens, validation_tokens,
+                                                    resolved.n_epochs) if queued else 0)
+        except InsufficientQuota as exc:
+            if await self._finish(job_id, "failed", error={"code": exc.code or "insufficient_quota",
+                                                           "message": exc.message, "param": None}):
+                await self._bill(job, 0, Outcome.FAILED)
+                await self.event(job_id, f"Validation failed: {exc.message}", level="error")
+            return True
+        if queued:
             await self.event(job_id, f"Files validated: {summary.n_examples} examples, {summary.total_tokens} tokens; "
-                                     f"{resolved.n_epochs} epochs of batches of {resolved.batch_size}. Job queued.")
+                                     f"{resolved.n_epochs} epochs of batches of {resolved.batch_size}, learning rate "
+                                     f"{resolved.learning_rate:g} (multiplier {resolved.learning_rate_multiplier:g}); "
+                                     f"{reserved} micro-USD reserved. Job queued.",
+                             data={"n_epochs": resolved.n_epochs, "batch_size": resolved.batch_size,
+                                   "learning_rate_multiplier": resolved.learning_rate_multiplier,
+                                   "learning_rate": resolved.learning_rate, "reserved_micro_usd": reserved})
+            with contextlib.suppress(Exception):  # information, as at a take
+                await self.refresh_queue()
         return True
+
+    # ---- the queue as the tenants see it ---------------------------------------------------------
+
+    async def refresh_queue(self) -> None:
+        """Each queued job's place (in the order the trainers take them: fair across tenants) and its
+        estimated finish from the measured speed (issue 30, part 9): tokens a second of this base model's
+        recent jobs, after what the running jobs have left (their own estimate) and the work ahead of it.
+        A job whose place changed is told so in an event; with no measured speed yet, no estimate."""
+        rows = await self.pool.fetch(queries.fine_tuning_queue, self.base_model_id)
+        if not rows:
+            return
+        speed = await self.pool.fetchval(queries.measured_training_speed, self.base_model_id)
+        running = await self.pool.fetchrow(queries.fine_tuning_running, self.base_model_id)
+        now = dt.datetime.now(dt.UTC)
+        start = max(running["until"] or now, now)
+        for row in rows:
+            finish = start + dt.timedelta(seconds=int(row["work_through"]) / speed) if speed else None
+            if await self.pool.fetchval(queries.set_fine_tuning_queue_position, row["id"], row["position"],
+                                        finish) is None or row["position"] == row["queue_position"]:
+                continue
+            ahead = row["position"] - 1
+            message = (f"Queued: position {row['position']} of {row['queued']} for this base model "
+                       f"({ahead} job{'s' if ahead != 1 else ''} ahead, {running['running']} training now)")
+            if finish is not None:
+                message += f"; estimated finish {finish:%Y-%m-%d %H:%M:%S} UTC at {speed:.0f} tokens/s measured"
+            await self.event(row["id"], message, data={
+                "queue_position": row["position"], "queued": row["queued"], "running": running["running"],
+                "estimated_finish": int(finish.timestamp()) if finish else None,
+                "tokens_per_second": round(speed, 1) if speed else None})
 
     # ---- training ------------------------------------------------------------------------------
 
@@ -360,10 +422,14 @@ class Trainer:
             await self._bill(failed, failed["trained_tokens"] or 0, Outcome.FAILED, failed["validation_tokens"] or 0)
             await self.event(failed["id"], "The job failed: its trainer stopped too many times.", level="error")
             await self._cleanup(failed["id"], self.root / failed["id"])
+        for left in await self.pool.fetch(queries.cancelled_paused_leftovers, self.base_model_id):
+            await self._cleanup(left["id"], self.root / left["id"])  # cancelled while paused: billed by the gateway
         job = await self.pool.fetchrow(queries.claim_fine_tuning_job, self.base_model_id, self.trainer_id,
                                        settings.trainer_stale_seconds, settings.trainer_max_attempts)
         if job is None:
             return False
+        with contextlib.suppress(Exception):  # the queue's places are information: never the job's failure
+            await self.refresh_queue()
         try:
             await self._train(job, stop or asyncio.Event())
         except Exception as exc:  # noqa: BLE001 - a job's failure is the job's, not the trainer's
@@ -436,7 +502,7 @@ class Trainer:
         finally:
             archive.unlink(missing_ok=True)
         name = f"{fine_tuned_model_name(job['model'], job['suffix'], job['id'])}:ckpt-step-{step}"
-        shown = {key: metrics[key] for key in ("train_loss", "train_mean_token_accuracy", "valid_loss") if key in metrics}
+        shown = {key: metrics[key] for key in CHECKPOINT_METRICS if key in metrics}
         # A resume needs only the latest checkpoint: the earlier ones' resume state goes, here and in the store.
         # One transaction: nobody ever sees two live checkpoints of a job (nor none).
         async with self.pool.acquire() as connection, connection.transaction():
@@ -486,8 +552,11 @@ class Trainer:
         job_id, settings = job["id"], self.settings
         output = self.root / job_id
         output.mkdir(parents=True, exist_ok=True)
-        await self.event(job_id, "Fine-tuning job started" if job["attempts"] == 1
-                         else f"Fine-tuning job resumed (take {job['attempts']})")
+        (output / training.PAUSE_FILE).unlink(missing_ok=True)
+        if job["attempts"] == 1 and not job["trained_tokens"]:
+            await self.event(job_id, "Fine-tuning job started")
+        else:  # a take after a stopped trainer, or after a pause (takes start over at resume)
+            await self.event(job_id, f"Fine-tuning job resumed (take {job['attempts']})")
         training_path = await self._fetch_file(job, "training_file", output / "training.jsonl")
         validation_path = (await self._fetch_file(job, "validation_file", output / "validation.jsonl")
                            if job["validation_file"] else None)
@@ -537,7 +606,9 @@ class Trainer:
                     next_beat = time.monotonic() + settings.trainer_heartbeat_seconds
                     if not await self._beat(job_id, estimated_finish):
                         lost = True
-                        cancel.set()  # cancelled (or taken by another trainer): stop before the next step
+                        if await self.pool.fetchval(queries.fine_tuning_job_status, job_id) == "paused":
+                            (output / training.PAUSE_FILE).touch()  # the child checkpoints before it stops
+                        cancel.set()  # cancelled, paused (or taken by another trainer): stop before the next step
                 if stop.is_set() and not stopping:
                     stopping = True
                     cancel.set()
@@ -574,6 +645,17 @@ class Trainer:
             validation_tokens = int(outcome["data"].get("validation_tokens", validation_tokens))
             await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens, validation_tokens)
         status = await self.pool.fetchval(queries.fine_tuning_job_status, job_id)
+        if lost and status == "paused":
+            # Paused: what was trained stays recorded (billed when the job ends, once), the checkpoint the child
+            # saved at its last step is in the blob store (resume starts there), the reservation is kept.
+            await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens, validation_tokens)
+            if await self.pool.fetchval(queries.let_go_paused_fine_tuning_job, job_id, self.trainer_id) is not None:
+                step = (outcome.get("data") or {}).get("steps_completed")
+                await self.event(job_id, f"Job paused after step {step}: {trained_tokens} tokens trained; resume "
+                                         "continues from this step's checkpoint")
+                await asyncio.to_thread(shutil.rmtree, output, True)
+                return
+            status = await self.pool.fetchval(queries.fine_tuning_job_status, job_id)  # cancelled meanwhile
         if lost:
             if status == "cancelled":  # the tenant cancelled: the steps completed are billed, no model
                 await self.pool.execute(queries.record_fine_tuning_progress, job_id, trained_tokens, validation_tokens)
@@ -602,6 +684,7 @@ class Trainer:
         adapter_id = await self._register(job, Path(result["adapter_dir"]), output / "register", fine_tuned_model,
                                           fine_tuned_model)
         await self._prewarm(job, adapter_id)
+        await self._write_results(job, output)
         if await self._finish(job_id, "succeeded", fine_tuned_model=fine_tuned_model, adapter_id=adapter_id,
                               trained_tokens=trained_tokens):
             await self._bill(job, trained_tokens, Outcome.SUCCESS, validation_tokens)
@@ -612,6 +695,40 @@ class Trainer:
             # Cancelled in the last moment: the steps were trained all the same, and are billed once.
             await self._bill(job, trained_tokens, Outcome.CANCELLED, validation_tokens)
             await self._cleanup(job_id, output)
+
+    async def _write_results(self, job: asyncpg.Record, output: Path) -> str:
+        """The step metrics as OpenAI's result file (``step,train_loss,train_accuracy,valid_loss,
+        valid_mean_token_accuracy``; a value not measured at a step is empty), stored as the tenant's file of
+        purpose ``fine-tune-results`` and named in the job's ``result_files``. From the job's metrics events,
+        so the steps of every take of a resumed job are there, each once (the last report of a step wins).
+        Counted in the tenant's files but never refused: the platform wrote it."""
+        steps: dict[int, dict[str, Any]] = {}
+        for row in await self.pool.fetch(queries.fine_tuning_step_metrics, job["id"]):
+            data = row["data"] or {}
+            if isinstance(data, str):
+                data = msgspec.json.decode(data)
+            if "step" in data:
+                steps[int(data["step"])] = data
+
+        def cell(value: Any) -> str:
+            return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+        lines = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]
+        lines += [",".join(cell(v) for v in (step, data.get("train_loss"), data.get("train_mean_token_accuracy"),
+                                              data.get("valid_loss"), data.get("valid_mean_token_accuracy")))
+                  for step, data in sorted(steps.items())]
+        path = output / "step_metrics.csv"
+        path.write_text("\n".join(lines) + "\n")
+        blob_key, file_id = await self.files.put_blob(path)
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                await self.files.record(connection, job["tenant_id"], "fine-tune-results", "step_metrics.csv",
+                                        path.stat().st_size, blob_key, file_id=file_id, within_quota=False)
+                await connection.execute(queries.set_fine_tuning_result_file, job["id"], file_id)
+        except BaseException:
+            await self.files.forget_blob(blob_key)
+            raise
+        return file_id
 
     async def _prewarm(self, job: asyncpg.Record, adapter_id: str) -> int:
         """Loads the result onto the ready workers of its base model before the job says ``succeeded``, so
@@ -647,30 +764,8 @@ class Trainer:
 
     async def _bill(self, job: asyncpg.Record | dict[str, Any], trained_tokens: int,
                     outcome: Outcome = Outcome.SUCCESS, validation_tokens: int = 0) -> None:
-        """The job's end in money, whatever the ending (``outcome``: success, cancelled or failed): its
-        worst-case reservation (made at create) is released and, when it ran anything, one ledger row is
-        written (its id is the request id: a second write changes nothing), in one transaction so the cost
-        is never neither reserved nor spent. Its tokens (``prompt_tokens``) are the trained tokens plus the
-        validation passes' tokens, priced in billing/pricing.py. Every ending calls this; releasing is a
-        DELETE, so a second call gives nothing back twice."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(queries.release_fine_tuning_reservation, job["id"])
-            if trained_tokens + validation_tokens <= 0:
-                return
-            now = dt.datetime.now(dt.UTC)
-            price = await connection.fetchrow(queries.training_price, job["base_model_id"], now)
-            cost = training_cost_pico_usd(price["training_micro_usd_per_mtok"] if price else 0, trained_tokens,
-                                          validation_tokens)
-            started = job["started_at"] or now
-            row = LedgerRow(
-                request_id=job["id"], tenant_id=job["tenant_id"], api_key_id=job["api_key_id"],
-                base_model_id=job["base_model_id"], model=job["model"], endpoint=Endpoint.FINE_TUNING,
-                outcome=outcome, http_status={Outcome.CANCELLED: 499, Outcome.FAILED: 500}.get(outcome, 200),
-                streamed=False, prompt_tokens=trained_tokens + validation_tokens,
-                completion_tokens=0, worker_url=None, started_at=started, finished_at=now, ttft_ms=None,
-                duration_ms=min(int((now - started).total_seconds() * 1000), 2**31 - 1),
-                cost_pico_usd=cost, price_id=price["id"] if price else None)
-            await connection.execute(queries.insert_usage_rows, *column_arrays([row]))
+        """The job's end in money, whatever the ending (finetune/jobs.py ``bill_job``)."""
+        await bill_job(self.pool, job, trained_tokens, outcome, validation_tokens)
 
     async def _cleanup(self, job_id: str, output: Path) -> None:
         """The job is over (every ending: succeeded, failed, cancelled): its local folder (the copies of its

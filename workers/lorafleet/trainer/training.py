@@ -51,6 +51,7 @@ CONTEXT = multiprocessing.get_context("spawn")  # fork would copy a caller's thr
 STATE_FILE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
+PAUSE_FILE = "pause"  # in the output folder: the runner pausing the job, so the stop checkpoints first
 GRADIENT_CLIP = 1.0
 LOSS_CHUNK = 512  # positions whose logits exist at once in the loss (× the vocabulary × 4 bytes)
 OUT_OF_MEMORY = "training_out_of_memory"
@@ -209,24 +210,27 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
     def counted_positions(indices: list[int], data: list[Rendered]) -> int:
         return sum(sum(1 for label in data[i].labels[1:] if label != IGNORE_INDEX) for i in indices)
 
-    def validation_loss(indices: list[int]) -> float | None:
+    def validation_loss(indices: list[int]) -> tuple[float | None, float | None]:
+        """The mean loss and the mean token accuracy (OpenAI's valid_mean_token_accuracy) of ``indices``."""
         nonlocal validation_tokens
         if not indices:
-            return None
+            return None, None
         model.eval()
-        total, count = 0.0, 0
+        total, count, right = 0.0, 0, 0
         with torch.no_grad():
             for run in micro_batches(indices, valid):
-                loss, n, _ = loss_of(*batch(run, valid))
-                total, count = total + loss.item(), count + n
+                loss, n, correct = loss_of(*batch(run, valid))
+                total, count, right = total + loss.item(), count + n, right + correct
                 validation_tokens += sum(len(valid[i].input_ids) for i in run)
         model.train()
-        return total / max(count, 1)
+        return total / max(count, 1), right / max(count, 1)
 
     def sampled(epoch: int) -> list[int]:
         """The sampled pass of an epoch's end: the same examples on a resume (seeded by the epoch)."""
         order = torch.randperm(len(valid), generator=torch.Generator().manual_seed(spec.seed + 7919 * (epoch + 1)))
         return order[:spec.validation_sample].tolist()
+
+    saved = step  # the step of the last checkpoint (the one resumed from, at first)
 
     def save_checkpoint(at: int) -> None:
         folder = output / CHECKPOINTS / f"step-{at:06d}"
@@ -239,11 +243,18 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
                     "rng": torch.get_rng_state()}, temporary / STATE_FILE)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(temporary, folder)  # complete or absent: latest_checkpoint never sees half of one
+        nonlocal saved
+        saved = at
 
     order_epoch, order = -1, []
     started, first_step, first_tokens = time.monotonic(), step, trained_tokens
     while step < total_steps:
         if should_stop():
+            if (output / PAUSE_FILE).exists() and step > saved:
+                # Paused (the runner says so by this file before it stops us): the steps done are kept, so the
+                # resume trains none of them twice (issue 30, part 4).
+                save_checkpoint(step)
+                on_event(_message(f"Checkpoint saved at step {step}", step=step))
             on_event(_message(f"Cancelled after step {step}"))
             return TrainResult("cancelled", step, total_steps, trained_tokens, resumed_from, None, asdict(hp),
                                validation_tokens)
@@ -279,9 +290,11 @@ def train(spec: JobSpec, on_event: Callable[[Event], None] = lambda event: None,
         }
         epoch_end = step % steps_per_epoch == 0
         if valid and step == total_steps:  # the end: one full pass
-            data["valid_loss"] = data["full_valid_loss"] = validation_loss(list(range(len(valid))))
+            loss, accuracy = validation_loss(list(range(len(valid))))
+            data["valid_loss"] = data["full_valid_loss"] = loss
+            data["valid_mean_token_accuracy"] = data["full_valid_mean_token_accuracy"] = accuracy
         elif valid and epoch_end:  # the end of an epoch: a sampled pass
-            data["valid_loss"] = validation_loss(sampled(epoch))
+            data["valid_loss"], data["valid_mean_token_accuracy"] = validation_loss(sampled(epoch))
         data["validation_tokens"] = validation_tokens
         on_event({"type": "metrics", "level": "info",
                   "message": f"Step {step}/{total_steps}: training loss={data['train_loss']:.4f}", "data": data})

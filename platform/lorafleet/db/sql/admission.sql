@@ -35,7 +35,7 @@ WITH swept AS (
        OR (r.gateway_id = 'fine-tuning'
            AND NOT EXISTS (SELECT 1 FROM fine_tuning_jobs j
                            WHERE j.id = r.request_id
-                             AND (j.status IN ('validating_files', 'queued', 'running')
+                             AND (j.status IN ('validating_files', 'queued', 'running', 'paused')
                                   OR j.finished_at > now() - make_interval(secs => $1))))
     RETURNING r.tenant_id, r.amount_micro_usd, r.gateway_id
 ), freed AS (

@@ -31,7 +31,7 @@ WHERE f.id IN (SELECT id FROM files x
                WHERE x.status <> 'deleted' AND x.expires_at <= now()
                  AND NOT EXISTS (SELECT 1 FROM fine_tuning_jobs j
                                  WHERE j.tenant_id = x.tenant_id AND x.id IN (j.training_file, j.validation_file)
-                                   AND j.status IN ('validating_files', 'queued', 'running'))
+                                   AND j.status IN ('validating_files', 'queued', 'running', 'paused'))
                  AND NOT EXISTS (SELECT 1 FROM batches b
                                  WHERE b.tenant_id = x.tenant_id AND b.input_file_id = x.id AND b.status = 'validating')
                ORDER BY x.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)

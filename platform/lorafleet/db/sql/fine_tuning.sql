@@ -4,7 +4,7 @@ SELECT pg_advisory_xact_lock(hashtextextended('lorafleet.fine_tuning|' || $1, 0)
 
 -- name: count_open_fine_tuning_jobs
 SELECT count(*)::int FROM fine_tuning_jobs
-WHERE tenant_id = $1 AND status IN ('validating_files', 'queued', 'running');
+WHERE tenant_id = $1 AND status IN ('validating_files', 'queued', 'running', 'paused');
 
 -- name: insert_fine_tuning_job
 INSERT INTO fine_tuning_jobs (id, tenant_id, api_key_id, base_model_id, model, training_file, validation_file,
@@ -28,12 +28,37 @@ ORDER BY created_at DESC, id DESC LIMIT $3;
 
 -- name: cancel_fine_tuning_job
 -- A job not finished yet becomes cancelled at once; its trainer sees that on its next heartbeat.
--- was_running: whether a trainer was training it (that trainer bills the steps done and releases the
--- job's reservation; otherwise the canceller releases it).
+-- was_running: whether a trainer holds it (that trainer bills the steps done and releases the job's
+-- reservation); was_paused: paused and let go by its trainer (the canceller bills what it trained, recorded
+-- on the job); otherwise the canceller releases the reservation.
 UPDATE fine_tuning_jobs j SET status = 'cancelled', finished_at = now()
-FROM (SELECT id, status FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE) before
-WHERE j.id = before.id AND j.status IN ('validating_files', 'queued', 'running')
-RETURNING j.*, before.status = 'running' AS was_running;
+FROM (SELECT id, status, trainer_id FROM fine_tuning_jobs WHERE id = $1 AND tenant_id = $2 FOR UPDATE) before
+WHERE j.id = before.id AND j.status IN ('validating_files', 'queued', 'running', 'paused')
+RETURNING j.*, before.status = 'running' OR (before.status = 'paused' AND before.trainer_id IS NOT NULL) AS was_running,
+          before.status = 'paused' AND before.trainer_id IS NULL AS was_paused;
+
+-- name: pause_fine_tuning_job
+-- Queued or running: paused (a running job's trainer sees it on its next heartbeat, checkpoints and lets go).
+UPDATE fine_tuning_jobs SET status = 'paused', estimated_finish = NULL, queue_position = NULL
+WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
+RETURNING *;
+
+-- name: resume_fine_tuning_job
+-- Paused and let go by its trainer: queued again (its takes start over: a pause is not a failed take).
+UPDATE fine_tuning_jobs SET status = 'queued', attempts = 0
+WHERE id = $1 AND tenant_id = $2 AND status = 'paused' AND trainer_id IS NULL
+RETURNING *;
+
+-- name: let_go_paused_fine_tuning_job
+-- The trainer of a paused job ($1, trainer $2) stopped it after a checkpoint: no trainer holds it now.
+UPDATE fine_tuning_jobs SET trainer_id = NULL, heartbeat_at = NULL
+WHERE id = $1 AND trainer_id = $2 AND status = 'paused'
+RETURNING id;
+
+-- name: cancelled_paused_leftovers
+-- Jobs of this base model ($1) cancelled while paused whose checkpoints still hold blobs: a trainer removes them.
+SELECT DISTINCT j.id FROM fine_tuning_jobs j JOIN fine_tuning_checkpoints c ON c.job_id = j.id AND c.blob_live
+WHERE j.base_model_id = $1 AND j.status = 'cancelled' AND j.trainer_id IS NULL;
 
 -- name: list_fine_tuning_events
 -- Newest first; $3: the id of the last event of the previous page.
@@ -109,16 +134,68 @@ WHERE base_model_id = $1 AND status = 'running' AND attempts >= $3
 RETURNING *;
 
 -- name: claim_fine_tuning_job
--- The oldest queued job of this base model ($1), or a running one whose trainer stopped beating for
--- $3 seconds (it resumes from its last checkpoint); attempts counts each take.
+-- A running job of this base model ($1) whose trainer stopped beating for $3 seconds (it resumes from its
+-- last checkpoint) first, else fairly across tenants (issue 30, part 9), round robin: each tenant's oldest
+-- queued job before anyone's second, among those the tenant whose last job started longest ago (never:
+-- first), then arrival; one tenant's many jobs never hold another tenant's behind more than one of them.
+-- attempts counts each take.
 UPDATE fine_tuning_jobs j SET status = 'running', trainer_id = $2, heartbeat_at = now(), attempts = j.attempts + 1,
-                              started_at = coalesce(j.started_at, now())
-WHERE j.id = (SELECT id FROM fine_tuning_jobs
-              WHERE base_model_id = $1 AND attempts < $4
-                AND (status = 'queued'
-                     OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => $3)))
-              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                              started_at = coalesce(j.started_at, now()), queue_position = NULL
+WHERE j.id = (SELECT q.id FROM fine_tuning_jobs q
+              WHERE q.base_model_id = $1 AND q.attempts < $4
+                AND (q.status = 'queued'
+                     OR (q.status = 'running' AND q.heartbeat_at < now() - make_interval(secs => $3)))
+              ORDER BY q.status = 'running' DESC,
+                       (SELECT count(*) FROM fine_tuning_jobs o
+                        WHERE o.tenant_id = q.tenant_id AND o.base_model_id = q.base_model_id AND o.status = 'queued'
+                          AND o.created_at < q.created_at),
+                       (SELECT max(p.started_at) FROM fine_tuning_jobs p
+                        WHERE p.tenant_id = q.tenant_id AND p.base_model_id = q.base_model_id) ASC NULLS FIRST,
+                       q.created_at
+              LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING j.*;
+
+-- name: fine_tuning_queue
+-- The queued jobs of a base model ($1) in the order claim_fine_tuning_job takes them, each with its work
+-- (tokens × epochs) and the work up to and including it; what the running jobs have left is not here.
+SELECT id, position, queued, work, sum(work) OVER (ORDER BY position) AS work_through, queue_position
+FROM (SELECT j.id, j.queue_position,
+             coalesce(j.file_tokens, 0) * coalesce((j.resolved ->> 'n_epochs')::bigint, 1) AS work,
+             row_number() OVER (ORDER BY (SELECT count(*) FROM fine_tuning_jobs o
+                                          WHERE o.tenant_id = j.tenant_id AND o.base_model_id = j.base_model_id
+                                            AND o.status = 'queued' AND o.created_at < j.created_at),
+                                         (SELECT max(p.started_at) FROM fine_tuning_jobs p
+                                          WHERE p.tenant_id = j.tenant_id AND p.base_model_id = j.base_model_id)
+                                         ASC NULLS FIRST, j.created_at) AS position,
+             count(*) OVER () AS queued
+      FROM fine_tuning_jobs j WHERE j.base_model_id = $1 AND j.status = 'queued') q
+ORDER BY position;
+
+-- name: fine_tuning_running
+-- What the trainers of a base model ($1) are training now: how many jobs, and when the last should end.
+SELECT count(*) AS running, max(estimated_finish) AS until
+FROM fine_tuning_jobs WHERE base_model_id = $1 AND status = 'running';
+
+-- name: measured_training_speed
+-- Tokens a second this base model's ($1) trainers reached over its last five succeeded jobs, from
+-- take to end (model load, validation passes and registration included: what a queued job waits for).
+SELECT sum(trained_tokens)::float8 / nullif(sum(extract(epoch FROM finished_at - started_at)), 0)
+FROM (SELECT trained_tokens, started_at, finished_at FROM fine_tuning_jobs
+      WHERE base_model_id = $1 AND status = 'succeeded' AND trained_tokens > 0 AND started_at IS NOT NULL
+      ORDER BY finished_at DESC LIMIT 5) recent;
+
+-- name: set_fine_tuning_queue_position
+-- A queued job's place ($2) and estimated finish ($3); no row back once it left the queue.
+UPDATE fine_tuning_jobs SET queue_position = $2, estimated_finish = $3
+WHERE id = $1 AND status = 'queued'
+RETURNING id;
+
+-- name: set_fine_tuning_result_file
+UPDATE fine_tuning_jobs SET result_file = $2 WHERE id = $1;
+
+-- name: fine_tuning_step_metrics
+-- Every metrics event of a job ($1), in order (a resumed job's steps appear once per take: the last wins).
+SELECT data FROM fine_tuning_events WHERE job_id = $1 AND type = 'metrics' ORDER BY seq;
 
 -- name: heartbeat_fine_tuning_job
 -- Still ours and still running? No row back: cancelled, or taken by another trainer: stop.
@@ -150,7 +227,7 @@ SELECT nullif(architecture, '{}'::jsonb) AS architecture FROM base_models WHERE 
 SELECT coalesce(sum(c.size_bytes), 0)::bigint
 FROM fine_tuning_checkpoints c JOIN fine_tuning_jobs j ON j.id = c.job_id
 WHERE j.tenant_id = $1 AND c.blob_live AND j.id <> $2
-  AND j.status IN ('validating_files', 'queued', 'running');
+  AND j.status IN ('validating_files', 'queued', 'running', 'paused');
 
 -- name: base_model_for_trainer
 SELECT id, name FROM base_models WHERE name = $1;

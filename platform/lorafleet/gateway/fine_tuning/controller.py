@@ -67,6 +67,22 @@ class FineTuningController(Controller):
                          principal: Caller) -> FineTuningJob:
         return await services.fine_tuning.cancel(principal.tenant_id, fine_tuning_job_id)
 
+    @post("/{fine_tuning_job_id:str}/pause", operation_id="pauseFineTuningJob", status_code=200,
+          responses=error_responses(400, 404, *API_KEY),
+          summary="Pause a queued or running job: its trainer saves a checkpoint and lets go; the job keeps its "
+                  "reservation.", opt=scope("adapters:write", audit="fine_tuning.job.paused"))
+    async def pause_job(self, fine_tuning_job_id: FromPath[str], services: AppServices,
+                        principal: Caller) -> FineTuningJob:
+        return await services.fine_tuning.pause(principal.tenant_id, fine_tuning_job_id)
+
+    @post("/{fine_tuning_job_id:str}/resume", operation_id="resumeFineTuningJob", status_code=200,
+          responses=error_responses(400, 404, 409, *API_KEY),
+          summary="Resume a paused job: queued again, it continues from its checkpoint (no step trained twice).",
+          opt=scope("adapters:write", audit="fine_tuning.job.resumed"))
+    async def resume_job(self, fine_tuning_job_id: FromPath[str], services: AppServices,
+                         principal: Caller) -> FineTuningJob:
+        return await services.fine_tuning.resume(principal.tenant_id, fine_tuning_job_id)
+
     @get("/{fine_tuning_job_id:str}/events", operation_id="listFineTuningEvents",
          responses=error_responses(400, 404, *API_KEY),
          summary="A job's events, newest first: messages, and metrics (step, train_loss, …) per training step.",
