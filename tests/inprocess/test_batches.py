@@ -665,8 +665,9 @@ async def test_a_one_line_batch_waits_out_the_minimum_deferral(start_gateway, pl
 
 
 async def test_a_line_the_engine_refuses_carries_the_routes_own_code(platform, tenant):
-    """A line answered 4xx by the engine has the same error code as the synchronous route would answer
-    (``invalid_request``), never a made-up ``http_400``; its response is the route's error envelope."""
+    """A line answered 4xx by the engine carries the route's own words (its envelope has no code, as OpenAI's
+    for such a refusal: the line's ``error.code`` is the envelope's type), never a made-up ``http_400``; its
+    response is the route's error envelope."""
     for worker in platform.workers:
         worker.behaviour.hold_marker = None
     async with _sdk(platform.url, tenant) as sdk:
@@ -681,7 +682,9 @@ async def test_a_line_the_engine_refuses_carries_the_routes_own_code(platform, t
         [line] = await _lines_of(sdk, done.error_file_id)
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
     assert line["response"]["status_code"] == 400
-    assert line["error"]["code"] == line["response"]["body"]["error"]["code"] == "invalid_request", line
+    envelope = line["response"]["body"]["error"]
+    assert (envelope["code"], envelope["type"]) == (None, "invalid_request_error"), line
+    assert line["error"]["code"] == "invalid_request_error", line
 
 
 # ---- output bounds (issue 28, finding 6) -----------------------------------------------------------

@@ -114,7 +114,8 @@ async def test_teams_migrations_give_what_exists_a_default_project_and_its_admin
         await connection.execute("INSERT INTO files (id, tenant_id, purpose, filename, bytes, blob_key) "
                                  "VALUES ('file-t', 'ten_t', 'fine-tune', 't.jsonl', 1, $1)", "0" * 64)
         for migration in discover():
-            (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
+            if migration.version <= "0024":
+                (tmp_path / migration.path.name).write_bytes(migration.path.read_bytes())
         assert await migrate(dsn, tmp_path) == ["0023", "0024"]
         default = await connection.fetchval("SELECT id FROM projects WHERE tenant_id = 'ten_t' AND is_default")
         assert default is not None

@@ -18,8 +18,14 @@ async def test_models_list(client, db, model_name, tenant_key):
     bases = [m.id for m in models if m.owned_by == "lorafleet"]
     assert model_name in bases
     assert sorted(bases) == sorted(r["name"] for r in await db.fetch("SELECT name FROM base_models"))
-    own_adapters = await db.fetch("SELECT name FROM adapters WHERE tenant_id = $1 AND status = 'ready'", tenant_key.tenant_id)
-    assert sorted(m.id for m in models if m.owned_by != "lorafleet") == sorted(r["name"] for r in own_adapters)
+    # Each of the tenant's ready adapters by its name and by each version (name@v<n>), and each alias.
+    own = await db.fetch("SELECT name, version FROM adapters WHERE tenant_id = $1 AND status = 'ready'",
+                         tenant_key.tenant_id)
+    aliases = await db.fetch("SELECT name, alias FROM adapter_aliases WHERE tenant_id = $1", tenant_key.tenant_id)
+    expected = ({r["name"] for r in own} | {f"{r['name']}@v{r['version']}" for r in own}
+                | {f"{r['name']}@{r['alias']}" for r in aliases})
+    listed = [m.id for m in models if m.owned_by != "lorafleet"]
+    assert len(listed) == len(set(listed)) and set(listed) == expected
 
 
 async def test_smollm2_gives_a_coherent_answer(client, model_name):

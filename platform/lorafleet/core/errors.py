@@ -107,11 +107,11 @@ class IdempotencyConflict(Conflict):
 
 
 class EngineRejected(InvalidRequest):
-    """The inference engine refused the request on its merits (its message is passed on). Its code is ours:
-    ``context_length_exceeded`` for a prompt past the context (OpenAI's code), else ``invalid_request`` —
-    the same in a batch line's ``error`` as in the synchronous answer."""
+    """The inference engine refused the request on its merits (its message is passed on). Code
+    ``context_length_exceeded`` for a prompt past the context (OpenAI's code), else none, as OpenAI
+    answers a request it cannot run (a batch line's ``error.code`` then names the type)."""
 
-    default_code = "invalid_request"
+    default_code = None
 
 
 class ServiceUnavailable(LoraFleetError):
