@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 
 import httpx
 import openai
@@ -66,7 +67,12 @@ async def test_create_retrieve_list_events_with_the_sdk(platform, tenant, traine
         assert queued.hyperparameters.batch_size == 1 and queued.hyperparameters.n_epochs == 2  # "auto" resolved
         assert queued.hyperparameters.learning_rate_multiplier == 4.0
         events = [e async for e in sdk.fine_tuning.jobs.list_events(job.id)]
-        assert events[0].message == "Queued: position 1 of 1 for this base model (0 jobs ahead, 0 training now)"
+        # Where it stands in the queue (other tests' jobs of this base model may be queued ahead of it).
+        assert re.fullmatch(r"Queued: position (\d+) of (\d+) for this base model \((\d+) jobs? ahead, \d+ training now\)",
+                            events[0].message), events[0].message
+        position, queued, ahead = map(int, re.match(r"Queued: position (\d+) of (\d+) .*?\((\d+)",
+                                                    events[0].message).groups())
+        assert 1 <= position <= queued and ahead == position - 1, events[0].message
         assert events[1].message.startswith("Files validated: 12 examples") and events[-1].message.startswith(
             "Validating training file")
         assert [j.id async for j in sdk.fine_tuning.jobs.list()][0] == job.id
