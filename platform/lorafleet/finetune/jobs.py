@@ -481,24 +481,18 @@ class FineTuningJobs:
     async def pause(self, tenant_id: str, job_id: str) -> FineTuningJob:
         """A queued or running job becomes ``paused``: its trainer (on its next heartbeat) checkpoints the steps
         done and lets go; the job keeps its reservation and is billed when it ends, once."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(queries.pause_fine_tuning_job, job_id, tenant_id)
-            if row is not None:
-                await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
-                                         "info", "message", "Job paused", None)
-                return job_view(row)
+        moved = await self._move(queries.pause_fine_tuning_job, tenant_id, job_id, "Job paused")
+        if moved is not None:
+            return moved
         job = await self.get(tenant_id, job_id)
         raise InvalidRequest(f"the job is {job.status}; only a queued or running job can be paused",
                              param="fine_tuning_job_id", code="job_not_pausable")
 
     async def resume(self, tenant_id: str, job_id: str) -> FineTuningJob:
         """A paused job is queued again; its next take continues from the checkpoint its pause saved."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(queries.resume_fine_tuning_job, job_id, tenant_id)
-            if row is not None:
-                await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
-                                         "info", "message", "Job resumed: queued again", None)
-                return job_view(row)
+        moved = await self._move(queries.resume_fine_tuning_job, tenant_id, job_id, "Job resumed: queued again")
+        if moved is not None:
+            return moved
         job = await self.get(tenant_id, job_id)
         if job.status == "paused":  # its trainer has not let go yet: the checkpoint is being saved
             raise Conflict("the job is still pausing (its trainer is saving the checkpoint); resume it in a few "
@@ -506,6 +500,17 @@ class FineTuningJobs:
                            headers={"Retry-After": "2"})
         raise InvalidRequest(f"the job is {job.status}; only a paused job can be resumed",
                              param="fine_tuning_job_id", code="job_not_resumable")
+
+    async def _move(self, query: str, tenant_id: str, job_id: str, message: str) -> FineTuningJob | None:
+        """The job moved by ``query`` (pause, resume) with its event, in one transaction; None when the
+        job is not in a state the query moves."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(query, job_id, tenant_id)
+            if row is None:
+                return None
+            await connection.execute(queries.insert_fine_tuning_event, ids.fine_tuning_event_id(), job_id,
+                                     "info", "message", message, None)
+            return job_view(row)
 
     async def events(self, tenant_id: str, job_id: str, *, after: str | None, limit: int) -> EventPage:
         await self.get(tenant_id, job_id)
