@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import asyncpg
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from lorafleet.core import ids
 from lorafleet.core.errors import Conflict, InvalidRequest, NotFound
 from lorafleet.db import queries
@@ -21,6 +21,7 @@ from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
 from msgspec import Meta
 
 MAX_PROJECTS = 100  # live projects per organization (409 beyond)
@@ -77,8 +78,6 @@ def _missing(project_id: str) -> NotFound:
     return NotFound(f"No project {project_id!r}.", param="project_id")
 
 
-After = Annotated[str | None, QueryParameter(min_length=1, max_length=64, description="The last id of the previous page.")]
-PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Projects per page (1–100, default 20).")]
 
 
 class ProjectsController(Controller):
@@ -103,8 +102,8 @@ class ProjectsController(Controller):
 
     @get("/", operation_id="listProjects", responses=error_responses(400, *API_KEY), opt=scope("organization:admin"),
          summary="This organization's projects, oldest first (archived ones with include_archived=true).")
-    async def list_projects(self, services: AppServices, principal: Caller, limit: PageLimit = 20,
-                            after: After = None, include_archived: bool = False) -> ProjectPage:
+    async def list_projects(self, services: AppServices, principal: Caller, limit: Limit = 20,
+                            after: StartingAfter = None, include_archived: bool = False) -> ProjectPage:
         if after is not None and await services.pool.fetchrow(queries.get_project, after, principal.tenant_id) is None:
             rows = []  # not one of this organization's projects: no cursor at all
         else:

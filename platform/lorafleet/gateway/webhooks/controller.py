@@ -3,14 +3,13 @@ each endpoint's delivery log and replay."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from lorafleet.gateway.body import StrictBody
 from lorafleet.gateway.dependencies import TENANT_DEPENDENCIES, TENANT_GUARDS, AppServices, Caller, scope
 from lorafleet.gateway.error_specs import API_KEY, error_responses
 from lorafleet.gateway.openapi import TENANT_SECURITY
+from lorafleet.gateway.params import Limit, StartingAfter
 from lorafleet.gateway.webhooks.schemas import (
     EVENT_TYPES,
     DeletedWebhookEndpoint,
@@ -25,9 +24,6 @@ from lorafleet.gateway.webhooks.schemas import (
     WebhookTestResult,
     WebhookUpdate,
 )
-
-After = Annotated[str | None, QueryParameter(min_length=1, max_length=64, description="The last id of the previous page.")]
-PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="Objects per page (1–100, default 20).")]
 
 
 class WebhookEndpointsController(Controller):
@@ -46,8 +42,8 @@ class WebhookEndpointsController(Controller):
 
     @get("/", operation_id="listWebhookEndpoints", responses=error_responses(400, *API_KEY),
          opt=scope("webhooks:read"), summary="The tenant's endpoints, oldest first.")
-    async def list_endpoints(self, services: AppServices, principal: Caller, limit: PageLimit = 20,
-                             after: After = None) -> WebhookEndpointPage:
+    async def list_endpoints(self, services: AppServices, principal: Caller, limit: Limit = 20,
+                             after: StartingAfter = None) -> WebhookEndpointPage:
         return await services.webhooks.list(principal.tenant_id, after, limit)
 
     @get("/{webhook_endpoint_id:str}", operation_id="getWebhookEndpoint", responses=error_responses(400, 404, *API_KEY),
@@ -93,7 +89,7 @@ class WebhookEndpointsController(Controller):
          responses=error_responses(400, 404, *API_KEY), opt=scope("webhooks:read"),
          summary="Ours: this endpoint's deliveries, newest first, with attempts and the last status code.")
     async def deliveries(self, webhook_endpoint_id: FromPath[str], services: AppServices, principal: Caller,
-                         limit: PageLimit = 20, after: After = None) -> WebhookDeliveryPage:
+                         limit: Limit = 20, after: StartingAfter = None) -> WebhookDeliveryPage:
         return await services.webhooks.deliveries(principal.tenant_id, webhook_endpoint_id, after, limit)
 
     @post("/{webhook_endpoint_id:str}/deliveries/{delivery_id:str}/replay", operation_id="replayWebhookDelivery",
